@@ -1,0 +1,34 @@
+public import AsyncHTTPClient
+import NIOCore
+public import ServiceLifecycle
+public import SwitchyardCore
+
+/// The shared upstream `HTTPClient`, owned as a `Service` so that it is shut down after the server drains.
+public struct HTTPClientService: Service {
+    public let client: HTTPClient
+
+    /// One client for all providers: the pool limit per host is the largest `pool_size`, the connect timeout the
+    /// shortest configured one (AsyncHTTPClient sets both per client, not per request).
+    public init(providers: [ProviderConfig]) {
+        var configuration = HTTPClient.Configuration()
+        let connect = providers.map(\.timeouts.connect).min() ?? .seconds(10)
+        configuration.timeout = .init(connect: .nanoseconds(connect.nanoseconds), read: nil)
+        configuration.connectionPool = .init(idleTimeout: .seconds(60),
+                                             concurrentHTTP1ConnectionsPerHostSoftLimit: providers.map(\.poolSize).max() ?? 64)
+        configuration.decompression = .disabled
+        self.client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }
+
+    public func run() async throws {
+        try? await gracefulShutdown()
+        try await client.shutdown()
+    }
+}
+
+extension Duration {
+    /// The duration in whole nanoseconds.
+    public var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}

@@ -1,0 +1,34 @@
+public import SwitchyardCore
+public import SwitchyardModels
+
+/// Stage 1: the presented API key → the caller (tenant, user, tier, feature).
+///
+/// With no keys configured (the embedded default) every key is accepted and each distinct key is its own tenant
+/// and user, named after its hash; a request without a key is the tenant `anonymous`.
+public struct AuthStage: GatewayStage {
+    let keys: [String: Caller]
+
+    public init(keys: [APIKeyEntry]) {
+        self.keys = Dictionary(keys.map { ($0.sha256, $0.caller) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    public func handle(_ request: ChatRequest, context: GatewayContext, next: Next) async throws -> GatewayResponse {
+        var context = context
+        context.caller = try authenticate(context.credential)
+        return try await next(request, context)
+    }
+
+    func authenticate(_ credential: String?) throws(GatewayError) -> Caller {
+        guard let credential, !credential.isEmpty else {
+            if keys.isEmpty { return Caller(tenant: "anonymous", user: "anonymous", keyID: "none") }
+            throw GatewayError(.unauthenticated, "missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'")
+        }
+        let hash = KeyHash.sha256Hex(credential)
+        if keys.isEmpty {
+            let id = String(hash.prefix(12))
+            return Caller(tenant: "key-\(id)", user: "key-\(id)", keyID: id)
+        }
+        guard let caller = keys[hash] else { throw GatewayError(.unauthenticated, "invalid API key") }
+        return caller
+    }
+}

@@ -1,0 +1,34 @@
+public import SwitchyardCore
+public import SwitchyardModels
+
+/// Stage 6: prices every answer from the catalog (cached reads and writes at their own rates) and records it.
+/// Streams are priced when they end, however they end, from the usage they reported.
+public struct CostAccountingStage: GatewayStage {
+    let recorder: any CostRecorder
+
+    public init(recorder: any CostRecorder) {
+        self.recorder = recorder
+    }
+
+    public func handle(_ request: ChatRequest, context: GatewayContext, next: Next) async throws -> GatewayResponse {
+        let route = try context.requireRoute()
+        let caller = try context.requireCaller()
+        switch try await next(request, context) {
+        case .completion(var completion):
+            let cost = route.price.cost(of: completion.response.usage)
+            completion.cost = cost
+            recorder.record(CostRecord(requestID: context.requestID, caller: caller, model: route.name,
+                                       usage: completion.response.usage, cost: cost, streamed: false))
+            return .completion(completion)
+        case .stream(let stream):
+            let recorder = self.recorder
+            let requestID = context.requestID
+            stream.lifecycle.onTermination { _, usage in
+                let usage = usage ?? Usage()
+                recorder.record(CostRecord(requestID: requestID, caller: caller, model: route.name, usage: usage,
+                                           cost: route.price.cost(of: usage), streamed: true))
+            }
+            return .stream(stream)
+        }
+    }
+}

@@ -1,0 +1,21 @@
+public import SwitchyardCore
+public import SwitchyardModels
+
+/// Stage 5 (first version): the public model name → its configured route; unknown names are a 404.
+public struct RouteStage: GatewayStage {
+    let models: [String: ModelRoute]
+
+    public init(models: [String: ModelRoute]) {
+        self.models = models
+    }
+
+    public func handle(_ request: ChatRequest, context: GatewayContext, next: Next) async throws -> GatewayResponse {
+        guard let route = models[request.model] else {
+            throw GatewayError(.modelNotFound, "model '\(request.model)' does not exist; GET /v1/models lists the available ones",
+                               param: "model")
+        }
+        var context = context
+        context.route = route
+        return try await next(request, context)
+    }
+}

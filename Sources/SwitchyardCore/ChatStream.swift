@@ -1,0 +1,150 @@
+public import ServerSentEvents
+public import SwitchyardModels
+
+/// One upstream stream event: its bytes as received, and what it means in canonical form.
+public struct StreamEvent: Sendable {
+    /// The event exactly as the upstream sent it (relayed untouched to same-format clients), or `nil` when
+    /// the event was synthesised (cache replay, tests).
+    public var raw: ServerSentEvent?
+    public var chunks: [ChatChunk]
+
+    public init(raw: ServerSentEvent? = nil, chunks: [ChatChunk]) {
+        self.raw = raw
+        self.chunks = chunks
+    }
+}
+
+/// How a stream ended.
+public enum StreamOutcome: Sendable {
+    /// The upstream finished cleanly.
+    case completed
+    /// The upstream failed or was cut mid-way; the client got an error event.
+    case failed(GatewayError)
+    /// The client went away (or the stream was dropped unread).
+    case cancelled
+}
+
+/// Observes a stream and runs end-of-stream work exactly once, however the stream ends.
+public final class StreamLifecycle: Sendable {
+    private struct State: Sendable {
+        var hooks: [@Sendable (StreamOutcome, Usage?) -> Void] = []
+        var usage: Usage?
+        var ended = false
+    }
+
+    private let state = Locked(State())
+
+    init() {}
+
+    /// Registers end-of-stream work (cost, cache fill, permit release, settlement).
+    /// Hooks run in registration order, on the task that ends the stream, outside any lock.
+    public func onTermination(_ hook: @escaping @Sendable (StreamOutcome, Usage?) -> Void) {
+        let runNow = state.withLock { state -> Bool in
+            if state.ended { return true }
+            state.hooks.append(hook)
+            return false
+        }
+        if runNow { hook(.cancelled, nil) }
+    }
+
+    func observe(_ chunks: [ChatChunk]) {
+        for case .usage(let usage) in chunks {
+            state.withLock { $0.usage = usage }
+        }
+        for case .start(_, _, let usage?) in chunks {
+            state.withLock { $0.usage = usage }
+        }
+    }
+
+    /// The latest usage the stream reported.
+    public var usage: Usage? { state.withLock { $0.usage } }
+
+    /// Ends the stream with `outcome`; later calls do nothing.
+    public func end(_ outcome: StreamOutcome) {
+        let (hooks, usage) = state.withLock { state -> ([@Sendable (StreamOutcome, Usage?) -> Void], Usage?) in
+            guard !state.ended else { return ([], nil) }
+            state.ended = true
+            defer { state.hooks = [] }
+            return (state.hooks, state.usage)
+        }
+        for hook in hooks { hook(outcome, usage) }
+    }
+
+    deinit {
+        end(.cancelled)
+    }
+}
+
+/// A pull-based stream of upstream events in the upstream's wire format.
+///
+/// The next upstream read happens only when the consumer asks for the next event, so a slow client slows the
+/// upstream read instead of filling a buffer. Iterate it once. When iteration stops early (the client went
+/// away), call `lifecycle.end(.cancelled)`; a clean end and a failure are recorded by the iterator itself.
+public struct ChatStream: AsyncSequence, Sendable {
+    public typealias Element = StreamEvent
+
+    /// The wire format of `StreamEvent.raw`.
+    public let format: APIFormat
+    /// The model the upstream reported, for labelling the client's chunks before the first arrives.
+    public let lifecycle: StreamLifecycle
+    private let source: Source
+
+    /// Creates a stream from a pull function.
+    /// - Parameters:
+    ///   - format: The format of the raw events.
+    ///   - next: Returns the next event, `nil` at a clean end, or throws `GatewayError` when the stream fails.
+    ///     Called from one task at a time.
+    public init(format: APIFormat, next: @escaping () async throws -> StreamEvent?) {
+        self.format = format
+        self.lifecycle = StreamLifecycle()
+        self.source = Source(next)
+    }
+
+    /// A stream that yields `events` and then ends cleanly (tests, cache replay).
+    public init(format: APIFormat, events: [StreamEvent]) {
+        let remaining = Locked(events[...])
+        self.init(format: format) {
+            remaining.withLock { queue -> StreamEvent? in queue.popFirst() }
+        }
+    }
+
+    public func makeAsyncIterator() -> Iterator {
+        Iterator(source: source, lifecycle: lifecycle)
+    }
+
+    /// Pulls events; records the outcome in the lifecycle when the stream ends or fails.
+    public struct Iterator: AsyncIteratorProtocol {
+        let source: Source
+        let lifecycle: StreamLifecycle
+
+        public mutating func next() async throws -> StreamEvent? {
+            do {
+                guard let event = try await source.next() else {
+                    lifecycle.end(.completed)
+                    return nil
+                }
+                lifecycle.observe(event.chunks)
+                return event
+            } catch let error as GatewayError {
+                lifecycle.end(.failed(error))
+                throw error
+            } catch is CancellationError {
+                lifecycle.end(.cancelled)
+                throw CancellationError()
+            } catch {
+                let wrapped = GatewayError(.upstreamError, "upstream stream failed")
+                lifecycle.end(.failed(wrapped))
+                throw wrapped
+            }
+        }
+    }
+
+    /// Holds the non-`Sendable` pull function.
+    ///
+    /// `@unchecked Sendable`: a stream is consumed by one task at a time (the provider task reads the first event,
+    /// then hands the stream to the response writer), so the closure is never called concurrently.
+    public final class Source: @unchecked Sendable {
+        let next: () async throws -> StreamEvent?
+        init(_ next: @escaping () async throws -> StreamEvent?) { self.next = next }
+    }
+}

@@ -1,0 +1,266 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Yams
+
+/// A configuration problem, naming the key path.
+public struct ConfigError: Error, Sendable, CustomStringConvertible, Hashable {
+    public var path: String
+    public var message: String
+
+    public init(path: String, _ message: String) {
+        self.path = path
+        self.message = message
+    }
+
+    public var description: String { path.isEmpty ? message : "\(path): \(message)" }
+}
+
+/// Reads a YAML configuration file into a validated `GatewayConfig`.
+public enum ConfigLoader {
+    /// Loads and validates the file at `path`.
+    /// - Parameter environment: Where `api_key_env` references are checked (defaults to the process environment).
+    public static func load(path: String, environment: [String: String]? = nil) throws(ConfigError) -> GatewayConfig {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigError(path: "", "cannot read '\(path)'")
+        }
+        return try parse(yaml: text, environment: environment ?? ProcessInfo.processInfo.environment)
+    }
+
+    /// Validates YAML text.
+    public static func parse(yaml: String, environment: [String: String]) throws(ConfigError) -> GatewayConfig {
+        let root: Node
+        do {
+            guard let node = try Yams.compose(yaml: yaml) else { throw ConfigError(path: "", "the file is empty") }
+            root = node
+        } catch let error as ConfigError {
+            throw error
+        } catch {
+            throw ConfigError(path: "", "not valid YAML: \(error)")
+        }
+        let top = try MappingReader(root, path: "")
+        var config = GatewayConfig(providers: [:], models: [:])
+        if let listen = try top.mapping("listen") {
+            config.host = try listen.string("host") ?? config.host
+            config.port = try listen.int("port", in: 0...65535) ?? config.port
+            try listen.finish()
+        }
+        config.maxBodyBytes = try top.int("max_body_bytes", in: 1024...(1 << 30)) ?? config.maxBodyBytes
+        if let seconds = try top.double("drain_timeout_seconds", in: 0...3600) {
+            config.drainTimeout = .milliseconds(Int64(seconds * 1000))
+        }
+        config.mockLatencyScale = try top.double("mock_latency_scale", in: 0...100) ?? 1
+
+        guard let providers = try top.mapping("providers") else { throw ConfigError(path: "providers", "is required") }
+        for (name, reader) in try providers.entries() {
+            config.providers[name] = try parseProvider(name: name, reader, environment: environment)
+        }
+        guard !config.providers.isEmpty else { throw ConfigError(path: "providers", "must name at least one provider") }
+
+        guard let models = try top.mapping("models") else { throw ConfigError(path: "models", "is required") }
+        for (name, reader) in try models.entries() {
+            let provider = try reader.requiredString("provider")
+            guard config.providers[provider] != nil else {
+                throw ConfigError(path: reader.child("provider"), "unknown provider '\(provider)' (known: \(config.providers.keys.sorted().joined(separator: ", ")))")
+            }
+            let upstream = try reader.string("upstream_model") ?? name
+            let price: ModelPrice
+            if let priceReader = try reader.mapping("price") {
+                price = ModelPrice(input: try priceReader.money("input"), output: try priceReader.money("output"),
+                                   cacheRead: try priceReader.money("cache_read", optional: true),
+                                   cacheWrite: try priceReader.money("cache_write", optional: true))
+                try priceReader.finish()
+            } else if let known = DefaultCatalog.models.first(where: { $0.name == upstream }) {
+                price = known.price
+            } else {
+                throw ConfigError(path: reader.child("price"), "is required (no list price known for '\(upstream)')")
+            }
+            try reader.finish()
+            config.models[name] = ModelRoute(name: name, provider: provider, upstreamModel: upstream, price: price)
+        }
+        guard !config.models.isEmpty else { throw ConfigError(path: "models", "must name at least one model") }
+
+        if let keys = try top.sequence("keys") {
+            for (offset, node) in keys.enumerated() {
+                let reader = try MappingReader(node, path: "keys[\(offset)]")
+                let hash = try reader.requiredString("sha256").lowercased()
+                guard hash.count == 64, hash.allSatisfy({ $0.isHexDigit }) else {
+                    throw ConfigError(path: reader.child("sha256"), "must be 64 hex digits (the SHA-256 of the key, not the key)")
+                }
+                let tenant = try reader.requiredString("tenant")
+                let caller = Caller(tenant: tenant, user: try reader.string("user") ?? tenant,
+                                    tier: try reader.string("tier") ?? "default",
+                                    feature: try reader.string("feature") ?? "default",
+                                    keyID: String(hash.prefix(12)))
+                try reader.finish()
+                if config.keys.contains(where: { $0.sha256 == hash }) {
+                    throw ConfigError(path: reader.child("sha256"), "duplicate key")
+                }
+                config.keys.append(APIKeyEntry(sha256: hash, caller: caller))
+            }
+        }
+        try top.finish()
+        return config
+    }
+
+    static func parseProvider(name: String, _ reader: MappingReader, environment: [String: String]) throws(ConfigError)
+        -> ProviderConfig
+    {
+        let kindName = try reader.requiredString("kind")
+        guard let kind = ProviderKind(rawValue: kindName) else {
+            throw ConfigError(path: reader.child("kind"), "must be one of \(ProviderKind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        var provider = ProviderConfig(name: name, kind: kind, baseURL: "")
+        if kind != .mock {
+            let defaultURL: String? = switch kind {
+            case .openAI: "https://api.openai.com"
+            case .anthropic: "https://api.anthropic.com"
+            default: nil
+            }
+            guard let url = try reader.string("base_url") ?? defaultURL else {
+                throw ConfigError(path: reader.child("base_url"), "is required for kind '\(kindName)'")
+            }
+            guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
+                throw ConfigError(path: reader.child("base_url"), "must start with http:// or https://")
+            }
+            var trimmed = url
+            while trimmed.hasSuffix("/") { trimmed.removeLast() }
+            if trimmed.hasSuffix("/v1") { trimmed.removeLast(3) }
+            provider.baseURL = trimmed
+        }
+        if reader.has("api_key") {
+            throw ConfigError(path: reader.child("api_key"), "keys are never written in the file: use api_key_env: NAME_OF_VARIABLE")
+        }
+        if let env = try reader.string("api_key_env") {
+            guard environment[env]?.isEmpty == false else {
+                throw ConfigError(path: reader.child("api_key_env"), "environment variable '\(env)' is not set")
+            }
+            provider.apiKeyEnv = env
+        } else if kind == .openAI || kind == .anthropic {
+            throw ConfigError(path: reader.child("api_key_env"), "is required for kind '\(kindName)'")
+        }
+        if let timeouts = try reader.mapping("timeouts") {
+            if let value = try timeouts.double("connect_seconds", in: 0.001...600) { provider.timeouts.connect = .milliseconds(Int64(value * 1000)) }
+            if let value = try timeouts.double("total_seconds", in: 0.001...86400) { provider.timeouts.total = .milliseconds(Int64(value * 1000)) }
+            if let value = try timeouts.double("first_token_seconds", in: 0.001...3600) { provider.timeouts.firstToken = .milliseconds(Int64(value * 1000)) }
+            try timeouts.finish()
+        }
+        provider.poolSize = try reader.int("pool_size", in: 1...4096) ?? provider.poolSize
+        if let headers = try reader.mapping("headers") {
+            for (header, _) in try headers.entries() {
+                provider.headers[header] = try headers.requiredString(header)
+            }
+            try headers.finish()
+        }
+        try reader.finish()
+        return provider
+    }
+}
+
+/// Reads a YAML mapping, tracking which keys were used so that unknown keys are reported.
+final class MappingReader {
+    let path: String
+    private var members: [String: Node] = [:]
+    private var order: [String] = []
+    private var used: Set<String> = []
+
+    init(_ node: Node, path: String) throws(ConfigError) {
+        guard let mapping = node.mapping else { throw ConfigError(path: path, "expected a mapping") }
+        self.path = path
+        for (key, value) in mapping {
+            guard let name = key.scalar?.string else { throw ConfigError(path: path, "keys must be strings") }
+            members[name] = value
+            order.append(name)
+        }
+    }
+
+    func child(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+
+    func has(_ key: String) -> Bool { members[key] != nil }
+
+    private func node(_ key: String) -> Node? {
+        used.insert(key)
+        guard let node = members[key] else { return nil }
+        if node.null != nil { return nil }
+        return node
+    }
+
+    func string(_ key: String) throws(ConfigError) -> String? {
+        guard let node = node(key) else { return nil }
+        guard let scalar = node.scalar else { throw ConfigError(path: child(key), "expected a string") }
+        return scalar.string
+    }
+
+    func requiredString(_ key: String) throws(ConfigError) -> String {
+        guard let value = try string(key), !value.isEmpty else { throw ConfigError(path: child(key), "is required") }
+        return value
+    }
+
+    func int(_ key: String, in range: ClosedRange<Int>) throws(ConfigError) -> Int? {
+        guard let node = node(key) else { return nil }
+        guard let value = node.int else { throw ConfigError(path: child(key), "expected an integer") }
+        guard range.contains(value) else {
+            throw ConfigError(path: child(key), "must be between \(range.lowerBound) and \(range.upperBound)")
+        }
+        return value
+    }
+
+    func double(_ key: String, in range: ClosedRange<Double>) throws(ConfigError) -> Double? {
+        guard let node = node(key) else { return nil }
+        guard let value = node.float ?? node.int.map(Double.init) else { throw ConfigError(path: child(key), "expected a number") }
+        guard range.contains(value) else {
+            throw ConfigError(path: child(key), "must be between \(range.lowerBound) and \(range.upperBound)")
+        }
+        return value
+    }
+
+    /// A USD-per-million-tokens price, parsed exactly from its decimal text.
+    func money(_ key: String, optional: Bool = false) throws(ConfigError) -> NanoUSD {
+        guard let text = try string(key) else {
+            if optional { return .zero }
+            throw ConfigError(path: child(key), "is required (USD per million tokens)")
+        }
+        guard let value = NanoUSD(usd: text) else {
+            throw ConfigError(path: child(key), "must be a non-negative decimal amount of USD per million tokens, got '\(text)'")
+        }
+        return value
+    }
+
+    func mapping(_ key: String) throws(ConfigError) -> MappingReader? {
+        guard let node = node(key) else { return nil }
+        return try MappingReader(node, path: child(key))
+    }
+
+    func sequence(_ key: String) throws(ConfigError) -> [Node]? {
+        guard let node = node(key) else { return nil }
+        guard let sequence = node.sequence else { throw ConfigError(path: child(key), "expected a list") }
+        return Array(sequence)
+    }
+
+    /// Every member as a nested mapping reader, in file order.
+    func entries() throws(ConfigError) -> [(String, MappingReader)] {
+        var result: [(String, MappingReader)] = []
+        for name in order {
+            used.insert(name)
+            guard let node = members[name] else { continue }
+            if node.mapping == nil, node.scalar != nil {
+                result.append((name, try MappingReader(Node.mapping(.init([])), path: child(name))))
+                continue
+            }
+            result.append((name, try MappingReader(node, path: child(name))))
+        }
+        return result
+    }
+
+    /// Throws when a key was never read: a misspelt option must not be silently ignored.
+    func finish() throws(ConfigError) {
+        if let unknown = order.first(where: { !used.contains($0) }) {
+            throw ConfigError(path: child(unknown), "unknown key")
+        }
+    }
+}

@@ -1,0 +1,25 @@
+public import SwitchyardModels
+
+/// The priced outcome of one answered request.
+public struct CostRecord: Sendable {
+    public var requestID: String
+    public var caller: Caller
+    public var model: String
+    public var usage: Usage
+    public var cost: NanoUSD
+    public var streamed: Bool
+
+    public init(requestID: String, caller: Caller, model: String, usage: Usage, cost: NanoUSD, streamed: Bool) {
+        self.requestID = requestID
+        self.caller = caller
+        self.model = model
+        self.usage = usage
+        self.cost = cost
+        self.streamed = streamed
+    }
+}
+
+/// Where priced requests go (metrics, ledger). Must not block: called on the request path.
+public protocol CostRecorder: Sendable {
+    func record(_ record: CostRecord)
+}

@@ -1,0 +1,170 @@
+public import SwitchyardModels
+
+/// The kind of an upstream provider.
+public enum ProviderKind: String, Sendable, Hashable, CaseIterable {
+    /// api.openai.com or anything speaking exactly its Chat Completions API.
+    case openAI = "openai"
+    /// api.anthropic.com (Messages API).
+    case anthropic
+    /// A self-hosted OpenAI-compatible server (vLLM, llama.cpp); no API key required.
+    case openAICompatible = "openai-compatible"
+    /// The built-in mock provider, started in-process on its own loopback port.
+    case mock
+
+    /// The wire format the provider speaks for a given upstream model.
+    public func format(forUpstreamModel model: String) -> APIFormat {
+        switch self {
+        case .openAI, .openAICompatible: .openAI
+        case .anthropic: .anthropic
+        case .mock: model.hasPrefix("claude") ? .anthropic : .openAI
+        }
+    }
+}
+
+/// Time limits for calls to one provider.
+public struct ProviderTimeouts: Sendable, Hashable {
+    /// Establishing a connection.
+    public var connect: Duration
+    /// The whole call, including a streamed body.
+    public var total: Duration
+    /// Until the first byte of the answer (head for non-streamed, first event for streamed).
+    public var firstToken: Duration
+
+    public init(connect: Duration = .seconds(10), total: Duration = .seconds(600), firstToken: Duration = .seconds(120)) {
+        self.connect = connect
+        self.total = total
+        self.firstToken = firstToken
+    }
+}
+
+/// One upstream provider, validated.
+public struct ProviderConfig: Sendable, Hashable {
+    public var name: String
+    public var kind: ProviderKind
+    /// Base URL without the `/v1/...` path, e.g. `https://api.anthropic.com`. Filled in at start-up for `mock`.
+    public var baseURL: String
+    /// The environment variable holding the API key (never the key itself).
+    public var apiKeyEnv: String?
+    public var timeouts: ProviderTimeouts
+    /// Keep-alive connections per host.
+    public var poolSize: Int
+    /// Extra headers sent with every call (such as `anthropic-beta`).
+    public var headers: [String: String]
+
+    public init(name: String, kind: ProviderKind, baseURL: String, apiKeyEnv: String? = nil,
+                timeouts: ProviderTimeouts = ProviderTimeouts(), poolSize: Int = 64, headers: [String: String] = [:]) {
+        self.name = name
+        self.kind = kind
+        self.baseURL = baseURL
+        self.apiKeyEnv = apiKeyEnv
+        self.timeouts = timeouts
+        self.poolSize = poolSize
+        self.headers = headers
+    }
+}
+
+/// A public model name and where it is served.
+public struct ModelRoute: Sendable, Hashable {
+    /// The name clients use.
+    public var name: String
+    public var provider: String
+    /// The provider's own model id.
+    public var upstreamModel: String
+    public var price: ModelPrice
+    /// Bounded label for metrics (the public name, which comes from config, not from clients).
+    public var metricLabel: String { name }
+
+    public init(name: String, provider: String, upstreamModel: String, price: ModelPrice) {
+        self.name = name
+        self.provider = provider
+        self.upstreamModel = upstreamModel
+        self.price = price
+    }
+}
+
+/// Who is calling: the result of authentication.
+public struct Caller: Sendable, Hashable {
+    public var tenant: String
+    public var user: String
+    public var tier: String
+    public var feature: String
+    /// A short, non-secret identifier of the key (its hash prefix), for logs.
+    public var keyID: String
+
+    public init(tenant: String, user: String, tier: String = "default", feature: String = "default", keyID: String) {
+        self.tenant = tenant
+        self.user = user
+        self.tier = tier
+        self.feature = feature
+        self.keyID = keyID
+    }
+}
+
+/// A gateway API key entry: only the SHA-256 of the key is stored.
+public struct APIKeyEntry: Sendable, Hashable {
+    public var sha256: String
+    public var caller: Caller
+
+    public init(sha256: String, caller: Caller) {
+        self.sha256 = sha256
+        self.caller = caller
+    }
+}
+
+/// The validated, immutable gateway configuration.
+public struct GatewayConfig: Sendable {
+    public var host: String
+    public var port: Int
+    /// Largest accepted request body.
+    public var maxBodyBytes: Int
+    /// How long in-flight requests and streams may run after SIGTERM.
+    public var drainTimeout: Duration
+    public var providers: [String: ProviderConfig]
+    public var models: [String: ModelRoute]
+    /// Empty: open access (each distinct key is its own tenant and user).
+    public var keys: [APIKeyEntry]
+    /// Latency multiplier for the built-in mock provider (1 = realistic, 0 = instant).
+    public var mockLatencyScale: Double
+
+    public init(host: String = "127.0.0.1", port: Int = 8080, maxBodyBytes: Int = 32 << 20,
+                drainTimeout: Duration = .seconds(30), providers: [String: ProviderConfig], models: [String: ModelRoute],
+                keys: [APIKeyEntry] = [], mockLatencyScale: Double = 1) {
+        self.host = host
+        self.port = port
+        self.maxBodyBytes = maxBodyBytes
+        self.drainTimeout = drainTimeout
+        self.providers = providers
+        self.models = models
+        self.keys = keys
+        self.mockLatencyScale = mockLatencyScale
+    }
+
+    /// The embedded default: the built-in mock provider and the default catalog, no keys, no external service.
+    public static func embeddedDefault() -> GatewayConfig {
+        let mock = ProviderConfig(name: "mock", kind: .mock, baseURL: "")
+        var models: [String: ModelRoute] = [:]
+        for entry in DefaultCatalog.models {
+            models[entry.name] = ModelRoute(name: entry.name, provider: "mock", upstreamModel: entry.name, price: entry.price)
+        }
+        return GatewayConfig(providers: ["mock": mock], models: models)
+    }
+}
+
+/// The default model catalog: realistic tiers with list prices (USD per million tokens).
+public enum DefaultCatalog {
+    /// One catalog entry.
+    public struct Entry: Sendable {
+        public var name: String
+        public var price: ModelPrice
+    }
+
+    /// Three Anthropic-class tiers and two OpenAI-class ones.
+    public static let models: [Entry] = [
+        Entry(name: "claude-haiku-4-5", price: ModelPrice(usd: "1", "5", "0.10", "1.25")!),
+        Entry(name: "claude-sonnet-4-5", price: ModelPrice(usd: "3", "15", "0.30", "3.75")!),
+        Entry(name: "claude-opus-4-1", price: ModelPrice(usd: "15", "75", "1.50", "18.75")!),
+        // OpenAI charges nothing extra to write its prompt cache: writes cost the input rate.
+        Entry(name: "gpt-4o-mini", price: ModelPrice(usd: "0.15", "0.60", "0.075", "0.15")!),
+        Entry(name: "gpt-4o", price: ModelPrice(usd: "2.50", "10", "1.25", "2.50")!),
+    ]
+}

@@ -1,0 +1,43 @@
+/// The one error type of the gateway: a bounded code (usable as a metric label), a client-safe message,
+/// and what the edge needs to render it. `Server/ErrorRenderer.swift` alone maps it to HTTP.
+public struct GatewayError: Error, Sendable, CustomStringConvertible, Hashable {
+    /// The kind of failure; `rawValue` doubles as metric label.
+    public enum Code: String, Sendable, CaseIterable {
+        case invalidRequest = "invalid_request"
+        case unauthenticated
+        case permissionDenied = "permission_denied"
+        case modelNotFound = "model_not_found"
+        case notFound = "not_found"
+        case payloadTooLarge = "payload_too_large"
+        case unsupportedMediaType = "unsupported_media_type"
+        case rateLimited = "rate_limited"
+        case overloaded
+        case upstreamTimeout = "upstream_timeout"
+        case upstreamError = "upstream_error"
+        case internalError = "internal_error"
+    }
+
+    public var code: Code
+    /// Safe to show the client: no secrets, no upstream body.
+    public var message: String
+    /// Honoured by clients and by the retry stage.
+    public var retryAfter: Duration?
+    /// The HTTP status an upstream answered with, when this error relays one.
+    public var upstreamStatus: Int?
+    /// The key path of the offending field, for invalid requests.
+    public var param: String?
+
+    public init(_ code: Code, _ message: String, retryAfter: Duration? = nil, upstreamStatus: Int? = nil,
+                param: String? = nil) {
+        self.code = code
+        self.message = message
+        self.retryAfter = retryAfter
+        self.upstreamStatus = upstreamStatus
+        self.param = param
+    }
+
+    /// Whether another attempt might succeed.
+    public var isRetryable: Bool { [.upstreamTimeout, .upstreamError, .overloaded, .rateLimited].contains(code) }
+
+    public var description: String { "GatewayError.\(code.rawValue): \(message)" }
+}

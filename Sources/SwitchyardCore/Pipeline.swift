@@ -1,0 +1,106 @@
+public import Logging
+public import NIOCore
+public import SwitchyardModels
+
+/// What travels with a request through the stages: identity, logger, clock, and earlier stages' results.
+public struct GatewayContext: Sendable {
+    public var requestID: String
+    /// Carries `switchyard.request.id`.
+    public var logger: Logger
+    /// The format the client speaks (its errors and answers use it).
+    public var clientFormat: APIFormat
+    /// The credential the client presented, if any. Never logged, never forwarded upstream.
+    public var credential: String?
+    /// When the gateway began handling the request.
+    public var receivedAt: ContinuousClock.Instant
+    /// Set by the auth stage.
+    public var caller: Caller?
+    /// Set by the route stage.
+    public var route: ModelRoute?
+
+    public init(requestID: String, logger: Logger, clientFormat: APIFormat, credential: String? = nil,
+                receivedAt: ContinuousClock.Instant = .now) {
+        self.requestID = requestID
+        self.logger = logger
+        self.clientFormat = clientFormat
+        self.credential = credential
+        self.receivedAt = receivedAt
+    }
+
+    /// The authenticated caller; throws `.internalError` if the pipeline is misordered.
+    public func requireCaller() throws(GatewayError) -> Caller {
+        guard let caller else { throw GatewayError(.internalError, "pipeline misordered: no caller") }
+        return caller
+    }
+
+    /// The resolved route; throws `.internalError` if the pipeline is misordered.
+    public func requireRoute() throws(GatewayError) -> ModelRoute {
+        guard let route else { throw GatewayError(.internalError, "pipeline misordered: no route") }
+        return route
+    }
+}
+
+/// A complete answer, with the upstream's own bytes when the client speaks the same format.
+public struct Completion: Sendable {
+    public var response: ChatResponse
+    /// The upstream body exactly as received, and its format; relayed untouched to same-format clients.
+    public var raw: (format: APIFormat, body: ByteBuffer)?
+    /// Price of the answer, set by the cost stage.
+    public var cost: NanoUSD?
+    /// Time spent waiting on the upstream.
+    public var upstreamDuration: Duration
+
+    public init(response: ChatResponse, raw: (format: APIFormat, body: ByteBuffer)? = nil, cost: NanoUSD? = nil,
+                upstreamDuration: Duration = .zero) {
+        self.response = response
+        self.raw = raw
+        self.cost = cost
+        self.upstreamDuration = upstreamDuration
+    }
+}
+
+/// What a stage returns: a complete answer or a stream.
+public enum GatewayResponse: Sendable {
+    case completion(Completion)
+    case stream(ChatStream)
+}
+
+/// A stage of the pipeline, shaped like Hummingbird middleware over canonical types.
+public protocol GatewayStage: Sendable {
+    /// Handles the request, calling `next` to continue down the pipeline (or not, to short-circuit).
+    func handle(_ request: ChatRequest, context: GatewayContext, next: Next) async throws -> GatewayResponse
+}
+
+/// The continuation of the pipeline after a stage.
+public typealias Next = @Sendable (ChatRequest, GatewayContext) async throws -> GatewayResponse
+
+/// The stages in order, ending in a terminal handler.
+public struct Pipeline: Sendable {
+    public let stages: [any GatewayStage]
+    public let terminal: Next
+
+    public init(stages: [any GatewayStage], terminal: @escaping Next) {
+        self.stages = stages
+        self.terminal = terminal
+    }
+
+    /// Runs the request through every stage.
+    public func run(_ request: ChatRequest, context: GatewayContext) async throws -> GatewayResponse {
+        try await step(0, request, context)
+    }
+
+    private func step(_ index: Int, _ request: ChatRequest, _ context: GatewayContext) async throws -> GatewayResponse {
+        guard index < stages.count else { return try await terminal(request, context) }
+        return try await stages[index].handle(request, context: context) { request, context in
+            try await self.step(index + 1, request, context)
+        }
+    }
+}
+
+/// A call to one upstream provider. Does not retry, fall back or cache.
+public protocol ProviderClient: Sendable {
+    /// Sends one request upstream for `route`.
+    /// - Returns: A completion, or a stream whose first event has already been received.
+    /// - Throws: `GatewayError` (`.upstreamTimeout`, `.upstreamError`, `.rateLimited`, `.invalidRequest`, ...).
+    func send(_ request: ChatRequest, route: ModelRoute, context: GatewayContext) async throws -> GatewayResponse
+}

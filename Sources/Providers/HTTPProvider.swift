@@ -19,15 +19,20 @@ public struct HTTPProvider: ProviderClient {
     let apiKey: String?
     /// Largest upstream body read for a non-streamed answer.
     let maximumResponseBytes: Int
+    /// The base URL, read per call (the in-process mock's port is known only once it listens).
+    let baseURL: @Sendable () -> String
 
     /// - Parameters:
     ///   - environment: Where the provider's `api_key_env` is read.
+    ///   - baseURL: Overrides `config.baseURL` (for the in-process mock).
     public init(config: ProviderConfig, client: HTTPClient, environment: [String: String],
-                maximumResponseBytes: Int = 64 << 20) {
+                maximumResponseBytes: Int = 64 << 20, baseURL: (@Sendable () -> String)? = nil) {
         self.config = config
         self.client = client
         self.apiKey = config.apiKeyEnv.flatMap { environment[$0] }
         self.maximumResponseBytes = maximumResponseBytes
+        let fixed = config.baseURL
+        self.baseURL = baseURL ?? { fixed }
     }
 
     public func send(_ request: ChatRequest, route: ModelRoute, context: GatewayContext) async throws -> GatewayResponse {
@@ -38,7 +43,7 @@ public struct HTTPProvider: ProviderClient {
         } catch {
             throw GatewayError(.invalidRequest, error.description, param: error.path)
         }
-        var upstream = HTTPClientRequest(url: config.baseURL + dialect.path)
+        var upstream = HTTPClientRequest(url: baseURL() + dialect.path)
         upstream.method = .POST
         upstream.headers.reserveCapacity(4 + config.headers.count)
         upstream.headers.add(name: "content-type", value: "application/json")
@@ -95,13 +100,15 @@ public struct HTTPProvider: ProviderClient {
         let reader = UpstreamEventReader(body: response.body, parser: dialect.makeStreamParser(), provider: config.name)
         let first = try await withFirstTokenTimeout(config.timeouts.firstToken) { try await reader.next() }
         var pending: StreamEvent?? = .some(first)
-        return ChatStream(format: dialect.format) {
+        var stream = ChatStream(format: dialect.format) {
             if let buffered = pending {
                 pending = nil
                 return buffered
             }
             return try await reader.next()
         }
+        stream.upstreamTimeToFirstEvent = ContinuousClock.now - started
+        return stream
     }
 
     func withFirstTokenTimeout<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T)

@@ -85,8 +85,10 @@ public struct ChatStream: AsyncSequence, Sendable {
 
     /// The wire format of `StreamEvent.raw`.
     public let format: APIFormat
-    /// The model the upstream reported, for labelling the client's chunks before the first arrives.
+    /// Observes the stream and runs end-of-stream work exactly once.
     public let lifecycle: StreamLifecycle
+    /// How long the upstream took to send its first event (for the gateway-overhead metric).
+    public var upstreamTimeToFirstEvent: Duration = .zero
     private let source: Source
 
     /// Creates a stream from a pull function.

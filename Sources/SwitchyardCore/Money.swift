@@ -43,8 +43,9 @@ public struct NanoUSD: Hashable, Comparable, Sendable, CustomStringConvertible, 
     public var description: String { "$\(usdString)" }
 }
 
-extension String {
-    func trimmingWhitespace() -> String {
+extension StringProtocol {
+    /// The string without leading and trailing white space (no Foundation needed).
+    public func trimmingWhitespace() -> String {
         var view = Substring(self)
         while let first = view.first, first.isWhitespace { view = view.dropFirst() }
         while let last = view.last, last.isWhitespace { view = view.dropLast() }

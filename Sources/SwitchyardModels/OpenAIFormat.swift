@@ -391,7 +391,7 @@ public enum OpenAIFormat {
 
 /// Turns canonical chunks into Chat Completions stream chunks.
 public struct OpenAIStreamEncoder: Sendable {
-    let id: String
+    var id: String
     let model: String
     let created: Int64
     let includeUsage: Bool
@@ -420,7 +420,8 @@ public struct OpenAIStreamEncoder: Sendable {
     /// The chunk objects (each one `data:` line) for one canonical chunk.
     public mutating func encode(_ chunk: ChatChunk) -> [JSONValue] {
         switch chunk {
-        case .start:
+        case .start(let upstreamID, _, _):
+            if !upstreamID.isEmpty { id = upstreamID.hasPrefix("chatcmpl") ? upstreamID : "chatcmpl-\(upstreamID)" }
             return [self.chunk(choices: [choice(0, delta: ["role": "assistant", "content": ""])])]
         case .text(let index, let text):
             return [self.chunk(choices: [choice(index, delta: ["content": .string(text)])])]

@@ -1,0 +1,60 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// The mock's own JSON tree, decoded with Foundation's `JSONDecoder` — deliberately not the gateway's
+/// reader or wire types, so that a bug in those cannot hide itself in tests.
+enum MockJSON: Codable, Equatable, Sendable {
+    case null, bool(Bool), number(Double), string(String), array([MockJSON]), object([String: MockJSON])
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() { self = .null; return }
+        if let value = try? container.decode(Bool.self) { self = .bool(value); return }
+        if let value = try? container.decode(Double.self) { self = .number(value); return }
+        if let value = try? container.decode(String.self) { self = .string(value); return }
+        if let value = try? container.decode([MockJSON].self) { self = .array(value); return }
+        self = .object(try container.decode([String: MockJSON].self))
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .null: try container.encodeNil()
+        case .bool(let value): try container.encode(value)
+        case .number(let value):
+            if value == value.rounded(), abs(value) < 1e15 { try container.encode(Int64(value)) } else { try container.encode(value) }
+        case .string(let value): try container.encode(value)
+        case .array(let value): try container.encode(value)
+        case .object(let value): try container.encode(value)
+        }
+    }
+
+    subscript(key: String) -> MockJSON? {
+        if case .object(let members) = self { return members[key] }
+        return nil
+    }
+
+    var string: String? { if case .string(let value) = self { return value }; return nil }
+    var number: Double? { if case .number(let value) = self { return value }; return nil }
+    var bool: Bool? { if case .bool(let value) = self { return value }; return nil }
+    var array: [MockJSON]? { if case .array(let value) = self { return value }; return nil }
+
+    /// Every string inside the value, depth first.
+    func collectStrings(into output: inout [String]) {
+        switch self {
+        case .string(let value): output.append(value)
+        case .array(let values): for value in values { value.collectStrings(into: &output) }
+        case .object(let members): for key in members.keys.sorted() { members[key]!.collectStrings(into: &output) }
+        default: break
+        }
+    }
+}
+
+extension MockJSON: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral {
+    init(stringLiteral value: String) { self = .string(value) }
+    init(integerLiteral value: Int) { self = .number(Double(value)) }
+    init(booleanLiteral value: Bool) { self = .bool(value) }
+}

@@ -1,0 +1,252 @@
+public import Hummingbird
+public import Logging
+import HTTPTypes
+import NIOCore
+import Synchronization
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// Settings of the mock provider.
+public struct MockSettings: Sendable {
+    public var host: String
+    /// 0 picks a free port.
+    public var port: Int
+    public var models: [MockModel]
+    /// Multiplies every latency (1 = realistic, 0 = instant).
+    public var latencyScale: Double
+    /// When set, requests without an API key get a 401 like the real APIs.
+    public var requireAPIKey: Bool
+
+    public init(host: String = "127.0.0.1", port: Int = 0, models: [MockModel] = MockModel.defaults,
+                latencyScale: Double = 1, requireAPIKey: Bool = true) {
+        self.host = host
+        self.port = port
+        self.models = models
+        self.latencyScale = latencyScale
+        self.requireAPIKey = requireAPIKey
+    }
+}
+
+/// Counters the mock keeps, for tests and `GET /mock/stats`.
+public struct MockStats: Sendable, Hashable {
+    public var requests = 0
+    public var streamsStarted = 0
+    public var streamsCompleted = 0
+    /// Streams that ended because the client went away.
+    public var streamsCancelled = 0
+    /// Every distinct credential presented (`authorization` or `x-api-key`), to prove which keys reach upstream.
+    public var credentialsSeen: Set<String> = []
+    /// Every header name seen.
+    public var headerNamesSeen: Set<String> = []
+}
+
+/// The mock LLM server: OpenAI Chat Completions and Anthropic Messages, streaming and not, with the real event
+/// sequences, deterministic text, consistent usage and a simple latency model. Faults by `x-mock-fault` header.
+public final class MockServer: Sendable {
+    public let settings: MockSettings
+    let models: [String: MockModel]
+    let stats = Mutex(MockStats())
+    let encoder = JSONEncoder()
+    let decoder = JSONDecoder()
+
+    public init(settings: MockSettings = MockSettings()) {
+        self.settings = settings
+        self.models = Dictionary(settings.models.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    }
+
+    /// A snapshot of the counters.
+    public var currentStats: MockStats { stats.withLock { $0 } }
+
+    /// The Hummingbird application serving the mock.
+    /// - Parameter onRunning: Called with the bound port once the server listens.
+    public func makeApplication(logger: Logger, onRunning: @escaping @Sendable (Int) async -> Void = { _ in })
+        -> some ApplicationProtocol
+    {
+        let router = Router()
+        router.post("/v1/chat/completions") { request, context in try await self.handle(request, context: context, anthropic: false) }
+        router.post("/v1/messages") { request, context in try await self.handle(request, context: context, anthropic: true) }
+        router.get("/v1/models") { _, _ in
+            let data: [MockJSON] = self.settings.models.map { .object(["id": .string($0.name), "object": "model", "owned_by": "mock"]) }
+            return try self.json(.ok, .object(["object": "list", "data": .array(data)]))
+        }
+        router.get("/mock/stats") { _, _ in
+            let snapshot = self.currentStats
+            return try self.json(.ok, .object([
+                "requests": .number(Double(snapshot.requests)), "streams_started": .number(Double(snapshot.streamsStarted)),
+                "streams_completed": .number(Double(snapshot.streamsCompleted)),
+                "streams_cancelled": .number(Double(snapshot.streamsCancelled)),
+            ]))
+        }
+        router.get("/healthz") { _, _ in "ok" }
+        return Application(
+            router: router,
+            configuration: .init(address: .hostname(settings.host, port: settings.port), serverName: "switchyard-mock"),
+            onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
+            logger: logger)
+    }
+
+    func json(_ status: HTTPResponse.Status, _ value: MockJSON, headers: HTTPFields = [:]) throws -> Response {
+        var headers = headers
+        headers[.contentType] = "application/json"
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(value))))
+    }
+
+    func error(_ status: HTTPResponse.Status, anthropic: Bool, type: String, message: String, headers: HTTPFields = [:])
+        throws -> Response
+    {
+        let body: MockJSON = anthropic
+            ? .object(["type": "error", "error": .object(["type": .string(type), "message": .string(message)])])
+            : .object(["error": .object(["type": .string(type), "message": .string(message), "code": .null, "param": .null])])
+        return try json(status, body, headers: headers)
+    }
+
+    func handle(_ request: Request, context: BasicRequestContext, anthropic: Bool) async throws -> Response {
+        var request = request
+        let credential = request.headers[.authorization] ?? request.headers[HTTPField.Name("x-api-key")!]
+        stats.withLock { stats in
+            stats.requests += 1
+            if let credential, stats.credentialsSeen.count < 1000 { stats.credentialsSeen.insert(credential) }
+            for field in request.headers where stats.headerNamesSeen.count < 1000 {
+                stats.headerNamesSeen.insert(field.name.canonicalName)
+            }
+        }
+        if settings.requireAPIKey, credential?.isEmpty != false {
+            return try error(.unauthorized, anthropic: anthropic, type: anthropic ? "authentication_error" : "invalid_request_error",
+                             message: "missing API key")
+        }
+        let body = try await request.collectBody(upTo: 64 << 20)
+        guard let payload = try? decoder.decode(MockJSON.self, from: Data(body.readableBytesView)) else {
+            return try error(.badRequest, anthropic: anthropic, type: "invalid_request_error", message: "body is not valid JSON")
+        }
+        guard let modelName = payload["model"]?.string, let model = models[modelName] else {
+            return try error(.notFound, anthropic: anthropic, type: "not_found_error",
+                             message: "model '\(payload["model"]?.string ?? "")' not found")
+        }
+        guard model.isAnthropic == anthropic else {
+            return try error(.badRequest, anthropic: anthropic, type: "invalid_request_error",
+                             message: "model '\(modelName)' is not served on this endpoint")
+        }
+        if anthropic, payload["max_tokens"]?.number == nil {
+            return try error(.badRequest, anthropic: true, type: "invalid_request_error", message: "max_tokens: Field required")
+        }
+        let fault = request.headers[HTTPField.Name("x-mock-fault")!].flatMap(MockFault.init(rawValue:))
+        if let response = try await immediateFault(fault, anthropic: anthropic) { return response }
+        let plan = MockPlan(request: payload, model: model, anthropic: anthropic)
+        let scale = settings.latencyScale * (fault == .slow ? 10 : 1)
+        let stream = payload["stream"]?.bool ?? false
+        if stream {
+            let includeUsage = payload["stream_options"]?["include_usage"]?.bool ?? false
+            return streamResponse(plan, anthropic: anthropic, includeUsage: includeUsage, scale: scale, fault: fault)
+        }
+        try await sleep(model.timeToFirstToken, scale: scale)
+        try await sleep(.seconds(Double(plan.outputTokens) / model.tokensPerSecond), scale: scale)
+        if fault == .malformedJSON {
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: "{\"id\": \"broken")))
+        }
+        return try json(.ok, anthropic ? plan.anthropicMessage() : plan.openAICompletion())
+    }
+
+    func sleep(_ duration: Duration, scale: Double) async throws {
+        guard scale > 0 else { return }
+        try await Task.sleep(for: duration * scale)
+    }
+
+    func immediateFault(_ fault: MockFault?, anthropic: Bool) async throws -> Response? {
+        switch fault {
+        case .rateLimited:
+            var headers: HTTPFields = [:]
+            headers[HTTPField.Name("retry-after")!] = "2"
+            let prefix = anthropic ? "anthropic-ratelimit-requests" : "x-ratelimit"
+            headers[HTTPField.Name(anthropic ? "\(prefix)-limit" : "\(prefix)-limit-requests")!] = "60"
+            headers[HTTPField.Name(anthropic ? "\(prefix)-remaining" : "\(prefix)-remaining-requests")!] = "0"
+            return try error(.tooManyRequests, anthropic: anthropic, type: anthropic ? "rate_limit_error" : "rate_limit_exceeded",
+                             message: "Rate limit reached (mock)", headers: headers)
+        case .serverError:
+            return try error(.internalServerError, anthropic: anthropic, type: anthropic ? "api_error" : "server_error",
+                             message: "The server had an error (mock)")
+        case .unavailable:
+            return try error(.serviceUnavailable, anthropic: anthropic, type: anthropic ? "api_error" : "server_error",
+                             message: "Service unavailable (mock)")
+        case .overloaded:
+            return try error(HTTPResponse.Status(code: 529, reasonPhrase: "Overloaded"), anthropic: anthropic,
+                             type: "overloaded_error", message: "Overloaded (mock)")
+        case .timeout:
+            try await Task.sleep(for: .seconds(3600))
+            return nil
+        default:
+            return nil
+        }
+    }
+
+    func streamResponse(_ plan: MockPlan, anthropic: Bool, includeUsage: Bool, scale: Double, fault: MockFault?) -> Response {
+        stats.withLock { $0.streamsStarted += 1 }
+        let events = anthropic ? plan.anthropicEvents() : plan.openAIChunks(includeUsage: includeUsage)
+        let encoder = self.encoder
+        let model = plan.model
+        let cutAt = (fault == .disconnectMidStream || fault == .errorInStream || fault == .malformedJSON) ? max(1, events.count / 2) : nil
+        return Response(
+            status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+            body: ResponseBody { writer in
+                do {
+                    try await self.sleep(model.timeToFirstToken, scale: scale)
+                    let interval = Duration.seconds(1 / model.tokensPerSecond)
+                    for (offset, event) in events.enumerated() {
+                        if let cutAt, offset == cutAt {
+                            switch fault {
+                            case .disconnectMidStream:
+                                throw MockDisconnect()
+                            case .errorInStream:
+                                let data: MockJSON = anthropic
+                                    ? .object(["type": "error", "error": .object(["type": "overloaded_error", "message": "Overloaded (mock)"])])
+                                    : .object(["error": .object(["type": "server_error", "message": "The server had an error (mock)"])])
+                                try await writer.write(Self.sse(event: anthropic ? "error" : nil, data: try encoder.encode(data)))
+                            default:
+                                try await writer.write(Self.sse(event: anthropic ? "content_block_delta" : nil, data: Data("{\"broken".utf8)))
+                            }
+                            try await writer.finish(nil)
+                            return
+                        }
+                        if event.isToken { try await self.sleep(interval, scale: scale) }
+                        let data: Data = event.json.map { (try? encoder.encode($0)) ?? Data() } ?? Data("[DONE]".utf8)
+                        try await writer.write(Self.sse(event: event.name, data: data))
+                    }
+                    try await writer.finish(nil)
+                    self.stats.withLock { $0.streamsCompleted += 1 }
+                } catch is MockDisconnect {
+                    throw MockDisconnect()
+                } catch {
+                    self.stats.withLock { $0.streamsCancelled += 1 }
+                    throw error
+                }
+            })
+    }
+
+    static func sse(event: String?, data: Data) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        if let event { buffer.writeString("event: \(event)\n") }
+        buffer.writeString("data: ")
+        buffer.writeBytes(data)
+        buffer.writeString("\n\n")
+        return buffer
+    }
+}
+
+struct MockDisconnect: Error {}
+
+/// Faults a request can ask for with the `x-mock-fault` header.
+public enum MockFault: String, Sendable, CaseIterable {
+    case rateLimited = "429"
+    case serverError = "500"
+    case unavailable = "503"
+    case overloaded = "529"
+    case timeout
+    case slow
+    case disconnectMidStream = "disconnect-mid-stream"
+    case malformedJSON = "malformed-json"
+    case errorInStream = "error-in-stream"
+}

@@ -1,0 +1,280 @@
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import ServerSentEvents
+import SwitchyardCore
+import SwitchyardModels
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// The edge of the chat endpoints: decode the client's wire format, run the pipeline, encode the answer
+/// (JSON or SSE) in the client's format, and render errors in its envelope.
+struct ChatHandler: Sendable {
+    let pipeline: Pipeline
+    let metrics: GatewayMetrics
+    let maxBodyBytes: Int
+    let logger: Logger
+
+    func handle(_ request: Request, format: APIFormat) async -> Response {
+        let started = ContinuousClock.now
+        let requestID = Self.makeRequestID()
+        var logger = self.logger
+        logger[metadataKey: "switchyard.request.id"] = "\(requestID)"
+        var modelName: String?
+        do {
+            let chat = try await decode(request, format: format)
+            modelName = chat.model
+            var context = GatewayContext(requestID: requestID, logger: logger, clientFormat: format,
+                                         credential: Self.credential(request.headers), receivedAt: started)
+            context.logger[metadataKey: "switchyard.api"] = "\(format.rawValue)"
+            let response = try await pipeline.run(chat, context: context)
+            switch response {
+            case .completion(let completion):
+                let result = renderCompletion(completion, chat: chat, format: format, requestID: requestID)
+                let elapsed = ContinuousClock.now - started
+                metrics.overhead(api: format, streamed: false, elapsed - completion.upstreamDuration)
+                metrics.request(api: format, status: 200, streamed: false, duration: elapsed)
+                logger.info("request", metadata: access(format, chat.model, 200, elapsed))
+                return result
+            case .stream(let stream):
+                return renderStream(stream, chat: chat, format: format, requestID: requestID, started: started, logger: logger)
+            }
+        } catch {
+            let gatewayError = error as? GatewayError ?? GatewayError(.internalError, "internal error")
+            if !(error is GatewayError) {
+                logger.error("unexpected error", metadata: ["switchyard.error": "\(String(reflecting: type(of: error)))"])
+            }
+            let response = ErrorRenderer.response(for: gatewayError, format: format, requestID: requestID)
+            let elapsed = ContinuousClock.now - started
+            metrics.error(api: format, code: gatewayError.code)
+            metrics.request(api: format, status: Int(response.status.code), streamed: false, duration: elapsed)
+            var metadata = access(format, modelName, Int(response.status.code), elapsed)
+            metadata["switchyard.error.code"] = "\(gatewayError.code.rawValue)"
+            logger.info("request", metadata: metadata)
+            return response
+        }
+    }
+
+    func access(_ format: APIFormat, _ model: String?, _ status: Int, _ elapsed: Duration) -> Logger.Metadata {
+        [
+            "switchyard.api": "\(format.rawValue)", "switchyard.model": "\(model ?? "-")", "http.status": "\(status)",
+            "switchyard.duration_ms": "\(Double(elapsed.nanoseconds) / 1e6)",
+        ]
+    }
+
+    // MARK: Decoding
+
+    func decode(_ request: Request, format: APIFormat) async throws(GatewayError) -> ChatRequest {
+        if let type = request.headers[.contentType] {
+            let essence = type.split(separator: ";").first.map { $0.trimmingWhitespace().lowercased() } ?? ""
+            guard essence == "application/json" || essence.hasSuffix("+json") else {
+                throw GatewayError(.unsupportedMediaType, "Content-Type must be application/json, got '\(essence)'")
+            }
+        }
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: maxBodyBytes)
+        } catch is NIOTooManyBytesError {
+            throw GatewayError(.payloadTooLarge, "request body exceeds the limit of \(maxBodyBytes) bytes")
+        } catch {
+            throw GatewayError(.invalidRequest, "could not read the request body")
+        }
+        guard body.readableBytes > 0 else { throw GatewayError(.invalidRequest, "request body is empty; send a JSON object") }
+        let json: JSONValue
+        do {
+            json = try JSONValue.parse(body.readableBytesView)
+        } catch {
+            throw GatewayError(.invalidRequest, "request body is not valid JSON: \(error.description)")
+        }
+        do {
+            switch format {
+            case .openAI: return try OpenAIFormat.parseRequest(json)
+            case .anthropic: return try AnthropicFormat.parseRequest(json)
+            }
+        } catch {
+            throw GatewayError(.invalidRequest, error.description, param: error.path.isEmpty ? nil : error.path)
+        }
+    }
+
+    /// `Authorization: Bearer KEY` or `x-api-key: KEY`, on either API.
+    static func credential(_ headers: HTTPFields) -> String? {
+        if let authorization = headers[.authorization] {
+            let trimmed = authorization.trimmingWhitespace()
+            if trimmed.count > 7, trimmed.prefix(7).lowercased() == "bearer " {
+                return String(trimmed.dropFirst(7)).trimmingWhitespace()
+            }
+            return trimmed
+        }
+        return headers[.apiKey]
+    }
+
+    static func makeRequestID() -> String {
+        var generator = SystemRandomNumberGenerator()
+        let hex: [UInt8] = Array("0123456789abcdef".utf8)
+        var bytes: [UInt8] = Array("req_".utf8)
+        for _ in 0..<24 { bytes.append(hex[Int(generator.next() % 16)]) }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    static func unixTime() -> Int64 {
+        Int64(Date().timeIntervalSince1970)
+    }
+
+    // MARK: Complete answers
+
+    func renderCompletion(_ completion: Completion, chat: ChatRequest, format: APIFormat, requestID: String) -> Response {
+        var headers: HTTPFields = [.contentType: "application/json", .requestID: requestID, .switchyardModel: chat.model]
+        if let cost = completion.cost { headers[.switchyardCost] = cost.usdString }
+        let body: ByteBuffer
+        if let raw = completion.raw, raw.format == format {
+            body = raw.body
+        } else {
+            let json = switch format {
+            case .openAI: OpenAIFormat.renderResponse(completion.response, created: Self.unixTime())
+            case .anthropic: AnthropicFormat.renderResponse(completion.response)
+            }
+            body = ByteBuffer(bytes: json.serialized())
+        }
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: body))
+    }
+
+    // MARK: Streams
+
+    func renderStream(_ stream: ChatStream, chat: ChatRequest, format: APIFormat, requestID: String,
+                      started: ContinuousClock.Instant, logger: Logger) -> Response
+    {
+        let headers: HTTPFields = [
+            .contentType: "text/event-stream", .cacheControl: "no-cache", .requestID: requestID, .switchyardModel: chat.model,
+        ]
+        let metrics = self.metrics
+        let upstreamWait = stream.upstreamTimeToFirstEvent
+        let encoder = StreamEncoder(clientFormat: format, upstreamFormat: stream.format, model: chat.model,
+                                    includeUsage: chat.streamIncludeUsage, requestID: requestID)
+        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            var encoder = encoder
+            var iterator = stream.makeAsyncIterator()
+            var firstWritten = false
+            var failure: GatewayError?
+            defer {
+                // Runs the end-of-stream work if the client went away before the stream ended.
+                stream.lifecycle.end(.cancelled)
+            }
+            while true {
+                let event: StreamEvent?
+                do {
+                    event = try await iterator.next()
+                } catch {
+                    failure = error as? GatewayError ?? GatewayError(.upstreamError, "upstream stream failed")
+                    break
+                }
+                guard let event else { break }
+                var buffer = ByteBuffer()
+                encoder.encode(event, into: &buffer)
+                guard buffer.readableBytes > 0 else { continue }
+                try await writer.write(buffer)
+                if !firstWritten {
+                    firstWritten = true
+                    let ttft = ContinuousClock.now - started
+                    metrics.timeToFirstToken(api: format, model: chat.model, ttft)
+                    metrics.overhead(api: format, streamed: true, ttft - upstreamWait)
+                }
+            }
+            var tail = ByteBuffer()
+            if let failure {
+                // Never a clean finish after a cut: the client sees an error event and no terminator.
+                ErrorRenderer.streamEvent(for: failure, format: format, requestID: requestID).write(into: &tail)
+                metrics.error(api: format, code: failure.code)
+            } else {
+                encoder.finish(into: &tail)
+            }
+            try await writer.write(tail)
+            try await writer.finish(nil)
+            let elapsed = ContinuousClock.now - started
+            metrics.request(api: format, status: 200, streamed: true, duration: elapsed)
+            var metadata = access(format, chat.model, 200, elapsed)
+            metadata["switchyard.stream"] = failure == nil ? "completed" : "failed"
+            logger.info("request", metadata: metadata)
+        })
+    }
+}
+
+/// Turns upstream events into the client's SSE bytes: untouched when the formats match, translated otherwise.
+struct StreamEncoder: Sendable {
+    let clientFormat: APIFormat
+    let upstreamFormat: APIFormat
+    let includeUsage: Bool
+    var openAI: OpenAIStreamEncoder
+    var anthropic: AnthropicStreamEncoder
+
+    init(clientFormat: APIFormat, upstreamFormat: APIFormat, model: String, includeUsage: Bool, requestID: String) {
+        self.clientFormat = clientFormat
+        self.upstreamFormat = upstreamFormat
+        self.includeUsage = includeUsage
+        self.openAI = OpenAIStreamEncoder(id: requestID, model: model, created: ChatHandler.unixTime(), includeUsage: includeUsage)
+        self.anthropic = AnthropicStreamEncoder(id: requestID, model: model)
+    }
+
+    mutating func encode(_ event: StreamEvent, into buffer: inout ByteBuffer) {
+        if clientFormat == upstreamFormat, let raw = event.raw {
+            // The gateway always asks OpenAI upstreams for usage; drop the usage-only chunk if the client did not.
+            if clientFormat == .openAI, !includeUsage, event.chunks.allSatisfy(Self.isUsageOrStart),
+               event.chunks.contains(where: Self.isUsage)
+            {
+                return
+            }
+            raw.write(into: &buffer)
+            return
+        }
+        for chunk in event.chunks {
+            switch clientFormat {
+            case .openAI:
+                for json in openAI.encode(chunk) { Self.write(json, event: nil, into: &buffer) }
+            case .anthropic:
+                for (name, json) in anthropic.encode(chunk) { Self.write(json, event: name, into: &buffer) }
+            }
+        }
+    }
+
+    mutating func finish(into buffer: inout ByteBuffer) {
+        switch clientFormat {
+        case .openAI:
+            if upstreamFormat != .openAI {
+                for json in openAI.finish() { Self.write(json, event: nil, into: &buffer) }
+            }
+            buffer.writeStaticString("data: [DONE]\n\n")
+        case .anthropic:
+            // A same-format upstream already sent message_stop (relayed untouched).
+            if upstreamFormat != .anthropic {
+                for (name, json) in anthropic.finish() { Self.write(json, event: name, into: &buffer) }
+            }
+        }
+    }
+
+    static func isUsage(_ chunk: ChatChunk) -> Bool {
+        if case .usage = chunk { return true }
+        return false
+    }
+
+    static func isUsageOrStart(_ chunk: ChatChunk) -> Bool {
+        switch chunk {
+        case .usage, .start: true
+        default: false
+        }
+    }
+
+    static func write(_ json: JSONValue, event: String?, into buffer: inout ByteBuffer) {
+        if let event {
+            buffer.writeStaticString("event: ")
+            buffer.writeString(event)
+            buffer.writeStaticString("\n")
+        }
+        buffer.writeStaticString("data: ")
+        buffer.writeBytes(json.serialized())
+        buffer.writeStaticString("\n\n")
+    }
+}

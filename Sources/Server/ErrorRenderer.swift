@@ -1,0 +1,92 @@
+import HTTPTypes
+import Hummingbird
+import NIOCore
+import ServerSentEvents
+public import SwitchyardCore
+public import SwitchyardModels
+
+/// The one place a `GatewayError` becomes an HTTP status and an OpenAI or Anthropic error envelope.
+public enum ErrorRenderer {
+    /// The HTTP status for an error, as the client's API would answer it.
+    public static func status(for error: GatewayError, format: APIFormat) -> Int {
+        switch error.code {
+        case .invalidRequest:
+            if let status = error.upstreamStatus, (400..<500).contains(status) { return status }
+            return 400
+        case .unauthenticated: return 401
+        case .permissionDenied: return 403
+        case .modelNotFound, .notFound: return 404
+        case .payloadTooLarge: return 413
+        case .unsupportedMediaType: return 415
+        case .rateLimited: return 429
+        case .overloaded: return format == .anthropic ? 529 : 503
+        case .upstreamTimeout: return 504
+        case .upstreamError:
+            if let status = error.upstreamStatus, (500..<600).contains(status) { return status }
+            return 502
+        case .internalError: return 500
+        }
+    }
+
+    /// The error `type` string each API uses for a code.
+    static func type(for error: GatewayError, format: APIFormat) -> String {
+        switch (format, error.code) {
+        case (.anthropic, .invalidRequest), (.anthropic, .unsupportedMediaType): "invalid_request_error"
+        case (.anthropic, .unauthenticated): "authentication_error"
+        case (.anthropic, .permissionDenied): "permission_error"
+        case (.anthropic, .modelNotFound), (.anthropic, .notFound): "not_found_error"
+        case (.anthropic, .payloadTooLarge): "request_too_large"
+        case (.anthropic, .rateLimited): "rate_limit_error"
+        case (.anthropic, .overloaded): "overloaded_error"
+        case (.anthropic, .upstreamTimeout), (.anthropic, .upstreamError), (.anthropic, .internalError): "api_error"
+        case (.openAI, .invalidRequest), (.openAI, .modelNotFound), (.openAI, .notFound), (.openAI, .payloadTooLarge),
+             (.openAI, .unsupportedMediaType): "invalid_request_error"
+        case (.openAI, .unauthenticated): "authentication_error"
+        case (.openAI, .permissionDenied): "permission_error"
+        case (.openAI, .rateLimited): "rate_limit_error"
+        case (.openAI, .overloaded), (.openAI, .upstreamTimeout), (.openAI, .upstreamError), (.openAI, .internalError):
+            "server_error"
+        }
+    }
+
+    /// The error envelope's JSON in the client's format.
+    public static func body(for error: GatewayError, format: APIFormat, requestID: String) -> JSONValue {
+        switch format {
+        case .openAI:
+            return ["error": [
+                "message": .string(error.message), "type": .string(type(for: error, format: format)),
+                "param": error.param.map { .string($0) } ?? .null, "code": .string(error.code.rawValue),
+            ]]
+        case .anthropic:
+            return ["type": "error", "error": ["type": .string(type(for: error, format: format)), "message": .string(error.message)],
+                    "request_id": .string(requestID)]
+        }
+    }
+
+    /// A complete error response.
+    static func response(for error: GatewayError, format: APIFormat, requestID: String) -> Response {
+        var headers: HTTPFields = [.contentType: "application/json", .requestID: requestID]
+        if let retryAfter = error.retryAfter {
+            let seconds = max(1, Int((Double(retryAfter.nanoseconds) / 1e9).rounded(.up)))
+            headers[.retryAfter] = String(seconds)
+        }
+        let bytes = body(for: error, format: format, requestID: requestID).serialized()
+        return Response(status: .init(code: status(for: error, format: format)), headers: headers,
+                        body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
+
+    /// The event that ends a failed stream, so that a cut stream never looks like a clean finish.
+    static func streamEvent(for error: GatewayError, format: APIFormat, requestID: String) -> ServerSentEvent {
+        let bytes = body(for: error, format: format, requestID: requestID).serialized()
+        var data = ByteBuffer()
+        data.writeBytes(bytes)
+        return ServerSentEvent(event: format == .anthropic ? "error" : nil, data: data)
+    }
+}
+
+extension HTTPField.Name {
+    static let requestID = HTTPField.Name("x-request-id")!
+    static let switchyardModel = HTTPField.Name("x-switchyard-model")!
+    static let switchyardCost = HTTPField.Name("x-switchyard-cost-usd")!
+    static let apiKey = HTTPField.Name("x-api-key")!
+}

@@ -1,0 +1,125 @@
+import ArgumentParser
+import Hummingbird
+import Logging
+import MockProvider
+import Server
+import ServiceLifecycle
+import SwitchyardCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+@main
+struct Switchyard: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "switchyard",
+        abstract: "An AI gateway speaking the OpenAI and Anthropic APIs.",
+        subcommands: [Serve.self, Mock.self, CheckConfig.self],
+        defaultSubcommand: Serve.self)
+}
+
+struct LogOptions: ParsableArguments {
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func makeLogger(label: String) throws -> Logger {
+        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
+        LoggingSystem.bootstrap(StreamLogHandler.standardError)  // process-wide: only here
+        var logger = Logger(label: label)
+        logger.logLevel = level
+        return logger
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the gateway. Without --config: the embedded default (in-process mock provider, no keys).")
+
+    @Option(help: "Path to a YAML configuration file.") var config: String?
+    @Option(help: "Listen address (overrides the file).") var host: String?
+    @Option(help: "Listen port (overrides the file; 0 picks a free one).") var port: Int?
+    @Option(help: "Latency multiplier for the built-in mock provider (1 realistic, 0 instant).") var mockLatencyScale: Double?
+    @OptionGroup var log: LogOptions
+
+    func run() async throws {
+        let logger = try log.makeLogger(label: "switchyard")
+        var settings: GatewayConfig
+        if let config {
+            do {
+                settings = try ConfigLoader.load(path: config)
+            } catch {
+                throw ValidationError("invalid configuration: \(error.description)")
+            }
+        } else {
+            settings = .embeddedDefault()
+        }
+        if let host { settings.host = host }
+        if let port { settings.port = port }
+        if let mockLatencyScale { settings.mockLatencyScale = mockLatencyScale }
+        let gateway = buildGateway(config: settings, logger: logger, environment: ProcessInfo.processInfo.environment)
+        let host = settings.host
+        let mode = config.map { "config \($0)" } ?? "embedded default: built-in mock provider, any API key accepted"
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await gateway.run() }
+            group.addTask {
+                let port = await gateway.listening.wait()
+                let url = "http://\(host):\(port)"
+                print("""
+                    Switchyard listening on \(url) (\(mode))
+                    Try: curl -s \(url)/v1/chat/completions -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
+                    """)
+                fflush(nil)
+            }
+            try await group.waitForAll()
+        }
+    }
+}
+
+struct Mock: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the mock LLM provider (OpenAI and Anthropic wire formats) on its own.")
+
+    @Option(help: "Listen address.") var host = "127.0.0.1"
+    @Option(help: "Listen port (0 picks a free one).") var port = 9090
+    @Option(help: "Latency multiplier (1 realistic, 0 instant).") var latencyScale = 1.0
+    @Flag(help: "Accept requests without an API key.") var noAuth = false
+    @OptionGroup var log: LogOptions
+
+    func run() async throws {
+        let logger = try log.makeLogger(label: "switchyard-mock")
+        let server = MockServer(settings: MockSettings(host: host, port: port, latencyScale: latencyScale, requireAPIKey: !noAuth))
+        let host = self.host
+        let app = server.makeApplication(logger: logger) { port in
+            print("Switchyard mock provider listening on http://\(host):\(port)")
+            fflush(nil)
+        }
+        try await app.runService()
+    }
+}
+
+struct CheckConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "check-config", abstract: "Validate a configuration file.")
+
+    @Argument(help: "Path to the YAML configuration file.") var file: String
+
+    func run() throws {
+        do {
+            let config = try ConfigLoader.load(path: file)
+            print("\(file): OK (\(config.providers.count) providers, \(config.models.count) models, \(config.keys.count) keys)")
+        } catch {
+            print("\(file): \(error.description)")
+            throw ExitCode(1)
+        }
+    }
+}

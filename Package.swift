@@ -98,7 +98,13 @@ let package = Package(
         ),
         .target(
             name: "SwitchyardTestKit",
-            dependencies: ["SwitchyardCore", "SwitchyardModels"],
+            dependencies: [
+                "SwitchyardCore", "SwitchyardModels", "Server",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(

@@ -1,0 +1,84 @@
+import Foundation
+import SwitchyardCore
+import Testing
+
+@Suite struct ConfigTests {
+    let env = ["ANTHROPIC_API_KEY": "sk-ant-test", "OPENAI_API_KEY": "sk-test"]
+
+    static let valid = """
+        listen: {host: 0.0.0.0, port: 9000}
+        max_body_bytes: 1048576
+        drain_timeout_seconds: 5
+        providers:
+          anthropic:
+            kind: anthropic
+            api_key_env: ANTHROPIC_API_KEY
+            timeouts: {connect_seconds: 2, total_seconds: 120, first_token_seconds: 30}
+            pool_size: 32
+          local:
+            kind: openai-compatible
+            base_url: http://10.0.0.5:8000/v1/
+        models:
+          claude-haiku-4-5:
+            provider: anthropic
+          llama:
+            provider: local
+            upstream_model: meta-llama/Llama-3.1-8B-Instruct
+            price: {input: 0.05, output: "0.10"}
+        keys:
+          - sha256: \(String(repeating: "ab", count: 32))
+            tenant: acme
+            user: alice
+            tier: pro
+            feature: chat
+        """
+
+    @Test func loadsAValidFile() throws {
+        let config = try ConfigLoader.parse(yaml: Self.valid, environment: env)
+        #expect(config.host == "0.0.0.0")
+        #expect(config.port == 9000)
+        #expect(config.maxBodyBytes == 1_048_576)
+        #expect(config.drainTimeout == .seconds(5))
+        #expect(config.providers["anthropic"]?.baseURL == "https://api.anthropic.com")
+        #expect(config.providers["anthropic"]?.timeouts == ProviderTimeouts(connect: .seconds(2), total: .seconds(120), firstToken: .seconds(30)))
+        #expect(config.providers["local"]?.baseURL == "http://10.0.0.5:8000")
+        #expect(config.models["claude-haiku-4-5"]?.price == DefaultCatalog.models[0].price)  // list price from the catalog
+        #expect(config.models["llama"]?.price == ModelPrice(usd: "0.05", "0.10", "0", "0"))
+        #expect(config.keys.first?.caller == Caller(tenant: "acme", user: "alice", tier: "pro", feature: "chat", keyID: "abababababab"))
+    }
+
+    func error(_ yaml: String) -> ConfigError? {
+        do {
+            _ = try ConfigLoader.parse(yaml: yaml, environment: env)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    @Test(arguments: [
+        ("listen: {hots: x}\nproviders: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}", "listen.hots", "unknown key"),
+        ("providers: {m: {kind: mock, colour: red}}\nmodels: {gpt-4o: {provider: m}}", "providers.m.colour", "unknown key"),
+        ("providers: {m: {kind: magic}}\nmodels: {gpt-4o: {provider: m}}", "providers.m.kind", "must be one of"),
+        ("providers: {a: {kind: anthropic, api_key: sk-live}}\nmodels: {x: {provider: a}}", "providers.a.api_key", "never written"),
+        ("providers: {a: {kind: anthropic, api_key_env: NOPE}}\nmodels: {x: {provider: a}}", "providers.a.api_key_env", "not set"),
+        ("providers: {m: {kind: mock}}\nmodels: {x: {provider: nowhere}}", "models.x.provider", "unknown provider"),
+        ("providers: {m: {kind: mock}}\nmodels: {x: {provider: m}}", "models.x.price", "is required"),
+        ("providers: {m: {kind: mock}}\nmodels: {x: {provider: m, price: {input: -1, output: 1}}}", "models.x.price.input", "non-negative"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nkeys: [{sha256: sk-raw-key, tenant: t}]", "keys[0].sha256", "64 hex"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nmax_body_bytes: 5", "max_body_bytes", "between"),
+        ("providers: {o: {kind: openai-compatible}}\nmodels: {gpt-4o: {provider: o}}", "providers.o.base_url", "is required"),
+        ("providers: {m: {kind: mock}}", "models", "is required"),
+    ])
+    func badFilesNameTheKeyPath(_ testCase: (String, String, String)) {
+        let error = error(testCase.0)
+        #expect(error?.path == testCase.1)
+        #expect(error?.message.contains(testCase.2) == true, "\(String(describing: error))")
+    }
+
+    @Test func theShippedExampleIsValid() throws {
+        let path = #filePath.replacingOccurrences(of: "Tests/SwitchyardTests/ConfigTests.swift", with: "switchyard.example.yaml")
+        let config = try ConfigLoader.load(path: path, environment: env)
+        #expect(!config.models.isEmpty)
+    }
+}

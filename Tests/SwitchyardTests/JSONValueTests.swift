@@ -1,0 +1,29 @@
+import SwitchyardModels
+import Testing
+
+@Suite struct JSONValueTests {
+    @Test func parsesEveryKind() throws {
+        let value = try JSONValue.parse(#" {"a": [1, -2.5e3, true, false, null, "x\"\\\/\n\u00e9\ud83d\ude00"], "b": {}} "#)
+        #expect(value == ["a": [1, -2500.0, true, false, nil, "x\"\\/\né😀"], "b": [:]])
+    }
+
+    @Test func keepsLargeIntegersExact() throws {
+        #expect(try JSONValue.parse("9007199254740993") == .int(9_007_199_254_740_993))
+    }
+
+    @Test(arguments: ["", "{", "[1,]", "{\"a\" 1}", "tru", "01", "1.", "\"\\x\"", "\"\u{01}\"", "[1] x", "\"\\ud800\""])
+    func rejectsInvalidDocuments(_ text: String) {
+        #expect(throws: JSONParseError.self) { try JSONValue.parse(text) }
+    }
+
+    @Test func rejectsHostileNesting() {
+        let deep = String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000)
+        #expect(throws: JSONParseError.self) { try JSONValue.parse(deep) }
+    }
+
+    @Test func serializesAndParsesBack() throws {
+        let value: JSONValue = ["s": "tab\there \"q\" \u{01}", "n": 0.1, "i": -7, "a": [nil, true], "o": ["k": "v"]]
+        #expect(try JSONValue.parse(value.serialized()) == value)
+        #expect(value.jsonString(sortedKeys: true) == #"{"a":[null,true],"i":-7,"n":0.1,"o":{"k":"v"},"s":"tab\there \"q\" \u0001"}"#)
+    }
+}

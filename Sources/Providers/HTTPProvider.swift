@@ -167,9 +167,6 @@ public struct HTTPProvider: ProviderClient {
                                 upstreamStatus: 413)
         case 400..<500:
             return GatewayError(.invalidRequest, "upstream '\(config.name)' rejected the request\(suffix)", upstreamStatus: code)
-        case 503:
-            return GatewayError(.overloaded, "upstream '\(config.name)' is unavailable\(suffix)",
-                                retryAfter: Self.retryAfter(headers), upstreamStatus: 503)
         default:
             return GatewayError(.upstreamError, "upstream '\(config.name)' failed with status \(code)\(suffix)",
                                 retryAfter: Self.retryAfter(headers), upstreamStatus: code >= 500 ? code : 502)

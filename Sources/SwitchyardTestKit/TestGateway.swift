@@ -12,7 +12,7 @@ public func withTestGateway<T: Sendable>(
     _ body: @Sendable (_ gateway: Gateway, _ baseURL: String) async throws -> T
 ) async throws -> T {
     var logger = Logger(label: "test-gateway")
-    logger.logLevel = .warning
+    logger.logLevel = .critical
     let gateway = buildGateway(config: config, logger: logger, environment: environment)
     return try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask {
@@ -66,7 +66,7 @@ public struct TestResponse: Sendable {
 }
 
 /// Sends one request with the shared `HTTPClient` and reads the whole body.
-public func send(_ method: String = "POST", _ url: String, body: String? = nil, headers: [(String, String)] = [],
+public func send(_ url: String, method: String = "POST", body: String? = nil, headers: [(String, String)] = [],
                  contentType: String? = "application/json") async throws -> TestResponse {
     var request = HTTPClientRequest(url: url)
     request.method = .init(rawValue: method)

@@ -1,0 +1,210 @@
+"""End-to-end tests: the official OpenAI and Anthropic Python SDKs against a running `switchyard serve`.
+
+Run by scripts/e2e.sh, which builds the gateway, installs the SDKs into a virtual environment and sets
+SWITCHYARD_BIN. Each test class starts its own gateway process on a free loopback port.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import unittest
+import urllib.request
+
+import anthropic
+import openai
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BIN = os.environ.get("SWITCHYARD_BIN", os.path.join(HERE, "..", "..", ".build", "debug", "switchyard"))
+KEY = "sk-e2e-test"
+TOOLS_OPENAI = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS_ANTHROPIC = [{"name": "get_weather", "description": "Weather for a city",
+                    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gateway:
+    """A `switchyard serve` process."""
+
+    def __init__(self, *args):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen([BIN, "serve", "--port", str(self.port), "--log-level", "warning", *args],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("gateway did not become ready")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+class SDKTests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.gateway = Gateway("--config", os.path.join(HERE, "e2e.yaml"))
+        cls.openai = openai.OpenAI(base_url=cls.gateway.url + "/v1", api_key=KEY, max_retries=0)
+        cls.anthropic = anthropic.Anthropic(base_url=cls.gateway.url, api_key=KEY, max_retries=0)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gateway.stop()
+
+    # OpenAI SDK
+
+    def test_openai_non_stream_both_upstreams(self):
+        for model in ["gpt-4o-mini", "claude-haiku-4-5"]:
+            raw = self.openai.chat.completions.with_raw_response.create(
+                model=model, max_tokens=10, messages=[{"role": "system", "content": "Be brief."},
+                                                      {"role": "user", "content": "What is an AI gateway?"}])
+            completion = raw.parse()
+            self.assertEqual(completion.choices[0].finish_reason, "length")
+            self.assertEqual(len(completion.choices[0].message.content.split()), 10)
+            self.assertEqual(completion.usage.completion_tokens, 10)
+            self.assertGreater(completion.usage.prompt_tokens, 0)
+            self.assertEqual(raw.headers["x-switchyard-model"], model)
+            self.assertGreater(float(raw.headers["x-switchyard-cost-usd"]), 0)
+            self.assertTrue(raw.headers["x-request-id"].startswith("req_"))
+
+    def test_openai_stream_with_usage(self):
+        for model in ["gpt-4o-mini", "claude-haiku-4-5"]:
+            stream = self.openai.chat.completions.create(
+                model=model, max_tokens=8, stream=True, stream_options={"include_usage": True},
+                messages=[{"role": "user", "content": "Stream please"}])
+            chunks = list(stream)
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            self.assertEqual(len(text.split()), 8)
+            self.assertEqual(chunks[-1].usage.completion_tokens, 8)
+            self.assertEqual([c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason], ["length"])
+
+    def test_openai_tools(self):
+        for model in ["gpt-4o-mini", "claude-haiku-4-5"]:
+            completion = self.openai.chat.completions.create(
+                model=model, tools=TOOLS_OPENAI, tool_choice="auto",
+                messages=[{"role": "user", "content": "Weather in Paris?"}])
+            call = completion.choices[0].message.tool_calls[0]
+            self.assertEqual(completion.choices[0].finish_reason, "tool_calls")
+            self.assertEqual(call.function.name, "get_weather")
+            self.assertIn("city", json.loads(call.function.arguments))
+            follow_up = self.openai.chat.completions.create(model=model, tools=TOOLS_OPENAI, messages=[
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "tool_calls": [call.model_dump()]},
+                {"role": "tool", "tool_call_id": call.id, "content": "18C and sunny"}])
+            self.assertEqual(follow_up.choices[0].finish_reason, "stop")
+            self.assertTrue(follow_up.choices[0].message.content)
+
+    def test_openai_errors(self):
+        with self.assertRaises(openai.BadRequestError):
+            self.openai.chat.completions.create(model="gpt-4o-mini", temperature=5, messages=[{"role": "user", "content": "x"}])
+        bad_key = openai.OpenAI(base_url=self.gateway.url + "/v1", api_key="sk-wrong", max_retries=0)
+        with self.assertRaises(openai.AuthenticationError):
+            bad_key.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+        with self.assertRaises(openai.NotFoundError):
+            self.openai.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+        with self.assertRaises(openai.APIStatusError) as too_large:
+            self.openai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x" * 100_000}])
+        self.assertEqual(too_large.exception.status_code, 413)
+        with self.assertRaises(openai.RateLimitError) as limited:
+            self.openai.chat.completions.create(model="gpt-4o-mini-429", messages=[{"role": "user", "content": "x"}])
+        self.assertEqual(limited.exception.response.headers["retry-after"], "2")
+
+    # Anthropic SDK
+
+    def test_anthropic_non_stream_both_upstreams(self):
+        for model in ["claude-haiku-4-5", "gpt-4o-mini"]:
+            message = self.anthropic.messages.create(
+                model=model, max_tokens=10, system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+                messages=[{"role": "user", "content": "What is an AI gateway?"}])
+            self.assertEqual(message.stop_reason, "max_tokens")
+            self.assertEqual(len(message.content[0].text.split()), 10)
+            self.assertEqual(message.usage.output_tokens, 10)
+            self.assertGreater(message.usage.input_tokens, 0)
+
+    def test_anthropic_messages_stream(self):
+        for model in ["claude-haiku-4-5", "gpt-4o-mini"]:
+            with self.anthropic.messages.stream(model=model, max_tokens=7,
+                                                messages=[{"role": "user", "content": "Stream please"}]) as stream:
+                text = "".join(stream.text_stream)
+                final = stream.get_final_message()
+            self.assertEqual(len(text.split()), 7)
+            self.assertEqual(final.usage.output_tokens, 7)
+            self.assertEqual(final.stop_reason, "max_tokens")
+            self.assertGreater(final.usage.input_tokens, 0)
+
+    def test_anthropic_tools(self):
+        for model in ["claude-haiku-4-5", "gpt-4o-mini"]:
+            message = self.anthropic.messages.create(model=model, max_tokens=100, tools=TOOLS_ANTHROPIC,
+                                                     messages=[{"role": "user", "content": "Weather in Rome?"}])
+            self.assertEqual(message.stop_reason, "tool_use")
+            tool_use = message.content[0]
+            self.assertEqual(tool_use.name, "get_weather")
+            self.assertIn("city", tool_use.input)
+            with self.anthropic.messages.stream(model=model, max_tokens=1000, tools=TOOLS_ANTHROPIC, messages=[
+                    {"role": "user", "content": "Weather in Rome?"},
+                    {"role": "assistant", "content": [block.model_dump() for block in message.content]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_use.id, "content": "24C"}]}]) as stream:
+                final = stream.get_final_message()
+            self.assertEqual(final.stop_reason, "end_turn")
+
+    def test_anthropic_errors(self):
+        with self.assertRaises(anthropic.BadRequestError):
+            self.anthropic.messages.create(model="claude-haiku-4-5", max_tokens=0, messages=[{"role": "user", "content": "x"}])
+        bad_key = anthropic.Anthropic(base_url=self.gateway.url, api_key="sk-wrong", max_retries=0)
+        with self.assertRaises(anthropic.AuthenticationError):
+            bad_key.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        with self.assertRaises(anthropic.NotFoundError):
+            self.anthropic.messages.create(model="claude-9", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        with self.assertRaises(anthropic.RequestTooLargeError):
+            self.anthropic.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "x" * 100_000}])
+        with self.assertRaises(anthropic.RateLimitError) as limited:
+            self.anthropic.messages.create(model="claude-haiku-4-5-429", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        self.assertEqual(limited.exception.response.headers["retry-after"], "2")
+
+    def test_models_list(self):
+        self.assertIn("gpt-4o-mini", [m.id for m in self.openai.models.list()])
+        self.assertIn("claude-haiku-4-5", [m.id for m in self.anthropic.models.list()])
+
+
+class DrainTests(unittest.TestCase):
+    def test_sigterm_lets_an_inflight_stream_finish(self):
+        gateway = Gateway("--mock-latency-scale", "1")  # embedded default, realistic latency
+        try:
+            client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="any-key", max_retries=0)
+            stream = client.chat.completions.create(model="gpt-4o", stream=True, max_tokens=60,
+                                                    messages=[{"role": "user", "content": "Tell me a story"}])
+            chunks = [next(iter(stream))]
+            gateway.process.send_signal(signal.SIGTERM)
+            chunks += list(stream)
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            self.assertEqual(len(text.split()), 60)
+            self.assertEqual(chunks[-1].choices[0].finish_reason, "length")
+            self.assertEqual(gateway.process.wait(timeout=30), 0)
+            with self.assertRaises(OSError):
+                urllib.request.urlopen(gateway.url + "/healthz", timeout=2)
+        finally:
+            gateway.stop()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

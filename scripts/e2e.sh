@@ -6,7 +6,12 @@ cd "$(dirname "$0")/.."
 
 VENV=.venv-e2e
 if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV"
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+        # Debian's python3 needs python3-venv for virtual environments.
+        rm -rf "$VENV"
+        ${SUDO:-$(command -v sudo >/dev/null && echo sudo)} apt-get install -y python3-venv >/dev/null
+        python3 -m venv "$VENV"
+    fi
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
 

@@ -113,11 +113,18 @@ struct ChatHandler: Sendable {
         return headers[.apiKey]
     }
 
+    /// `req_` and 24 random hex digits (two calls to the system generator, not one per digit).
     static func makeRequestID() -> String {
         var generator = SystemRandomNumberGenerator()
         let hex: [UInt8] = Array("0123456789abcdef".utf8)
         var bytes: [UInt8] = Array("req_".utf8)
-        for _ in 0..<24 { bytes.append(hex[Int(generator.next() % 16)]) }
+        bytes.reserveCapacity(28)
+        for var word in [generator.next() as UInt64, generator.next() as UInt64] {
+            for _ in 0..<12 {
+                bytes.append(hex[Int(word & 0xF)])
+                word >>= 4
+            }
+        }
         return String(decoding: bytes, as: UTF8.self)
     }
 

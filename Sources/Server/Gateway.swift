@@ -83,7 +83,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     }
 
     var app = Application(
-        router: router,
+        responder: EdgeResponder(inner: router.buildResponder()),
         configuration: .init(address: .hostname(config.host, port: config.port), serverName: "switchyard"),
         onServerRunning: { channel in listening.set(channel.localAddress?.port ?? 0) },
         logger: logger)

@@ -322,6 +322,13 @@ import Testing
             #expect(metrics.body.contains("switchyard_gateway_overhead_seconds_bucket"))
             #expect(metrics.body.contains(#"switchyard_tokens_total{model="gpt-4o",kind="output"} 12"#))
             #expect(!metrics.body.contains("nope"))
+            #expect(metrics.header("x-request-id") != nil)
+            let unknown = try await send("\(url)/v1/embeddingz", method: "GET")
+            #expect(unknown.status == 404)
+            #expect(try Self.json(unknown.body)["error"]?["code"] == "not_found")
+            let wrongMethod = try await send("\(url)/v1/messages", method: "GET")
+            #expect([404, 405].contains(wrongMethod.status))
+            #expect(try Self.json(wrongMethod.body)["type"] == "error")
             #expect(!metrics.body.contains("gateway?"))
         }
     }

@@ -92,6 +92,8 @@ let package = Package(
             dependencies: [
                 "Server", "SwitchyardCore", "MockProvider",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict

@@ -62,8 +62,13 @@ public struct HTTPProvider: ProviderClient {
         let outgoing = upstream
         let logger = context.logger
         do {
-            response = try await withFirstTokenTimeout(timeouts.firstToken) { [client] in
-                try await client.execute(outgoing, deadline: deadline, logger: logger)
+            if request.stream {
+                response = try await withFirstTokenTimeout(timeouts.firstToken) { [client] in
+                    try await client.execute(outgoing, deadline: deadline, logger: logger)
+                }
+            } else {
+                // A non-streamed answer arrives whole: only the total deadline applies.
+                response = try await client.execute(outgoing, deadline: deadline, logger: logger)
             }
         } catch {
             throw mapTransportError(error)

@@ -4,10 +4,20 @@ import SwitchyardModels
 
 /// The gateway's Prometheus metrics, declared once; every label comes from a bounded set
 /// (API format, HTTP status, error code, configured model names).
+///
+/// Handles are created up front (or once per new HTTP status) and looked up in small dictionaries, so recording
+/// a request costs no registry lookup.
 public final class GatewayMetrics: CostRecorder {
     /// The registry `GET /metrics` renders. One per gateway, so tests never share state.
-    public let registry = PrometheusCollectorRegistry()
-    let knownModels: Set<String>
+    public let registry: PrometheusCollectorRegistry
+
+    struct Series: Hashable { var api: APIFormat, streamed: Bool }
+    struct StatusSeries: Hashable { var api: APIFormat, status: Int, streamed: Bool }
+    struct ErrorSeries: Hashable { var api: APIFormat, code: GatewayError.Code }
+    struct ModelSeries: Hashable { var api: APIFormat, model: String }
+    struct ModelCounters {
+        var input, output, cacheRead, cacheWrite, cost: Counter
+    }
 
     static let latencyBuckets: [Duration] = [
         .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
@@ -19,60 +29,108 @@ public final class GatewayMetrics: CostRecorder {
         .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(50),
     ]
 
-    static var requestsDescriptor: MetricNameDescriptor { MetricNameDescriptor(namespace: "switchyard", metricName: "requests", unitName: "total", helpText: "Requests answered, by API, HTTP status and streaming.") }
-    static var requestDurationDescriptor: MetricNameDescriptor { MetricNameDescriptor(namespace: "switchyard", metricName: "request_duration", unitName: "seconds", helpText: "End-to-end latency as seen by the gateway.") }
-    static var errorsDescriptor: MetricNameDescriptor { MetricNameDescriptor(namespace: "switchyard", metricName: "errors", unitName: "total", helpText: "Errors by bounded error code.") }
-    static var timeToFirstTokenDescriptor: MetricNameDescriptor { MetricNameDescriptor(namespace: "switchyard", metricName: "time_to_first_token", unitName: "seconds", helpText: "Time until the first streamed event was sent to the client.") }
-    static var gatewayOverheadDescriptor: MetricNameDescriptor { MetricNameDescriptor(namespace: "switchyard", metricName: "gateway_overhead", unitName: "seconds", helpText: "Time spent in the gateway: end to end minus waiting on the upstream.") }
-    static var tokensDescriptor: MetricNameDescriptor { MetricNameDescriptor(namespace: "switchyard", metricName: "tokens", unitName: "total", helpText: "Tokens by model and kind (input, output, cache_read, cache_write).") }
-    static var costNanoUsdDescriptor: MetricNameDescriptor { MetricNameDescriptor(namespace: "switchyard", metricName: "cost_nano_usd", unitName: "total", helpText: "Cost at list prices in nano-USD, by model.") }
+    var requestsDescriptor: MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "switchyard", metricName: "requests", unitName: "total",
+                             helpText: "Requests answered, by API, HTTP status and streaming.")
+    }
+    let durations: [Series: DurationHistogram]
+    let overheads: [Series: DurationHistogram]
+    let errors: [ErrorSeries: Counter]
+    let timeToFirstToken: [ModelSeries: DurationHistogram]
+    let models: [String: ModelCounters]
+    let statusCounters = Locked([StatusSeries: Counter]())
 
-    public init(models: some Sequence<String>) {
-        self.knownModels = Set(models)
+    public init(models modelNames: some Sequence<String>) {
+        let registry = PrometheusCollectorRegistry()
+        let names = Set(modelNames).union(["other"])
+        let apis = APIFormat.allCases
+        var durations: [Series: DurationHistogram] = [:]
+        var overheads: [Series: DurationHistogram] = [:]
+        var errors: [ErrorSeries: Counter] = [:]
+        var ttft: [ModelSeries: DurationHistogram] = [:]
+        let duration = MetricNameDescriptor(namespace: "switchyard", metricName: "request_duration", unitName: "seconds",
+                                            helpText: "End-to-end latency as seen by the gateway.")
+        let overhead = MetricNameDescriptor(namespace: "switchyard", metricName: "gateway_overhead", unitName: "seconds",
+                                            helpText: "Time spent in the gateway: end to end minus waiting on the upstream.")
+        let error = MetricNameDescriptor(namespace: "switchyard", metricName: "errors", unitName: "total",
+                                         helpText: "Errors by bounded error code.")
+        let firstToken = MetricNameDescriptor(namespace: "switchyard", metricName: "time_to_first_token", unitName: "seconds",
+                                              helpText: "Time until the first streamed event was sent to the client.")
+        for api in apis {
+            for streamed in [false, true] {
+                let labels = [("api", api.rawValue), ("stream", String(streamed))]
+                durations[Series(api: api, streamed: streamed)] =
+                    registry.makeDurationHistogram(descriptor: duration, labels: labels, buckets: Self.latencyBuckets)
+                overheads[Series(api: api, streamed: streamed)] =
+                    registry.makeDurationHistogram(descriptor: overhead, labels: labels, buckets: Self.overheadBuckets)
+            }
+            for code in GatewayError.Code.allCases {
+                errors[ErrorSeries(api: api, code: code)] =
+                    registry.makeCounter(descriptor: error, labels: [("api", api.rawValue), ("code", code.rawValue)])
+            }
+            for name in names {
+                ttft[ModelSeries(api: api, model: name)] = registry.makeDurationHistogram(
+                    descriptor: firstToken, labels: [("api", api.rawValue), ("model", name)], buckets: Self.latencyBuckets)
+            }
+        }
+        let tokens = MetricNameDescriptor(namespace: "switchyard", metricName: "tokens", unitName: "total",
+                                          helpText: "Tokens by model and kind (input, output, cache_read, cache_write).")
+        let cost = MetricNameDescriptor(namespace: "switchyard", metricName: "cost_nano_usd", unitName: "total",
+                                        helpText: "Cost at list prices in nano-USD, by model.")
+        var models: [String: ModelCounters] = [:]
+        for name in names {
+            func counter(_ kind: String) -> Counter {
+                registry.makeCounter(descriptor: tokens, labels: [("model", name), ("kind", kind)])
+            }
+            models[name] = ModelCounters(input: counter("input"), output: counter("output"), cacheRead: counter("cache_read"),
+                                         cacheWrite: counter("cache_write"),
+                                         cost: registry.makeCounter(descriptor: cost, labels: [("model", name)]))
+        }
+        (self.durations, self.overheads, self.errors, self.timeToFirstToken, self.models) = (durations, overheads, errors, ttft, models)
+        self.registry = registry
     }
 
     func modelLabel(_ model: String?) -> String {
-        guard let model, knownModels.contains(model) else { return "other" }
+        guard let model, models[model] != nil else { return "other" }
         return model
     }
 
     /// Counts one finished request by API and HTTP status.
     func request(api: APIFormat, status: Int, streamed: Bool, duration: Duration) {
-        registry.makeCounter(descriptor: Self.requestsDescriptor,
-                             labels: [("api", api.rawValue), ("status", String(status)), ("stream", String(streamed))]).increment()
-        registry.makeDurationHistogram(descriptor: Self.requestDurationDescriptor,
-                                       labels: [("api", api.rawValue), ("stream", String(streamed))],
-                                       buckets: Self.latencyBuckets).record(duration)
+        let key = StatusSeries(api: api, status: status, streamed: streamed)
+        let counter = statusCounters.withLock { $0[key] } ?? {
+            let counter = registry.makeCounter(descriptor: requestsDescriptor,
+                                               labels: [("api", api.rawValue), ("status", String(status)), ("stream", String(streamed))])
+            statusCounters.withLock { $0[key] = counter }
+            return counter
+        }()
+        counter.increment()
+        durations[Series(api: api, streamed: streamed)]?.record(duration)
     }
 
     /// Counts one error by its bounded code.
     func error(api: APIFormat, code: GatewayError.Code) {
-        registry.makeCounter(descriptor: Self.errorsDescriptor, labels: [("api", api.rawValue), ("code", code.rawValue)]).increment()
+        errors[ErrorSeries(api: api, code: code)]?.increment()
     }
 
     /// Time to the first streamed byte sent to the client.
     func timeToFirstToken(api: APIFormat, model: String?, _ duration: Duration) {
-        registry.makeDurationHistogram(descriptor: Self.timeToFirstTokenDescriptor,
-                                       labels: [("api", api.rawValue), ("model", modelLabel(model))],
-                                       buckets: Self.latencyBuckets).record(duration)
+        timeToFirstToken[ModelSeries(api: api, model: modelLabel(model))]?.record(duration)
     }
 
     /// Time the gateway itself spent: end to end minus the time waiting on the upstream.
     func overhead(api: APIFormat, streamed: Bool, _ duration: Duration) {
-        registry.makeDurationHistogram(descriptor: Self.gatewayOverheadDescriptor,
-                                       labels: [("api", api.rawValue), ("stream", String(streamed))],
-                                       buckets: Self.overheadBuckets).record(max(.zero, duration))
+        overheads[Series(api: api, streamed: streamed)]?.record(max(.zero, duration))
     }
 
     public func record(_ record: CostRecord) {
-        let model = modelLabel(record.model)
+        guard let counters = models[modelLabel(record.model)] else { return }
         let usage = record.usage
-        for (kind, count) in [("input", usage.inputTokens), ("output", usage.outputTokens),
-                              ("cache_read", usage.cacheReadTokens), ("cache_write", usage.cacheWriteTokens)] where count > 0 {
-            registry.makeCounter(descriptor: Self.tokensDescriptor, labels: [("model", model), ("kind", kind)])
-                .increment(by: Int64(count))
-        }
-        registry.makeCounter(descriptor: Self.costNanoUsdDescriptor, labels: [("model", model)]).increment(by: record.cost.value)
+        if usage.inputTokens > 0 { counters.input.increment(by: Int64(usage.inputTokens)) }
+        if usage.outputTokens > 0 { counters.output.increment(by: Int64(usage.outputTokens)) }
+        if usage.cacheReadTokens > 0 { counters.cacheRead.increment(by: Int64(usage.cacheReadTokens)) }
+        if usage.cacheWriteTokens > 0 { counters.cacheWrite.increment(by: Int64(usage.cacheWriteTokens)) }
+        counters.cost.increment(by: record.cost.value)
     }
 
     /// The Prometheus text exposition.

@@ -27,7 +27,8 @@ public struct ProviderTimeouts: Sendable, Hashable {
     public var connect: Duration
     /// The whole call, including a streamed body.
     public var total: Duration
-    /// Until the first byte of the answer (head for non-streamed, first event for streamed).
+    /// For streams, until the first event arrives. Non-streamed calls are bounded by `total` only, since their
+    /// answer arrives whole.
     public var firstToken: Duration
 
     public init(connect: Duration = .seconds(10), total: Duration = .seconds(600), firstToken: Duration = .seconds(120)) {

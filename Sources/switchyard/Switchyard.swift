@@ -20,7 +20,6 @@ import FoundationEssentials
 import Foundation
 #endif
 
-@main
 struct Switchyard: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard",
@@ -35,7 +34,7 @@ struct LogOptions: ParsableArguments {
 
     func makeLogger(label: String) throws -> Logger {
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
-        LoggingSystem.bootstrap(StreamLogHandler.standardError)  // process-wide: only here
+        LoggingSystem.bootstrap { LineLogHandler(label: $0) }  // process-wide: only here
         var logger = Logger(label: label)
         logger.logLevel = level
         return logger

@@ -18,6 +18,7 @@ extension UpstreamDialect {
             try AnthropicFormat.renderRequest(request, upstreamModel: upstreamModel)
         },
         parseResponse: { body throws(InvalidRequest) in try AnthropicFormat.parseResponse(body) },
+        parseUsage: { usage throws(InvalidRequest) in try AnthropicFormat.parseUsage(usage) },
         makeStreamParser: { AnthropicEventParser() },
         parseError: { body in (body["error"]?["type"]?.stringValue, body["error"]?["message"]?.stringValue) }
     )

@@ -16,6 +16,7 @@ public struct HTTPClientService: Service {
         configuration.connectionPool = .init(idleTimeout: .seconds(60),
                                              concurrentHTTP1ConnectionsPerHostSoftLimit: providers.map(\.poolSize).max() ?? 64)
         configuration.decompression = .disabled
+        configuration.tracing.tracer = nil  // no tracer is bootstrapped; skip the per-request span machinery
         self.client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }
 

@@ -88,14 +88,19 @@ public struct HTTPProvider: ProviderClient {
             throw mapTransportError(error)
         }
         let duration = ContinuousClock.now - started
-        let parsed: ChatResponse
         do {
-            parsed = try dialect.parseResponse(try JSONValue.parse(collected.readableBytesView))
+            if dialect.format == context.clientFormat {
+                // Relayed untouched: read only the usage, skipping the rest without building it.
+                let members = try JSONValue.parseMembers(collected.readableBytesView, keys: ["usage"])
+                let usage = try members["usage"].map(dialect.parseUsage) ?? Usage()
+                return .completion(Completion(usage: usage, raw: (dialect.format, collected), upstreamDuration: duration))
+            }
+            let parsed = try dialect.parseResponse(try JSONValue.parse(collected.readableBytesView))
+            return .completion(Completion(response: parsed, raw: (dialect.format, collected), upstreamDuration: duration))
         } catch {
             context.logger.debug("upstream answered malformed JSON", metadata: ["switchyard.provider": "\(config.name)"])
             throw GatewayError(.upstreamError, "upstream '\(config.name)' answered with a malformed body", upstreamStatus: 502)
         }
-        return .completion(Completion(response: parsed, raw: (dialect.format, collected), upstreamDuration: duration))
     }
 
     /// Reads until the first event so that failures before the first byte surface as ordinary errors.

@@ -11,6 +11,7 @@ extension UpstreamDialect {
             OpenAIFormat.renderRequest(request, upstreamModel: upstreamModel)
         },
         parseResponse: { body throws(InvalidRequest) in try OpenAIFormat.parseResponse(body) },
+        parseUsage: { usage throws(InvalidRequest) in try OpenAIFormat.parseUsage(usage) },
         makeStreamParser: { OpenAIStreamParser() },
         parseError: { body in (body["error"]?["type"]?.stringValue, body["error"]?["message"]?.stringValue) }
     )

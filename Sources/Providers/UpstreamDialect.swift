@@ -14,6 +14,8 @@ public struct UpstreamDialect: Sendable {
     let renderRequest: @Sendable (ChatRequest, _ upstreamModel: String) throws(InvalidRequest) -> JSONValue
     /// A complete answer.
     let parseResponse: @Sendable (JSONValue) throws(InvalidRequest) -> ChatResponse
+    /// A usage object alone.
+    let parseUsage: @Sendable (JSONValue) throws(InvalidRequest) -> Usage
     /// A fresh, stateful parser for one stream.
     let makeStreamParser: @Sendable () -> any UpstreamStreamParser
     /// Reads the provider's error body: its error type and message.

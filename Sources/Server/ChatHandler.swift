@@ -35,7 +35,7 @@ struct ChatHandler: Sendable {
             let response = try await pipeline.run(chat, context: context)
             switch response {
             case .completion(let completion):
-                let result = renderCompletion(completion, chat: chat, format: format, requestID: requestID)
+                let result = try renderCompletion(completion, chat: chat, format: format, requestID: requestID)
                 let elapsed = ContinuousClock.now - started
                 metrics.overhead(api: format, streamed: false, elapsed - completion.upstreamDuration)
                 metrics.request(api: format, status: 200, streamed: false, duration: elapsed)
@@ -134,16 +134,19 @@ struct ChatHandler: Sendable {
 
     // MARK: Complete answers
 
-    func renderCompletion(_ completion: Completion, chat: ChatRequest, format: APIFormat, requestID: String) -> Response {
+    func renderCompletion(_ completion: Completion, chat: ChatRequest, format: APIFormat, requestID: String)
+        throws(GatewayError) -> Response
+    {
         var headers: HTTPFields = [.contentType: "application/json", .requestID: requestID, .switchyardModel: chat.model]
         if let cost = completion.cost { headers[.switchyardCost] = cost.usdString }
         let body: ByteBuffer
         if let raw = completion.raw, raw.format == format {
             body = raw.body
         } else {
+            let response = try completion.canonicalResponse()
             let json = switch format {
-            case .openAI: OpenAIFormat.renderResponse(completion.response, created: Self.unixTime())
-            case .anthropic: AnthropicFormat.renderResponse(completion.response)
+            case .openAI: OpenAIFormat.renderResponse(response, created: Self.unixTime())
+            case .anthropic: AnthropicFormat.renderResponse(response)
             }
             body = ByteBuffer(bytes: json.serialized())
         }

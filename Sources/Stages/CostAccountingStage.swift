@@ -15,10 +15,10 @@ public struct CostAccountingStage: GatewayStage {
         let caller = try context.requireCaller()
         switch try await next(request, context) {
         case .completion(var completion):
-            let cost = route.price.cost(of: completion.response.usage)
+            let cost = route.price.cost(of: completion.usage)
             completion.cost = cost
             recorder.record(CostRecord(requestID: context.requestID, caller: caller, model: route.name,
-                                       usage: completion.response.usage, cost: cost, streamed: false))
+                                       usage: completion.usage, cost: cost, streamed: false))
             return .completion(completion)
         case .stream(let stream):
             let recorder = self.recorder

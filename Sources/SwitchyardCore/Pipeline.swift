@@ -42,20 +42,50 @@ public struct GatewayContext: Sendable {
 
 /// A complete answer, with the upstream's own bytes when the client speaks the same format.
 public struct Completion: Sendable {
-    public var response: ChatResponse
-    /// The upstream body exactly as received, and its format; relayed untouched to same-format clients.
+    /// The canonical answer. `nil` when the upstream spoke the client's format and only its usage was read:
+    /// the raw body is then relayed untouched, and `canonicalResponse()` decodes it on demand.
+    public var response: ChatResponse?
+    /// What the answer used, for pricing.
+    public var usage: Usage
+    /// The upstream body exactly as received, and its format.
     public var raw: (format: APIFormat, body: ByteBuffer)?
     /// Price of the answer, set by the cost stage.
     public var cost: NanoUSD?
     /// Time spent waiting on the upstream.
     public var upstreamDuration: Duration
 
+    /// A completion decoded in full.
     public init(response: ChatResponse, raw: (format: APIFormat, body: ByteBuffer)? = nil, cost: NanoUSD? = nil,
                 upstreamDuration: Duration = .zero) {
         self.response = response
+        self.usage = response.usage
         self.raw = raw
         self.cost = cost
         self.upstreamDuration = upstreamDuration
+    }
+
+    /// A completion whose body is relayed untouched; only its usage was decoded.
+    public init(usage: Usage, raw: (format: APIFormat, body: ByteBuffer), upstreamDuration: Duration = .zero) {
+        self.response = nil
+        self.usage = usage
+        self.raw = raw
+        self.upstreamDuration = upstreamDuration
+    }
+
+    /// The canonical answer, decoding the raw body if only its usage was read.
+    /// - Throws: `GatewayError.upstreamError` when the body is malformed.
+    public func canonicalResponse() throws(GatewayError) -> ChatResponse {
+        if let response { return response }
+        guard let raw else { throw GatewayError(.internalError, "completion without a body") }
+        do {
+            let json = try JSONValue.parse(raw.body.readableBytesView)
+            switch raw.format {
+            case .openAI: return try OpenAIFormat.parseResponse(json)
+            case .anthropic: return try AnthropicFormat.parseResponse(json)
+            }
+        } catch {
+            throw GatewayError(.upstreamError, "the upstream answered with a malformed body", upstreamStatus: 502)
+        }
     }
 }
 

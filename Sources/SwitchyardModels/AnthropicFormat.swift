@@ -262,6 +262,11 @@ public enum AnthropicFormat {
         }
     }
 
+    /// Reads a usage object (`input_tokens` excludes cache reads and writes).
+    public static func parseUsage(_ usage: JSONValue) throws(InvalidRequest) -> Usage {
+        try parseUsage(FieldReader(usage, path: "usage"))
+    }
+
     static func parseUsage(_ usage: FieldReader) throws(InvalidRequest) -> Usage {
         Usage(inputTokens: (try usage.optionalInt("input_tokens") ?? 0).asInt,
               outputTokens: (try usage.optionalInt("output_tokens") ?? 0).asInt,

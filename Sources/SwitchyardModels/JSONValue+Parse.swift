@@ -21,6 +21,26 @@ extension JSONValue {
         return try Array(bytes).withUnsafeBufferPointer { buffer throws(JSONParseError) in try parse(buffer: buffer) }
     }
 
+    /// Parses a JSON object but materialises only the top-level members named in `keys`; the others are
+    /// checked for syntax and skipped without allocating. For reading `usage` out of a body relayed untouched.
+    /// - Throws: `JSONParseError`, also when the document is not an object.
+    public static func parseMembers(_ bytes: some Collection<UInt8>, keys: Set<String>) throws(JSONParseError)
+        -> [String: JSONValue]
+    {
+        let result: Result<[String: JSONValue], JSONParseError>? = bytes.withContiguousStorageIfAvailable { buffer in
+            Result { () throws(JSONParseError) -> [String: JSONValue] in
+                var reader = JSONReader(bytes: buffer)
+                reader.skipWhitespace()
+                let members = try reader.readSelectedMembers(keys)
+                reader.skipWhitespace()
+                guard reader.index == buffer.count else { throw reader.error("unexpected data after the JSON value") }
+                return members
+            }
+        }
+        if let result { return try result.get() }
+        return try parseMembers(Array(bytes), keys: keys)
+    }
+
     /// Parses one JSON document from a string.
     public static func parse(_ string: String) throws(JSONParseError) -> JSONValue {
         try parse(Array(string.utf8))
@@ -104,6 +124,99 @@ private struct JSONReader {
                 throw error("expected ',' or '}'")
             }
         }
+    }
+
+    mutating func readSelectedMembers(_ keys: Set<String>) throws(JSONParseError) -> [String: JSONValue] {
+        guard index < bytes.count, bytes[index] == UInt8(ascii: "{") else { throw error("expected an object") }
+        index += 1
+        var members: [String: JSONValue] = [:]
+        skipWhitespace()
+        if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
+            index += 1
+            return members
+        }
+        while true {
+            skipWhitespace()
+            guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("expected a string key") }
+            let key = try readString()
+            skipWhitespace()
+            guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
+            index += 1
+            skipWhitespace()
+            if keys.contains(key) {
+                members[key] = try readValue(depth: 1)
+            } else {
+                try skipValue(depth: 1)
+            }
+            skipWhitespace()
+            guard index < bytes.count else { throw error("unexpected end of input") }
+            if bytes[index] == UInt8(ascii: ",") {
+                index += 1
+            } else if bytes[index] == UInt8(ascii: "}") {
+                index += 1
+                return members
+            } else {
+                throw error("expected ',' or '}'")
+            }
+        }
+    }
+
+    /// Checks and steps over one value without building it.
+    mutating func skipValue(depth: Int) throws(JSONParseError) {
+        guard index < bytes.count else { throw error("unexpected end of input") }
+        switch bytes[index] {
+        case UInt8(ascii: "{"), UInt8(ascii: "["):
+            guard depth < JSONValue.maximumDepth else { throw error("nesting too deep") }
+            let isObject = bytes[index] == UInt8(ascii: "{")
+            let close = isObject ? UInt8(ascii: "}") : UInt8(ascii: "]")
+            index += 1
+            skipWhitespace()
+            if index < bytes.count, bytes[index] == close {
+                index += 1
+                return
+            }
+            while true {
+                skipWhitespace()
+                if isObject {
+                    guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("expected a string key") }
+                    try skipString()
+                    skipWhitespace()
+                    guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
+                    index += 1
+                    skipWhitespace()
+                }
+                try skipValue(depth: depth + 1)
+                skipWhitespace()
+                guard index < bytes.count else { throw error("unexpected end of input") }
+                if bytes[index] == UInt8(ascii: ",") {
+                    index += 1
+                } else if bytes[index] == close {
+                    index += 1
+                    return
+                } else {
+                    throw error("expected ',' or a closing bracket")
+                }
+            }
+        case UInt8(ascii: "\""):
+            try skipString()
+        default:
+            _ = try readValue(depth: depth)
+        }
+    }
+
+    /// Steps over a string, checking escapes and control characters but not building it.
+    mutating func skipString() throws(JSONParseError) {
+        index += 1
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\"") {
+                index += 1
+                return
+            }
+            if byte < 0x20 { throw error("control character in string") }
+            index += byte == UInt8(ascii: "\\") ? 2 : 1
+        }
+        throw error("unterminated string")
     }
 
     mutating func readArray(depth: Int) throws(JSONParseError) -> JSONValue {

@@ -280,6 +280,11 @@ public enum OpenAIFormat {
             systemFingerprint: try root.optionalString("system_fingerprint"))
     }
 
+    /// Reads a usage object (`prompt_tokens` includes `cached_tokens`).
+    public static func parseUsage(_ usage: JSONValue) throws(InvalidRequest) -> Usage {
+        try parseUsage(FieldReader(usage, path: "usage"))
+    }
+
     static func parseUsage(_ usage: FieldReader) throws(InvalidRequest) -> Usage {
         let prompt = (try usage.optionalInt("prompt_tokens") ?? 0).asInt
         let cached = (try usage.object("prompt_tokens_details")?.optionalInt("cached_tokens") ?? 0).asInt

@@ -26,4 +26,12 @@ import Testing
         #expect(try JSONValue.parse(value.serialized()) == value)
         #expect(value.jsonString(sortedKeys: true) == #"{"a":[null,true],"i":-7,"n":0.1,"o":{"k":"v"},"s":"tab\there \"q\" \u0001"}"#)
     }
+
+    @Test func parseMembersBuildsOnlyTheNamedMembersAndStillChecksSyntax() throws {
+        let text = #"{"id":"x","choices":[{"message":{"content":"say \"usage\": {}"}}],"usage":{"prompt_tokens":3},"n":[1,{"a":null}]}"#
+        #expect(try JSONValue.parseMembers(Array(text.utf8), keys: ["usage"]) == ["usage": ["prompt_tokens": 3]])
+        #expect(throws: JSONParseError.self) { try JSONValue.parseMembers(Array(#"{"a":[1,}"#.utf8), keys: ["usage"]) }
+        #expect(throws: JSONParseError.self) { try JSONValue.parseMembers(Array(#"{"a":"x"} extra"#.utf8), keys: []) }
+        #expect(throws: JSONParseError.self) { try JSONValue.parseMembers(Array("[1]".utf8), keys: []) }
+    }
 }

@@ -31,7 +31,7 @@ extension JSONValue {
             Result { () throws(JSONParseError) -> [String: JSONValue] in
                 var reader = JSONReader(bytes: buffer)
                 reader.skipWhitespace()
-                let members = try reader.readSelectedMembers(keys)
+                let members = try reader.readObject(depth: 1, keys: keys)
                 reader.skipWhitespace()
                 guard reader.index == buffer.count else { throw reader.error("unexpected data after the JSON value") }
                 return members
@@ -74,7 +74,7 @@ private struct JSONReader {
     mutating func readValue(depth: Int) throws(JSONParseError) -> JSONValue {
         guard index < bytes.count else { throw error("unexpected end of input") }
         switch bytes[index] {
-        case UInt8(ascii: "{"): return try readObject(depth: depth + 1)
+        case UInt8(ascii: "{"): return .object(try readObject(depth: depth + 1))
         case UInt8(ascii: "["): return try readArray(depth: depth + 1)
         case UInt8(ascii: "\""): return .string(try readString())
         case UInt8(ascii: "t"): try expect("true"); return .bool(true)
@@ -95,38 +95,9 @@ private struct JSONReader {
         index += count
     }
 
-    mutating func readObject(depth: Int) throws(JSONParseError) -> JSONValue {
+    /// Reads an object; with `keys`, only those members are built and the others are skipped.
+    mutating func readObject(depth: Int, keys: Set<String>? = nil) throws(JSONParseError) -> [String: JSONValue] {
         guard depth <= JSONValue.maximumDepth else { throw error("nesting too deep") }
-        index += 1
-        var members: [String: JSONValue] = [:]
-        skipWhitespace()
-        if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
-            index += 1
-            return .object(members)
-        }
-        while true {
-            skipWhitespace()
-            guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("expected a string key") }
-            let key = try readString()
-            skipWhitespace()
-            guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
-            index += 1
-            skipWhitespace()
-            members[key] = try readValue(depth: depth)
-            skipWhitespace()
-            guard index < bytes.count else { throw error("unexpected end of input") }
-            if bytes[index] == UInt8(ascii: ",") {
-                index += 1
-            } else if bytes[index] == UInt8(ascii: "}") {
-                index += 1
-                return .object(members)
-            } else {
-                throw error("expected ',' or '}'")
-            }
-        }
-    }
-
-    mutating func readSelectedMembers(_ keys: Set<String>) throws(JSONParseError) -> [String: JSONValue] {
         guard index < bytes.count, bytes[index] == UInt8(ascii: "{") else { throw error("expected an object") }
         index += 1
         var members: [String: JSONValue] = [:]
@@ -143,10 +114,10 @@ private struct JSONReader {
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
             index += 1
             skipWhitespace()
-            if keys.contains(key) {
-                members[key] = try readValue(depth: 1)
+            if let keys, !keys.contains(key) {
+                try skipValue(depth: depth)
             } else {
-                try skipValue(depth: 1)
+                members[key] = try readValue(depth: depth)
             }
             skipWhitespace()
             guard index < bytes.count else { throw error("unexpected end of input") }

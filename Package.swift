@@ -31,6 +31,12 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            name: "Embeddings",
+            dependencies: ["SwitchyardModels", .product(name: "Crypto", package: "swift-crypto")],
+            // Optimised even in debug builds: the forward pass is unusably slow unoptimised, and the tests run it.
+            swiftSettings: strict + [.unsafeFlags(["-O"])]
+        ),
+        .target(
             name: "ServerSentEvents",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: strict
@@ -90,7 +96,7 @@ let package = Package(
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "Server", "SwitchyardCore", "MockProvider",
+                "Server", "SwitchyardCore", "MockProvider", "Embeddings",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -115,7 +121,7 @@ let package = Package(
             name: "SwitchyardTests",
             dependencies: [
                 "SwitchyardModels", "ServerSentEvents", "SwitchyardCore", "Stages", "Providers", "Server",
-                "MockProvider", "SwitchyardTestKit",
+                "MockProvider", "SwitchyardTestKit", "Embeddings",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

@@ -24,7 +24,7 @@ struct Switchyard: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard",
         abstract: "An AI gateway speaking the OpenAI and Anthropic APIs.",
-        subcommands: [Serve.self, Mock.self, CheckConfig.self, Bench.self],
+        subcommands: [Serve.self, Mock.self, CheckConfig.self, Models.self, Embed.self, Bench.self],
         defaultSubcommand: Serve.self)
 }
 

@@ -96,7 +96,7 @@ let package = Package(
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "Server", "SwitchyardCore", "MockProvider", "Embeddings",
+                "Server", "SwitchyardCore", "SwitchyardModels", "MockProvider", "Embeddings",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -82,14 +82,31 @@ public final class MiniLMEncoder: Sendable {
 
     /// The L2-normalised sentence embedding of a token sequence (with `[CLS]` and `[SEP]`).
     public func embed(ids: [Int32]) -> [Float] {
+        embed(batch: [ids])[0]
+    }
+
+    /// Embeds several token sequences in one pass.
+    ///
+    /// The sequences are stacked row by row without padding: the linear layers, LayerNorm and GELU work per token,
+    /// so one matrix product serves the whole batch, and attention runs within each sequence. This computes what a
+    /// padded batch with an attention mask computes, without spending work on padding.
+    public func embed(batch: [[Int32]]) -> [[Float]] {
         let hidden = Self.dimension
-        let count = ids.count
+        let segments = batch.reduce(into: [Range<Int>]()) { ranges, ids in
+            let start = ranges.last?.upperBound ?? 0
+            ranges.append(start..<(start + ids.count))
+        }
+        let count = segments.last?.upperBound ?? 0
+        guard count > 0 else { return batch.map { _ in [Float](repeating: 0, count: hidden) } }
         var states = [Float](repeating: 0, count: count * hidden)
-        for (position, id) in ids.enumerated() {
-            let word = Int(id) < vocabularySize ? Int(id) : Int(tokenizer.unknownID)
-            for d in 0..<hidden {
-                states[position * hidden + d] = wordEmbeddings[word * hidden + d] + positionEmbeddings[position * hidden + d]
-                    + tokenTypeEmbeddings[d]
+        for (ids, segment) in zip(batch, segments) {
+            for (position, id) in ids.enumerated() {
+                let row = segment.lowerBound + position
+                let word = Int(id) < vocabularySize ? Int(id) : Int(tokenizer.unknownID)
+                for d in 0..<hidden {
+                    states[row * hidden + d] = wordEmbeddings[word * hidden + d] + positionEmbeddings[position * hidden + d]
+                        + tokenTypeEmbeddings[d]
+                }
             }
         }
         Kernels.layerNorm(&states, rows: count, norm: embeddingNorm)
@@ -97,7 +114,7 @@ public final class MiniLMEncoder: Sendable {
             let query = Kernels.linear(states, rows: count, layer.query)
             let key = Kernels.linear(states, rows: count, layer.key)
             let value = Kernels.linear(states, rows: count, layer.value)
-            let context = Kernels.attention(query: query, key: key, value: value, rows: count)
+            let context = Kernels.attention(query: query, key: key, value: value, segments: segments)
             var attended = Kernels.linear(context, rows: count, layer.attentionOutput)
             Kernels.add(&attended, states)
             Kernels.layerNorm(&attended, rows: count, norm: layer.attentionNorm)
@@ -108,18 +125,20 @@ public final class MiniLMEncoder: Sendable {
             Kernels.layerNorm(&output, rows: count, norm: layer.outputNorm)
             states = output
         }
-        // Mean pooling over the tokens, then L2 normalisation.
-        var pooled = [Float](repeating: 0, count: hidden)
-        for row in 0..<count {
-            for d in 0..<hidden { pooled[d] += states[row * hidden + d] }
+        // Mean pooling over each sequence's tokens, then L2 normalisation.
+        return segments.map { segment in
+            var pooled = [Float](repeating: 0, count: hidden)
+            for row in segment {
+                for d in 0..<hidden { pooled[d] += states[row * hidden + d] }
+            }
+            var norm: Float = 0
+            for d in 0..<hidden {
+                pooled[d] /= Float(segment.count)
+                norm += pooled[d] * pooled[d]
+            }
+            let scale = 1 / max(norm.squareRoot(), 1e-12)
+            return pooled.map { $0 * scale }
         }
-        var norm: Float = 0
-        for d in 0..<hidden {
-            pooled[d] /= Float(count)
-            norm += pooled[d] * pooled[d]
-        }
-        let scale = 1 / max(norm.squareRoot(), 1e-12)
-        return pooled.map { $0 * scale }
     }
 }
 
@@ -180,31 +199,51 @@ enum Kernels {
         return result
     }
 
-    /// Multi-head self-attention over one unpadded sequence.
-    static func attention(query: [Float], key: [Float], value: [Float], rows: Int) -> [Float] {
+    /// Multi-head self-attention within each sequence of a stacked batch.
+    static func attention(query: [Float], key: [Float], value: [Float], segments: [Range<Int>]) -> [Float] {
         let hidden = MiniLMEncoder.dimension
         let size = MiniLMEncoder.headSize
         let scale = 1 / Float(size).squareRoot()
-        var context = [Float](repeating: 0, count: rows * hidden)
-        var scores = [Float](repeating: 0, count: rows)
-        for head in 0..<MiniLMEncoder.heads {
-            let offset = head * size
-            for i in 0..<rows {
-                var maximum = -Float.infinity
-                for j in 0..<rows {
-                    var dot: Float = 0
-                    for d in 0..<size { dot += query[i * hidden + offset + d] * key[j * hidden + offset + d] }
-                    scores[j] = dot * scale
-                    maximum = max(maximum, scores[j])
-                }
-                var total: Float = 0
-                for j in 0..<rows {
-                    scores[j] = expf(scores[j] - maximum)
-                    total += scores[j]
-                }
-                for j in 0..<rows {
-                    let weight = scores[j] / total
-                    for d in 0..<size { context[i * hidden + offset + d] += weight * value[j * hidden + offset + d] }
+        var context = [Float](repeating: 0, count: query.count)
+        var scores = [Float](repeating: 0, count: segments.map(\.count).max() ?? 0)
+        query.withUnsafeBufferPointer { q in
+            key.withUnsafeBufferPointer { k in
+                value.withUnsafeBufferPointer { v in
+                    context.withUnsafeMutableBufferPointer { out in
+                        for segment in segments {
+                            for head in 0..<MiniLMEncoder.heads {
+                                let offset = head * size
+                                for i in segment {
+                                    let qi = UnsafeRawPointer(q.baseAddress! + i * hidden + offset)
+                                    let q0 = qi.loadUnaligned(as: Vector.self)
+                                    let q1 = (qi + 64).loadUnaligned(as: Vector.self)
+                                    var maximum = -Float.infinity
+                                    for j in segment {
+                                        let kj = UnsafeRawPointer(k.baseAddress! + j * hidden + offset)
+                                        let dot = (q0 * kj.loadUnaligned(as: Vector.self) + q1 * (kj + 64).loadUnaligned(as: Vector.self)).sum()
+                                        let score = dot * scale
+                                        scores[j - segment.lowerBound] = score
+                                        maximum = max(maximum, score)
+                                    }
+                                    var total: Float = 0
+                                    for j in 0..<segment.count {
+                                        scores[j] = expf(scores[j] - maximum)
+                                        total += scores[j]
+                                    }
+                                    var c0 = Vector(), c1 = Vector()
+                                    for j in segment {
+                                        let weight = scores[j - segment.lowerBound] / total
+                                        let vj = UnsafeRawPointer(v.baseAddress! + j * hidden + offset)
+                                        c0 += weight * vj.loadUnaligned(as: Vector.self)
+                                        c1 += weight * (vj + 64).loadUnaligned(as: Vector.self)
+                                    }
+                                    let target = UnsafeMutableRawPointer(out.baseAddress! + i * hidden + offset)
+                                    target.storeBytes(of: c0, as: Vector.self)
+                                    (target + 64).storeBytes(of: c1, as: Vector.self)
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }

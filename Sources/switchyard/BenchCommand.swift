@@ -1,5 +1,8 @@
 import ArgumentParser
 import AsyncHTTPClient
+import Embeddings
+import Foundation
+import SwitchyardModels
 import NIOCore
 import NIOHTTP1
 
@@ -11,7 +14,7 @@ import Musl
 
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Benchmarks (commands, not tests).", subcommands: [UpstreamClientFloor.self])
+        abstract: "Benchmarks (commands, not tests).", subcommands: [UpstreamClientFloor.self, EmbeddingsBench.self])
 }
 
 /// Measures what the upstream HTTP client alone costs: the same AsyncHTTPClient configuration the gateway uses,
@@ -63,5 +66,48 @@ struct UpstreamClientFloor: AsyncParsableCommand {
         getrusage(RUSAGE_SELF.rawValue, &usage)
         return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6
             + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
+    }
+}
+
+/// Times the Swift MiniLM encoder on the texts `bench/embeddings` writes (the same texts sentence-transformers gets).
+struct EmbeddingsBench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "embeddings")
+
+    @Option(help: "JSON file with {query: String, queries: [String], passages: [String]}.") var texts: String
+    @Option(help: "Model cache folder.") var dir: String?
+    @Option(help: "Repetitions per measurement.") var repetitions = 50
+
+    func run() throws {
+        let data = try Data(contentsOf: URL(fileURLWithPath: texts))
+        let json = try JSONValue.parse(data)
+        let query = json["query"]?.stringValue ?? ""
+        let queries = json["queries"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        let passages = json["passages"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        let encoder = try MiniLMEncoder(directory: try ModelStore(root: dir).pull())
+        func time(_ body: () -> Void) -> [Double] {
+            body()  // warm-up
+            return (0..<repetitions).map { _ in
+                let start = ContinuousClock.now
+                body()
+                let elapsed = ContinuousClock.now - start
+                return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+            }.sorted()
+        }
+        let single = time { _ = encoder.embed(query) }
+        let short = time { _ = encoder.embed(batch: queries.map(encoder.tokenizer.encode)) }
+        let long = time { _ = encoder.embed(batch: passages.map(encoder.tokenizer.encode)) }
+        let result: JSONValue = [
+            "single_query_p50_ms": .double(single[single.count / 2] * 1000),
+            "query_tokens": .int(Int64(encoder.tokenizer.encode(query).count)),
+            "batch32_queries_per_second": .double(Double(queries.count) / short[short.count / 2]),
+            "query_batch_mean_tokens": .double(Double(queries.map { encoder.tokenizer.encode($0).count }.reduce(0, +)) / Double(max(queries.count, 1))),
+            "batch8_passages_per_second": .double(Double(passages.count) / long[long.count / 2]),
+            "passage_mean_tokens": .double(Double(passages.map { encoder.tokenizer.encode($0).count }.reduce(0, +)) / Double(max(passages.count, 1))),
+        ]
+        print(json: result)
+    }
+
+    func print(json: JSONValue) {
+        Swift.print(json.jsonString(sortedKeys: true))
     }
 }

@@ -66,3 +66,17 @@ import Testing
         print("worst cosine against sentence-transformers: \(worst)")
     }
 }
+
+extension EmbeddingsTests {
+    @Test func aBatchComputesWhatEachSequenceAloneComputes() throws {
+        let encoder = try Self.encoder()
+        let texts = ["short", "a somewhat longer sentence about banking and cards", "", String(repeating: "word ", count: 300)]
+        let batch = encoder.embed(batch: texts.map(encoder.tokenizer.encode))
+        for (text, batched) in zip(texts, batch) {
+            let alone = encoder.embed(text)
+            let cosine = zip(alone, batched).reduce(Float(0)) { $0 + $1.0 * $1.1 }
+            #expect(cosine > 0.99999, "\(text.prefix(20))")
+        }
+        #expect(encoder.tokenizer.encode(texts[3]).count == 256)
+    }
+}

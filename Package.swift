@@ -32,7 +32,11 @@ let package = Package(
         ),
         .target(
             name: "Embeddings",
-            dependencies: ["SwitchyardModels", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: [
+                "SwitchyardModels", "SwitchyardCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
             // Optimised even in debug builds (the forward pass is unusably slow unoptimised, and the tests run it), and
             // for AVX2/FMA (Haswell and later x86-64): SIMD16 products then compile to 256-bit FMA instructions.
             swiftSettings: strict + [.unsafeFlags(["-O", "-target-cpu", "haswell"])]
@@ -83,7 +87,7 @@ let package = Package(
         .target(
             name: "Server",
             dependencies: [
-                "SwitchyardCore", "SwitchyardModels", "ServerSentEvents", "Providers", "Stages", "MockProvider",
+                "SwitchyardCore", "SwitchyardModels", "ServerSentEvents", "Providers", "Stages", "MockProvider", "Embeddings",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -6,6 +6,7 @@ import NIOCore
 import Providers
 import ServiceLifecycle
 import Stages
+import Embeddings
 public import SwitchyardCore
 import SwitchyardModels
 import UnixSignals
@@ -39,7 +40,9 @@ public struct Gateway: Sendable {
 /// Builds the gateway described by `config`.
 /// - Parameters:
 ///   - environment: Where provider API keys are read (`api_key_env`).
-public func buildGateway(config: GatewayConfig, logger: Logger, environment: [String: String]) -> Gateway {
+///   - embeddings: Whether `/v1/embeddings` is served from an on-device model.
+public func buildGateway(config: GatewayConfig, logger: Logger, environment: [String: String],
+                         embeddings: EmbeddingsSetting = .disabled) -> Gateway {
     let httpClient = HTTPClientService(providers: Array(config.providers.values))
     let metrics = GatewayMetrics(models: config.models.keys)
     let listening = ReadySignal<Int>()
@@ -66,10 +69,28 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     let draining = Locked(false)
     let hasMock = mock != nil
     let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger)
+    var batcher: EmbeddingBatcher?
+    var unavailable = "the embeddings endpoint is disabled"
+    switch embeddings {
+    case .model(let directory):
+        do {
+            batcher = EmbeddingBatcher(encoder: try MiniLMEncoder(directory: directory))
+        } catch {
+            unavailable = error.description
+            logger.warning("embeddings unavailable", metadata: ["switchyard.reason": "\(error.description)"])
+        }
+    case .unavailable(let reason):
+        unavailable = reason
+    case .disabled:
+        break
+    }
+    let embeddingsHandler = EmbeddingsHandler(batcher: batcher, unavailableReason: unavailable, auth: AuthStage(keys: config.keys),
+                                              maxBodyBytes: config.maxBodyBytes)
 
     let router = Router()
     router.post("/v1/chat/completions") { request, _ in await handler.handle(request, format: .openAI) }
     router.post("/v1/messages") { request, _ in await handler.handle(request, format: .anthropic) }
+    router.post("/v1/embeddings") { request, _ in await embeddingsHandler.handle(request) }
     router.get("/v1/models") { _, _ in modelsResponse(config) }
     router.get("/healthz") { _, _ in Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "ok\n"))) }
     router.get("/readyz") { _, _ in

@@ -18,7 +18,9 @@ public struct AuthStage: GatewayStage {
         return try await next(request, context)
     }
 
-    func authenticate(_ credential: String?) throws(GatewayError) -> Caller {
+    /// The caller a credential stands for.
+    /// - Throws: `GatewayError.unauthenticated` when keys are configured and the credential is missing or unknown.
+    public func authenticate(_ credential: String?) throws(GatewayError) -> Caller {
         guard let credential, !credential.isEmpty else {
             if keys.isEmpty { return Caller(tenant: "anonymous", user: "anonymous", keyID: "none") }
             throw GatewayError(.unauthenticated, "missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'")

@@ -9,11 +9,12 @@ public import SwitchyardCore
 public func withTestGateway<T: Sendable>(
     _ config: GatewayConfig = TestConfigs.embedded(),
     environment: [String: String] = [:],
+    embeddings: EmbeddingsSetting = .disabled,
     _ body: @Sendable (_ gateway: Gateway, _ baseURL: String) async throws -> T
 ) async throws -> T {
     var logger = Logger(label: "test-gateway")
     logger.logLevel = .critical
-    let gateway = buildGateway(config: config, logger: logger, environment: environment)
+    let gateway = buildGateway(config: config, logger: logger, environment: environment, embeddings: embeddings)
     return try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask {
             try await gateway.run(handleSignals: false)

@@ -2,6 +2,7 @@ import ArgumentParser
 import Hummingbird
 import Logging
 import MockProvider
+import Embeddings
 import Server
 import ServiceLifecycle
 import SwitchyardCore
@@ -49,6 +50,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Listen address (overrides the file).") var host: String?
     @Option(help: "Listen port (overrides the file; 0 picks a free one).") var port: Int?
     @Option(help: "Latency multiplier for the built-in mock provider (1 realistic, 0 instant).") var mockLatencyScale: Double?
+    @Flag(help: "Do not load the on-device embedding model (/v1/embeddings answers 503).") var noEmbeddings = false
+    @Option(help: "Model cache folder (default: $SWITCHYARD_MODEL_DIR or ~/.cache/switchyard/models).") var modelDir: String?
     @OptionGroup var log: LogOptions
 
     func run() async throws {
@@ -66,7 +69,8 @@ struct Serve: AsyncParsableCommand {
         if let host { settings.host = host }
         if let port { settings.port = port }
         if let mockLatencyScale { settings.mockLatencyScale = mockLatencyScale }
-        let gateway = buildGateway(config: settings, logger: logger, environment: ProcessInfo.processInfo.environment)
+        let gateway = buildGateway(config: settings, logger: logger, environment: ProcessInfo.processInfo.environment,
+                                   embeddings: prepareEmbeddings())
         let host = settings.host
         let mode = config.map { "config \($0)" } ?? "embedded default: built-in mock provider, any API key accepted"
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -81,6 +85,22 @@ struct Serve: AsyncParsableCommand {
                 fflush(nil)
             }
             try await group.waitForAll()
+        }
+    }
+}
+
+extension Serve {
+    /// Fetches the embedding model on first start (it is cached afterwards); without it the gateway still serves
+    /// chat, and says why embeddings are off.
+    func prepareEmbeddings() -> EmbeddingsSetting {
+        if noEmbeddings { return .disabled }
+        let store = ModelStore(root: modelDir)
+        if !store.isAvailable { print("First start: fetching the on-device embedding model (about 90 MB) for /v1/embeddings...") }
+        do {
+            return .model(directory: try store.pull { print($0) })
+        } catch {
+            print("Embeddings disabled: \(error.description)")
+            return .unavailable(error.description)
         }
     }
 }

@@ -1,6 +1,8 @@
 import Embeddings
 import Foundation
 import SwitchyardModels
+import Server
+import SwitchyardTestKit
 import Testing
 
 /// Numerics of the Swift MiniLM encoder against sentence-transformers' own output
@@ -78,5 +80,88 @@ extension EmbeddingsTests {
             #expect(cosine > 0.99999, "\(text.prefix(20))")
         }
         #expect(encoder.tokenizer.encode(texts[3]).count == 256)
+    }
+}
+
+/// `POST /v1/embeddings` on an in-process gateway.
+@Suite struct EmbeddingsEndpointTests {
+    static func post(_ url: String, _ body: String) async throws -> (status: Int, json: JSONValue) {
+        let response = try await send("\(url)/v1/embeddings", body: body)
+        return (response.status, try JSONValue.parse(response.body))
+    }
+
+    @Test func servesFloatAndBase64VectorsWithUsage() async throws {
+        let store = ModelStore()
+        #expect(store.isAvailable, "run `swift run switchyard models pull`")
+        let encoder = try MiniLMEncoder(directory: store.modelDirectory)
+        try await withTestGateway(embeddings: .model(directory: store.modelDirectory)) { _, url in
+            let floats = try await Self.post(url, #"{"model":"all-MiniLM-L6-v2","input":["Hello world",""]}"#)
+            #expect(floats.status == 200)
+            let data = floats.json["data"]?.arrayValue ?? []
+            #expect(data.count == 2)
+            let first = (data[0]["embedding"]?.arrayValue ?? []).compactMap { $0.doubleValue.map(Float.init) }
+            #expect(first.count == 384)
+            let expected = encoder.embed("Hello world")
+            #expect(zip(first, expected).allSatisfy { abs($0 - $1) < 1e-6 })
+            #expect((data[1]["embedding"]?.arrayValue ?? []).count == 384)  // the empty string has an embedding too
+            #expect(floats.json["usage"]?["prompt_tokens"] == .int(Int64(encoder.tokenizer.encode("Hello world").count + 2)))
+
+            let encoded = try await Self.post(url, #"{"model":"local-embedding","input":"Hello world","encoding_format":"base64"}"#)
+            let text = encoded.json["data"]?.arrayValue?.first?["embedding"]?.stringValue ?? ""
+            let bytes = [UInt8](Data(base64Encoded: text) ?? Data())
+            #expect(bytes.count == 384 * 4)
+            let decoded = stride(from: 0, to: bytes.count, by: 4).map { offset in
+                Float(bitPattern: UInt32(bytes[offset]) | UInt32(bytes[offset + 1]) << 8 | UInt32(bytes[offset + 2]) << 16 | UInt32(bytes[offset + 3]) << 24)
+            }
+            #expect(decoded == first)
+        }
+    }
+
+    @Test func concurrentRequestsAreAllAnswered() async throws {
+        let store = ModelStore()
+        try await withTestGateway(embeddings: .model(directory: store.modelDirectory)) { _, url in
+            try await withThrowingTaskGroup(of: Int.self) { group in
+                for index in 0..<16 {
+                    group.addTask { try await Self.post(url, #"{"model":"local-embedding","input":"question number \#(index)"}"#).status }
+                }
+                for try await status in group { #expect(status == 200) }
+            }
+        }
+    }
+
+    @Test(arguments: [
+        (#"{"model":"all-MiniLM-L6-v2","input":[[1,2,3]]}"#, 400, "token-id"),
+        (#"{"model":"all-MiniLM-L6-v2","input":[1,2,3]}"#, 400, "token-id"),
+        (#"{"model":"all-MiniLM-L6-v2","input":["ok",{"a":1}]}"#, 400, "input[1]"),
+        (#"{"model":"all-MiniLM-L6-v2","input":"x","dimensions":512}"#, 400, "384"),
+        (#"{"model":"all-MiniLM-L6-v2","input":"x","encoding_format":"int8"}"#, 400, "encoding_format"),
+        (#"{"model":"text-embedding-3-large","input":"x"}"#, 404, "does not exist"),
+        (#"{"model":"all-MiniLM-L6-v2"}"#, 400, "input"),
+        (#"{"model":"all-MiniLM-L6-v2","input":[]}"#, 400, "empty"),
+        (#"not json"#, 400, "JSON"),
+    ])
+    func badInputIsA400InTheOpenAIEnvelope(_ testCase: (String, Int, String)) async throws {
+        try await withTestGateway(embeddings: .model(directory: ModelStore().modelDirectory)) { _, url in
+            let response = try await send("\(url)/v1/embeddings", body: testCase.0)
+            #expect(response.status == testCase.1)
+            let message = try JSONValue.parse(response.body)["error"]?["message"]?.stringValue ?? ""
+            #expect(message.contains(testCase.2), "\(message)")
+        }
+    }
+
+    @Test func moreThan2048InputsAreRefused() async throws {
+        let inputs = "[" + Array(repeating: "\"x\"", count: 2049).joined(separator: ",") + "]"
+        try await withTestGateway(embeddings: .model(directory: ModelStore().modelDirectory)) { _, url in
+            let response = try await Self.post(url, #"{"model":"all-MiniLM-L6-v2","input":\#(inputs)}"#)
+            #expect(response.status == 400)
+        }
+    }
+
+    @Test func withoutTheModelTheEndpointSaysWhy() async throws {
+        try await withTestGateway(embeddings: .unavailable("pip could not reach PyPI")) { _, url in
+            let response = try await Self.post(url, #"{"model":"all-MiniLM-L6-v2","input":"x"}"#)
+            #expect(response.status == 503)
+            #expect(response.json["error"]?["message"]?.stringValue?.contains("pip could not reach PyPI") == true)
+        }
     }
 }

@@ -129,6 +129,18 @@ class SDKTests(unittest.TestCase):
             self.openai.chat.completions.create(model="gpt-4o-mini-429", messages=[{"role": "user", "content": "x"}])
         self.assertEqual(limited.exception.response.headers["retry-after"], "2")
 
+    def test_openai_embeddings(self):
+        # The SDK asks for base64 by default and decodes it.
+        result = self.openai.embeddings.create(model="all-MiniLM-L6-v2", input=["How do I reset my card PIN?", ""])
+        self.assertEqual([len(item.embedding) for item in result.data], [384, 384])
+        self.assertAlmostEqual(sum(x * x for x in result.data[0].embedding), 1.0, places=4)
+        floats = self.openai.embeddings.create(model="local-embedding", input="How do I reset my card PIN?",
+                                               encoding_format="float")
+        self.assertTrue(all(abs(a - b) < 1e-6 for a, b in zip(floats.data[0].embedding, result.data[0].embedding)))
+        self.assertGreater(result.usage.prompt_tokens, 0)
+        with self.assertRaises(openai.BadRequestError):
+            self.openai.embeddings.create(model="all-MiniLM-L6-v2", input="x", dimensions=128)
+
     # Anthropic SDK
 
     def test_anthropic_non_stream_both_upstreams(self):

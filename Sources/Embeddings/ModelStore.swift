@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import SwitchyardCore
 
 /// Fetches and caches the all-MiniLM-L6-v2 model files.
 ///
@@ -89,6 +90,6 @@ public struct ModelStore: Sendable {
             if chunk.isEmpty { break }
             hasher.update(data: chunk)
         }
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return KeyHash.hex(hasher.finalize())
     }
 }

@@ -86,21 +86,7 @@ struct ChatHandler: Sendable {
                 throw GatewayError(.unsupportedMediaType, "Content-Type must be application/json, got '\(essence)'")
             }
         }
-        let body: ByteBuffer
-        do {
-            body = try await request.body.collect(upTo: maxBodyBytes)
-        } catch is NIOTooManyBytesError {
-            throw GatewayError(.payloadTooLarge, "request body exceeds the limit of \(maxBodyBytes) bytes")
-        } catch {
-            throw GatewayError(.invalidRequest, "could not read the request body")
-        }
-        guard body.readableBytes > 0 else { throw GatewayError(.invalidRequest, "request body is empty; send a JSON object") }
-        let json: JSONValue
-        do {
-            json = try JSONValue.parse(body.readableBytesView)
-        } catch {
-            throw GatewayError(.invalidRequest, "request body is not valid JSON: \(error.description)")
-        }
+        let json = try await Self.readJSON(request, limit: maxBodyBytes)
         do {
             switch format {
             case .openAI: return try OpenAIFormat.parseRequest(json)
@@ -108,6 +94,24 @@ struct ChatHandler: Sendable {
             }
         } catch {
             throw GatewayError(.invalidRequest, error.description, param: error.path.isEmpty ? nil : error.path)
+        }
+    }
+
+    /// The request body as JSON: 413 above `limit` bytes, 400 when empty or malformed.
+    static func readJSON(_ request: Request, limit: Int) async throws(GatewayError) -> JSONValue {
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: limit)
+        } catch is NIOTooManyBytesError {
+            throw GatewayError(.payloadTooLarge, "request body exceeds the limit of \(limit) bytes")
+        } catch {
+            throw GatewayError(.invalidRequest, "could not read the request body")
+        }
+        guard body.readableBytes > 0 else { throw GatewayError(.invalidRequest, "request body is empty; send a JSON object") }
+        do {
+            return try JSONValue.parse(body.readableBytesView)
+        } catch {
+            throw GatewayError(.invalidRequest, "request body is not valid JSON: \(error.description)")
         }
     }
 

@@ -37,18 +37,7 @@ struct EmbeddingsHandler: Sendable {
         let requestID = ChatHandler.makeRequestID()
         do {
             _ = try auth.authenticate(ChatHandler.credential(request.headers))
-            let body: ByteBuffer
-            do {
-                body = try await request.body.collect(upTo: maxBodyBytes)
-            } catch is NIOTooManyBytesError {
-                throw GatewayError(.payloadTooLarge, "request body exceeds the limit of \(maxBodyBytes) bytes")
-            }
-            let json: JSONValue
-            do {
-                json = try JSONValue.parse(body.readableBytesView)
-            } catch {
-                throw GatewayError(.invalidRequest, "request body is not valid JSON: \(error.description)")
-            }
+            let json = try await ChatHandler.readJSON(request, limit: maxBodyBytes)
             let parsed = try Self.parse(json)
             guard let batcher else { throw GatewayError(.overloaded, "embeddings are unavailable: \(unavailableReason)") }
             let ids = parsed.inputs.map(batcher.encoder.tokenizer.encode)

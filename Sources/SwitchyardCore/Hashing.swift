@@ -4,13 +4,16 @@ import Crypto
 public enum KeyHash {
     /// The lowercase hex SHA-256 of `text`'s UTF-8 bytes.
     public static func sha256Hex(_ text: String) -> String {
-        let digest = SHA256.hash(data: Array(text.utf8))
-        let hex: [UInt8] = Array("0123456789abcdef".utf8)
+        hex(SHA256.hash(data: Array(text.utf8)))
+    }
+
+    /// Lowercase hex digits of `bytes`.
+    public static func hex(_ bytes: some Sequence<UInt8>) -> String {
+        let digits: [UInt8] = Array("0123456789abcdef".utf8)
         var output: [UInt8] = []
-        output.reserveCapacity(64)
-        for byte in digest {
-            output.append(hex[Int(byte >> 4)])
-            output.append(hex[Int(byte & 0xF)])
+        for byte in bytes {
+            output.append(digits[Int(byte >> 4)])
+            output.append(digits[Int(byte & 0xF)])
         }
         return String(decoding: output, as: UTF8.self)
     }

@@ -20,18 +20,20 @@ public final class MiniLMEncoder: Sendable {
     }
 
     struct Linear: Sendable {
-        /// in × out, row-major: the transpose of PyTorch's layout, so a row of inputs meets contiguous outputs.
-        var weightT: [Float]
+        /// The weights packed in panels of 16 outputs: `[panel][input][16]`, so the kernel reads each panel
+        /// front to back (PyTorch stores them `[output][input]`).
+        var packed: [Float]
         var bias: [Float]
         var inputs: Int
         var outputs: Int
 
         init(weight: [Float], bias: [Float], inputs: Int, outputs: Int) {
-            var transposed = [Float](repeating: 0, count: weight.count)
+            var packed = [Float](repeating: 0, count: weight.count)
             for o in 0..<outputs {
-                for i in 0..<inputs { transposed[i * outputs + o] = weight[o * inputs + i] }
+                let panel = o / 16, lane = o % 16
+                for i in 0..<inputs { packed[(panel * inputs + i) * 16 + lane] = weight[o * inputs + i] }
             }
-            (self.weightT, self.bias, self.inputs, self.outputs) = (transposed, bias, inputs, outputs)
+            (self.packed, self.bias, self.inputs, self.outputs) = (packed, bias, inputs, outputs)
         }
     }
 
@@ -165,7 +167,7 @@ enum Kernels {
         let blocks = outputs / 16
         let workers = min(parallelism, blocks)
         x.withUnsafeBufferPointer { xs in
-            layer.weightT.withUnsafeBufferPointer { ws in
+            layer.packed.withUnsafeBufferPointer { ws in
                 layer.bias.withUnsafeBufferPointer { bs in
                     result.withUnsafeMutableBufferPointer { out in
                         let job = Job(x: xs.baseAddress!, w: ws.baseAddress!, bias: bs.baseAddress!, out: out.baseAddress!,
@@ -212,8 +214,9 @@ enum Kernels {
                     var a00 = b0, a01 = b1, a10 = b0, a11 = b1, a20 = b0, a21 = b1
                     var a30 = b0, a31 = b1, a40 = b0, a41 = b1, a50 = b0, a51 = b1
                     let x0 = x + r * inputs, x1 = x0 + inputs, x2 = x1 + inputs, x3 = x2 + inputs, x4 = x3 + inputs, x5 = x4 + inputs
+                    let panel = w + block * inputs * 16
                     for k in 0..<inputs {
-                        let wk = w + k * outputs + o
+                        let wk = panel + k * 16
                         let w0 = load(wk), w1 = load(wk + 8)
                         var s = V(repeating: x0[k]); a00.addProduct(s, w0); a01.addProduct(s, w1)
                         s = V(repeating: x1[k]); a10.addProduct(s, w0); a11.addProduct(s, w1)
@@ -234,8 +237,9 @@ enum Kernels {
                 while r < rows {
                     var a0 = b0, a1 = b1
                     let xr = x + r * inputs
+                    let panel = w + block * inputs * 16
                     for k in 0..<inputs {
-                        let wk = w + k * outputs + o
+                        let wk = panel + k * 16
                         let s = V(repeating: xr[k])
                         a0.addProduct(s, load(wk))
                         a1.addProduct(s, load(wk + 8))
@@ -348,11 +352,27 @@ enum Kernels {
         }
     }
 
-    /// GELU with the exact error function, as BERT's `gelu`.
+    /// GELU with the exact error function, as BERT's `gelu`; large inputs are split across the cores.
     static func gelu(_ x: inout [Float]) {
-        for index in x.indices {
-            let value = x[index]
-            x[index] = 0.5 * value * (1 + erff(value * 0.70710678118654752))
+        let count = x.count
+        x.withUnsafeMutableBufferPointer { buffer in
+            let values = GELUJob(values: buffer.baseAddress!)
+            let workers = count < 1 << 15 ? 1 : parallelism
+            DispatchQueue.concurrentPerform(iterations: workers) { worker in
+                values.run((count * worker / workers)..<(count * (worker + 1) / workers))
+            }
+        }
+    }
+
+    /// `@unchecked Sendable`: workers touch disjoint ranges.
+    struct GELUJob: @unchecked Sendable {
+        let values: UnsafeMutablePointer<Float>
+
+        func run(_ range: Range<Int>) {
+            for index in range {
+                let value = values[index]
+                values[index] = 0.5 * value * (1 + erff(value * 0.70710678118654752))
+            }
         }
     }
 }

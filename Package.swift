@@ -39,7 +39,7 @@ let package = Package(
             ],
             // Optimised even in debug builds (the forward pass is unusably slow unoptimised, and the tests run it), and
             // for AVX2/FMA (Haswell and later x86-64): SIMD16 products then compile to 256-bit FMA instructions.
-            swiftSettings: strict + [.unsafeFlags(["-Ounchecked", "-target-cpu", "haswell"])]
+            swiftSettings: strict + [.unsafeFlags(["-O", "-target-cpu", "haswell"])]
         ),
         .target(
             name: "ServerSentEvents",

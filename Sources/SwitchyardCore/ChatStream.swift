@@ -56,9 +56,6 @@ public final class StreamLifecycle: Sendable {
         }
     }
 
-    /// The latest usage the stream reported.
-    public var usage: Usage? { state.withLock { $0.usage } }
-
     /// Ends the stream with `outcome`; later calls do nothing.
     public func end(_ outcome: StreamOutcome) {
         let (hooks, usage) = state.withLock { state -> ([@Sendable (StreamOutcome, Usage?) -> Void], Usage?) in

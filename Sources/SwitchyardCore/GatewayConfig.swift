@@ -72,8 +72,6 @@ public struct ModelRoute: Sendable, Hashable {
     /// The provider's own model id.
     public var upstreamModel: String
     public var price: ModelPrice
-    /// Bounded label for metrics (the public name, which comes from config, not from clients).
-    public var metricLabel: String { name }
 
     public init(name: String, provider: String, upstreamModel: String, price: ModelPrice) {
         self.name = name

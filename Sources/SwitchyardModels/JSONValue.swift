@@ -92,13 +92,6 @@ extension JSONValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, Ex
     }
 }
 
-extension JSONValue {
-    /// Wraps an optional, mapping `nil` to no value (so object builders can drop absent fields).
-    static func optional<T>(_ value: T?, _ wrap: (T) -> JSONValue) -> JSONValue? {
-        value.map(wrap)
-    }
-}
-
 /// Builds JSON objects while skipping absent optional members.
 struct JSONObjectBuilder {
     var members: [String: JSONValue] = [:]

@@ -12,7 +12,10 @@ public struct HTTPClientService: Service {
     public init(providers: [ProviderConfig]) {
         var configuration = HTTPClient.Configuration()
         let connect = providers.map(\.timeouts.connect).min() ?? .seconds(10)
-        configuration.timeout = .init(connect: .nanoseconds(connect.nanoseconds), read: nil)
+        // AsyncHTTPClient's deadline ends when the response head arrives; an idle-read timeout as long as the longest
+        // total timeout catches a body that stalls after that (streams also check their deadline per event).
+        let total = providers.map(\.timeouts.total).max() ?? .seconds(600)
+        configuration.timeout = .init(connect: .nanoseconds(connect.nanoseconds), read: .nanoseconds(total.nanoseconds))
         configuration.connectionPool = .init(idleTimeout: .seconds(60),
                                              concurrentHTTP1ConnectionsPerHostSoftLimit: providers.map(\.poolSize).max() ?? 64)
         configuration.decompression = .disabled

@@ -107,7 +107,8 @@ public struct HTTPProvider: ProviderClient {
     func openStream(_ response: HTTPClientResponse, dialect: UpstreamDialect, started: ContinuousClock.Instant)
         async throws -> ChatStream
     {
-        let reader = UpstreamEventReader(body: response.body, parser: dialect.makeStreamParser(), provider: config.name)
+        let reader = UpstreamEventReader(body: response.body, parser: dialect.makeStreamParser(), provider: config.name,
+                                         deadline: started + config.timeouts.total)
         let first = try await withFirstTokenTimeout(config.timeouts.firstToken) { try await reader.next() }
         var pending: StreamEvent?? = .some(first)
         var stream = ChatStream(format: dialect.format) {
@@ -141,10 +142,10 @@ public struct HTTPProvider: ProviderClient {
     func mapTransportError(_ error: any Error) -> GatewayError {
         if let error = error as? GatewayError { return error }
         if let error = error as? HTTPClientError {
-            if error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
+            if error == .connectTimeout { return GatewayError(.upstreamTimeout, "cannot connect to upstream '\(config.name)' in time") }
+            if error == .deadlineExceeded || error == .readTimeout {
                 return GatewayError(.upstreamTimeout, "upstream '\(config.name)' timed out")
             }
-            if error == .connectTimeout { return GatewayError(.upstreamTimeout, "cannot connect to upstream '\(config.name)'") }
         }
         if error is CancellationError { return GatewayError(.upstreamError, "request cancelled") }
         return GatewayError(.upstreamError, "cannot reach upstream '\(config.name)'", upstreamStatus: 502)
@@ -202,11 +203,14 @@ final class UpstreamEventReader: @unchecked Sendable {
     private var queue: [ServerSentEvent] = []
     private var finished = false
     private let provider: String
+    private let deadline: ContinuousClock.Instant
 
-    init(body: HTTPClientResponse.Body, parser: any UpstreamStreamParser, provider: String) {
+    init(body: HTTPClientResponse.Body, parser: any UpstreamStreamParser, provider: String,
+         deadline: ContinuousClock.Instant) {
         self.iterator = body.makeAsyncIterator()
         self.parser = parser
         self.provider = provider
+        self.deadline = deadline
     }
 
     /// The next event, `nil` after the upstream's terminal event, or a thrown `GatewayError` when the stream is
@@ -214,6 +218,9 @@ final class UpstreamEventReader: @unchecked Sendable {
     func next() async throws -> StreamEvent? {
         while true {
             if finished { return nil }
+            guard ContinuousClock.now < deadline else {
+                throw GatewayError(.upstreamTimeout, "upstream '\(provider)' stream exceeded its total timeout")
+            }
             if !queue.isEmpty {
                 let event = queue.removeFirst()
                 let result: (chunks: [ChatChunk], isTerminal: Bool)

@@ -263,6 +263,21 @@ import Testing
         }
     }
 
+    @Test func aStreamPastItsTotalTimeoutEndsWithAnErrorEvent() async throws {
+        var config = TestConfigs.embedded()
+        config.mockLatencyScale = 1  // gpt-4o: 500 ms to the first token, then 60+ tokens at 80 tokens/s
+        config.providers["mock"]?.timeouts = ProviderTimeouts(connect: .seconds(2), total: .milliseconds(800), firstToken: .seconds(2))
+        try await withTestGateway(config) { _, url in
+            let started = ContinuousClock.now
+            let response = try await send("\(url)/v1/chat/completions", body: #"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Write a long essay"}]}"#)
+            let events = try Self.events(response.body)
+            #expect(ContinuousClock.now - started < .seconds(2))
+            #expect(!events.contains { $0.dataString == "[DONE]" })
+            #expect(try Self.json(events.last?.dataString ?? "{}")["error"]?["code"] == "upstream_timeout")
+            #expect(events.count > 2)  // it did stream before the deadline
+        }
+    }
+
     @Test(arguments: ["disconnect-mid-stream", "error-in-stream", "malformed-json"])
     func aStreamCutUpstreamEndsWithAnErrorEventNeverACleanFinish(fault: String) async throws {
         try await withTestGateway(TestConfigs.withFaults([fault])) { _, url in

@@ -152,7 +152,7 @@ public enum ConfigLoader {
         }
         provider.poolSize = try reader.int("pool_size", in: 1...4096) ?? provider.poolSize
         if let headers = try reader.mapping("headers") {
-            for (header, _) in try headers.entries() {
+            for header in headers.keys {
                 provider.headers[header] = try headers.requiredString(header)
             }
             try headers.finish()
@@ -242,16 +242,15 @@ final class MappingReader {
         return Array(sequence)
     }
 
+    /// The keys, in file order.
+    var keys: [String] { order }
+
     /// Every member as a nested mapping reader, in file order.
     func entries() throws(ConfigError) -> [(String, MappingReader)] {
         var result: [(String, MappingReader)] = []
         for name in order {
             used.insert(name)
             guard let node = members[name] else { continue }
-            if node.mapping == nil, node.scalar != nil {
-                result.append((name, try MappingReader(Node.mapping(.init([])), path: child(name))))
-                continue
-            }
             result.append((name, try MappingReader(node, path: child(name))))
         }
         return result

@@ -1,4 +1,3 @@
-public import AsyncHTTPClient
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -15,24 +14,27 @@ import Foundation
 /// Calls one configured provider over the shared pooled `HTTPClient`.
 public struct HTTPProvider: ProviderClient {
     public let config: ProviderConfig
-    let client: HTTPClient
+    let transports: UpstreamTransports
     let apiKey: String?
     /// Largest upstream body read for a non-streamed answer.
     let maximumResponseBytes: Int
     /// The base URL, read per call (the in-process mock's port is known only once it listens).
     let baseURL: @Sendable () -> String
+    /// `config.baseURL` parsed once (nil when `baseURL` overrides it).
+    let fixedEndpoint: UpstreamEndpoint?
 
     /// - Parameters:
     ///   - environment: Where the provider's `api_key_env` is read.
     ///   - baseURL: Overrides `config.baseURL` (for the in-process mock).
-    public init(config: ProviderConfig, client: HTTPClient, environment: [String: String],
+    public init(config: ProviderConfig, transports: UpstreamTransports, environment: [String: String],
                 maximumResponseBytes: Int = 64 << 20, baseURL: (@Sendable () -> String)? = nil) {
         self.config = config
-        self.client = client
+        self.transports = transports
         self.apiKey = config.apiKeyEnv.flatMap { environment[$0] }
         self.maximumResponseBytes = maximumResponseBytes
         let fixed = config.baseURL
         self.baseURL = baseURL ?? { fixed }
+        self.fixedEndpoint = baseURL == nil ? UpstreamEndpoint(baseURL: fixed) : nil
     }
 
     public func send(_ request: ChatRequest, route: ModelRoute, context: GatewayContext) async throws -> GatewayResponse {
@@ -43,50 +45,45 @@ public struct HTTPProvider: ProviderClient {
         } catch {
             throw GatewayError(.invalidRequest, error.description, param: error.path)
         }
-        var upstream = HTTPClientRequest(url: baseURL() + dialect.path)
-        upstream.method = .POST
-        upstream.headers.reserveCapacity(4 + config.headers.count)
-        upstream.headers.add(name: "content-type", value: "application/json")
-        upstream.headers.add(name: "accept", value: request.stream ? "text/event-stream" : "application/json")
-        for (name, value) in dialect.authHeaders(apiKey) { upstream.headers.add(name: name, value: value) }
-        for (name, value) in config.headers { upstream.headers.replaceOrAdd(name: name, value: value) }
-        upstream.headers.add(name: "x-request-id", value: context.requestID)
+        guard let endpoint = fixedEndpoint ?? UpstreamEndpoint(baseURL: baseURL()) else {
+            throw GatewayError(.upstreamError, "provider '\(config.name)' has an unusable base URL", upstreamStatus: 502)
+        }
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(5 + config.headers.count)
+        headers.add(name: "content-type", value: "application/json")
+        headers.add(name: "accept", value: request.stream ? "text/event-stream" : "application/json")
+        for (name, value) in dialect.authHeaders(apiKey) { headers.add(name: name, value: value) }
+        for (name, value) in config.headers { headers.replaceOrAdd(name: name, value: value) }
+        headers.add(name: "x-request-id", value: context.requestID)
         var bytes = ByteBuffer()
         bytes.writeBytes(body.serialized())
-        upstream.body = .bytes(bytes)
+        let upstream = UpstreamRequest(endpoint: endpoint, target: endpoint.basePath + dialect.path, headers: headers, body: bytes)
 
         let started = ContinuousClock.now
         let deadline = NIODeadline.now() + .nanoseconds(config.timeouts.total.nanoseconds)
-        let timeouts = config.timeouts
-        let response: HTTPClientResponse
-        let outgoing = upstream
-        let logger = context.logger
+        let response: UpstreamResponse
+        let maximumBytes = maximumResponseBytes
         do {
             if request.stream {
-                response = try await withFirstTokenTimeout(timeouts.firstToken) { [client] in
-                    try await client.execute(outgoing, deadline: deadline, logger: logger)
+                response = try await withFirstTokenTimeout(config.timeouts.firstToken) { [transports] in
+                    try await transports.execute(upstream, deadline: deadline, streaming: true, maximumBodyBytes: 1 << 20)
                 }
             } else {
                 // A non-streamed answer arrives whole: only the total deadline applies.
-                response = try await client.execute(outgoing, deadline: deadline, logger: logger)
+                response = try await transports.execute(upstream, deadline: deadline, streaming: false,
+                                                        maximumBodyBytes: maximumBytes)
             }
         } catch {
             throw mapTransportError(error)
         }
         guard response.status == .ok else {
-            let errorBody = try? await response.body.collect(upTo: 1 << 20)
-            throw upstreamError(status: response.status, headers: response.headers, body: errorBody, dialect: dialect,
+            throw upstreamError(status: response.status, headers: response.headers, body: response.body, dialect: dialect,
                                 route: route)
         }
-        if request.stream {
-            return .stream(try await openStream(response, dialect: dialect, started: started))
+        if let stream = response.stream {
+            return .stream(try await openStream(stream, dialect: dialect, started: started))
         }
-        let collected: ByteBuffer
-        do {
-            collected = try await response.body.collect(upTo: maximumResponseBytes)
-        } catch {
-            throw mapTransportError(error)
-        }
+        let collected = response.body
         let duration = ContinuousClock.now - started
         do {
             if dialect.format == context.clientFormat {
@@ -104,10 +101,10 @@ public struct HTTPProvider: ProviderClient {
     }
 
     /// Reads until the first event so that failures before the first byte surface as ordinary errors.
-    func openStream(_ response: HTTPClientResponse, dialect: UpstreamDialect, started: ContinuousClock.Instant)
+    func openStream(_ body: any UpstreamBodyStream, dialect: UpstreamDialect, started: ContinuousClock.Instant)
         async throws -> ChatStream
     {
-        let reader = UpstreamEventReader(body: response.body, parser: dialect.makeStreamParser(), provider: config.name,
+        let reader = UpstreamEventReader(body: body, parser: dialect.makeStreamParser(), provider: config.name,
                                          deadline: started + config.timeouts.total)
         let first = try await withFirstTokenTimeout(config.timeouts.firstToken) { try await reader.next() }
         var pending: StreamEvent?? = .some(first)
@@ -141,20 +138,23 @@ public struct HTTPProvider: ProviderClient {
 
     func mapTransportError(_ error: any Error) -> GatewayError {
         if let error = error as? GatewayError { return error }
-        if let error = error as? HTTPClientError {
-            if error == .connectTimeout { return GatewayError(.upstreamTimeout, "cannot connect to upstream '\(config.name)' in time") }
-            if error == .deadlineExceeded || error == .readTimeout {
-                return GatewayError(.upstreamTimeout, "upstream '\(config.name)' timed out")
-            }
+        switch error as? UpstreamTransportError {
+        case .connectTimeout: return GatewayError(.upstreamTimeout, "cannot connect to upstream '\(config.name)' in time")
+        case .deadlineExceeded: return GatewayError(.upstreamTimeout, "upstream '\(config.name)' timed out")
+        case .cancelled: return GatewayError(.upstreamError, "request cancelled")
+        case .responseTooLarge:
+            return GatewayError(.upstreamError, "upstream '\(config.name)' answered with a body over the size limit",
+                                upstreamStatus: 502)
+        default: break
         }
         if error is CancellationError { return GatewayError(.upstreamError, "request cancelled") }
         return GatewayError(.upstreamError, "cannot reach upstream '\(config.name)'", upstreamStatus: 502)
     }
 
-    func upstreamError(status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer?, dialect: UpstreamDialect,
+    func upstreamError(status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer, dialect: UpstreamDialect,
                        route: ModelRoute) -> GatewayError
     {
-        let parsed = body.flatMap { try? JSONValue.parse($0.readableBytesView) }.map(dialect.parseError)
+        let parsed = (try? JSONValue.parse(body.readableBytesView)).map(dialect.parseError)
         var detail = parsed?.message ?? ""
         if detail.count > 500 { detail = String(detail.prefix(500)) + "…" }
         let suffix = detail.isEmpty ? "" : ": \(detail)"
@@ -197,7 +197,7 @@ public struct HTTPProvider: ProviderClient {
 /// `@unchecked Sendable`: owned by one stream and read by one task at a time — first by the provider's
 /// first-token race, then, after that task has finished, by the response writer (see `ChatStream.Source`).
 final class UpstreamEventReader: @unchecked Sendable {
-    private var iterator: HTTPClientResponse.Body.AsyncIterator
+    private let body: any UpstreamBodyStream
     private var decoder = SSEDecoder(maximumEventSize: 4 << 20)
     private var parser: any UpstreamStreamParser
     private var queue: [ServerSentEvent] = []
@@ -205,9 +205,9 @@ final class UpstreamEventReader: @unchecked Sendable {
     private let provider: String
     private let deadline: ContinuousClock.Instant
 
-    init(body: HTTPClientResponse.Body, parser: any UpstreamStreamParser, provider: String,
+    init(body: any UpstreamBodyStream, parser: any UpstreamStreamParser, provider: String,
          deadline: ContinuousClock.Instant) {
-        self.iterator = body.makeAsyncIterator()
+        self.body = body
         self.parser = parser
         self.provider = provider
         self.deadline = deadline
@@ -241,9 +241,13 @@ final class UpstreamEventReader: @unchecked Sendable {
             }
             let buffer: ByteBuffer?
             do {
-                buffer = try await iterator.next()
+                buffer = try await body.next()
             } catch is CancellationError {
                 throw CancellationError()
+            } catch UpstreamTransportError.cancelled {
+                throw CancellationError()
+            } catch UpstreamTransportError.deadlineExceeded {
+                throw GatewayError(.upstreamTimeout, "upstream '\(provider)' stream exceeded its total timeout")
             } catch {
                 throw GatewayError(.upstreamError, "upstream '\(provider)' stream was cut")
             }

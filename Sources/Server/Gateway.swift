@@ -63,7 +63,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     for (name, provider) in config.providers {
         let mockBase: @Sendable () -> String = { mockURL.value ?? "http://127.0.0.1:0" }
         let baseURL = provider.kind == .mock ? mockBase : nil
-        providers[name] = HTTPProvider(config: provider, client: httpClient.client, environment: environment, baseURL: baseURL)
+        providers[name] = HTTPProvider(config: provider, transports: httpClient.transports, environment: environment, baseURL: baseURL)
     }
     let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics)
     let draining = Locked(false)

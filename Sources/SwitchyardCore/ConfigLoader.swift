@@ -128,6 +128,9 @@ public enum ConfigLoader {
             guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
                 throw ConfigError(path: reader.child("base_url"), "must start with http:// or https://")
             }
+            guard UpstreamEndpoint(baseURL: url) != nil else {
+                throw ConfigError(path: reader.child("base_url"), "is not a valid URL (scheme://host[:port][/path])")
+            }
             var trimmed = url
             while trimmed.hasSuffix("/") { trimmed.removeLast() }
             if trimmed.hasSuffix("/v1") { trimmed.removeLast(3) }

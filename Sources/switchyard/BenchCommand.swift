@@ -2,9 +2,11 @@ import ArgumentParser
 import AsyncHTTPClient
 import Embeddings
 import Foundation
+import SwitchyardCore
 import SwitchyardModels
 import NIOCore
 import NIOHTTP1
+import Providers
 
 #if canImport(Glibc)
 import Glibc
@@ -17,37 +19,60 @@ struct Bench: AsyncParsableCommand {
         abstract: "Benchmarks (commands, not tests).", subcommands: [UpstreamClientFloor.self, EmbeddingsBench.self])
 }
 
-/// Measures what the upstream HTTP client alone costs: the same AsyncHTTPClient configuration the gateway uses,
-/// posting a small chat request in a closed loop, with no server work. bench/overhead runs it against nginx so
-/// the gateway's throughput can be read against this floor.
+/// Measures what an upstream HTTP client alone costs, posting a small chat request in a closed loop with no server
+/// work: the loop-local client the gateway uses for plain-HTTP upstreams, or AsyncHTTPClient (its HTTPS client).
+/// bench/overhead runs it against nginx so the gateway's throughput can be read against this floor.
 struct UpstreamClientFloor: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "client-floor")
+
+    enum Client: String, ExpressibleByArgument { case loopLocal = "loop-local", asyncHTTPClient = "async-http-client" }
 
     @Option(help: "URL to POST to.") var url: String
     @Option(help: "Concurrent requests in flight.") var concurrency = 128
     @Option(help: "Requests in total.") var requests = 100_000
+    @Option(help: "loop-local or async-http-client.") var client = Client.loopLocal
 
     func run() async throws {
-        var configuration = HTTPClient.Configuration()
-        configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: max(concurrency, 8))
-        configuration.tracing.tracer = nil
-        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
         let body = ByteBuffer(string: #"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Summarise the benefits of an AI gateway in one sentence."}]}"#)
-        let url = self.url
+        let send: @Sendable () async throws -> Void
+        let shutdown: @Sendable () async throws -> Void
+        switch client {
+        case .loopLocal:
+            guard let endpoint = UpstreamEndpoint(baseURL: url) else { throw ValidationError("bad URL \(url)") }
+            let lean = LoopLocalHTTPClient(connectTimeout: .seconds(5), connectionsPerHost: max(concurrency, 8))
+            let target = String(url.dropFirst(url.hasPrefix("https") ? 8 : 7).drop { $0 != "/" })
+            let request = UpstreamRequest(endpoint: endpoint, target: target.isEmpty ? "/" : target,
+                                          headers: ["content-type": "application/json"], body: body)
+            send = {
+                let response = try await lean.execute(request, deadline: .now() + .seconds(30), streaming: false,
+                                                      maximumBodyBytes: 1 << 20)
+                guard response.status == .ok else { throw ValidationError("status \(response.status)") }
+            }
+            shutdown = { await lean.shutdown() }
+        case .asyncHTTPClient:
+            var configuration = HTTPClient.Configuration()
+            configuration.connectionPool = .init(idleTimeout: .seconds(60),
+                                                 concurrentHTTP1ConnectionsPerHostSoftLimit: max(concurrency, 8))
+            configuration.tracing.tracer = nil
+            let ahc = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+            let url = self.url
+            send = {
+                var request = HTTPClientRequest(url: url)
+                request.method = .POST
+                request.headers.add(name: "content-type", value: "application/json")
+                request.body = .bytes(body)
+                let response = try await ahc.execute(request, timeout: .seconds(30))
+                _ = try await response.body.collect(upTo: 1 << 20)
+            }
+            shutdown = { try await ahc.shutdown() }
+        }
         let perWorker = requests / concurrency
         let cpuBefore = Self.cpuSeconds()
         let started = ContinuousClock.now
         let completed = try await withThrowingTaskGroup(of: Int.self) { group in
             for _ in 0..<concurrency {
                 group.addTask {
-                    for _ in 0..<perWorker {
-                        var request = HTTPClientRequest(url: url)
-                        request.method = .POST
-                        request.headers.add(name: "content-type", value: "application/json")
-                        request.body = .bytes(body)
-                        let response = try await client.execute(request, timeout: .seconds(30))
-                        _ = try await response.body.collect(upTo: 1 << 20)
-                    }
+                    for _ in 0..<perWorker { try await send() }
                     return perWorker
                 }
             }
@@ -56,9 +81,9 @@ struct UpstreamClientFloor: AsyncParsableCommand {
         let elapsed = ContinuousClock.now - started
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
         let cpu = Self.cpuSeconds() - cpuBefore
-        try await client.shutdown()
-        print("client-floor requests=\(completed) seconds=\(seconds) rps=\(Double(completed) / seconds) "
-              + "cpu_us_per_request=\(cpu / Double(completed) * 1e6)")
+        try await shutdown()
+        print("client-floor client=\(client.rawValue) requests=\(completed) seconds=\(seconds) "
+              + "rps=\(Double(completed) / seconds) cpu_us_per_request=\(cpu / Double(completed) * 1e6)")
     }
 
     static func cpuSeconds() -> Double {

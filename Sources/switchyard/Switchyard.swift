@@ -73,19 +73,18 @@ struct Serve: AsyncParsableCommand {
                                    embeddings: prepareEmbeddings())
         let host = settings.host
         let mode = config.map { "config \($0)" } ?? "embedded default: built-in mock provider, any API key accepted"
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await gateway.run() }
-            group.addTask {
-                let port = await gateway.listening.wait()
-                let url = "http://\(host):\(port)"
-                print("""
-                    Switchyard listening on \(url) (\(mode))
-                    Try: curl -s \(url)/v1/chat/completions -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
-                    """)
-                fflush(nil)
-            }
-            try await group.waitForAll()
+        // Unstructured: if the server never listens (port in use), the failure ends the command without waiting for it.
+        let announcer = Task {
+            let port = await gateway.listening.wait()
+            let url = "http://\(host):\(port)"
+            print("""
+                Switchyard listening on \(url) (\(mode))
+                Try: curl -s \(url)/v1/chat/completions -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
+                """)
+            fflush(nil)
         }
+        defer { announcer.cancel() }
+        try await gateway.run()
     }
 }
 

@@ -210,10 +210,13 @@ enum Kernels {
                 let o = block * 16
                 let b0 = load(bias + o), b1 = load(bias + o + 8)
                 var r = 0
-                while r + 6 <= rows {
+                while r < rows {
+                    // Rows past the end repeat the last row; only real rows are stored.
+                    let last = rows - 1
                     var a00 = b0, a01 = b1, a10 = b0, a11 = b1, a20 = b0, a21 = b1
                     var a30 = b0, a31 = b1, a40 = b0, a41 = b1, a50 = b0, a51 = b1
-                    let x0 = x + r * inputs, x1 = x0 + inputs, x2 = x1 + inputs, x3 = x2 + inputs, x4 = x3 + inputs, x5 = x4 + inputs
+                    let x0 = x + r * inputs, x1 = x + min(r + 1, last) * inputs, x2 = x + min(r + 2, last) * inputs
+                    let x3 = x + min(r + 3, last) * inputs, x4 = x + min(r + 4, last) * inputs, x5 = x + min(r + 5, last) * inputs
                     let panel = w + block * inputs * 16
                     for k in 0..<inputs {
                         let wk = panel + k * 16
@@ -226,27 +229,14 @@ enum Kernels {
                         s = V(repeating: x5[k]); a50.addProduct(s, w0); a51.addProduct(s, w1)
                     }
                     let base = out + r * outputs + o
+                    let valid = min(6, rows - r)
                     store(a00, base); store(a01, base + 8)
-                    store(a10, base + outputs); store(a11, base + outputs + 8)
-                    store(a20, base + 2 * outputs); store(a21, base + 2 * outputs + 8)
-                    store(a30, base + 3 * outputs); store(a31, base + 3 * outputs + 8)
-                    store(a40, base + 4 * outputs); store(a41, base + 4 * outputs + 8)
-                    store(a50, base + 5 * outputs); store(a51, base + 5 * outputs + 8)
+                    if valid > 1 { store(a10, base + outputs); store(a11, base + outputs + 8) }
+                    if valid > 2 { store(a20, base + 2 * outputs); store(a21, base + 2 * outputs + 8) }
+                    if valid > 3 { store(a30, base + 3 * outputs); store(a31, base + 3 * outputs + 8) }
+                    if valid > 4 { store(a40, base + 4 * outputs); store(a41, base + 4 * outputs + 8) }
+                    if valid > 5 { store(a50, base + 5 * outputs); store(a51, base + 5 * outputs + 8) }
                     r += 6
-                }
-                while r < rows {
-                    var a0 = b0, a1 = b1
-                    let xr = x + r * inputs
-                    let panel = w + block * inputs * 16
-                    for k in 0..<inputs {
-                        let wk = panel + k * 16
-                        let s = V(repeating: xr[k])
-                        a0.addProduct(s, load(wk))
-                        a1.addProduct(s, load(wk + 8))
-                    }
-                    store(a0, out + r * outputs + o)
-                    store(a1, out + r * outputs + o + 8)
-                    r += 1
                 }
             }
         }
@@ -279,6 +269,9 @@ enum Kernels {
     }
 
     /// Pointers for attention; `@unchecked Sendable` because workers write disjoint heads (output columns).
+    ///
+    /// Per sequence and head, the keys are transposed into `[dimension][token]` (tokens padded to 16), so the
+    /// scores of 16 keys are one vector FMA per dimension; the softmax uses the vector `exp`.
     struct AttentionJob: @unchecked Sendable {
         let q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>
         let out: UnsafeMutablePointer<Float>
@@ -289,43 +282,157 @@ enum Kernels {
             let hidden = MiniLMEncoder.dimension
             let size = MiniLMEncoder.headSize
             let scale = 1 / Float(size).squareRoot()
-            var scores = [Float](repeating: 0, count: longest)
-            scores.withUnsafeMutableBufferPointer { scores in
-                for segment in segments {
-                    for head in heads {
-                        let offset = head * size
-                        for i in segment {
-                            let qi = UnsafeRawPointer(q + i * hidden + offset)
-                            let q0 = qi.loadUnaligned(as: Vector.self)
-                            let q1 = (qi + 64).loadUnaligned(as: Vector.self)
-                            var maximum = -Float.infinity
-                            for j in segment {
-                                let kj = UnsafeRawPointer(k + j * hidden + offset)
-                                let score = (q0 * kj.loadUnaligned(as: Vector.self) + q1 * (kj + 64).loadUnaligned(as: Vector.self)).sum() * scale
-                                scores[j - segment.lowerBound] = score
-                                maximum = max(maximum, score)
+            let padded = (longest + 15) / 16 * 16
+            let transposed = UnsafeMutablePointer<Float>.allocate(capacity: size * padded)
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: padded)
+            defer {
+                transposed.deallocate()
+                scores.deallocate()
+            }
+            for segment in segments {
+                let n = segment.count
+                let blocks = (n + 15) / 16
+                let width = blocks * 16
+                // Added to the last block's scores: padded keys get a score whose exp is 0 in float.
+                var mask = Vector()
+                for lane in 0..<16 where lane >= n - (blocks - 1) * 16 { mask[lane] = -1e30 }
+                for head in heads {
+                    let offset = head * size
+                    // Kᵀ for this head, padded keys at zero (their scores are masked below).
+                    transposed.update(repeating: 0, count: size * width)
+                    for (j, row) in segment.enumerated() {
+                        let kj = k + row * hidden + offset
+                        for d in 0..<size { transposed[d * width + j] = kj[d] * scale }
+                    }
+                    for i in segment {
+                        let qi = q + i * hidden + offset
+                        var maximum = Vector(repeating: -.infinity)
+                        for block in 0..<blocks {
+                            // Four independent sums so that the FMAs overlap instead of waiting on each other.
+                            var acc0 = Vector(), acc1 = Vector(), acc2 = Vector(), acc3 = Vector()
+                            let column = UnsafeRawPointer(transposed + block * 16)
+                            let stride = width * 4
+                            var d = 0
+                            while d < size {
+                                acc0.addProduct(Vector(repeating: qi[d]), (column + d * stride).loadUnaligned(as: Vector.self))
+                                acc1.addProduct(Vector(repeating: qi[d + 1]), (column + (d + 1) * stride).loadUnaligned(as: Vector.self))
+                                acc2.addProduct(Vector(repeating: qi[d + 2]), (column + (d + 2) * stride).loadUnaligned(as: Vector.self))
+                                acc3.addProduct(Vector(repeating: qi[d + 3]), (column + (d + 3) * stride).loadUnaligned(as: Vector.self))
+                                d += 4
                             }
-                            var total: Float = 0
-                            for j in 0..<segment.count {
-                                scores[j] = expf(scores[j] - maximum)
-                                total += scores[j]
-                            }
-                            let inverse = 1 / total
-                            var c0 = Vector(), c1 = Vector()
-                            for j in segment {
-                                let weight = scores[j - segment.lowerBound] * inverse
-                                let vj = UnsafeRawPointer(v + j * hidden + offset)
-                                c0 += weight * vj.loadUnaligned(as: Vector.self)
-                                c1 += weight * (vj + 64).loadUnaligned(as: Vector.self)
-                            }
-                            let target = UnsafeMutableRawPointer(out + i * hidden + offset)
-                            target.storeBytes(of: c0, as: Vector.self)
-                            (target + 64).storeBytes(of: c1, as: Vector.self)
+                            var acc = (acc0 + acc1) + (acc2 + acc3)
+                            if block == blocks - 1 { acc += mask }
+                            UnsafeMutableRawPointer(scores + block * 16).storeBytes(of: acc, as: Vector.self)
+                            maximum = Kernels.maximum(maximum, acc)
                         }
+                        let top = Vector(repeating: Kernels.horizontalMax(maximum))
+                        var total = Vector()
+                        for block in 0..<blocks {
+                            let pointer = UnsafeMutableRawPointer(scores + block * 16)
+                            let e = Kernels.exp(pointer.load(as: Vector.self) - top)
+                            pointer.storeBytes(of: e, as: Vector.self)
+                            total += e
+                        }
+                        let inverse = 1 / Kernels.horizontalSum(total)
+                        var c0 = Vector(), c1 = Vector(), c2 = Vector(), c3 = Vector()
+                        let rows = UnsafeRawPointer(v + segment.lowerBound * hidden + offset)
+                        var j = 0
+                        while j + 1 < n {
+                            let first = Vector(repeating: scores[j]), second = Vector(repeating: scores[j + 1])
+                            let vj = rows + j * hidden * 4, vk = vj + hidden * 4
+                            c0.addProduct(first, vj.loadUnaligned(as: Vector.self))
+                            c1.addProduct(first, (vj + 64).loadUnaligned(as: Vector.self))
+                            c2.addProduct(second, vk.loadUnaligned(as: Vector.self))
+                            c3.addProduct(second, (vk + 64).loadUnaligned(as: Vector.self))
+                            j += 2
+                        }
+                        if j < n {
+                            let weight = Vector(repeating: scores[j])
+                            let vj = rows + j * hidden * 4
+                            c0.addProduct(weight, vj.loadUnaligned(as: Vector.self))
+                            c1.addProduct(weight, (vj + 64).loadUnaligned(as: Vector.self))
+                        }
+                        c0 = (c0 + c2) * inverse
+                        c1 = (c1 + c3) * inverse
+                        let target = UnsafeMutableRawPointer(out + i * hidden + offset)
+                        target.storeBytes(of: c0, as: Vector.self)
+                        (target + 64).storeBytes(of: c1, as: Vector.self)
                     }
                 }
             }
         }
+    }
+
+    /// Lane-wise max and min by compare and bit-select (the standard library's `pointwiseMax` handles NaN lane by
+    /// lane and does not vectorise).
+    @inline(__always)
+    static func maximum(_ a: Vector, _ b: Vector) -> Vector {
+        let mask = unsafeBitCast(a .> b, to: SIMD16<Int32>.self)
+        let x = unsafeBitCast(a, to: SIMD16<Int32>.self), y = unsafeBitCast(b, to: SIMD16<Int32>.self)
+        return unsafeBitCast((x & mask) | (y & ~mask), to: Vector.self)
+    }
+
+    @inline(__always)
+    static func minimum(_ a: Vector, _ b: Vector) -> Vector {
+        let mask = unsafeBitCast(a .< b, to: SIMD16<Int32>.self)
+        let x = unsafeBitCast(a, to: SIMD16<Int32>.self), y = unsafeBitCast(b, to: SIMD16<Int32>.self)
+        return unsafeBitCast((x & mask) | (y & ~mask), to: Vector.self)
+    }
+
+    @inline(__always)
+    static func horizontalMax(_ v: Vector) -> Float {
+        var best = v[0]
+        for lane in 1..<16 where v[lane] > best { best = v[lane] }
+        return best
+    }
+
+    @inline(__always)
+    static func horizontalSum(_ v: Vector) -> Float {
+        let a = v.lowHalf + v.highHalf
+        let b = a.lowHalf + a.highHalf
+        let c = b.lowHalf + b.highHalf
+        return c[0] + c[1]
+    }
+
+    /// `eˣ` for 16 lanes (Cephes-style: 2ⁿ · e^r with |r| ≤ ln2/2 and a degree-6 polynomial; relative error
+    /// about 2e-7); -inf gives 0.
+    @inline(__always)
+    static func exp(_ x: Vector) -> Vector {
+        let clamped = minimum(maximum(x, Vector(repeating: -87.3)), Vector(repeating: 88.3))
+        // Round to nearest by adding 1.5·2²³: the integer lands in the low mantissa bits (no generic conversions).
+        let shifted = clamped * 1.44269504088896341 + 12_582_912
+        let n = shifted - 12_582_912
+        var r = clamped - n * 0.693359375
+        r = r + n * 2.12194440e-4
+        var p = Vector(repeating: 1.9875691500e-4)
+        p = p * r + 1.3981999507e-3
+        p = p * r + 8.3334519073e-3
+        p = p * r + 4.1665795894e-2
+        p = p * r + 1.6666665459e-1
+        p = p * r + 5.0000001201e-1
+        p = p * r * r + r + 1
+        let exponent = (unsafeBitCast(shifted, to: SIMD16<Int32>.self) &- 0x4B40_0000 &+ 127) &<< 23
+        return p * unsafeBitCast(exponent, to: Vector.self)
+    }
+
+    /// erf for 16 lanes: the rational approximation Eigen and XLA use for float (inputs clamped to ±4, where erf
+    /// is ±1 in float), accurate to a few ulp.
+    @inline(__always)
+    static func erf(_ value: Vector) -> Vector {
+        let x = minimum(maximum(value, Vector(repeating: -4)), Vector(repeating: 4))
+        let x2 = x * x
+        var p = x2 * -2.72614225801306e-10 + 2.77068142495902e-08
+        p = p * x2 + -2.10102402082508e-06
+        p = p * x2 + -5.69250639462346e-05
+        p = p * x2 + -7.34990630326855e-04
+        p = p * x2 + -2.95459980854025e-03
+        p = p * x2 + -1.60960333262415e-02
+        p = p * x
+        var q = x2 * -1.45660718464996e-05 + -2.13374055278905e-04
+        q = q * x2 + -1.68282697438203e-03
+        q = q * x2 + -7.37332916720468e-03
+        q = q * x2 + -1.42647390514189e-02
+        return p / q
     }
 
     static func add(_ x: inout [Float], _ y: [Float]) {
@@ -369,9 +476,16 @@ enum Kernels {
         let values: UnsafeMutablePointer<Float>
 
         func run(_ range: Range<Int>) {
-            for index in range {
-                let value = values[index]
-                values[index] = 0.5 * value * (1 + erff(value * 0.70710678118654752))
+            var index = range.lowerBound
+            while index + 16 <= range.upperBound {
+                let pointer = UnsafeMutableRawPointer(values + index)
+                let value = pointer.loadUnaligned(as: Vector.self)
+                pointer.storeBytes(of: 0.5 * value * (1 + Kernels.erf(value * 0.70710678118654752)), as: Vector.self)
+                index += 16
+            }
+            for tail in index..<range.upperBound {
+                let value = values[tail]
+                values[tail] = 0.5 * value * (1 + erff(value * 0.70710678118654752))
             }
         }
     }

@@ -31,9 +31,14 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            name: "EmbeddingKernelsAVX512",
+            // Only the matrix product, for CPUs with AVX-512 (chosen at run time from /proc/cpuinfo).
+            swiftSettings: strict + [.unsafeFlags(["-O", "-target-cpu", "skylake-avx512"])]
+        ),
+        .target(
             name: "Embeddings",
             dependencies: [
-                "SwitchyardModels", "SwitchyardCore",
+                "SwitchyardModels", "SwitchyardCore", "EmbeddingKernelsAVX512",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

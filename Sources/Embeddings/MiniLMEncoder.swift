@@ -1,3 +1,4 @@
+import EmbeddingKernelsAVX512
 import Foundation
 
 /// all-MiniLM-L6-v2 in Swift: a 6-layer BERT (hidden 384, 12 heads, intermediate 1536, GELU, LayerNorm eps 1e-12),
@@ -49,9 +50,13 @@ public final class MiniLMEncoder: Sendable {
     let embeddingNorm: Norm
     let layers: [Layer]
     let vocabularySize: Int
+    /// Whether the matrix products use the AVX-512 kernel.
+    public let usesAVX512: Bool
 
     /// Loads `vocab.txt` and `model.safetensors` from a model folder.
-    public init(directory: String) throws(EmbeddingError) {
+    /// - Parameter allowAVX512: Use the AVX-512 matrix product where the CPU has it (false: the AVX2 one everywhere).
+    public init(directory: String, allowAVX512: Bool = true) throws(EmbeddingError) {
+        usesAVX512 = allowAVX512 && Kernels.cpuHasAVX512
         tokenizer = try WordPieceTokenizer(vocabularyFile: directory + "/vocab.txt")
         let tensors = try SafeTensors(path: directory + "/model.safetensors")
         let hidden = Self.dimension
@@ -122,16 +127,16 @@ public final class MiniLMEncoder: Sendable {
         }
         Kernels.layerNorm(&states, rows: count, norm: embeddingNorm)
         for layer in layers {
-            let query = Kernels.linear(states, rows: count, layer.query)
-            let key = Kernels.linear(states, rows: count, layer.key)
-            let value = Kernels.linear(states, rows: count, layer.value)
+            let query = Kernels.linear(states, rows: count, layer.query, wide: usesAVX512)
+            let key = Kernels.linear(states, rows: count, layer.key, wide: usesAVX512)
+            let value = Kernels.linear(states, rows: count, layer.value, wide: usesAVX512)
             let context = Kernels.attention(query: query, key: key, value: value, segments: segments)
-            var attended = Kernels.linear(context, rows: count, layer.attentionOutput)
+            var attended = Kernels.linear(context, rows: count, layer.attentionOutput, wide: usesAVX512)
             Kernels.add(&attended, states)
             Kernels.layerNorm(&attended, rows: count, norm: layer.attentionNorm)
-            var inner = Kernels.linear(attended, rows: count, layer.intermediate)
+            var inner = Kernels.linear(attended, rows: count, layer.intermediate, wide: usesAVX512)
             Kernels.gelu(&inner)
-            var output = Kernels.linear(inner, rows: count, layer.output)
+            var output = Kernels.linear(inner, rows: count, layer.output, wide: usesAVX512)
             Kernels.add(&output, attended)
             Kernels.layerNorm(&output, rows: count, norm: layer.outputNorm)
             states = output
@@ -159,7 +164,7 @@ enum Kernels {
 
     /// `x · Wᵀ + b` for `rows` rows of `x`: a register-blocked kernel (6 rows × 16 outputs, FMA on 8-wide vectors),
     /// its output columns split across the cores.
-    static func linear(_ x: [Float], rows: Int, _ layer: MiniLMEncoder.Linear) -> [Float] {
+    static func linear(_ x: [Float], rows: Int, _ layer: MiniLMEncoder.Linear, wide: Bool) -> [Float] {
         let inputs = layer.inputs
         let outputs = layer.outputs
         precondition(outputs % 16 == 0)
@@ -171,12 +176,16 @@ enum Kernels {
                 layer.bias.withUnsafeBufferPointer { bs in
                     result.withUnsafeMutableBufferPointer { out in
                         let job = Job(x: xs.baseAddress!, w: ws.baseAddress!, bias: bs.baseAddress!, out: out.baseAddress!,
-                                      rows: rows, inputs: inputs, outputs: outputs)
+                                      rows: rows, inputs: inputs, outputs: outputs, wide: wide)
                         if workers <= 1 || rows * inputs * outputs < 1 << 20 {
                             job.run(blocks: 0..<blocks)
                         } else {
+                            // Even boundaries: the AVX-512 kernel takes its panels in pairs.
+                            let pairs = blocks / 2
                             DispatchQueue.concurrentPerform(iterations: workers) { worker in
-                                job.run(blocks: (blocks * worker / workers)..<(blocks * (worker + 1) / workers))
+                                let start = pairs * worker / workers * 2
+                                let end = worker == workers - 1 ? blocks : pairs * (worker + 1) / workers * 2
+                                job.run(blocks: start..<end)
                             }
                         }
                     }
@@ -188,6 +197,16 @@ enum Kernels {
 
     static let parallelism = max(1, ProcessInfo.processInfo.activeProcessorCount)
 
+    /// Whether the CPU (and the kernel, which lists only what it enables) offers AVX-512F.
+    static let cpuHasAVX512: Bool = {
+        #if arch(x86_64) && os(Linux)
+        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return false }
+        return info.split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").contains("avx512f") ?? false
+        #else
+        return false
+        #endif
+    }()
+
     /// Pointers for one matrix product; `@unchecked Sendable` because workers write disjoint output columns.
     struct Job: @unchecked Sendable {
         typealias V = SIMD8<Float>
@@ -196,6 +215,7 @@ enum Kernels {
         let bias: UnsafePointer<Float>
         let out: UnsafeMutablePointer<Float>
         let rows: Int, inputs: Int, outputs: Int
+        let wide: Bool
 
         func load(_ pointer: UnsafePointer<Float>) -> V {
             UnsafeRawPointer(pointer).loadUnaligned(as: V.self)
@@ -206,6 +226,10 @@ enum Kernels {
         }
 
         func run(blocks: Range<Int>) {
+            if wide {
+                linearAVX512(x: x, packed: w, bias: bias, out: out, rows: rows, inputs: inputs, outputs: outputs, panels: blocks)
+                return
+            }
             for block in blocks {
                 let o = block * 16
                 let b0 = load(bias + o), b1 = load(bias + o + 8)

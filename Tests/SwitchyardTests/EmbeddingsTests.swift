@@ -28,12 +28,12 @@ import Testing
         }
     }
 
-    static func encoder() throws -> MiniLMEncoder {
+    static func encoder(allowAVX512: Bool = true) throws -> MiniLMEncoder {
         let store = ModelStore()
         guard store.isAvailable else {
             throw EmbeddingError.modelUnavailable("no model in \(store.root): run `swift run switchyard models pull` (scripts/test.sh does)")
         }
-        return try MiniLMEncoder(directory: store.modelDirectory)
+        return try MiniLMEncoder(directory: store.modelDirectory, allowAVX512: allowAVX512)
     }
 
     @Test func referenceFileHasTheFiftyEightSentences() throws {
@@ -49,8 +49,10 @@ import Testing
         }
     }
 
-    @Test func embeddingsMatchTheReferenceToCosine0_9999() throws {
-        let encoder = try Self.encoder()
+    /// Both matrix-product kernels: AVX-512 where the CPU has it, and the AVX2 one every x86-64 CPU runs.
+    @Test(arguments: [true, false])
+    func embeddingsMatchTheReferenceToCosine0_9999(allowAVX512: Bool) throws {
+        let encoder = try Self.encoder(allowAVX512: allowAVX512)
         var worst: Float = 1
         for reference in try Self.references() {
             let vector = encoder.embed(ids: reference.ids)
@@ -65,13 +67,14 @@ import Testing
             #expect(cosine >= 0.9999, "\(reference.text.prefix(60)): cosine \(cosine)")
             #expect(abs(a.squareRoot() - 1) < 1e-4)
         }
-        print("worst cosine against sentence-transformers: \(worst)")
+        print("worst cosine against sentence-transformers (AVX-512 kernel: \(encoder.usesAVX512)): \(worst)")
     }
 }
 
 extension EmbeddingsTests {
-    @Test func aBatchComputesWhatEachSequenceAloneComputes() throws {
-        let encoder = try Self.encoder()
+    @Test(arguments: [true, false])
+    func aBatchComputesWhatEachSequenceAloneComputes(allowAVX512: Bool) throws {
+        let encoder = try Self.encoder(allowAVX512: allowAVX512)
         let texts = ["short", "a somewhat longer sentence about banking and cards", "", String(repeating: "word ", count: 300)]
         let batch = encoder.embed(batch: texts.map(encoder.tokenizer.encode))
         for (text, batched) in zip(texts, batch) {

@@ -1,31 +1,61 @@
-/// A model the mock serves, with its latency model.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A model the mock serves, with its latency and length model.
 public struct MockModel: Sendable, Hashable {
     public var name: String
-    /// Median time to first token.
-    public var timeToFirstToken: Duration
-    /// Output speed.
-    public var tokensPerSecond: Double
-    /// Output length when `max_tokens` does not cut it shorter.
-    public var typicalOutputTokens: ClosedRange<Int>
+    /// Time to first token, in seconds.
+    public var timeToFirstToken: LogNormal
+    /// Time between two output tokens, in seconds.
+    public var interTokenLatency: LogNormal
+    /// Output length in tokens when `max_tokens` does not cut it shorter.
+    public var outputTokens: LogNormal
 
-    public init(name: String, timeToFirstToken: Duration, tokensPerSecond: Double, typicalOutputTokens: ClosedRange<Int>) {
+    public init(name: String, timeToFirstToken: LogNormal, interTokenLatency: LogNormal, outputTokens: LogNormal) {
         self.name = name
         self.timeToFirstToken = timeToFirstToken
-        self.tokensPerSecond = tokensPerSecond
-        self.typicalOutputTokens = typicalOutputTokens
+        self.interTokenLatency = interTokenLatency
+        self.outputTokens = outputTokens
     }
 
     /// Models whose name starts with `claude` speak the Anthropic format; the others the OpenAI one.
     public var isAnthropic: Bool { name.hasPrefix("claude") }
 
-    /// The default catalog: three Anthropic-class tiers and two OpenAI-class ones.
+    /// The default catalog: three Anthropic-class tiers and two OpenAI-class ones, with medians and tails in the
+    /// range the providers' public latency dashboards show.
     public static let defaults: [MockModel] = [
-        MockModel(name: "claude-haiku-4-5", timeToFirstToken: .milliseconds(350), tokensPerSecond: 160, typicalOutputTokens: 40...160),
-        MockModel(name: "claude-sonnet-4-5", timeToFirstToken: .milliseconds(700), tokensPerSecond: 75, typicalOutputTokens: 60...260),
-        MockModel(name: "claude-opus-4-1", timeToFirstToken: .milliseconds(1400), tokensPerSecond: 40, typicalOutputTokens: 80...320),
-        MockModel(name: "gpt-4o-mini", timeToFirstToken: .milliseconds(300), tokensPerSecond: 110, typicalOutputTokens: 40...200),
-        MockModel(name: "gpt-4o", timeToFirstToken: .milliseconds(500), tokensPerSecond: 80, typicalOutputTokens: 60...260),
+        MockModel(name: "claude-haiku-4-5", timeToFirstToken: LogNormal(median: 0.35, p99: 1.2),
+                  interTokenLatency: LogNormal(median: 1.0 / 160, p99: 3.0 / 160), outputTokens: LogNormal(median: 90, p99: 420)),
+        MockModel(name: "claude-sonnet-4-5", timeToFirstToken: LogNormal(median: 0.7, p99: 2.5),
+                  interTokenLatency: LogNormal(median: 1.0 / 75, p99: 3.0 / 75), outputTokens: LogNormal(median: 140, p99: 700)),
+        MockModel(name: "claude-opus-4-1", timeToFirstToken: LogNormal(median: 1.4, p99: 5),
+                  interTokenLatency: LogNormal(median: 1.0 / 40, p99: 3.0 / 40), outputTokens: LogNormal(median: 180, p99: 900)),
+        MockModel(name: "gpt-4o-mini", timeToFirstToken: LogNormal(median: 0.3, p99: 1.1),
+                  interTokenLatency: LogNormal(median: 1.0 / 110, p99: 3.0 / 110), outputTokens: LogNormal(median: 110, p99: 500)),
+        MockModel(name: "gpt-4o", timeToFirstToken: LogNormal(median: 0.5, p99: 1.8),
+                  interTokenLatency: LogNormal(median: 1.0 / 80, p99: 3.0 / 80), outputTokens: LogNormal(median: 140, p99: 650)),
     ]
+}
+
+/// A log-normal distribution given by its median and 99th percentile (p99 = median gives a constant).
+public struct LogNormal: Sendable, Hashable {
+    public var median: Double
+    public var p99: Double
+
+    public init(median: Double, p99: Double) {
+        self.median = median
+        self.p99 = max(p99, median)
+    }
+
+    /// σ of the underlying normal: the 99th percentile of a standard normal is 2.3263.
+    var sigma: Double { median > 0 ? log(p99 / median) / 2.326_347_874_040_841 : 0 }
+
+    public func sample(_ rng: inout SplitMix64) -> Double {
+        median * exp(sigma * rng.nextGaussian())
+    }
 }
 
 /// Deterministic text and token counts.
@@ -59,12 +89,12 @@ struct MockText {
 }
 
 /// A small, fast, seedable generator (SplitMix64).
-struct SplitMix64 {
+public struct SplitMix64: Sendable {
     var state: UInt64
 
-    init(seed: UInt64) { self.state = seed }
+    public init(seed: UInt64) { self.state = seed }
 
-    mutating func next() -> UInt64 {
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -74,6 +104,17 @@ struct SplitMix64 {
 
     mutating func next(in range: ClosedRange<Int>) -> Int {
         range.lowerBound + Int(next() % UInt64(range.count))
+    }
+
+    /// Uniform in (0, 1].
+    public mutating func nextUniform() -> Double {
+        Double((next() >> 11) + 1) * 0x1p-53
+    }
+
+    /// Standard normal (Box–Muller).
+    public mutating func nextGaussian() -> Double {
+        let u = nextUniform(), v = nextUniform()
+        return (-2 * log(u)).squareRoot() * cos(2 * Double.pi * v)
     }
 
     /// FNV-1a over the bytes, for seeding from request content.

@@ -14,6 +14,10 @@ struct MockPlan {
     let words: [String]
     let toolCall: (id: String, name: String, arguments: String)?
     let hitLimit: Bool
+    /// Drawn from the model's distribution with this request's generator.
+    let timeToFirstToken: Duration
+    /// Seeds the inter-token intervals (`tokenIntervals()`), so that a repeated request repeats its timing.
+    let timingSeed: UInt64
 
     init(request: MockJSON, model: MockModel, anthropic: Bool) {
         self.model = model
@@ -28,6 +32,8 @@ struct MockPlan {
         let seedSource = model.name + "\u{0}" + strings.joined(separator: "\u{0}")
         var rng = SplitMix64(seed: request["seed"]?.number.map { UInt64(bitPattern: Int64($0)) } ?? SplitMix64.hash(seedSource.utf8))
         self.id = String(rng.next() % 1_000_000_000_000, radix: 36)
+        self.timeToFirstToken = .seconds(model.timeToFirstToken.sample(&rng))
+        self.timingSeed = rng.next()
         let maxTokens = (request["max_completion_tokens"]?.number ?? request["max_tokens"]?.number).map { Int($0) }
 
         // A tool call when tools are offered and the conversation does not end in a tool result.
@@ -55,12 +61,18 @@ struct MockPlan {
             self.words = []
             self.hitLimit = false
         } else {
-            let length = rng.next(in: model.typicalOutputTokens)
+            let length = max(1, Int(model.outputTokens.sample(&rng).rounded()))
             let count = min(length, maxTokens ?? length)
             self.words = MockText.words(count: count, rng: &rng)
             self.toolCall = nil
             self.hitLimit = count < length
         }
+    }
+
+    /// The pauses before each output token after the first, drawn from the model's inter-token distribution.
+    func tokenIntervals() -> [Duration] {
+        var rng = SplitMix64(seed: timingSeed)
+        return (0..<max(0, outputTokens - 1)).map { _ in .seconds(model.interTokenLatency.sample(&rng)) }
     }
 
     var outputTokens: Int {

@@ -143,8 +143,7 @@ public final class MockServer: Sendable {
             let includeUsage = payload["stream_options"]?["include_usage"]?.bool ?? false
             return streamResponse(plan, anthropic: anthropic, includeUsage: includeUsage, scale: scale, fault: fault)
         }
-        try await sleep(model.timeToFirstToken, scale: scale)
-        try await sleep(.seconds(Double(plan.outputTokens) / model.tokensPerSecond), scale: scale)
+        try await sleep(plan.timeToFirstToken + plan.tokenIntervals().reduce(.zero, +), scale: scale)
         if fault == .malformedJSON {
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: "{\"id\": \"broken")))
         }
@@ -187,14 +186,14 @@ public final class MockServer: Sendable {
         stats.withLock { $0.streamsStarted += 1 }
         let events = anthropic ? plan.anthropicEvents() : plan.openAIChunks(includeUsage: includeUsage)
         let encoder = self.encoder
-        let model = plan.model
         let cutAt = (fault == .disconnectMidStream || fault == .errorInStream || fault == .malformedJSON) ? max(1, events.count / 2) : nil
         return Response(
             status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
             body: ResponseBody { writer in
                 do {
-                    try await self.sleep(model.timeToFirstToken, scale: scale)
-                    let interval = Duration.seconds(1 / model.tokensPerSecond)
+                    try await self.sleep(plan.timeToFirstToken, scale: scale)
+                    var intervals = plan.tokenIntervals().makeIterator()
+                    var tokensSent = 0
                     for (offset, event) in events.enumerated() {
                         if let cutAt, offset == cutAt {
                             switch fault {
@@ -211,7 +210,11 @@ public final class MockServer: Sendable {
                             try await writer.finish(nil)
                             return
                         }
-                        if event.isToken { try await self.sleep(interval, scale: scale) }
+                        if event.isToken {
+                            // The first token comes with the time to first token; each later one after an interval.
+                            if tokensSent > 0 { try await self.sleep(intervals.next() ?? .zero, scale: scale) }
+                            tokensSent += 1
+                        }
                         let data: Data = event.json.map { (try? encoder.encode($0)) ?? Data() } ?? Data("[DONE]".utf8)
                         try await writer.write(Self.sse(event: event.name, data: data))
                     }

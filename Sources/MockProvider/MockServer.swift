@@ -20,14 +20,24 @@ public struct MockSettings: Sendable {
     public var latencyScale: Double
     /// When set, requests without an API key get a 401 like the real APIs.
     public var requireAPIKey: Bool
+    /// Requests and tokens per minute per API key.
+    public var limits: MockLimits
+    /// The share of requests that get each fault without asking for it by header (drawn from `seed`).
+    public var faultRates: [MockFault: Double]
+    /// Seeds the fault draws.
+    public var seed: UInt64
 
     public init(host: String = "127.0.0.1", port: Int = 0, models: [MockModel] = MockModel.defaults,
-                latencyScale: Double = 1, requireAPIKey: Bool = true) {
+                latencyScale: Double = 1, requireAPIKey: Bool = true, limits: MockLimits = MockLimits(),
+                faultRates: [MockFault: Double] = [:], seed: UInt64 = 1) {
         self.host = host
         self.port = port
         self.models = models
         self.latencyScale = latencyScale
         self.requireAPIKey = requireAPIKey
+        self.limits = limits
+        self.faultRates = faultRates
+        self.seed = seed
     }
 }
 
@@ -42,6 +52,8 @@ public struct MockStats: Sendable, Hashable {
     public var credentialsSeen: Set<String> = []
     /// Every header name seen.
     public var headerNamesSeen: Set<String> = []
+    /// Requests refused by the per-key limits.
+    public var rateLimited = 0
 }
 
 /// The mock LLM server: OpenAI Chat Completions and Anthropic Messages, streaming and not, with the real event
@@ -50,11 +62,15 @@ public final class MockServer: Sendable {
     public let settings: MockSettings
     let models: [String: MockModel]
     let stats = Mutex(MockStats())
+    let limiter: MockRateLimiter?
+    let faultDraws: Mutex<SplitMix64>
     let encoder = JSONEncoder()
     let decoder = JSONDecoder()
 
     public init(settings: MockSettings = MockSettings()) {
         self.settings = settings
+        self.limiter = settings.limits.isEmpty ? nil : MockRateLimiter(limits: settings.limits)
+        self.faultDraws = Mutex(SplitMix64(seed: settings.seed))
         self.models = Dictionary(settings.models.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
     }
@@ -134,20 +150,32 @@ public final class MockServer: Sendable {
         if anthropic, payload["max_tokens"]?.number == nil {
             return try error(.badRequest, anthropic: true, type: "invalid_request_error", message: "max_tokens: Field required")
         }
-        let fault = request.headers[HTTPField.Name("x-mock-fault")!].flatMap(MockFault.init(rawValue:))
+        let fault = request.headers[HTTPField.Name("x-mock-fault")!].flatMap(MockFault.init(rawValue:)) ?? drawFault()
         if let response = try await immediateFault(fault, anthropic: anthropic) { return response }
         let plan = MockPlan(request: payload, model: model, anthropic: anthropic)
+        var limitHeaders = HTTPFields()
+        if let limiter {
+            let requested = (payload["max_completion_tokens"]?.number ?? payload["max_tokens"]?.number).map { Int($0) }
+            let decision = limiter.admit(key: credential ?? "", tokens: plan.promptTokens + (requested ?? plan.outputTokens))
+            limitHeaders = limiter.headers(decision, anthropic: anthropic)
+            guard decision.allowed else {
+                stats.withLock { $0.rateLimited += 1 }
+                return try error(.tooManyRequests, anthropic: anthropic, type: anthropic ? "rate_limit_error" : "rate_limit_exceeded",
+                                 message: "Rate limit reached for requests or tokens per minute (mock)", headers: limitHeaders)
+            }
+        }
         let scale = settings.latencyScale * (fault == .slow ? 10 : 1)
         let stream = payload["stream"]?.bool ?? false
         if stream {
             let includeUsage = payload["stream_options"]?["include_usage"]?.bool ?? false
-            return streamResponse(plan, anthropic: anthropic, includeUsage: includeUsage, scale: scale, fault: fault)
+            return streamResponse(plan, anthropic: anthropic, includeUsage: includeUsage, scale: scale, fault: fault,
+                                  headers: limitHeaders)
         }
         try await sleep(plan.timeToFirstToken + plan.tokenIntervals().reduce(.zero, +), scale: scale)
         if fault == .malformedJSON {
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: "{\"id\": \"broken")))
         }
-        return try json(.ok, anthropic ? plan.anthropicMessage() : plan.openAICompletion())
+        return try json(.ok, anthropic ? plan.anthropicMessage() : plan.openAICompletion(), headers: limitHeaders)
     }
 
     func sleep(_ duration: Duration, scale: Double) async throws {
@@ -182,13 +210,29 @@ public final class MockServer: Sendable {
         }
     }
 
-    func streamResponse(_ plan: MockPlan, anthropic: Bool, includeUsage: Bool, scale: Double, fault: MockFault?) -> Response {
+    /// A fault by the configured rates, or none.
+    func drawFault() -> MockFault? {
+        guard !settings.faultRates.isEmpty else { return nil }
+        var draw = faultDraws.withLock { $0.nextUniform() }
+        for fault in MockFault.allCases {
+            guard let rate = settings.faultRates[fault] else { continue }
+            if draw <= rate { return fault }
+            draw -= rate
+        }
+        return nil
+    }
+
+    func streamResponse(_ plan: MockPlan, anthropic: Bool, includeUsage: Bool, scale: Double, fault: MockFault?,
+                        headers: HTTPFields = [:]) -> Response {
         stats.withLock { $0.streamsStarted += 1 }
         let events = anthropic ? plan.anthropicEvents() : plan.openAIChunks(includeUsage: includeUsage)
         let encoder = self.encoder
         let cutAt = (fault == .disconnectMidStream || fault == .errorInStream || fault == .malformedJSON) ? max(1, events.count / 2) : nil
+        var fields = headers
+        fields[.contentType] = "text/event-stream"
+        fields[.cacheControl] = "no-cache"
         return Response(
-            status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+            status: .ok, headers: fields,
             body: ResponseBody { writer in
                 do {
                     try await self.sleep(plan.timeToFirstToken, scale: scale)

@@ -112,11 +112,27 @@ struct Mock: AsyncParsableCommand {
     @Option(help: "Listen port (0 picks a free one).") var port = 9090
     @Option(help: "Latency multiplier (1 realistic, 0 instant).") var latencyScale = 1.0
     @Flag(help: "Accept requests without an API key.") var noAuth = false
+    @Option(help: "Requests per minute per API key (429 with retry-after beyond).") var rpm: Int?
+    @Option(help: "Tokens per minute per API key (prompt plus max_tokens).") var tpm: Int?
+    @Option(help: "A fault's share of requests, FAULT=RATE (e.g. 429=0.05, 500=0.01, disconnect-mid-stream=0.02); repeatable.")
+    var faultRate: [String] = []
+    @Option(help: "Seed of the fault draws.") var seed: UInt64 = 1
     @OptionGroup var log: LogOptions
 
     func run() async throws {
         let logger = try log.makeLogger(label: "switchyard-mock")
-        let server = MockServer(settings: MockSettings(host: host, port: port, latencyScale: latencyScale, requireAPIKey: !noAuth))
+        var rates: [MockFault: Double] = [:]
+        for entry in faultRate {
+            let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let fault = MockFault(rawValue: parts[0]), let rate = Double(parts[1]), (0...1).contains(rate) else {
+                throw ValidationError("--fault-rate wants FAULT=RATE with FAULT one of "
+                                      + MockFault.allCases.map(\.rawValue).joined(separator: ", ") + " and RATE in 0...1")
+            }
+            rates[fault] = rate
+        }
+        let server = MockServer(settings: MockSettings(
+            host: host, port: port, latencyScale: latencyScale, requireAPIKey: !noAuth,
+            limits: MockLimits(requestsPerMinute: rpm, tokensPerMinute: tpm), faultRates: rates, seed: seed))
         let host = self.host
         let app = server.makeApplication(logger: logger) { port in
             print("Switchyard mock provider listening on http://\(host):\(port)")

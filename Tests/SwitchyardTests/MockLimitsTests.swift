@@ -1,0 +1,85 @@
+import Hummingbird
+import Logging
+import MockProvider
+import SwitchyardCore
+import SwitchyardModels
+import SwitchyardTestKit
+import Testing
+
+/// The mock's provider-style limits and configured fault rates, against a mock running on its own.
+@Suite struct MockLimitsTests {
+    func withMock(_ settings: MockSettings, _ body: (String) async throws -> Void) async throws {
+        let port = ReadySignal<Int>()
+        let server = MockServer(settings: settings)
+        let app = server.makeApplication(logger: Logger(label: "mock-test")) { port.set($0) }
+        let task = Task { try await app.runService(gracefulShutdownSignals: []) }
+        defer { task.cancel() }
+        try await body("http://127.0.0.1:\(await port.wait())")
+    }
+
+    static let openAI = #"{"model":"gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#
+    static let anthropic = #"{"model":"claude-haiku-4-5","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#
+
+    @Test func requestsPerMinuteAreEnforcedPerKeyWithTheProvidersHeaders() async throws {
+        let settings = MockSettings(latencyScale: 0, limits: MockLimits(requestsPerMinute: 3))
+        try await withMock(settings) { url in
+            for attempt in 1...3 {
+                let response = try await send("\(url)/v1/chat/completions", body: Self.openAI, headers: [("authorization", "Bearer a")])
+                #expect(response.status == 200)
+                #expect(response.header("x-ratelimit-limit-requests") == "3")
+                #expect(response.header("x-ratelimit-remaining-requests") == "\(3 - attempt)")
+            }
+            let refused = try await send("\(url)/v1/chat/completions", body: Self.openAI, headers: [("authorization", "Bearer a")])
+            #expect(refused.status == 429)
+            #expect(refused.header("x-ratelimit-remaining-requests") == "0")
+            let retryAfter = try #require(refused.header("retry-after").flatMap(Int.init))
+            #expect((1...20).contains(retryAfter))  // one request refills in 60/3 = 20 s
+            #expect(try JSONValue.parse(Array(refused.body.utf8))["error"]?["type"]?.stringValue == "rate_limit_exceeded")
+
+            // Another key has its own budget; Anthropic answers with its own headers and error type.
+            let other = try await send("\(url)/v1/messages", body: Self.anthropic, headers: [("x-api-key", "b")])
+            #expect(other.status == 200)
+            #expect(other.header("anthropic-ratelimit-requests-remaining") == "2")
+            for _ in 0..<2 { _ = try await send("\(url)/v1/messages", body: Self.anthropic, headers: [("x-api-key", "b")]) }
+            let anthropicRefused = try await send("\(url)/v1/messages", body: Self.anthropic, headers: [("x-api-key", "b")])
+            #expect(anthropicRefused.status == 429)
+            #expect(anthropicRefused.header("retry-after") != nil)
+            #expect(anthropicRefused.header("anthropic-ratelimit-requests-reset") != nil)
+            #expect(try JSONValue.parse(Array(anthropicRefused.body.utf8))["error"]?["type"]?.stringValue == "rate_limit_error")
+        }
+    }
+
+    @Test func tokensPerMinuteCountThePromptAndMaxTokens() async throws {
+        // The prompt counts 5 tokens ("user", "hi", 3 per message); with max_tokens 50 each request asks for 55 of 100.
+        let settings = MockSettings(latencyScale: 0, limits: MockLimits(tokensPerMinute: 100))
+        try await withMock(settings) { url in
+            let first = try await send("\(url)/v1/chat/completions", body: Self.openAI, headers: [("authorization", "Bearer t")])
+            #expect(first.status == 200)
+            #expect(first.header("x-ratelimit-remaining-tokens") == "45")
+            let second = try await send("\(url)/v1/chat/completions", body: Self.openAI, headers: [("authorization", "Bearer t")])
+            #expect(second.status == 429)
+            #expect(second.header("x-ratelimit-limit-tokens") == "100")
+        }
+    }
+
+    @Test func configuredFaultRatesAreDrawnFromTheSeed() async throws {
+        let settings = MockSettings(latencyScale: 0, faultRates: [.serverError: 0.3, .rateLimited: 0.2], seed: 9)
+        var runs: [[Int]] = []
+        for _ in 0..<2 {
+            try await withMock(settings) { url in
+                var statuses: [Int] = []
+                for _ in 0..<400 {
+                    statuses.append(try await send("\(url)/v1/chat/completions", body: Self.openAI,
+                                                   headers: [("authorization", "Bearer f")]).status)
+                }
+                runs.append(statuses)
+            }
+        }
+        let statuses = runs[0]
+        #expect(runs[0] == runs[1])  // the same seed, the same faults in the same order
+        let share = { (status: Int) in Double(statuses.filter { $0 == status }.count) / Double(statuses.count) }
+        #expect(abs(share(500) - 0.3) < 0.07, "500s: \(share(500))")
+        #expect(abs(share(429) - 0.2) < 0.06, "429s: \(share(429))")
+        #expect(abs(share(200) - 0.5) < 0.08, "200s: \(share(200))")
+    }
+}

@@ -85,31 +85,21 @@ final class MockRateLimiter: Sendable {
         var fields = HTTPFields()
         func add(_ name: String, _ value: String) { fields[HTTPField.Name(name)!] = value }
         if !decision.allowed { add("retry-after", String(max(1, Int(decision.retryAfter.rounded(.up))))) }
-        let resetAt = { (seconds: Double) in
-            Date(timeIntervalSinceNow: seconds).formatted(.iso8601)
-        }
-        if let limit = limits.requestsPerMinute, let remaining = decision.remainingRequests {
+        /// One bucket's three headers, named as each provider names them (`kind`: requests or tokens).
+        func bucket(_ kind: String, limit: Int?, remaining: Int?, reset: Double) {
+            guard let limit, let remaining else { return }
             if anthropic {
-                add("anthropic-ratelimit-requests-limit", "\(limit)")
-                add("anthropic-ratelimit-requests-remaining", "\(remaining)")
-                add("anthropic-ratelimit-requests-reset", resetAt(decision.resetRequests))
+                add("anthropic-ratelimit-\(kind)-limit", "\(limit)")
+                add("anthropic-ratelimit-\(kind)-remaining", "\(remaining)")
+                add("anthropic-ratelimit-\(kind)-reset", Date(timeIntervalSinceNow: reset).formatted(.iso8601))
             } else {
-                add("x-ratelimit-limit-requests", "\(limit)")
-                add("x-ratelimit-remaining-requests", "\(remaining)")
-                add("x-ratelimit-reset-requests", Self.openAIDuration(decision.resetRequests))
+                add("x-ratelimit-limit-\(kind)", "\(limit)")
+                add("x-ratelimit-remaining-\(kind)", "\(remaining)")
+                add("x-ratelimit-reset-\(kind)", Self.openAIDuration(reset))
             }
         }
-        if let limit = limits.tokensPerMinute, let remaining = decision.remainingTokens {
-            if anthropic {
-                add("anthropic-ratelimit-tokens-limit", "\(limit)")
-                add("anthropic-ratelimit-tokens-remaining", "\(remaining)")
-                add("anthropic-ratelimit-tokens-reset", resetAt(decision.resetTokens))
-            } else {
-                add("x-ratelimit-limit-tokens", "\(limit)")
-                add("x-ratelimit-remaining-tokens", "\(remaining)")
-                add("x-ratelimit-reset-tokens", Self.openAIDuration(decision.resetTokens))
-            }
-        }
+        bucket("requests", limit: limits.requestsPerMinute, remaining: decision.remainingRequests, reset: decision.resetRequests)
+        bucket("tokens", limit: limits.tokensPerMinute, remaining: decision.remainingTokens, reset: decision.resetTokens)
         return fields
     }
 

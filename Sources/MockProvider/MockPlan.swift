@@ -19,7 +19,7 @@ struct MockPlan {
     /// Seeds the inter-token intervals (`tokenIntervals()`), so that a repeated request repeats its timing.
     let timingSeed: UInt64
 
-    init(request: MockJSON, model: MockModel, anthropic: Bool) {
+    init(request: MockJSON, model: MockModel, anthropic: Bool, lengthTrace: MockLengthTrace? = nil) {
         self.model = model
         var strings: [String] = []
         request["system"]?.collectStrings(into: &strings)
@@ -61,7 +61,7 @@ struct MockPlan {
             self.words = []
             self.hitLimit = false
         } else {
-            let length = max(1, Int(model.outputTokens.sample(&rng).rounded()))
+            let length = lengthTrace?.draw(&rng) ?? max(1, Int(model.outputTokens.sample(&rng).rounded()))
             let count = min(length, maxTokens ?? length)
             self.words = MockText.words(count: count, rng: &rng)
             self.toolCall = nil

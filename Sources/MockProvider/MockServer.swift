@@ -26,10 +26,12 @@ public struct MockSettings: Sendable {
     public var faultRates: [MockFault: Double]
     /// Seeds the fault draws.
     public var seed: UInt64
+    /// When set, every model's answer lengths are drawn from this trace instead of its distribution.
+    public var lengthTrace: MockLengthTrace?
 
     public init(host: String = "127.0.0.1", port: Int = 0, models: [MockModel] = MockModel.defaults,
                 latencyScale: Double = 1, requireAPIKey: Bool = true, limits: MockLimits = MockLimits(),
-                faultRates: [MockFault: Double] = [:], seed: UInt64 = 1) {
+                faultRates: [MockFault: Double] = [:], seed: UInt64 = 1, lengthTrace: MockLengthTrace? = nil) {
         self.host = host
         self.port = port
         self.models = models
@@ -38,6 +40,7 @@ public struct MockSettings: Sendable {
         self.limits = limits
         self.faultRates = faultRates
         self.seed = seed
+        self.lengthTrace = lengthTrace
     }
 }
 
@@ -152,7 +155,7 @@ public final class MockServer: Sendable {
         }
         let fault = request.headers[HTTPField.Name("x-mock-fault")!].flatMap(MockFault.init(rawValue:)) ?? drawFault()
         if let response = try await immediateFault(fault, anthropic: anthropic) { return response }
-        let plan = MockPlan(request: payload, model: model, anthropic: anthropic)
+        let plan = MockPlan(request: payload, model: model, anthropic: anthropic, lengthTrace: settings.lengthTrace)
         var limitHeaders = HTTPFields()
         if let limiter {
             let requested = (payload["max_completion_tokens"]?.number ?? payload["max_tokens"]?.number).map { Int($0) }

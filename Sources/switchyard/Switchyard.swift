@@ -117,6 +117,8 @@ struct Mock: AsyncParsableCommand {
     @Option(help: "A fault's share of requests, FAULT=RATE (e.g. 429=0.05, 500=0.01, disconnect-mid-stream=0.02); repeatable.")
     var faultRate: [String] = []
     @Option(help: "Seed of the fault draws.") var seed: UInt64 = 1
+    @Option(help: "Replay answer lengths from a trace: CSV with GeneratedTokens (Azure) or JSONL with output_length (Mooncake).")
+    var lengthTrace: String?
     @OptionGroup var log: LogOptions
 
     func run() async throws {
@@ -132,7 +134,8 @@ struct Mock: AsyncParsableCommand {
         }
         let server = MockServer(settings: MockSettings(
             host: host, port: port, latencyScale: latencyScale, requireAPIKey: !noAuth,
-            limits: MockLimits(requestsPerMinute: rpm, tokensPerMinute: tpm), faultRates: rates, seed: seed))
+            limits: MockLimits(requestsPerMinute: rpm, tokensPerMinute: tpm), faultRates: rates, seed: seed,
+            lengthTrace: try lengthTrace.map { path throws(MockTraceError) in try MockLengthTrace(path: path) }))
         let host = self.host
         let app = server.makeApplication(logger: logger) { port in
             print("Switchyard mock provider listening on http://\(host):\(port)")

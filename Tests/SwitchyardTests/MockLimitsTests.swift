@@ -1,3 +1,4 @@
+import Foundation
 import Hummingbird
 import Logging
 import MockProvider
@@ -81,5 +82,28 @@ import Testing
         #expect(abs(share(500) - 0.3) < 0.07, "500s: \(share(500))")
         #expect(abs(share(429) - 0.2) < 0.06, "429s: \(share(429))")
         #expect(abs(share(200) - 0.5) < 0.08, "200s: \(share(200))")
+    }
+}
+
+extension MockLimitsTests {
+    /// Answer lengths replayed from the Azure chat trace in ../shared/data/lengths: the median over 300 requests is
+    /// near the trace's own median; the Mooncake JSONL format reads too.
+    @Test func answerLengthsReplayATrace() async throws {
+        let root = EmbeddingsTests.projectRoot.appendingPathComponent("../shared/data/lengths").path
+        let trace = try MockLengthTrace(path: root + "/azure_llm_inference_trace_2023_conv.csv")
+        #expect(trace.lengths.count == 19_366)
+        #expect(try MockLengthTrace(path: root + "/mooncake_fast25_conversation_trace.jsonl").lengths.count == 12_031)
+        let traceMedian = Double(trace.lengths.sorted()[trace.lengths.count / 2])
+        try await withMock(MockSettings(latencyScale: 0, lengthTrace: trace)) { url in
+            var lengths: [Double] = []
+            for index in 0..<300 {
+                let body = #"{"model":"gpt-4o","max_tokens":100000,"messages":[{"role":"user","content":"trace \#(index)"}]}"#
+                let response = try await send("\(url)/v1/chat/completions", body: body, headers: [("authorization", "Bearer k")])
+                lengths.append(Double(try JSONValue.parse(Array(response.body.utf8))["usage"]?["completion_tokens"]?.intValue ?? -1))
+            }
+            let median = lengths.sorted()[150]
+            #expect(abs(median / traceMedian - 1) < 0.2, "median \(median), trace median \(traceMedian)")
+            #expect(lengths.allSatisfy { trace.lengths.contains(Int($0)) })
+        }
     }
 }

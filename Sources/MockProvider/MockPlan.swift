@@ -18,6 +18,9 @@ struct MockPlan {
     let timeToFirstToken: Duration
     /// Seeds the inter-token intervals (`tokenIntervals()`), so that a repeated request repeats its timing.
     let timingSeed: UInt64
+    /// Prompt tokens served from the simulated prompt cache, and (Anthropic) written to it.
+    var cacheRead = 0
+    var cacheWrite = 0
 
     init(request: MockJSON, model: MockModel, anthropic: Bool, lengthTrace: MockLengthTrace? = nil) {
         self.model = model
@@ -93,7 +96,7 @@ struct MockPlan {
         .object([
             "prompt_tokens": .number(Double(promptTokens)), "completion_tokens": .number(Double(outputTokens)),
             "total_tokens": .number(Double(promptTokens + outputTokens)),
-            "prompt_tokens_details": .object(["cached_tokens": 0]),
+            "prompt_tokens_details": .object(["cached_tokens": .number(Double(cacheRead / 128 * 128))]),
         ])
     }
 
@@ -157,8 +160,8 @@ struct MockPlan {
 
     func anthropicUsage(output: Int) -> MockJSON {
         .object([
-            "input_tokens": .number(Double(promptTokens)), "output_tokens": .number(Double(output)),
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+            "input_tokens": .number(Double(promptTokens - cacheRead - cacheWrite)), "output_tokens": .number(Double(output)),
+            "cache_creation_input_tokens": .number(Double(cacheWrite)), "cache_read_input_tokens": .number(Double(cacheRead)),
         ])
     }
 

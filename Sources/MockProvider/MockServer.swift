@@ -66,6 +66,7 @@ public final class MockServer: Sendable {
     let models: [String: MockModel]
     let stats = Mutex(MockStats())
     let limiter: MockRateLimiter?
+    let promptCache = MockPromptCache()
     let faultDraws: Mutex<SplitMix64>
     let encoder = JSONEncoder()
     let decoder = JSONDecoder()
@@ -155,7 +156,7 @@ public final class MockServer: Sendable {
         }
         let fault = request.headers[HTTPField.Name("x-mock-fault")!].flatMap(MockFault.init(rawValue:)) ?? drawFault()
         if let response = try await immediateFault(fault, anthropic: anthropic) { return response }
-        let plan = MockPlan(request: payload, model: model, anthropic: anthropic, lengthTrace: settings.lengthTrace)
+        var plan = MockPlan(request: payload, model: model, anthropic: anthropic, lengthTrace: settings.lengthTrace)
         var limitHeaders = HTTPFields()
         if let limiter {
             let requested = (payload["max_completion_tokens"]?.number ?? payload["max_tokens"]?.number).map { Int($0) }
@@ -167,6 +168,10 @@ public final class MockServer: Sendable {
                                  message: "Rate limit reached for requests or tokens per minute (mock)", headers: limitHeaders)
             }
         }
+        let cached = promptCache.resolve(MockPromptCache.breakpoints(payload, anthropic: anthropic, model: model.name),
+                                         key: "\(credential ?? "")\u{0}\(model.name)")
+        plan.cacheRead = cached.read
+        plan.cacheWrite = anthropic ? cached.written : 0
         let scale = settings.latencyScale * (fault == .slow ? 10 : 1)
         let stream = payload["stream"]?.bool ?? false
         if stream {

@@ -51,7 +51,21 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
 
     var mock: MockServer?
     if config.providers.values.contains(where: { $0.kind == .mock }) {
-        let server = MockServer(settings: MockSettings(latencyScale: config.mockLatencyScale, requireAPIKey: false))
+        var trace: MockLengthTrace?
+        if let path = config.mock.lengthTrace {
+            do {
+                trace = try MockLengthTrace(path: path)
+            } catch {
+                logger.error("mock length trace unusable; using the models' distributions", metadata: ["switchyard.reason": "\(error)"])
+            }
+        }
+        let rates = Dictionary(uniqueKeysWithValues: config.mock.faultRates.compactMap { name, rate in
+            MockFault(rawValue: name).map { ($0, rate) }
+        })
+        let server = MockServer(settings: MockSettings(
+            latencyScale: config.mockLatencyScale, requireAPIKey: false,
+            limits: MockLimits(requestsPerMinute: config.mock.requestsPerMinute, tokensPerMinute: config.mock.tokensPerMinute),
+            faultRates: rates, seed: config.mock.seed, lengthTrace: trace))
         var mockLogger = logger
         mockLogger[metadataKey: "switchyard.component"] = "mock"
         mockLogger.logLevel = max(logger.logLevel, .notice)

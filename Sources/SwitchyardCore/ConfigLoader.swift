@@ -55,6 +55,31 @@ public enum ConfigLoader {
             config.drainTimeout = .milliseconds(Int64(seconds * 1000))
         }
         config.mockLatencyScale = try top.double("mock_latency_scale", in: 0...100) ?? 1
+        if let mock = try top.mapping("mock") {
+            config.mock.requestsPerMinute = try mock.int("requests_per_minute", in: 1...100_000_000)
+            config.mock.tokensPerMinute = try mock.int("tokens_per_minute", in: 1...10_000_000_000)
+            config.mock.seed = UInt64(try mock.int("seed", in: 0...Int.max) ?? 1)
+            if let trace = try mock.string("length_trace") {
+                guard FileManager.default.isReadableFile(atPath: trace) else {
+                    throw ConfigError(path: mock.child("length_trace"), "cannot read '\(trace)'")
+                }
+                config.mock.lengthTrace = trace
+            }
+            if let rates = try mock.mapping("fault_rates") {
+                for name in rates.keys {
+                    guard MockOptions.faultNames.contains(name) else {
+                        throw ConfigError(path: rates.child(name),
+                                          "unknown fault (known: \(MockOptions.faultNames.joined(separator: ", ")))")
+                    }
+                    config.mock.faultRates[name] = try rates.double(name, in: 0...1)
+                }
+                guard config.mock.faultRates.values.reduce(0, +) <= 1 else {
+                    throw ConfigError(path: mock.child("fault_rates"), "the rates add up to more than 1")
+                }
+                try rates.finish()
+            }
+            try mock.finish()
+        }
 
         guard let providers = try top.mapping("providers") else { throw ConfigError(path: "providers", "is required") }
         for (name, reader) in try providers.entries() {

@@ -124,6 +124,8 @@ public struct GatewayConfig: Sendable {
     public var keys: [APIKeyEntry]
     /// Latency multiplier for the built-in mock provider (1 = realistic, 0 = instant).
     public var mockLatencyScale: Double
+    /// Limits, fault rates and length trace of the built-in mock provider (YAML `mock:`).
+    public var mock = MockOptions()
 
     public init(host: String = "127.0.0.1", port: Int = 8080, maxBodyBytes: Int = 32 << 20,
                 drainTimeout: Duration = .seconds(30), providers: [String: ProviderConfig], models: [String: ModelRoute],
@@ -166,4 +168,23 @@ public enum DefaultCatalog {
         Entry(name: "gpt-4o-mini", price: ModelPrice(usd: "0.15", "0.60", "0.075", "0.15")!),
         Entry(name: "gpt-4o", price: ModelPrice(usd: "2.50", "10", "1.25", "2.50")!),
     ]
+}
+
+/// The built-in mock provider's behaviour under load, from the YAML `mock:` section.
+public struct MockOptions: Sendable, Hashable {
+    /// Per-key limits answered like the real APIs (429 with `retry-after` and rate-limit headers).
+    public var requestsPerMinute: Int?
+    public var tokensPerMinute: Int?
+    /// Share of requests per fault, by the names `x-mock-fault` takes (`faultNames`).
+    public var faultRates: [String: Double] = [:]
+    /// Seeds the fault draws.
+    public var seed: UInt64 = 1
+    /// A trace file to replay answer lengths from.
+    public var lengthTrace: String?
+
+    public init() {}
+
+    /// The faults the mock knows (`MockFault`'s raw values; a test keeps the two lists equal).
+    public static let faultNames = ["429", "500", "503", "529", "timeout", "slow", "disconnect-mid-stream", "malformed-json",
+                                    "error-in-stream"]
 }

@@ -69,11 +69,30 @@ import Testing
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nmax_body_bytes: 5", "max_body_bytes", "between"),
         ("providers: {o: {kind: openai-compatible}}\nmodels: {gpt-4o: {provider: o}}", "providers.o.base_url", "is required"),
         ("providers: {m: {kind: mock}}", "models", "is required"),
+        ("providers: {o: {kind: openai-compatible, base_url: 'http://host:port'}}\nmodels: {gpt-4o: {provider: o}}",
+         "providers.o.base_url", "not a valid URL"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nmock: {fault_rates: {'999': 0.1}}", "mock.fault_rates.999",
+         "unknown fault"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nmock: {fault_rates: {'429': 0.7, '500': 0.5}}",
+         "mock.fault_rates", "more than 1"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nmock: {length_trace: /no/such/file}", "mock.length_trace",
+         "cannot read"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nmock: {rpm: 5}", "mock.rpm", "unknown key"),
     ])
     func badFilesNameTheKeyPath(_ testCase: (String, String, String)) {
         let error = error(testCase.0)
         #expect(error?.path == testCase.1)
         #expect(error?.message.contains(testCase.2) == true, "\(String(describing: error))")
+    }
+
+    @Test func theMockSectionIsRead() throws {
+        let config = try ConfigLoader.parse(yaml: """
+            providers: {m: {kind: mock}}
+            models: {gpt-4o: {provider: m}}
+            mock: {requests_per_minute: 600, tokens_per_minute: 90000, seed: 7, fault_rates: {"429": 0.02, disconnect-mid-stream: 0.01}}
+            """, environment: env)
+        #expect(config.mock.requestsPerMinute == 600 && config.mock.tokensPerMinute == 90000 && config.mock.seed == 7)
+        #expect(config.mock.faultRates == ["429": 0.02, "disconnect-mid-stream": 0.01])
     }
 
     @Test func theShippedExampleIsValid() throws {

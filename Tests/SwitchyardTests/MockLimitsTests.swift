@@ -107,3 +107,29 @@ extension MockLimitsTests {
         }
     }
 }
+
+extension MockLimitsTests {
+    @Test func theConfigKnowsEveryMockFault() {
+        #expect(MockOptions.faultNames == MockFault.allCases.map(\.rawValue))
+    }
+
+    /// The YAML `mock:` section reaches the in-process mock: with every request rate limited, the gateway's client
+    /// sees the 429 with `retry-after` kept.
+    @Test func theGatewaysMockTakesLimitsAndFaultRatesFromTheConfig() async throws {
+        var config = TestConfigs.embedded()
+        config.mock.faultRates = ["429": 1]
+        try await withTestGateway(config) { _, url in
+            let response = try await send("\(url)/v1/chat/completions", body: Self.openAI)
+            #expect(response.status == 429)
+            #expect(response.header("retry-after") != nil)
+        }
+        config.mock = MockOptions()
+        config.mock.requestsPerMinute = 1
+        try await withTestGateway(config) { _, url in
+            #expect(try await send("\(url)/v1/chat/completions", body: Self.openAI).status == 200)
+            let refused = try await send("\(url)/v1/chat/completions", body: Self.openAI)
+            #expect(refused.status == 429)
+            #expect(refused.header("retry-after").flatMap(Int.init).map { $0 >= 1 } == true)
+        }
+    }
+}

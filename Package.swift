@@ -24,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         .target(
@@ -104,10 +105,20 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .target(
+            name: "LoadTest",
+            dependencies: [
+                "SwitchyardCore", "SwitchyardModels", "ServerSentEvents", "Providers",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "Server", "SwitchyardCore", "SwitchyardModels", "MockProvider", "Embeddings", "Providers",
+                "Server", "SwitchyardCore", "SwitchyardModels", "MockProvider", "Embeddings", "Providers", "LoadTest",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -132,7 +143,8 @@ let package = Package(
             name: "SwitchyardTests",
             dependencies: [
                 "SwitchyardModels", "ServerSentEvents", "SwitchyardCore", "Stages", "Providers", "Server",
-                "MockProvider", "SwitchyardTestKit", "Embeddings",
+                "MockProvider", "SwitchyardTestKit", "Embeddings", "LoadTest",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

@@ -28,8 +28,7 @@ public struct HTTPClientService: Service {
 
     public func run() async throws {
         try? await gracefulShutdown()
-        await transports.plain.shutdown()
-        try await transports.tls.shutdown()
+        try await transports.shutdown()
     }
 }
 
@@ -37,6 +36,12 @@ public struct HTTPClientService: Service {
 public struct UpstreamTransports: Sendable {
     public let plain: LoopLocalHTTPClient
     public let tls: HTTPClient
+
+    /// Closes both clients' connections (required before they are released).
+    public func shutdown() async throws {
+        await plain.shutdown()
+        try await tls.shutdown()
+    }
 
     public func execute(_ request: UpstreamRequest, deadline: NIODeadline, streaming: Bool, maximumBodyBytes: Int)
         async throws -> UpstreamResponse

@@ -1,0 +1,250 @@
+import NIOCore
+import NIOHTTP1
+public import Providers
+import ServerSentEvents
+import SwitchyardCore
+import SwitchyardModels
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// One `switchyard load` run: whom to drive, how, and with what requests.
+public struct LoadPlan: Sendable {
+    public enum API: String, Sendable { case openAI = "openai", anthropic }
+    public enum Pattern: Sendable {
+        /// Requests sent at the schedule's times whatever the answers do.
+        case openLoop(ArrivalSchedule)
+        /// `users` each send, wait for the answer, think, and send again, for `duration`.
+        case closedLoop(users: Int, thinkTime: Duration, duration: Duration)
+    }
+
+    public var baseURL: String
+    public var api: API
+    public var model: String
+    public var stream: Bool
+    public var pattern: Pattern
+    public var prompts: PromptSource
+    public var apiKey: String?
+    /// Extra headers on every request (user, tier, feature, priority).
+    public var headers: [(String, String)]
+    public var timeout: Duration
+
+    public init(baseURL: String, api: API, model: String, stream: Bool, pattern: Pattern, prompts: PromptSource,
+                apiKey: String? = nil, headers: [(String, String)] = [], timeout: Duration = .seconds(120)) {
+        self.baseURL = baseURL
+        self.api = api
+        self.model = model
+        self.stream = stream
+        self.pattern = pattern
+        self.prompts = prompts
+        self.apiKey = apiKey
+        self.headers = headers
+        self.timeout = timeout
+    }
+}
+
+/// Drives an OpenAI- or Anthropic-compatible endpoint and records into `statistics`.
+public struct LoadRunner: Sendable {
+    public let plan: LoadPlan
+    public let statistics = LoadStatistics()
+    let transports: UpstreamTransports
+    let endpoint: UpstreamEndpoint
+
+    public init(plan: LoadPlan, transports: UpstreamTransports) throws(LoadError) {
+        guard let endpoint = UpstreamEndpoint(baseURL: plan.baseURL) else { throw LoadError("not a usable URL: \(plan.baseURL)") }
+        self.plan = plan
+        self.transports = transports
+        self.endpoint = endpoint
+    }
+
+    /// Runs the plan to its end; `progress` is called about once a second with the elapsed time.
+    public func run(progress: @escaping @Sendable (Duration, LoadStatistics.Snapshot) -> Void = { _, _ in }) async {
+        let start = ContinuousClock.now
+        let reporter = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                progress(ContinuousClock.now - start, statistics.snapshot)
+            }
+        }
+        defer { reporter.cancel() }
+        switch plan.pattern {
+        case .openLoop(let schedule):
+            await withTaskGroup(of: Void.self) { group in
+                for (index, offset) in schedule.sendTimes().enumerated() {
+                    let intended = start + offset
+                    try? await Task.sleep(until: intended)
+                    group.addTask { await self.send(index: index, intended: intended, start: start) }
+                }
+            }
+        case .closedLoop(let users, let thinkTime, let duration):
+            let end = start + duration
+            await withTaskGroup(of: Void.self) { group in
+                for user in 0..<users {
+                    group.addTask {
+                        var index = user
+                        while ContinuousClock.now < end {
+                            await self.send(index: index, intended: .now, start: start)
+                            index += users
+                            try? await Task.sleep(for: thinkTime)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One request, timed from `intended`.
+    func send(index: Int, intended: ContinuousClock.Instant, start: ContinuousClock.Instant) async {
+        statistics.sent()
+        let prompt = plan.prompts.prompt(index)
+        var body: JSONValue = [
+            "model": .string(plan.model), "max_tokens": .int(Int64(prompt.maxTokens)), "stream": .bool(plan.stream),
+            "messages": [["role": "user", "content": .string(prompt.text)]],
+        ]
+        if plan.stream && plan.api == .openAI, case .object(var members) = body {
+            members["stream_options"] = ["include_usage": true]
+            body = .object(members)
+        }
+        var headers = HTTPHeaders([("content-type", "application/json")])
+        if let key = plan.apiKey {
+            if plan.api == .anthropic { headers.add(name: "x-api-key", value: key) } else { headers.add(name: "authorization", value: "Bearer \(key)") }
+        }
+        if plan.api == .anthropic { headers.add(name: "anthropic-version", value: "2023-06-01") }
+        for (name, value) in plan.headers { headers.add(name: name, value: value) }
+        let path = endpoint.basePath + (plan.api == .anthropic ? "/v1/messages" : "/v1/chat/completions")
+        let request = UpstreamRequest(endpoint: endpoint, target: path, headers: headers, body: ByteBuffer(bytes: body.serialized()))
+        let second = { Int((ContinuousClock.now - start).seconds) }
+        do {
+            let response = try await transports.execute(request, deadline: .now() + .nanoseconds(plan.timeout.nanoseconds),
+                                                         streaming: plan.stream, maximumBodyBytes: 16 << 20)
+            let cache = response.headers.first(name: "x-switchyard-cache")
+            guard response.status == .ok else {
+                statistics.record(second: second(), latency: .now - intended, error: Self.errorClass(Int(response.status.code)))
+                return
+            }
+            if let stream = response.stream {
+                try await readStream(stream, intended: intended, second: second, cache: cache)
+                return
+            }
+            let json = try? JSONValue.parse(response.body.readableBytesView)
+            let usage = json?["usage"]
+            let output = Int(usage?["completion_tokens"]?.intValue ?? usage?["output_tokens"]?.intValue ?? 0)
+            let latency = ContinuousClock.now - intended
+            statistics.record(second: second(), latency: latency, outputTokens: output,
+                              tokensPerSecond: latency > .zero ? Double(output) / latency.seconds : nil, cache: cache,
+                              costUSD: response.headers.first(name: "x-switchyard-cost-usd").flatMap(Double.init))
+        } catch let error as UpstreamTransportError {
+            statistics.record(second: second(), latency: .now - intended,
+                              error: error == .deadlineExceeded || error == .connectTimeout ? "timeout" : "transport")
+        } catch {
+            statistics.record(second: second(), latency: .now - intended, error: "stream-cut")
+        }
+    }
+
+    /// Reads a stream to its end: TTFT at the first text, output tokens from the final usage.
+    func readStream(_ stream: any UpstreamBodyStream, intended: ContinuousClock.Instant, second: () -> Int, cache: String?)
+        async throws
+    {
+        var decoder = SSEDecoder(maximumEventSize: 4 << 20)
+        var firstToken: ContinuousClock.Instant?
+        var output = 0
+        var finished = false
+        while let part = try await stream.next() {
+            for event in try decoder.feed(part) {
+                let data = event.dataString
+                if data == "[DONE]" || event.event == "message_stop" { finished = true; continue }
+                if event.event == "error" || data.hasPrefix("{\"error\"") { throw LoadError("error event") }
+                guard let json = try? JSONValue.parse(Array(data.utf8)) else { continue }
+                let text = json["choices"]?.arrayValue?.first?["delta"]?["content"]?.stringValue
+                    ?? json["delta"]?["text"]?.stringValue
+                if firstToken == nil, let text, !text.isEmpty { firstToken = .now }
+                if let tokens = json["usage"]?["completion_tokens"]?.intValue ?? json["usage"]?["output_tokens"]?.intValue {
+                    output = Int(tokens)
+                }
+            }
+        }
+        guard finished else { throw LoadError("stream ended without its terminal event") }
+        let end = ContinuousClock.now
+        let generation = firstToken.map { end - $0 } ?? .zero
+        statistics.record(second: second(), latency: end - intended, timeToFirstToken: firstToken.map { $0 - intended },
+                          outputTokens: output,
+                          tokensPerSecond: generation > .zero && output > 1 ? Double(output - 1) / generation.seconds : nil,
+                          cache: cache)
+    }
+
+    static func errorClass(_ status: Int) -> String {
+        switch status {
+        case 429: "429"
+        case 408, 504: "timeout"
+        case 400..<500: "4xx"
+        default: "5xx"
+        }
+    }
+}
+
+public struct LoadError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Prompts with realistic lengths: each request's prompt and `max_tokens` drawn (deterministically by index) from
+/// lists of prompt lengths and answer lengths, such as a production trace's columns.
+public struct PromptSource: Sendable {
+    public let promptTokens: [Int]
+    public let maxTokens: [Int]
+    static let words = """
+        account balance transfer card payment limit refund charge statement branch loan rate fee app login password \
+        verify identity address change report fraud dispute pending declined travel notice currency exchange deposit
+        """.split(separator: " ").map(String.init)
+
+    public init(promptTokens: [Int], maxTokens: [Int]) {
+        self.promptTokens = promptTokens.isEmpty ? [200] : promptTokens
+        self.maxTokens = maxTokens.isEmpty ? [150] : maxTokens
+    }
+
+    /// Reads `ContextTokens` and `GeneratedTokens` from an Azure LLM trace CSV, or `input_length` and `output_length`
+    /// from Mooncake JSON lines. Prompt lengths are capped at `maximumPrompt` tokens.
+    public init(trace path: String, maximumPrompt: Int = 8000) throws(LoadError) {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw LoadError("cannot read \(path)") }
+        var prompts: [Int] = [], answers: [Int] = []
+        let lines = text.split(whereSeparator: \.isNewline)
+        if path.hasSuffix(".jsonl") {
+            for line in lines {
+                guard let json = try? JSONValue.parse(Array(line.utf8)),
+                      let input = json["input_length"]?.intValue, let output = json["output_length"]?.intValue else { continue }
+                prompts.append(Int(input))
+                answers.append(Int(output))
+            }
+        } else {
+            let header = lines.first?.split(separator: ",").map(String.init) ?? []
+            guard let p = header.firstIndex(of: "ContextTokens"), let g = header.firstIndex(of: "GeneratedTokens") else {
+                throw LoadError("\(path): needs ContextTokens and GeneratedTokens columns")
+            }
+            for line in lines.dropFirst() {
+                let fields = line.split(separator: ",", omittingEmptySubsequences: false)
+                guard fields.count > max(p, g), let input = Int(fields[p]), let output = Int(fields[g]) else { continue }
+                prompts.append(input)
+                answers.append(output)
+            }
+        }
+        guard !prompts.isEmpty else { throw LoadError("\(path): no rows") }
+        self.init(promptTokens: prompts.map { min(max(1, $0), maximumPrompt) }, maxTokens: answers.map { max(1, $0) })
+    }
+
+    /// The `index`-th prompt: text of about the drawn length (a word is about one token) and its `max_tokens`.
+    public func prompt(_ index: Int) -> (text: String, maxTokens: Int) {
+        var rng = UInt64(truncatingIfNeeded: index) &* 0x9E37_79B9_7F4A_7C15 &+ 0x2545_F491_4F6C_DD1D
+        func next() -> Int {
+            rng ^= rng >> 33
+            rng = rng &* 0xFF51_AFD7_ED55_8CCD
+            rng ^= rng >> 33
+            return Int(rng % UInt64(Int.max))
+        }
+        let length = promptTokens[next() % promptTokens.count]
+        let words = (0..<length).map { _ in Self.words[next() % Self.words.count] }
+        return ("Request \(index): " + words.joined(separator: " "), maxTokens[next() % maxTokens.count])
+    }
+}

@@ -1,0 +1,100 @@
+import Foundation
+import Histogram
+import LoadTest
+import Providers
+import SwitchyardCore
+import SwitchyardTestKit
+import Testing
+
+/// The load harness: its schedules, its statistics on known samples, and short runs against an in-process gateway.
+@Suite struct LoadTestTests {
+    @Test func openLoopSendTimesFollowTheSchedule() {
+        let constant = ArrivalSchedule.constant(rate: 100, duration: .seconds(1)).sendTimes()
+        #expect(constant.count == 100)
+        #expect(constant.first == .zero && constant[1] == .milliseconds(10) && constant.last == .milliseconds(990))
+
+        let stepped = ArrivalSchedule(steps: [.init(rate: 10, duration: .seconds(1)), .init(rate: 0, duration: .seconds(1)),
+                                              .init(rate: 20, duration: .seconds(1))]).sendTimes()
+        #expect(stepped.count == 30)
+        #expect(stepped[9] == .milliseconds(900) && stepped[10] == .seconds(2) && stepped[11] == .milliseconds(2050))
+
+        let ramp = ArrivalSchedule.ramp(from: 0, to: 100, duration: .seconds(4))
+        #expect(ramp.steps.map(\.rate) == [12.5, 37.5, 62.5, 87.5])
+        #expect(ramp.duration == .seconds(4))
+        #expect(zip(ramp.sendTimes(), ramp.sendTimes().dropFirst()).allSatisfy { $0 < $1 })
+    }
+
+    @Test func percentilesOfKnownSamples() {
+        let statistics = LoadStatistics()
+        for millisecond in 1...1000 {
+            statistics.record(second: millisecond / 500, latency: .milliseconds(millisecond), costUSD: 0.001)
+        }
+        statistics.record(second: 0, latency: .milliseconds(5), error: "429")
+        let snapshot = statistics.snapshot
+        let p50 = Double(snapshot.latency.valueAtPercentile(50)) / 1000, p99 = Double(snapshot.latency.valueAtPercentile(99)) / 1000
+        #expect(abs(p50 - 500) <= 1, "p50 \(p50)")
+        #expect(abs(p99 - 990) <= 1, "p99 \(p99)")
+        #expect(abs(Double(snapshot.latency.max) / 1000 - 1000) <= 1)
+        #expect(snapshot.succeeded == 1000 && snapshot.errors == ["429": 1])
+        #expect(snapshot.costNanoUSD == 1_000_000_000 && snapshot.priced == 1000)
+        #expect(snapshot.completedPerSecond == [500, 500, 1])
+    }
+
+    /// Runs `plan` with its own clients, shut down afterwards.
+    func run(_ plan: LoadPlan) async throws -> LoadStatistics.Snapshot {
+        let transports = HTTPClientService(providers: []).transports
+        let runner = try LoadRunner(plan: plan, transports: transports)
+        await runner.run()
+        try await transports.shutdown()
+        return runner.statistics.snapshot
+    }
+
+    @Test func anOpenLoopRunAgainstTheGateway() async throws {
+        try await withTestGateway(TestConfigs.embedded()) { _, url in
+            let plan = LoadPlan(baseURL: url, api: .openAI, model: "gpt-4o-mini", stream: false,
+                                pattern: .openLoop(.constant(rate: 40, duration: .seconds(1))),
+                                prompts: PromptSource(promptTokens: [50, 400], maxTokens: [20, 80]))
+            let snapshot = try await run(plan)
+            #expect(snapshot.sent == 40 && snapshot.succeeded == 40 && snapshot.errorCount == 0)
+            #expect(snapshot.priced == 40 && snapshot.costNanoUSD > 0)
+            #expect(snapshot.outputTokens > 0 && snapshot.outputTokens <= 40 * 80)
+        }
+    }
+
+    @Test func aClosedLoopStreamingRunRecordsTimeToFirstToken() async throws {
+        var config = TestConfigs.embedded()
+        config.mockLatencyScale = 0.05
+        try await withTestGateway(config) { _, url in
+            let plan = LoadPlan(baseURL: url, api: .anthropic, model: "claude-haiku-4-5", stream: true,
+                                pattern: .closedLoop(users: 4, thinkTime: .milliseconds(10), duration: .seconds(1)),
+                                prompts: PromptSource(promptTokens: [30], maxTokens: [40]))
+            let snapshot = try await run(plan)
+            #expect(snapshot.succeeded >= 4 && snapshot.errorCount == 0, "\(snapshot.errors)")
+            #expect(snapshot.timeToFirstToken.totalCount == UInt64(snapshot.succeeded))
+            #expect(snapshot.timeToFirstToken.valueAtPercentile(50) <= snapshot.latency.valueAtPercentile(50))
+        }
+    }
+
+    @Test func errorsAreClassified() async throws {
+        try await withTestGateway(TestConfigs.withFaults(["429", "disconnect-mid-stream"])) { _, url in
+            for (model, stream, expected) in [("gpt-4o-mini-429", false, "429"), ("gpt-4o-mini-disconnect-mid-stream", true, "stream-cut")] {
+                let plan = LoadPlan(baseURL: url, api: .openAI, model: model, stream: stream,
+                                    pattern: .openLoop(.constant(rate: 10, duration: .seconds(1))),
+                                    prompts: PromptSource(promptTokens: [20], maxTokens: [30]))
+                let errors = try await run(plan).errors
+                #expect(errors == [expected: 10], "\(model)")
+            }
+        }
+    }
+
+    @Test func promptsComeFromATrace() throws {
+        let root = EmbeddingsTests.projectRoot.appendingPathComponent("../shared/data/lengths").path
+        let azure = try PromptSource(trace: root + "/azure_llm_inference_trace_2023_conv.csv")
+        #expect(azure.promptTokens.count == 19_366)
+        let mooncake = try PromptSource(trace: root + "/mooncake_fast25_conversation_trace.jsonl")
+        #expect(mooncake.maxTokens.count == 12_031)
+        let prompt = azure.prompt(3)
+        #expect(prompt == azure.prompt(3))
+        #expect(azure.promptTokens.contains(prompt.text.split(separator: " ").count - 2))
+    }
+}

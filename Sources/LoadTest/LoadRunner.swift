@@ -116,7 +116,7 @@ public struct LoadRunner: Sendable {
         for (name, value) in plan.headers { headers.add(name: name, value: value) }
         let path = endpoint.basePath + (plan.api == .anthropic ? "/v1/messages" : "/v1/chat/completions")
         let request = UpstreamRequest(endpoint: endpoint, target: path, headers: headers, body: ByteBuffer(bytes: body.serialized()))
-        let second = { Int((ContinuousClock.now - start).seconds) }
+        let second = { Int((ContinuousClock.now - start).inSeconds) }
         do {
             let response = try await transports.execute(request, deadline: .now() + .nanoseconds(plan.timeout.nanoseconds),
                                                          streaming: plan.stream, maximumBodyBytes: 16 << 20)
@@ -134,7 +134,7 @@ public struct LoadRunner: Sendable {
             let output = Int(usage?["completion_tokens"]?.intValue ?? usage?["output_tokens"]?.intValue ?? 0)
             let latency = ContinuousClock.now - intended
             statistics.record(second: second(), latency: latency, outputTokens: output,
-                              tokensPerSecond: latency > .zero ? Double(output) / latency.seconds : nil, cache: cache,
+                              tokensPerSecond: latency > .zero ? Double(output) / latency.inSeconds : nil, cache: cache,
                               costUSD: response.headers.first(name: "x-switchyard-cost-usd").flatMap(Double.init))
         } catch let error as UpstreamTransportError {
             statistics.record(second: second(), latency: .now - intended,
@@ -171,7 +171,7 @@ public struct LoadRunner: Sendable {
         let generation = firstToken.map { end - $0 } ?? .zero
         statistics.record(second: second(), latency: end - intended, timeToFirstToken: firstToken.map { $0 - intended },
                           outputTokens: output,
-                          tokensPerSecond: generation > .zero && output > 1 ? Double(output - 1) / generation.seconds : nil,
+                          tokensPerSecond: generation > .zero && output > 1 ? Double(output - 1) / generation.inSeconds : nil,
                           cache: cache)
     }
 

@@ -1,5 +1,6 @@
 public import Histogram
 import Synchronization
+import SwitchyardCore
 
 /// What a load run measured. Thread-safe: every request task records into it.
 ///
@@ -73,11 +74,6 @@ public final class LoadStatistics: Sendable {
     }
 }
 
-extension Duration {
-    var microseconds: Int64 {
-        components.seconds * 1_000_000 + components.attoseconds / 1_000_000_000_000
-    }
-}
 
 /// When an open-loop run sends each request: a constant rate, or steps of rates, each for its own duration.
 public struct ArrivalSchedule: Sendable, Hashable {
@@ -113,15 +109,11 @@ public struct ArrivalSchedule: Sendable, Hashable {
         var times: [Duration] = []
         var stepStart = Duration.zero
         for step in steps {
-            let count = Int((max(0, step.rate) * step.duration.seconds).rounded())
+            let count = Int((max(0, step.rate) * step.duration.inSeconds).rounded())
             let interval = step.duration / max(count, 1)
             for index in 0..<count { times.append(stepStart + interval * index) }
             stepStart += step.duration
         }
         return times
     }
-}
-
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
 }

@@ -79,7 +79,7 @@ struct UpstreamClientFloor: AsyncParsableCommand {
             return try await group.reduce(0, +)
         }
         let elapsed = ContinuousClock.now - started
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        let seconds = elapsed.inSeconds
         let cpu = Self.cpuSeconds() - cpuBefore
         try await shutdown()
         print("client-floor client=\(client.rawValue) requests=\(completed) seconds=\(seconds) "
@@ -115,7 +115,7 @@ struct EmbeddingsBench: ParsableCommand {
                 let start = ContinuousClock.now
                 body()
                 let elapsed = ContinuousClock.now - start
-                return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+                return elapsed.inSeconds
             }.sorted()
         }
         let single = time { _ = encoder.embed(query) }

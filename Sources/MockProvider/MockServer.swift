@@ -105,7 +105,7 @@ public final class MockServer: Sendable {
         router.get("/healthz") { _, _ in "ok" }
         return Application(
             router: router,
-            configuration: .init(address: .hostname(settings.host, port: settings.port), serverName: "switchyard-mock"),
+            configuration: .init(address: .hostname(settings.host, port: settings.port), serverName: "switchyard-mock", backlog: 4096),
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
             logger: logger)
     }

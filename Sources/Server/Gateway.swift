@@ -119,7 +119,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
 
     var app = Application(
         responder: EdgeResponder(inner: router.buildResponder()),
-        configuration: .init(address: .hostname(config.host, port: config.port), serverName: "switchyard"),
+        configuration: .init(address: .hostname(config.host, port: config.port), serverName: "switchyard", backlog: 4096),
         onServerRunning: { channel in listening.set(channel.localAddress?.port ?? 0) },
         logger: logger)
     if mock != nil {

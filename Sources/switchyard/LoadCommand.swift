@@ -33,7 +33,7 @@ struct Load: AsyncParsableCommand {
     @Option(help: "Extra header NAME:VALUE; repeatable.") var header: [String] = []
     @Option(help: "Daily request volume for the projected daily and monthly cost.") var dailyVolume = 100_000
     @Option(help: "Write the result as JSON to this file.") var json: String?
-    @Option(help: "Most connections to the endpoint (each stream in flight holds one).") var connections = 8192
+    @Option(help: "Most connections to the endpoint per event loop (each stream in flight holds one).") var connections = 8192
 
     func run() async throws {
         guard let apiKind = LoadPlan.API(rawValue: api) else { throw ValidationError("--api is openai or anthropic") }
@@ -55,7 +55,9 @@ struct Load: AsyncParsableCommand {
         let plan = LoadPlan(baseURL: url, api: apiKind, model: model, stream: stream, pattern: pattern, prompts: prompts,
                             apiKey: apiKey, headers: headers)
         let transports = HTTPClientService(providers: [
-            ProviderConfig(name: "load", kind: .openAICompatible, baseURL: url, poolSize: connections),
+            // The client splits its limit across the event loops; requests spawned from one loop stay on it.
+            ProviderConfig(name: "load", kind: .openAICompatible, baseURL: url,
+                           poolSize: connections * max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))),
         ]).transports
         let runner = try LoadRunner(plan: plan, transports: transports)
         let interactive = isatty(STDERR_FILENO) != 0

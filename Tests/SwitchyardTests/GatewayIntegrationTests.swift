@@ -265,16 +265,27 @@ import Testing
 
     @Test func aStreamPastItsTotalTimeoutEndsWithAnErrorEvent() async throws {
         var config = TestConfigs.embedded()
-        config.mockLatencyScale = 1  // gpt-4o: 500 ms to the first token, then 60+ tokens at 80 tokens/s
+        config.mockLatencyScale = 1  // gpt-4o: time to first token ~0.5 s (drawn per prompt), then ~80 tokens/s
         config.providers["mock"]?.timeouts = ProviderTimeouts(connect: .seconds(2), total: .milliseconds(800), firstToken: .seconds(2))
         try await withTestGateway(config) { _, url in
-            let started = ContinuousClock.now
-            let response = try await send("\(url)/v1/chat/completions", body: #"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Write a long essay"}]}"#)
-            let events = try Self.events(response.body)
-            #expect(ContinuousClock.now - started < .seconds(2))
-            #expect(!events.contains { $0.dataString == "[DONE]" })
-            #expect(try Self.json(events.last?.dataString ?? "{}")["error"]?["code"] == "upstream_timeout")
-            #expect(events.count > 2)  // it did stream before the deadline
+            // Each prompt draws its own timing. A stream that started must end in the timeout error event; one whose
+            // first event came after the deadline is a plain 504. Most prompts stream well within the 800 ms.
+            var streamedBeforeTheDeadline = 0
+            for attempt in 0..<5 {
+                let started = ContinuousClock.now
+                let body = #"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Write a long essay, take \#(attempt)"}]}"#
+                let response = try await send("\(url)/v1/chat/completions", body: body)
+                #expect(ContinuousClock.now - started < .seconds(3))
+                if response.status == 504 {
+                    #expect(try Self.json(response.body)["error"]?["code"] == "upstream_timeout")
+                    continue
+                }
+                let events = try Self.events(response.body)
+                #expect(!events.contains { $0.dataString == "[DONE]" })
+                #expect(try Self.json(events.last?.dataString ?? "{}")["error"]?["code"] == "upstream_timeout")
+                if events.count > 2 { streamedBeforeTheDeadline += 1 }
+            }
+            #expect(streamedBeforeTheDeadline > 0)
         }
     }
 

@@ -3,6 +3,7 @@ import Histogram
 import LoadTest
 import Providers
 import SwitchyardCore
+import SwitchyardModels
 import SwitchyardTestKit
 import Testing
 
@@ -58,6 +59,15 @@ import Testing
             #expect(snapshot.sent == 40 && snapshot.succeeded == 40 && snapshot.errorCount == 0)
             #expect(snapshot.priced == 40 && snapshot.costNanoUSD > 0)
             #expect(snapshot.outputTokens > 0 && snapshot.outputTokens <= 40 * 80)
+
+            let report = LoadReport(snapshot, wall: 1.2, cpu: 0.1, dailyVolume: 1000, plan: plan)
+            #expect(report.text.contains("requests: 40 sent, 40 completed, 40 ok"))
+            #expect(report.json["succeeded"]?.intValue == 40)
+            let perRequest = Double(snapshot.costNanoUSD) / 1e9 / 40
+            #expect(abs((report.json["projected_daily_cost_usd"]?.doubleValue ?? 0) - perRequest * 1000) < 1e-9)
+            let html = report.html()
+            #expect(html.components(separatedBy: "<svg").count - 1 == 3)
+            #expect(!html.contains("<script") && !html.contains("src=") && !html.contains("href="))  // opens with no network
         }
     }
 

@@ -31,6 +31,9 @@ public struct LoadPlan: Sendable {
     /// Extra headers on every request (user, tier, feature, priority).
     public var headers: [(String, String)]
     public var timeout: Duration
+    /// List prices in USD per million input and output tokens, for pricing answers that carry no
+    /// `x-switchyard-cost-usd` (streams, or a provider driven directly).
+    public var prices: (input: Double, output: Double)?
 
     public init(baseURL: String, api: API, model: String, stream: Bool, pattern: Pattern, prompts: PromptSource,
                 apiKey: String? = nil, headers: [(String, String)] = [], timeout: Duration = .seconds(120)) {
@@ -43,6 +46,7 @@ public struct LoadPlan: Sendable {
         self.apiKey = apiKey
         self.headers = headers
         self.timeout = timeout
+        self.prices = nil
     }
 }
 
@@ -132,10 +136,12 @@ public struct LoadRunner: Sendable {
             let json = try? JSONValue.parse(response.body.readableBytesView)
             let usage = json?["usage"]
             let output = Int(usage?["completion_tokens"]?.intValue ?? usage?["output_tokens"]?.intValue ?? 0)
+            let input = Int(usage?["prompt_tokens"]?.intValue ?? usage?["input_tokens"]?.intValue ?? 0)
             let latency = ContinuousClock.now - intended
             statistics.record(second: second(), latency: latency, outputTokens: output,
                               tokensPerSecond: latency > .zero ? Double(output) / latency.inSeconds : nil, cache: cache,
-                              costUSD: response.headers.first(name: "x-switchyard-cost-usd").flatMap(Double.init))
+                              costUSD: response.headers.first(name: "x-switchyard-cost-usd").flatMap(Double.init)
+                                  ?? listPrice(input: input, output: output))
         } catch let error as UpstreamTransportError {
             statistics.record(second: second(), latency: .now - intended,
                               error: error == .deadlineExceeded || error == .connectTimeout ? "timeout" : "transport")
@@ -151,6 +157,7 @@ public struct LoadRunner: Sendable {
         var decoder = SSEDecoder(maximumEventSize: 4 << 20)
         var firstToken: ContinuousClock.Instant?
         var output = 0
+        var input = 0
         var finished = false
         while let part = try await stream.next() {
             for event in try decoder.feed(part) {
@@ -161,9 +168,10 @@ public struct LoadRunner: Sendable {
                 let text = json["choices"]?.arrayValue?.first?["delta"]?["content"]?.stringValue
                     ?? json["delta"]?["text"]?.stringValue
                 if firstToken == nil, let text, !text.isEmpty { firstToken = .now }
-                if let tokens = json["usage"]?["completion_tokens"]?.intValue ?? json["usage"]?["output_tokens"]?.intValue {
-                    output = Int(tokens)
-                }
+                // OpenAI's last chunk has the whole usage; Anthropic's message_start the input, message_delta the output.
+                let usage = json["usage"] ?? json["message"]?["usage"]
+                if let tokens = usage?["completion_tokens"]?.intValue ?? usage?["output_tokens"]?.intValue { output = Int(tokens) }
+                if let tokens = usage?["prompt_tokens"]?.intValue ?? usage?["input_tokens"]?.intValue, tokens > 0 { input = Int(tokens) }
             }
         }
         guard finished else { throw LoadError("stream ended without its terminal event") }
@@ -172,7 +180,12 @@ public struct LoadRunner: Sendable {
         statistics.record(second: second(), latency: end - intended, timeToFirstToken: firstToken.map { $0 - intended },
                           outputTokens: output,
                           tokensPerSecond: generation > .zero && output > 1 ? Double(output - 1) / generation.inSeconds : nil,
-                          cache: cache)
+                          cache: cache, costUSD: listPrice(input: input, output: output))
+    }
+
+    /// The cost of an answer at the plan's list prices, if it has them.
+    func listPrice(input: Int, output: Int) -> Double? {
+        plan.prices.map { (Double(input) * $0.input + Double(output) * $0.output) / 1e6 }
     }
 
     static func errorClass(_ status: Int) -> String {

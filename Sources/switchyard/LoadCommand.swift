@@ -32,6 +32,8 @@ struct Load: AsyncParsableCommand {
     @Option(help: "API key sent as Bearer (OpenAI) or x-api-key (Anthropic).") var apiKey: String?
     @Option(help: "Extra header NAME:VALUE; repeatable.") var header: [String] = []
     @Option(help: "Daily request volume for the projected daily and monthly cost.") var dailyVolume = 100_000
+    @Option(help: "USD per million input tokens, for answers without x-switchyard-cost-usd (streams, providers).") var inputPrice: Double?
+    @Option(help: "USD per million output tokens, likewise.") var outputPrice: Double?
     @Option(help: "Write the result as JSON to this file.") var json: String?
     @Option(help: "Write a self-contained HTML report (SVG charts, no network) to this file.") var html: String?
     @Option(help: "Most connections to the endpoint per event loop (each stream in flight holds one).") var connections = 8192
@@ -53,8 +55,9 @@ struct Load: AsyncParsableCommand {
             guard let colon = entry.firstIndex(of: ":") else { return nil }
             return (String(entry[..<colon]), String(entry[entry.index(after: colon)...]).trimmingCharacters(in: .whitespaces))
         }
-        let plan = LoadPlan(baseURL: url, api: apiKind, model: model, stream: stream, pattern: pattern, prompts: prompts,
+        var plan = LoadPlan(baseURL: url, api: apiKind, model: model, stream: stream, pattern: pattern, prompts: prompts,
                             apiKey: apiKey, headers: headers)
+        if inputPrice != nil || outputPrice != nil { plan.prices = (inputPrice ?? 0, outputPrice ?? 0) }
         let transports = HTTPClientService(providers: [
             // The client splits its limit across the event loops; requests spawned from one loop stay on it.
             ProviderConfig(name: "load", kind: .openAICompatible, baseURL: url,

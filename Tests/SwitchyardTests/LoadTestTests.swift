@@ -75,13 +75,18 @@ import Testing
         var config = TestConfigs.embedded()
         config.mockLatencyScale = 0.05
         try await withTestGateway(config) { _, url in
-            let plan = LoadPlan(baseURL: url, api: .anthropic, model: "claude-haiku-4-5", stream: true,
+            var plan = LoadPlan(baseURL: url, api: .anthropic, model: "claude-haiku-4-5", stream: true,
                                 pattern: .closedLoop(users: 4, thinkTime: .milliseconds(10), duration: .seconds(1)),
                                 prompts: PromptSource(promptTokens: [30], maxTokens: [40]))
+            plan.prices = (input: 1, output: 5)  // streams carry no cost header: priced from their usage
             let snapshot = try await run(plan)
             #expect(snapshot.succeeded >= 4 && snapshot.errorCount == 0, "\(snapshot.errors)")
             #expect(snapshot.timeToFirstToken.totalCount == UInt64(snapshot.succeeded))
             #expect(snapshot.timeToFirstToken.valueAtPercentile(50) <= snapshot.latency.valueAtPercentile(50))
+            // Each answer: about 33 input tokens at $1/M and at most 40 output tokens at $5/M.
+            #expect(snapshot.priced == snapshot.succeeded)
+            let perRequest = Double(snapshot.costNanoUSD) / 1e9 / Double(snapshot.priced)
+            #expect(perRequest > 30e-6 && perRequest < (40 * 1 + 40 * 5) * 1e-6, "\(perRequest)")
         }
     }
 

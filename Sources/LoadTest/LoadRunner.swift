@@ -30,6 +30,8 @@ public struct LoadPlan: Sendable {
     public var apiKey: String?
     /// Extra headers on every request (user, tier, feature, priority).
     public var headers: [(String, String)]
+    /// Header sets taken in turn, one per request (a mix of users, tiers, features, priorities).
+    public var headerMix: [[(String, String)]] = []
     public var timeout: Duration
     /// List prices in USD per million input and output tokens, for pricing answers that carry no
     /// `x-switchyard-cost-usd` (streams, or a provider driven directly).
@@ -118,6 +120,9 @@ public struct LoadRunner: Sendable {
         }
         if plan.api == .anthropic { headers.add(name: "anthropic-version", value: "2023-06-01") }
         for (name, value) in plan.headers { headers.add(name: name, value: value) }
+        if !plan.headerMix.isEmpty {
+            for (name, value) in plan.headerMix[index % plan.headerMix.count] { headers.add(name: name, value: value) }
+        }
         let path = endpoint.basePath + (plan.api == .anthropic ? "/v1/messages" : "/v1/chat/completions")
         let request = UpstreamRequest(endpoint: endpoint, target: path, headers: headers, body: ByteBuffer(bytes: body.serialized()))
         let second = { Int((ContinuousClock.now - start).inSeconds) }
@@ -204,14 +209,22 @@ public struct LoadError: Error, CustomStringConvertible {
 }
 
 /// Prompts with realistic lengths: each request's prompt and `max_tokens` drawn (deterministically by index) from
-/// lists of prompt lengths and answer lengths, such as a production trace's columns.
+/// lists of prompt lengths and answer lengths, such as a production trace's columns. With a question pool, each
+/// prompt ends in a question, and a share of requests repeat an earlier prompt exactly or ask an earlier prompt's
+/// question in other words (another phrasing of the same intent), to exercise exact and semantic caches.
 public struct PromptSource: Sendable {
     public let promptTokens: [Int]
     public let maxTokens: [Int]
+    public var questions: QuestionPool?
+    public var repeatShare = 0.0
+    public var paraphraseShare = 0.0
     static let words = """
         account balance transfer card payment limit refund charge statement branch loan rate fee app login password \
         verify identity address change report fraud dispute pending declined travel notice currency exchange deposit
         """.split(separator: " ").map(String.init)
+
+    /// 50–2,000-token prompts and 40–400-token answers.
+    public static let spread = PromptSource(promptTokens: [50, 120, 300, 600, 1200, 2000], maxTokens: [40, 100, 200, 400])
 
     public init(promptTokens: [Int], maxTokens: [Int]) {
         self.promptTokens = promptTokens.isEmpty ? [200] : promptTokens
@@ -247,8 +260,20 @@ public struct PromptSource: Sendable {
         self.init(promptTokens: prompts.map { min(max(1, $0), maximumPrompt) }, maxTokens: answers.map { max(1, $0) })
     }
 
+    /// How a prompt was made.
+    public enum Kind: Sendable { case fresh, repeated, paraphrased }
+
     /// The `index`-th prompt: text of about the drawn length (a word is about one token) and its `max_tokens`.
     public func prompt(_ index: Int) -> (text: String, maxTokens: Int) {
+        let parts = self.parts(index)
+        let question = parts.question.map { "\nQuestion: " + questions!.texts[$0] } ?? ""
+        return (parts.body + question, parts.maxTokens)
+    }
+
+    /// Whether the `index`-th prompt is fresh, a repeat or a paraphrase of an earlier one.
+    public func kind(_ index: Int) -> Kind { parts(index).kind }
+
+    func parts(_ index: Int) -> (body: String, question: Int?, maxTokens: Int, kind: Kind) {
         var rng = UInt64(truncatingIfNeeded: index) &* 0x9E37_79B9_7F4A_7C15 &+ 0x2545_F491_4F6C_DD1D
         func next() -> Int {
             rng ^= rng >> 33
@@ -256,8 +281,22 @@ public struct PromptSource: Sendable {
             rng ^= rng >> 33
             return Int(rng % UInt64(Int.max))
         }
+        if let questions, index > 0 {
+            let draw = Double(next() % 1_000_000) / 1_000_000
+            if draw < repeatShare + paraphraseShare {
+                let earlier = parts(next() % index)
+                if draw < repeatShare { return (earlier.body, earlier.question, earlier.maxTokens, .repeated) }
+                // The same intent in other words, when the earlier prompt's intent has another phrasing.
+                if let asked = earlier.question, let others = questions.byIntent[questions.intents[asked]], others.count > 1 {
+                    var other = others[next() % others.count]
+                    if other == asked { other = others[(others.firstIndex(of: asked)! + 1) % others.count] }
+                    return (earlier.body, other, earlier.maxTokens, .paraphrased)
+                }
+            }
+        }
         let length = promptTokens[next() % promptTokens.count]
         let words = (0..<length).map { _ in Self.words[next() % Self.words.count] }
-        return ("Request \(index): " + words.joined(separator: " "), maxTokens[next() % maxTokens.count])
+        let question = questions.map { next() % $0.texts.count }
+        return ("Request \(index): " + words.joined(separator: " "), question, maxTokens[next() % maxTokens.count], .fresh)
     }
 }

@@ -32,6 +32,47 @@ public enum ConfigLoader {
         return try parse(yaml: text, environment: environment ?? ProcessInfo.processInfo.environment)
     }
 
+    /// The `mock:` section: the built-in mock's limits, fault rates, seed and length trace.
+    static func parseMock(_ mock: MappingReader) throws(ConfigError) -> MockOptions {
+        var options = MockOptions()
+        options.requestsPerMinute = try mock.int("requests_per_minute", in: 1...100_000_000)
+        options.tokensPerMinute = try mock.int("tokens_per_minute", in: 1...10_000_000_000)
+        options.seed = UInt64(try mock.int("seed", in: 0...Int.max) ?? 1)
+        if let trace = try mock.string("length_trace") {
+            guard FileManager.default.isReadableFile(atPath: trace) else {
+                throw ConfigError(path: mock.child("length_trace"), "cannot read '\(trace)'")
+            }
+            options.lengthTrace = trace
+        }
+        if let rates = try mock.mapping("fault_rates") {
+            for name in rates.keys {
+                guard MockOptions.faultNames.contains(name) else {
+                    throw ConfigError(path: rates.child(name),
+                                      "unknown fault (known: \(MockOptions.faultNames.joined(separator: ", ")))")
+                }
+                options.faultRates[name] = try rates.double(name, in: 0...1)
+            }
+            guard options.faultRates.values.reduce(0, +) <= 1 else {
+                throw ConfigError(path: mock.child("fault_rates"), "the rates add up to more than 1")
+            }
+            try rates.finish()
+        }
+        try mock.finish()
+        return options
+    }
+
+    /// A `mock:` section on its own (as `switchyard load` scenarios carry it), with `path` naming it in errors.
+    public static func parseMockSection(yaml: String, path: String) throws(ConfigError) -> MockOptions {
+        let node: Node
+        do {
+            guard let parsed = try Yams.compose(yaml: yaml) else { return MockOptions() }
+            node = parsed
+        } catch {
+            throw ConfigError(path: path, "not valid YAML: \(error)")
+        }
+        return try parseMock(try MappingReader(node, path: path))
+    }
+
     /// Validates YAML text.
     public static func parse(yaml: String, environment: [String: String]) throws(ConfigError) -> GatewayConfig {
         let root: Node
@@ -55,31 +96,7 @@ public enum ConfigLoader {
             config.drainTimeout = .milliseconds(Int64(seconds * 1000))
         }
         config.mockLatencyScale = try top.double("mock_latency_scale", in: 0...100) ?? 1
-        if let mock = try top.mapping("mock") {
-            config.mock.requestsPerMinute = try mock.int("requests_per_minute", in: 1...100_000_000)
-            config.mock.tokensPerMinute = try mock.int("tokens_per_minute", in: 1...10_000_000_000)
-            config.mock.seed = UInt64(try mock.int("seed", in: 0...Int.max) ?? 1)
-            if let trace = try mock.string("length_trace") {
-                guard FileManager.default.isReadableFile(atPath: trace) else {
-                    throw ConfigError(path: mock.child("length_trace"), "cannot read '\(trace)'")
-                }
-                config.mock.lengthTrace = trace
-            }
-            if let rates = try mock.mapping("fault_rates") {
-                for name in rates.keys {
-                    guard MockOptions.faultNames.contains(name) else {
-                        throw ConfigError(path: rates.child(name),
-                                          "unknown fault (known: \(MockOptions.faultNames.joined(separator: ", ")))")
-                    }
-                    config.mock.faultRates[name] = try rates.double(name, in: 0...1)
-                }
-                guard config.mock.faultRates.values.reduce(0, +) <= 1 else {
-                    throw ConfigError(path: mock.child("fault_rates"), "the rates add up to more than 1")
-                }
-                try rates.finish()
-            }
-            try mock.finish()
-        }
+        if let mock = try top.mapping("mock") { config.mock = try parseMock(mock) }
 
         guard let providers = try top.mapping("providers") else { throw ConfigError(path: "providers", "is required") }
         for (name, reader) in try providers.entries() {

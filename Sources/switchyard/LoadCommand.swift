@@ -2,6 +2,8 @@ import ArgumentParser
 import Foundation
 import Histogram
 import LoadTest
+import Logging
+import Server
 import Providers
 import SwitchyardCore
 import SwitchyardModels
@@ -38,7 +40,42 @@ struct Load: AsyncParsableCommand {
     @Option(help: "Write a self-contained HTML report (SVG charts, no network) to this file.") var html: String?
     @Option(help: "Most connections to the endpoint per event loop (each stream in flight holds one).") var connections = 8192
 
+    @Option(help: "Run a scenario file (loadtests/*.yaml) instead of the options above; without a url in it, against an in-process embedded-default gateway.")
+    var scenario: String?
+
     func run() async throws {
+        if let scenario {
+            try await runScenario(scenario)
+            return
+        }
+        let plan = try makePlan()
+        try await execute(plan, dailyVolume: dailyVolume)
+    }
+
+    /// Starts the scenario's gateway when it names no URL, runs it, stops the gateway.
+    func runScenario(_ path: String) async throws {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ValidationError("cannot read \(path)") }
+        let scenario = try LoadScenario(yaml: text, file: path)
+        print("scenario: \(scenario.name)" + (scenario.description.isEmpty ? "" : " — \(scenario.description)"))
+        var plan = scenario.plan
+        guard scenario.url == nil else {
+            try await execute(plan, dailyVolume: scenario.dailyVolume)
+            return
+        }
+        var config = GatewayConfig.embeddedDefault()
+        config.port = 0
+        config.mock = scenario.mock
+        config.mockLatencyScale = scenario.mockLatencyScale
+        var logger = Logger(label: "switchyard")
+        logger.logLevel = .warning
+        let gateway = buildGateway(config: config, logger: logger, environment: [:])
+        let server = Task { try await gateway.run(handleSignals: false) }
+        defer { server.cancel() }
+        plan.baseURL = "http://127.0.0.1:\(await gateway.listening.wait())"
+        try await execute(plan, dailyVolume: scenario.dailyVolume)
+    }
+
+    func makePlan() throws -> LoadPlan {
         guard let apiKind = LoadPlan.API(rawValue: api) else { throw ValidationError("--api is openai or anthropic") }
         let length = Duration.milliseconds(Int64(duration * 1000))
         let pattern: LoadPlan.Pattern
@@ -49,8 +86,7 @@ struct Load: AsyncParsableCommand {
         } else {
             throw ValidationError("give --rate (open loop) or --users (closed loop)")
         }
-        let prompts = try trace.map { path throws(LoadError) in try PromptSource(trace: path) }
-            ?? PromptSource(promptTokens: [50, 120, 300, 600, 1200, 2000], maxTokens: [40, 100, 200, 400])
+        let prompts = try trace.map { path throws(LoadError) in try PromptSource(trace: path) } ?? PromptSource.spread
         let headers = header.compactMap { entry -> (String, String)? in
             guard let colon = entry.firstIndex(of: ":") else { return nil }
             return (String(entry[..<colon]), String(entry[entry.index(after: colon)...]).trimmingCharacters(in: .whitespaces))
@@ -58,6 +94,11 @@ struct Load: AsyncParsableCommand {
         var plan = LoadPlan(baseURL: url, api: apiKind, model: model, stream: stream, pattern: pattern, prompts: prompts,
                             apiKey: apiKey, headers: headers)
         if inputPrice != nil || outputPrice != nil { plan.prices = (inputPrice ?? 0, outputPrice ?? 0) }
+        return plan
+    }
+
+    func execute(_ plan: LoadPlan, dailyVolume: Int) async throws {
+        let url = plan.baseURL
         let transports = HTTPClientService(providers: [
             // The client splits its limit across the event loops; requests spawned from one loop stay on it.
             ProviderConfig(name: "load", kind: .openAICompatible, baseURL: url,

@@ -113,3 +113,28 @@ import Testing
         #expect(azure.promptTokens.contains(prompt.text.split(separator: " ").count - 2))
     }
 }
+
+extension LoadTestTests {
+    /// Every scenario in loadtests/ parses, and the cache scenario's repeats and paraphrases come in their shares.
+    @Test func theShippedScenariosParse() throws {
+        let directory = EmbeddingsTests.projectRoot.appendingPathComponent("loadtests").path
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".yaml") }.sorted()
+        #expect(files.count >= 8)
+        // Trace paths in the scenarios are relative to the project root, where `swift test` runs.
+        for file in files {
+            let text = try String(contentsOfFile: directory + "/" + file, encoding: .utf8)
+            let scenario = try LoadScenario(yaml: text, file: file)
+            #expect(!scenario.name.isEmpty, "\(file)")
+        }
+        let cache = try LoadScenario(yaml: try String(contentsOfFile: directory + "/cache-hits.yaml", encoding: .utf8))
+        let kinds = (0..<2000).map { cache.plan.prompts.kind($0) }
+        let share = { (kind: PromptSource.Kind) in Double(kinds.filter { $0 == kind }.count) / 2000 }
+        #expect(abs(share(.repeated) - 0.3) < 0.04 && abs(share(.paraphrased) - 0.2) < 0.04, "\(share(.repeated)) \(share(.paraphrased))")
+        // A repeat is an earlier prompt exactly; a paraphrase keeps the earlier body and asks another question.
+        let repeated = try #require((1..<2000).first { cache.plan.prompts.kind($0) == .repeated })
+        let text = cache.plan.prompts.prompt(repeated).text
+        #expect((0..<repeated).contains { cache.plan.prompts.prompt($0).text == text })
+        #expect(throws: LoadError.self) { try LoadScenario(yaml: "rate: 5\nrat: 6") }
+        #expect(throws: LoadError.self) { try LoadScenario(yaml: "rate: 5\nmock: {fault_rates: {'999': 1}}") }
+    }
+}

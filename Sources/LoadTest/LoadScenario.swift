@@ -1,0 +1,131 @@
+import SwitchyardCore
+import Yams
+
+import Foundation
+
+/// A load test described in YAML (`loadtests/*.yaml`): what to send, how, and, when it has no `url`, the
+/// in-process gateway to run it against (the embedded default with the given mock behaviour).
+///
+/// Keys: `name`, `description`, `url`, `api`, `model`, `stream`, `duration` (seconds), the pattern as `rate` (with
+/// `ramp_from`), `steps` (a list of `{rate, seconds}`) or `users` (with `think_ms`), `trace`, `repeat_share`,
+/// `paraphrase_share`, `header_mix` (a list of header maps, one per request in turn), `daily_volume`,
+/// `input_price`, `output_price`, `mock` (the gateway's `mock:` section) and `mock_latency_scale`.
+public struct LoadScenario: Sendable {
+    public var name: String
+    public var description: String
+    /// nil: run against an in-process gateway.
+    public var url: String?
+    public var plan: LoadPlan
+    public var dailyVolume: Int
+    public var mock: MockOptions
+    public var mockLatencyScale: Double
+
+    public init(yaml: String, file: String = "scenario") throws(LoadError) {
+        let root: Node.Mapping
+        do {
+            guard let mapping = try Yams.compose(yaml: yaml)?.mapping else { throw LoadError("\(file): expected a mapping") }
+            root = mapping
+        } catch let error as LoadError {
+            throw error
+        } catch {
+            throw LoadError("\(file): not valid YAML: \(error)")
+        }
+        let known: Set<String> = ["name", "description", "url", "api", "model", "stream", "duration", "rate", "ramp_from", "steps",
+                                  "users", "think_ms", "trace", "repeat_share", "paraphrase_share", "header_mix", "daily_volume",
+                                  "input_price", "output_price", "mock", "mock_latency_scale"]
+        var values: [String: Node] = [:]
+        for (key, value) in root {
+            guard let name = key.string, known.contains(name) else { throw LoadError("\(file): unknown key '\(key.string ?? "?")'") }
+            values[name] = value
+        }
+        func string(_ key: String) -> String? { values[key]?.string }
+        func number(_ key: String) throws(LoadError) -> Double? {
+            guard let node = values[key] else { return nil }
+            guard let value = node.float ?? node.int.map(Double.init) else { throw LoadError("\(file): \(key) must be a number") }
+            return value
+        }
+        name = string("name") ?? file
+        description = string("description") ?? ""
+        url = string("url")
+        dailyVolume = Int(try number("daily_volume") ?? 100_000)
+        mockLatencyScale = try number("mock_latency_scale") ?? 1
+        if let section = values["mock"] {
+            do {
+                mock = try ConfigLoader.parseMockSection(yaml: try Yams.serialize(node: section), path: "mock")
+            } catch {
+                throw LoadError("\(file): \(error)")
+            }
+        } else {
+            mock = MockOptions()
+        }
+        guard let api = LoadPlan.API(rawValue: string("api") ?? "openai") else { throw LoadError("\(file): api is openai or anthropic") }
+        let duration = Duration.milliseconds(Int64((try number("duration") ?? 10) * 1000))
+        let pattern: LoadPlan.Pattern
+        if let users = try number("users") {
+            pattern = .closedLoop(users: Int(users), thinkTime: .milliseconds(Int64(try number("think_ms") ?? 0)), duration: duration)
+        } else if let steps = values["steps"]?.sequence {
+            var parsed: [ArrivalSchedule.Step] = []
+            for step in steps {
+                guard let rate = step["rate"]?.float ?? step["rate"]?.int.map(Double.init),
+                      let seconds = step["seconds"]?.float ?? step["seconds"]?.int.map(Double.init) else {
+                    throw LoadError("\(file): each step needs rate and seconds")
+                }
+                parsed.append(.init(rate: rate, duration: .milliseconds(Int64(seconds * 1000))))
+            }
+            pattern = .openLoop(ArrivalSchedule(steps: parsed))
+        } else if let rate = try number("rate") {
+            pattern = .openLoop(try number("ramp_from").map { .ramp(from: $0, to: rate, duration: duration) }
+                                ?? .constant(rate: rate, duration: duration))
+        } else {
+            throw LoadError("\(file): give rate, steps or users")
+        }
+        var prompts = try string("trace").map { path throws(LoadError) in try PromptSource(trace: path) } ?? PromptSource.spread
+        let repeats = try number("repeat_share") ?? 0, paraphrases = try number("paraphrase_share") ?? 0
+        if repeats > 0 || paraphrases > 0 {
+            guard repeats + paraphrases <= 1 else { throw LoadError("\(file): repeat_share + paraphrase_share exceed 1") }
+            prompts.questions = try QuestionPool.banking77()
+            prompts.repeatShare = repeats
+            prompts.paraphraseShare = paraphrases
+        }
+        var headerMix: [[(String, String)]] = []
+        for entry in values["header_mix"]?.sequence ?? [] {
+            headerMix.append((entry.mapping ?? [:]).compactMap { key, value in key.string.flatMap { k in value.string.map { (k, $0) } } })
+        }
+        plan = LoadPlan(baseURL: url ?? "http://127.0.0.1:0", api: api, model: string("model") ?? "gpt-4o-mini",
+                        stream: values["stream"]?.bool ?? false, pattern: pattern, prompts: prompts)
+        plan.headerMix = headerMix
+        if let input = try number("input_price"), let output = try number("output_price") { plan.prices = (input, output) }
+    }
+}
+
+/// Questions with their intent, for repeated and paraphrased prompts (Banking77: 77 intents, many phrasings each).
+public struct QuestionPool: Sendable {
+    public let texts: [String]
+    public let intents: [String]
+    /// Question indices per intent.
+    let byIntent: [String: [Int]]
+
+    public init(texts: [String], intents: [String]) {
+        self.texts = texts
+        self.intents = intents
+        byIntent = Dictionary(grouping: texts.indices, by: { intents[$0] })
+    }
+
+    /// `../shared/data/cache/banking77_test.csv` (3,080 questions), found from the working directory.
+    public static func banking77(path: String = "../shared/data/cache/banking77_test.csv") throws(LoadError) -> QuestionPool {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw LoadError("cannot read \(path)") }
+        var texts: [String] = [], intents: [String] = []
+        for line in text.split(whereSeparator: \.isNewline).dropFirst() {
+            // text,category, where text may be quoted with doubled quotes inside.
+            guard let comma = line.lastIndex(of: ",") else { continue }
+            var question = String(line[..<comma])
+            if question.hasPrefix("\""), question.hasSuffix("\""), question.count >= 2 {
+                question = String(question.dropFirst().dropLast()).replacingOccurrences(of: "\"\"", with: "\"")
+            }
+            texts.append(question)
+            intents.append(String(line[line.index(after: comma)...]))
+        }
+        guard !texts.isEmpty else { throw LoadError("\(path): no questions") }
+        return QuestionPool(texts: texts, intents: intents)
+    }
+}

@@ -173,6 +173,9 @@ public final class MockServer: Sendable {
         plan.cacheRead = cached.read
         plan.cacheWrite = anthropic ? cached.written : 0
         let scale = settings.latencyScale * (fault == .slow ? 10 : 1)
+        // `slow`: 2 s before anything, whatever the latency scale (a fault is a fault even in an instant mock), then
+        // ten times the latency model.
+        if fault == .slow { try await Task.sleep(for: Self.slowStart) }
         let stream = payload["stream"]?.bool ?? false
         if stream {
             let includeUsage = payload["stream_options"]?["include_usage"]?.bool ?? false
@@ -185,6 +188,8 @@ public final class MockServer: Sendable {
         }
         return try json(.ok, anthropic ? plan.anthropicMessage() : plan.openAICompletion(), headers: limitHeaders)
     }
+
+    static let slowStart = Duration.seconds(2)
 
     func sleep(_ duration: Duration, scale: Double) async throws {
         guard scale > 0 else { return }

@@ -135,19 +135,20 @@ extension MockLimitsTests {
 }
 
 extension MockLimitsTests {
-    /// The `slow` fault through the gateway: the same request that answers in time normally (latency scale 0.2) runs
-    /// ten times slower and meets the provider's total timeout, which the client sees as a 504 `upstream_timeout`.
+    /// The `slow` fault through the gateway: the instant mock answers the normal model at once, and the slow one only
+    /// after 2 s, past the provider's 1 s total timeout, which the client sees as a 504 `upstream_timeout`.
     @Test func aSlowProviderEndsInTheGatewaysTimeout() async throws {
-        var config = TestConfigs.withFaults(["slow"], timeouts: ProviderTimeouts(connect: .seconds(2), total: .milliseconds(250),
-                                                                                firstToken: .seconds(5)))
-        config.mockLatencyScale = 0.2
-        config.providers["mock"]?.timeouts = ProviderTimeouts(connect: .seconds(2), total: .milliseconds(250), firstToken: .seconds(5))
+        let timeouts = ProviderTimeouts(connect: .seconds(2), total: .seconds(1), firstToken: .seconds(5))
+        var config = TestConfigs.withFaults(["slow"], timeouts: timeouts)
+        config.providers["mock"]?.timeouts = timeouts
         try await withTestGateway(config) { _, url in
             let body = { (model: String) in #"{"model":"\#(model)","max_tokens":5,"messages":[{"role":"user","content":"quick one"}]}"# }
             #expect(try await send("\(url)/v1/chat/completions", body: body("gpt-4o-mini")).status == 200)
+            let started = ContinuousClock.now
             let slow = try await send("\(url)/v1/chat/completions", body: body("gpt-4o-mini-slow"))
             #expect(slow.status == 504)
             #expect(try JSONValue.parse(Array(slow.body.utf8))["error"]?["code"]?.stringValue == "upstream_timeout")
+            #expect(ContinuousClock.now - started < .milliseconds(1900))
         }
     }
 }

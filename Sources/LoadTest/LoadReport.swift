@@ -64,6 +64,8 @@ public struct LoadReport: Sendable {
             "projected_monthly_cost_usd": .double(costPerRequest * Double(dailyVolume) * 30),
             "completed_per_second": .array(s.completedPerSecond.map { .int(Int64($0)) }),
             "errors_per_second": .array(s.errorsPerSecond.map { .int(Int64($0)) }),
+            "cache_hits_per_second": .array(s.cacheHitsPerSecond.map { .int(Int64($0)) }),
+            "cost_usd_per_second": .array(s.costNanoUSDPerSecond.map { .double(Double($0) / 1e9) }),
             "p50_ms_per_second": .array(s.secondLatencies.map { .double(ms($0, 50)) }),
             "p99_ms_per_second": .array(s.secondLatencies.map { .double(ms($0, 99)) }),
             "generator_cpu_share_of_one_core": .double(cpuShare),
@@ -73,7 +75,7 @@ public struct LoadReport: Sendable {
     }
 
     /// A self-contained HTML page: the summary, and SVG charts of latency over time, throughput and errors, the
-    /// latency and TTFT distributions, cache hits and cost. No scripts, no network.
+    /// latency and TTFT distributions, error and cache-hit rates, and cost over time. No scripts, no network.
     public func html() -> String {
         let s = snapshot
         let p50 = s.secondLatencies.map { $0.totalCount == 0 ? 0 : Double($0.valueAtPercentile(50)) / 1000 }
@@ -83,6 +85,13 @@ public struct LoadReport: Sendable {
             histogram.totalCount == 0 ? [] : levels.map { Double(histogram.valueAtPercentile($0)) / 1000 }
         }
         let total = max(1, s.succeeded + s.errorCount)
+        // Shares of each second's completions, and the spend accumulated over the run.
+        let share = { (counts: [Int]) in zip(counts, s.completedPerSecond).map { $1 == 0 ? 0 : Double($0) * 100 / Double($1) } }
+        var spent = 0.0
+        let cumulativeCost = s.costNanoUSDPerSecond.map { nano -> Double in
+            spent += Double(nano) / 1e9
+            return spent
+        }
         var rows = s.errors.sorted { $0.key < $1.key }.map { ("error \($0.key)", $0.value) }
         rows += s.cache.sorted { $0.key < $1.key }.map { ("cache \($0.key)", $0.value) }
         let table = rows.map { "<tr><td>\(Self.escape($0.0))</td><td>\($0.1)</td><td>\(String(format: "%.1f%%", Double($0.1) * 100 / Double(total)))</td></tr>" }
@@ -99,6 +108,9 @@ public struct LoadReport: Sendable {
                              series: [("completed", s.completedPerSecond.map(Double.init), "#2ca02c"), ("errors", s.errorsPerSecond.map(Double.init), "#d62728")]))
             \(Self.lineChart(title: "Latency by percentile (ms)", x: "percentile: " + levels.map { String(format: "%g", $0) }.joined(separator: " "),
                              series: [("latency", curve(s.latency), "#1f77b4"), ("time to first token", curve(s.timeToFirstToken), "#ff7f0e")]))
+            \(Self.lineChart(title: "Error and cache-hit rates (% of each second's answers)", x: "elapsed second",
+                             series: [("errors", share(s.errorsPerSecond), "#d62728"), ("cache hits", share(s.cacheHitsPerSecond), "#9467bd")]))
+            \(Self.lineChart(title: "Cost so far (USD)", x: "elapsed second", series: [("cost", cumulativeCost, "#8c564b")]))
             <h2>Errors and cache</h2><table><tr><td>kind</td><td>requests</td><td>share</td></tr>\(table)</table>
             </body></html>
             """

@@ -26,6 +26,9 @@ public final class LoadStatistics: Sendable {
         /// Completed requests per elapsed second, and errors per second (for the report's charts).
         public var completedPerSecond: [Int] = []
         public var errorsPerSecond: [Int] = []
+        /// Answers served from a cache (`x-switchyard-cache: hit-*`) and the cost recorded, per elapsed second.
+        public var cacheHitsPerSecond: [Int] = []
+        public var costNanoUSDPerSecond: [Int64] = []
         /// p50 and p99 of the latency of each second's completions, in microseconds.
         public var secondLatencies: [Histogram<UInt64>] = []
 
@@ -50,6 +53,8 @@ public final class LoadStatistics: Sendable {
             while s.completedPerSecond.count <= second {
                 s.completedPerSecond.append(0)
                 s.errorsPerSecond.append(0)
+                s.cacheHitsPerSecond.append(0)
+                s.costNanoUSDPerSecond.append(0)
                 s.secondLatencies.append(Histogram<UInt64>(highestTrackableValue: 3_600_000_000))
             }
             let micros = UInt64(max(0, latency.microseconds))
@@ -65,9 +70,14 @@ public final class LoadStatistics: Sendable {
             s.outputTokens += outputTokens
             if let timeToFirstToken { _ = s.timeToFirstToken.record(UInt64(max(0, timeToFirstToken.microseconds))) }
             if let tokensPerSecond, tokensPerSecond.isFinite { _ = s.tokensPerSecond.record(UInt64(max(0, tokensPerSecond * 1000))) }
-            if let cache { s.cache[cache, default: 0] += 1 }
+            if let cache {
+                s.cache[cache, default: 0] += 1
+                if cache.hasPrefix("hit") { s.cacheHitsPerSecond[second] += 1 }
+            }
             if let costUSD {
-                s.costNanoUSD += Int64((costUSD * 1e9).rounded())
+                let nano = Int64((costUSD * 1e9).rounded())
+                s.costNanoUSD += nano
+                s.costNanoUSDPerSecond[second] += nano
                 s.priced += 1
             }
         }

@@ -39,6 +39,7 @@ import Testing
         #expect(snapshot.succeeded == 1000 && snapshot.errors == ["429": 1])
         #expect(snapshot.costNanoUSD == 1_000_000_000 && snapshot.priced == 1000)
         #expect(snapshot.completedPerSecond == [500, 500, 1])
+        #expect(snapshot.costNanoUSDPerSecond == [499_000_000, 500_000_000, 1_000_000])
     }
 
     /// Runs `plan` with its own clients, shut down afterwards.
@@ -66,7 +67,8 @@ import Testing
             let perRequest = Double(snapshot.costNanoUSD) / 1e9 / 40
             #expect(abs((report.json["projected_daily_cost_usd"]?.doubleValue ?? 0) - perRequest * 1000) < 1e-9)
             let html = report.html()
-            #expect(html.components(separatedBy: "<svg").count - 1 == 3)
+            #expect(html.components(separatedBy: "<svg").count - 1 == 5)
+            #expect(report.json["cost_usd_per_second"]?.arrayValue?.compactMap(\.doubleValue).reduce(0, +) ?? 0 > 0)
             #expect(!html.contains("<script") && !html.contains("src=") && !html.contains("href="))  // opens with no network
         }
     }

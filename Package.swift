@@ -108,7 +108,7 @@ let package = Package(
         .target(
             name: "LoadTest",
             dependencies: [
-                "SwitchyardCore", "SwitchyardModels", "ServerSentEvents", "Providers",
+                "SwitchyardCore", "SwitchyardModels", "ServerSentEvents", "Providers", "MockProvider",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "NIOCore", package: "swift-nio"),

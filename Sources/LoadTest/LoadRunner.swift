@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 public import Providers
+import MockProvider
 import ServerSentEvents
 import SwitchyardCore
 import SwitchyardModels
@@ -231,33 +232,17 @@ public struct PromptSource: Sendable {
         self.maxTokens = maxTokens.isEmpty ? [150] : maxTokens
     }
 
-    /// Reads `ContextTokens` and `GeneratedTokens` from an Azure LLM trace CSV, or `input_length` and `output_length`
-    /// from Mooncake JSON lines. Prompt lengths are capped at `maximumPrompt` tokens.
+    /// Prompt and answer lengths from a trace the mock also replays (Azure CSV with `ContextTokens` and
+    /// `GeneratedTokens`, or Mooncake JSON lines). Prompt lengths are capped at `maximumPrompt` tokens.
     public init(trace path: String, maximumPrompt: Int = 8000) throws(LoadError) {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw LoadError("cannot read \(path)") }
-        var prompts: [Int] = [], answers: [Int] = []
-        let lines = text.split(whereSeparator: \.isNewline)
-        if path.hasSuffix(".jsonl") {
-            for line in lines {
-                guard let json = try? JSONValue.parse(Array(line.utf8)),
-                      let input = json["input_length"]?.intValue, let output = json["output_length"]?.intValue else { continue }
-                prompts.append(Int(input))
-                answers.append(Int(output))
-            }
-        } else {
-            let header = lines.first?.split(separator: ",").map(String.init) ?? []
-            guard let p = header.firstIndex(of: "ContextTokens"), let g = header.firstIndex(of: "GeneratedTokens") else {
-                throw LoadError("\(path): needs ContextTokens and GeneratedTokens columns")
-            }
-            for line in lines.dropFirst() {
-                let fields = line.split(separator: ",", omittingEmptySubsequences: false)
-                guard fields.count > max(p, g), let input = Int(fields[p]), let output = Int(fields[g]) else { continue }
-                prompts.append(input)
-                answers.append(output)
-            }
+        let trace: MockLengthTrace
+        do {
+            trace = try MockLengthTrace(path: path)
+        } catch {
+            throw LoadError(error.description)
         }
-        guard !prompts.isEmpty else { throw LoadError("\(path): no rows") }
-        self.init(promptTokens: prompts.map { min(max(1, $0), maximumPrompt) }, maxTokens: answers.map { max(1, $0) })
+        guard !trace.promptLengths.isEmpty else { throw LoadError("\(path): needs prompt lengths (ContextTokens or input_length)") }
+        self.init(promptTokens: trace.promptLengths.map { min($0, maximumPrompt) }, maxTokens: trace.lengths)
     }
 
     /// How a prompt was made.

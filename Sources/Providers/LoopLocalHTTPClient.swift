@@ -40,14 +40,7 @@ public final class LoopLocalHTTPClient: Sendable {
         let loop = group.any()
         guard let pool = pools[ObjectIdentifier(loop)] else { throw UpstreamTransportError.connectFailed("no event loop") }
         let exchange = Exchange(request: request, pool: pool, streaming: streaming, maximumBodyBytes: maximumBodyBytes)
-        return try await withTaskCancellationHandler {
-            if loop.inEventLoop {
-                return try await pool.start(exchange, deadline: deadline).get()
-            }
-            return try await loop.flatSubmit { pool.start(exchange, deadline: deadline) }.get()
-        } onCancel: {
-            loop.execute { exchange.fail(UpstreamTransportError.cancelled) }
-        }
+        return try await exchange.onLoop { pool.start(exchange, deadline: deadline) }
     }
 
     /// Closes every pooled connection.
@@ -186,7 +179,7 @@ final class LoopPool: @unchecked Sendable {
                     let connection = Connection(channel: channel, handler: handler, endpoint: endpoint, pool: pool)
                     handler.connection = connection
                     channel.closeFuture.whenComplete { _ in pool.closed(connection, host: host) }
-                    pool.hand(connection, to: exchange, host: host)
+                    pool.hand(connection, to: exchange)
                 case .failure(let error):
                     host.open -= 1
                     if case ChannelError.connectTimeout = error {
@@ -200,7 +193,7 @@ final class LoopPool: @unchecked Sendable {
     }
 
     /// Gives a connection to `exchange`, or to a waiter if that one has already ended.
-    private func hand(_ connection: Connection, to exchange: Exchange, host: HostConnections) {
+    private func hand(_ connection: Connection, to exchange: Exchange) {
         if exchange.isFinished {
             release(connection)
         } else {
@@ -401,6 +394,17 @@ final class Exchange: @unchecked Sendable {
         return waiting.futureResult
     }
 
+    /// Runs `step` on this exchange's event loop (directly when already there) and waits for its result; cancelling
+    /// the waiting task ends the exchange.
+    func onLoop<T: Sendable>(_ step: @escaping @Sendable () -> EventLoopFuture<T>) async throws -> T {
+        let loop = pool.loop
+        return try await withTaskCancellationHandler {
+            try await (loop.inEventLoop ? step() : loop.flatSubmit(step)).get()
+        } onCancel: {
+            loop.execute { self.fail(UpstreamTransportError.cancelled) }
+        }
+    }
+
     /// The stream's reader went away before the end: drop the connection.
     func abandon() {
         if !ended && failure == nil { fail(UpstreamTransportError.cancelled) }
@@ -419,13 +423,7 @@ final class LoopLocalBodyStream: UpstreamBodyStream {
 
     func next() async throws -> ByteBuffer? {
         let exchange = self.exchange
-        let loop = self.loop
-        return try await withTaskCancellationHandler {
-            if loop.inEventLoop { return try await exchange.nextPart().get() }
-            return try await loop.flatSubmit { exchange.nextPart() }.get()
-        } onCancel: {
-            loop.execute { exchange.fail(UpstreamTransportError.cancelled) }
-        }
+        return try await exchange.onLoop { exchange.nextPart() }
     }
 
     deinit {

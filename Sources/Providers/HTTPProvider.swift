@@ -30,7 +30,9 @@ public struct HTTPProvider: ProviderClient {
                 maximumResponseBytes: Int = 64 << 20, baseURL: (@Sendable () -> String)? = nil) {
         self.config = config
         self.transports = transports
+        // A trailing newline (common in secrets files) or any control character would corrupt the request head.
         self.apiKey = config.apiKeyEnv.flatMap { environment[$0] }
+            .map { String($0.unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7F }) }
         self.maximumResponseBytes = maximumResponseBytes
         let fixed = config.baseURL
         self.baseURL = baseURL ?? { fixed }

@@ -1,5 +1,5 @@
 import HTTPTypes
-import Hummingbird
+import HTTPEdge
 import Logging
 import NIOCore
 import ServerSentEvents
@@ -30,18 +30,18 @@ struct ChatHandler: Sendable {
     let maxBodyBytes: Int
     let logger: Logger
 
-    func handle(_ request: Request, format: APIFormat) async -> Response {
-        let started = ContinuousClock.now
+    func handle(_ request: EdgeRequest, format: APIFormat) async -> EdgeResponse {
+        // From the moment the request head arrived: time spent before this handler ran is the gateway's too.
+        let started = request.receivedAt
         let requestID = Self.makeRequestID()
         var logger = self.logger
         logger[metadataKey: "switchyard.request.id"] = "\(requestID)"
         var modelName: String?
         do {
-            let chat = try await decode(request, format: format)
+            let chat = try decode(request, format: format)
             modelName = chat.model
-            var context = GatewayContext(requestID: requestID, logger: logger, clientFormat: format,
-                                         credential: Self.credential(request.headers), receivedAt: started)
-            context.logger[metadataKey: "switchyard.api"] = "\(format.rawValue)"
+            let context = GatewayContext(requestID: requestID, logger: logger, clientFormat: format,
+                                         credential: Self.credential(request), receivedAt: started)
             let response = try await pipeline.run(chat, context: context)
             switch response {
             case .completion(let completion):
@@ -79,14 +79,14 @@ struct ChatHandler: Sendable {
 
     // MARK: Decoding
 
-    func decode(_ request: Request, format: APIFormat) async throws(GatewayError) -> ChatRequest {
-        if let type = request.headers[.contentType] {
+    func decode(_ request: EdgeRequest, format: APIFormat) throws(GatewayError) -> ChatRequest {
+        if let type = request.header("content-type") {
             let essence = type.split(separator: ";").first.map { $0.trimmingWhitespace().lowercased() } ?? ""
             guard essence == "application/json" || essence.hasSuffix("+json") else {
                 throw GatewayError(.unsupportedMediaType, "Content-Type must be application/json, got '\(essence)'")
             }
         }
-        let json = try await Self.readJSON(request, limit: maxBodyBytes)
+        let json = try Self.readJSON(request, limit: maxBodyBytes)
         do {
             switch format {
             case .openAI: return try OpenAIFormat.parseRequest(json)
@@ -98,15 +98,11 @@ struct ChatHandler: Sendable {
     }
 
     /// The request body as JSON: 413 above `limit` bytes, 400 when empty or malformed.
-    static func readJSON(_ request: Request, limit: Int) async throws(GatewayError) -> JSONValue {
-        let body: ByteBuffer
-        do {
-            body = try await request.body.collect(upTo: limit)
-        } catch is NIOTooManyBytesError {
+    static func readJSON(_ request: EdgeRequest, limit: Int) throws(GatewayError) -> JSONValue {
+        guard !request.bodyExceededLimit else {
             throw GatewayError(.payloadTooLarge, "request body exceeds the limit of \(limit) bytes")
-        } catch {
-            throw GatewayError(.invalidRequest, "could not read the request body")
         }
+        let body = request.body
         guard body.readableBytes > 0 else { throw GatewayError(.invalidRequest, "request body is empty; send a JSON object") }
         do {
             return try JSONValue.parse(body.readableBytesView)
@@ -116,15 +112,16 @@ struct ChatHandler: Sendable {
     }
 
     /// `Authorization: Bearer KEY` or `x-api-key: KEY`, on either API.
-    static func credential(_ headers: HTTPFields) -> String? {
-        if let authorization = headers[.authorization] {
+    static func credential(_ request: EdgeRequest) -> String? {
+        if let authorization = request.header("authorization") {
             let trimmed = authorization.trimmingWhitespace()
-            if trimmed.count > 7, trimmed.prefix(7).lowercased() == "bearer " {
+            let scheme = trimmed.utf8.prefix(7)
+            if trimmed.utf8.count > 7, scheme.lazy.map({ $0 | 0x20 }).elementsEqual("bearer ".utf8) {
                 return String(trimmed.dropFirst(7)).trimmingWhitespace()
             }
             return trimmed
         }
-        return headers[.apiKey]
+        return request.header("x-api-key")
     }
 
     /// `req_`, 8 hex digits drawn once per process, and 16 hex digits of a counter: unique within the process,
@@ -146,7 +143,7 @@ struct ChatHandler: Sendable {
     // MARK: Complete answers
 
     func renderCompletion(_ completion: Completion, chat: ChatRequest, format: APIFormat, requestID: String)
-        throws(GatewayError) -> Response
+        throws(GatewayError) -> EdgeResponse
     {
         var headers: HTTPFields = [.contentType: "application/json", .requestID: requestID, .switchyardModel: chat.model]
         if let cost = completion.cost { headers[.switchyardCost] = cost.usdString }
@@ -161,13 +158,13 @@ struct ChatHandler: Sendable {
             }
             body = ByteBuffer(bytes: json.serialized())
         }
-        return Response(status: .ok, headers: headers, body: .init(byteBuffer: body))
+        return EdgeResponse(status: .ok, headers: headers, body: .buffer(body))
     }
 
     // MARK: Streams
 
     func renderStream(_ stream: ChatStream, chat: ChatRequest, format: APIFormat, requestID: String,
-                      started: ContinuousClock.Instant, logger: Logger) -> Response
+                      started: ContinuousClock.Instant, logger: Logger) -> EdgeResponse
     {
         let headers: HTTPFields = [
             .contentType: "text/event-stream", .cacheControl: "no-cache", .requestID: requestID, .switchyardModel: chat.model,
@@ -176,7 +173,7 @@ struct ChatHandler: Sendable {
         let upstreamWait = stream.upstreamTimeToFirstEvent
         let encoder = StreamEncoder(clientFormat: format, upstreamFormat: stream.format, model: chat.model,
                                     includeUsage: chat.streamIncludeUsage, requestID: requestID)
-        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+        return EdgeResponse(status: .ok, headers: headers, body: .stream { writer in
             var encoder = encoder
             var iterator = stream.makeAsyncIterator()
             var firstWritten = false
@@ -214,7 +211,6 @@ struct ChatHandler: Sendable {
                 encoder.finish(into: &tail)
             }
             try await writer.write(tail)
-            try await writer.finish(nil)
             let elapsed = ContinuousClock.now - started
             metrics.request(api: format, status: 200, streamed: true, duration: elapsed)
             var metadata = access(format, chat.model, 200, elapsed)

@@ -1,6 +1,6 @@
 import Embeddings
 import HTTPTypes
-import Hummingbird
+import HTTPEdge
 import NIOCore
 import Stages
 import SwitchyardCore
@@ -33,11 +33,11 @@ struct EmbeddingsHandler: Sendable {
     let auth: AuthStage
     let maxBodyBytes: Int
 
-    func handle(_ request: Request) async -> Response {
+    func handle(_ request: EdgeRequest) async -> EdgeResponse {
         let requestID = ChatHandler.makeRequestID()
         do {
-            _ = try auth.authenticate(ChatHandler.credential(request.headers))
-            let json = try await ChatHandler.readJSON(request, limit: maxBodyBytes)
+            _ = try auth.authenticate(ChatHandler.credential(request))
+            let json = try ChatHandler.readJSON(request, limit: maxBodyBytes)
             let parsed = try Self.parse(json)
             guard let batcher else { throw GatewayError(.overloaded, "embeddings are unavailable: \(unavailableReason)") }
             let ids = parsed.inputs.map(batcher.encoder.tokenizer.encode)
@@ -51,10 +51,10 @@ struct EmbeddingsHandler: Sendable {
                 "object": "list", "data": .array(data), "model": .string(Self.modelName),
                 "usage": ["prompt_tokens": .int(Int64(tokens)), "total_tokens": .int(Int64(tokens))],
             ]
-            return Response(status: .ok, headers: [
+            return EdgeResponse(status: .ok, headers: [
                 .contentType: "application/json", .requestID: requestID, .switchyardModel: Self.modelName,
                 .switchyardCost: NanoUSD.zero.usdString,
-            ], body: .init(byteBuffer: ByteBuffer(bytes: response.serialized())))
+            ], body: .buffer(ByteBuffer(bytes: response.serialized())))
         } catch {
             let gatewayError = error as? GatewayError ?? GatewayError(.internalError, "internal error")
             return ErrorRenderer.response(for: gatewayError, format: .openAI, requestID: requestID)

@@ -1,5 +1,5 @@
 import HTTPTypes
-import Hummingbird
+import HTTPEdge
 import NIOCore
 import ServerSentEvents
 public import SwitchyardCore
@@ -64,15 +64,15 @@ public enum ErrorRenderer {
     }
 
     /// A complete error response.
-    static func response(for error: GatewayError, format: APIFormat, requestID: String) -> Response {
+    static func response(for error: GatewayError, format: APIFormat, requestID: String) -> EdgeResponse {
         var headers: HTTPFields = [.contentType: "application/json", .requestID: requestID]
         if let retryAfter = error.retryAfter {
             let seconds = max(1, Int((Double(retryAfter.nanoseconds) / 1e9).rounded(.up)))
             headers[.retryAfter] = String(seconds)
         }
         let bytes = body(for: error, format: format, requestID: requestID).serialized()
-        return Response(status: .init(code: status(for: error, format: format)), headers: headers,
-                        body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+        return EdgeResponse(status: .init(code: status(for: error, format: format)), headers: headers,
+                            body: .buffer(ByteBuffer(bytes: bytes)))
     }
 
     /// The event that ends a failed stream, so that a cut stream never looks like a clean finish.

@@ -1,8 +1,10 @@
+import HTTPEdge
 import HTTPTypes
 import Hummingbird
 public import Logging
 import MockProvider
 import NIOCore
+import NIOHTTP1
 import Providers
 import ServiceLifecycle
 import Stages
@@ -101,31 +103,36 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     let embeddingsHandler = EmbeddingsHandler(batcher: batcher, unavailableReason: unavailable, auth: AuthStage(keys: config.keys),
                                               maxBodyBytes: config.maxBodyBytes)
 
-    let router = Router()
-    router.post("/v1/chat/completions") { request, _ in await handler.handle(request, format: .openAI) }
-    router.post("/v1/messages") { request, _ in await handler.handle(request, format: .anthropic) }
-    router.post("/v1/embeddings") { request, _ in await embeddingsHandler.handle(request) }
-    router.get("/v1/models") { _, _ in modelsResponse(config) }
-    router.get("/healthz") { _, _ in Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "ok\n"))) }
-    router.get("/readyz") { _, _ in
-        let ready = !draining.withLock { $0 } && (!hasMock || mockURL.value != nil)
-        return Response(status: ready ? .ok : .serviceUnavailable,
-                        body: .init(byteBuffer: ByteBuffer(string: ready ? "ready\n" : "not ready\n")))
+    let healthy = ByteBuffer(string: "ok\n")
+    let routes: EdgeResponder = { request in
+        switch (request.method, request.path) {
+        case (.POST, "/v1/chat/completions"): return await handler.handle(request, format: .openAI)
+        case (.POST, "/v1/messages"): return await handler.handle(request, format: .anthropic)
+        case (.POST, "/v1/embeddings"): return await embeddingsHandler.handle(request)
+        case (.GET, "/v1/models"): return modelsResponse(config)
+        case (.GET, "/healthz"): return EdgeResponse(status: .ok, body: .buffer(healthy))
+        case (.GET, "/readyz"):
+            let ready = !draining.withLock { $0 } && (!hasMock || mockURL.value != nil)
+            return EdgeResponse(status: ready ? .ok : .serviceUnavailable,
+                                body: .buffer(ByteBuffer(string: ready ? "ready\n" : "not ready\n")))
+        case (.GET, "/metrics"):
+            return EdgeResponse(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                                body: .buffer(ByteBuffer(bytes: metrics.render())))
+        default:
+            return unrouted(request)
+        }
     }
-    router.get("/metrics") { _, _ in
-        Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                 body: .init(byteBuffer: ByteBuffer(bytes: metrics.render())))
-    }
-
-    var app = Application(
-        responder: EdgeResponder(inner: router.buildResponder()),
-        configuration: .init(address: .hostname(config.host, port: config.port), serverName: "switchyard", backlog: 4096),
-        onServerRunning: { channel in listening.set(channel.localAddress?.port ?? 0) },
-        logger: logger)
-    if mock != nil {
-        app.beforeServerStarts { _ = await mockURL.wait() }
-    }
-    services.append(app)
+    let server = EdgeServer(
+        configuration: .init(host: config.host, port: config.port, backlog: 4096, maxBodyBytes: config.maxBodyBytes),
+        logger: logger,
+        beforeListening: { if hasMock { _ = await mockURL.wait() } },
+        onListening: { port in listening.set(port) },
+        responder: { request in
+            var response = await routes(request)
+            if response.headers[.requestID] == nil { response.headers[.requestID] = ChatHandler.makeRequestID() }
+            return response
+        })
+    services.append(server)
     // Last in the group, so first to hear of shutdown: /readyz turns 503 while the server drains.
     services.append(DrainWatcher(draining: draining))
     return Gateway(config: config, metrics: metrics, mock: mock, listening: listening, mockURL: mockURL, services: services,
@@ -142,8 +149,21 @@ struct DrainWatcher: Service {
     }
 }
 
+/// Requests no route serves: 405 for a known path with the wrong method, 404 otherwise, in the envelope of the API
+/// the path belongs to, never an empty body.
+func unrouted(_ request: EdgeRequest) -> EdgeResponse {
+    let known: Set<Substring> = ["/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/models", "/healthz", "/readyz",
+                                 "/metrics"]
+    let format: APIFormat = request.path.hasPrefix("/v1/messages") ? .anthropic : .openAI
+    let wrongMethod = known.contains(request.path)
+    let error = GatewayError(wrongMethod ? .invalidRequest : .notFound, "no endpoint \(request.method.rawValue) \(request.path)")
+    var response = ErrorRenderer.response(for: error, format: format, requestID: ChatHandler.makeRequestID())
+    if wrongMethod { response.status = .methodNotAllowed }
+    return response
+}
+
 /// `GET /v1/models` in a shape both SDKs accept (OpenAI's list fields and Anthropic's).
-func modelsResponse(_ config: GatewayConfig) -> Response {
+func modelsResponse(_ config: GatewayConfig) -> EdgeResponse {
     let names = config.models.keys.sorted()
     let data: [JSONValue] = names.map { name in
         [
@@ -156,6 +176,5 @@ func modelsResponse(_ config: GatewayConfig) -> Response {
         "object": "list", "data": .array(data), "has_more": false,
         "first_id": names.first.map { .string($0) } ?? .null, "last_id": names.last.map { .string($0) } ?? .null,
     ]
-    return Response(status: .ok, headers: [.contentType: "application/json"],
-                    body: .init(byteBuffer: ByteBuffer(bytes: body.serialized())))
+    return EdgeResponse(status: .ok, headers: [.contentType: "application/json"], body: .buffer(ByteBuffer(bytes: body.serialized())))
 }

@@ -198,7 +198,16 @@ public enum ConfigLoader {
         provider.poolSize = try reader.int("pool_size", in: 1...4096) ?? provider.poolSize
         if let headers = try reader.mapping("headers") {
             for header in headers.keys {
-                provider.headers[header] = try headers.requiredString(header)
+                let value = try headers.requiredString(header)
+                // Checked once here, so the upstream client need not validate headers per request.
+                let token = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                guard !header.isEmpty, header.allSatisfy({ token.contains($0) }) else {
+                    throw ConfigError(path: headers.child(header), "is not a valid HTTP header name")
+                }
+                guard value.unicodeScalars.allSatisfy({ $0 == "\t" || ($0.value >= 0x20 && $0.value != 0x7F) }) else {
+                    throw ConfigError(path: headers.child(header), "contains control characters")
+                }
+                provider.headers[header] = value
             }
             try headers.finish()
         }

@@ -46,9 +46,20 @@ public struct NanoUSD: Hashable, Comparable, Sendable, CustomStringConvertible, 
 extension StringProtocol {
     /// The string without leading and trailing white space (no Foundation needed).
     public func trimmingWhitespace() -> String {
+        // Fast path: both ends are ASCII and not whitespace (headers nearly always are).
+        let string = String(self)
+        if let first = string.utf8.first, let last = string.utf8.last, first < 0x80, last < 0x80,
+           !Self.asciiWhitespace(first), !Self.asciiWhitespace(last)
+        {
+            return string
+        }
         var view = Substring(self)
         while let first = view.first, first.isWhitespace { view = view.dropFirst() }
         while let last = view.last, last.isWhitespace { view = view.dropLast() }
         return String(view)
+    }
+
+    private static func asciiWhitespace(_ byte: UInt8) -> Bool {
+        byte == 0x20 || (0x09...0x0D).contains(byte)
     }
 }

@@ -1,0 +1,349 @@
+public import HTTPTypes
+public import Logging
+public import NIOCore
+import NIOConcurrencyHelpers
+import NIOExtras
+public import NIOHTTP1
+import NIOPosix
+public import ServiceLifecycle
+
+/// A request as the edge hands it to a responder: its head and its whole body (bodies here are JSON documents,
+/// read up to a limit before the responder runs).
+public struct EdgeRequest: Sendable {
+    public var head: HTTPRequestHead
+    /// The body, empty when it exceeded the limit.
+    public var body: ByteBuffer
+    /// Whether the body was larger than the server's limit (it was then read and dropped).
+    public var bodyExceededLimit: Bool
+    /// When the request head arrived, so the time before the responder runs is counted too.
+    public var receivedAt: ContinuousClock.Instant
+
+    public init(head: HTTPRequestHead, body: ByteBuffer = ByteBuffer(), bodyExceededLimit: Bool = false,
+                receivedAt: ContinuousClock.Instant = .now) {
+        self.head = head
+        self.body = body
+        self.bodyExceededLimit = bodyExceededLimit
+        self.receivedAt = receivedAt
+    }
+
+    public var method: HTTPMethod { head.method }
+    /// The path without its query string.
+    public var path: Substring {
+        let full = head.uri
+        return full.firstIndex(of: "?").map { full[..<$0] } ?? full[...]
+    }
+
+    /// The first value of a header, by case-insensitive name.
+    public func header(_ name: String) -> String? {
+        head.headers.first(name: name)
+    }
+}
+
+/// A response: a complete body, or a body written piece by piece (server-sent events).
+public struct EdgeResponse: Sendable {
+    public enum Body: Sendable {
+        case buffer(ByteBuffer)
+        /// Written by the closure; the edge ends the chunked body when it returns.
+        case stream(@Sendable (EdgeBodyWriter) async throws -> Void)
+    }
+
+    public var status: HTTPResponse.Status
+    public var headers: HTTPFields
+    public var body: Body
+
+    public init(status: HTTPResponse.Status, headers: HTTPFields = [:], body: Body = .buffer(ByteBuffer())) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// Writes the parts of a streamed body. Each write returns once the bytes are handed to the socket, so a slow
+/// reader slows the writer instead of growing a buffer; it throws when the client has gone.
+public struct EdgeBodyWriter: Sendable {
+    let channel: any Channel
+
+    public func write(_ buffer: ByteBuffer) async throws {
+        guard buffer.readableBytes > 0 else { return }
+        var chunk = ByteBuffer()
+        chunk.reserveCapacity(buffer.readableBytes + 12)
+        HTTPFraming.writeChunk(buffer, into: &chunk)
+        try await channel.writeAndFlush(chunk)
+    }
+}
+
+/// Answers one request. Never throws: errors are responses in the API's own envelope.
+public typealias EdgeResponder = @Sendable (EdgeRequest) async -> EdgeResponse
+
+/// An HTTP/1.1 server on SwiftNIO channel handlers. A request's head and body are read on its connection's event
+/// loop; the responder runs in a task that, with NIO's event loops as the global executor, stays on that loop.
+/// Requests on one connection are answered in order (pipelining assistance), and a client that disconnects
+/// cancels its request's task.
+///
+/// As a `Service`, graceful shutdown closes the listening socket, lets in-flight requests and streams finish,
+/// closes idle keep-alive connections, and returns when every connection has closed. Cancellation closes them all.
+public struct EdgeServer: Service {
+    public struct Configuration: Sendable {
+        public var host: String
+        public var port: Int
+        public var backlog: Int32
+        public var maxBodyBytes: Int
+
+        public init(host: String, port: Int, backlog: Int32 = 4096, maxBodyBytes: Int) {
+            self.host = host
+            self.port = port
+            self.backlog = backlog
+            self.maxBodyBytes = maxBodyBytes
+        }
+    }
+
+    let configuration: Configuration
+    let responder: EdgeResponder
+    let logger: Logger
+    let beforeListening: @Sendable () async -> Void
+    let onListening: @Sendable (Int) -> Void
+
+    /// - Parameters:
+    ///   - beforeListening: Awaited before the socket is bound (for example, until an in-process upstream is up).
+    ///   - onListening: Called with the bound port.
+    public init(configuration: Configuration, logger: Logger, beforeListening: @escaping @Sendable () async -> Void = {},
+                onListening: @escaping @Sendable (Int) -> Void = { _ in }, responder: @escaping EdgeResponder) {
+        self.configuration = configuration
+        self.responder = responder
+        self.logger = logger
+        self.beforeListening = beforeListening
+        self.onListening = onListening
+    }
+
+    public func run() async throws {
+        await beforeListening()
+        let group = MultiThreadedEventLoopGroup.singleton
+        let quiesce = ServerQuiescingHelper(group: group)
+        let connections = NIOLockedValueBox([ObjectIdentifier: any Channel]())
+        let responder = self.responder
+        let maxBodyBytes = configuration.maxBodyBytes
+        let server = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: configuration.backlog)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
+                }
+            }
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                let id = ObjectIdentifier(channel)
+                connections.withLockedValue { $0[id] = channel }
+                channel.closeFuture.whenComplete { _ in _ = connections.withLockedValue { $0.removeValue(forKey: id) } }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
+                    try channel.pipeline.syncOperations.addHandler(
+                        EdgeChannelHandler(responder: responder, maxBodyBytes: maxBodyBytes))
+                }
+            }
+            .bind(host: configuration.host, port: configuration.port).get()
+        onListening(server.localAddress?.port ?? 0)
+        logger.debug("edge server listening", metadata: ["switchyard.port": "\(server.localAddress?.port ?? 0)"])
+
+        // Until graceful shutdown begins (or the task is cancelled, when this throws).
+        let graceful = (try? await gracefulShutdown()) != nil
+        let closed = group.next().makePromise(of: Void.self)
+        quiesce.initiateShutdown(promise: closed)
+        await withTaskCancellationHandler {
+            if !graceful || Task.isCancelled { Self.closeAll(connections) }
+            try? await closed.futureResult.get()
+        } onCancel: {
+            Self.closeAll(connections)
+        }
+    }
+
+    static func closeAll(_ connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>) {
+        for channel in connections.withLockedValue({ Array($0.values) }) { channel.close(promise: nil) }
+    }
+}
+
+/// One connection's request reader and response writer. NIO's decoder parses requests; answers are framed here,
+/// straight into one buffer per response (or per streamed chunk), with no per-part trip through encoder handlers.
+/// Requests are answered one at a time in arrival order; pipelined ones wait in a short queue.
+final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = ByteBuffer
+
+    /// Requests a pipelining client may queue behind the one being answered before the connection is closed.
+    static let maximumQueued = 16
+
+    let responder: EdgeResponder
+    let maxBodyBytes: Int
+    var head: HTTPRequestHead?
+    var body = ByteBuffer()
+    var exceeded = false
+    var receivedAt = ContinuousClock.now
+    var task: Task<Void, Never>?
+    var queued: [EdgeRequest] = []
+    var quiescing = false
+
+    init(responder: @escaping EdgeResponder, maxBodyBytes: Int) {
+        self.responder = responder
+        self.maxBodyBytes = maxBodyBytes
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            receivedAt = .now
+            body.clear()
+            exceeded = false
+            if head.headers.first(name: "expect")?.lowercased() == "100-continue" {
+                context.writeAndFlush(wrapOutboundOut(ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
+            }
+        case .body(var part):
+            guard !exceeded else { return }
+            if body.readableBytes + part.readableBytes > maxBodyBytes {
+                exceeded = true
+                body = ByteBuffer()
+            } else if body.readableBytes == 0 {
+                body = part
+            } else {
+                body.writeBuffer(&part)
+            }
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            let request = EdgeRequest(head: head, body: body, bodyExceededLimit: exceeded, receivedAt: receivedAt)
+            body = ByteBuffer()
+            if task == nil {
+                start(request, context: context)
+            } else if queued.count < Self.maximumQueued {
+                queued.append(request)
+            } else {
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    func start(_ request: EdgeRequest, context: ChannelHandlerContext) {
+        let keepAlive = request.head.isKeepAlive && !quiescing
+        let done = context.eventLoop.makePromise(of: Bool.self)
+        task = Self.respond(to: request, with: responder, on: context.channel, keepAlive: keepAlive, done: done)
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        done.futureResult.whenSuccess { reusable in handler.value.finished(reusable: reusable, context: bound.value) }
+    }
+
+    /// The answer is written: the next queued request goes, or the connection closes if it cannot carry more.
+    func finished(reusable: Bool, context: ChannelHandlerContext) {
+        task = nil
+        guard reusable, context.channel.isActive else {
+            queued.removeAll()
+            context.close(promise: nil)
+            return
+        }
+        if !queued.isEmpty {
+            start(queued.removeFirst(), context: context)
+        } else if quiescing {
+            context.close(promise: nil)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            // Graceful shutdown: an idle connection closes now, a busy one after its answers.
+            quiescing = true
+            if task == nil { context.close(promise: nil) }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if error is HTTPParserError, task == nil {
+            let response = ByteBuffer(staticString: "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(wrapOutboundOut(response)).whenComplete { _ in bound.value.close(promise: nil) }
+            return
+        }
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        // The client went away: stop the work done on its behalf (the upstream call, a stream being relayed).
+        task?.cancel()
+        task = nil
+        queued.removeAll()
+        context.fireChannelInactive()
+    }
+
+    static func respond(to request: EdgeRequest, with responder: @escaping EdgeResponder, on channel: any Channel,
+                        keepAlive: Bool, done: EventLoopPromise<Bool>) -> Task<Void, Never> {
+        Task {
+            let response = await responder(request)
+            done.succeed(await write(response, to: channel, keepAlive: keepAlive))
+        }
+    }
+
+    /// Writes the response; returns whether the connection can carry another request.
+    static func write(_ response: EdgeResponse, to channel: any Channel, keepAlive: Bool) async -> Bool {
+        switch response.body {
+        case .buffer(let body):
+            var buffer = channel.allocator.buffer(capacity: 256 + body.readableBytes)
+            HTTPFraming.writeHead(response.status, response.headers, contentLength: body.readableBytes, keepAlive: keepAlive,
+                                  into: &buffer)
+            buffer.writeImmutableBuffer(body)
+            if keepAlive {
+                channel.writeAndFlush(buffer, promise: nil)
+                return true
+            }
+            try? await channel.writeAndFlush(buffer)
+            return false
+        case .stream(let produce):
+            do {
+                var head = channel.allocator.buffer(capacity: 256)
+                HTTPFraming.writeHead(response.status, response.headers, contentLength: nil, keepAlive: keepAlive, into: &head)
+                try await channel.writeAndFlush(head)
+                try await produce(EdgeBodyWriter(channel: channel))
+                try await channel.writeAndFlush(ByteBuffer(staticString: "0\r\n\r\n"))
+                return keepAlive
+            } catch {
+                // The client is gone or the body failed half-way: the connection cannot carry another answer.
+                return false
+            }
+        }
+    }
+}
+
+/// HTTP/1.1 response framing.
+enum HTTPFraming {
+    static func writeHead(_ status: HTTPResponse.Status, _ headers: HTTPFields, contentLength: Int?, keepAlive: Bool,
+                          into buffer: inout ByteBuffer) {
+        buffer.writeStaticString("HTTP/1.1 ")
+        buffer.writeString(String(status.code))
+        buffer.writeStaticString(" ")
+        buffer.writeString(status.reasonPhrase)
+        buffer.writeStaticString("\r\n")
+        for field in headers {
+            buffer.writeString(field.name.canonicalName)
+            buffer.writeStaticString(": ")
+            buffer.writeString(field.value)
+            buffer.writeStaticString("\r\n")
+        }
+        if let contentLength {
+            buffer.writeStaticString("content-length: ")
+            buffer.writeString(String(contentLength))
+            buffer.writeStaticString("\r\n")
+        } else {
+            buffer.writeStaticString("transfer-encoding: chunked\r\n")
+        }
+        if !keepAlive { buffer.writeStaticString("connection: close\r\n") }
+        buffer.writeStaticString("\r\n")
+    }
+
+    static func writeChunk(_ data: ByteBuffer, into buffer: inout ByteBuffer) {
+        buffer.writeString(String(data.readableBytes, radix: 16))
+        buffer.writeStaticString("\r\n")
+        buffer.writeImmutableBuffer(data)
+        buffer.writeStaticString("\r\n")
+    }
+}

@@ -1,0 +1,218 @@
+import Foundation
+import HTTPEdge
+import HTTPTypes
+import Logging
+import NIOCore
+import NIOPosix
+import SwitchyardCore
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The gateway's HTTP/1.1 edge, driven over a raw socket so that framing, ordering and connection handling are seen
+/// byte for byte.
+@Suite struct EdgeServerTests {
+    @Test func pipelinedRequestsAreAnsweredInOrder() async throws {
+        try await withEdge { port in
+            let connection = try RawConnection(port: port)
+            try connection.send("GET /slow HTTP/1.1\r\nhost: x\r\n\r\nGET /fast HTTP/1.1\r\nhost: x\r\n\r\n")
+            let text = try await connection.receive(until: { $0.components(separatedBy: "HTTP/1.1 200").count == 3 && $0.hasSuffix("fast") })
+            let slow = try #require(text.range(of: "slow"))
+            let fast = try #require(text.range(of: "fast"))
+            #expect(slow.lowerBound < fast.lowerBound)
+        }
+    }
+
+    @Test func expectContinueIsAnsweredBeforeTheBodyIsSent() async throws {
+        try await withEdge { port in
+            let connection = try RawConnection(port: port)
+            try connection.send("POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
+            let interim = try await connection.receive(until: { $0.contains("\r\n\r\n") })
+            #expect(interim.hasPrefix("HTTP/1.1 100 Continue\r\n"))
+            try connection.send("hello")
+            let answer = try await connection.receive(until: { $0.hasSuffix("hello") })
+            #expect(answer.contains("HTTP/1.1 200 OK\r\n"))
+            #expect(answer.contains("content-length: 5\r\n"))
+        }
+    }
+
+    @Test func aMalformedRequestGets400AndTheConnectionCloses() async throws {
+        try await withEdge { port in
+            let connection = try RawConnection(port: port)
+            try connection.send("NOT-HTTP\r\n\r\n")
+            let text = try await connection.receiveUntilClosed()
+            #expect(text.hasPrefix("HTTP/1.1 400 Bad Request\r\n"))
+        }
+    }
+
+    @Test func connectionCloseAndHTTP10AreHonoured() async throws {
+        try await withEdge { port in
+            let closing = try RawConnection(port: port)
+            try closing.send("GET /fast HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            let first = try await closing.receiveUntilClosed()
+            #expect(first.contains("connection: close\r\n") && first.hasSuffix("fast"))
+
+            let old = try RawConnection(port: port)
+            try old.send("GET /fast HTTP/1.0\r\n\r\n")
+            let second = try await old.receiveUntilClosed()
+            #expect(second.hasPrefix("HTTP/1.1 200 OK\r\n") && second.hasSuffix("fast"))
+
+            let kept = try RawConnection(port: port)
+            for _ in 0..<3 {
+                try kept.send("GET /fast HTTP/1.1\r\nhost: x\r\n\r\n")
+                let text = try await kept.receive(until: { $0.hasSuffix("fast") })
+                #expect(!text.contains("connection: close"))
+            }
+        }
+    }
+
+    @Test func streamedBodiesAreChunkedAndTerminated() async throws {
+        try await withEdge { port in
+            let connection = try RawConnection(port: port)
+            try connection.send("GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+            let text = try await connection.receive(until: { $0.hasSuffix("0\r\n\r\n") })
+            #expect(text.contains("transfer-encoding: chunked\r\n"))
+            #expect(text.hasSuffix("\r\n\r\n6\r\npart-0\r\n6\r\npart-1\r\n6\r\npart-2\r\n0\r\n\r\n"))
+            // The connection carries another request afterwards.
+            try connection.send("GET /fast HTTP/1.1\r\nhost: x\r\n\r\n")
+            _ = try await connection.receive(until: { $0.hasSuffix("fast") })
+        }
+    }
+
+    @Test func aBodyOverTheLimitIsFlaggedAndDropped() async throws {
+        try await withEdge(maxBodyBytes: 16) { port in
+            let connection = try RawConnection(port: port)
+            let body = String(repeating: "x", count: 40)
+            try connection.send("POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 40\r\n\r\n\(body)")
+            let text = try await connection.receive(until: { $0.hasSuffix("too large") })
+            #expect(text.hasPrefix("HTTP/1.1 413 Content Too Large\r\n") || text.hasPrefix("HTTP/1.1 413 Payload Too Large\r\n"))
+            // The dropped body did not desynchronise the connection.
+            try connection.send("POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nok")
+            _ = try await connection.receive(until: { $0.hasSuffix("ok") })
+        }
+    }
+
+    @Test func aClientThatLeavesCancelsItsRequest() async throws {
+        let cancelled = Locked(false)
+        try await withEdge(cancelled: cancelled) { port in
+            let connection = try RawConnection(port: port)
+            try connection.send("GET /hang HTTP/1.1\r\nhost: x\r\n\r\n")
+            try await Task.sleep(for: .milliseconds(100))
+            connection.close()
+            for _ in 0..<100 where !cancelled.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(cancelled.withLock { $0 })
+        }
+    }
+
+    // MARK: Harness
+
+    func withEdge(maxBodyBytes: Int = 1 << 20, cancelled: Locked<Bool>? = nil,
+                  _ body: (Int) async throws -> Void) async throws {
+        let port = ReadySignal<Int>()
+        let server = EdgeServer(configuration: .init(host: "127.0.0.1", port: 0, maxBodyBytes: maxBodyBytes),
+                                logger: Logger(label: "edge-test"), onListening: { port.set($0) }) { request in
+            switch request.path {
+            case "/slow":
+                try? await Task.sleep(for: .milliseconds(80))
+                return EdgeResponse(status: .ok, body: .buffer(ByteBuffer(string: "slow")))
+            case "/fast":
+                return EdgeResponse(status: .ok, body: .buffer(ByteBuffer(string: "fast")))
+            case "/echo":
+                if request.bodyExceededLimit {
+                    return EdgeResponse(status: .contentTooLarge, body: .buffer(ByteBuffer(string: "too large")))
+                }
+                return EdgeResponse(status: .ok, body: .buffer(request.body))
+            case "/stream":
+                return EdgeResponse(status: .ok, headers: [.contentType: "text/plain"], body: .stream { writer in
+                    for index in 0..<3 { try await writer.write(ByteBuffer(string: "part-\(index)")) }
+                })
+            default:
+                do {
+                    try await Task.sleep(for: .seconds(30))
+                } catch {
+                    cancelled?.withLock { $0 = true }
+                }
+                return EdgeResponse(status: .ok)
+            }
+        }
+        let task = Task { try await server.run() }
+        defer { task.cancel() }
+        try await body(await port.wait())
+    }
+}
+
+/// A blocking TCP connection with a receive timeout, for talking HTTP byte by byte. Reads block a thread of NIO's
+/// blocking pool, never the cooperative pool the server's tasks need. Used by one test at a time.
+final class RawConnection: @unchecked Sendable {
+    let descriptor: Int32
+
+    init(port: Int) throws {
+        descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard result == 0 else { throw RawConnectionError.failed("connect") }
+    }
+
+    deinit { close() }
+
+    func close() {
+        shutdown(descriptor, Int32(SHUT_RDWR))
+        _ = Glibc.close(descriptor)
+    }
+
+    func send(_ text: String) throws {
+        let bytes = Array(text.utf8)
+        let sent = bytes.withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress, $0.count, 0) }
+        guard sent == bytes.count else { throw RawConnectionError.failed("send") }
+    }
+
+    private var received: [UInt8] = []
+
+    /// Reads until `done` holds for everything received since the last call; throws on timeout or close.
+    func receive(until done: @escaping @Sendable (String) -> Bool) async throws -> String {
+        try await NIOThreadPool.singleton.runIfActive { try self.receiveBlocking(until: done) }
+    }
+
+    /// Reads until the server closes the connection.
+    func receiveUntilClosed() async throws -> String {
+        try await NIOThreadPool.singleton.runIfActive { try self.receiveUntilClosedBlocking() }
+    }
+
+    private func receiveBlocking(until done: (String) -> Bool) throws -> String {
+        while true {
+            let text = String(decoding: received, as: UTF8.self)
+            if done(text) {
+                received.removeAll()
+                return text
+            }
+            guard try readSome() else { throw RawConnectionError.failed("closed early after: \(text)") }
+        }
+    }
+
+    private func receiveUntilClosedBlocking() throws -> String {
+        while try readSome() {}
+        defer { received.removeAll() }
+        return String(decoding: received, as: UTF8.self)
+    }
+
+    private func readSome() throws -> Bool {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let count = buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
+        if count < 0 { throw RawConnectionError.failed("timed out") }
+        received.append(contentsOf: buffer[0..<count])
+        return count > 0
+    }
+}
+
+enum RawConnectionError: Error {
+    case failed(String)
+}

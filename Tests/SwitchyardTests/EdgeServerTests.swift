@@ -164,7 +164,12 @@ final class RawConnection: @unchecked Sendable {
 
     deinit { close() }
 
+    private var closed = false
+
+    /// Closes once: closing a descriptor twice could close another socket that reused its number.
     func close() {
+        guard !closed else { return }
+        closed = true
         shutdown(descriptor, Int32(SHUT_RDWR))
         _ = Glibc.close(descriptor)
     }

@@ -129,11 +129,38 @@ final class LoopPool: @unchecked Sendable {
     func start(_ exchange: Exchange, deadline: NIODeadline) -> EventLoopFuture<UpstreamResponse> {
         loop.preconditionInEventLoop()
         exchange.promise = loop.makePromise()
-        exchange.deadlineTimer = loop.scheduleTask(deadline: deadline) {
-            exchange.fail(UpstreamTransportError.deadlineExceeded)
-        }
+        exchange.deadline = deadline
+        watched.append(exchange)
+        if !sweepScheduled { scheduleSweep() }
         acquire(for: exchange)
         return exchange.promise!.futureResult
+    }
+
+    // Deadlines: one sweep every `sweepInterval` while exchanges are open, instead of a timer per request (a timer
+    // costs an allocation, a promise and a heap insert and removal). A deadline fires up to one interval late.
+    static let sweepInterval = TimeAmount.milliseconds(25)
+    private var watched: [Exchange] = []
+    private var sweepScheduled = false
+
+    private func scheduleSweep() {
+        sweepScheduled = true
+        loop.scheduleTask(in: Self.sweepInterval) { self.sweep() }
+    }
+
+    private func sweep() {
+        sweepScheduled = false
+        let now = NIODeadline.now()
+        var overdue: [Exchange] = []
+        watched.removeAll { exchange in
+            if exchange.completed { return true }
+            if exchange.deadline <= now {
+                overdue.append(exchange)
+                return true
+            }
+            return false
+        }
+        for exchange in overdue { exchange.fail(UpstreamTransportError.deadlineExceeded) }
+        if !watched.isEmpty { scheduleSweep() }
     }
 
     func acquire(for exchange: Exchange) {
@@ -268,7 +295,9 @@ final class Exchange: @unchecked Sendable {
     let streaming: Bool
     let maximumBodyBytes: Int
     var promise: EventLoopPromise<UpstreamResponse>?
-    var deadlineTimer: Scheduled<Void>?
+    var deadline = NIODeadline.distantFuture
+    /// The answer ended (whole, or its stream's last part) or failed: the deadline no longer applies.
+    var completed = false
     var connection: Connection?
     var usedReusedConnection = false
     var retried = false
@@ -325,7 +354,7 @@ final class Exchange: @unchecked Sendable {
                 parts.append(buffer)
             }
         case .end:
-            deadlineTimer?.cancel()
+            completed = true
             let keepAlive = head?.isKeepAlive ?? false
             let connection = self.connection
             self.connection = nil
@@ -361,7 +390,7 @@ final class Exchange: @unchecked Sendable {
     /// Ends the exchange with `error` (deadline, cancellation, a lost connection); closes the connection if the
     /// answer was not complete.
     func fail(_ error: any Error) {
-        deadlineTimer?.cancel()
+        completed = true
         if let connection {
             self.connection = nil
             connection.handler.exchange = nil

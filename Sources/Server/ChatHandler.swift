@@ -30,17 +30,37 @@ struct ChatHandler: Sendable {
     let maxBodyBytes: Int
     let logger: Logger
 
+    /// A logger that adds `switchyard.request.id` to what it logs, and costs nothing for levels it does not log.
+    struct RequestLogger: Sendable {
+        let base: Logger
+        let requestID: String
+
+        func info(_ message: Logger.Message, metadata: @autoclosure () -> Logger.Metadata) {
+            log(.info, message, metadata())
+        }
+
+        func error(_ message: Logger.Message, metadata: @autoclosure () -> Logger.Metadata) {
+            log(.error, message, metadata())
+        }
+
+        private func log(_ level: Logger.Level, _ message: Logger.Message, _ metadata: @autoclosure () -> Logger.Metadata) {
+            guard base.logLevel <= level else { return }
+            var logger = base
+            logger[metadataKey: "switchyard.request.id"] = "\(requestID)"
+            logger.log(level: level, message, metadata: metadata())
+        }
+    }
+
     func handle(_ request: EdgeRequest, format: APIFormat) async -> EdgeResponse {
         // From the moment the request head arrived: time spent before this handler ran is the gateway's too.
         let started = request.receivedAt
         let requestID = Self.makeRequestID()
-        var logger = self.logger
-        logger[metadataKey: "switchyard.request.id"] = "\(requestID)"
+        let logger = Self.requestLogger(self.logger, requestID)
         var modelName: String?
         do {
             let chat = try decode(request, format: format)
             modelName = chat.model
-            let context = GatewayContext(requestID: requestID, logger: logger, clientFormat: format,
+            let context = GatewayContext(requestID: requestID, logger: self.logger, clientFormat: format,
                                          credential: Self.credential(request), receivedAt: started)
             let response = try await pipeline.run(chat, context: context)
             switch response {
@@ -63,18 +83,24 @@ struct ChatHandler: Sendable {
             let elapsed = ContinuousClock.now - started
             metrics.error(api: format, code: gatewayError.code)
             metrics.request(api: format, status: Int(response.status.code), streamed: false, duration: elapsed)
-            var metadata = access(format, modelName, Int(response.status.code), elapsed)
-            metadata["switchyard.error.code"] = "\(gatewayError.code.rawValue)"
-            logger.info("request", metadata: metadata)
+            logger.info("request", metadata: access(format, modelName, Int(response.status.code), elapsed,
+                                                    extra: ["switchyard.error.code": "\(gatewayError.code.rawValue)"]))
             return response
         }
     }
 
-    func access(_ format: APIFormat, _ model: String?, _ status: Int, _ elapsed: Duration) -> Logger.Metadata {
+    /// The logger with the request id, built only if it will log: copying logger metadata costs a dictionary write,
+    /// and at the default level most requests log nothing.
+    static func requestLogger(_ logger: Logger, _ requestID: String) -> RequestLogger {
+        RequestLogger(base: logger, requestID: requestID)
+    }
+
+    func access(_ format: APIFormat, _ model: String?, _ status: Int, _ elapsed: Duration,
+                extra: Logger.Metadata = [:]) -> Logger.Metadata {
         [
             "switchyard.api": "\(format.rawValue)", "switchyard.model": "\(model ?? "-")", "http.status": "\(status)",
             "switchyard.duration_ms": "\(Double(elapsed.nanoseconds) / 1e6)",
-        ]
+        ].merging(extra) { _, new in new }
     }
 
     // MARK: Decoding
@@ -164,7 +190,7 @@ struct ChatHandler: Sendable {
     // MARK: Streams
 
     func renderStream(_ stream: ChatStream, chat: ChatRequest, format: APIFormat, requestID: String,
-                      started: ContinuousClock.Instant, logger: Logger) -> EdgeResponse
+                      started: ContinuousClock.Instant, logger: RequestLogger) -> EdgeResponse
     {
         let headers: HTTPFields = [
             .contentType: "text/event-stream", .cacheControl: "no-cache", .requestID: requestID, .switchyardModel: chat.model,
@@ -213,9 +239,8 @@ struct ChatHandler: Sendable {
             try await writer.write(tail)
             let elapsed = ContinuousClock.now - started
             metrics.request(api: format, status: 200, streamed: true, duration: elapsed)
-            var metadata = access(format, chat.model, 200, elapsed)
-            metadata["switchyard.stream"] = failure == nil ? "completed" : "failed"
-            logger.info("request", metadata: metadata)
+            logger.info("request", metadata: access(format, chat.model, 200, elapsed,
+                                                    extra: ["switchyard.stream": failure == nil ? "completed" : "failed"]))
         })
     }
 }

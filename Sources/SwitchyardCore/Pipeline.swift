@@ -5,8 +5,18 @@ public import SwitchyardModels
 /// What travels with a request through the stages: identity, logger, clock, and earlier stages' results.
 public struct GatewayContext: Sendable {
     public var requestID: String
-    /// Carries `switchyard.request.id`.
-    public var logger: Logger
+    /// The gateway's logger; `logger` adds the request id when something is logged.
+    var baseLogger: Logger
+    /// Carries `switchyard.request.id`. Built on use: most requests log nothing at the default level, and
+    /// copying logger metadata costs a dictionary write per request.
+    public var logger: Logger {
+        get {
+            var logger = baseLogger
+            logger[metadataKey: "switchyard.request.id"] = "\(requestID)"
+            return logger
+        }
+        set { baseLogger = newValue }
+    }
     /// The format the client speaks (its errors and answers use it).
     public var clientFormat: APIFormat
     /// The credential the client presented, if any. Never logged, never forwarded upstream.
@@ -21,7 +31,7 @@ public struct GatewayContext: Sendable {
     public init(requestID: String, logger: Logger, clientFormat: APIFormat, credential: String? = nil,
                 receivedAt: ContinuousClock.Instant = .now) {
         self.requestID = requestID
-        self.logger = logger
+        self.baseLogger = logger
         self.clientFormat = clientFormat
         self.credential = credential
         self.receivedAt = receivedAt

@@ -100,12 +100,13 @@ private struct JSONReader {
         guard depth <= JSONValue.maximumDepth else { throw error("nesting too deep") }
         guard index < bytes.count, bytes[index] == UInt8(ascii: "{") else { throw error("expected an object") }
         index += 1
-        var members: [String: JSONValue] = [:]
         skipWhitespace()
         if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
             index += 1
-            return members
+            return [:]
         }
+        // Room for a typical object up front: growing a dictionary one member at a time rehashes it several times.
+        var members = [String: JSONValue](minimumCapacity: 8)
         while true {
             skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("expected a string key") }

@@ -22,6 +22,8 @@ public struct HTTPProvider: ProviderClient {
     let baseURL: @Sendable () -> String
     /// `config.baseURL` parsed once (nil when `baseURL` overrides it).
     let fixedEndpoint: UpstreamEndpoint?
+    /// The headers every call to this provider sends, per upstream format: content type, auth, configured headers.
+    let baseHeaders: [APIFormat: HTTPHeaders]
 
     /// - Parameters:
     ///   - environment: Where the provider's `api_key_env` is read.
@@ -37,6 +39,16 @@ public struct HTTPProvider: ProviderClient {
         let fixed = config.baseURL
         self.baseURL = baseURL ?? { fixed }
         self.fixedEndpoint = baseURL == nil ? UpstreamEndpoint(baseURL: fixed) : nil
+        var baseHeaders: [APIFormat: HTTPHeaders] = [:]
+        for (format, dialect) in [(APIFormat.openAI, UpstreamDialect.openAI), (.anthropic, .anthropic)] {
+            var headers = HTTPHeaders()
+            headers.reserveCapacity(6 + config.headers.count)
+            headers.add(name: "content-type", value: "application/json")
+            for (name, value) in dialect.authHeaders(apiKey) { headers.add(name: name, value: value) }
+            for (name, value) in config.headers { headers.replaceOrAdd(name: name, value: value) }
+            baseHeaders[format] = headers
+        }
+        self.baseHeaders = baseHeaders
     }
 
     public func send(_ request: ChatRequest, route: ModelRoute, context: GatewayContext) async throws -> GatewayResponse {
@@ -50,12 +62,10 @@ public struct HTTPProvider: ProviderClient {
         guard let endpoint = fixedEndpoint ?? UpstreamEndpoint(baseURL: baseURL()) else {
             throw GatewayError(.upstreamError, "provider '\(config.name)' has an unusable base URL", upstreamStatus: 502)
         }
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(5 + config.headers.count)
-        headers.add(name: "content-type", value: "application/json")
-        headers.add(name: "accept", value: request.stream ? "text/event-stream" : "application/json")
-        for (name, value) in dialect.authHeaders(apiKey) { headers.add(name: name, value: value) }
-        for (name, value) in config.headers { headers.replaceOrAdd(name: name, value: value) }
+        var headers = baseHeaders[dialect.format] ?? HTTPHeaders()
+        if !config.headers.keys.contains(where: { $0.lowercased() == "accept" }) {
+            headers.add(name: "accept", value: request.stream ? "text/event-stream" : "application/json")
+        }
         headers.add(name: "x-request-id", value: context.requestID)
         var bytes = ByteBuffer()
         bytes.writeBytes(body.serialized())

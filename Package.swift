@@ -13,7 +13,6 @@ let package = Package(
         .executable(name: "switchyard", targets: ["switchyard"])
     ],
     dependencies: [
-        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
@@ -85,9 +84,10 @@ let package = Package(
         .target(
             name: "MockProvider",
             dependencies: [
-                .product(name: "Hummingbird", package: "hummingbird"),
+                "HTTPEdge",
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -111,7 +111,6 @@ let package = Package(
             dependencies: [
                 "SwitchyardCore", "SwitchyardModels", "ServerSentEvents", "Providers", "Stages", "MockProvider", "Embeddings",
                 "HTTPEdge",
-                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -165,8 +164,6 @@ let package = Package(
                 "MockProvider", "SwitchyardTestKit", "Embeddings", "LoadTest", "HTTPEdge",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,7 +1,8 @@
-public import Hummingbird
+public import HTTPEdge
 public import Logging
 import HTTPTypes
 import NIOCore
+import NIOHTTP1
 import Synchronization
 
 #if canImport(FoundationEssentials)
@@ -82,42 +83,47 @@ public final class MockServer: Sendable {
     /// A snapshot of the counters.
     public var currentStats: MockStats { stats.withLock { $0 } }
 
-    /// The Hummingbird application serving the mock.
+    /// The HTTP server serving the mock, as a service (graceful shutdown lets open streams finish).
     /// - Parameter onRunning: Called with the bound port once the server listens.
-    public func makeApplication(logger: Logger, onRunning: @escaping @Sendable (Int) async -> Void = { _ in })
-        -> some ApplicationProtocol
-    {
-        let router = Router()
-        router.post("/v1/chat/completions") { request, context in try await self.handle(request, context: context, anthropic: false) }
-        router.post("/v1/messages") { request, context in try await self.handle(request, context: context, anthropic: true) }
-        router.get("/v1/models") { _, _ in
-            let data: [MockJSON] = self.settings.models.map { .object(["id": .string($0.name), "object": "model", "owned_by": "mock"]) }
-            return try self.json(.ok, .object(["object": "list", "data": .array(data)]))
+    public func makeServer(logger: Logger, onRunning: @escaping @Sendable (Int) -> Void = { _ in }) -> EdgeServer {
+        EdgeServer(configuration: .init(host: settings.host, port: settings.port, backlog: 4096, maxBodyBytes: 64 << 20),
+                   logger: logger, onListening: onRunning) { request in
+            do {
+                return try await self.route(request)
+            } catch {
+                return (try? self.error(.internalServerError, anthropic: false, type: "server_error", message: "mock failure"))
+                    ?? EdgeResponse(status: .internalServerError)
+            }
         }
-        router.get("/mock/stats") { _, _ in
-            let snapshot = self.currentStats
-            return try self.json(.ok, .object([
+    }
+
+    func route(_ request: EdgeRequest) async throws -> EdgeResponse {
+        switch (request.method, request.path) {
+        case (.POST, "/v1/chat/completions"): return try await handle(request, anthropic: false)
+        case (.POST, "/v1/messages"): return try await handle(request, anthropic: true)
+        case (.GET, "/v1/models"):
+            let data: [MockJSON] = settings.models.map { .object(["id": .string($0.name), "object": "model", "owned_by": "mock"]) }
+            return try json(.ok, .object(["object": "list", "data": .array(data)]))
+        case (.GET, "/mock/stats"):
+            let snapshot = currentStats
+            return try json(.ok, .object([
                 "requests": .number(Double(snapshot.requests)), "streams_started": .number(Double(snapshot.streamsStarted)),
                 "streams_completed": .number(Double(snapshot.streamsCompleted)),
                 "streams_cancelled": .number(Double(snapshot.streamsCancelled)),
             ]))
+        case (.GET, "/healthz"): return EdgeResponse(status: .ok, body: .buffer(ByteBuffer(string: "ok")))
+        default: return try error(.notFound, anthropic: false, type: "not_found_error", message: "no route \(request.path)")
         }
-        router.get("/healthz") { _, _ in "ok" }
-        return Application(
-            router: router,
-            configuration: .init(address: .hostname(settings.host, port: settings.port), serverName: "switchyard-mock", backlog: 4096),
-            onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
-            logger: logger)
     }
 
-    func json(_ status: HTTPResponse.Status, _ value: MockJSON, headers: HTTPFields = [:]) throws -> Response {
+    func json(_ status: HTTPResponse.Status, _ value: MockJSON, headers: HTTPFields = [:]) throws -> EdgeResponse {
         var headers = headers
         headers[.contentType] = "application/json"
-        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(value))))
+        return EdgeResponse(status: status, headers: headers, body: .buffer(ByteBuffer(bytes: try encoder.encode(value))))
     }
 
     func error(_ status: HTTPResponse.Status, anthropic: Bool, type: String, message: String, headers: HTTPFields = [:])
-        throws -> Response
+        throws -> EdgeResponse
     {
         let body: MockJSON = anthropic
             ? .object(["type": "error", "error": .object(["type": .string(type), "message": .string(message)])])
@@ -125,21 +131,23 @@ public final class MockServer: Sendable {
         return try json(status, body, headers: headers)
     }
 
-    func handle(_ request: Request, context: BasicRequestContext, anthropic: Bool) async throws -> Response {
-        var request = request
-        let credential = request.headers[.authorization] ?? request.headers[HTTPField.Name("x-api-key")!]
+    func handle(_ request: EdgeRequest, anthropic: Bool) async throws -> EdgeResponse {
+        let credential = request.header("authorization") ?? request.header("x-api-key")
         stats.withLock { stats in
             stats.requests += 1
             if let credential, stats.credentialsSeen.count < 1000 { stats.credentialsSeen.insert(credential) }
-            for field in request.headers where stats.headerNamesSeen.count < 1000 {
-                stats.headerNamesSeen.insert(field.name.canonicalName)
+            for (name, _) in request.head.headers where stats.headerNamesSeen.count < 1000 {
+                stats.headerNamesSeen.insert(name.lowercased())
             }
         }
         if settings.requireAPIKey, credential?.isEmpty != false {
             return try error(.unauthorized, anthropic: anthropic, type: anthropic ? "authentication_error" : "invalid_request_error",
                              message: "missing API key")
         }
-        let body = try await request.collectBody(upTo: 64 << 20)
+        guard !request.bodyExceededLimit else {
+            return try error(.contentTooLarge, anthropic: anthropic, type: "request_too_large", message: "body too large")
+        }
+        let body = request.body
         guard let payload = try? decoder.decode(MockJSON.self, from: Data(body.readableBytesView)) else {
             return try error(.badRequest, anthropic: anthropic, type: "invalid_request_error", message: "body is not valid JSON")
         }
@@ -154,7 +162,7 @@ public final class MockServer: Sendable {
         if anthropic, payload["max_tokens"]?.number == nil {
             return try error(.badRequest, anthropic: true, type: "invalid_request_error", message: "max_tokens: Field required")
         }
-        let fault = request.headers[HTTPField.Name("x-mock-fault")!].flatMap(MockFault.init(rawValue:)) ?? drawFault()
+        let fault = request.header("x-mock-fault").flatMap(MockFault.init(rawValue:)) ?? drawFault()
         if let response = try await immediateFault(fault, anthropic: anthropic) { return response }
         var plan = MockPlan(request: payload, model: model, anthropic: anthropic, lengthTrace: settings.lengthTrace)
         var limitHeaders = HTTPFields()
@@ -184,7 +192,7 @@ public final class MockServer: Sendable {
         }
         try await sleep(plan.timeToFirstToken + plan.tokenIntervals().reduce(.zero, +), scale: scale)
         if fault == .malformedJSON {
-            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: "{\"id\": \"broken")))
+            return EdgeResponse(status: .ok, headers: [.contentType: "application/json"], body: .buffer(ByteBuffer(string: "{\"id\": \"broken")))
         }
         return try json(.ok, anthropic ? plan.anthropicMessage() : plan.openAICompletion(), headers: limitHeaders)
     }
@@ -196,7 +204,7 @@ public final class MockServer: Sendable {
         try await Task.sleep(for: duration * scale)
     }
 
-    func immediateFault(_ fault: MockFault?, anthropic: Bool) async throws -> Response? {
+    func immediateFault(_ fault: MockFault?, anthropic: Bool) async throws -> EdgeResponse? {
         switch fault {
         case .rateLimited:
             var headers: HTTPFields = [:]
@@ -236,7 +244,7 @@ public final class MockServer: Sendable {
     }
 
     func streamResponse(_ plan: MockPlan, anthropic: Bool, includeUsage: Bool, scale: Double, fault: MockFault?,
-                        headers: HTTPFields = [:]) -> Response {
+                        headers: HTTPFields = [:]) -> EdgeResponse {
         stats.withLock { $0.streamsStarted += 1 }
         let events = anthropic ? plan.anthropicEvents() : plan.openAIChunks(includeUsage: includeUsage)
         let encoder = self.encoder
@@ -244,9 +252,9 @@ public final class MockServer: Sendable {
         var fields = headers
         fields[.contentType] = "text/event-stream"
         fields[.cacheControl] = "no-cache"
-        return Response(
+        return EdgeResponse(
             status: .ok, headers: fields,
-            body: ResponseBody { writer in
+            body: .stream { writer in
                 do {
                     try await self.sleep(plan.timeToFirstToken, scale: scale)
                     var intervals = plan.tokenIntervals().makeIterator()
@@ -264,7 +272,6 @@ public final class MockServer: Sendable {
                             default:
                                 try await writer.write(Self.sse(event: anthropic ? "content_block_delta" : nil, data: Data("{\"broken".utf8)))
                             }
-                            try await writer.finish(nil)
                             return
                         }
                         if event.isToken {
@@ -275,7 +282,6 @@ public final class MockServer: Sendable {
                         let data: Data = event.json.map { (try? encoder.encode($0)) ?? Data() } ?? Data("[DONE]".utf8)
                         try await writer.write(Self.sse(event: event.name, data: data))
                     }
-                    try await writer.finish(nil)
                     self.stats.withLock { $0.streamsCompleted += 1 }
                 } catch is MockDisconnect {
                     throw MockDisconnect()

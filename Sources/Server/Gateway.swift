@@ -1,6 +1,5 @@
 import HTTPEdge
 import HTTPTypes
-import Hummingbird
 public import Logging
 import MockProvider
 import NIOCore
@@ -71,7 +70,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         var mockLogger = logger
         mockLogger[metadataKey: "switchyard.component"] = "mock"
         mockLogger.logLevel = max(logger.logLevel, .notice)
-        services.append(server.makeApplication(logger: mockLogger) { port in mockURL.set("http://127.0.0.1:\(port)") })
+        services.append(server.makeServer(logger: mockLogger) { port in mockURL.set("http://127.0.0.1:\(port)") })
         mock = server
     }
 

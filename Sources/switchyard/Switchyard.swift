@@ -1,10 +1,10 @@
 import ArgumentParser
-import Hummingbird
 import Logging
 import MockProvider
 import Embeddings
 import Server
 import ServiceLifecycle
+import UnixSignals
 import SwitchyardCore
 
 #if canImport(Glibc)
@@ -137,11 +137,12 @@ struct Mock: AsyncParsableCommand {
             limits: MockLimits(requestsPerMinute: rpm, tokensPerMinute: tpm), faultRates: rates, seed: seed,
             lengthTrace: try lengthTrace.map { path throws(MockTraceError) in try MockLengthTrace(path: path) }))
         let host = self.host
-        let app = server.makeApplication(logger: logger) { port in
+        let service = server.makeServer(logger: logger) { port in
             print("Switchyard mock provider listening on http://\(host):\(port)")
             fflush(nil)
         }
-        try await app.runService()
+        try await ServiceGroup(configuration: .init(services: [service], gracefulShutdownSignals: [.sigterm, .sigint],
+                                                    logger: logger)).run()
     }
 }
 

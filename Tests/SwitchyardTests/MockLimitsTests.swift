@@ -1,5 +1,5 @@
+import HTTPEdge
 import Foundation
-import Hummingbird
 import Logging
 import MockProvider
 import SwitchyardCore
@@ -12,8 +12,8 @@ import Testing
     func withMock(_ settings: MockSettings, _ body: (String) async throws -> Void) async throws {
         let port = ReadySignal<Int>()
         let server = MockServer(settings: settings)
-        let app = server.makeApplication(logger: Logger(label: "mock-test")) { port.set($0) }
-        let task = Task { try await app.runService(gracefulShutdownSignals: []) }
+        let service = server.makeServer(logger: Logger(label: "mock-test")) { port.set($0) }
+        let task = Task { try await service.run() }
         defer { task.cancel() }
         try await body("http://127.0.0.1:\(await port.wait())")
     }

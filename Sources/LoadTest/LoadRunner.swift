@@ -34,6 +34,9 @@ public struct LoadPlan: Sendable {
     /// Header sets taken in turn, one per request (a mix of users, tiers, features, priorities).
     public var headerMix: [[(String, String)]] = []
     public var timeout: Duration
+    /// How long requests still in flight when the planned duration ends may take to finish; then they are cancelled
+    /// and counted as `unfinished`, so a run always ends near its planned time.
+    public var drainGrace: Duration = .seconds(15)
     /// List prices in USD per million input and output tokens, for pricing answers that carry no
     /// `x-switchyard-cost-usd` (streams, or a provider driven directly).
     public var prices: (input: Double, output: Double)?
@@ -77,12 +80,27 @@ public struct LoadRunner: Sendable {
             }
         }
         defer { reporter.cancel() }
+        let planned: Duration = switch plan.pattern {
+        case .openLoop(let schedule): schedule.duration
+        case .closedLoop(_, _, let duration): duration
+        }
+        let work = Task { await drive(start: start) }
+        let watchdog = Task { [grace = plan.drainGrace] in
+            try await Task.sleep(until: start + planned + grace)
+            work.cancel()
+        }
+        await work.value
+        watchdog.cancel()
+    }
+
+    private func drive(start: ContinuousClock.Instant) async {
         switch plan.pattern {
         case .openLoop(let schedule):
             await withTaskGroup(of: Void.self) { group in
                 for (index, offset) in schedule.sendTimes().enumerated() {
                     let intended = start + offset
                     try? await Task.sleep(until: intended)
+                    if Task.isCancelled { break }
                     group.addTask { await self.send(index: index, intended: intended, start: start) }
                 }
             }
@@ -92,7 +110,7 @@ public struct LoadRunner: Sendable {
                 for user in 0..<users {
                     group.addTask {
                         var index = user
-                        while ContinuousClock.now < end {
+                        while ContinuousClock.now < end, !Task.isCancelled {
                             await self.send(index: index, intended: .now, start: start)
                             index += users
                             try? await Task.sleep(for: thinkTime)
@@ -149,9 +167,14 @@ public struct LoadRunner: Sendable {
                               costUSD: response.headers.first(name: "x-switchyard-cost-usd").flatMap(Double.init)
                                   ?? listPrice(input: input, output: output))
         } catch let error as UpstreamTransportError {
-            statistics.record(second: second(), latency: .now - intended,
-                              error: error == .deadlineExceeded || error == .connectTimeout ? "timeout" : "transport")
+            let kind = Task.isCancelled ? "unfinished"
+                : error == .deadlineExceeded || error == .connectTimeout ? "timeout" : "transport"
+            statistics.record(second: second(), latency: .now - intended, error: kind)
         } catch {
+            if Task.isCancelled {
+                statistics.record(second: second(), latency: .now - intended, error: "unfinished")
+                return
+            }
             statistics.record(second: second(), latency: .now - intended, error: "stream-cut")
         }
     }

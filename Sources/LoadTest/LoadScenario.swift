@@ -31,8 +31,11 @@ public struct LoadScenario: Sendable {
             throw LoadError("\(file): not valid YAML: \(error)")
         }
         let known: Set<String> = ["name", "description", "url", "api", "model", "stream", "duration", "rate", "ramp_from", "steps",
-                                  "users", "think_ms", "trace", "repeat_share", "paraphrase_share", "header_mix", "daily_volume",
-                                  "input_price", "output_price", "mock", "mock_latency_scale"]
+                                  "users", "think_ms", "trace", "repeat_share", "paraphrase_share", "questions", "header_mix",
+                                  "daily_volume", "input_price", "output_price", "drain_grace_seconds", "mock", "mock_latency_scale"]
+        // Relative paths in a scenario are relative to the scenario file, wherever the tool is started from.
+        let directory = file.contains("/") ? String(file[..<file.lastIndex(of: "/")!]) : "."
+        func resolve(_ path: String) -> String { path.hasPrefix("/") ? path : directory + "/" + path }
         var values: [String: Node] = [:]
         for (key, value) in root {
             guard let name = key.string, known.contains(name) else { throw LoadError("\(file): unknown key '\(key.string ?? "?")'") }
@@ -79,11 +82,12 @@ public struct LoadScenario: Sendable {
         } else {
             throw LoadError("\(file): give rate, steps or users")
         }
-        var prompts = try string("trace").map { path throws(LoadError) in try PromptSource(trace: path) } ?? PromptSource.spread
+        var prompts = try string("trace").map { path throws(LoadError) in try PromptSource(trace: resolve(path)) }
+            ?? PromptSource.spread
         let repeats = try number("repeat_share") ?? 0, paraphrases = try number("paraphrase_share") ?? 0
         if repeats > 0 || paraphrases > 0 {
             guard repeats + paraphrases <= 1 else { throw LoadError("\(file): repeat_share + paraphrase_share exceed 1") }
-            prompts.questions = try QuestionPool.banking77()
+            prompts.questions = try QuestionPool.banking77(path: resolve(string("questions") ?? "../../shared/data/cache/banking77_test.csv"))
             prompts.repeatShare = repeats
             prompts.paraphraseShare = paraphrases
         }
@@ -95,6 +99,7 @@ public struct LoadScenario: Sendable {
                         stream: values["stream"]?.bool ?? false, pattern: pattern, prompts: prompts)
         plan.headerMix = headerMix
         if let input = try number("input_price"), let output = try number("output_price") { plan.prices = (input, output) }
+        if let grace = try number("drain_grace_seconds") { plan.drainGrace = .milliseconds(Int64(grace * 1000)) }
     }
 }
 

@@ -14,7 +14,7 @@ public final class LoadStatistics: Sendable {
         public var tokensPerSecond = Histogram<UInt64>(highestTrackableValue: 100_000_000)
         public var sent = 0
         public var succeeded = 0
-        /// By class: `429`, `4xx`, `5xx`, `timeout`, `transport`, `stream-cut`.
+        /// By class: `429`, `4xx`, `5xx`, `timeout`, `transport`, `stream-cut`, `unfinished` (cancelled at the end of the run).
         public var errors: [String: Int] = [:]
         /// By the gateway's `x-switchyard-cache` value (`hit-exact`, `miss`, ...).
         public var cache: [String: Int] = [:]

@@ -36,6 +36,8 @@ struct Load: AsyncParsableCommand {
     @Option(help: "Daily request volume for the projected daily and monthly cost.") var dailyVolume = 100_000
     @Option(help: "USD per million input tokens, for answers without x-switchyard-cost-usd (streams, providers).") var inputPrice: Double?
     @Option(help: "USD per million output tokens, likewise.") var outputPrice: Double?
+    @Option(help: "Seconds requests still in flight at the end may take before they are cancelled (counted as unfinished).")
+    var drainGrace = 15.0
     @Option(help: "Write the result as JSON to this file.") var json: String?
     @Option(help: "Write a self-contained HTML report (SVG charts, no network) to this file.") var html: String?
     @Option(help: "Most connections to the endpoint per event loop (each stream in flight holds one).") var connections = 8192
@@ -94,6 +96,7 @@ struct Load: AsyncParsableCommand {
         var plan = LoadPlan(baseURL: url, api: apiKind, model: model, stream: stream, pattern: pattern, prompts: prompts,
                             apiKey: apiKey, headers: headers)
         if inputPrice != nil || outputPrice != nil { plan.prices = (inputPrice ?? 0, outputPrice ?? 0) }
+        plan.drainGrace = .milliseconds(Int64(drainGrace * 1000))
         return plan
     }
 

@@ -92,6 +92,25 @@ import Testing
         }
     }
 
+    /// Requests still hanging when the run's duration is over get the drain grace, then are cancelled and counted as
+    /// `unfinished`: the run ends near its planned time, not at the request timeout.
+    @Test func aRunEndsAfterItsDrainGrace() async throws {
+        try await withTestGateway(TestConfigs.withFaults(["timeout"])) { _, url in
+            for pattern in [LoadPlan.Pattern.closedLoop(users: 3, thinkTime: .zero, duration: .milliseconds(300)),
+                            .openLoop(.constant(rate: 10, duration: .milliseconds(300)))] {
+                // The mock never answers this model (its `timeout` fault); the gateway's own timeout is 60 s.
+                var plan = LoadPlan(baseURL: url, api: .openAI, model: "gpt-4o-mini-timeout", stream: false, pattern: pattern,
+                                    prompts: PromptSource(promptTokens: [20], maxTokens: [30]), timeout: .seconds(60))
+                plan.drainGrace = .milliseconds(500)
+                let started = ContinuousClock.now
+                let snapshot = try await run(plan)
+                #expect(ContinuousClock.now - started < .seconds(3))
+                #expect(snapshot.errors["unfinished"] ?? 0 >= 3, "\(snapshot.errors)")
+                #expect(snapshot.succeeded == 0)
+            }
+        }
+    }
+
     @Test func errorsAreClassified() async throws {
         try await withTestGateway(TestConfigs.withFaults(["429", "disconnect-mid-stream"])) { _, url in
             for (model, stream, expected) in [("gpt-4o-mini-429", false, "429"), ("gpt-4o-mini-disconnect-mid-stream", true, "stream-cut")] {
@@ -122,13 +141,14 @@ extension LoadTestTests {
         let directory = EmbeddingsTests.projectRoot.appendingPathComponent("loadtests").path
         let files = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".yaml") }.sorted()
         #expect(files.count >= 8)
-        // Trace paths in the scenarios are relative to the project root, where `swift test` runs.
+        // Paths in the scenarios are relative to the scenario file, so they load from any working directory.
         for file in files {
             let text = try String(contentsOfFile: directory + "/" + file, encoding: .utf8)
-            let scenario = try LoadScenario(yaml: text, file: file)
+            let scenario = try LoadScenario(yaml: text, file: directory + "/" + file)
             #expect(!scenario.name.isEmpty, "\(file)")
         }
-        let cache = try LoadScenario(yaml: try String(contentsOfFile: directory + "/cache-hits.yaml", encoding: .utf8))
+        let cache = try LoadScenario(yaml: try String(contentsOfFile: directory + "/cache-hits.yaml", encoding: .utf8),
+                                     file: directory + "/cache-hits.yaml")
         let kinds = (0..<2000).map { cache.plan.prompts.kind($0) }
         let share = { (kind: PromptSource.Kind) in Double(kinds.filter { $0 == kind }.count) / 2000 }
         #expect(abs(share(.repeated) - 0.3) < 0.04 && abs(share(.paraphrased) - 0.2) < 0.04, "\(share(.repeated)) \(share(.paraphrased))")

@@ -77,8 +77,13 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            name: "Caching",
+            dependencies: ["SwitchyardCore", "SwitchyardModels", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: strict
+        ),
+        .target(
             name: "Stages",
-            dependencies: ["SwitchyardCore", "SwitchyardModels", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SwitchyardCore", "SwitchyardModels", "Caching", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         .target(
@@ -110,7 +115,7 @@ let package = Package(
             name: "Server",
             dependencies: [
                 "SwitchyardCore", "SwitchyardModels", "ServerSentEvents", "Providers", "Stages", "MockProvider", "Embeddings",
-                "HTTPEdge",
+                "HTTPEdge", "Caching",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -161,7 +166,7 @@ let package = Package(
             name: "SwitchyardTests",
             dependencies: [
                 "SwitchyardModels", "ServerSentEvents", "SwitchyardCore", "Stages", "Providers", "Server",
-                "MockProvider", "SwitchyardTestKit", "Embeddings", "LoadTest", "HTTPEdge",
+                "MockProvider", "SwitchyardTestKit", "Embeddings", "LoadTest", "HTTPEdge", "Caching",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

@@ -60,8 +60,11 @@ struct ChatHandler: Sendable {
         do {
             let chat = try decode(request, format: format)
             modelName = chat.model
-            let context = GatewayContext(requestID: requestID, logger: self.logger, clientFormat: format,
+            var context = GatewayContext(requestID: requestID, logger: self.logger, clientFormat: format,
                                          credential: Self.credential(request), receivedAt: started)
+            context.cacheDirectives = CacheDirectives(cacheControl: request.header("cache-control"),
+                                                      ttlSeconds: request.header("x-switchyard-cache-ttl"),
+                                                      promptVersion: request.header("x-switchyard-prompt-version"))
             let response = try await pipeline.run(chat, context: context)
             switch response {
             case .completion(let completion):
@@ -173,6 +176,7 @@ struct ChatHandler: Sendable {
     {
         var headers: HTTPFields = [.contentType: "application/json", .requestID: requestID, .switchyardModel: chat.model]
         if let cost = completion.cost { headers[.switchyardCost] = cost.usdString }
+        if let status = completion.cacheStatus { headers[.switchyardCache] = status.rawValue }
         let body: ByteBuffer
         if let raw = completion.raw, raw.format == format {
             body = raw.body
@@ -192,12 +196,13 @@ struct ChatHandler: Sendable {
     func renderStream(_ stream: ChatStream, chat: ChatRequest, format: APIFormat, requestID: String,
                       started: ContinuousClock.Instant, logger: RequestLogger) -> EdgeResponse
     {
-        let headers: HTTPFields = [
+        var headers: HTTPFields = [
             .contentType: "text/event-stream", .cacheControl: "no-cache", .requestID: requestID, .switchyardModel: chat.model,
         ]
+        if let status = stream.cacheStatus { headers[.switchyardCache] = status.rawValue }
         let metrics = self.metrics
         let upstreamWait = stream.upstreamTimeToFirstEvent
-        let encoder = StreamEncoder(clientFormat: format, upstreamFormat: stream.format, model: chat.model,
+        let encoder = StreamEncoder(clientFormat: format, upstreamFormat: stream.isSynthesized ? nil : stream.format, model: chat.model,
                                     includeUsage: chat.streamIncludeUsage, requestID: requestID)
         return EdgeResponse(status: .ok, headers: headers, body: .stream { writer in
             var encoder = encoder
@@ -248,12 +253,13 @@ struct ChatHandler: Sendable {
 /// Turns upstream events into the client's SSE bytes: untouched when the formats match, translated otherwise.
 struct StreamEncoder: Sendable {
     let clientFormat: APIFormat
-    let upstreamFormat: APIFormat
+    /// `nil` for events the gateway made itself (a cache replay): encoded from their chunks, opened and closed here.
+    let upstreamFormat: APIFormat?
     let includeUsage: Bool
     var openAI: OpenAIStreamEncoder
     var anthropic: AnthropicStreamEncoder
 
-    init(clientFormat: APIFormat, upstreamFormat: APIFormat, model: String, includeUsage: Bool, requestID: String) {
+    init(clientFormat: APIFormat, upstreamFormat: APIFormat?, model: String, includeUsage: Bool, requestID: String) {
         self.clientFormat = clientFormat
         self.upstreamFormat = upstreamFormat
         self.includeUsage = includeUsage

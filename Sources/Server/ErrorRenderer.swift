@@ -88,5 +88,6 @@ extension HTTPField.Name {
     static let requestID = HTTPField.Name("x-request-id")!
     static let switchyardModel = HTTPField.Name("x-switchyard-model")!
     static let switchyardCost = HTTPField.Name("x-switchyard-cost-usd")!
+    static let switchyardCache = HTTPField.Name("x-switchyard-cache")!
     static let apiKey = HTTPField.Name("x-api-key")!
 }

@@ -9,6 +9,7 @@ import ServiceLifecycle
 import Stages
 import Embeddings
 public import SwitchyardCore
+public import Caching
 import SwitchyardModels
 import UnixSignals
 
@@ -23,6 +24,8 @@ public struct Gateway: Sendable {
     public let listening: ReadySignal<Int>
     /// The in-process mock's base URL, once it listens.
     public let mockURL: ReadySignal<String>
+    /// The exact response cache.
+    public let exactCache: InMemoryExactCache
     let services: [any Service]
     let logger: Logger
 
@@ -80,7 +83,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         let baseURL = provider.kind == .mock ? mockBase : nil
         providers[name] = HTTPProvider(config: provider, transports: httpClient.transports, environment: environment, baseURL: baseURL)
     }
-    let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics)
+    let exactCache = InMemoryExactCache(maxEntries: config.cache.maxEntries, maxBytes: config.cache.maxBytes)
+    let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics, exactCache: exactCache)
     let draining = Locked(false)
     let hasMock = mock != nil
     let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger)
@@ -134,8 +138,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     services.append(server)
     // Last in the group, so first to hear of shutdown: /readyz turns 503 while the server drains.
     services.append(DrainWatcher(draining: draining))
-    return Gateway(config: config, metrics: metrics, mock: mock, listening: listening, mockURL: mockURL, services: services,
-                   logger: logger)
+    return Gateway(config: config, metrics: metrics, mock: mock, listening: listening, mockURL: mockURL,
+                   exactCache: exactCache, services: services, logger: logger)
 }
 
 /// Flips the readiness flag when graceful shutdown begins.

@@ -7,7 +7,7 @@ import SwitchyardModels
 ///
 /// Handles are created up front (or once per new HTTP status) and looked up in small dictionaries, so recording
 /// a request costs no registry lookup.
-public final class GatewayMetrics: CostRecorder {
+public final class GatewayMetrics: CostRecorder, CacheRecorder {
     /// The registry `GET /metrics` renders. One per gateway, so tests never share state.
     public let registry: PrometheusCollectorRegistry
 
@@ -39,6 +39,8 @@ public final class GatewayMetrics: CostRecorder {
     let timeToFirstToken: [ModelSeries: DurationHistogram]
     let models: [String: ModelCounters]
     let statusCounters = Locked([StatusSeries: Counter]())
+    let cacheOutcomes: [CacheStatus: Counter]
+    let cacheSaved: [CacheStatus: Counter]
 
     public init(models modelNames: some Sequence<String>) {
         let registry = PrometheusCollectorRegistry()
@@ -86,6 +88,19 @@ public final class GatewayMetrics: CostRecorder {
                                          cacheWrite: counter("cache_write"),
                                          cost: registry.makeCounter(descriptor: cost, labels: [("model", name)]))
         }
+        let outcome = MetricNameDescriptor(namespace: "switchyard", metricName: "cache_requests", unitName: "total",
+                                           helpText: "Requests by response-cache outcome (hit-exact, hit-semantic, miss, bypass).")
+        let saved = MetricNameDescriptor(namespace: "switchyard", metricName: "cache_saved_nano_usd", unitName: "total",
+                                         helpText: "List-price cost of answers served from the response caches, in nano-USD.")
+        var cacheOutcomes: [CacheStatus: Counter] = [:]
+        var cacheSaved: [CacheStatus: Counter] = [:]
+        for status in CacheStatus.allCases {
+            cacheOutcomes[status] = registry.makeCounter(descriptor: outcome, labels: [("result", status.rawValue)])
+        }
+        for status in [CacheStatus.hitExact, .hitSemantic] {
+            cacheSaved[status] = registry.makeCounter(descriptor: saved, labels: [("kind", status == .hitExact ? "exact" : "semantic")])
+        }
+        (self.cacheOutcomes, self.cacheSaved) = (cacheOutcomes, cacheSaved)
         (self.durations, self.overheads, self.errors, self.timeToFirstToken, self.models) = (durations, overheads, errors, ttft, models)
         self.registry = registry
     }
@@ -131,6 +146,11 @@ public final class GatewayMetrics: CostRecorder {
         if usage.cacheReadTokens > 0 { counters.cacheRead.increment(by: Int64(usage.cacheReadTokens)) }
         if usage.cacheWriteTokens > 0 { counters.cacheWrite.increment(by: Int64(usage.cacheWriteTokens)) }
         counters.cost.increment(by: record.cost.value)
+    }
+
+    public func cache(_ status: CacheStatus, model: String, saved: NanoUSD, caller: Caller?) {
+        cacheOutcomes[status]?.increment()
+        if saved.value > 0 { cacheSaved[status]?.increment(by: saved.value) }
     }
 
     /// The Prometheus text exposition.

@@ -28,6 +28,7 @@ public enum StreamOutcome: Sendable {
 public final class StreamLifecycle: Sendable {
     private struct State: Sendable {
         var hooks: [@Sendable (StreamOutcome, Usage?) -> Void] = []
+        var observers: [@Sendable ([ChatChunk]) -> Void] = []
         var usage: Usage?
         var ended = false
     }
@@ -47,7 +48,15 @@ public final class StreamLifecycle: Sendable {
         if runNow { hook(.cancelled, nil) }
     }
 
+    /// Registers an observer of every event's chunks as the stream passes (a cache filling from the stream).
+    /// Observers run on the task that reads the stream, in order, before the event reaches the client.
+    public func onChunks(_ observer: @escaping @Sendable ([ChatChunk]) -> Void) {
+        state.withLock { $0.observers.append(observer) }
+    }
+
     func observe(_ chunks: [ChatChunk]) {
+        let observers = state.withLock { $0.observers }
+        for observer in observers { observer(chunks) }
         for case .usage(let usage) in chunks {
             state.withLock { $0.usage = usage }
         }
@@ -86,6 +95,11 @@ public struct ChatStream: AsyncSequence, Sendable {
     public let lifecycle: StreamLifecycle
     /// How long the upstream took to send its first event (for the gateway-overhead metric).
     public var upstreamTimeToFirstEvent: Duration = .zero
+    /// What the response caches did (`nil` when no cache stage ran).
+    public var cacheStatus: CacheStatus?
+    /// Whether the events were made by the gateway (a cache replay) rather than relayed from an upstream: they
+    /// carry no raw bytes, and the client's encoder must open and close the stream itself.
+    public private(set) var isSynthesized = false
     private let source: Source
 
     /// Creates a stream from a pull function.
@@ -105,6 +119,7 @@ public struct ChatStream: AsyncSequence, Sendable {
         self.init(format: format) {
             remaining.withLock { queue -> StreamEvent? in queue.popFirst() }
         }
+        isSynthesized = events.allSatisfy { $0.raw == nil }
     }
 
     public func makeAsyncIterator() -> Iterator {

@@ -97,6 +97,16 @@ public enum ConfigLoader {
         }
         config.mockLatencyScale = try top.double("mock_latency_scale", in: 0...100) ?? 1
         if let mock = try top.mapping("mock") { config.mock = try parseMock(mock) }
+        if let cache = try top.mapping("cache") {
+            if let exact = try cache.mapping("exact") {
+                config.cache.exactEnabled = try exact.bool("enabled") ?? true
+                if let seconds = try exact.double("ttl_seconds", in: 0...(365 * 86400)) { config.cache.ttl = .milliseconds(Int64(seconds * 1000)) }
+                config.cache.maxEntries = try exact.int("max_entries", in: 1...100_000_000) ?? config.cache.maxEntries
+                config.cache.maxBytes = try exact.int("max_bytes", in: 1024...(1 << 40)) ?? config.cache.maxBytes
+                try exact.finish()
+            }
+            try cache.finish()
+        }
 
         guard let providers = try top.mapping("providers") else { throw ConfigError(path: "providers", "is required") }
         for (name, reader) in try providers.entries() {
@@ -121,6 +131,9 @@ public enum ConfigLoader {
                 price = known.price
             } else {
                 throw ConfigError(path: reader.child("price"), "is required (no list price known for '\(upstream)')")
+            }
+            if let seconds = try reader.double("cache_ttl_seconds", in: 0...(365 * 86400)) {
+                config.cache.modelTTL[name] = .milliseconds(Int64(seconds * 1000))
             }
             try reader.finish()
             config.models[name] = ModelRoute(name: name, provider: provider, upstreamModel: upstream, price: price)
@@ -252,6 +265,12 @@ final class MappingReader {
 
     func requiredString(_ key: String) throws(ConfigError) -> String {
         guard let value = try string(key), !value.isEmpty else { throw ConfigError(path: child(key), "is required") }
+        return value
+    }
+
+    func bool(_ key: String) throws(ConfigError) -> Bool? {
+        guard let node = node(key) else { return nil }
+        guard let value = node.bool else { throw ConfigError(path: child(key), "expected true or false") }
         return value
     }
 

@@ -23,3 +23,9 @@ public struct CostRecord: Sendable {
 public protocol CostRecorder: Sendable {
     func record(_ record: CostRecord)
 }
+
+/// Where cache outcomes go (metrics, the savings ledger). Must not block: called on the request path.
+public protocol CacheRecorder: Sendable {
+    /// One request's cache outcome; `saved` is what a hit saved at list prices (zero otherwise).
+    func cache(_ status: CacheStatus, model: String, saved: NanoUSD, caller: Caller?)
+}

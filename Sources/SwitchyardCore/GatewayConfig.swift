@@ -126,6 +126,8 @@ public struct GatewayConfig: Sendable {
     public var mockLatencyScale: Double
     /// Limits, fault rates and length trace of the built-in mock provider (YAML `mock:`).
     public var mock = MockOptions()
+    /// Response caches (YAML `cache:`); on by default.
+    public var cache = CacheSettings()
 
     public init(host: String = "127.0.0.1", port: Int = 8080, maxBodyBytes: Int = 32 << 20,
                 drainTimeout: Duration = .seconds(30), providers: [String: ProviderConfig], models: [String: ModelRoute],

@@ -7,6 +7,11 @@ public enum KeyHash {
         hex(SHA256.hash(data: Array(text.utf8)))
     }
 
+    /// The lowercase hex SHA-256 of `bytes`.
+    public static func sha256Hex(bytes: [UInt8]) -> String {
+        hex(SHA256.hash(data: bytes))
+    }
+
     /// Lowercase hex digits of `bytes`.
     public static func hex(_ bytes: some Sequence<UInt8>) -> String {
         let digits: [UInt8] = Array("0123456789abcdef".utf8)

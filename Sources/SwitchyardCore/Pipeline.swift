@@ -27,6 +27,8 @@ public struct GatewayContext: Sendable {
     public var caller: Caller?
     /// Set by the route stage.
     public var route: ModelRoute?
+    /// The client's cache controls (headers).
+    public var cacheDirectives = CacheDirectives()
 
     public init(requestID: String, logger: Logger, clientFormat: APIFormat, credential: String? = nil,
                 receivedAt: ContinuousClock.Instant = .now) {
@@ -63,6 +65,8 @@ public struct Completion: Sendable {
     public var cost: NanoUSD?
     /// Time spent waiting on the upstream.
     public var upstreamDuration: Duration
+    /// What the response caches did (`nil` when no cache stage ran).
+    public var cacheStatus: CacheStatus?
 
     /// A completion decoded in full.
     public init(response: ChatResponse, raw: (format: APIFormat, body: ByteBuffer)? = nil, cost: NanoUSD? = nil,

@@ -126,8 +126,10 @@ extension MockLimitsTests {
         config.mock = MockOptions()
         config.mock.requestsPerMinute = 1
         try await withTestGateway(config) { _, url in
-            #expect(try await send("\(url)/v1/chat/completions", body: Self.openAI).status == 200)
-            let refused = try await send("\(url)/v1/chat/completions", body: Self.openAI)
+            // The same request twice: past the gateway's exact cache, so that the second reaches the mock's limit.
+            let uncached = [("cache-control", "no-store")]
+            #expect(try await send("\(url)/v1/chat/completions", body: Self.openAI, headers: uncached).status == 200)
+            let refused = try await send("\(url)/v1/chat/completions", body: Self.openAI, headers: uncached)
             #expect(refused.status == 429)
             #expect(refused.header("retry-after").flatMap(Int.init).map { $0 >= 1 } == true)
         }

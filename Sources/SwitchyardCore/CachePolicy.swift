@@ -1,0 +1,63 @@
+/// What a response cache did with a request; sent to clients as `x-switchyard-cache`.
+public enum CacheStatus: String, Sendable, CaseIterable {
+    case hitExact = "hit-exact"
+    case hitSemantic = "hit-semantic"
+    case miss
+    /// The caches were skipped (`Cache-Control: no-store`, or caching is off for the model).
+    case bypass
+}
+
+/// The client's cache controls for one request.
+public struct CacheDirectives: Sendable, Hashable {
+    /// `Cache-Control: no-cache`: skip the lookup, still store the answer.
+    public var skipLookup = false
+    /// `Cache-Control: no-store`: neither look up nor store.
+    public var skipStore = false
+    /// `x-switchyard-cache-ttl`: how long this answer may be kept, in place of the configured TTL (never longer
+    /// than the configured maximum).
+    public var ttl: Duration?
+    /// `x-switchyard-prompt-version`: part of the cache key, so a new system-prompt version never hits old answers.
+    public var promptVersion: String?
+
+    public init(skipLookup: Bool = false, skipStore: Bool = false, ttl: Duration? = nil, promptVersion: String? = nil) {
+        self.skipLookup = skipLookup
+        self.skipStore = skipStore
+        self.ttl = ttl
+        self.promptVersion = promptVersion
+    }
+
+    /// Reads `Cache-Control`, `x-switchyard-cache-ttl` and `x-switchyard-prompt-version` header values.
+    public init(cacheControl: String?, ttlSeconds: String?, promptVersion: String?) {
+        for directive in (cacheControl ?? "").lowercased().split(separator: ",") {
+            switch directive.trimmingWhitespace() {
+            case "no-cache": skipLookup = true
+            case "no-store": skipStore = true; skipLookup = true
+            default: break
+            }
+        }
+        if let ttlSeconds, let seconds = Double(ttlSeconds.trimmingWhitespace()), seconds >= 0, seconds.isFinite {
+            ttl = .milliseconds(Int64(min(seconds, 365 * 86400) * 1000))
+        }
+        self.promptVersion = promptVersion.map { $0.trimmingWhitespace() }.flatMap { $0.isEmpty ? nil : $0 }
+    }
+}
+
+/// Response-cache settings (YAML `cache:`).
+public struct CacheSettings: Sendable, Hashable {
+    /// The exact cache: answers to byte-for-byte identical requests (after canonicalisation).
+    public var exactEnabled = true
+    /// How long an answer is kept unless the model or the request says otherwise.
+    public var ttl: Duration = .seconds(3600)
+    /// Per model (public name): a TTL of zero turns the cache off for that model.
+    public var modelTTL: [String: Duration] = [:]
+    /// Bounds of the in-memory store; the least recently used answers go first.
+    public var maxEntries = 10_000
+    public var maxBytes = 256 << 20
+
+    public init() {}
+
+    /// The TTL that applies to `model`; zero means the model is not cached.
+    public func ttl(for model: String) -> Duration {
+        modelTTL[model] ?? ttl
+    }
+}

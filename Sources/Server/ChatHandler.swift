@@ -169,6 +169,15 @@ struct ChatHandler: Sendable {
         Int64(Date().timeIntervalSince1970)
     }
 
+    static func addCacheHeaders(_ outcome: CacheOutcome?, to headers: inout HTTPFields) {
+        guard let outcome else { return }
+        headers[.switchyardCache] = outcome.status.rawValue
+        if let similarity = outcome.similarity {
+            headers[.switchyardCacheSimilarity] = String((similarity * 10000).rounded() / 10000)
+        }
+        if let id = outcome.entryID { headers[.switchyardCacheEntry] = id }
+    }
+
     // MARK: Complete answers
 
     func renderCompletion(_ completion: Completion, chat: ChatRequest, format: APIFormat, requestID: String)
@@ -176,7 +185,7 @@ struct ChatHandler: Sendable {
     {
         var headers: HTTPFields = [.contentType: "application/json", .requestID: requestID, .switchyardModel: chat.model]
         if let cost = completion.cost { headers[.switchyardCost] = cost.usdString }
-        if let status = completion.cacheStatus { headers[.switchyardCache] = status.rawValue }
+        Self.addCacheHeaders(completion.cache, to: &headers)
         let body: ByteBuffer
         if let raw = completion.raw, raw.format == format {
             body = raw.body
@@ -199,7 +208,7 @@ struct ChatHandler: Sendable {
         var headers: HTTPFields = [
             .contentType: "text/event-stream", .cacheControl: "no-cache", .requestID: requestID, .switchyardModel: chat.model,
         ]
-        if let status = stream.cacheStatus { headers[.switchyardCache] = status.rawValue }
+        Self.addCacheHeaders(stream.cache, to: &headers)
         let metrics = self.metrics
         let upstreamWait = stream.upstreamTimeToFirstEvent
         let encoder = StreamEncoder(clientFormat: format, upstreamFormat: stream.isSynthesized ? nil : stream.format, model: chat.model,

@@ -89,5 +89,7 @@ extension HTTPField.Name {
     static let switchyardModel = HTTPField.Name("x-switchyard-model")!
     static let switchyardCost = HTTPField.Name("x-switchyard-cost-usd")!
     static let switchyardCache = HTTPField.Name("x-switchyard-cache")!
+    static let switchyardCacheSimilarity = HTTPField.Name("x-switchyard-cache-similarity")!
+    static let switchyardCacheEntry = HTTPField.Name("x-switchyard-cache-entry")!
     static let apiKey = HTTPField.Name("x-api-key")!
 }

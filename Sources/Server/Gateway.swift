@@ -26,6 +26,8 @@ public struct Gateway: Sendable {
     public let mockURL: ReadySignal<String>
     /// The exact response cache.
     public let exactCache: InMemoryExactCache
+    /// The semantic response cache.
+    public let semanticCache: InMemorySemanticCache
     let services: [any Service]
     let logger: Logger
 
@@ -83,11 +85,6 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         let baseURL = provider.kind == .mock ? mockBase : nil
         providers[name] = HTTPProvider(config: provider, transports: httpClient.transports, environment: environment, baseURL: baseURL)
     }
-    let exactCache = InMemoryExactCache(maxEntries: config.cache.maxEntries, maxBytes: config.cache.maxBytes)
-    let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics, exactCache: exactCache)
-    let draining = Locked(false)
-    let hasMock = mock != nil
-    let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger)
     var batcher: EmbeddingBatcher?
     var unavailable = "the embeddings endpoint is disabled"
     switch embeddings {
@@ -103,6 +100,19 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     case .disabled:
         break
     }
+    let exactCache = InMemoryExactCache(maxEntries: config.cache.maxEntries, maxBytes: config.cache.maxBytes)
+    let semanticCache = InMemorySemanticCache(maxEntries: config.cache.semanticMaxEntries)
+    if config.cache.semanticEnabled && batcher == nil {
+        logger.notice("semantic cache off: no embedding model", metadata: ["switchyard.reason": "\(unavailable)"])
+    }
+    let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics, exactCache: exactCache,
+                                         semanticCache: semanticCache, embedder: batcher.map(BatcherEmbedder.init))
+    let draining = Locked(false)
+    let hasMock = mock != nil
+    let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger)
+    let cacheAdmin = CacheAdminHandler(exact: exactCache, semantic: semanticCache, auth: AuthStage(keys: config.keys),
+                                       adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex),
+                                       recorder: metrics)
     let embeddingsHandler = EmbeddingsHandler(batcher: batcher, unavailableReason: unavailable, auth: AuthStage(keys: config.keys),
                                               maxBodyBytes: config.maxBodyBytes)
 
@@ -113,6 +123,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         case (.POST, "/v1/messages"): return await handler.handle(request, format: .anthropic)
         case (.POST, "/v1/embeddings"): return await embeddingsHandler.handle(request)
         case (.GET, "/v1/models"): return modelsResponse(config)
+        case (.POST, "/v1/cache/feedback"): return cacheAdmin.feedback(request)
+        case (.DELETE, "/v1/cache"): return cacheAdmin.clear(request)
         case (.GET, "/healthz"): return EdgeResponse(status: .ok, body: .buffer(healthy))
         case (.GET, "/readyz"):
             let ready = !draining.withLock { $0 } && (!hasMock || mockURL.value != nil)
@@ -139,7 +151,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     // Last in the group, so first to hear of shutdown: /readyz turns 503 while the server drains.
     services.append(DrainWatcher(draining: draining))
     return Gateway(config: config, metrics: metrics, mock: mock, listening: listening, mockURL: mockURL,
-                   exactCache: exactCache, services: services, logger: logger)
+                   exactCache: exactCache, semanticCache: semanticCache, services: services, logger: logger)
 }
 
 /// Flips the readiness flag when graceful shutdown begins.
@@ -156,7 +168,7 @@ struct DrainWatcher: Service {
 /// the path belongs to, never an empty body.
 func unrouted(_ request: EdgeRequest) -> EdgeResponse {
     let known: Set<Substring> = ["/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/models", "/healthz", "/readyz",
-                                 "/metrics"]
+                                 "/metrics", "/v1/cache", "/v1/cache/feedback"]
     let format: APIFormat = request.path.hasPrefix("/v1/messages") ? .anthropic : .openAI
     let wrongMethod = known.contains(request.path)
     let error = GatewayError(wrongMethod ? .invalidRequest : .notFound, "no endpoint \(request.method.rawValue) \(request.path)")

@@ -1,5 +1,6 @@
 public import Prometheus
 public import SwitchyardCore
+import Caching
 import SwitchyardModels
 
 /// The gateway's Prometheus metrics, declared once; every label comes from a bounded set
@@ -39,8 +40,11 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
     let timeToFirstToken: [ModelSeries: DurationHistogram]
     let models: [String: ModelCounters]
     let statusCounters = Locked([StatusSeries: Counter]())
-    let cacheOutcomes: [CacheStatus: Counter]
-    let cacheSaved: [CacheStatus: Counter]
+    struct CacheSeries: Hashable { var kind: CacheKind, lookup: CacheLookup }
+    let cacheLookups: [CacheSeries: Counter]
+    let cacheSaved: [CacheKind: Counter]
+    let semanticRejections: [String: Counter]
+    let falseHits: Counter
 
     public init(models modelNames: some Sequence<String>) {
         let registry = PrometheusCollectorRegistry()
@@ -88,19 +92,29 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
                                          cacheWrite: counter("cache_write"),
                                          cost: registry.makeCounter(descriptor: cost, labels: [("model", name)]))
         }
-        let outcome = MetricNameDescriptor(namespace: "switchyard", metricName: "cache_requests", unitName: "total",
-                                           helpText: "Requests by response-cache outcome (hit-exact, hit-semantic, miss, bypass).")
+        let lookups = MetricNameDescriptor(namespace: "switchyard", metricName: "cache_requests", unitName: "total",
+                                           helpText: "Requests by response cache (exact, semantic) and result (hit, miss, bypass).")
         let saved = MetricNameDescriptor(namespace: "switchyard", metricName: "cache_saved_nano_usd", unitName: "total",
                                          helpText: "List-price cost of answers served from the response caches, in nano-USD.")
-        var cacheOutcomes: [CacheStatus: Counter] = [:]
-        var cacheSaved: [CacheStatus: Counter] = [:]
-        for status in CacheStatus.allCases {
-            cacheOutcomes[status] = registry.makeCounter(descriptor: outcome, labels: [("result", status.rawValue)])
+        let rejected = MetricNameDescriptor(namespace: "switchyard", metricName: "semantic_cache_rejections", unitName: "total",
+                                            helpText: "Semantic candidates above the threshold refused by verification, by reason.")
+        var cacheLookups: [CacheSeries: Counter] = [:]
+        var cacheSaved: [CacheKind: Counter] = [:]
+        for kind in CacheKind.allCases {
+            for lookup in CacheLookup.allCases {
+                cacheLookups[CacheSeries(kind: kind, lookup: lookup)] =
+                    registry.makeCounter(descriptor: lookups, labels: [("cache", kind.rawValue), ("result", lookup.rawValue)])
+            }
+            cacheSaved[kind] = registry.makeCounter(descriptor: saved, labels: [("cache", kind.rawValue)])
         }
-        for status in [CacheStatus.hitExact, .hitSemantic] {
-            cacheSaved[status] = registry.makeCounter(descriptor: saved, labels: [("kind", status == .hitExact ? "exact" : "semantic")])
+        var semanticRejections: [String: Counter] = [:]
+        for reason in SemanticGuard.Rejection.allCases {
+            semanticRejections[reason.rawValue] = registry.makeCounter(descriptor: rejected, labels: [("reason", reason.rawValue)])
         }
-        (self.cacheOutcomes, self.cacheSaved) = (cacheOutcomes, cacheSaved)
+        (self.cacheLookups, self.cacheSaved, self.semanticRejections) = (cacheLookups, cacheSaved, semanticRejections)
+        falseHits = registry.makeCounter(descriptor: MetricNameDescriptor(
+            namespace: "switchyard", metricName: "semantic_cache_false_hits", unitName: "total",
+            helpText: "Semantic hits reported wrong through POST /v1/cache/feedback."))
         (self.durations, self.overheads, self.errors, self.timeToFirstToken, self.models) = (durations, overheads, errors, ttft, models)
         self.registry = registry
     }
@@ -148,9 +162,17 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
         counters.cost.increment(by: record.cost.value)
     }
 
-    public func cache(_ status: CacheStatus, model: String, saved: NanoUSD, caller: Caller?) {
-        cacheOutcomes[status]?.increment()
-        if saved.value > 0 { cacheSaved[status]?.increment(by: saved.value) }
+    public func cache(_ kind: CacheKind, _ lookup: CacheLookup, model: String, saved: NanoUSD, caller: Caller?) {
+        cacheLookups[CacheSeries(kind: kind, lookup: lookup)]?.increment()
+        if saved.value > 0 { cacheSaved[kind]?.increment(by: saved.value) }
+    }
+
+    public func semanticRejected(_ reason: String) {
+        semanticRejections[reason]?.increment()
+    }
+
+    public func falseHitReported() {
+        falseHits.increment()
     }
 
     /// The Prometheus text exposition.

@@ -3,12 +3,13 @@ public import SwitchyardCore
 
 /// The one place the order of the stages is written.
 public enum DefaultPipeline {
-    /// Auth → Route → ExactCache → CostAccounting → ProviderCall.
+    /// Auth → Route → ExactCache → SemanticCache → CostAccounting → ProviderCall.
     ///
     /// The exact cache sits after the route stage so that unknown models are refused before any lookup and a
     /// streamed answer can be priced when it is stored; its key is the model name the client asked for.
     public static func build(config: GatewayConfig, providers: [String: any ProviderClient],
-                             recorder: any CostRecorder & CacheRecorder, exactCache: any ExactCacheStore) -> Pipeline
+                             recorder: any CostRecorder & CacheRecorder, exactCache: any ExactCacheStore,
+                             semanticCache: any SemanticCacheStore, embedder: (any TextEmbedder)?) -> Pipeline
     {
         let call = ProviderCall(providers: providers)
         return Pipeline(
@@ -16,6 +17,7 @@ public enum DefaultPipeline {
                 AuthStage(keys: config.keys),
                 RouteStage(models: config.models),
                 ExactCacheStage(store: exactCache, settings: config.cache, recorder: recorder),
+                SemanticCacheStage(store: semanticCache, embedder: embedder, settings: config.cache, recorder: recorder),
                 CostAccountingStage(recorder: recorder),
             ],
             terminal: { request, context in try await call(request, context: context) })

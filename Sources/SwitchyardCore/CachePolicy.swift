@@ -7,6 +7,30 @@ public enum CacheStatus: String, Sendable, CaseIterable {
     case bypass
 }
 
+/// The response caches.
+public enum CacheKind: String, Sendable, CaseIterable {
+    case exact, semantic
+}
+
+/// What one cache did with one request.
+public enum CacheLookup: String, Sendable, CaseIterable {
+    case hit, miss, bypass
+}
+
+/// The cache outcome a response carries to the client: `x-switchyard-cache`, and for semantic hits the similarity
+/// and the entry id (`x-switchyard-cache-similarity`, `x-switchyard-cache-entry`).
+public struct CacheOutcome: Sendable, Hashable {
+    public var status: CacheStatus
+    public var similarity: Double?
+    public var entryID: String?
+
+    public init(_ status: CacheStatus, similarity: Double? = nil, entryID: String? = nil) {
+        self.status = status
+        self.similarity = similarity
+        self.entryID = entryID
+    }
+}
+
 /// The client's cache controls for one request.
 public struct CacheDirectives: Sendable, Hashable {
     /// `Cache-Control: no-cache`: skip the lookup, still store the answer.
@@ -53,6 +77,16 @@ public struct CacheSettings: Sendable, Hashable {
     /// Bounds of the in-memory store; the least recently used answers go first.
     public var maxEntries = 10_000
     public var maxBytes = 256 << 20
+    /// The semantic cache: answers to rephrasings of an earlier question in the same context. Needs the on-device
+    /// embedding model; without it the gateway runs without this cache.
+    public var semanticEnabled = true
+    /// The least cosine similarity at which a candidate is considered (then verified).
+    public var semanticThreshold = 0.95
+    /// Whether candidates must pass `SemanticGuard` (negation, numbers, entities, their order) before serving.
+    public var semanticVerify = true
+    /// Requests with tools are not answered semantically unless this is set (a tool call depends on details).
+    public var semanticWithTools = false
+    public var semanticMaxEntries = 10_000
 
     public init() {}
 

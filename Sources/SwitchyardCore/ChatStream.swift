@@ -96,7 +96,7 @@ public struct ChatStream: AsyncSequence, Sendable {
     /// How long the upstream took to send its first event (for the gateway-overhead metric).
     public var upstreamTimeToFirstEvent: Duration = .zero
     /// What the response caches did (`nil` when no cache stage ran).
-    public var cacheStatus: CacheStatus?
+    public var cache: CacheOutcome?
     /// Whether the events were made by the gateway (a cache replay) rather than relayed from an upstream: they
     /// carry no raw bytes, and the client's encoder must open and close the stream itself.
     public private(set) var isSynthesized = false

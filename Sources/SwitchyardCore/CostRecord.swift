@@ -26,6 +26,10 @@ public protocol CostRecorder: Sendable {
 
 /// Where cache outcomes go (metrics, the savings ledger). Must not block: called on the request path.
 public protocol CacheRecorder: Sendable {
-    /// One request's cache outcome; `saved` is what a hit saved at list prices (zero otherwise).
-    func cache(_ status: CacheStatus, model: String, saved: NanoUSD, caller: Caller?)
+    /// What one cache did with one request; `saved` is what a hit saved at list prices (zero otherwise).
+    func cache(_ kind: CacheKind, _ lookup: CacheLookup, model: String, saved: NanoUSD, caller: Caller?)
+    /// A semantic candidate above the threshold refused by verification, and why.
+    func semanticRejected(_ reason: String)
+    /// A client reported a semantic hit as wrong (`POST /v1/cache/feedback`).
+    func falseHitReported()
 }

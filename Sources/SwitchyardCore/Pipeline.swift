@@ -66,7 +66,7 @@ public struct Completion: Sendable {
     /// Time spent waiting on the upstream.
     public var upstreamDuration: Duration
     /// What the response caches did (`nil` when no cache stage ran).
-    public var cacheStatus: CacheStatus?
+    public var cache: CacheOutcome?
 
     /// A completion decoded in full.
     public init(response: ChatResponse, raw: (format: APIFormat, body: ByteBuffer)? = nil, cost: NanoUSD? = nil,

@@ -151,7 +151,7 @@ import Testing
             let warmer = Self.body.replacingOccurrences(of: "0.2", with: "0.9")
             let otherTemperature = try await send("\(url)/v1/chat/completions", body: warmer, headers: [("authorization", "Bearer k1")])
             #expect(otherTemperature.header("x-switchyard-cache") == "miss")
-            #expect(await metricsText(url).contains(#"switchyard_cache_requests_total{result="hit-exact"} 1"#))
+            #expect(await metricsText(url).contains(#"switchyard_cache_requests_total{cache="exact",result="hit"} 1"#))
         }
     }
 

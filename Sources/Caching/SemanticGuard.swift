@@ -1,0 +1,144 @@
+/// The check a semantic-cache candidate must pass before it is served.
+///
+/// Sentence embeddings place a question and its negation, or the same question with two numbers or two places
+/// swapped, very close together (MiniLM scores many such pairs above 0.95). A cosine threshold alone therefore serves
+/// answers to questions that were never asked. This guard compares what embeddings blur:
+/// - **negation**: how many negation cues each text has (`not`, `never`, `can't`, `unable`, …);
+/// - **numbers**: the numbers each mentions (digits and number words), as multisets;
+/// - **entities**: names (capitalised words inside a sentence, acronyms, known places, currencies, months, days);
+/// - **order**: the order in which the numbers and entities appear ("from Paris to London" is not "from London to
+///   Paris").
+/// It errs towards refusing: a refused paraphrase costs one upstream call, a wrong answer costs the user.
+public enum SemanticGuard {
+    public enum Rejection: String, Sendable, CaseIterable {
+        case negation, numbers, entities, order
+    }
+
+    /// Why `candidate` must not answer `query`, or `nil` when it may.
+    public static func check(_ query: String, against candidate: String) -> Rejection? {
+        let a = Features(query), b = Features(candidate)
+        if a.negations != b.negations { return .negation }
+        if a.numbers.sorted() != b.numbers.sorted() { return .numbers }
+        if Set(a.entities) != Set(b.entities) { return .entities }
+        if a.sequence != b.sequence { return .order }
+        return nil
+    }
+
+    struct Features {
+        var negations = 0
+        var numbers: [String] = []
+        var entities: [String] = []
+        /// Numbers and entities in order of appearance.
+        var sequence: [String] = []
+
+        init(_ text: String) {
+            var sentenceStart = true
+            for token in SemanticGuard.tokens(text) {
+                if token.text.isEmpty {
+                    sentenceStart = sentenceStart || token.endsSentence
+                    continue
+                }
+                let lower = token.text.lowercased()
+                if SemanticGuard.isNegation(lower) { negations += 1 }
+                if let number = SemanticGuard.number(lower) {
+                    numbers.append(number)
+                    sequence.append(number)
+                } else if SemanticGuard.isEntity(token.text, lower: lower, sentenceStart: sentenceStart) {
+                    entities.append(lower)
+                    sequence.append(lower)
+                }
+                sentenceStart = token.endsSentence
+            }
+        }
+    }
+
+    struct Token {
+        var text: String
+        var endsSentence: Bool
+    }
+
+    /// Words (letters, digits, apostrophes, and `.`/`,` inside numbers), each noting whether a sentence ends after it.
+    static func tokens(_ text: String) -> [Token] {
+        var tokens: [Token] = []
+        var current = ""
+        let characters = Array(text)
+        for (index, character) in characters.enumerated() {
+            let next = index + 1 < characters.count ? characters[index + 1] : " "
+            let previous = current.last
+            if character.isLetter || character.isNumber || character == "'" || character == "’"
+                || ((character == "." || character == ",") && previous?.isNumber == true && next.isNumber)
+            {
+                current.append(character == "’" ? "'" : character)
+                continue
+            }
+            if !current.isEmpty {
+                tokens.append(Token(text: current, endsSentence: false))
+                current = ""
+            }
+            if character == "." || character == "?" || character == "!" || character == "\n" {
+                if let last = tokens.indices.last { tokens[last].endsSentence = true }
+            }
+        }
+        if !current.isEmpty { tokens.append(Token(text: current, endsSentence: true)) }
+        // An empty first token marks the text's start as a sentence start.
+        return [Token(text: "", endsSentence: true)] + tokens
+    }
+
+    static let negationWords: Set<String> = [
+        "not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "nowhere", "without", "cannot", "unable",
+        "cant", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "wont", "wouldnt", "shouldnt", "couldnt",
+        "havent", "hasnt", "hadnt", "mustnt", "neednt", "aint",
+    ]
+
+    static func isNegation(_ lower: String) -> Bool {
+        negationWords.contains(lower) || lower.hasSuffix("n't")
+    }
+
+    static let numberWords: [String: String] = [
+        "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",
+        "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "thirteen": "13", "fourteen": "14", "fifteen": "15",
+        "sixteen": "16", "seventeen": "17", "eighteen": "18", "nineteen": "19", "twenty": "20", "thirty": "30",
+        "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80", "ninety": "90", "hundred": "100",
+        "thousand": "1000", "million": "1000000", "billion": "1000000000", "first": "1st", "second": "2nd",
+        "third": "3rd", "fourth": "4th", "fifth": "5th", "half": "1/2", "twice": "x2", "double": "x2", "triple": "x3",
+    ]
+
+    /// The token as a normalised number (digits without thousands separators, or a number word's value).
+    static func number(_ lower: String) -> String? {
+        if let word = numberWords[lower] { return word }
+        guard lower.contains(where: \.isNumber) else { return nil }
+        // 1,000 and 1000 are the same number; 3rd and 3 are not the same token but both mention three.
+        return lower.filter { $0 != "," }
+    }
+
+    static let knownEntities: Set<String> = [
+        // currencies
+        "usd", "eur", "gbp", "jpy", "chf", "cad", "aud", "cny", "inr", "dollar", "dollars", "euro", "euros", "pound", "pounds",
+        "yen", "franc", "francs", "rupee", "rupees", "yuan", "peso", "pesos", "bitcoin", "btc",
+        // months and days
+        "january", "february", "march", "april", "june", "july", "august", "september", "october", "november",
+        "december", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "today", "tomorrow",
+        "yesterday",
+        // places
+        "paris", "london", "berlin", "madrid", "rome", "lisbon", "dublin", "amsterdam", "brussels", "vienna", "prague",
+        "warsaw", "stockholm", "oslo", "copenhagen", "helsinki", "athens", "zurich", "geneva", "munich", "milan",
+        "barcelona", "moscow", "istanbul", "cairo", "dubai", "delhi", "mumbai", "bangalore", "beijing", "shanghai",
+        "tokyo", "osaka", "seoul", "singapore", "bangkok", "sydney", "melbourne", "auckland", "toronto", "vancouver",
+        "montreal", "chicago", "boston", "seattle", "denver", "austin", "dallas", "houston", "miami", "atlanta",
+        "york", "angeles", "francisco", "washington", "mexico", "lima", "bogota", "santiago", "buenos", "aires",
+        "johannesburg", "lagos", "nairobi", "france", "germany", "spain", "italy", "portugal", "ireland", "england",
+        "scotland", "wales", "britain", "uk", "usa", "america", "canada", "australia", "japan", "china", "india",
+        "brazil", "russia", "netherlands", "belgium", "austria", "switzerland", "sweden", "norway", "denmark",
+        "finland", "poland", "greece", "turkey", "egypt", "israel", "korea", "vietnam", "thailand", "indonesia",
+        "argentina", "chile", "colombia", "peru", "nigeria", "kenya", "europe", "asia", "africa",
+    ]
+
+    /// A name: a known place, currency, month or day; an acronym; or a capitalised word inside a sentence.
+    static func isEntity(_ token: String, lower: String, sentenceStart: Bool) -> Bool {
+        if knownEntities.contains(lower) { return true }
+        guard let first = token.first, first.isUppercase, lower != "i", !lower.hasPrefix("i'") else { return false }
+        let letters = token.filter(\.isLetter)
+        if letters.count >= 2, letters.allSatisfy(\.isUppercase) { return true }  // acronym
+        return !sentenceStart
+    }
+}

@@ -1,0 +1,64 @@
+import Caching
+import SwitchyardCore
+import SwitchyardModels
+
+/// What the exact and semantic cache stages share: replaying a stored answer, and storing an answer once it is
+/// known to be complete and successful.
+enum CacheSupport {
+    /// A stored answer as the caller asked for it: a stream replayed with the real event sequence, or a whole answer.
+    static func replay(_ answer: CachedAnswer, for request: ChatRequest, outcome: CacheOutcome) -> GatewayResponse {
+        if request.stream {
+            var stream = ChatStream(format: request.sourceFormat, events: AnswerReplay.events(answer.response))
+            stream.cache = outcome
+            return .stream(stream)
+        }
+        var completion = Completion(response: answer.response, raw: answer.raw, cost: .zero)
+        completion.cache = outcome
+        return .completion(completion)
+    }
+
+    /// Passes `response` on, storing it through `store` when it is complete: a whole answer at once, a stream only
+    /// when it ends cleanly (never one that was cut, failed or abandoned). Errors never reach here (they are thrown).
+    static func storing(_ response: GatewayResponse, ttl: Duration, tenant: String, model: String, price: ModelPrice?,
+                        outcome: CacheOutcome?, store: @escaping @Sendable (CachedAnswer) -> Void) -> GatewayResponse {
+        // An answer a later cache served is not stored again: removing a bad semantic entry must remove it for good.
+        let served: Bool = switch response {
+        case .completion(let completion): completion.cache.map { $0.status == .hitExact || $0.status == .hitSemantic } ?? false
+        case .stream(let stream): stream.cache.map { $0.status == .hitExact || $0.status == .hitSemantic } ?? false
+        }
+        let ttl = served ? .zero : ttl
+        switch response {
+        case .completion(var completion):
+            if ttl > .zero, let response = try? completion.canonicalResponse() {
+                let now = ContinuousClock.now
+                store(CachedAnswer(tenant: tenant, model: model, response: response, raw: completion.raw,
+                                   cost: completion.cost ?? .zero, storedAt: now, expiresAt: now + ttl))
+            }
+            if let outcome { completion.cache = outcome }
+            return .completion(completion)
+        case .stream(var stream):
+            if let outcome { stream.cache = outcome }
+            guard ttl > .zero else { return .stream(stream) }
+            let assembler = Locked(AnswerAssembler())
+            stream.lifecycle.onChunks { chunks in assembler.withLock { $0.add(chunks) } }
+            stream.lifecycle.onTermination { outcome, _ in
+                guard case .completed = outcome, let response = assembler.withLock({ $0.response() }) else { return }
+                let now = ContinuousClock.now
+                store(CachedAnswer(tenant: tenant, model: model, response: response, raw: nil,
+                                   cost: price?.cost(of: response.usage) ?? .zero, storedAt: now, expiresAt: now + ttl))
+            }
+            return .stream(stream)
+        }
+    }
+
+    static func mark(_ response: GatewayResponse, _ outcome: CacheOutcome) -> GatewayResponse {
+        switch response {
+        case .completion(var completion):
+            if completion.cache == nil { completion.cache = outcome }
+            return .completion(completion)
+        case .stream(var stream):
+            if stream.cache == nil { stream.cache = outcome }
+            return .stream(stream)
+        }
+    }
+}

@@ -1,0 +1,89 @@
+public import Caching
+public import SwitchyardCore
+public import SwitchyardModels
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// After the exact cache: answers a rephrasing of an earlier question asked in the same context.
+///
+/// Matching happens only inside a compatibility fingerprint (tenant, model, prompt version, system prompt, tools,
+/// generation parameters, and the conversation before the last user message). Within it the last user message is
+/// embedded on-device and the nearest stored questions are looked up; a candidate at or above the threshold is
+/// served only if `SemanticGuard` finds no difference in negation, numbers, entities or their order.
+public struct SemanticCacheStage: GatewayStage {
+    let store: any SemanticCacheStore
+    let embedder: (any TextEmbedder)?
+    let settings: CacheSettings
+    let recorder: any CacheRecorder
+
+    public init(store: any SemanticCacheStore, embedder: (any TextEmbedder)?, settings: CacheSettings,
+                recorder: any CacheRecorder) {
+        self.store = store
+        self.embedder = embedder
+        self.settings = settings
+        self.recorder = recorder
+    }
+
+    /// Candidates verified per lookup, best first.
+    static let candidates = 5
+
+    public func handle(_ request: ChatRequest, context: GatewayContext, next: Next) async throws -> GatewayResponse {
+        let directives = context.cacheDirectives
+        let configuredTTL = settings.ttl(for: request.model)
+        guard settings.semanticEnabled, let embedder, configuredTTL > .zero, !directives.skipStore,
+              settings.semanticWithTools || request.tools.isEmpty, (request.n ?? 1) <= 1,
+              let (question, context_) = Self.split(request)
+        else {
+            recorder.cache(.semantic, .bypass, model: request.model, saved: .zero, caller: context.caller)
+            return try await next(request, context)
+        }
+        let caller = try context.requireCaller()
+        let namespace = ExactCacheKey.make(context_, tenant: caller.tenant, promptVersion: directives.promptVersion)
+        let vector = await embedder.embed(question)
+        if !directives.skipLookup {
+            let matches = store.nearest(vector, namespace: namespace, minimum: Float(settings.semanticThreshold),
+                                        limit: Self.candidates, now: .now)
+            for match in matches where match.entry.answer.tenant == caller.tenant {
+                if settings.semanticVerify, let rejection = SemanticGuard.check(question, against: match.entry.text) {
+                    recorder.semanticRejected(rejection.rawValue)
+                    continue
+                }
+                recorder.cache(.semantic, .hit, model: request.model, saved: match.entry.answer.cost, caller: caller)
+                let outcome = CacheOutcome(.hitSemantic, similarity: Double(match.similarity), entryID: match.entry.id)
+                return CacheSupport.replay(match.entry.answer, for: request, outcome: outcome)
+            }
+        }
+        recorder.cache(.semantic, .miss, model: request.model, saved: .zero, caller: caller)
+        let store = self.store
+        let id = Self.makeEntryID()
+        return CacheSupport.storing(try await next(request, context), ttl: min(directives.ttl ?? configuredTTL, configuredTTL),
+                                    tenant: caller.tenant, model: request.model, price: context.route?.price,
+                                    outcome: nil) { answer in
+            store.insert(SemanticEntry(id: id, namespace: namespace, text: question, vector: vector, answer: answer))
+        }
+    }
+
+    /// The last user message's text, and the request with that message's text removed (what the fingerprint covers).
+    /// `nil` when the conversation does not end with a user message made of text.
+    static func split(_ request: ChatRequest) -> (String, ChatRequest)? {
+        guard let last = request.messages.last, last.role == .user else { return nil }
+        var texts: [String] = []
+        for block in last.content {
+            guard case .text(let text, _) = block else { return nil }
+            texts.append(text)
+        }
+        let question = texts.joined(separator: "\n")
+        guard !question.trimmingWhitespace().isEmpty else { return nil }
+        var context = request
+        context.messages[context.messages.count - 1].content = [.text("")]
+        return (question, context)
+    }
+
+    static func makeEntryID() -> String {
+        "sc_" + KeyHash.hex((0..<8).map { _ in UInt8.random(in: 0...255) })
+    }
+}

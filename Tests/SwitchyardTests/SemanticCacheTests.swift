@@ -1,0 +1,191 @@
+import Caching
+import Embeddings
+import Foundation
+import Server
+import SwitchyardCore
+import SwitchyardModels
+import SwitchyardTestKit
+import Testing
+
+/// The semantic cache: its verification, its store, and paraphrases through a gateway with the on-device model.
+@Suite struct SemanticCacheTests {
+    // MARK: Verification
+
+    /// Pairs MiniLM scores close together (the first three kinds above 0.95) that must never share an answer.
+    static let mustRefuse: [(SemanticGuard.Rejection, String, String)] = [
+        (.negation, "Can I cancel my order?", "Can I not cancel my order?"),
+        (.negation, "How do I cancel my card?", "How do I not cancel my card?"),
+        (.negation, "I can log in to the app", "I can't log in to the app"),
+        (.negation, "Is there a fee for transfers?", "Is there no fee for transfers?"),
+        (.negation, "Should I freeze my card?", "Should I never freeze my card?"),
+        (.numbers, "Transfer 100 dollars to my savings account", "Transfer 200 dollars to my savings account"),
+        (.numbers, "What is 15% of 80?", "What is 15% of 90?"),
+        (.numbers, "Can I order three cards?", "Can I order four cards?"),
+        (.numbers, "My PIN was entered wrong 3 times", "My PIN was entered wrong 5 times"),
+        (.entities, "What is the weather in Paris?", "What is the weather in Berlin?"),
+        (.entities, "Do you accept Visa cards?", "Do you accept Mastercard cards?"),
+        (.entities, "How do I pay in USD?", "How do I pay in EUR?"),
+        (.entities, "what time is it in tokyo", "what time is it in seoul"),
+        (.entities, "Can I top up on monday?", "Can I top up on friday?"),
+        (.order, "Book a flight from Paris to London", "Book a flight from London to Paris"),
+        (.order, "Convert 10 USD to EUR", "Convert 10 EUR to USD"),
+        (.order, "Did Alice pay Bob back?", "Did Bob pay Alice back?"),
+        (.order, "Is 7 bigger than 9?", "Is 9 bigger than 7?"),
+    ]
+
+    /// Rephrasings that must still be allowed to share an answer.
+    static let mayShare: [(String, String)] = [
+        ("How do I reset my password?", "How can I reset my password?"),
+        ("Why was my card declined?", "Why did my card get declined?"),
+        ("What is the capital of France?", "What's the capital of France?"),
+        ("I can't log in", "I'm unable to log in"),
+        ("Send 1,000 euros to my sister", "Send 1000 euros to my sister"),
+        ("Can I get two cards?", "Can I get 2 cards?"),
+        ("how do i reset my password", "How do I reset my password?"),
+        ("My card hasn't arrived yet", "My card still hasn't come"),
+    ]
+
+    @Test func verificationRefusesEachFailureKind() {
+        for (kind, query, candidate) in Self.mustRefuse {
+            #expect(SemanticGuard.check(query, against: candidate) == kind, "\(query) | \(candidate)")
+            #expect(SemanticGuard.check(candidate, against: query) == kind, "\(candidate) | \(query)")
+        }
+        for kind in SemanticGuard.Rejection.allCases {
+            #expect(Self.mustRefuse.contains { $0.0 == kind }, "no case for \(kind)")
+        }
+    }
+
+    @Test func verificationLetsParaphrasesThrough() {
+        for (query, candidate) in Self.mayShare {
+            #expect(SemanticGuard.check(query, against: candidate) == nil, "\(query) | \(candidate)")
+        }
+    }
+
+    @Test func theStoreSearchesOneNamespaceAndHonoursTTLAndBounds() {
+        let later = ContinuousClock.now + .seconds(60)
+        func unit(_ values: [Float]) -> [Float] {
+            let norm = values.reduce(0) { $0 + $1 * $1 }.squareRoot()
+            return values.map { $0 / norm }
+        }
+        func entry(_ id: String, _ namespace: String, _ vector: [Float], expires: ContinuousClock.Instant = later) -> SemanticEntry {
+            SemanticEntry(id: id, namespace: namespace, text: id, vector: unit(vector),
+                          answer: ExactCacheTests.answer(id, tenant: "t", expires: expires))
+        }
+        let store = InMemorySemanticCache(maxEntries: 3)
+        store.insert(entry("a", "n1", [1, 0, 0]))
+        store.insert(entry("b", "n1", [0.9, 0.1, 0]))
+        store.insert(entry("c", "n2", [1, 0, 0]))
+        let found = store.nearest(unit([1, 0.05, 0]), namespace: "n1", minimum: 0.5, limit: 5, now: .now)
+        #expect(found.map(\.entry.id) == ["a", "b"] || found.map(\.entry.id) == ["b", "a"])
+        #expect(found.count == 2 && found[0].similarity >= found[1].similarity)
+        #expect(store.nearest(unit([0, 0, 1]), namespace: "n1", minimum: 0.5, limit: 5, now: .now).isEmpty)
+        // Bounded: a fourth entry pushes out the oldest.
+        store.insert(entry("d", "n1", [0, 1, 0]))
+        #expect(store.count == 3 && store.remove(id: "a") == nil)
+        // Expired entries are not found.
+        store.insert(entry("old", "n3", [1, 0, 0], expires: .now - .seconds(1)))
+        #expect(store.nearest(unit([1, 0, 0]), namespace: "n3", minimum: 0.5, limit: 5, now: .now).isEmpty)
+        // That insert pushed out the next oldest (b); per-entry removal takes one out.
+        #expect(store.remove(id: "b") == nil)
+        #expect(store.remove(id: "d")?.id == "d" && store.count == 1)  // c is left; the expired one went when met
+    }
+
+    // MARK: Through the gateway, with the on-device model
+
+    static func body(_ question: String, model: String = "gpt-4o-mini") -> String {
+        let content = String(decoding: JSONValue.string(question).serialized(), as: UTF8.self)
+        return #"{"model":"\#(model)","max_tokens":30,"messages":[{"role":"system","content":"You are a bank's assistant."},{"role":"user","content":\#(content)}]}"#
+    }
+
+    func withModelGateway(environment: [String: String] = [:],
+                          _ body: @Sendable @escaping (Gateway, String) async throws -> Void) async throws {
+        try await withTestGateway(environment: environment, embeddings: .model(directory: ModelStore().modelDirectory)) { gateway, url in
+            try await body(gateway, url)
+        }
+    }
+
+    @Test func aParaphraseIsAnsweredFromTheSemanticCache() async throws {
+        try await withModelGateway { _, url in
+            let key = [("authorization", "Bearer tenant-a")]
+            let first = try await send("\(url)/v1/chat/completions", body: Self.body("How do I reset my password?"), headers: key)
+            #expect(first.header("x-switchyard-cache") == "miss")
+            let second = try await send("\(url)/v1/chat/completions", body: Self.body("How can I reset my password?"), headers: key)
+            #expect(second.header("x-switchyard-cache") == "hit-semantic")
+            let similarity = try #require(second.header("x-switchyard-cache-similarity").flatMap(Double.init))
+            #expect(similarity >= 0.95 && similarity < 1)
+            #expect(second.header("x-switchyard-cache-entry")?.hasPrefix("sc_") == true)
+            #expect(second.header("x-switchyard-cost-usd") == "0.000000000")
+            #expect(ExactCacheTests.content(second.body) == ExactCacheTests.content(first.body))
+
+            // Near in embedding space, different in meaning: verification refuses them.
+            for question in ["How do I not reset my password?", "How can I never reset my password?"] {
+                let refused = try await send("\(url)/v1/chat/completions", body: Self.body(question), headers: key)
+                #expect(refused.header("x-switchyard-cache") == "miss", "\(question)")
+            }
+            // Another tenant never gets it, however close the question.
+            let other = try await send("\(url)/v1/chat/completions", body: Self.body("How can I reset my password?"),
+                                       headers: [("authorization", "Bearer tenant-b")])
+            #expect(other.header("x-switchyard-cache") == "miss")
+            // Another conversation context (system prompt) is another namespace.
+            let otherSystem = Self.body("How can I reset my password?").replacingOccurrences(of: "a bank's", with: "an airline's")
+            #expect(try await send("\(url)/v1/chat/completions", body: otherSystem, headers: key).header("x-switchyard-cache") == "miss")
+        }
+    }
+
+    @Test func entityOrderSwapsAreRefusedThoughTheyScoreAbove0_99() async throws {
+        try await withModelGateway { gateway, url in
+            _ = try await send("\(url)/v1/chat/completions", body: Self.body("Book a flight from Paris to London"))
+            let swapped = try await send("\(url)/v1/chat/completions", body: Self.body("Book a flight from London to Paris"))
+            #expect(swapped.header("x-switchyard-cache") == "miss")
+            let metrics = try await send("\(url)/metrics", method: "GET", contentType: nil).body
+            #expect(metrics.contains(#"switchyard_semantic_cache_rejections_total{reason="order"} 1"#))
+            #expect(gateway.semanticCache.count == 2)
+        }
+    }
+
+    @Test func badFeedbackRemovesTheEntryAndCountsAFalseHit() async throws {
+        try await withModelGateway { _, url in
+            let key = [("authorization", "Bearer tenant-a")]
+            _ = try await send("\(url)/v1/chat/completions", body: Self.body("Why was my card declined?"), headers: key)
+            let hit = try await send("\(url)/v1/chat/completions", body: Self.body("Why did my card get declined?"), headers: key)
+            let entry = try #require(hit.header("x-switchyard-cache-entry"))
+            let verdict = #"{"entry_id":"\#(entry)","verdict":"bad"}"#
+            // Only the entry's own tenant can judge it.
+            let foreign = try await send("\(url)/v1/cache/feedback", body: verdict, headers: [("authorization", "Bearer tenant-b")])
+            #expect(foreign.status == 404)
+            let judged = try await send("\(url)/v1/cache/feedback", body: verdict, headers: key)
+            #expect(judged.status == 200 && judged.body.contains(#""removed":true"#))
+            // The exact cache did not keep a copy of the semantic hit: the rephrasing now reaches the provider.
+            let again = try await send("\(url)/v1/chat/completions", body: Self.body("Why did my card get declined?"), headers: key)
+            #expect(again.header("x-switchyard-cache") == "miss")
+            let metrics = try await send("\(url)/metrics", method: "GET", contentType: nil).body
+            #expect(metrics.contains("switchyard_semantic_cache_false_hits_total 1"))
+            let bad = try await send("\(url)/v1/cache/feedback", body: #"{"entry_id":"sc_x","verdict":"meh"}"#, headers: key)
+            #expect(bad.status == 400 && bad.body.contains("verdict"))
+        }
+    }
+
+    @Test func deletingTheCacheNeedsTheAdminKey() async throws {
+        try await withModelGateway(environment: ["SWITCHYARD_ADMIN_KEY": "admin-secret"]) { gateway, url in
+            for (key, question) in [("a", "What are your opening hours?"), ("b", "What are your opening hours?"), ("b", "Where is the branch?")] {
+                _ = try await send("\(url)/v1/chat/completions", body: Self.body(question), headers: [("authorization", "Bearer \(key)")])
+            }
+            #expect(gateway.exactCache.count == 3 && gateway.semanticCache.count == 3)
+            let refused = try await send("\(url)/v1/cache", method: "DELETE", headers: [("authorization", "Bearer a")], contentType: nil)
+            #expect(refused.status == 401)
+            let tenantB = "key-" + String(KeyHash.sha256Hex("b").prefix(12))
+            let one = try await send("\(url)/v1/cache?tenant=\(tenantB)", method: "DELETE",
+                                     headers: [("authorization", "Bearer admin-secret")], contentType: nil)
+            #expect(one.status == 200 && one.body.contains(#""deleted":4"#))
+            #expect(gateway.exactCache.count == 1 && gateway.semanticCache.count == 1)
+            let all = try await send("\(url)/v1/cache", method: "DELETE", headers: [("authorization", "Bearer admin-secret")],
+                                     contentType: nil)
+            #expect(all.body.contains(#""deleted":2"#) && gateway.exactCache.count == 0)
+        }
+        // Without a configured admin key nobody may clear the cache.
+        try await withTestGateway { _, url in
+            let response = try await send("\(url)/v1/cache", method: "DELETE", headers: [("authorization", "Bearer x")], contentType: nil)
+            #expect(response.status == 403)
+        }
+    }
+}

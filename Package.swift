@@ -140,7 +140,7 @@ let package = Package(
         .executableTarget(
             name: "switchyard",
             dependencies: [
-                "Server", "SwitchyardCore", "SwitchyardModels", "MockProvider", "Embeddings", "Providers", "LoadTest",
+                "Caching", "Server", "SwitchyardCore", "SwitchyardModels", "MockProvider", "Embeddings", "Providers", "LoadTest",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

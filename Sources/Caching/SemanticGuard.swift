@@ -14,6 +14,29 @@ public enum SemanticGuard {
         case negation, numbers, entities, order
     }
 
+    /// Pairs MiniLM scores close together (many above 0.95) that must never share an answer, one set per failure kind:
+    /// the guard's own test cases, and the adversarial set `switchyard eval semantic-cache` reports on.
+    public static let adversarialExamples: [(Rejection, String, String)] = [
+        (.negation, "Can I cancel my order?", "Can I not cancel my order?"),
+        (.negation, "How do I cancel my card?", "How do I not cancel my card?"),
+        (.negation, "I can log in to the app", "I can't log in to the app"),
+        (.negation, "Is there a fee for transfers?", "Is there no fee for transfers?"),
+        (.negation, "Should I freeze my card?", "Should I never freeze my card?"),
+        (.numbers, "Transfer 100 dollars to my savings account", "Transfer 200 dollars to my savings account"),
+        (.numbers, "What is 15% of 80?", "What is 15% of 90?"),
+        (.numbers, "Can I order three cards?", "Can I order four cards?"),
+        (.numbers, "My PIN was entered wrong 3 times", "My PIN was entered wrong 5 times"),
+        (.entities, "What is the weather in Paris?", "What is the weather in Berlin?"),
+        (.entities, "Do you accept Visa cards?", "Do you accept Mastercard cards?"),
+        (.entities, "How do I pay in USD?", "How do I pay in EUR?"),
+        (.entities, "what time is it in tokyo", "what time is it in seoul"),
+        (.entities, "Can I top up on monday?", "Can I top up on friday?"),
+        (.order, "Book a flight from Paris to London", "Book a flight from London to Paris"),
+        (.order, "Convert 10 USD to EUR", "Convert 10 EUR to USD"),
+        (.order, "Did Alice pay Bob back?", "Did Bob pay Alice back?"),
+        (.order, "Is 7 bigger than 9?", "Is 9 bigger than 7?"),
+        ]
+
     /// Why `candidate` must not answer `query`, or `nil` when it may.
     public static func check(_ query: String, against candidate: String) -> Rejection? {
         let a = Features(query), b = Features(candidate)

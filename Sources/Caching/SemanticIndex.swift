@@ -128,7 +128,7 @@ public final class InMemorySemanticCache: SemanticCacheStore {
     }
 
     /// Cosine similarity of two L2-normalised vectors.
-    static func dot(_ a: [Float], _ b: [Float]) -> Float {
+    public static func dot(_ a: [Float], _ b: [Float]) -> Float {
         guard a.count == b.count else { return -1 }
         var sum: Float = 0
         a.withUnsafeBufferPointer { a in

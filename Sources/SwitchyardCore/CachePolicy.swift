@@ -80,8 +80,11 @@ public struct CacheSettings: Sendable, Hashable {
     /// The semantic cache: answers to rephrasings of an earlier question in the same context. Needs the on-device
     /// embedding model; without it the gateway runs without this cache.
     public var semanticEnabled = true
-    /// The least cosine similarity at which a candidate is considered (then verified).
-    public var semanticThreshold = 0.95
+    /// The least cosine similarity at which a candidate is considered (then verified). 0.94 from
+    /// `switchyard eval semantic-cache` on the Banking77 + CLINC query stream: 99.7% of hits serve the right intent
+    /// (0.1% of queries get a wrong answer) at a 35% hit rate; 0.95 gains no precision there and loses 2 points of
+    /// hit rate, 0.92 lets wrong answers double.
+    public var semanticThreshold = 0.94
     /// Whether candidates must pass `SemanticGuard` (negation, numbers, entities, their order) before serving.
     public var semanticVerify = true
     /// Requests with tools are not answered semantically unless this is set (a tool call depends on details).

@@ -11,27 +11,7 @@ import Testing
 @Suite struct SemanticCacheTests {
     // MARK: Verification
 
-    /// Pairs MiniLM scores close together (the first three kinds above 0.95) that must never share an answer.
-    static let mustRefuse: [(SemanticGuard.Rejection, String, String)] = [
-        (.negation, "Can I cancel my order?", "Can I not cancel my order?"),
-        (.negation, "How do I cancel my card?", "How do I not cancel my card?"),
-        (.negation, "I can log in to the app", "I can't log in to the app"),
-        (.negation, "Is there a fee for transfers?", "Is there no fee for transfers?"),
-        (.negation, "Should I freeze my card?", "Should I never freeze my card?"),
-        (.numbers, "Transfer 100 dollars to my savings account", "Transfer 200 dollars to my savings account"),
-        (.numbers, "What is 15% of 80?", "What is 15% of 90?"),
-        (.numbers, "Can I order three cards?", "Can I order four cards?"),
-        (.numbers, "My PIN was entered wrong 3 times", "My PIN was entered wrong 5 times"),
-        (.entities, "What is the weather in Paris?", "What is the weather in Berlin?"),
-        (.entities, "Do you accept Visa cards?", "Do you accept Mastercard cards?"),
-        (.entities, "How do I pay in USD?", "How do I pay in EUR?"),
-        (.entities, "what time is it in tokyo", "what time is it in seoul"),
-        (.entities, "Can I top up on monday?", "Can I top up on friday?"),
-        (.order, "Book a flight from Paris to London", "Book a flight from London to Paris"),
-        (.order, "Convert 10 USD to EUR", "Convert 10 EUR to USD"),
-        (.order, "Did Alice pay Bob back?", "Did Bob pay Alice back?"),
-        (.order, "Is 7 bigger than 9?", "Is 9 bigger than 7?"),
-    ]
+    static let mustRefuse = SemanticGuard.adversarialExamples
 
     /// Rephrasings that must still be allowed to share an answer.
     static let mayShare: [(String, String)] = [
@@ -90,6 +70,31 @@ import Testing
         #expect(store.remove(id: "d")?.id == "d" && store.count == 1)  // c is left; the expired one went when met
     }
 
+    @Test func theEvaluationCountsHitsAndFalseHits() {
+        let pairs = [
+            SemanticEvaluation.Pair(first: "a b", second: "a c", sameAnswer: true, similarity: 0.97),
+            SemanticEvaluation.Pair(first: "x", second: "y", sameAnswer: true, similarity: 0.80),
+            SemanticEvaluation.Pair(first: "Can I pay?", second: "Can I not pay?", sameAnswer: false, similarity: 0.98),
+            SemanticEvaluation.Pair(first: "p", second: "q", sameAnswer: false, similarity: 0.96),
+        ]
+        let plain = SemanticEvaluation.score(pairs, threshold: 0.95, verified: false)
+        #expect(plain.served == 3 && plain.correct == 1 && plain.falseHits == 2)
+        #expect(abs(plain.precision - 1.0 / 3) < 1e-9 && plain.recall == 0.5 && plain.falseHitRate == 1)
+        let checked = SemanticEvaluation.score(pairs, threshold: 0.95, verified: true)
+        #expect(checked.served == 2 && checked.falseHits == 1 && checked.falseHitRate == 0.5)
+
+        // A stream: the second query of an intent hits the first; an unrelated one misses and is stored.
+        let queries = [
+            SemanticEvaluation.StreamQuery(text: "reset password", intent: "pw", idealHit: false, vector: [1, 0]),
+            SemanticEvaluation.StreamQuery(text: "reset my password", intent: "pw", idealHit: true, vector: [0.99, 0.141]),
+            SemanticEvaluation.StreamQuery(text: "card lost", intent: "card", idealHit: false, vector: [0, 1]),
+            SemanticEvaluation.StreamQuery(text: "wrong answer", intent: "other", idealHit: false, vector: [0.98, 0.199]),
+        ]
+        let replay = SemanticEvaluation.replay(queries, threshold: 0.95, verified: false)
+        #expect(replay.queries == 4 && replay.hits == 2 && replay.correctHits == 1 && replay.idealHits == 1)
+        #expect(replay.hitPrecision == 0.5 && replay.recall == 1 && replay.falseHitRate == 0.25)
+    }
+
     // MARK: Through the gateway, with the on-device model
 
     static func body(_ question: String, model: String = "gpt-4o-mini") -> String {
@@ -117,11 +122,12 @@ import Testing
             #expect(second.header("x-switchyard-cost-usd") == "0.000000000")
             #expect(ExactCacheTests.content(second.body) == ExactCacheTests.content(first.body))
 
-            // Near in embedding space, different in meaning: verification refuses them.
-            for question in ["How do I not reset my password?", "How can I never reset my password?"] {
-                let refused = try await send("\(url)/v1/chat/completions", body: Self.body(question), headers: key)
-                #expect(refused.header("x-switchyard-cache") == "miss", "\(question)")
-            }
+            // Near in embedding space (0.98), opposite in meaning: verification refuses it.
+            _ = try await send("\(url)/v1/chat/completions", body: Self.body("Can I cancel my order?"), headers: key)
+            let refused = try await send("\(url)/v1/chat/completions", body: Self.body("Can I not cancel my order?"), headers: key)
+            #expect(refused.header("x-switchyard-cache") == "miss")
+            let metrics = try await send("\(url)/metrics", method: "GET", contentType: nil).body
+            #expect(metrics.contains(#"switchyard_semantic_cache_rejections_total{reason="negation"} 1"#))
             // Another tenant never gets it, however close the question.
             let other = try await send("\(url)/v1/chat/completions", body: Self.body("How can I reset my password?"),
                                        headers: [("authorization", "Bearer tenant-b")])

@@ -1,0 +1,115 @@
+import ArgumentParser
+import Caching
+import Embeddings
+import Foundation
+import SwitchyardModels
+
+struct Eval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Evaluations on the shared data (commands, not tests).", subcommands: [SemanticCacheEval.self])
+}
+
+/// Measures the semantic cache on Banking77: precision, recall and false-hit rate of labelled pairs by threshold, and
+/// a replayed query stream (hit rate, hit precision, recall), each with and without verification.
+struct SemanticCacheEval: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "semantic-cache")
+
+    @Option(help: "Folder with the cache evaluation files.") var data = "../shared/data/cache"
+    @Option(help: "Model cache folder.") var dir: String?
+    @Option(help: "Thresholds to report, comma-separated.") var thresholds = "0.80,0.85,0.88,0.90,0.92,0.94,0.95,0.96,0.97,0.98"
+    @Option(help: "Write the results as JSON to this file.") var json: String?
+
+    func run() throws {
+        let store = ModelStore(root: dir)
+        let encoder: MiniLMEncoder
+        do {
+            encoder = try MiniLMEncoder(directory: store.modelDirectory)
+        } catch {
+            throw ValidationError("no embedding model (run `switchyard models pull`): \(error)")
+        }
+        let levels = thresholds.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+        func embedAll(_ texts: [String]) -> [[Float]] {
+            var vectors: [[Float]] = []
+            vectors.reserveCapacity(texts.count)
+            for start in stride(from: 0, to: texts.count, by: 64) {
+                let batch = texts[start..<min(start + 64, texts.count)].map(encoder.tokenizer.encode)
+                vectors.append(contentsOf: encoder.embed(batch: batch))
+            }
+            return vectors
+        }
+        func lines(_ file: String) throws -> [JSONValue] {
+            let text = try String(contentsOfFile: "\(data)/\(file)", encoding: .utf8)
+            return try text.split(separator: "\n").map { try JSONValue.parse(Array($0.utf8)) }
+        }
+
+        let started = Date()
+        let rawPairs = try lines("banking77_pairs_6k.jsonl")
+        let firsts = embedAll(rawPairs.map { $0["q1"]?.stringValue ?? "" })
+        let seconds = embedAll(rawPairs.map { $0["q2"]?.stringValue ?? "" })
+        let pairs = rawPairs.indices.map { index in
+            SemanticEvaluation.Pair(first: rawPairs[index]["q1"]?.stringValue ?? "", second: rawPairs[index]["q2"]?.stringValue ?? "",
+                                    sameAnswer: rawPairs[index]["label"]?.intValue == 1,
+                                    similarity: InMemorySemanticCache.dot(firsts[index], seconds[index]))
+        }
+        let rawStream = try lines("banking77_clinc_oos_stream_5k.jsonl")
+        let streamVectors = embedAll(rawStream.map { $0["query"]?.stringValue ?? "" })
+        let queries = rawStream.indices.map { index in
+            SemanticEvaluation.StreamQuery(text: rawStream[index]["query"]?.stringValue ?? "",
+                                           intent: rawStream[index]["intent"]?.stringValue ?? "",
+                                           idealHit: rawStream[index]["ideal_hit"]?.boolValue ?? false, vector: streamVectors[index])
+        }
+        print("embedded \(pairs.count * 2 + queries.count) texts in \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
+
+        var report: [JSONValue] = []
+        print("\nBanking77 pairs (\(pairs.filter { $0.sameAnswer }.count) same-intent, \(pairs.filter { !$0.sameAnswer }.count) different-intent)")
+        print("| threshold | verified | served | precision | recall | false-hit rate |")
+        print("|---|---|---|---|---|---|")
+        for level in levels {
+            for verified in [false, true] {
+                let score = SemanticEvaluation.score(pairs, threshold: level, verified: verified)
+                print(String(format: "| %.2f | %@ | %d | %.4f | %.4f | %.4f |", level, verified ? "yes" : "no", score.served,
+                             score.precision, score.recall, score.falseHitRate))
+                report.append(["set": "pairs", "threshold": .double(level), "verified": .bool(verified),
+                               "served": .int(Int64(score.served)), "precision": .double(score.precision),
+                               "recall": .double(score.recall), "false_hit_rate": .double(score.falseHitRate)])
+            }
+        }
+        print("\nBanking77 + CLINC out-of-scope stream (\(queries.count) queries, \(queries.filter { $0.idealHit }.count) ideal hits)")
+        print("| threshold | verified | hit rate | hit precision | recall | false hits per query |")
+        print("|---|---|---|---|---|---|")
+        for level in levels {
+            for verified in [false, true] {
+                let score = SemanticEvaluation.replay(queries, threshold: level, verified: verified)
+                print(String(format: "| %.2f | %@ | %.4f | %.4f | %.4f | %.4f |", level, verified ? "yes" : "no", score.hitRate,
+                             score.hitPrecision, score.recall, score.falseHitRate))
+                report.append(["set": "stream", "threshold": .double(level), "verified": .bool(verified),
+                               "hit_rate": .double(score.hitRate), "hit_precision": .double(score.hitPrecision),
+                               "recall": .double(score.recall), "false_hits_per_query": .double(score.falseHitRate)])
+            }
+        }
+        let adversarial = SemanticGuard.adversarialExamples
+        let left = embedAll(adversarial.map(\.1)), right = embedAll(adversarial.map(\.2))
+        let adversarialPairs = adversarial.indices.map { index in
+            SemanticEvaluation.Pair(first: adversarial[index].1, second: adversarial[index].2, sameAnswer: false,
+                                    similarity: InMemorySemanticCache.dot(left[index], right[index]))
+        }
+        print("\nAdversarial near-duplicates (\(adversarial.count) pairs that must not share an answer: negation, numbers, entities, order)")
+        print("| pair | similarity |")
+        print("|---|---|")
+        for pair in adversarialPairs.sorted(by: { $0.similarity > $1.similarity }) {
+            print(String(format: "| %@ / %@ | %.4f |", pair.first, pair.second, pair.similarity))
+        }
+        print("| threshold | served without verification | served with verification |")
+        print("|---|---|---|")
+        for level in levels {
+            let plain = SemanticEvaluation.score(adversarialPairs, threshold: level, verified: false)
+            let checked = SemanticEvaluation.score(adversarialPairs, threshold: level, verified: true)
+            print(String(format: "| %.2f | %d | %d |", level, plain.served, checked.served))
+            report.append(["set": "adversarial", "threshold": .double(level), "served_unverified": .int(Int64(plain.served)),
+                           "served_verified": .int(Int64(checked.served))])
+        }
+        if let json {
+            try Data(JSONValue.array(report).serialized()).write(to: URL(fileURLWithPath: json))
+        }
+    }
+}

@@ -20,7 +20,7 @@ public struct ExactCacheStage: GatewayStage {
     public func handle(_ request: ChatRequest, context: GatewayContext, next: Next) async throws -> GatewayResponse {
         let directives = context.cacheDirectives
         let configuredTTL = settings.ttl(for: request.model)
-        guard settings.exactEnabled, configuredTTL > .zero, !directives.skipStore else {
+        guard settings.exactEnabled, !settings.exactOff.contains(request.model), configuredTTL > .zero, !directives.skipStore else {
             recorder.cache(.exact, .bypass, model: request.model, saved: .zero, caller: context.caller)
             return CacheSupport.mark(try await next(request, context), CacheOutcome(.bypass))
         }

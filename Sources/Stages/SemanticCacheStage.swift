@@ -34,7 +34,8 @@ public struct SemanticCacheStage: GatewayStage {
     public func handle(_ request: ChatRequest, context: GatewayContext, next: Next) async throws -> GatewayResponse {
         let directives = context.cacheDirectives
         let configuredTTL = settings.ttl(for: request.model)
-        guard settings.semanticEnabled, let embedder, configuredTTL > .zero, !directives.skipStore,
+        guard settings.semanticEnabled, !settings.semanticOff.contains(request.model), let embedder, configuredTTL > .zero,
+              !directives.skipStore,
               settings.semanticWithTools || request.tools.isEmpty, (request.n ?? 1) <= 1,
               let (question, context_) = Self.split(request)
         else {

@@ -105,6 +105,14 @@ public enum ConfigLoader {
                 config.cache.maxBytes = try exact.int("max_bytes", in: 1024...(1 << 40)) ?? config.cache.maxBytes
                 try exact.finish()
             }
+            if let semantic = try cache.mapping("semantic") {
+                config.cache.semanticEnabled = try semantic.bool("enabled") ?? true
+                config.cache.semanticThreshold = try semantic.double("threshold", in: 0.5...1) ?? config.cache.semanticThreshold
+                config.cache.semanticVerify = try semantic.bool("verify") ?? true
+                config.cache.semanticWithTools = try semantic.bool("with_tools") ?? false
+                config.cache.semanticMaxEntries = try semantic.int("max_entries", in: 1...100_000_000) ?? config.cache.semanticMaxEntries
+                try semantic.finish()
+            }
             try cache.finish()
         }
 
@@ -135,6 +143,8 @@ public enum ConfigLoader {
             if let seconds = try reader.double("cache_ttl_seconds", in: 0...(365 * 86400)) {
                 config.cache.modelTTL[name] = .milliseconds(Int64(seconds * 1000))
             }
+            if let exact = try reader.bool("exact_cache"), !exact { config.cache.exactOff.insert(name) }
+            if let semantic = try reader.bool("semantic_cache"), !semantic { config.cache.semanticOff.insert(name) }
             try reader.finish()
             config.models[name] = ModelRoute(name: name, provider: provider, upstreamModel: upstream, price: price)
         }

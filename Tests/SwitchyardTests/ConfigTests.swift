@@ -78,6 +78,11 @@ import Testing
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nmock: {length_trace: /no/such/file}", "mock.length_trace",
          "cannot read"),
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nmock: {rpm: 5}", "mock.rpm", "unknown key"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {semantic: {threshold: 1.5}}",
+         "cache.semantic.threshold", "between"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {exact: {enabled: maybe}}", "cache.exact.enabled",
+         "true or false"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m, cache_ttl: 5}}", "models.gpt-4o.cache_ttl", "unknown key"),
     ])
     func badFilesNameTheKeyPath(_ testCase: (String, String, String)) {
         let error = error(testCase.0)
@@ -93,6 +98,26 @@ import Testing
             """, environment: env)
         #expect(config.mock.requestsPerMinute == 600 && config.mock.tokensPerMinute == 90000 && config.mock.seed == 7)
         #expect(config.mock.faultRates == ["429": 0.02, "disconnect-mid-stream": 0.01])
+    }
+
+    @Test func theCacheSectionIsRead() throws {
+        let config = try ConfigLoader.parse(yaml: """
+            providers: {m: {kind: mock}}
+            models:
+              gpt-4o: {provider: m, cache_ttl_seconds: 60, semantic_cache: false}
+              gpt-4o-mini: {provider: m, exact_cache: false}
+            cache:
+              exact: {ttl_seconds: 120, max_entries: 50, max_bytes: 100000}
+              semantic: {threshold: 0.97, verify: false, with_tools: true, max_entries: 20}
+            """, environment: env)
+        #expect(config.cache.exactEnabled && config.cache.semanticEnabled)
+        #expect(config.cache.ttl(for: "gpt-4o") == .seconds(60) && config.cache.ttl(for: "gpt-4o-mini") == .seconds(120))
+        #expect(config.cache.maxEntries == 50 && config.cache.maxBytes == 100_000 && config.cache.semanticMaxEntries == 20)
+        #expect(config.cache.semanticThreshold == 0.97 && !config.cache.semanticVerify && config.cache.semanticWithTools)
+        #expect(config.cache.semanticOff == ["gpt-4o"] && config.cache.exactOff == ["gpt-4o-mini"])
+        // The defaults: both on, verified, at the evaluated threshold.
+        let defaults = GatewayConfig.embeddedDefault().cache
+        #expect(defaults.exactEnabled && defaults.semanticEnabled && defaults.semanticVerify && defaults.semanticThreshold == 0.94)
     }
 
     @Test func theShippedExampleIsValid() throws {

@@ -25,6 +25,7 @@ struct CacheAdminHandler: Sendable {
     /// SHA-256 of `SWITCHYARD_ADMIN_KEY`; without it `DELETE /v1/cache` is refused.
     let adminKeyHash: String?
     let recorder: any CacheRecorder
+    let savings: SavingsLedger
 
     /// `{"entry_id": "sc_…", "verdict": "bad" | "good"}`: a bad verdict removes the entry and counts a false hit.
     /// Only the tenant the entry belongs to can judge it.
@@ -74,6 +75,44 @@ struct CacheAdminHandler: Sendable {
         let tenant = Self.query(request.head.uri, "tenant")
         let removed = exact.removeAll(tenant: tenant) + semantic.removeAll(tenant: tenant)
         return json200(["deleted": .int(Int64(removed)), "tenant": tenant.map { .string($0) } ?? .null], requestID)
+    }
+
+    /// `GET /v1/usage/savings?from=UNIX&to=UNIX` (default: the last 24 hours): what the exact cache, the semantic
+    /// cache and the provider's prompt cache saved, per tenant and kind. A caller sees its own tenant; the admin key
+    /// sees every tenant (or `?tenant=NAME`).
+    func savingsReport(_ request: EdgeRequest) -> EdgeResponse {
+        let requestID = ChatHandler.makeRequestID()
+        let credential = ChatHandler.credential(request)
+        let tenant: String?
+        if let adminKeyHash, let credential, KeyHash.sha256Hex(credential) == adminKeyHash {
+            tenant = Self.query(request.head.uri, "tenant")
+        } else {
+            do {
+                tenant = try auth.authenticate(credential).tenant
+            } catch {
+                return ErrorRenderer.response(for: error, format: .openAI, requestID: requestID)
+            }
+        }
+        let now = savings.now
+        let to = Self.query(request.head.uri, "to").flatMap { Int64($0) } ?? now
+        let from = Self.query(request.head.uri, "from").flatMap { Int64($0) } ?? to - 86400
+        guard from <= to else {
+            return ErrorRenderer.response(for: GatewayError(.invalidRequest, "from must not be after to", param: "from"),
+                                          format: .openAI, requestID: requestID)
+        }
+        let totals = savings.totals(from: from, to: to, tenant: tenant)
+        let tenants: [JSONValue] = totals.keys.sorted().map { name in
+            var entry: [String: JSONValue] = ["tenant": .string(name)]
+            var sum = NanoUSD.zero
+            for kind in SavingsLedger.Kind.allCases {
+                let total = totals[name]?[kind] ?? SavingsLedger.Total()
+                sum += total.saved
+                entry[kind.rawValue] = ["requests": .int(Int64(total.requests)), "saved_usd": .string(total.saved.usdString)]
+            }
+            entry["total_saved_usd"] = .string(sum.usdString)
+            return .object(entry)
+        }
+        return json200(["object": "savings", "from": .int(from), "to": .int(to), "tenants": .array(tenants)], requestID)
     }
 
     func json200(_ body: JSONValue, _ requestID: String) -> EdgeResponse {

@@ -112,7 +112,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger)
     let cacheAdmin = CacheAdminHandler(exact: exactCache, semantic: semanticCache, auth: AuthStage(keys: config.keys),
                                        adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex),
-                                       recorder: metrics)
+                                       recorder: metrics, savings: metrics.savings)
     let embeddingsHandler = EmbeddingsHandler(batcher: batcher, unavailableReason: unavailable, auth: AuthStage(keys: config.keys),
                                               maxBodyBytes: config.maxBodyBytes)
 
@@ -125,6 +125,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         case (.GET, "/v1/models"): return modelsResponse(config)
         case (.POST, "/v1/cache/feedback"): return cacheAdmin.feedback(request)
         case (.DELETE, "/v1/cache"): return cacheAdmin.clear(request)
+        case (.GET, "/v1/usage/savings"): return cacheAdmin.savingsReport(request)
         case (.GET, "/healthz"): return EdgeResponse(status: .ok, body: .buffer(healthy))
         case (.GET, "/readyz"):
             let ready = !draining.withLock { $0 } && (!hasMock || mockURL.value != nil)
@@ -168,7 +169,7 @@ struct DrainWatcher: Service {
 /// the path belongs to, never an empty body.
 func unrouted(_ request: EdgeRequest) -> EdgeResponse {
     let known: Set<Substring> = ["/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/models", "/healthz", "/readyz",
-                                 "/metrics", "/v1/cache", "/v1/cache/feedback"]
+                                 "/metrics", "/v1/cache", "/v1/cache/feedback", "/v1/usage/savings"]
     let format: APIFormat = request.path.hasPrefix("/v1/messages") ? .anthropic : .openAI
     let wrongMethod = known.contains(request.path)
     let error = GatewayError(wrongMethod ? .invalidRequest : .notFound, "no endpoint \(request.method.rawValue) \(request.path)")

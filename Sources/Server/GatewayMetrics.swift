@@ -45,8 +45,13 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
     let cacheSaved: [CacheKind: Counter]
     let semanticRejections: [String: Counter]
     let falseHits: Counter
+    let promptCacheSaved: Counter
+    let promptCacheWritePremium: Counter
+    /// Savings per tenant and kind over time, for `GET /v1/usage/savings`.
+    public let savings: SavingsLedger
 
-    public init(models modelNames: some Sequence<String>) {
+    public init(models modelNames: some Sequence<String>, savings: SavingsLedger = SavingsLedger()) {
+        self.savings = savings
         let registry = PrometheusCollectorRegistry()
         let names = Set(modelNames).union(["other"])
         let apis = APIFormat.allCases
@@ -115,6 +120,12 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
         falseHits = registry.makeCounter(descriptor: MetricNameDescriptor(
             namespace: "switchyard", metricName: "semantic_cache_false_hits", unitName: "total",
             helpText: "Semantic hits reported wrong through POST /v1/cache/feedback."))
+        promptCacheSaved = registry.makeCounter(descriptor: MetricNameDescriptor(
+            namespace: "switchyard", metricName: "prompt_cache_saved_nano_usd", unitName: "total",
+            helpText: "Provider prompt-cache reads: their tokens at the input price minus what they were billed, in nano-USD."))
+        promptCacheWritePremium = registry.makeCounter(descriptor: MetricNameDescriptor(
+            namespace: "switchyard", metricName: "prompt_cache_write_premium_nano_usd", unitName: "total",
+            helpText: "Provider prompt-cache writes: what they were billed above the input price, in nano-USD."))
         (self.durations, self.overheads, self.errors, self.timeToFirstToken, self.models) = (durations, overheads, errors, ttft, models)
         self.registry = registry
     }
@@ -160,11 +171,22 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
         if usage.cacheReadTokens > 0 { counters.cacheRead.increment(by: Int64(usage.cacheReadTokens)) }
         if usage.cacheWriteTokens > 0 { counters.cacheWrite.increment(by: Int64(usage.cacheWriteTokens)) }
         counters.cost.increment(by: record.cost.value)
+        if usage.cacheReadTokens > 0 || usage.cacheWriteTokens > 0 {
+            savings.record(tenant: record.caller.tenant, kind: .promptCache, saved: record.promptCacheSaved)
+            if record.promptCacheSaved.value > 0 {
+                promptCacheSaved.increment(by: record.promptCacheSaved.value)
+            } else if record.promptCacheSaved.value < 0 {
+                promptCacheWritePremium.increment(by: -record.promptCacheSaved.value)
+            }
+        }
     }
 
     public func cache(_ kind: CacheKind, _ lookup: CacheLookup, model: String, saved: NanoUSD, caller: Caller?) {
         cacheLookups[CacheSeries(kind: kind, lookup: lookup)]?.increment()
         if saved.value > 0 { cacheSaved[kind]?.increment(by: saved.value) }
+        if lookup == .hit, let caller {
+            savings.record(tenant: caller.tenant, kind: kind == .exact ? .exact : .semantic, saved: saved)
+        }
     }
 
     public func semanticRejected(_ reason: String) {

@@ -18,7 +18,8 @@ public struct CostAccountingStage: GatewayStage {
             let cost = route.price.cost(of: completion.usage)
             completion.cost = cost
             recorder.record(CostRecord(requestID: context.requestID, caller: caller, model: route.name,
-                                       usage: completion.usage, cost: cost, streamed: false))
+                                       usage: completion.usage, cost: cost, streamed: false,
+                                       promptCacheSaved: route.price.promptCacheSavings(of: completion.usage)))
             return .completion(completion)
         case .stream(let stream):
             let recorder = self.recorder
@@ -26,7 +27,8 @@ public struct CostAccountingStage: GatewayStage {
             stream.lifecycle.onTermination { _, usage in
                 let usage = usage ?? Usage()
                 recorder.record(CostRecord(requestID: requestID, caller: caller, model: route.name, usage: usage,
-                                           cost: route.price.cost(of: usage), streamed: true))
+                                           cost: route.price.cost(of: usage), streamed: true,
+                                           promptCacheSaved: route.price.promptCacheSavings(of: usage)))
             }
             return .stream(stream)
         }

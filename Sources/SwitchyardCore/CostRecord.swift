@@ -8,14 +8,18 @@ public struct CostRecord: Sendable {
     public var usage: Usage
     public var cost: NanoUSD
     public var streamed: Bool
+    /// What the provider's prompt cache saved (negative while a cache write is not read back).
+    public var promptCacheSaved: NanoUSD
 
-    public init(requestID: String, caller: Caller, model: String, usage: Usage, cost: NanoUSD, streamed: Bool) {
+    public init(requestID: String, caller: Caller, model: String, usage: Usage, cost: NanoUSD, streamed: Bool,
+                promptCacheSaved: NanoUSD = .zero) {
         self.requestID = requestID
         self.caller = caller
         self.model = model
         self.usage = usage
         self.cost = cost
         self.streamed = streamed
+        self.promptCacheSaved = promptCacheSaved
     }
 }
 

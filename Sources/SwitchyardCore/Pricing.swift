@@ -23,6 +23,16 @@ public struct ModelPrice: Sendable, Hashable {
         self.init(input: input, output: output, cacheRead: cacheRead, cacheWrite: cacheWrite)
     }
 
+    /// What the provider's prompt cache saved on `usage`: its cached tokens at the plain input price minus what they
+    /// were billed (reads are cheaper, writes dearer, so this is negative when a write is not read back yet).
+    public func promptCacheSavings(of usage: Usage) -> NanoUSD {
+        let list = Int64(usage.cacheReadTokens + usage.cacheWriteTokens) * input.value
+        let paid = Int64(usage.cacheReadTokens) * cacheRead.value + Int64(usage.cacheWriteTokens) * cacheWrite.value
+        let difference = list - paid
+        // Rounded towards zero to whole nano-USD.
+        return NanoUSD(difference / 1_000_000)
+    }
+
     /// What `usage` costs at these prices, rounded up once to a whole nano-USD.
     public func cost(of usage: Usage) -> NanoUSD {
         let scaled = Int64(usage.inputTokens) * input.value + Int64(usage.outputTokens) * output.value

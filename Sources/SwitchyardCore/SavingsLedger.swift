@@ -1,0 +1,89 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// What the caches saved, per tenant and kind, in one-minute buckets for the last `retention`: the data behind
+/// `GET /v1/usage/savings`. In memory (the embedded default); totals since start are also Prometheus counters.
+public final class SavingsLedger: Sendable {
+    /// How a request saved money.
+    public enum Kind: String, Sendable, CaseIterable {
+        /// Served by the exact cache: the whole answer's list price.
+        case exact
+        /// Served by the semantic cache: the stored answer's list price.
+        case semantic
+        /// The provider's prompt cache: cached input tokens at the input price minus what they were billed.
+        case promptCache = "prompt_cache"
+    }
+
+    public struct Total: Sendable, Hashable {
+        public var requests = 0
+        public var saved = NanoUSD.zero
+
+        public init(requests: Int = 0, saved: NanoUSD = .zero) {
+            self.requests = requests
+            self.saved = saved
+        }
+    }
+
+    struct Key: Hashable {
+        var minute: Int64
+        var tenant: String
+        var kind: Kind
+    }
+
+    private struct State {
+        var buckets: [Key: Total] = [:]
+        var trimmedAt: Int64 = 0
+    }
+
+    private let state = Locked(State())
+    private let retentionMinutes: Int64
+    private let clock: @Sendable () -> Int64
+
+    /// - Parameter now: Unix seconds (injectable for tests).
+    public init(retention: Duration = .seconds(7 * 86400), now: @escaping @Sendable () -> Int64 = SavingsLedger.unixNow) {
+        self.retentionMinutes = max(1, retention.components.seconds / 60)
+        self.clock = now
+    }
+
+    public static let unixNow: @Sendable () -> Int64 = {
+        // Wall-clock seconds without Foundation.
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Int64(spec.tv_sec)
+    }
+
+    public func record(tenant: String, kind: Kind, saved: NanoUSD) {
+        let minute = clock() / 60
+        state.withLock { state in
+            state.buckets[Key(minute: minute, tenant: tenant, kind: kind), default: Total()].requests += 1
+            state.buckets[Key(minute: minute, tenant: tenant, kind: kind), default: Total()].saved += saved
+            // Minutes past the retention go, checked once per new minute.
+            if minute != state.trimmedAt {
+                state.trimmedAt = minute
+                let oldest = minute - retentionMinutes
+                state.buckets = state.buckets.filter { $0.key.minute >= oldest }
+            }
+        }
+    }
+
+    /// Totals per tenant and kind between `from` and `to` (Unix seconds, both inclusive at minute granularity);
+    /// `tenant` limits them to one tenant.
+    public func totals(from: Int64, to: Int64, tenant: String? = nil) -> [String: [Kind: Total]] {
+        let first = from / 60, last = to / 60
+        return state.withLock { state in
+            var result: [String: [Kind: Total]] = [:]
+            for (key, total) in state.buckets where key.minute >= first && key.minute <= last && (tenant == nil || key.tenant == tenant) {
+                result[key.tenant, default: [:]][key.kind, default: Total()].requests += total.requests
+                result[key.tenant, default: [:]][key.kind, default: Total()].saved += total.saved
+            }
+            return result
+        }
+    }
+
+    public var now: Int64 { clock() }
+}

@@ -3,7 +3,7 @@ public import SwitchyardCore
 
 /// The one place the order of the stages is written.
 public enum DefaultPipeline {
-    /// Auth → Route → ExactCache → SemanticCache → CostAccounting → ProviderCall.
+    /// Auth → Route → ExactCache → SemanticCache → PromptCache → CostAccounting → ProviderCall.
     ///
     /// The exact cache sits after the route stage so that unknown models are refused before any lookup and a
     /// streamed answer can be priced when it is stored; its key is the model name the client asked for.
@@ -18,6 +18,7 @@ public enum DefaultPipeline {
                 RouteStage(models: config.models),
                 ExactCacheStage(store: exactCache, settings: config.cache, recorder: recorder),
                 SemanticCacheStage(store: semanticCache, embedder: embedder, settings: config.cache, recorder: recorder),
+                PromptCacheStage(providers: config.providers),
                 CostAccountingStage(recorder: recorder),
             ],
             terminal: { request, context in try await call(request, context: context) })

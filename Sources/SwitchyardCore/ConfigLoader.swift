@@ -143,10 +143,16 @@ public enum ConfigLoader {
             if let seconds = try reader.double("cache_ttl_seconds", in: 0...(365 * 86400)) {
                 config.cache.modelTTL[name] = .milliseconds(Int64(seconds * 1000))
             }
+            var autoPromptCache = false
+            if let mode = try reader.string("prompt_cache") {
+                guard ["auto", "off"].contains(mode) else { throw ConfigError(path: reader.child("prompt_cache"), "must be auto or off") }
+                autoPromptCache = mode == "auto"
+            }
             if let exact = try reader.bool("exact_cache"), !exact { config.cache.exactOff.insert(name) }
             if let semantic = try reader.bool("semantic_cache"), !semantic { config.cache.semanticOff.insert(name) }
             try reader.finish()
-            config.models[name] = ModelRoute(name: name, provider: provider, upstreamModel: upstream, price: price)
+            config.models[name] = ModelRoute(name: name, provider: provider, upstreamModel: upstream, price: price,
+                                             autoPromptCache: autoPromptCache)
         }
         guard !config.models.isEmpty else { throw ConfigError(path: "models", "must name at least one model") }
 

@@ -72,12 +72,17 @@ public struct ModelRoute: Sendable, Hashable {
     /// The provider's own model id.
     public var upstreamModel: String
     public var price: ModelPrice
+    /// For OpenAI-format requests to an Anthropic model: insert prompt-cache breakpoints after the system prompt and
+    /// the tools when they are long enough to be cached (YAML `prompt_cache: auto`). Off by default: a cache write
+    /// costs 1.25× the input price, worth it only when the prefix is reused within the cache's five minutes.
+    public var autoPromptCache: Bool
 
-    public init(name: String, provider: String, upstreamModel: String, price: ModelPrice) {
+    public init(name: String, provider: String, upstreamModel: String, price: ModelPrice, autoPromptCache: Bool = false) {
         self.name = name
         self.provider = provider
         self.upstreamModel = upstreamModel
         self.price = price
+        self.autoPromptCache = autoPromptCache
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Stages
 import SwitchyardCore
 import SwitchyardModels
 import SwitchyardTestKit
@@ -75,6 +76,66 @@ import Testing
             #expect(other["tenants"]?.arrayValue?.count == 1 && other["tenants"]?.arrayValue?.first?["exact"]?["requests"]?.intValue == 1)
             let window = try await send("\(url)/v1/usage/savings?from=10&to=5", method: "GET", headers: key, contentType: nil)
             #expect(window.status == 400)
+        }
+    }
+}
+
+/// `prompt_cache: auto`: breakpoints for OpenAI-format requests to Anthropic models.
+@Suite struct AutoPromptCacheTests {
+    static func openAIBody(_ question: String, system: String = MockPromptCacheTests.longSystem) -> String {
+        let body: JSONValue = [
+            "model": "claude-sonnet-4-5", "max_tokens": 20,
+            "messages": [["role": "system", "content": .string(system)], ["role": "user", "content": .string(question)]],
+        ]
+        return body.jsonString(sortedKeys: true)
+    }
+
+    static func cachedTokens(_ response: TestResponse) -> Int64? {
+        (try? JSONValue.parse(Array(response.body.utf8)))?["usage"]?["prompt_tokens_details"]?["cached_tokens"]?.intValue
+    }
+
+    @Test func breakpointsAreMarkedOnlyWhereThePrefixIsLongEnough() {
+        // About 1,500 estimated tokens (4 characters each): over Sonnet's 1,024, under Haiku's 2,048.
+        let system = String(repeating: "Answer politely. ", count: 360)
+        let long = ChatRequest(model: "m", messages: [ChatMessage(role: .system, content: [.text(system)]),
+                                                       ChatMessage(role: .user, content: [.text("hi")])], sourceFormat: .openAI)
+        let marked = PromptCacheStage.markBreakpoints(long, upstreamModel: "claude-sonnet-4-5")
+        let ephemeral: JSONValue = ["type": "ephemeral"]
+        #expect(marked.messages[0].content == [ContentBlock.text(system, cacheControl: ephemeral)])
+        #expect(marked.messages[1] == long.messages[1])
+        // Haiku needs twice as long a prefix; a short system prompt gets nothing.
+        #expect(PromptCacheStage.markBreakpoints(long, upstreamModel: "claude-haiku-4-5") == long)
+        var short = long
+        short.messages[0].content = [.text("Be brief.")]
+        #expect(PromptCacheStage.markBreakpoints(short, upstreamModel: "claude-sonnet-4-5") == short)
+        // Long tools get their own breakpoint; a request that already has breakpoints is left alone.
+        var tools = short
+        tools.tools = (0..<40).map { ToolDefinition(name: "tool_\($0)", description: String(repeating: "Does a thing. ", count: 10),
+                                                   inputSchema: ["type": "object"]) }
+        let toolsMarked = PromptCacheStage.markBreakpoints(tools, upstreamModel: "claude-sonnet-4-5")
+        #expect(toolsMarked.tools.last?.cacheControl == ephemeral)
+        #expect(toolsMarked.tools.dropLast().allSatisfy { $0.cacheControl == nil })
+        #expect(PromptCacheStage.markBreakpoints(toolsMarked, upstreamModel: "claude-sonnet-4-5") == toolsMarked)
+    }
+
+    @Test func anOpenAIClientGetsAnthropicPromptCachingThroughTheRouteOption() async throws {
+        var config = TestConfigs.embedded()
+        config.models["claude-sonnet-4-5"]?.autoPromptCache = true
+        try await withTestGateway(config) { _, url in
+            let first = try await send("\(url)/v1/chat/completions", body: Self.openAIBody("first question"))
+            let second = try await send("\(url)/v1/chat/completions", body: Self.openAIBody("second question"))
+            #expect(first.status == 200 && second.status == 200)
+            #expect(Self.cachedTokens(first) == 0)
+            #expect((Self.cachedTokens(second) ?? 0) >= 1024)
+            // The write costs more than plain input, the read far less.
+            let cost = { (response: TestResponse) in Double(response.header("x-switchyard-cost-usd") ?? "") ?? 0 }
+            #expect(cost(second) < cost(first) / 3)
+        }
+        // Without the option the same requests cache nothing.
+        try await withTestGateway { _, url in
+            _ = try await send("\(url)/v1/chat/completions", body: Self.openAIBody("first question"))
+            let second = try await send("\(url)/v1/chat/completions", body: Self.openAIBody("second question"))
+            #expect(Self.cachedTokens(second) == 0)
         }
     }
 }

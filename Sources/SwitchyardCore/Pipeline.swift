@@ -122,22 +122,23 @@ public typealias Next = @Sendable (ChatRequest, GatewayContext) async throws -> 
 public struct Pipeline: Sendable {
     public let stages: [any GatewayStage]
     public let terminal: Next
+    /// The stages chained once, at build time: a request allocates no continuation closures on its way down.
+    private let entry: Next
 
     public init(stages: [any GatewayStage], terminal: @escaping Next) {
         self.stages = stages
         self.terminal = terminal
+        var next = terminal
+        for stage in stages.reversed() {
+            let inner = next
+            next = { request, context in try await stage.handle(request, context: context, next: inner) }
+        }
+        self.entry = next
     }
 
     /// Runs the request through every stage.
     public func run(_ request: ChatRequest, context: GatewayContext) async throws -> GatewayResponse {
-        try await step(0, request, context)
-    }
-
-    private func step(_ index: Int, _ request: ChatRequest, _ context: GatewayContext) async throws -> GatewayResponse {
-        guard index < stages.count else { return try await terminal(request, context) }
-        return try await stages[index].handle(request, context: context) { request, context in
-            try await self.step(index + 1, request, context)
-        }
+        try await entry(request, context)
     }
 }
 

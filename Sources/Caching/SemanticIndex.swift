@@ -39,12 +39,50 @@ public protocol SemanticCacheStore: Sendable {
     @discardableResult func removeAll(tenant: String?) -> Int
 }
 
-/// An in-process store: entries grouped by namespace and scanned exactly (a namespace holds the rephrasings of one
-/// conversation context for one tenant and model, so scans stay short); bounded in entries, oldest out first;
-/// expired entries are dropped when met.
+/// An in-process store. Entries are grouped by namespace; a namespace is scanned exactly while it is small and gets
+/// an HNSW index once it holds `annThreshold` entries (searches then cost about the logarithm of its size). Bounded in
+/// entries, oldest out first; expired entries are dropped when met.
 public final class InMemorySemanticCache: SemanticCacheStore {
+    struct Namespace {
+        var entries: [String: SemanticEntry] = [:]
+        var index: HNSWIndex?
+        var nodeIDs: [String] = []
+        var nodeOf: [String: Int] = [:]
+
+        mutating func buildIndex() {
+            var index = HNSWIndex()
+            nodeIDs = []
+            nodeOf = [:]
+            for (id, entry) in entries {
+                nodeOf[id] = index.insert(entry.vector)
+                nodeIDs.append(id)
+            }
+            self.index = index
+        }
+
+        mutating func add(_ entry: SemanticEntry, annThreshold: Int) {
+            entries[entry.id] = entry
+            if index != nil {
+                nodeOf[entry.id] = index!.insert(entry.vector)
+                nodeIDs.append(entry.id)
+            } else if entries.count >= annThreshold {
+                buildIndex()
+            }
+        }
+
+        mutating func remove(_ id: String) -> SemanticEntry? {
+            guard let entry = entries.removeValue(forKey: id) else { return nil }
+            if let node = nodeOf.removeValue(forKey: id) {
+                index?.markDeleted(node)
+                // Rebuild once a third of the graph is dead weight.
+                if let index, index.deletedCount * 3 > index.count + index.deletedCount { buildIndex() }
+            }
+            return entry
+        }
+    }
+
     struct State {
-        var namespaces: [String: [SemanticEntry]] = [:]
+        var namespaces: [String: Namespace] = [:]
         var namespaceOf: [String: String] = [:]
         /// Insertion order, for eviction (ids; removed ones are skipped).
         var order: [String] = []
@@ -53,29 +91,49 @@ public final class InMemorySemanticCache: SemanticCacheStore {
     }
 
     public let maxEntries: Int
+    /// Namespace size from which searches go through the HNSW index instead of a full scan.
+    public let annThreshold: Int
     private let state = Locked(State())
 
-    public init(maxEntries: Int) {
+    public init(maxEntries: Int, annThreshold: Int = 2000) {
         self.maxEntries = max(1, maxEntries)
+        self.annThreshold = max(2, annThreshold)
     }
 
     public var count: Int { state.withLock { $0.count } }
+
+    /// Whether `namespace` is searched through its ANN index (for tests and metrics).
+    public func usesIndex(_ namespace: String) -> Bool {
+        state.withLock { $0.namespaces[namespace]?.index != nil }
+    }
 
     public func nearest(_ vector: [Float], namespace: String, minimum: Float, limit: Int, now: ContinuousClock.Instant)
         -> [SemanticMatch]
     {
         state.withLock { state -> [SemanticMatch] in
-            guard var entries = state.namespaces[namespace] else { return [] }
-            let before = entries.count
-            entries.removeAll { $0.answer.expiresAt <= now }
-            if entries.count != before {
-                state.count -= before - entries.count
-                state.namespaces[namespace] = entries.isEmpty ? nil : entries
-            }
+            guard var space = state.namespaces[namespace] else { return [] }
             var matches: [SemanticMatch] = []
-            for entry in entries {
-                let similarity = Self.dot(vector, entry.vector)
-                if similarity >= minimum { matches.append(SemanticMatch(entry: entry, similarity: similarity)) }
+            var expired: [String] = []
+            if let index = space.index {
+                // A few more than asked for: some may have expired.
+                for (node, similarity) in index.search(vector, limit: limit * 2) where similarity >= minimum {
+                    guard let entry = space.entries[space.nodeIDs[node]] else { continue }
+                    if entry.answer.expiresAt <= now { expired.append(entry.id); continue }
+                    matches.append(SemanticMatch(entry: entry, similarity: similarity))
+                }
+            } else {
+                for entry in space.entries.values {
+                    if entry.answer.expiresAt <= now { expired.append(entry.id); continue }
+                    let similarity = Self.dot(vector, entry.vector)
+                    if similarity >= minimum { matches.append(SemanticMatch(entry: entry, similarity: similarity)) }
+                }
+            }
+            if !expired.isEmpty {
+                for id in expired where space.remove(id) != nil {
+                    state.namespaceOf[id] = nil
+                    state.count -= 1
+                }
+                state.namespaces[namespace] = space.entries.isEmpty ? nil : space
             }
             matches.sort { $0.similarity > $1.similarity }
             return Array(matches.prefix(limit))
@@ -83,8 +141,10 @@ public final class InMemorySemanticCache: SemanticCacheStore {
     }
 
     public func insert(_ entry: SemanticEntry) {
+        let annThreshold = self.annThreshold
         state.withLock { state in
-            state.namespaces[entry.namespace, default: []].append(entry)
+            if state.namespaceOf[entry.id] != nil { _ = Self.remove(entry.id, from: &state) }
+            state.namespaces[entry.namespace, default: Namespace()].add(entry, annThreshold: annThreshold)
             state.namespaceOf[entry.id] = entry.namespace
             state.order.append(entry.id)
             state.count += 1
@@ -106,23 +166,18 @@ public final class InMemorySemanticCache: SemanticCacheStore {
 
     @discardableResult public func removeAll(tenant: String?) -> Int {
         state.withLock { state -> Int in
-            var removed = 0
-            for (namespace, entries) in state.namespaces {
-                let kept = entries.filter { tenant != nil && $0.answer.tenant != tenant }
-                removed += entries.count - kept.count
-                for entry in entries where tenant == nil || entry.answer.tenant == tenant { state.namespaceOf[entry.id] = nil }
-                state.namespaces[namespace] = kept.isEmpty ? nil : kept
+            let doomed = state.namespaces.values.flatMap { space in
+                space.entries.values.filter { tenant == nil || $0.answer.tenant == tenant }.map(\.id)
             }
-            state.count -= removed
-            return removed
+            for id in doomed { _ = Self.remove(id, from: &state) }
+            return doomed.count
         }
     }
 
     private static func remove(_ id: String, from state: inout State) -> SemanticEntry? {
-        guard let namespace = state.namespaceOf.removeValue(forKey: id),
-              var entries = state.namespaces[namespace], let index = entries.firstIndex(where: { $0.id == id }) else { return nil }
-        let entry = entries.remove(at: index)
-        state.namespaces[namespace] = entries.isEmpty ? nil : entries
+        guard let namespace = state.namespaceOf.removeValue(forKey: id), var space = state.namespaces[namespace],
+              let entry = space.remove(id) else { return nil }
+        state.namespaces[namespace] = space.entries.isEmpty ? nil : space
         state.count -= 1
         return entry
     }

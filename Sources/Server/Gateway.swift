@@ -101,7 +101,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         break
     }
     let exactCache = InMemoryExactCache(maxEntries: config.cache.maxEntries, maxBytes: config.cache.maxBytes)
-    let semanticCache = InMemorySemanticCache(maxEntries: config.cache.semanticMaxEntries)
+    let semanticCache = InMemorySemanticCache(maxEntries: config.cache.semanticMaxEntries,
+                                              annThreshold: config.cache.semanticANNThreshold)
     if config.cache.semanticEnabled && batcher == nil {
         logger.notice("semantic cache off: no embedding model", metadata: ["switchyard.reason": "\(unavailable)"])
     }

@@ -90,6 +90,8 @@ public struct CacheSettings: Sendable, Hashable {
     /// Requests with tools are not answered semantically unless this is set (a tool call depends on details).
     public var semanticWithTools = false
     public var semanticMaxEntries = 10_000
+    /// A namespace with at least this many entries is searched through an HNSW index instead of a full scan.
+    public var semanticANNThreshold = 2000
     /// Models (public names) whose answers one cache or the other must not serve (YAML `exact_cache: false`,
     /// `semantic_cache: false` on a model).
     public var exactOff: Set<String> = []

@@ -111,6 +111,7 @@ public enum ConfigLoader {
                 config.cache.semanticVerify = try semantic.bool("verify") ?? true
                 config.cache.semanticWithTools = try semantic.bool("with_tools") ?? false
                 config.cache.semanticMaxEntries = try semantic.int("max_entries", in: 1...100_000_000) ?? config.cache.semanticMaxEntries
+                config.cache.semanticANNThreshold = try semantic.int("ann_threshold", in: 2...100_000_000) ?? config.cache.semanticANNThreshold
                 try semantic.finish()
             }
             try cache.finish()

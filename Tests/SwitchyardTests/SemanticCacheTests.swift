@@ -1,4 +1,5 @@
 import Caching
+import MockProvider
 import Embeddings
 import Foundation
 import Server
@@ -93,6 +94,49 @@ import Testing
         let replay = SemanticEvaluation.replay(queries, threshold: 0.95, verified: false)
         #expect(replay.queries == 4 && replay.hits == 2 && replay.correctHits == 1 && replay.idealHits == 1)
         #expect(replay.hitPrecision == 0.5 && replay.recall == 1 && replay.falseHitRate == 0.25)
+    }
+
+    /// Clustered unit vectors (many questions about a few hundred topics), each with a noisy query of its own.
+    static func clusteredVectors(count: Int, dimensions: Int = 64, seed: UInt64 = 7) -> (stored: [[Float]], queries: [[Float]]) {
+        var rng = SplitMix64(seed: seed)
+        func unit(_ values: [Float]) -> [Float] {
+            let norm = values.reduce(0) { $0 + $1 * $1 }.squareRoot()
+            return values.map { $0 / norm }
+        }
+        func gaussian() -> Float { Float(rng.nextGaussian()) }
+        let centres = (0..<200).map { _ in unit((0..<dimensions).map { _ in gaussian() }) }
+        var stored: [[Float]] = [], queries: [[Float]] = []
+        for index in 0..<count {
+            let centre = centres[index % centres.count]
+            let point = unit(zip(centre, (0..<dimensions).map { _ in gaussian() * 0.15 }).map { $0 + $1 })
+            stored.append(point)
+            queries.append(unit(zip(point, (0..<dimensions).map { _ in gaussian() * 0.02 }).map { $0 + $1 }))
+        }
+        return (stored, queries)
+    }
+
+    @Test func theHNSWIndexFindsWhatAnExactScanFinds() {
+        let (stored, queries) = Self.clusteredVectors(count: 1500, dimensions: 32)
+        let store = InMemorySemanticCache(maxEntries: 10_000, annThreshold: 300)
+        let later = ContinuousClock.now + .seconds(600)
+        for (index, vector) in stored.enumerated() {
+            store.insert(SemanticEntry(id: "e\(index)", namespace: "n", text: "q\(index)", vector: vector,
+                                       answer: ExactCacheTests.answer("a\(index)", tenant: "t", expires: later)))
+        }
+        #expect(store.usesIndex("n"))
+        var found = 0
+        let sample = stride(from: 0, to: queries.count, by: 3).map { $0 }
+        for index in sample {
+            let best = store.nearest(queries[index], namespace: "n", minimum: 0.5, limit: 1, now: .now).first
+            if best?.entry.id == "e\(index)" { found += 1 }
+        }
+        let recall = Double(found) / Double(sample.count)
+        #expect(recall >= 0.95, "recall@1 \(recall)")
+        // Removed entries are never returned, and the index keeps finding the rest.
+        for index in 0..<700 { store.remove(id: "e\(index)") }
+        #expect(store.count == 800)
+        #expect(store.nearest(queries[10], namespace: "n", minimum: 0.5, limit: 3, now: .now).allSatisfy { $0.entry.id != "e10" })
+        #expect(store.nearest(queries[1200], namespace: "n", minimum: 0.5, limit: 1, now: .now).first?.entry.id == "e1200")
     }
 
     // MARK: Through the gateway, with the on-device model

@@ -45,6 +45,8 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
     let cacheSaved: [CacheKind: Counter]
     let semanticRejections: [String: Counter]
     let falseHits: Counter
+    let shadowChecks: Counter
+    let shadowDisagreements: Counter
     let promptCacheSaved: Counter
     let promptCacheWritePremium: Counter
     /// Savings per tenant and kind over time, for `GET /v1/usage/savings`.
@@ -120,6 +122,12 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
         falseHits = registry.makeCounter(descriptor: MetricNameDescriptor(
             namespace: "switchyard", metricName: "semantic_cache_false_hits", unitName: "total",
             helpText: "Semantic hits reported wrong through POST /v1/cache/feedback."))
+        shadowChecks = registry.makeCounter(descriptor: MetricNameDescriptor(
+            namespace: "switchyard", metricName: "semantic_cache_shadow_checks", unitName: "total",
+            helpText: "Semantic hits also answered by the model in the background to measure false hits."))
+        shadowDisagreements = registry.makeCounter(descriptor: MetricNameDescriptor(
+            namespace: "switchyard", metricName: "semantic_cache_shadow_disagreements", unitName: "total",
+            helpText: "Shadow checks whose fresh answer did not match the cached one (cosine of the texts below 0.8)."))
         promptCacheSaved = registry.makeCounter(descriptor: MetricNameDescriptor(
             namespace: "switchyard", metricName: "prompt_cache_saved_nano_usd", unitName: "total",
             helpText: "Provider prompt-cache reads: their tokens at the input price minus what they were billed, in nano-USD."))
@@ -195,6 +203,11 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
 
     public func falseHitReported() {
         falseHits.increment()
+    }
+
+    public func shadowChecked(agreed: Bool) {
+        shadowChecks.increment()
+        if !agreed { shadowDisagreements.increment() }
     }
 
     /// The Prometheus text exposition.

@@ -12,7 +12,7 @@ public struct AuthStage: GatewayStage {
         self.keys = Dictionary(keys.map { ($0.sha256, $0.caller) }, uniquingKeysWith: { first, _ in first })
     }
 
-    public func handle(_ request: ChatRequest, context: GatewayContext, next: Next) async throws -> GatewayResponse {
+    public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
         var context = context
         context.caller = try authenticate(context.credential)
         return try await next(request, context)

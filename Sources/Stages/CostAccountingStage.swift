@@ -10,7 +10,7 @@ public struct CostAccountingStage: GatewayStage {
         self.recorder = recorder
     }
 
-    public func handle(_ request: ChatRequest, context: GatewayContext, next: Next) async throws -> GatewayResponse {
+    public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
         let route = try context.requireRoute()
         let caller = try context.requireCaller()
         switch try await next(request, context) {

@@ -17,7 +17,7 @@ public struct ExactCacheStage: GatewayStage {
         self.recorder = recorder
     }
 
-    public func handle(_ request: ChatRequest, context: GatewayContext, next: Next) async throws -> GatewayResponse {
+    public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
         let directives = context.cacheDirectives
         let configuredTTL = settings.ttl(for: request.model)
         guard settings.exactEnabled, !settings.exactOff.contains(request.model), configuredTTL > .zero, !directives.skipStore else {

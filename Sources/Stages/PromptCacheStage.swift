@@ -14,7 +14,7 @@ public struct PromptCacheStage: GatewayStage {
         self.providers = providers
     }
 
-    public func handle(_ request: ChatRequest, context: GatewayContext, next: Next) async throws -> GatewayResponse {
+    public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
         guard let route = context.route, route.autoPromptCache, request.sourceFormat == .openAI,
               providers[route.provider]?.kind.format(forUpstreamModel: route.upstreamModel) == .anthropic
         else { return try await next(request, context) }

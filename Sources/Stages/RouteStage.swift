@@ -9,7 +9,7 @@ public struct RouteStage: GatewayStage {
         self.models = models
     }
 
-    public func handle(_ request: ChatRequest, context: GatewayContext, next: Next) async throws -> GatewayResponse {
+    public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
         guard let route = models[request.model] else {
             throw GatewayError(.modelNotFound, "model '\(request.model)' does not exist; GET /v1/models lists the available ones",
                                param: "model")

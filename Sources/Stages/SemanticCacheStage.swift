@@ -31,7 +31,7 @@ public struct SemanticCacheStage: GatewayStage {
     /// Candidates verified per lookup, best first.
     static let candidates = 5
 
-    public func handle(_ request: ChatRequest, context: GatewayContext, next: Next) async throws -> GatewayResponse {
+    public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
         let directives = context.cacheDirectives
         let configuredTTL = settings.ttl(for: request.model)
         guard settings.semanticEnabled, !settings.semanticOff.contains(request.model), let embedder, configuredTTL > .zero,
@@ -54,6 +54,9 @@ public struct SemanticCacheStage: GatewayStage {
                     continue
                 }
                 recorder.cache(.semantic, .hit, model: request.model, saved: match.entry.answer.cost, caller: caller)
+                if settings.semanticShadowRate > 0, Double.random(in: 0..<1) < settings.semanticShadowRate {
+                    shadowCheck(request, context: context, cached: match.entry.answer.response, next: next, embedder: embedder)
+                }
                 let outcome = CacheOutcome(.hitSemantic, similarity: Double(match.similarity), entryID: match.entry.id)
                 return CacheSupport.replay(match.entry.answer, for: request, outcome: outcome)
             }
@@ -65,6 +68,26 @@ public struct SemanticCacheStage: GatewayStage {
                                     tenant: caller.tenant, model: request.model, price: context.route?.price,
                                     outcome: nil) { answer in
             store.insert(SemanticEntry(id: id, namespace: namespace, text: question, vector: vector, answer: answer))
+        }
+    }
+
+    /// Answers cosine-similar at least this much count as agreeing in a shadow check.
+    static let shadowAgreement: Float = 0.8
+
+    /// Sends the request to the model in the background (not streamed, billed as usual) and compares the fresh answer
+    /// with the cached one by the similarity of their texts. The client already has its cached answer.
+    func shadowCheck(_ request: ChatRequest, context: GatewayContext, cached: ChatResponse, next: @escaping Next,
+                     embedder: any TextEmbedder) {
+        var fresh = request
+        fresh.stream = false
+        fresh.streamIncludeUsage = false
+        let recorder = self.recorder
+        Task.detached {
+            guard case .completion(let completion)? = try? await next(fresh, context),
+                  let response = try? completion.canonicalResponse() else { return }
+            let text = { (answer: ChatResponse) in answer.choices.flatMap(\.content).compactMap(\.text).joined(separator: "\n") }
+            let a = await embedder.embed(text(cached)), b = await embedder.embed(text(response))
+            recorder.shadowChecked(agreed: InMemorySemanticCache.dot(a, b) >= Self.shadowAgreement)
         }
     }
 

@@ -90,6 +90,9 @@ public struct CacheSettings: Sendable, Hashable {
     /// Requests with tools are not answered semantically unless this is set (a tool call depends on details).
     public var semanticWithTools = false
     public var semanticMaxEntries = 10_000
+    /// The share of semantic hits also sent to the model (in the background, billed as usual) to compare its fresh
+    /// answer with the cached one: a measured disagreement rate (`switchyard_semantic_cache_shadow_*`). Off by default.
+    public var semanticShadowRate = 0.0
     /// A namespace with at least this many entries is searched through an HNSW index instead of a full scan.
     public var semanticANNThreshold = 2000
     /// Models (public names) whose answers one cache or the other must not serve (YAML `exact_cache: false`,

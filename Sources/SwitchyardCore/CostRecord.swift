@@ -36,4 +36,6 @@ public protocol CacheRecorder: Sendable {
     func semanticRejected(_ reason: String)
     /// A client reported a semantic hit as wrong (`POST /v1/cache/feedback`).
     func falseHitReported()
+    /// A shadow check of a semantic hit: whether the model's fresh answer agreed with the cached one.
+    func shadowChecked(agreed: Bool)
 }

@@ -112,7 +112,7 @@ public enum GatewayResponse: Sendable {
 /// A stage of the pipeline, shaped like Hummingbird middleware over canonical types.
 public protocol GatewayStage: Sendable {
     /// Handles the request, calling `next` to continue down the pipeline (or not, to short-circuit).
-    func handle(_ request: ChatRequest, context: GatewayContext, next: Next) async throws -> GatewayResponse
+    func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse
 }
 
 /// The continuation of the pipeline after a stage.

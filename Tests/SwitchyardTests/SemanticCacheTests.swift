@@ -193,6 +193,26 @@ import Testing
         }
     }
 
+    @Test func shadowChecksAskTheModelInTheBackground() async throws {
+        var config = TestConfigs.embedded()
+        config.cache.semanticShadowRate = 1
+        try await withTestGateway(config, embeddings: .model(directory: ModelStore().modelDirectory)) { gateway, url in
+            _ = try await send("\(url)/v1/chat/completions", body: Self.body("How do I reset my password?"))
+            let calls = gateway.mock?.currentStats.requests ?? 0
+            let hit = try await send("\(url)/v1/chat/completions", body: Self.body("How can I reset my password?"))
+            #expect(hit.header("x-switchyard-cache") == "hit-semantic")
+            // The client had its cached answer at once; the model is asked afterwards and the answers compared.
+            var checked = false
+            for _ in 0..<100 where !checked {
+                try await Task.sleep(for: .milliseconds(20))
+                let metrics = try await send("\(url)/metrics", method: "GET", contentType: nil).body
+                checked = metrics.contains("switchyard_semantic_cache_shadow_checks_total 1")
+            }
+            #expect(checked)
+            #expect(gateway.mock?.currentStats.requests == calls + 1)
+        }
+    }
+
     @Test func badFeedbackRemovesTheEntryAndCountsAFalseHit() async throws {
         try await withModelGateway { _, url in
             let key = [("authorization", "Bearer tenant-a")]

@@ -34,29 +34,39 @@ public struct CachedAnswer: Sendable {
     public var tenant: String
     /// The public model name it answered.
     public var model: String
-    public var response: ChatResponse
-    /// The upstream's own bytes, when the answer arrived whole: a same-format hit is served from them untouched.
-    public var raw: (format: APIFormat, body: ByteBuffer)?
+    /// The answer as it came: when it arrived whole, the upstream's bytes (a same-format hit is served from them
+    /// untouched, and they are decoded only when a hit needs another format or a stream) and the usage read from them.
+    public var completion: Completion
     /// What the answer cost when it was made, at list prices: what each hit saves.
     public var cost: NanoUSD
     public var storedAt: ContinuousClock.Instant
     public var expiresAt: ContinuousClock.Instant
 
-    public init(tenant: String, model: String, response: ChatResponse, raw: (format: APIFormat, body: ByteBuffer)?,
-                cost: NanoUSD, storedAt: ContinuousClock.Instant, expiresAt: ContinuousClock.Instant) {
+    public init(tenant: String, model: String, completion: Completion, cost: NanoUSD, storedAt: ContinuousClock.Instant,
+                expiresAt: ContinuousClock.Instant) {
         self.tenant = tenant
         self.model = model
-        self.response = response
-        self.raw = raw
+        self.completion = completion
+        self.completion.cost = nil
+        self.completion.cache = nil
         self.cost = cost
         self.storedAt = storedAt
         self.expiresAt = expiresAt
     }
 
+    public init(tenant: String, model: String, response: ChatResponse, raw: (format: APIFormat, body: ByteBuffer)?,
+                cost: NanoUSD, storedAt: ContinuousClock.Instant, expiresAt: ContinuousClock.Instant) {
+        self.init(tenant: tenant, model: model, completion: Completion(response: response, raw: raw), cost: cost,
+                  storedAt: storedAt, expiresAt: expiresAt)
+    }
+
+    /// The canonical answer (decoded from the stored bytes when only they were kept); `nil` if they do not decode.
+    public var response: ChatResponse? { try? completion.canonicalResponse() }
+
     /// About how much memory the entry holds, for the store's byte bound.
     public var approximateBytes: Int {
-        var bytes = 256 + (raw?.body.readableBytes ?? 0)
-        for choice in response.choices {
+        var bytes = 256 + (completion.raw?.body.readableBytes ?? 0)
+        for choice in completion.response?.choices ?? [] {
             for block in choice.content {
                 switch block {
                 case .text(let text, _): bytes += text.utf8.count

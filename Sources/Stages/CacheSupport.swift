@@ -5,14 +5,17 @@ import SwitchyardModels
 /// What the exact and semantic cache stages share: replaying a stored answer, and storing an answer once it is
 /// known to be complete and successful.
 enum CacheSupport {
-    /// A stored answer as the caller asked for it: a stream replayed with the real event sequence, or a whole answer.
-    static func replay(_ answer: CachedAnswer, for request: ChatRequest, outcome: CacheOutcome) -> GatewayResponse {
+    /// A stored answer as the caller asked for it: a stream replayed with the real event sequence, or a whole answer;
+    /// `nil` if a stored body no longer decodes (then the request goes on as a miss).
+    static func replay(_ answer: CachedAnswer, for request: ChatRequest, outcome: CacheOutcome) -> GatewayResponse? {
         if request.stream {
-            var stream = ChatStream(format: request.sourceFormat, events: AnswerReplay.events(answer.response))
+            guard let response = answer.response else { return nil }
+            var stream = ChatStream(format: request.sourceFormat, events: AnswerReplay.events(response))
             stream.cache = outcome
             return .stream(stream)
         }
-        var completion = Completion(response: answer.response, raw: answer.raw, cost: .zero)
+        var completion = answer.completion
+        completion.cost = .zero
         completion.cache = outcome
         return .completion(completion)
     }
@@ -29,10 +32,11 @@ enum CacheSupport {
         let ttl = served ? .zero : ttl
         switch response {
         case .completion(var completion):
-            if ttl > .zero, let response = try? completion.canonicalResponse() {
+            // Stored as it came (bytes and usage): decoded only if a hit ever needs another format or a stream.
+            if ttl > .zero, completion.response != nil || completion.raw != nil {
                 let now = ContinuousClock.now
-                store(CachedAnswer(tenant: tenant, model: model, response: response, raw: completion.raw,
-                                   cost: completion.cost ?? .zero, storedAt: now, expiresAt: now + ttl))
+                store(CachedAnswer(tenant: tenant, model: model, completion: completion, cost: completion.cost ?? .zero,
+                                   storedAt: now, expiresAt: now + ttl))
             }
             if let outcome { completion.cache = outcome }
             return .completion(completion)

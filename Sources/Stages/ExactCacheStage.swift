@@ -26,9 +26,11 @@ public struct ExactCacheStage: GatewayStage {
         }
         let caller = try context.requireCaller()
         let key = ExactCacheKey.make(request, tenant: caller.tenant, promptVersion: directives.promptVersion)
-        if !directives.skipLookup, let answer = store.get(key, now: .now), answer.tenant == caller.tenant {
+        if !directives.skipLookup, let answer = store.get(key, now: .now), answer.tenant == caller.tenant,
+           let replay = CacheSupport.replay(answer, for: request, outcome: CacheOutcome(.hitExact))
+        {
             recorder.cache(.exact, .hit, model: request.model, saved: answer.cost, caller: caller)
-            return CacheSupport.replay(answer, for: request, outcome: CacheOutcome(.hitExact))
+            return replay
         }
         recorder.cache(.exact, .miss, model: request.model, saved: .zero, caller: caller)
         let store = self.store

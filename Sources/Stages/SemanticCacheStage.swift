@@ -53,12 +53,15 @@ public struct SemanticCacheStage: GatewayStage {
                     recorder.semanticRejected(rejection.rawValue)
                     continue
                 }
-                recorder.cache(.semantic, .hit, model: request.model, saved: match.entry.answer.cost, caller: caller)
-                if settings.semanticShadowRate > 0, Double.random(in: 0..<1) < settings.semanticShadowRate {
-                    shadowCheck(request, context: context, cached: match.entry.answer.response, next: next, embedder: embedder)
-                }
                 let outcome = CacheOutcome(.hitSemantic, similarity: Double(match.similarity), entryID: match.entry.id)
-                return CacheSupport.replay(match.entry.answer, for: request, outcome: outcome)
+                guard let replay = CacheSupport.replay(match.entry.answer, for: request, outcome: outcome) else { continue }
+                recorder.cache(.semantic, .hit, model: request.model, saved: match.entry.answer.cost, caller: caller)
+                if settings.semanticShadowRate > 0, Double.random(in: 0..<1) < settings.semanticShadowRate,
+                   let cached = match.entry.answer.response
+                {
+                    shadowCheck(request, context: context, cached: cached, next: next, embedder: embedder)
+                }
+                return replay
             }
         }
         recorder.cache(.semantic, .miss, model: request.model, saved: .zero, caller: caller)

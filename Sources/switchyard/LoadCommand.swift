@@ -1,4 +1,5 @@
 import ArgumentParser
+import Embeddings
 import Foundation
 import Histogram
 import LoadTest
@@ -70,7 +71,11 @@ struct Load: AsyncParsableCommand {
         config.mockLatencyScale = scenario.mockLatencyScale
         var logger = Logger(label: "switchyard")
         logger.logLevel = .warning
-        let gateway = buildGateway(config: config, logger: logger, environment: [:])
+        // The embedded default: with the semantic cache when the embedding model is on this machine.
+        let models = ModelStore()
+        let embeddings: EmbeddingsSetting = models.isAvailable
+            ? .model(directory: models.modelDirectory) : .unavailable("no embedding model (switchyard models pull)")
+        let gateway = buildGateway(config: config, logger: logger, environment: [:], embeddings: embeddings)
         let server = Task { try await gateway.run(handleSignals: false) }
         defer { server.cancel() }
         plan.baseURL = "http://127.0.0.1:\(await gateway.listening.wait())"

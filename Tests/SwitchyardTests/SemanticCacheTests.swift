@@ -2,6 +2,7 @@ import Caching
 import MockProvider
 import Embeddings
 import Foundation
+import Logging
 import Server
 import SwitchyardCore
 import SwitchyardModels
@@ -256,6 +257,67 @@ import Testing
         try await withTestGateway { _, url in
             let response = try await send("\(url)/v1/cache", method: "DELETE", headers: [("authorization", "Bearer x")], contentType: nil)
             #expect(response.status == 403)
+        }
+    }
+}
+
+/// Prompt text and API keys never reach logs, metric labels or response headers, on any cache path.
+@Suite struct CachePrivacyTests {
+    /// A value type, as LogHandlers must be: a logger copied and changed elsewhere must not change this one.
+    struct Capture: LogHandler {
+        let lines: Locked<[String]>
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+
+        init(_ lines: Locked<[String]>) { self.lines = lines }
+
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+
+        func log(event: LogEvent) {
+            let all = metadata.merging(event.metadata ?? [:]) { _, new in new }
+            lines.withLock { $0.append("\(event.level) \(event.message) \(all) \(event.error.map { "\($0)" } ?? "")") }
+        }
+    }
+
+    @Test func promptsAndKeysStayOutOfLogsMetricsAndHeaders() async throws {
+        let lines = Locked<[String]>([])
+        let logger = Logger(label: "privacy") { _ in Capture(lines) }
+        var config = TestConfigs.embedded()
+        config.mockLatencyScale = 0
+        let gateway = buildGateway(config: config, logger: logger, environment: ["SWITCHYARD_ADMIN_KEY": "admin-key-77"],
+                                   embeddings: .model(directory: ModelStore().modelDirectory))
+        let secret = "my account number is 99887766 and my mother's maiden name is Zyxwvut"
+        let paraphrase = "my account number is 99887766, and my mother's maiden name is Zyxwvut"
+        let key = "sk-privacy-key-31337"
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await gateway.run(handleSignals: false) }
+            let url = "http://127.0.0.1:\(await gateway.listening.wait())"
+            var headers: [String] = []
+            for text in [secret, secret, paraphrase] {
+                for stream in [false, true] {
+                    let body = SemanticCacheTests.body(text).replacingOccurrences(of: #""max_tokens":30"#,
+                                                                                  with: #""max_tokens":30,"stream":\#(stream)"#)
+                    let response = try await send("\(url)/v1/chat/completions", body: body, headers: [("authorization", "Bearer \(key)")])
+                    headers.append(contentsOf: response.headers.map { "\($0.0): \($0.1)" })
+                }
+            }
+            _ = try await send("\(url)/v1/cache/feedback", body: #"{"entry_id":"sc_nope","verdict":"bad"}"#,
+                               headers: [("authorization", "Bearer \(key)")])
+            _ = try await send("\(url)/v1/cache", method: "DELETE", headers: [("authorization", "Bearer admin-key-77")], contentType: nil)
+            let metrics = try await send("\(url)/metrics", method: "GET", contentType: nil).body
+            #expect(headers.contains { $0.hasPrefix("x-switchyard-cache: hit") })
+            let logged = lines.withLock { $0 }
+            // Every request was logged (at info), with its model and status: the check below looks at real lines.
+            #expect(logged.filter { $0.contains("switchyard.model") && $0.contains("gpt-4o-mini") }.count >= 6)
+            for needle in ["99887766", "Zyxwvut", key, "admin-key-77"] {
+                #expect(!logged.contains { $0.contains(needle) }, "\(needle) in the logs")
+                #expect(!metrics.contains(needle), "\(needle) in the metrics")
+                #expect(!headers.contains { $0.contains(needle) }, "\(needle) in the headers")
+            }
+            group.cancelAll()
         }
     }
 }

@@ -2,7 +2,8 @@ import SwitchyardCore
 
 /// Turns text into an L2-normalised sentence embedding (the on-device MiniLM encoder), off the cooperative pool.
 public protocol TextEmbedder: Sendable {
-    func embed(_ text: String) async -> [Float]
+    /// The embedding, or `nil` when the encoder is too busy to answer without making the request wait.
+    func embed(_ text: String) async -> [Float]?
 }
 
 /// A semantic-cache entry: the question it answered, its embedding, and the answer.

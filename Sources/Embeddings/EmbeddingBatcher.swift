@@ -12,6 +12,8 @@ public final class EmbeddingBatcher: Sendable {
     struct State: Sendable {
         var queue: [Pending] = []
         var draining = false
+        /// Tokens waiting in the queue (not counting the batch being computed).
+        var queuedTokens = 0
     }
 
     public let encoder: MiniLMEncoder
@@ -31,12 +33,24 @@ public final class EmbeddingBatcher: Sendable {
         pool.shutdownGracefully { _ in }
     }
 
+    /// Tokens waiting for the encoder (not counting the batch it is computing).
+    public var queuedTokens: Int { state.withLock { $0.queuedTokens } }
+
     /// Embeds token sequences (from `encoder.tokenizer`), batched with other callers.
     public func embed(_ ids: [[Int32]]) async -> [[Float]] {
+        await embed(ids, unlessQueuedTokensExceed: nil) ?? []
+    }
+
+    /// Embeds token sequences unless more than `limit` tokens already wait: then returns `nil` at once, so that a
+    /// caller for whom the embedding is optional (the semantic cache) never waits behind a backlog.
+    public func embed(_ ids: [[Int32]], unlessQueuedTokensExceed limit: Int?) async -> [[Float]]? {
         guard !ids.isEmpty else { return [] }
+        let tokens = ids.reduce(0) { $0 + $1.count }
+        if let limit, state.withLock({ $0.queuedTokens }) > limit { return nil }
         return await withCheckedContinuation { continuation in
             let start = state.withLock { state -> Bool in
                 state.queue.append(Pending(ids: ids, continuation: continuation))
+                state.queuedTokens += tokens
                 defer { state.draining = true }
                 return !state.draining
             }
@@ -57,6 +71,7 @@ public final class EmbeddingBatcher: Sendable {
                     if !taken.isEmpty, tokens + size > maximumBatchTokens { break }
                     taken.append(state.queue.removeFirst())
                     tokens += size
+                    state.queuedTokens -= size
                 }
                 if taken.isEmpty { state.draining = false }
                 return taken

@@ -107,7 +107,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         logger.notice("semantic cache off: no embedding model", metadata: ["switchyard.reason": "\(unavailable)"])
     }
     let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics, exactCache: exactCache,
-                                         semanticCache: semanticCache, embedder: batcher.map(BatcherEmbedder.init))
+                                         semanticCache: semanticCache, embedder: batcher.map { BatcherEmbedder(batcher: $0) })
     let draining = Locked(false)
     let hasMock = mock != nil
     let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger)

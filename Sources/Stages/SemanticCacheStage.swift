@@ -37,14 +37,18 @@ public struct SemanticCacheStage: GatewayStage {
         guard settings.semanticEnabled, !settings.semanticOff.contains(request.model), let embedder, configuredTTL > .zero,
               !directives.skipStore,
               settings.semanticWithTools || request.tools.isEmpty, (request.n ?? 1) <= 1,
-              let (question, context_) = Self.split(request)
+              let (question, context_) = Self.split(request), question.utf8.count <= settings.semanticMaxQuestionBytes
         else {
             recorder.cache(.semantic, .bypass, model: request.model, saved: .zero, caller: context.caller)
             return try await next(request, context)
         }
         let caller = try context.requireCaller()
         let namespace = ExactCacheKey.make(context_, tenant: caller.tenant, promptVersion: directives.promptVersion)
-        let vector = await embedder.embed(question)
+        guard let vector = await embedder.embed(question) else {
+            // The encoder is backed up: answer without the semantic cache rather than wait.
+            recorder.cache(.semantic, .bypass, model: request.model, saved: .zero, caller: caller)
+            return try await next(request, context)
+        }
         if !directives.skipLookup {
             let matches = store.nearest(vector, namespace: namespace, minimum: Float(settings.semanticThreshold),
                                         limit: Self.candidates, now: .now)
@@ -89,7 +93,7 @@ public struct SemanticCacheStage: GatewayStage {
             guard case .completion(let completion)? = try? await next(fresh, context),
                   let response = try? completion.canonicalResponse() else { return }
             let text = { (answer: ChatResponse) in answer.choices.flatMap(\.content).compactMap(\.text).joined(separator: "\n") }
-            let a = await embedder.embed(text(cached)), b = await embedder.embed(text(response))
+            guard let a = await embedder.embed(text(cached)), let b = await embedder.embed(text(response)) else { return }
             recorder.shadowChecked(agreed: InMemorySemanticCache.dot(a, b) >= Self.shadowAgreement)
         }
     }

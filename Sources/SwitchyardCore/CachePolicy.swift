@@ -87,6 +87,9 @@ public struct CacheSettings: Sendable, Hashable {
     public var semanticThreshold = 0.94
     /// Whether candidates must pass `SemanticGuard` (negation, numbers, entities, their order) before serving.
     public var semanticVerify = true
+    /// Longer last user messages go around the semantic cache: it is for questions, and embedding a long text costs
+    /// tens of milliseconds of CPU (YAML `max_question_bytes`).
+    public var semanticMaxQuestionBytes = 2000
     /// Requests with tools are not answered semantically unless this is set (a tool call depends on details).
     public var semanticWithTools = false
     public var semanticMaxEntries = 10_000

@@ -194,6 +194,33 @@ import Testing
         }
     }
 
+    /// The semantic cache never makes a request wait behind a backlog of embeddings, and long texts go around it.
+    @Test func aBusyEncoderOrALongQuestionSkipsTheSemanticCache() async throws {
+        let batcher = EmbeddingBatcher(encoder: try MiniLMEncoder(directory: ModelStore().modelDirectory), maximumBatchTokens: 512)
+        let long = Array(repeating: batcher.encoder.tokenizer.encode(String(repeating: "word ", count: 300)), count: 8)
+        // Two callers of 8 × 256 tokens: while the first is computed, the second waits in the queue.
+        let first = Task { await batcher.embed(long) }
+        let backlog = Task { await batcher.embed(long) }
+        var waited = 0
+        while batcher.queuedTokens == 0, waited < 500 {
+            try await Task.sleep(for: .milliseconds(2))
+            waited += 1
+        }
+        #expect(batcher.queuedTokens > 0)
+        let shed = await batcher.embed([batcher.encoder.tokenizer.encode("hello")], unlessQueuedTokensExceed: 0)
+        #expect(shed == nil)
+        let counts = (await first.value.count, await backlog.value.count)
+        #expect(counts == (8, 8))
+        #expect(await batcher.embed([batcher.encoder.tokenizer.encode("hello")], unlessQueuedTokensExceed: 0)?.count == 1)
+
+        try await withModelGateway { _, url in
+            let question = String(repeating: "Please read this long document carefully. ", count: 60)  // 2,580 bytes
+            _ = try await send("\(url)/v1/chat/completions", body: Self.body(question))
+            let metrics = try await send("\(url)/metrics", method: "GET", contentType: nil).body
+            #expect(metrics.contains(#"switchyard_cache_requests_total{cache="semantic",result="bypass"} 1"#))
+        }
+    }
+
     @Test func shadowChecksAskTheModelInTheBackground() async throws {
         var config = TestConfigs.embedded()
         config.cache.semanticShadowRate = 1

@@ -55,7 +55,7 @@ struct ChatHandler: Sendable {
         // From the moment the request head arrived: time spent before this handler ran is the gateway's too.
         let started = request.receivedAt
         let requestID = Self.makeRequestID()
-        let logger = Self.requestLogger(self.logger, requestID)
+        let logger = RequestLogger(base: self.logger, requestID: requestID)
         var modelName: String?
         do {
             let chat = try decode(request, format: format)
@@ -90,12 +90,6 @@ struct ChatHandler: Sendable {
                                                     extra: ["switchyard.error.code": "\(gatewayError.code.rawValue)"]))
             return response
         }
-    }
-
-    /// The logger with the request id, built only if it will log: copying logger metadata costs a dictionary write,
-    /// and at the default level most requests log nothing.
-    static func requestLogger(_ logger: Logger, _ requestID: String) -> RequestLogger {
-        RequestLogger(base: logger, requestID: requestID)
     }
 
     func access(_ format: APIFormat, _ model: String?, _ status: Int, _ elapsed: Duration,

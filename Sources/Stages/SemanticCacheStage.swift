@@ -50,7 +50,7 @@ public struct SemanticCacheStage: GatewayStage {
             return try await next(request, context)
         }
         if !directives.skipLookup {
-            let matches = store.nearest(vector, namespace: namespace, minimum: Float(settings.semanticThreshold),
+            let matches = store.nearest(vector, namespace: namespace, minimum: Float(settings.semanticThreshold(for: request.model)),
                                         limit: Self.candidates, now: .now)
             for match in matches where match.entry.answer.tenant == caller.tenant {
                 if settings.semanticVerify, let rejection = SemanticGuard.check(question, against: match.entry.text) {

@@ -85,6 +85,8 @@ public struct CacheSettings: Sendable, Hashable {
     /// (0.1% of queries get a wrong answer) at a 35% hit rate; 0.95 gains no precision there and loses 2 points of
     /// hit rate, 0.92 lets wrong answers double.
     public var semanticThreshold = 0.94
+    /// Per model (public name), in place of `semanticThreshold` (YAML `semantic_threshold` on a model).
+    public var modelSemanticThreshold: [String: Double] = [:]
     /// Whether candidates must pass `SemanticGuard` (negation, numbers, entities, their order) before serving.
     public var semanticVerify = true
     /// Longer last user messages go around the semantic cache: it is for questions, and embedding a long text costs
@@ -104,6 +106,11 @@ public struct CacheSettings: Sendable, Hashable {
     public var semanticOff: Set<String> = []
 
     public init() {}
+
+    /// The semantic threshold that applies to `model`.
+    public func semanticThreshold(for model: String) -> Double {
+        modelSemanticThreshold[model] ?? semanticThreshold
+    }
 
     /// The TTL that applies to `model`; zero means the model is not cached.
     public func ttl(for model: String) -> Duration {

@@ -153,6 +153,7 @@ public enum ConfigLoader {
                 autoPromptCache = mode == "auto"
             }
             if let exact = try reader.bool("exact_cache"), !exact { config.cache.exactOff.insert(name) }
+            if let threshold = try reader.double("semantic_threshold", in: 0.5...1) { config.cache.modelSemanticThreshold[name] = threshold }
             if let semantic = try reader.bool("semantic_cache"), !semantic { config.cache.semanticOff.insert(name) }
             try reader.finish()
             config.models[name] = ModelRoute(name: name, provider: provider, upstreamModel: upstream, price: price,

@@ -104,7 +104,7 @@ import Testing
         let config = try ConfigLoader.parse(yaml: """
             providers: {m: {kind: mock}}
             models:
-              gpt-4o: {provider: m, cache_ttl_seconds: 60, semantic_cache: false}
+              gpt-4o: {provider: m, cache_ttl_seconds: 60, semantic_cache: false, semantic_threshold: 0.98}
               gpt-4o-mini: {provider: m, exact_cache: false}
             cache:
               exact: {ttl_seconds: 120, max_entries: 50, max_bytes: 100000}
@@ -115,6 +115,7 @@ import Testing
         #expect(config.cache.maxEntries == 50 && config.cache.maxBytes == 100_000 && config.cache.semanticMaxEntries == 20)
         #expect(config.cache.semanticThreshold == 0.97 && !config.cache.semanticVerify && config.cache.semanticWithTools)
         #expect(config.cache.semanticOff == ["gpt-4o"] && config.cache.exactOff == ["gpt-4o-mini"])
+        #expect(config.cache.semanticThreshold(for: "gpt-4o") == 0.98 && config.cache.semanticThreshold(for: "gpt-4o-mini") == 0.97)
         // The defaults: both on, verified, at the evaluated threshold.
         let defaults = GatewayConfig.embeddedDefault().cache
         #expect(defaults.exactEnabled && defaults.semanticEnabled && defaults.semanticVerify && defaults.semanticThreshold == 0.94)

@@ -119,21 +119,20 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
             semanticRejections[reason.rawValue] = registry.makeCounter(descriptor: rejected, labels: [("reason", reason.rawValue)])
         }
         (self.cacheLookups, self.cacheSaved, self.semanticRejections) = (cacheLookups, cacheSaved, semanticRejections)
-        falseHits = registry.makeCounter(descriptor: MetricNameDescriptor(
-            namespace: "switchyard", metricName: "semantic_cache_false_hits", unitName: "total",
-            helpText: "Semantic hits reported wrong through POST /v1/cache/feedback."))
-        shadowChecks = registry.makeCounter(descriptor: MetricNameDescriptor(
-            namespace: "switchyard", metricName: "semantic_cache_shadow_checks", unitName: "total",
-            helpText: "Semantic hits also answered by the model in the background to measure false hits."))
-        shadowDisagreements = registry.makeCounter(descriptor: MetricNameDescriptor(
-            namespace: "switchyard", metricName: "semantic_cache_shadow_disagreements", unitName: "total",
-            helpText: "Shadow checks whose fresh answer did not match the cached one (cosine of the texts below 0.8)."))
-        promptCacheSaved = registry.makeCounter(descriptor: MetricNameDescriptor(
-            namespace: "switchyard", metricName: "prompt_cache_saved_nano_usd", unitName: "total",
-            helpText: "Provider prompt-cache reads: their tokens at the input price minus what they were billed, in nano-USD."))
-        promptCacheWritePremium = registry.makeCounter(descriptor: MetricNameDescriptor(
-            namespace: "switchyard", metricName: "prompt_cache_write_premium_nano_usd", unitName: "total",
-            helpText: "Provider prompt-cache writes: what they were billed above the input price, in nano-USD."))
+        /// A counter without labels, named `switchyard_<name>_total`.
+        func total(_ name: String, _ help: String) -> Counter {
+            registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "switchyard", metricName: name, unitName: "total",
+                                                                  helpText: help))
+        }
+        falseHits = total("semantic_cache_false_hits", "Semantic hits reported wrong through POST /v1/cache/feedback.")
+        shadowChecks = total("semantic_cache_shadow_checks",
+                             "Semantic hits also answered by the model in the background to measure false hits.")
+        shadowDisagreements = total("semantic_cache_shadow_disagreements",
+                                    "Shadow checks whose fresh answer did not match the cached one (cosine of the texts below 0.8).")
+        promptCacheSaved = total("prompt_cache_saved_nano_usd",
+                                 "Provider prompt-cache reads: their tokens at the input price minus what they were billed, in nano-USD.")
+        promptCacheWritePremium = total("prompt_cache_write_premium_nano_usd",
+                                        "Provider prompt-cache writes: what they were billed above the input price, in nano-USD.")
         (self.durations, self.overheads, self.errors, self.timeToFirstToken, self.models) = (durations, overheads, errors, ttft, models)
         self.registry = registry
     }

@@ -3,8 +3,9 @@
 ///
 /// `out[r][o] = bias[o] + Σₖ x[r][k] · W[o][k]` for output panels `panels` (16 outputs each, stored
 /// `[panel][input][16]`): 12 rows × 2 panels per step (24 accumulators of 16 lanes in zmm registers), or 8 rows
-/// for the last 16 or fewer (a single query's 14 rows then cost 16, not 24). Rows past the end repeat the last row
-/// and are not stored.
+/// for the last 16 or fewer (a single query's 14 rows then cost 16, not 24) unless 9–12 remain (one step of 12).
+/// Rows past the end repeat the last row and are not stored. Callers pass a few hundred rows at a time, so that
+/// the rows stay in L2 while every panel passes over them.
 public func linearAVX512(x: UnsafePointer<Float>, packed w: UnsafePointer<Float>, bias: UnsafePointer<Float>,
                          out: UnsafeMutablePointer<Float>, rows: Int, inputs: Int, outputs: Int, panels: Range<Int>) {
     var panel = panels.lowerBound
@@ -15,7 +16,10 @@ public func linearAVX512(x: UnsafePointer<Float>, packed w: UnsafePointer<Float>
         let b0 = load(bias + panel * 16), b1 = load(bias + second * 16)
         var r = 0
         while r < rows {
-            if rows - r > 16 {
+            let remaining = rows - r
+            // 9–12 rows: one 12-row step (12 row-costs) beats two 8-row steps (16); 13–16: two 8-row steps (16)
+            // beat 12 + 8 (20).
+            if remaining > 16 || (remaining > 8 && remaining <= 12) {
                 rows12(x: x, p0: p0, p1: p1, b0: b0, b1: b1, out: out, r: r, rows: rows, inputs: inputs, outputs: outputs,
                        panel: panel, second: second, pair: pair)
                 r += 12

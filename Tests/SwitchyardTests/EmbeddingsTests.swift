@@ -1,4 +1,4 @@
-import Embeddings
+@testable import Embeddings
 import Foundation
 import SwitchyardModels
 import Server
@@ -83,6 +83,22 @@ extension EmbeddingsTests {
             #expect(cosine > 0.99999, "\(text.prefix(20))")
         }
         #expect(encoder.tokenizer.encode(texts[3]).count == 256)
+    }
+
+    /// A batch with enough tokens is split by sequence across the cores; each answer must still be its own text's.
+    @Test(arguments: [true, false])
+    func aBatchSplitAcrossCoresKeepsEachSequencesEmbedding(allowAVX512: Bool) throws {
+        let encoder = try Self.encoder(allowAVX512: allowAVX512)
+        let texts = (0..<7).map { "question \($0): " + String(repeating: "why was my card payment declined again ", count: 2 + $0) }
+        let ids = texts.map(encoder.tokenizer.encode)
+        #expect(ids.reduce(0) { $0 + $1.count } >= MiniLMEncoder.tokensPerGroup * 2)
+        let batch = encoder.embed(batch: ids)
+        #expect(batch.count == texts.count)
+        for (text, batched) in zip(texts, batch) {
+            let alone = encoder.encode(batch: [encoder.tokenizer.encode(text)], workers: 1)[0]
+            let cosine = zip(alone, batched).reduce(Float(0)) { $0 + $1.0 * $1.1 }
+            #expect(cosine > 0.99999, "\(text.prefix(20))")
+        }
     }
 }
 

@@ -163,21 +163,25 @@ public final class MiniLMEncoder: Sendable {
             }
         }
         Kernels.layerNorm(&states, rows: count, norm: embeddingNorm)
+        // One set of buffers for all six layers: a fresh array per product costs a page fault per 4 KiB, and the
+        // kernel's time zeroing pages (4% of a batch of passages).
+        var query: [Float] = [], key: [Float] = [], value: [Float] = [], context: [Float] = []
+        var attended: [Float] = [], inner: [Float] = [], output: [Float] = []
         for layer in layers {
-            let query = Kernels.linear(states, rows: count, layer.query, wide: usesAVX512, workers: workers)
-            let key = Kernels.linear(states, rows: count, layer.key, wide: usesAVX512, workers: workers)
-            let value = Kernels.linear(states, rows: count, layer.value, wide: usesAVX512, workers: workers)
-            let context = Kernels.attention(query: query, key: key, value: value, segments: segments, wide: usesAVX512,
-                                            workers: workers)
-            var attended = Kernels.linear(context, rows: count, layer.attentionOutput, wide: usesAVX512, workers: workers)
+            Kernels.linear(states, rows: count, layer.query, wide: usesAVX512, workers: workers, into: &query)
+            Kernels.linear(states, rows: count, layer.key, wide: usesAVX512, workers: workers, into: &key)
+            Kernels.linear(states, rows: count, layer.value, wide: usesAVX512, workers: workers, into: &value)
+            Kernels.attention(query: query, key: key, value: value, segments: segments, wide: usesAVX512,
+                              workers: workers, into: &context)
+            Kernels.linear(context, rows: count, layer.attentionOutput, wide: usesAVX512, workers: workers, into: &attended)
             Kernels.add(&attended, states)
             Kernels.layerNorm(&attended, rows: count, norm: layer.attentionNorm)
-            var inner = Kernels.linear(attended, rows: count, layer.intermediate, wide: usesAVX512, workers: workers)
+            Kernels.linear(attended, rows: count, layer.intermediate, wide: usesAVX512, workers: workers, into: &inner)
             Kernels.gelu(&inner, workers: workers)
-            var output = Kernels.linear(inner, rows: count, layer.output, wide: usesAVX512, workers: workers)
+            Kernels.linear(inner, rows: count, layer.output, wide: usesAVX512, workers: workers, into: &output)
             Kernels.add(&output, attended)
             Kernels.layerNorm(&output, rows: count, norm: layer.outputNorm)
-            states = output
+            swap(&states, &output)
         }
         // Mean pooling over each sequence's tokens, then L2 normalisation.
         return segments.map { segment in
@@ -202,12 +206,16 @@ enum Kernels {
 
     /// `x · Wᵀ + b` for `rows` rows of `x`: a register-blocked kernel (6 rows × 16 outputs, FMA on 8-wide vectors),
     /// its output columns split across up to `workers` cores.
-    static func linear(_ x: [Float], rows: Int, _ layer: MiniLMEncoder.Linear, wide: Bool, workers: Int) -> [Float] {
+    /// `result` is reused when it already has the right size.
+    static func linear(_ x: [Float], rows: Int, _ layer: MiniLMEncoder.Linear, wide: Bool, workers: Int,
+                       into result: inout [Float]) {
         let inputs = layer.inputs
         let outputs = layer.outputs
         precondition(outputs % 16 == 0)
-        // Every element is written by the kernel: no need to zero it first.
-        var result = [Float](unsafeUninitializedCapacity: rows * outputs) { _, count in count = rows * outputs }
+        if result.count != rows * outputs {
+            // Every element is written by the kernel: no need to zero it first.
+            result = [Float](unsafeUninitializedCapacity: rows * outputs) { _, count in count = rows * outputs }
+        }
         let blocks = outputs / 16
         let workers = min(workers, blocks)
         x.withUnsafeBufferPointer { xs in
@@ -231,7 +239,6 @@ enum Kernels {
                 }
             }
         }
-        return result
     }
 
     static let parallelism = max(1, ProcessInfo.processInfo.activeProcessorCount)
@@ -319,9 +326,10 @@ enum Kernels {
 
     /// Multi-head self-attention within each sequence of a stacked batch; heads are spread across up to `workers`
     /// cores.
+    /// Every element of `context` is written; it is reused when it already has the right size.
     static func attention(query: [Float], key: [Float], value: [Float], segments: [Range<Int>], wide: Bool,
-                          workers: Int) -> [Float] {
-        var context = [Float](repeating: 0, count: query.count)
+                          workers: Int, into context: inout [Float]) {
+        if context.count != query.count { context = [Float](repeating: 0, count: query.count) }
         let longest = segments.map(\.count).max() ?? 0
         query.withUnsafeBufferPointer { q in
             key.withUnsafeBufferPointer { k in
@@ -342,7 +350,6 @@ enum Kernels {
                 }
             }
         }
-        return context
     }
 
     /// Pointers for attention; `@unchecked Sendable` because workers write disjoint heads (output columns).

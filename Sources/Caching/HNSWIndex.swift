@@ -134,9 +134,14 @@ struct HNSWIndex {
 
     /// Keeps a node's `limit` most similar neighbours on `layer`.
     private mutating func prune(_ node: Int, layer: Int, limit: Int) {
+        // Scored into a local first: a closure reading `self` (for `similarity`) while `links` is being accessed
+        // is an exclusivity conflict, which debug builds trap on.
         let base = vectors[node]
-        let ranked = links[node][layer].map { (neighbour: $0, score: similarity(base, Int($0))) }
-            .sorted { $0.score > $1.score }
+        var ranked: [(neighbour: Int32, score: Float)] = []
+        for neighbour in links[node][layer] {
+            ranked.append((neighbour, InMemorySemanticCache.dot(base, vectors[Int(neighbour)])))
+        }
+        ranked.sort { $0.score > $1.score }
         links[node][layer] = ranked.prefix(limit).map(\.neighbour)
     }
 }

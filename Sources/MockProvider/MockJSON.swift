@@ -42,6 +42,19 @@ enum MockJSON: Codable, Equatable, Sendable {
     var bool: Bool? { if case .bool(let value) = self { return value }; return nil }
     var array: [MockJSON]? { if case .array(let value) = self { return value }; return nil }
 
+    /// The text of a prompt part, depth first: the value itself when it is a string, and inside objects only the
+    /// members `text` and `content`, so that roles, block types and the JSON shape (a string or a list of text
+    /// blocks) leave it unchanged.
+    func collectText(into output: inout [String]) {
+        switch self {
+        case .string(let value): output.append(value)
+        case .array(let values): for value in values { value.collectText(into: &output) }
+        case .object(let members):
+            for key in ["content", "text"] { members[key]?.collectText(into: &output) }
+        default: break
+        }
+    }
+
     /// Every string inside the value, depth first.
     func collectStrings(into output: inout [String]) {
         switch self {

@@ -32,7 +32,12 @@ struct MockPlan {
         request["tools"]?.collectStrings(into: &toolStrings)
         self.promptTokens = strings.reduce(0) { $0 + MockText.countTokens($1) } + 3 * messageCount
             + toolStrings.reduce(0) { $0 + MockText.countTokens($1) }
-        let seedSource = model.name + "\u{0}" + strings.joined(separator: "\u{0}")
+        // The words depend on the model and the prompt's text only: the same question asked in either API, or in
+        // either JSON shape, gets the same answer.
+        var text: [String] = []
+        request["system"]?.collectText(into: &text)
+        request["messages"]?.collectText(into: &text)
+        let seedSource = model.name + "\u{0}" + text.joined(separator: "\u{0}")
         var rng = SplitMix64(seed: request["seed"]?.number.map { UInt64(bitPattern: Int64($0)) } ?? SplitMix64.hash(seedSource.utf8))
         self.id = String(rng.next() % 1_000_000_000_000, radix: 36)
         self.timeToFirstToken = .seconds(model.timeToFirstToken.sample(&rng))

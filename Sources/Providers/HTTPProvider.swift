@@ -53,11 +53,15 @@ public struct HTTPProvider: ProviderClient {
 
     public func send(_ request: ChatRequest, route: ModelRoute, context: GatewayContext) async throws -> GatewayResponse {
         let dialect = UpstreamDialect.forProvider(config.kind, upstreamModel: route.upstreamModel)
-        let body: JSONValue
-        do {
-            body = try dialect.renderRequest(request, route.upstreamModel)
-        } catch {
-            throw GatewayError(.invalidRequest, error.description, param: error.path)
+        let bytes: ByteBuffer
+        if let original = context.original?.body(for: request, format: dialect.format, upstreamModel: route.upstreamModel) {
+            bytes = original
+        } else {
+            do {
+                bytes = ByteBuffer(bytes: try dialect.renderRequest(request, route.upstreamModel).serialized())
+            } catch {
+                throw GatewayError(.invalidRequest, error.description, param: error.path)
+            }
         }
         guard let endpoint = fixedEndpoint ?? UpstreamEndpoint(baseURL: baseURL()) else {
             throw GatewayError(.upstreamError, "provider '\(config.name)' has an unusable base URL", upstreamStatus: 502)
@@ -67,8 +71,6 @@ public struct HTTPProvider: ProviderClient {
             headers.add(name: "accept", value: request.stream ? "text/event-stream" : "application/json")
         }
         headers.add(name: "x-request-id", value: context.requestID)
-        var bytes = ByteBuffer()
-        bytes.writeBytes(body.serialized())
         let upstream = UpstreamRequest(endpoint: endpoint, target: endpoint.basePath + dialect.path, headers: headers, body: bytes)
 
         let started = ContinuousClock.now

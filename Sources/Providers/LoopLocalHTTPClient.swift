@@ -194,8 +194,8 @@ final class LoopPool: @unchecked Sendable {
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    // Header values come from validated configuration and the gateway itself, never from clients.
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers(enableOutboundHeaderValidation: false)
+                    // The handler frames requests and parses answers itself (`HTTPResponseParser`). Header values come
+                    // from validated configuration and the gateway itself, never from clients.
                     try channel.pipeline.syncOperations.addHandler(ConnectionHandler())
                 }
             }
@@ -465,14 +465,17 @@ final class LoopLocalBodyStream: UpstreamBodyStream {
 /// The last handler of a pooled connection: writes the current exchange's request, passes the answer's parts to
 /// it, and holds reads back while a stream's reader lags.
 final class ConnectionHandler: ChannelDuplexHandler {
-    typealias InboundIn = HTTPClientResponsePart
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = HTTPClientRequestPart
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     var exchange: Exchange?
     weak var connection: Connection?
     private var context: ChannelHandlerContext?
     private var readPending = false
+    private var parser = HTTPResponseParser()
+    /// Bytes received and not parsed yet (an incomplete head or chunk-size line).
+    private var pending: ByteBuffer?
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
@@ -484,25 +487,43 @@ final class ConnectionHandler: ChannelDuplexHandler {
         }
         self.exchange = exchange
         let request = exchange.request
-        var head = HTTPRequestHead(version: .http1_1, method: request.method, uri: request.target, headers: request.headers)
-        head.headers.replaceOrAdd(name: "host", value: request.endpoint.hostHeader)
-        head.headers.replaceOrAdd(name: "content-length", value: String(request.body.readableBytes))
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(HTTPResponseParser.frameHead(request, allocator: context.channel.allocator)), promise: nil)
         if request.body.readableBytes > 0 {
-            context.write(wrapOutboundOut(.body(.byteBuffer(request.body))), promise: nil)
+            context.write(wrapOutboundOut(request.body), promise: nil)
         }
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        context.flush()
         resumeReading()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let part = unwrapInboundIn(data)
-        guard let exchange else {
+        var incoming = unwrapInboundIn(data)
+        guard exchange != nil else {
             // An answer nobody asked for: the connection is out of step.
             context.close(promise: nil)
             return
         }
-        exchange.received(part)
+        if var buffered = pending {
+            buffered.writeBuffer(&incoming)
+            incoming = buffered
+            pending = nil
+        }
+        // Parsed on a copy: delivering a part can close the connection, and `channelInactive` then touches the parser.
+        var parser = self.parser
+        defer { self.parser = parser }
+        do {
+            try parser.parse(&incoming) { part in
+                // A part after the exchange ended (bytes past the answer) means the connection is out of step.
+                guard let exchange = self.exchange else {
+                    context.close(promise: nil)
+                    return
+                }
+                exchange.received(part)
+            }
+        } catch {
+            context.close(promise: nil)
+            return
+        }
+        if incoming.readableBytes > 0 { pending = incoming }
     }
 
     func read(context: ChannelHandlerContext) {
@@ -520,6 +541,8 @@ final class ConnectionHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        // A body read until the connection closes ends here.
+        parser.finish { part in exchange?.received(part) }
         if let exchange {
             self.exchange = nil
             exchange.connectionLost()

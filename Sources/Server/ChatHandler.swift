@@ -62,6 +62,7 @@ struct ChatHandler: Sendable {
             modelName = chat.model
             var context = GatewayContext(requestID: requestID, logger: self.logger, clientFormat: format,
                                          credential: Self.credential(request), receivedAt: started)
+            context.original = ClientOriginal(request: chat, body: request.body)
             context.cacheDirectives = CacheDirectives(cacheControl: request.header("cache-control"),
                                                       ttlSeconds: request.header("x-switchyard-cache-ttl"),
                                                       promptVersion: request.header("x-switchyard-prompt-version"))

@@ -6,13 +6,19 @@ import SwitchyardModels
 /// The gateway's Prometheus metrics, declared once; every label comes from a bounded set
 /// (API format, HTTP status, error code, configured model names).
 ///
-/// Handles are created up front (or once per new HTTP status) and looked up in small dictionaries, so recording
-/// a request costs no registry lookup.
+/// Handles are created up front (or once per new HTTP status) and found by array index (or, for model names and
+/// rare statuses, a small dictionary), so recording a request costs no registry lookup and almost no hashing.
 public final class GatewayMetrics: CostRecorder, CacheRecorder {
     /// The registry `GET /metrics` renders. One per gateway, so tests never share state.
     public let registry: PrometheusCollectorRegistry
 
-    struct Series: Hashable { var api: APIFormat, streamed: Bool }
+    struct Series: Hashable {
+        var api: APIFormat, streamed: Bool
+        /// Position in the per-series arrays.
+        var index: Int { (api == .openAI ? 0 : 2) + (streamed ? 1 : 0) }
+        static let all = APIFormat.allCases.flatMap { api in [false, true].map { Series(api: api, streamed: $0) } }
+            .sorted { $0.index < $1.index }
+    }
     struct StatusSeries: Hashable { var api: APIFormat, status: Int, streamed: Bool }
     struct ErrorSeries: Hashable { var api: APIFormat, code: GatewayError.Code }
     struct ModelSeries: Hashable { var api: APIFormat, model: String }
@@ -30,18 +36,21 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
         .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(50),
     ]
 
-    var requestsDescriptor: MetricNameDescriptor {
+    static var requestsDescriptor: MetricNameDescriptor {
         MetricNameDescriptor(namespace: "switchyard", metricName: "requests", unitName: "total",
                              helpText: "Requests answered, by API, HTTP status and streaming.")
     }
-    let durations: [Series: DurationHistogram]
-    let overheads: [Series: DurationHistogram]
+    /// By `Series.index`.
+    let durations: [DurationHistogram]
+    let overheads: [DurationHistogram]
+    /// Status 200 by `Series.index`: the common case, without the lock and dictionary of `statusCounters`.
+    let okCounters: [Counter]
     let errors: [ErrorSeries: Counter]
     let timeToFirstToken: [ModelSeries: DurationHistogram]
     let models: [String: ModelCounters]
     let statusCounters = Locked([StatusSeries: Counter]())
-    struct CacheSeries: Hashable { var kind: CacheKind, lookup: CacheLookup }
-    let cacheLookups: [CacheSeries: Counter]
+    /// By `CacheKind` and `CacheLookup` position: `kind * 3 + lookup`.
+    let cacheLookups: [Counter]
     let cacheSaved: [CacheKind: Counter]
     let semanticRejections: [String: Counter]
     let falseHits: Counter
@@ -57,8 +66,6 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
         let registry = PrometheusCollectorRegistry()
         let names = Set(modelNames).union(["other"])
         let apis = APIFormat.allCases
-        var durations: [Series: DurationHistogram] = [:]
-        var overheads: [Series: DurationHistogram] = [:]
         var errors: [ErrorSeries: Counter] = [:]
         var ttft: [ModelSeries: DurationHistogram] = [:]
         let duration = MetricNameDescriptor(namespace: "switchyard", metricName: "request_duration", unitName: "seconds",
@@ -69,14 +76,17 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
                                          helpText: "Errors by bounded error code.")
         let firstToken = MetricNameDescriptor(namespace: "switchyard", metricName: "time_to_first_token", unitName: "seconds",
                                               helpText: "Time until the first streamed event was sent to the client.")
+        let labels = Series.all.map { [("api", $0.api.rawValue), ("stream", String($0.streamed))] }
+        let durations = labels.map {
+            registry.makeDurationHistogram(descriptor: duration, labels: $0, buckets: Self.latencyBuckets)
+        }
+        let overheads = labels.map {
+            registry.makeDurationHistogram(descriptor: overhead, labels: $0, buckets: Self.overheadBuckets)
+        }
+        okCounters = labels.map {
+            registry.makeCounter(descriptor: Self.requestsDescriptor, labels: [$0[0], ("status", "200"), $0[1]])
+        }
         for api in apis {
-            for streamed in [false, true] {
-                let labels = [("api", api.rawValue), ("stream", String(streamed))]
-                durations[Series(api: api, streamed: streamed)] =
-                    registry.makeDurationHistogram(descriptor: duration, labels: labels, buckets: Self.latencyBuckets)
-                overheads[Series(api: api, streamed: streamed)] =
-                    registry.makeDurationHistogram(descriptor: overhead, labels: labels, buckets: Self.overheadBuckets)
-            }
             for code in GatewayError.Code.allCases {
                 errors[ErrorSeries(api: api, code: code)] =
                     registry.makeCounter(descriptor: error, labels: [("api", api.rawValue), ("code", code.rawValue)])
@@ -105,12 +115,12 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
                                          helpText: "List-price cost of answers served from the response caches, in nano-USD.")
         let rejected = MetricNameDescriptor(namespace: "switchyard", metricName: "semantic_cache_rejections", unitName: "total",
                                             helpText: "Semantic candidates above the threshold refused by verification, by reason.")
-        var cacheLookups: [CacheSeries: Counter] = [:]
+        var cacheLookups: [Counter] = []
         var cacheSaved: [CacheKind: Counter] = [:]
         for kind in CacheKind.allCases {
             for lookup in CacheLookup.allCases {
-                cacheLookups[CacheSeries(kind: kind, lookup: lookup)] =
-                    registry.makeCounter(descriptor: lookups, labels: [("cache", kind.rawValue), ("result", lookup.rawValue)])
+                cacheLookups.append(
+                    registry.makeCounter(descriptor: lookups, labels: [("cache", kind.rawValue), ("result", lookup.rawValue)]))
             }
             cacheSaved[kind] = registry.makeCounter(descriptor: saved, labels: [("cache", kind.rawValue)])
         }
@@ -144,15 +154,20 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
 
     /// Counts one finished request by API and HTTP status.
     func request(api: APIFormat, status: Int, streamed: Bool, duration: Duration) {
+        let series = Series(api: api, streamed: streamed)
+        durations[series.index].record(duration)
+        if status == 200 {
+            okCounters[series.index].increment()
+            return
+        }
         let key = StatusSeries(api: api, status: status, streamed: streamed)
         let counter = statusCounters.withLock { $0[key] } ?? {
-            let counter = registry.makeCounter(descriptor: requestsDescriptor,
+            let counter = registry.makeCounter(descriptor: Self.requestsDescriptor,
                                                labels: [("api", api.rawValue), ("status", String(status)), ("stream", String(streamed))])
             statusCounters.withLock { $0[key] = counter }
             return counter
         }()
         counter.increment()
-        durations[Series(api: api, streamed: streamed)]?.record(duration)
     }
 
     /// Counts one error by its bounded code.
@@ -167,7 +182,7 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
 
     /// Time the gateway itself spent: end to end minus the time waiting on the upstream.
     func overhead(api: APIFormat, streamed: Bool, _ duration: Duration) {
-        overheads[Series(api: api, streamed: streamed)]?.record(max(.zero, duration))
+        overheads[Series(api: api, streamed: streamed).index].record(max(.zero, duration))
     }
 
     public func record(_ record: CostRecord) {
@@ -189,11 +204,25 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
     }
 
     public func cache(_ kind: CacheKind, _ lookup: CacheLookup, model: String, saved: NanoUSD, caller: Caller?) {
-        cacheLookups[CacheSeries(kind: kind, lookup: lookup)]?.increment()
+        cacheLookups[Self.cacheIndex(kind, lookup)].increment()
         if saved.value > 0 { cacheSaved[kind]?.increment(by: saved.value) }
         if lookup == .hit, let caller {
             savings.record(tenant: caller.tenant, kind: kind == .exact ? .exact : .semantic, saved: saved)
         }
+    }
+
+    /// Position of a cache series in `cacheLookups`, in the order of `allCases` (declaration order).
+    static func cacheIndex(_ kind: CacheKind, _ lookup: CacheLookup) -> Int {
+        let row = switch kind {
+        case .exact: 0
+        case .semantic: 1
+        }
+        let column = switch lookup {
+        case .hit: 0
+        case .miss: 1
+        case .bypass: 2
+        }
+        return row * 3 + column
     }
 
     public func semanticRejected(_ reason: String) {

@@ -29,6 +29,9 @@ public struct GatewayContext: Sendable {
     public var route: ModelRoute?
     /// The client's cache controls (headers).
     public var cacheDirectives = CacheDirectives()
+    /// The request as the client sent it: the provider forwards these bytes instead of rendering the request again
+    /// when the upstream speaks the client's format and no stage changed the request (see `ClientOriginal`).
+    public var original: ClientOriginal?
 
     public init(requestID: String, logger: Logger, clientFormat: APIFormat, credential: String? = nil,
                 receivedAt: ContinuousClock.Instant = .now) {
@@ -148,4 +151,25 @@ public protocol ProviderClient: Sendable {
     /// - Returns: A completion, or a stream whose first event has already been received.
     /// - Throws: `GatewayError` (`.upstreamTimeout`, `.upstreamError`, `.rateLimited`, `.invalidRequest`, ...).
     func send(_ request: ChatRequest, route: ModelRoute, context: GatewayContext) async throws -> GatewayResponse
+}
+
+/// The client's request body with the request parsed from it.
+public struct ClientOriginal: Sendable {
+    public let request: ChatRequest
+    public let body: ByteBuffer
+
+    public init(request: ChatRequest, body: ByteBuffer) {
+        self.request = request
+        self.body = body
+    }
+
+    /// The client's bytes, when they say exactly what rendering `request` for an upstream of `format` serving
+    /// `upstreamModel` would: same format, same model name, not streamed (streams ask the upstream for usage), and
+    /// `request` unchanged since parsing. The comparison is cheap when nothing changed: the arrays, dictionaries
+    /// and strings still share their storage, and equality checks identity first.
+    public func body(for request: ChatRequest, format: APIFormat, upstreamModel: String) -> ByteBuffer? {
+        guard !request.stream, request.sourceFormat == format, request.model == upstreamModel, request == self.request
+        else { return nil }
+        return body
+    }
 }

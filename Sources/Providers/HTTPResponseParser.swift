@@ -51,10 +51,10 @@ struct HTTPResponseParser {
                 emit(.head(head))
                 if code == 204 || code == 304 {
                     emit(.end(nil))
-                } else if head.headers[canonicalForm: "transfer-encoding"].contains(where: { $0.lowercased() == "chunked" }) {
+                } else if Self.isChunked(head.headers) {
                     state = .chunkSize
                 } else if let length = head.headers.first(name: "content-length") {
-                    guard let count = Int(length.trimmingWhitespace()), count >= 0 else { throw .malformedHead }
+                    guard let count = Int(length), count >= 0 else { throw .malformedHead }
                     if count == 0 { emit(.end(nil)) } else { state = .fixed(remaining: count) }
                 } else {
                     state = .untilClose
@@ -134,33 +134,55 @@ struct HTTPResponseParser {
     }
 
     private static func parseHead(_ bytes: ByteBufferView) throws(Failure) -> HTTPResponseHead {
-        var lines = bytes.split(separator: 0x0A, omittingEmptySubsequences: false).makeIterator()
-        guard var statusLine = lines.next() else { throw .malformedHead }
-        if statusLine.last == 0x0D { statusLine = statusLine.dropLast() }
-        // HTTP/1.x SSS reason
-        guard statusLine.count >= 12, statusLine.starts(with: "HTTP/1.".utf8) else { throw .malformedHead }
-        let start = statusLine.startIndex
-        let minor = statusLine[start + 7]
-        guard minor == UInt8(ascii: "0") || minor == UInt8(ascii: "1"), statusLine[start + 8] == UInt8(ascii: " ") else {
-            throw .malformedHead
+        try bytes.withUnsafeBytes { (raw: UnsafeRawBufferPointer) throws(Failure) -> HTTPResponseHead in
+            // HTTP/1.x SSS reason
+            let colon = UInt8(ascii: ":"), zero = UInt8(ascii: "0")
+            guard raw.count >= 12, raw.starts(with: "HTTP/1.".utf8), raw[7] == zero || raw[7] == zero + 1,
+                  raw[8] == UInt8(ascii: " ")
+            else { throw .malformedHead }
+            var code = 0
+            for offset in 9..<12 {
+                let digit = raw[offset]
+                guard digit >= zero && digit <= zero + 9 else { throw .malformedHead }
+                code = code * 10 + Int(digit - zero)
+            }
+            var headers = HTTPHeaders()
+            var start = (raw.firstIndex(of: 0x0A) ?? raw.count - 1) + 1
+            while start < raw.count {
+                var end = start
+                while end < raw.count && raw[end] != 0x0A { end += 1 }
+                let next = end + 1
+                if end > start && raw[end - 1] == 0x0D { end -= 1 }
+                if end > start {
+                    guard let split = raw[start..<end].firstIndex(of: colon), split > start else { throw .malformedHead }
+                    var valueStart = split + 1, valueEnd = end
+                    while valueStart < valueEnd && (raw[valueStart] == 0x20 || raw[valueStart] == 0x09) { valueStart += 1 }
+                    while valueEnd > valueStart && (raw[valueEnd - 1] == 0x20 || raw[valueEnd - 1] == 0x09) { valueEnd -= 1 }
+                    headers.add(name: String(decoding: UnsafeRawBufferPointer(rebasing: raw[start..<split]), as: UTF8.self),
+                                value: String(decoding: UnsafeRawBufferPointer(rebasing: raw[valueStart..<valueEnd]), as: UTF8.self))
+                }
+                start = next
+            }
+            return HTTPResponseHead(version: .init(major: 1, minor: raw[7] == zero + 1 ? 1 : 0),
+                                    status: HTTPResponseStatus(statusCode: code), headers: headers)
         }
-        var code = 0
-        for offset in 9..<12 {
-            let digit = statusLine[start + offset]
-            guard digit >= UInt8(ascii: "0") && digit <= UInt8(ascii: "9") else { throw .malformedHead }
-            code = code * 10 + Int(digit - UInt8(ascii: "0"))
+    }
+
+    /// Whether a `Transfer-Encoding` header lists `chunked` (in any case).
+    static func isChunked(_ headers: HTTPHeaders) -> Bool {
+        for (name, value) in headers where equalsIgnoringASCIICase(name, "transfer-encoding") {
+            for token in value.split(separator: ",") where equalsIgnoringASCIICase(token.trimmingWhitespace(), "chunked") {
+                return true
+            }
         }
-        var headers = HTTPHeaders()
-        while var line = lines.next() {
-            if line.last == 0x0D { line = line.dropLast() }
-            if line.isEmpty { continue }
-            guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon > line.startIndex else { throw .malformedHead }
-            let name = String(decoding: line[line.startIndex..<colon], as: UTF8.self)
-            let value = String(decoding: line[line.index(after: colon)...], as: UTF8.self).trimmingWhitespace()
-            headers.add(name: name, value: value)
+        return false
+    }
+
+    /// ASCII case-insensitive equality, without building lowercased copies.
+    static func equalsIgnoringASCIICase(_ a: String, _ b: String) -> Bool {
+        a.utf8.count == b.utf8.count && zip(a.utf8, b.utf8).allSatisfy { x, y in
+            x == y || (x | 0x20 == y | 0x20 && (x | 0x20) >= UInt8(ascii: "a") && (x | 0x20) <= UInt8(ascii: "z"))
         }
-        return HTTPResponseHead(version: .init(major: 1, minor: minor == UInt8(ascii: "1") ? 1 : 0),
-                                status: HTTPResponseStatus(statusCode: code), headers: headers)
     }
 
     /// The request line, `host`, `content-length` and `headers` (any `host` or `content-length` among them
@@ -176,8 +198,7 @@ struct HTTPResponseParser {
         buffer.writeString(String(request.body.readableBytes))
         buffer.writeStaticString("\r\n")
         for (name, value) in request.headers {
-            let lowered = name.lowercased()
-            if lowered == "host" || lowered == "content-length" { continue }
+            if equalsIgnoringASCIICase(name, "host") || equalsIgnoringASCIICase(name, "content-length") { continue }
             buffer.writeString(name)
             buffer.writeStaticString(": ")
             buffer.writeString(value)

@@ -56,6 +56,8 @@ import Testing
         let text = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;name=value\r\nhello\r\n6\r\n world\r\nA \r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n"
         let parts = try Self.expectSplitsAgree(text)
         #expect(parts == ["head 200 1 Transfer-Encoding=chunked", "body hello world0123456789", "end"])
+        #expect(HTTPResponseParser.isChunked(["TRANSFER-ENCODING": "gzip, Chunked "]))
+        #expect(!HTTPResponseParser.isChunked(["transfer-encoding": "identity", "x-chunked": "chunked"]))
     }
 
     @Test func keepAliveAnswersFollowEachOther() throws {

@@ -441,20 +441,17 @@ enum Kernels {
 
     }
 
-    /// Lane-wise max and min by compare and bit-select (the standard library's `pointwiseMax` handles NaN lane by
-    /// lane and does not vectorise).
+    /// Lane-wise max and min by compare and blend (`replacing(with:where:)` compiles to `vcmpps` + `vblendvps`; the
+    /// standard library's `pointwiseMax` handles NaN lane by lane and does not vectorise, and a bit-cast of the
+    /// comparison mask to integers is rebuilt byte by byte).
     @inline(__always)
     static func maximum(_ a: Vector, _ b: Vector) -> Vector {
-        let mask = unsafeBitCast(a .> b, to: SIMD16<Int32>.self)
-        let x = unsafeBitCast(a, to: SIMD16<Int32>.self), y = unsafeBitCast(b, to: SIMD16<Int32>.self)
-        return unsafeBitCast((x & mask) | (y & ~mask), to: Vector.self)
+        a.replacing(with: b, where: a .< b)
     }
 
     @inline(__always)
     static func minimum(_ a: Vector, _ b: Vector) -> Vector {
-        let mask = unsafeBitCast(a .< b, to: SIMD16<Int32>.self)
-        let x = unsafeBitCast(a, to: SIMD16<Int32>.self), y = unsafeBitCast(b, to: SIMD16<Int32>.self)
-        return unsafeBitCast((x & mask) | (y & ~mask), to: Vector.self)
+        a.replacing(with: b, where: b .< a)
     }
 
     @inline(__always)

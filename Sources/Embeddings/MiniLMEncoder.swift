@@ -130,6 +130,8 @@ public final class MiniLMEncoder: Sendable {
             }
         }
         groups.append(start..<batch.count)
+        // Sequences too uneven to give every core a group (one long text after short ones): split the products.
+        guard groups.count == workers else { return encode(batch: batch, workers: workers) }
         let ranges = groups
         let results = Locked([[[Float]]](repeating: [], count: groups.count))
         DispatchQueue.concurrentPerform(iterations: ranges.count) { group in
@@ -390,8 +392,15 @@ enum Kernels {
                 for j in 0..<width { mask[j] = j < n ? 0 : -1e30 }
                 for head in heads {
                     let offset = head * size
-                    keys.update(repeating: 0, count: width * size)
-                    values.update(repeating: 0, count: width * size)
+                    // Padded keys: zero in their key panel and in both value panels (real ones are written below).
+                    if n < width {
+                        let lastPanel = keys + (blocks - 1) * size * 16
+                        for d in 0..<size {
+                            (lastPanel + d * 16 + n % 16).update(repeating: 0, count: width - n)
+                        }
+                        (values + n * 16).update(repeating: 0, count: (width - n) * 16)
+                        (values + (width + n) * 16).update(repeating: 0, count: (width - n) * 16)
+                    }
                     for (j, row) in segment.enumerated() {
                         let base = row * hidden + offset
                         let keyPanel = keys + (j / 16) * size * 16 + j % 16

@@ -49,7 +49,7 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
     let timeToFirstToken: [ModelSeries: DurationHistogram]
     let models: [String: ModelCounters]
     let statusCounters = Locked([StatusSeries: Counter]())
-    /// By `CacheKind` and `CacheLookup` position: `kind * 3 + lookup`.
+    /// By `cacheIndex(_:_:)`.
     let cacheLookups: [Counter]
     let cacheSaved: [CacheKind: Counter]
     let semanticRejections: [String: Counter]
@@ -115,12 +115,12 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
                                          helpText: "List-price cost of answers served from the response caches, in nano-USD.")
         let rejected = MetricNameDescriptor(namespace: "switchyard", metricName: "semantic_cache_rejections", unitName: "total",
                                             helpText: "Semantic candidates above the threshold refused by verification, by reason.")
-        var cacheLookups: [Counter] = []
+        var cacheLookups: [Counter?] = Array(repeating: nil, count: CacheKind.allCases.count * CacheLookup.allCases.count)
         var cacheSaved: [CacheKind: Counter] = [:]
         for kind in CacheKind.allCases {
             for lookup in CacheLookup.allCases {
-                cacheLookups.append(
-                    registry.makeCounter(descriptor: lookups, labels: [("cache", kind.rawValue), ("result", lookup.rawValue)]))
+                cacheLookups[Self.cacheIndex(kind, lookup)] =
+                    registry.makeCounter(descriptor: lookups, labels: [("cache", kind.rawValue), ("result", lookup.rawValue)])
             }
             cacheSaved[kind] = registry.makeCounter(descriptor: saved, labels: [("cache", kind.rawValue)])
         }
@@ -128,7 +128,7 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
         for reason in SemanticGuard.Rejection.allCases {
             semanticRejections[reason.rawValue] = registry.makeCounter(descriptor: rejected, labels: [("reason", reason.rawValue)])
         }
-        (self.cacheLookups, self.cacheSaved, self.semanticRejections) = (cacheLookups, cacheSaved, semanticRejections)
+        (self.cacheLookups, self.cacheSaved, self.semanticRejections) = (cacheLookups.map { $0! }, cacheSaved, semanticRejections)
         /// A counter without labels, named `switchyard_<name>_total`.
         func total(_ name: String, _ help: String) -> Counter {
             registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "switchyard", metricName: name, unitName: "total",
@@ -211,7 +211,7 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
         }
     }
 
-    /// Position of a cache series in `cacheLookups`, in the order of `allCases` (declaration order).
+    /// Position of a cache series in `cacheLookups`.
     static func cacheIndex(_ kind: CacheKind, _ lookup: CacheLookup) -> Int {
         let row = switch kind {
         case .exact: 0

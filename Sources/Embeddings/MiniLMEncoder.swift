@@ -45,7 +45,10 @@ public final class MiniLMEncoder: Sendable {
     }
 
     public let tokenizer: WordPieceTokenizer
-    let wordEmbeddings: [Float]
+    /// 30,522 × 384 floats (47 MB), read in place from the memory-mapped model file: a request touches only the
+    /// rows of its tokens, so the table's pages stay out of the process's memory until used (the packed layer
+    /// weights, 43 MB, are the model's resident cost).
+    let wordEmbeddings: MappedMatrix
     let positionEmbeddings: [Float]
     let tokenTypeEmbeddings: [Float]
     let embeddingNorm: Norm
@@ -65,7 +68,7 @@ public final class MiniLMEncoder: Sendable {
             throw .invalidModel("missing word embeddings")
         }
         vocabularySize = vocabularyShape[0]
-        wordEmbeddings = try tensors.floats("embeddings.word_embeddings.weight", shape: [vocabularySize, hidden])
+        wordEmbeddings = try tensors.mapped("embeddings.word_embeddings.weight", rows: vocabularySize, width: hidden)
         positionEmbeddings = try tensors.floats("embeddings.position_embeddings.weight", shape: [512, hidden])
         tokenTypeEmbeddings = try tensors.floats("embeddings.token_type_embeddings.weight", shape: [2, hidden])
         func norm(_ prefix: String) throws(EmbeddingError) -> Norm {
@@ -90,6 +93,8 @@ public final class MiniLMEncoder: Sendable {
                 outputNorm: try norm(prefix + ".output.LayerNorm")))
         }
         self.layers = layers
+        // Everything but the word embeddings was copied out: drop the pages that reading it touched.
+        tensors.file.releaseTouchedPages()
     }
 
     /// The L2-normalised sentence embedding of `text`.
@@ -154,13 +159,15 @@ public final class MiniLMEncoder: Sendable {
         let count = segments.last?.upperBound ?? 0
         guard count > 0 else { return batch.map { _ in [Float](repeating: 0, count: hidden) } }
         var states = [Float](repeating: 0, count: count * hidden)
-        for (ids, segment) in zip(batch, segments) {
-            for (position, id) in ids.enumerated() {
-                let row = segment.lowerBound + position
-                let word = Int(id) < vocabularySize ? Int(id) : Int(tokenizer.unknownID)
-                for d in 0..<hidden {
-                    states[row * hidden + d] = wordEmbeddings[word * hidden + d] + positionEmbeddings[position * hidden + d]
-                        + tokenTypeEmbeddings[d]
+        states.withUnsafeMutableBufferPointer { states in
+            for (ids, segment) in zip(batch, segments) {
+                for (position, id) in ids.enumerated() {
+                    let row = states.baseAddress! + (segment.lowerBound + position) * hidden
+                    let word = id >= 0 && Int(id) < vocabularySize ? Int(id) : Int(tokenizer.unknownID)
+                    wordEmbeddings.addRow(word, into: row)
+                    for d in 0..<hidden {
+                        row[d] = row[d] + positionEmbeddings[position * hidden + d] + tokenTypeEmbeddings[d]
+                    }
                 }
             }
         }
@@ -179,7 +186,7 @@ public final class MiniLMEncoder: Sendable {
             Kernels.add(&attended, states)
             Kernels.layerNorm(&attended, rows: count, norm: layer.attentionNorm)
             Kernels.linear(attended, rows: count, layer.intermediate, wide: usesAVX512, workers: workers, into: &inner)
-            Kernels.gelu(&inner, workers: workers)
+            Kernels.gelu(&inner, wide: usesAVX512, workers: workers)
             Kernels.linear(inner, rows: count, layer.output, wide: usesAVX512, workers: workers, into: &output)
             Kernels.add(&output, attended)
             Kernels.layerNorm(&output, rows: count, norm: layer.outputNorm)
@@ -226,7 +233,7 @@ enum Kernels {
                     result.withUnsafeMutableBufferPointer { out in
                         let job = Job(x: xs.baseAddress!, w: ws.baseAddress!, bias: bs.baseAddress!, out: out.baseAddress!,
                                       rows: rows, inputs: inputs, outputs: outputs, wide: wide)
-                        if workers <= 1 || rows * inputs * outputs < 1 << 20 {
+                        if workers <= 1 || rows * inputs * outputs < Kernels.minimumSplitProduct {
                             job.run(blocks: 0..<blocks)
                         } else {
                             // Even boundaries: the AVX-512 kernel takes its panels in pairs.
@@ -243,7 +250,18 @@ enum Kernels {
         }
     }
 
-    static let parallelism = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    /// Products smaller than this many multiply-adds run on one core: handing half of one to a second thread costs a
+    /// wake-up of that thread, 50–100 µs on a VM, while this much work takes about 60 µs on one core. (A 14-token query
+    /// took 4.5–4.8 ms single-threaded and 6.5–7.1 ms with every product split, with a threshold of 2²⁰.)
+    static let minimumSplitProduct = 1 << 23
+
+    /// Threads one encoding may use: the cores, or `SWITCHYARD_EMBEDDING_THREADS` when set (1 or more).
+    static let parallelism: Int = {
+        if let value = ProcessInfo.processInfo.environment["SWITCHYARD_EMBEDDING_THREADS"].flatMap(Int.init), value >= 1 {
+            return value
+        }
+        return max(1, ProcessInfo.processInfo.activeProcessorCount)
+    }()
 
     /// Whether the CPU (and the kernel, which lists only what it enables) offers AVX-512F.
     static let cpuHasAVX512: Bool = {
@@ -415,7 +433,11 @@ enum Kernels {
                     }
                     Job(x: queries, w: keys, bias: mask, out: scores, rows: n, inputs: size, outputs: width, wide: wide)
                         .run(blocks: 0..<blocks)
-                    for i in 0..<n { inverses[i] = softmax(scores + i * width, blocks: blocks) }
+                    if wide {
+                        softmaxRowsAVX512(scores, rows: n, blocks: blocks, inverses: inverses)
+                    } else {
+                        softmaxRows(scores, rows: n, blocks: blocks, inverses: inverses)
+                    }
                     Job(x: scores, w: values, bias: zero, out: context, rows: n, inputs: width, outputs: size, wide: wide)
                         .run(blocks: 0..<2)
                     for i in 0..<n {
@@ -428,100 +450,6 @@ enum Kernels {
                 }
             }
         }
-
-        /// The exponentials of a softmax in place over one row of scores (masked lanes become 0); returns the
-        /// reciprocal of their sum, applied to the context afterwards (32 products instead of one per key).
-        @inline(__always)
-        private func softmax(_ row: UnsafeMutablePointer<Float>, blocks: Int) -> Float {
-            var maximum = Vector(repeating: -.infinity)
-            for block in 0..<blocks {
-                maximum = Kernels.maximum(maximum, UnsafeRawPointer(row + block * 16).load(as: Vector.self))
-            }
-            let top = Vector(repeating: Kernels.horizontalMax(maximum))
-            var total = Vector()
-            for block in 0..<blocks {
-                let pointer = UnsafeMutableRawPointer(row + block * 16)
-                let e = Kernels.exp(pointer.load(as: Vector.self) - top)
-                pointer.storeBytes(of: e, as: Vector.self)
-                total += e
-            }
-            return 1 / Kernels.horizontalSum(total)
-        }
-
-    }
-
-    /// Lane-wise max and min by compare and blend (`replacing(with:where:)` compiles to `vcmpps` + `vblendvps`; the
-    /// standard library's `pointwiseMax` handles NaN lane by lane and does not vectorise, and a bit-cast of the
-    /// comparison mask to integers is rebuilt byte by byte).
-    @inline(__always)
-    static func maximum(_ a: Vector, _ b: Vector) -> Vector {
-        a.replacing(with: b, where: a .< b)
-    }
-
-    @inline(__always)
-    static func minimum(_ a: Vector, _ b: Vector) -> Vector {
-        a.replacing(with: b, where: b .< a)
-    }
-
-    @inline(__always)
-    static func horizontalMax(_ v: Vector) -> Float {
-        // Halving by blends: a lane-by-lane loop compiles to extracts and scalar compares.
-        var a = v.lowHalf
-        a.replace(with: v.highHalf, where: v.highHalf .> a)
-        var b = a.lowHalf
-        b.replace(with: a.highHalf, where: a.highHalf .> b)
-        var c = b.lowHalf
-        c.replace(with: b.highHalf, where: b.highHalf .> c)
-        return max(c[0], c[1])
-    }
-
-    @inline(__always)
-    static func horizontalSum(_ v: Vector) -> Float {
-        let a = v.lowHalf + v.highHalf
-        let b = a.lowHalf + a.highHalf
-        let c = b.lowHalf + b.highHalf
-        return c[0] + c[1]
-    }
-
-    /// `eˣ` for 16 lanes (Cephes-style: 2ⁿ · e^r with |r| ≤ ln2/2 and a degree-6 polynomial; relative error
-    /// about 2e-7); -inf gives 0.
-    @inline(__always)
-    static func exp(_ x: Vector) -> Vector {
-        let clamped = minimum(maximum(x, Vector(repeating: -87.3)), Vector(repeating: 88.3))
-        // Round to nearest by adding 1.5·2²³: the integer lands in the low mantissa bits (no generic conversions).
-        let shifted = clamped * 1.44269504088896341 + 12_582_912
-        let n = shifted - 12_582_912
-        var r = clamped - n * 0.693359375
-        r = r + n * 2.12194440e-4
-        var p = Vector(repeating: 1.9875691500e-4)
-        p = p * r + 1.3981999507e-3
-        p = p * r + 8.3334519073e-3
-        p = p * r + 4.1665795894e-2
-        p = p * r + 1.6666665459e-1
-        p = p * r + 5.0000001201e-1
-        p = p * r * r + r + 1
-        let exponent = (unsafeBitCast(shifted, to: SIMD16<Int32>.self) &- 0x4B40_0000 &+ 127) &<< 23
-        return p * unsafeBitCast(exponent, to: Vector.self)
-    }
-
-    /// erf for 16 lanes: the rational approximation Eigen and XLA use for float (inputs clamped to ±4, where erf
-    /// is ±1 in float), accurate to a few ulp.
-    @inline(__always)
-    static func erf(_ value: Vector) -> Vector {
-        let x = minimum(maximum(value, Vector(repeating: -4)), Vector(repeating: 4))
-        let x2 = x * x
-        var p = x2 * -2.72614225801306e-10 + 2.77068142495902e-08
-        p = p * x2 + -2.10102402082508e-06
-        p = p * x2 + -5.69250639462346e-05
-        p = p * x2 + -7.34990630326855e-04
-        p = p * x2 + -2.95459980854025e-03
-        p = p * x2 + -1.60960333262415e-02
-        p = p * x
-        var q = x2 * -1.45660718464996e-05 + -2.13374055278905e-04
-        q = q * x2 + -1.68282697438203e-03
-        q = q * x2 + -7.37332916720468e-03
-        q = q * x2 + -1.42647390514189e-02
-        return p / q
     }
 
     static func add(_ x: inout [Float], _ y: [Float]) {
@@ -540,13 +468,13 @@ enum Kernels {
                         let base = UnsafeMutableRawPointer(values.baseAddress! + row * hidden)
                         var sum = Vector()
                         for i in 0..<count { sum += base.loadUnaligned(fromByteOffset: i * 64, as: Vector.self) }
-                        let mean = Vector(repeating: horizontalSum(sum) / Float(hidden))
+                        let mean = Vector(repeating: EmbeddingKernelsAVX512.horizontalSum(sum) / Float(hidden))
                         var squares = Vector()
                         for i in 0..<count {
                             let centred = base.loadUnaligned(fromByteOffset: i * 64, as: Vector.self) - mean
                             squares.addProduct(centred, centred)
                         }
-                        let inverse = Vector(repeating: 1 / (horizontalSum(squares) / Float(hidden) + MiniLMEncoder.epsilon).squareRoot())
+                        let inverse = Vector(repeating: 1 / (EmbeddingKernelsAVX512.horizontalSum(squares) / Float(hidden) + MiniLMEncoder.epsilon).squareRoot())
                         for i in 0..<count {
                             let value = base.loadUnaligned(fromByteOffset: i * 64, as: Vector.self)
                             let scaled = (value - mean) * inverse * g.loadUnaligned(fromByteOffset: i * 64, as: Vector.self)
@@ -560,10 +488,10 @@ enum Kernels {
     }
 
     /// GELU with the exact error function, as BERT's `gelu`; large inputs are split across up to `workers` cores.
-    static func gelu(_ x: inout [Float], workers: Int) {
+    static func gelu(_ x: inout [Float], wide: Bool, workers: Int) {
         let count = x.count
         x.withUnsafeMutableBufferPointer { buffer in
-            let values = GELUJob(values: buffer.baseAddress!)
+            let values = GELUJob(values: buffer.baseAddress!, wide: wide)
             let workers = count < 1 << 15 ? 1 : workers
             DispatchQueue.concurrentPerform(iterations: workers) { worker in
                 values.run((count * worker / workers)..<(count * (worker + 1) / workers))
@@ -574,18 +502,13 @@ enum Kernels {
     /// `@unchecked Sendable`: workers touch disjoint ranges.
     struct GELUJob: @unchecked Sendable {
         let values: UnsafeMutablePointer<Float>
+        let wide: Bool
 
         func run(_ range: Range<Int>) {
-            var index = range.lowerBound
-            while index + 16 <= range.upperBound {
-                let pointer = UnsafeMutableRawPointer(values + index)
-                let value = pointer.loadUnaligned(as: Vector.self)
-                pointer.storeBytes(of: 0.5 * value * (1 + Kernels.erf(value * 0.70710678118654752)), as: Vector.self)
-                index += 16
-            }
-            for tail in index..<range.upperBound {
-                let value = values[tail]
-                values[tail] = 0.5 * value * (1 + erff(value * 0.70710678118654752))
+            if wide {
+                geluAVX512(values + range.lowerBound, count: range.count)
+            } else {
+                geluInPlace(values + range.lowerBound, count: range.count)
             }
         }
     }

@@ -101,6 +101,7 @@ struct EmbeddingsBench: ParsableCommand {
     @Option(help: "JSON file with {query: String, queries: [String], passages: [String]}.") var texts: String
     @Option(help: "Model cache folder.") var dir: String?
     @Option(help: "Repetitions per measurement.") var repetitions = 50
+    @Option(help: "Time only this measurement (single, queries or passages), for profiling.") var only: String?
 
     func run() throws {
         let data = try Data(contentsOf: URL(fileURLWithPath: texts))
@@ -109,7 +110,8 @@ struct EmbeddingsBench: ParsableCommand {
         let queries = json["queries"]?.arrayValue?.compactMap(\.stringValue) ?? []
         let passages = json["passages"]?.arrayValue?.compactMap(\.stringValue) ?? []
         let encoder = try MiniLMEncoder(directory: try ModelStore(root: dir).pull())
-        func time(_ body: () -> Void) -> [Double] {
+        func time(_ name: String, _ body: () -> Void) -> [Double] {
+            if let only, only != name { return [.nan] }
             body()  // warm-up
             return (0..<repetitions).map { _ in
                 let start = ContinuousClock.now
@@ -118,9 +120,9 @@ struct EmbeddingsBench: ParsableCommand {
                 return elapsed.inSeconds
             }.sorted()
         }
-        let single = time { _ = encoder.embed(query) }
-        let short = time { _ = encoder.embed(batch: queries.map(encoder.tokenizer.encode)) }
-        let long = time { _ = encoder.embed(batch: passages.map(encoder.tokenizer.encode)) }
+        let single = time("single") { _ = encoder.embed(query) }
+        let short = time("queries") { _ = encoder.embed(batch: queries.map(encoder.tokenizer.encode)) }
+        let long = time("passages") { _ = encoder.embed(batch: passages.map(encoder.tokenizer.encode)) }
         let result: JSONValue = [
             "single_query_p50_ms": .double(single[single.count / 2] * 1000),
             "query_tokens": .int(Int64(encoder.tokenizer.encode(query).count)),

@@ -76,7 +76,7 @@ public struct EdgeBodyWriter: Sendable {
 public typealias EdgeResponder = @Sendable (EdgeRequest) async -> EdgeResponse
 
 /// An HTTP/1.1 server on SwiftNIO channel handlers. A request's head and body are read on its connection's event
-/// loop; the responder runs in a task that, with NIO's event loops as the global executor, stays on that loop.
+/// loop; the responder runs in a task whose preferred executor is that loop (`EventLoopTaskExecutor`).
 /// Requests on one connection are answered in order (pipelining assistance), and a client that disconnects
 /// cancels its request's task.
 ///
@@ -122,6 +122,9 @@ public struct EdgeServer: Service {
         let connections = NIOLockedValueBox([ObjectIdentifier: any Channel]())
         let responder = self.responder
         let maxBodyBytes = configuration.maxBodyBytes
+        let executors = Dictionary(uniqueKeysWithValues: group.makeIterator().map {
+            (ObjectIdentifier($0), EventLoopTaskExecutor(loop: $0))
+        })
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: configuration.backlog)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -140,7 +143,9 @@ public struct EdgeServer: Service {
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
                     try channel.pipeline.syncOperations.addHandler(
-                        EdgeChannelHandler(responder: responder, maxBodyBytes: maxBodyBytes))
+                        EdgeChannelHandler(responder: responder, maxBodyBytes: maxBodyBytes,
+                                           executor: executors[ObjectIdentifier(channel.eventLoop)]
+                                               ?? EventLoopTaskExecutor(loop: channel.eventLoop)))
                 }
             }
             .bind(host: configuration.host, port: configuration.port).get()
@@ -183,10 +188,13 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
     var task: Task<Void, Never>?
     var queued: [EdgeRequest] = []
     var quiescing = false
+    /// Runs the responders' tasks on this connection's event loop.
+    let executor: EventLoopTaskExecutor
 
-    init(responder: @escaping EdgeResponder, maxBodyBytes: Int) {
+    init(responder: @escaping EdgeResponder, maxBodyBytes: Int, executor: EventLoopTaskExecutor) {
         self.responder = responder
         self.maxBodyBytes = maxBodyBytes
+        self.executor = executor
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -227,7 +235,8 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
     func start(_ request: EdgeRequest, context: ChannelHandlerContext) {
         let keepAlive = request.head.isKeepAlive && !quiescing
         let done = context.eventLoop.makePromise(of: Bool.self)
-        task = Self.respond(to: request, with: responder, on: context.channel, keepAlive: keepAlive, done: done)
+        task = Self.respond(to: request, with: responder, on: context.channel, executor: executor, keepAlive: keepAlive,
+                            done: done)
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
         done.futureResult.whenSuccess { reusable in handler.value.finished(reusable: reusable, context: bound.value) }
@@ -277,8 +286,8 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     static func respond(to request: EdgeRequest, with responder: @escaping EdgeResponder, on channel: any Channel,
-                        keepAlive: Bool, done: EventLoopPromise<Bool>) -> Task<Void, Never> {
-        Task {
+                        executor: EventLoopTaskExecutor, keepAlive: Bool, done: EventLoopPromise<Bool>) -> Task<Void, Never> {
+        Task(executorPreference: executor) {
             let response = await responder(request)
             done.succeed(await write(response, to: channel, keepAlive: keepAlive))
         }

@@ -185,10 +185,15 @@ struct HTTPResponseParser {
         }
     }
 
+    /// Bodies up to this size are copied behind the head, so the request leaves in one `write` (not a `writev` of
+    /// two buffers); larger ones follow the head as their own buffer.
+    static let inlineBodyBytes = 64 << 10
+
     /// The request line, `host`, `content-length` and `headers` (any `host` or `content-length` among them
-    /// replaced), then the blank line.
-    static func frameHead(_ request: UpstreamRequest, allocator: ByteBufferAllocator) -> ByteBuffer {
-        var buffer = allocator.buffer(capacity: 256)
+    /// replaced), the blank line, and the body when that is at most `inlineBodyBytes` long (`bodyIncluded`).
+    static func frame(_ request: UpstreamRequest, allocator: ByteBufferAllocator) -> (buffer: ByteBuffer, bodyIncluded: Bool) {
+        let inline = request.body.readableBytes <= inlineBodyBytes
+        var buffer = allocator.buffer(capacity: 256 + (inline ? request.body.readableBytes : 0))
         buffer.writeString(request.method.rawValue)
         buffer.writeStaticString(" ")
         buffer.writeString(request.target)
@@ -205,6 +210,7 @@ struct HTTPResponseParser {
             buffer.writeStaticString("\r\n")
         }
         buffer.writeStaticString("\r\n")
-        return buffer
+        if inline { buffer.writeImmutableBuffer(request.body) }
+        return (buffer, inline)
     }
 }

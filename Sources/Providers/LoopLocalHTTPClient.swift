@@ -487,8 +487,9 @@ final class ConnectionHandler: ChannelDuplexHandler {
         }
         self.exchange = exchange
         let request = exchange.request
-        context.write(wrapOutboundOut(HTTPResponseParser.frameHead(request, allocator: context.channel.allocator)), promise: nil)
-        if request.body.readableBytes > 0 {
+        let framed = HTTPResponseParser.frame(request, allocator: context.channel.allocator)
+        context.write(wrapOutboundOut(framed.buffer), promise: nil)
+        if !framed.bodyIncluded {
             context.write(wrapOutboundOut(request.body), promise: nil)
         }
         context.flush()

@@ -121,7 +121,7 @@ public final class MiniLMEncoder: Sendable {
         let workers = Kernels.parallelism
         let tokens = batch.reduce(0) { $0 + $1.count }
         guard workers > 1, batch.count >= workers, tokens >= Self.tokensPerGroup * workers else {
-            return encode(batch: batch, workers: workers)
+            return encodeSplittingProducts(batch, workers: workers)
         }
         var groups: [Range<Int>] = []
         var start = 0, sum = 0
@@ -136,7 +136,7 @@ public final class MiniLMEncoder: Sendable {
         }
         groups.append(start..<batch.count)
         // Sequences too uneven to give every core a group (one long text after short ones): split the products.
-        guard groups.count == workers else { return encode(batch: batch, workers: workers) }
+        guard groups.count == workers else { return encodeSplittingProducts(batch, workers: workers) }
         let ranges = groups
         let results = Locked([[[Float]]](repeating: [], count: groups.count))
         DispatchQueue.concurrentPerform(iterations: ranges.count) { group in
@@ -149,8 +149,15 @@ public final class MiniLMEncoder: Sendable {
     /// Batches with fewer tokens than this per core are not split by sequence.
     static let tokensPerGroup = 96
 
+    /// The forward pass with each product split across the cores: with two cores, between this thread and the
+    /// pair worker's spinning helper (unless another encoding holds it), otherwise by `DispatchQueue`.
+    func encodeSplittingProducts(_ batch: [[Int32]], workers: Int) -> [[Float]] {
+        guard workers == 2 else { return encode(batch: batch, workers: workers) }
+        return PairWorker.shared.session { pair in encode(batch: batch, workers: workers, pair: pair) }
+    }
+
     /// The forward pass for a batch, each product split across `workers` cores.
-    func encode(batch: [[Int32]], workers: Int) -> [[Float]] {
+    func encode(batch: [[Int32]], workers: Int, pair: PairWorker? = nil) -> [[Float]] {
         let hidden = Self.dimension
         let segments = batch.reduce(into: [Range<Int>]()) { ranges, ids in
             let start = ranges.last?.upperBound ?? 0
@@ -177,17 +184,17 @@ public final class MiniLMEncoder: Sendable {
         var query: [Float] = [], key: [Float] = [], value: [Float] = [], context: [Float] = []
         var attended: [Float] = [], inner: [Float] = [], output: [Float] = []
         for layer in layers {
-            Kernels.linear(states, rows: count, layer.query, wide: usesAVX512, workers: workers, into: &query)
-            Kernels.linear(states, rows: count, layer.key, wide: usesAVX512, workers: workers, into: &key)
-            Kernels.linear(states, rows: count, layer.value, wide: usesAVX512, workers: workers, into: &value)
+            Kernels.linear(states, rows: count, layer.query, wide: usesAVX512, workers: workers, pair: pair, into: &query)
+            Kernels.linear(states, rows: count, layer.key, wide: usesAVX512, workers: workers, pair: pair, into: &key)
+            Kernels.linear(states, rows: count, layer.value, wide: usesAVX512, workers: workers, pair: pair, into: &value)
             Kernels.attention(query: query, key: key, value: value, segments: segments, wide: usesAVX512,
                               workers: workers, into: &context)
-            Kernels.linear(context, rows: count, layer.attentionOutput, wide: usesAVX512, workers: workers, into: &attended)
+            Kernels.linear(context, rows: count, layer.attentionOutput, wide: usesAVX512, workers: workers, pair: pair, into: &attended)
             Kernels.add(&attended, states)
             Kernels.layerNorm(&attended, rows: count, norm: layer.attentionNorm)
-            Kernels.linear(attended, rows: count, layer.intermediate, wide: usesAVX512, workers: workers, into: &inner)
+            Kernels.linear(attended, rows: count, layer.intermediate, wide: usesAVX512, workers: workers, pair: pair, into: &inner)
             Kernels.gelu(&inner, wide: usesAVX512, workers: workers)
-            Kernels.linear(inner, rows: count, layer.output, wide: usesAVX512, workers: workers, into: &output)
+            Kernels.linear(inner, rows: count, layer.output, wide: usesAVX512, workers: workers, pair: pair, into: &output)
             Kernels.add(&output, attended)
             Kernels.layerNorm(&output, rows: count, norm: layer.outputNorm)
             swap(&states, &output)
@@ -217,7 +224,7 @@ enum Kernels {
     /// its output columns split across up to `workers` cores.
     /// `result` is reused when it already has the right size.
     static func linear(_ x: [Float], rows: Int, _ layer: MiniLMEncoder.Linear, wide: Bool, workers: Int,
-                       into result: inout [Float]) {
+                       pair: PairWorker? = nil, into result: inout [Float]) {
         let inputs = layer.inputs
         let outputs = layer.outputs
         precondition(outputs % 16 == 0)
@@ -233,7 +240,12 @@ enum Kernels {
                     result.withUnsafeMutableBufferPointer { out in
                         let job = Job(x: xs.baseAddress!, w: ws.baseAddress!, bias: bs.baseAddress!, out: out.baseAddress!,
                                       rows: rows, inputs: inputs, outputs: outputs, wide: wide)
-                        if workers <= 1 || rows * inputs * outputs < Kernels.minimumSplitProduct {
+                        let work = rows * inputs * outputs
+                        if let pair, work >= Kernels.minimumPairProduct {
+                            // Two halves on even panel boundaries (the AVX-512 kernel takes panels in pairs).
+                            let middle = blocks / 4 * 2
+                            pair.run { half in job.run(blocks: half == 0 ? 0..<middle : middle..<blocks) }
+                        } else if workers <= 1 || work < Kernels.minimumSplitProduct {
                             job.run(blocks: 0..<blocks)
                         } else {
                             // Even boundaries: the AVX-512 kernel takes its panels in pairs.
@@ -254,6 +266,9 @@ enum Kernels {
     /// wake-up of that thread, 50–100 µs on a VM, while this much work takes about 60 µs on one core. (A 14-token query
     /// took 4.5–4.8 ms single-threaded and 6.5–7.1 ms with every product split, with a threshold of 2²⁰.)
     static let minimumSplitProduct = 1 << 23
+
+    /// Products split with the pair worker from this many multiply-adds (its hand-off is a spin, not a wake-up).
+    static let minimumPairProduct = 1 << 17
 
     /// Threads one encoding may use: the cores, or `SWITCHYARD_EMBEDDING_THREADS` when set (1 or more).
     static let parallelism: Int = {

@@ -117,9 +117,10 @@ struct FieldReader {
         }
     }
 
-    /// The members not in `known`.
+    /// The members not in `known`. Most requests have none: then no dictionary is built.
     func extras(excluding known: Set<String>) -> [String: JSONValue] {
-        members.filter { !known.contains($0.key) }
+        guard members.keys.contains(where: { !known.contains($0) }) else { return [:] }
+        return members.filter { !known.contains($0.key) }
     }
 }
 

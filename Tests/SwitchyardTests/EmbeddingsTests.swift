@@ -1,5 +1,6 @@
 @testable import Embeddings
 import Foundation
+import SwitchyardCore
 import SwitchyardModels
 import Server
 import SwitchyardTestKit
@@ -113,6 +114,50 @@ extension EmbeddingsTests {
         #expect(batch.count == texts.count)
         for (text, (batched, single)) in zip(texts, zip(batch, alone)) {
             let cosine = zip(single, batched).reduce(Float(0)) { $0 + $1.0 * $1.1 }
+            #expect(cosine > 0.99999, "\(text.prefix(20))")
+        }
+    }
+}
+
+extension EmbeddingsTests {
+    /// Every product's two halves run exactly once, whoever runs them: the helper, or the caller when the helper
+    /// has not picked its half up yet. Slow first halves leave the second to the helper; with tiny ones the caller
+    /// often claims it first.
+    @Test func thePairWorkerRunsEachHalfOnce() async throws {
+        let counts = try await Self.offPool {
+            let worker = PairWorker()
+            let halves = Locked([Int](repeating: 0, count: 2 * 2000))
+            worker.session { pair in
+                guard let pair else { return }
+                for product in 0..<2000 {
+                    pair.run { half in
+                        if half == 0, product % 5 == 0 { usleep(50) }
+                        if half == 1, product % 7 == 0 { usleep(50) }
+                        halves.withLock { $0[product * 2 + half] += 1 }
+                    }
+                }
+            }
+            return halves.withLock { $0 }
+        }
+        #expect(counts.allSatisfy { $0 == 1 })
+    }
+
+    /// Encodings that run at once (the pair worker serves one of them; the others split by `DispatchQueue` or run
+    /// alone) give each text the embedding it gets on one core.
+    @Test func concurrentEncodingsAgreeWithOneCore() async throws {
+        let texts = (0..<6).map { "query \($0) about a card that was declined at the shop " + String(repeating: "again ", count: $0) }
+        let (together, alone) = try await Self.offPool {
+            let encoder = try Self.encoder()
+            let ids = texts.map(encoder.tokenizer.encode)
+            let results = Locked([[Float]](repeating: [], count: texts.count))
+            DispatchQueue.concurrentPerform(iterations: texts.count) { index in
+                let vector = encoder.embed(ids: ids[index])
+                results.withLock { $0[index] = vector }
+            }
+            return (results.withLock { $0 }, ids.map { encoder.encode(batch: [$0], workers: 1)[0] })
+        }
+        for (text, (concurrent, single)) in zip(texts, zip(together, alone)) {
+            let cosine = zip(single, concurrent).reduce(Float(0)) { $0 + $1.0 * $1.1 }
             #expect(cosine > 0.99999, "\(text.prefix(20))")
         }
     }

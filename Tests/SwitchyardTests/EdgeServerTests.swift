@@ -106,7 +106,23 @@ import Glibc
         }
     }
 
+    /// The responder runs on its connection's event loop, and stays there across calls into nonisolated async
+    /// functions and a sleep (its task prefers the loop as task executor). Tests do not install NIO as the global
+    /// executor, so without that preference the responder would run on Swift's own pool.
+    @Test func theResponderRunsOnItsConnectionsEventLoop() async throws {
+        try await withEdge { port in
+            let connection = try RawConnection(port: port)
+            try connection.send("GET /loop HTTP/1.1\r\nhost: x\r\n\r\n")
+            let text = try await connection.receive(until: { $0.hasSuffix("same") || $0.hasSuffix("moved") })
+            #expect(text.hasSuffix("same"))
+        }
+    }
+
     // MARK: Harness
+
+    static func nonisolatedStep() async {
+        await Task.yield()
+    }
 
     func withEdge(maxBodyBytes: Int = 1 << 20, cancelled: Locked<Bool>? = nil,
                   _ body: (Int) async throws -> Void) async throws {
@@ -119,6 +135,13 @@ import Glibc
                 return EdgeResponse(status: .ok, body: .buffer(ByteBuffer(string: "slow")))
             case "/fast":
                 return EdgeResponse(status: .ok, body: .buffer(ByteBuffer(string: "fast")))
+            case "/loop":
+                let before = MultiThreadedEventLoopGroup.currentEventLoop
+                await Self.nonisolatedStep()
+                try? await Task.sleep(for: .milliseconds(5))
+                let after = MultiThreadedEventLoopGroup.currentEventLoop
+                let same = before != nil && before === after
+                return EdgeResponse(status: .ok, body: .buffer(ByteBuffer(string: same ? "same" : "moved")))
             case "/echo":
                 if request.bodyExceededLimit {
                     return EdgeResponse(status: .contentTooLarge, body: .buffer(ByteBuffer(string: "too large")))

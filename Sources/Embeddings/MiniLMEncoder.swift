@@ -53,7 +53,6 @@ public final class MiniLMEncoder: Sendable {
     let tokenTypeEmbeddings: [Float]
     let embeddingNorm: Norm
     let layers: [Layer]
-    let vocabularySize: Int
     /// Whether the matrix products use the AVX-512 kernel.
     public let usesAVX512: Bool
 
@@ -67,8 +66,7 @@ public final class MiniLMEncoder: Sendable {
         guard let vocabularyShape = tensors.entries["embeddings.word_embeddings.weight"]?.shape, vocabularyShape.count == 2 else {
             throw .invalidModel("missing word embeddings")
         }
-        vocabularySize = vocabularyShape[0]
-        wordEmbeddings = try tensors.mapped("embeddings.word_embeddings.weight", rows: vocabularySize, width: hidden)
+        wordEmbeddings = try tensors.mapped("embeddings.word_embeddings.weight", rows: vocabularyShape[0], width: hidden)
         positionEmbeddings = try tensors.floats("embeddings.position_embeddings.weight", shape: [512, hidden])
         tokenTypeEmbeddings = try tensors.floats("embeddings.token_type_embeddings.weight", shape: [2, hidden])
         func norm(_ prefix: String) throws(EmbeddingError) -> Norm {
@@ -170,7 +168,7 @@ public final class MiniLMEncoder: Sendable {
             for (ids, segment) in zip(batch, segments) {
                 for (position, id) in ids.enumerated() {
                     let row = states.baseAddress! + (segment.lowerBound + position) * hidden
-                    let word = id >= 0 && Int(id) < vocabularySize ? Int(id) : Int(tokenizer.unknownID)
+                    let word = id >= 0 && Int(id) < wordEmbeddings.rows ? Int(id) : Int(tokenizer.unknownID)
                     wordEmbeddings.addRow(word, into: row)
                     for d in 0..<hidden {
                         row[d] = row[d] + positionEmbeddings[position * hidden + d] + tokenTypeEmbeddings[d]

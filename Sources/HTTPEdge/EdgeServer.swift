@@ -6,6 +6,7 @@ import NIOExtras
 public import NIOHTTP1
 import NIOPosix
 public import ServiceLifecycle
+import SwitchyardCore
 
 /// A request as the edge hands it to a responder: its head and its whole body (bodies here are JSON documents,
 /// read up to a limit before the responder runs).
@@ -122,8 +123,8 @@ public struct EdgeServer: Service {
         let connections = NIOLockedValueBox([ObjectIdentifier: any Channel]())
         let responder = self.responder
         let maxBodyBytes = configuration.maxBodyBytes
-        let executors = Dictionary(uniqueKeysWithValues: group.makeIterator().map {
-            (ObjectIdentifier($0), EventLoopTaskExecutor(loop: $0))
+        let loops = Dictionary(uniqueKeysWithValues: group.makeIterator().map {
+            (ObjectIdentifier($0), LoopServices(loop: $0))
         })
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: configuration.backlog)
@@ -144,8 +145,8 @@ public struct EdgeServer: Service {
                         ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
                     try channel.pipeline.syncOperations.addHandler(
                         EdgeChannelHandler(responder: responder, maxBodyBytes: maxBodyBytes,
-                                           executor: executors[ObjectIdentifier(channel.eventLoop)]
-                                               ?? EventLoopTaskExecutor(loop: channel.eventLoop)))
+                                           loop: loops[ObjectIdentifier(channel.eventLoop)]
+                                               ?? LoopServices(loop: channel.eventLoop)))
                 }
             }
             .bind(host: configuration.host, port: configuration.port).get()
@@ -169,6 +170,18 @@ public struct EdgeServer: Service {
     }
 }
 
+/// What the connections of one event loop share: the executor their responders' tasks prefer, and the flusher that
+/// sends their answers at the end of the loop's batch.
+struct LoopServices: Sendable {
+    let executor: EventLoopTaskExecutor
+    let flusher: TickFlusher
+
+    init(loop: any EventLoop) {
+        executor = EventLoopTaskExecutor(loop: loop)
+        flusher = TickFlusher(loop: loop)
+    }
+}
+
 /// One connection's request reader and response writer. NIO's decoder parses requests; answers are framed here,
 /// straight into one buffer per response (or per streamed chunk), with no per-part trip through encoder handlers.
 /// Requests are answered one at a time in arrival order; pipelined ones wait in a short queue.
@@ -188,13 +201,13 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
     var task: Task<Void, Never>?
     var queued: [EdgeRequest] = []
     var quiescing = false
-    /// Runs the responders' tasks on this connection's event loop.
-    let executor: EventLoopTaskExecutor
+    /// Runs the responders' tasks on this connection's event loop, and flushes their answers.
+    let loop: LoopServices
 
-    init(responder: @escaping EdgeResponder, maxBodyBytes: Int, executor: EventLoopTaskExecutor) {
+    init(responder: @escaping EdgeResponder, maxBodyBytes: Int, loop: LoopServices) {
         self.responder = responder
         self.maxBodyBytes = maxBodyBytes
-        self.executor = executor
+        self.loop = loop
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -235,8 +248,7 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
     func start(_ request: EdgeRequest, context: ChannelHandlerContext) {
         let keepAlive = request.head.isKeepAlive && !quiescing
         let done = context.eventLoop.makePromise(of: Bool.self)
-        task = Self.respond(to: request, with: responder, on: context.channel, executor: executor, keepAlive: keepAlive,
-                            done: done)
+        task = Self.respond(to: request, with: responder, on: context.channel, loop: loop, keepAlive: keepAlive, done: done)
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
         done.futureResult.whenSuccess { reusable in handler.value.finished(reusable: reusable, context: bound.value) }
@@ -286,15 +298,15 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     static func respond(to request: EdgeRequest, with responder: @escaping EdgeResponder, on channel: any Channel,
-                        executor: EventLoopTaskExecutor, keepAlive: Bool, done: EventLoopPromise<Bool>) -> Task<Void, Never> {
-        Task(executorPreference: executor) {
+                        loop: LoopServices, keepAlive: Bool, done: EventLoopPromise<Bool>) -> Task<Void, Never> {
+        Task(executorPreference: loop.executor) {
             let response = await responder(request)
-            done.succeed(await write(response, to: channel, keepAlive: keepAlive))
+            done.succeed(await write(response, to: channel, flusher: loop.flusher, keepAlive: keepAlive))
         }
     }
 
     /// Writes the response; returns whether the connection can carry another request.
-    static func write(_ response: EdgeResponse, to channel: any Channel, keepAlive: Bool) async -> Bool {
+    static func write(_ response: EdgeResponse, to channel: any Channel, flusher: TickFlusher, keepAlive: Bool) async -> Bool {
         switch response.body {
         case .buffer(let body):
             var buffer = channel.allocator.buffer(capacity: 256 + body.readableBytes)
@@ -302,7 +314,7 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
                                   into: &buffer)
             buffer.writeImmutableBuffer(body)
             if keepAlive {
-                channel.writeAndFlush(buffer, promise: nil)
+                flusher.write(buffer, to: channel)
                 return true
             }
             try? await channel.writeAndFlush(buffer)

@@ -111,6 +111,7 @@ final class LoopPool: @unchecked Sendable {
     let connectTimeout: TimeAmount
     let maximumPerHost: Int
     let idleTimeout: TimeAmount
+    let flusher: TickFlusher
     private var hosts: [UpstreamEndpoint: HostConnections] = [:]
 
     init(loop: any EventLoop, connectTimeout: TimeAmount, maximumPerHost: Int, idleTimeout: TimeAmount) {
@@ -118,6 +119,7 @@ final class LoopPool: @unchecked Sendable {
         self.connectTimeout = connectTimeout
         self.maximumPerHost = maximumPerHost
         self.idleTimeout = idleTimeout
+        self.flusher = TickFlusher(loop: loop)
     }
 
     final class HostConnections: @unchecked Sendable {
@@ -196,7 +198,7 @@ final class LoopPool: @unchecked Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     // The handler frames requests and parses answers itself (`HTTPResponseParser`). Header values come
                     // from validated configuration and the gateway itself, never from clients.
-                    try channel.pipeline.syncOperations.addHandler(ConnectionHandler())
+                    try channel.pipeline.syncOperations.addHandler(ConnectionHandler(flusher: pool.flusher))
                 }
             }
             .connect(host: endpoint.host, port: endpoint.port)
@@ -471,11 +473,17 @@ final class ConnectionHandler: ChannelDuplexHandler {
 
     var exchange: Exchange?
     weak var connection: Connection?
+    /// Sends requests at the end of the loop's batch, so the upstream is woken once for many.
+    let flusher: TickFlusher
     private var context: ChannelHandlerContext?
     private var readPending = false
     private var parser = HTTPResponseParser()
     /// Bytes received and not parsed yet (an incomplete head or chunk-size line).
     private var pending: ByteBuffer?
+
+    init(flusher: TickFlusher) {
+        self.flusher = flusher
+    }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
@@ -492,7 +500,7 @@ final class ConnectionHandler: ChannelDuplexHandler {
         if !framed.bodyIncluded {
             context.write(wrapOutboundOut(request.body), promise: nil)
         }
-        context.flush()
+        flusher.flushSoon(context.channel)
         resumeReading()
     }
 

@@ -52,6 +52,37 @@ public struct HTTPProvider: ProviderClient {
     }
 
     public func send(_ request: ChatRequest, route: ModelRoute, context: GatewayContext) async throws -> GatewayResponse {
+        // The async part holds only what crosses an `await`; framing the request and reading the answer are synchronous
+        // (their locals live on the thread's stack, not in the task's frame).
+        let (upstream, dialect) = try prepare(request, route: route, context: context)
+        let started = ContinuousClock.now
+        let deadline = NIODeadline.now() + .nanoseconds(config.timeouts.total.nanoseconds)
+        let response: UpstreamResponse
+        do {
+            if request.stream {
+                response = try await withFirstTokenTimeout(config.timeouts.firstToken) { [transports] in
+                    try await transports.execute(upstream, deadline: deadline, streaming: true, maximumBodyBytes: 1 << 20)
+                }
+            } else {
+                // A non-streamed answer arrives whole: only the total deadline applies.
+                response = try await transports.execute(upstream, deadline: deadline, streaming: false,
+                                                        maximumBodyBytes: maximumResponseBytes)
+            }
+        } catch {
+            throw mapTransportError(error)
+        }
+        if response.status == .ok, let stream = response.stream {
+            return .stream(try await openStream(stream, dialect: dialect, started: started))
+        }
+        return try complete(response, dialect: dialect, route: route, started: started, context: context)
+    }
+
+    /// The upstream request: the client's own bytes when they can go unchanged, else the request rendered in the
+    /// upstream's dialect.
+    @inline(never)
+    func prepare(_ request: ChatRequest, route: ModelRoute, context: GatewayContext) throws(GatewayError)
+        -> (UpstreamRequest, UpstreamDialect)
+    {
         let dialect = UpstreamDialect.forProvider(config.kind, upstreamModel: route.upstreamModel)
         let bytes: ByteBuffer
         if let original = context.original?.body(for: request, format: dialect.format, upstreamModel: route.upstreamModel) {
@@ -71,31 +102,19 @@ public struct HTTPProvider: ProviderClient {
             headers.add(name: "accept", value: request.stream ? "text/event-stream" : "application/json")
         }
         headers.add(name: "x-request-id", value: context.requestID)
-        let upstream = UpstreamRequest(endpoint: endpoint, target: endpoint.basePath + dialect.path, headers: headers, body: bytes)
+        return (UpstreamRequest(endpoint: endpoint, target: endpoint.basePath + dialect.path, headers: headers, body: bytes),
+                dialect)
+    }
 
-        let started = ContinuousClock.now
-        let deadline = NIODeadline.now() + .nanoseconds(config.timeouts.total.nanoseconds)
-        let response: UpstreamResponse
-        let maximumBytes = maximumResponseBytes
-        do {
-            if request.stream {
-                response = try await withFirstTokenTimeout(config.timeouts.firstToken) { [transports] in
-                    try await transports.execute(upstream, deadline: deadline, streaming: true, maximumBodyBytes: 1 << 20)
-                }
-            } else {
-                // A non-streamed answer arrives whole: only the total deadline applies.
-                response = try await transports.execute(upstream, deadline: deadline, streaming: false,
-                                                        maximumBodyBytes: maximumBytes)
-            }
-        } catch {
-            throw mapTransportError(error)
-        }
+    /// A whole answer: an error for any status but 200, else the completion (relayed untouched when the client speaks
+    /// the upstream's format, with only its usage read).
+    @inline(never)
+    func complete(_ response: UpstreamResponse, dialect: UpstreamDialect, route: ModelRoute, started: ContinuousClock.Instant,
+                  context: GatewayContext) throws(GatewayError) -> GatewayResponse
+    {
         guard response.status == .ok else {
             throw upstreamError(status: response.status, headers: response.headers, body: response.body, dialect: dialect,
                                 route: route)
-        }
-        if let stream = response.stream {
-            return .stream(try await openStream(stream, dialect: dialect, started: started))
         }
         let collected = response.body
         let duration = ContinuousClock.now - started

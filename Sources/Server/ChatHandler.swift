@@ -52,45 +52,82 @@ struct ChatHandler: Sendable {
     }
 
     func handle(_ request: EdgeRequest, format: APIFormat) async -> EdgeResponse {
-        // From the moment the request head arrived: time spent before this handler ran is the gateway's too.
-        let started = request.receivedAt
+        // Only what crosses the `await` is kept here; decoding, rendering, metrics and logging are synchronous (their
+        // locals live on the thread's stack, not in the task's frame).
         let requestID = Self.makeRequestID()
-        let logger = RequestLogger(base: self.logger, requestID: requestID)
-        var modelName: String?
+        let chat: ChatRequest
+        let context: GatewayContext
         do {
-            let chat = try decode(request, format: format)
-            modelName = chat.model
-            var context = GatewayContext(requestID: requestID, logger: self.logger, clientFormat: format,
-                                         credential: Self.credential(request), receivedAt: started)
-            context.original = ClientOriginal(request: chat, body: request.body)
-            context.cacheDirectives = CacheDirectives(cacheControl: request.header("cache-control"),
-                                                      ttlSeconds: request.header("x-switchyard-cache-ttl"),
-                                                      promptVersion: request.header("x-switchyard-prompt-version"))
-            let response = try await pipeline.run(chat, context: context)
-            switch response {
-            case .completion(let completion):
-                let result = try renderCompletion(completion, chat: chat, format: format, requestID: requestID)
-                let elapsed = ContinuousClock.now - started
-                metrics.overhead(api: format, streamed: false, elapsed - completion.upstreamDuration)
-                metrics.request(api: format, status: 200, streamed: false, duration: elapsed)
-                logger.info("request", metadata: access(format, chat.model, 200, elapsed))
-                return result
-            case .stream(let stream):
-                return renderStream(stream, chat: chat, format: format, requestID: requestID, started: started, logger: logger)
-            }
+            (chat, context) = try prepare(request, format: format, requestID: requestID)
         } catch {
-            let gatewayError = error as? GatewayError ?? GatewayError(.internalError, "internal error")
-            if !(error is GatewayError) {
-                logger.error("unexpected error", metadata: ["switchyard.error": "\(String(reflecting: type(of: error)))"])
-            }
-            let response = ErrorRenderer.response(for: gatewayError, format: format, requestID: requestID)
-            let elapsed = ContinuousClock.now - started
-            metrics.error(api: format, code: gatewayError.code)
-            metrics.request(api: format, status: Int(response.status.code), streamed: false, duration: elapsed)
-            logger.info("request", metadata: access(format, modelName, Int(response.status.code), elapsed,
-                                                    extra: ["switchyard.error.code": "\(gatewayError.code.rawValue)"]))
-            return response
+            return failure(error, format: format, model: nil, requestID: requestID, started: request.receivedAt)
         }
+        let response: GatewayResponse
+        do {
+            response = try await pipeline.run(chat, context: context)
+        } catch {
+            return failure(error, format: format, model: chat.model, requestID: requestID, started: request.receivedAt)
+        }
+        return answer(response, chat: chat, format: format, requestID: requestID, started: request.receivedAt)
+    }
+
+    /// The request decoded, and the context it starts the pipeline with.
+    @inline(never)
+    func prepare(_ request: EdgeRequest, format: APIFormat, requestID: String) throws(GatewayError)
+        -> (ChatRequest, GatewayContext)
+    {
+        let chat = try decode(request, format: format)
+        // From the moment the request head arrived: time spent before this handler ran is the gateway's too.
+        var context = GatewayContext(requestID: requestID, logger: logger, clientFormat: format,
+                                     credential: Self.credential(request), receivedAt: request.receivedAt)
+        context.original = ClientOriginal(request: chat, body: request.body)
+        context.cacheDirectives = CacheDirectives(cacheControl: request.header("cache-control"),
+                                                  ttlSeconds: request.header("x-switchyard-cache-ttl"),
+                                                  promptVersion: request.header("x-switchyard-prompt-version"))
+        return (chat, context)
+    }
+
+    /// The pipeline's answer in the client's format, with its metrics and access log.
+    @inline(never)
+    func answer(_ response: GatewayResponse, chat: ChatRequest, format: APIFormat, requestID: String,
+                started: ContinuousClock.Instant) -> EdgeResponse
+    {
+        switch response {
+        case .completion(let completion):
+            let result: EdgeResponse
+            do {
+                result = try renderCompletion(completion, chat: chat, format: format, requestID: requestID)
+            } catch {
+                return failure(error, format: format, model: chat.model, requestID: requestID, started: started)
+            }
+            let elapsed = ContinuousClock.now - started
+            metrics.overhead(api: format, streamed: false, elapsed - completion.upstreamDuration)
+            metrics.request(api: format, status: 200, streamed: false, duration: elapsed)
+            RequestLogger(base: logger, requestID: requestID).info("request", metadata: access(format, chat.model, 200, elapsed))
+            return result
+        case .stream(let stream):
+            return renderStream(stream, chat: chat, format: format, requestID: requestID, started: started,
+                                logger: RequestLogger(base: logger, requestID: requestID))
+        }
+    }
+
+    /// An error in the client's envelope, with its metrics and access log.
+    @inline(never)
+    func failure(_ error: any Error, format: APIFormat, model: String?, requestID: String, started: ContinuousClock.Instant)
+        -> EdgeResponse
+    {
+        let logger = RequestLogger(base: self.logger, requestID: requestID)
+        let gatewayError = error as? GatewayError ?? GatewayError(.internalError, "internal error")
+        if !(error is GatewayError) {
+            logger.error("unexpected error", metadata: ["switchyard.error": "\(String(reflecting: type(of: error)))"])
+        }
+        let response = ErrorRenderer.response(for: gatewayError, format: format, requestID: requestID)
+        let elapsed = ContinuousClock.now - started
+        metrics.error(api: format, code: gatewayError.code)
+        metrics.request(api: format, status: Int(response.status.code), streamed: false, duration: elapsed)
+        logger.info("request", metadata: access(format, model, Int(response.status.code), elapsed,
+                                                extra: ["switchyard.error.code": "\(gatewayError.code.rawValue)"]))
+        return response
     }
 
     func access(_ format: APIFormat, _ model: String?, _ status: Int, _ elapsed: Duration,

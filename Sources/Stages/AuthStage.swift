@@ -18,9 +18,14 @@ public struct AuthStage: GatewayStage {
     }
 
     public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
+        try await next(request, authenticated(context))
+    }
+
+    @inline(never)
+    func authenticated(_ context: GatewayContext) throws(GatewayError) -> GatewayContext {
         var context = context
         context.caller = try authenticate(context.credential)
-        return try await next(request, context)
+        return context
     }
 
     /// The caller a credential stands for.

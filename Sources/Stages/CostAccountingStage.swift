@@ -11,9 +11,18 @@ public struct CostAccountingStage: GatewayStage {
     }
 
     public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
+        // Checked before the upstream call (a misordered pipeline must not spend money), read again after it: what
+        // crosses the `await` stays out of the task's frame.
+        _ = try context.requireRoute()
+        _ = try context.requireCaller()
+        return try price(await next(request, context), context: context)
+    }
+
+    @inline(never)
+    func price(_ response: GatewayResponse, context: GatewayContext) throws(GatewayError) -> GatewayResponse {
         let route = try context.requireRoute()
         let caller = try context.requireCaller()
-        switch try await next(request, context) {
+        switch response {
         case .completion(var completion):
             let cost = route.price.cost(of: completion.usage)
             completion.cost = cost

@@ -18,11 +18,32 @@ public struct ExactCacheStage: GatewayStage {
     }
 
     public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
+        // The async part holds only what crosses the `await`: the work before and after is in synchronous functions,
+        // whose locals live on the thread's stack instead of in the task's frame.
+        switch try lookup(request, context: context) {
+        case .bypass:
+            return CacheSupport.mark(try await next(request, context), CacheOutcome(.bypass))
+        case .hit(let replay):
+            return replay
+        case .miss(let key, let tenant):
+            return store(try await next(request, context), key: key, tenant: tenant, request: request, context: context)
+        }
+    }
+
+    enum Lookup {
+        case bypass
+        case hit(GatewayResponse)
+        /// Not cached: store the caller's answer under this key.
+        case miss(key: String, tenant: String)
+    }
+
+    @inline(never)
+    func lookup(_ request: ChatRequest, context: GatewayContext) throws(GatewayError) -> Lookup {
         let directives = context.cacheDirectives
         let configuredTTL = settings.ttl(for: request.model)
         guard settings.exactEnabled, !settings.exactOff.contains(request.model), configuredTTL > .zero, !directives.skipStore else {
             recorder.cache(.exact, .bypass, model: request.model, saved: .zero, caller: context.caller)
-            return CacheSupport.mark(try await next(request, context), CacheOutcome(.bypass))
+            return .bypass
         }
         let caller = try context.requireCaller()
         let key = ExactCacheKey.make(request, tenant: caller.tenant, promptVersion: directives.promptVersion)
@@ -30,12 +51,20 @@ public struct ExactCacheStage: GatewayStage {
            let replay = CacheSupport.replay(answer, for: request, outcome: CacheOutcome(.hitExact))
         {
             recorder.cache(.exact, .hit, model: request.model, saved: answer.cost, caller: caller)
-            return replay
+            return .hit(replay)
         }
         recorder.cache(.exact, .miss, model: request.model, saved: .zero, caller: caller)
+        return .miss(key: key, tenant: caller.tenant)
+    }
+
+    @inline(never)
+    func store(_ response: GatewayResponse, key: String, tenant: String, request: ChatRequest, context: GatewayContext)
+        -> GatewayResponse
+    {
+        let configuredTTL = settings.ttl(for: request.model)
         let store = self.store
-        return CacheSupport.storing(try await next(request, context), ttl: min(directives.ttl ?? configuredTTL, configuredTTL),
-                                    tenant: caller.tenant, model: request.model, price: context.route?.price,
+        return CacheSupport.storing(response, ttl: min(context.cacheDirectives.ttl ?? configuredTTL, configuredTTL),
+                                    tenant: tenant, model: request.model, price: context.route?.price,
                                     outcome: nil) { store.put(key, $0) }.marked(CacheOutcome(.miss))
     }
 }

@@ -15,10 +15,18 @@ public struct PromptCacheStage: GatewayStage {
     }
 
     public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
+        guard let marked = marked(request, context: context) else { return try await next(request, context) }
+        return try await next(marked, context)
+    }
+
+    /// The request with breakpoints marked, or `nil` when this stage leaves it alone. Synchronous, so that the
+    /// route and provider it looks at stay out of the task's frame.
+    @inline(never)
+    func marked(_ request: ChatRequest, context: GatewayContext) -> ChatRequest? {
         guard let route = context.route, route.autoPromptCache, request.sourceFormat == .openAI,
               providers[route.provider]?.kind.format(forUpstreamModel: route.upstreamModel) == .anthropic
-        else { return try await next(request, context) }
-        return try await next(Self.markBreakpoints(request, upstreamModel: route.upstreamModel), context)
+        else { return nil }
+        return Self.markBreakpoints(request, upstreamModel: route.upstreamModel)
     }
 
     /// The least prefix Anthropic caches, in tokens: 2,048 for Haiku models, 1,024 for the others.

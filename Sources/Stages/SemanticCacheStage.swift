@@ -32,49 +32,94 @@ public struct SemanticCacheStage: GatewayStage {
     static let candidates = 5
 
     public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
+        // Small on purpose: a request the cache does not apply to passes with a frame of a few words. The work is in
+        // synchronous functions (their locals live on the thread's stack, not in the task's frame).
+        guard let plan = try plan(for: request, context: context), let embedder else {
+            return try await next(request, context)
+        }
+        return try await answer(request, context: context, plan: plan, embedder: embedder, next: next)
+    }
+
+    /// What a request is looked up and stored under.
+    struct Plan {
+        /// The last user message's text (what is embedded).
+        let question: String
+        /// The compatibility fingerprint.
+        let namespace: String
+        let caller: Caller
+        let ttl: Duration
+    }
+
+    /// The plan for a request the cache applies to; `nil`, recorded as a bypass, for one it does not.
+    @inline(never)
+    func plan(for request: ChatRequest, context: GatewayContext) throws(GatewayError) -> Plan? {
         let directives = context.cacheDirectives
         let configuredTTL = settings.ttl(for: request.model)
-        guard settings.semanticEnabled, !settings.semanticOff.contains(request.model), let embedder, configuredTTL > .zero,
+        guard settings.semanticEnabled, !settings.semanticOff.contains(request.model), embedder != nil, configuredTTL > .zero,
               !directives.skipStore,
               settings.semanticWithTools || request.tools.isEmpty, (request.n ?? 1) <= 1,
               let (question, context_) = Self.split(request), question.utf8.count <= settings.semanticMaxQuestionBytes
         else {
             recorder.cache(.semantic, .bypass, model: request.model, saved: .zero, caller: context.caller)
-            return try await next(request, context)
+            return nil
         }
         let caller = try context.requireCaller()
-        let namespace = ExactCacheKey.make(context_, tenant: caller.tenant, promptVersion: directives.promptVersion)
-        guard let vector = await embedder.embed(question) else {
+        return Plan(question: question,
+                    namespace: ExactCacheKey.make(context_, tenant: caller.tenant, promptVersion: directives.promptVersion),
+                    caller: caller, ttl: min(directives.ttl ?? configuredTTL, configuredTTL))
+    }
+
+    @inline(never)
+    func answer(_ request: ChatRequest, context: GatewayContext, plan: Plan, embedder: any TextEmbedder, next: @escaping Next)
+        async throws -> GatewayResponse
+    {
+        guard let vector = await embedder.embed(plan.question) else {
             // The encoder is backed up: answer without the semantic cache rather than wait.
-            recorder.cache(.semantic, .bypass, model: request.model, saved: .zero, caller: caller)
+            recorder.cache(.semantic, .bypass, model: request.model, saved: .zero, caller: plan.caller)
             return try await next(request, context)
         }
-        if !directives.skipLookup {
-            let matches = store.nearest(vector, namespace: namespace, minimum: Float(settings.semanticThreshold(for: request.model)),
-                                        limit: Self.candidates, now: .now)
-            for match in matches where match.entry.answer.tenant == caller.tenant {
-                if settings.semanticVerify, let rejection = SemanticGuard.check(question, against: match.entry.text) {
-                    recorder.semanticRejected(rejection.rawValue)
-                    continue
-                }
-                let outcome = CacheOutcome(.hitSemantic, similarity: Double(match.similarity), entryID: match.entry.id)
-                guard let replay = CacheSupport.replay(match.entry.answer, for: request, outcome: outcome) else { continue }
-                recorder.cache(.semantic, .hit, model: request.model, saved: match.entry.answer.cost, caller: caller)
-                if settings.semanticShadowRate > 0, Double.random(in: 0..<1) < settings.semanticShadowRate,
-                   let cached = match.entry.answer.response
-                {
-                    shadowCheck(request, context: context, cached: cached, next: next, embedder: embedder)
-                }
-                return replay
-            }
+        if !context.cacheDirectives.skipLookup,
+           let replay = replay(request, context: context, plan: plan, vector: vector, embedder: embedder, next: next)
+        {
+            return replay
         }
-        recorder.cache(.semantic, .miss, model: request.model, saved: .zero, caller: caller)
+        recorder.cache(.semantic, .miss, model: request.model, saved: .zero, caller: plan.caller)
+        return store(try await next(request, context), request: request, context: context, plan: plan, vector: vector)
+    }
+
+    /// The best stored answer that passes verification, replayed for `request`; `nil` on a miss.
+    @inline(never)
+    func replay(_ request: ChatRequest, context: GatewayContext, plan: Plan, vector: [Float], embedder: any TextEmbedder,
+                next: @escaping Next) -> GatewayResponse? {
+        let matches = store.nearest(vector, namespace: plan.namespace, minimum: Float(settings.semanticThreshold(for: request.model)),
+                                    limit: Self.candidates, now: .now)
+        for match in matches where match.entry.answer.tenant == plan.caller.tenant {
+            if settings.semanticVerify, let rejection = SemanticGuard.check(plan.question, against: match.entry.text) {
+                recorder.semanticRejected(rejection.rawValue)
+                continue
+            }
+            let outcome = CacheOutcome(.hitSemantic, similarity: Double(match.similarity), entryID: match.entry.id)
+            guard let replay = CacheSupport.replay(match.entry.answer, for: request, outcome: outcome) else { continue }
+            recorder.cache(.semantic, .hit, model: request.model, saved: match.entry.answer.cost, caller: plan.caller)
+            if settings.semanticShadowRate > 0, Double.random(in: 0..<1) < settings.semanticShadowRate,
+               let cached = match.entry.answer.response
+            {
+                shadowCheck(request, context: context, cached: cached, next: next, embedder: embedder)
+            }
+            return replay
+        }
+        return nil
+    }
+
+    @inline(never)
+    func store(_ response: GatewayResponse, request: ChatRequest, context: GatewayContext, plan: Plan, vector: [Float])
+        -> GatewayResponse
+    {
         let store = self.store
         let id = Self.makeEntryID()
-        return CacheSupport.storing(try await next(request, context), ttl: min(directives.ttl ?? configuredTTL, configuredTTL),
-                                    tenant: caller.tenant, model: request.model, price: context.route?.price,
-                                    outcome: nil) { answer in
-            store.insert(SemanticEntry(id: id, namespace: namespace, text: question, vector: vector, answer: answer))
+        return CacheSupport.storing(response, ttl: plan.ttl, tenant: plan.caller.tenant, model: request.model,
+                                    price: context.route?.price, outcome: nil) { answer in
+            store.insert(SemanticEntry(id: id, namespace: plan.namespace, text: plan.question, vector: vector, answer: answer))
         }
     }
 

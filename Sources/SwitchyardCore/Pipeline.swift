@@ -3,43 +3,94 @@ public import NIOCore
 public import SwitchyardModels
 
 /// What travels with a request through the stages: identity, logger, clock, and earlier stages' results.
+///
+/// A value with its fields in one shared box (copy on write, like `Array`): every async function on the request path
+/// keeps its arguments and locals in the task's frame, and a 550-byte context inline made each stage's frame spill
+/// into a freshly allocated slab. Passing the box costs a reference; a stage that sets a field copies it once.
 public struct GatewayContext: Sendable {
-    public var requestID: String
-    /// The gateway's logger; `logger` adds the request id when something is logged.
-    var baseLogger: Logger
+    struct Fields {
+        var requestID: String
+        var baseLogger: Logger
+        var clientFormat: APIFormat
+        var credential: String?
+        var receivedAt: ContinuousClock.Instant
+        var caller: Caller?
+        var route: ModelRoute?
+        var cacheDirectives = CacheDirectives()
+        var original: ClientOriginal?
+    }
+
+    /// Mutated only when uniquely referenced (`update`), so sharing it between tasks is safe.
+    final class Storage: @unchecked Sendable {
+        var fields: Fields
+
+        init(_ fields: Fields) {
+            self.fields = fields
+        }
+    }
+
+    private var storage: Storage
+
+    private mutating func update(_ body: (inout Fields) -> Void) {
+        if !isKnownUniquelyReferenced(&storage) { storage = Storage(storage.fields) }
+        body(&storage.fields)
+    }
+
+    public var requestID: String {
+        get { storage.fields.requestID }
+        set { update { $0.requestID = newValue } }
+    }
     /// Carries `switchyard.request.id`. Built on use: most requests log nothing at the default level, and
     /// copying logger metadata costs a dictionary write per request.
     public var logger: Logger {
         get {
-            var logger = baseLogger
-            logger[metadataKey: "switchyard.request.id"] = "\(requestID)"
+            var logger = storage.fields.baseLogger
+            logger[metadataKey: "switchyard.request.id"] = "\(storage.fields.requestID)"
             return logger
         }
-        set { baseLogger = newValue }
+        set { update { $0.baseLogger = newValue } }
     }
     /// The format the client speaks (its errors and answers use it).
-    public var clientFormat: APIFormat
+    public var clientFormat: APIFormat {
+        get { storage.fields.clientFormat }
+        set { update { $0.clientFormat = newValue } }
+    }
     /// The credential the client presented, if any. Never logged, never forwarded upstream.
-    public var credential: String?
+    public var credential: String? {
+        get { storage.fields.credential }
+        set { update { $0.credential = newValue } }
+    }
     /// When the gateway began handling the request.
-    public var receivedAt: ContinuousClock.Instant
+    public var receivedAt: ContinuousClock.Instant {
+        get { storage.fields.receivedAt }
+        set { update { $0.receivedAt = newValue } }
+    }
     /// Set by the auth stage.
-    public var caller: Caller?
+    public var caller: Caller? {
+        get { storage.fields.caller }
+        set { update { $0.caller = newValue } }
+    }
     /// Set by the route stage.
-    public var route: ModelRoute?
+    public var route: ModelRoute? {
+        get { storage.fields.route }
+        set { update { $0.route = newValue } }
+    }
     /// The client's cache controls (headers).
-    public var cacheDirectives = CacheDirectives()
+    public var cacheDirectives: CacheDirectives {
+        get { storage.fields.cacheDirectives }
+        set { update { $0.cacheDirectives = newValue } }
+    }
     /// The request as the client sent it: the provider forwards these bytes instead of rendering the request again
     /// when the upstream speaks the client's format and no stage changed the request (see `ClientOriginal`).
-    public var original: ClientOriginal?
+    public var original: ClientOriginal? {
+        get { storage.fields.original }
+        set { update { $0.original = newValue } }
+    }
 
     public init(requestID: String, logger: Logger, clientFormat: APIFormat, credential: String? = nil,
                 receivedAt: ContinuousClock.Instant = .now) {
-        self.requestID = requestID
-        self.baseLogger = logger
-        self.clientFormat = clientFormat
-        self.credential = credential
-        self.receivedAt = receivedAt
+        storage = Storage(Fields(requestID: requestID, baseLogger: logger, clientFormat: clientFormat, credential: credential,
+                                 receivedAt: receivedAt))
     }
 
     /// The authenticated caller; throws `.internalError` if the pipeline is misordered.
@@ -106,8 +157,9 @@ public struct Completion: Sendable {
     }
 }
 
-/// What a stage returns: a complete answer or a stream.
-public enum GatewayResponse: Sendable {
+/// What a stage returns: a complete answer or a stream. Boxed (`indirect`), so that the result each stage awaits takes
+/// a word of its frame instead of 240 bytes.
+public indirect enum GatewayResponse: Sendable {
     case completion(Completion)
     case stream(ChatStream)
 }

@@ -77,6 +77,8 @@ public struct HTTPProvider: ProviderClient {
         return try complete(response, dialect: dialect, route: route, started: started, context: context)
     }
 
+    static let usageKey: Set<String> = ["usage"]
+
     /// The upstream request: the client's own bytes when they can go unchanged, else the request rendered in the
     /// upstream's dialect.
     @inline(never)
@@ -121,7 +123,7 @@ public struct HTTPProvider: ProviderClient {
         do {
             if dialect.format == context.clientFormat {
                 // Relayed untouched: read only the usage, skipping the rest without building it.
-                let members = try JSONValue.parseMembers(collected.readableBytesView, keys: ["usage"])
+                let members = try JSONValue.parseMembers(collected.readableBytesView, keys: Self.usageKey)
                 let usage = try members["usage"].map(dialect.parseUsage) ?? Usage()
                 return .completion(Completion(usage: usage, raw: (dialect.format, collected), upstreamDuration: duration))
             }

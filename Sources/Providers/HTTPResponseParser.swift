@@ -178,8 +178,25 @@ struct HTTPResponseParser {
         return false
     }
 
+    /// Whether the connection may carry another request after this answer: HTTP/1.1 unless `Connection` says
+    /// `close`, HTTP/1.0 only if it says `keep-alive`. (NIO's `isKeepAlive` builds lowercased copies of every header
+    /// name: 1.2% of the proxy path's CPU.)
+    static func isKeepAlive(_ head: HTTPResponseHead) -> Bool {
+        var close = false
+        var keepAlive = false
+        for (name, value) in head.headers where equalsIgnoringASCIICase(name, "connection") {
+            for token in value.split(separator: ",") {
+                let token = token.trimmingWhitespace()
+                if equalsIgnoringASCIICase(token, "close") { close = true }
+                if equalsIgnoringASCIICase(token, "keep-alive") { keepAlive = true }
+            }
+        }
+        if close { return false }
+        return head.version.major > 1 || (head.version.major == 1 && head.version.minor >= 1) || keepAlive
+    }
+
     /// ASCII case-insensitive equality, without building lowercased copies.
-    static func equalsIgnoringASCIICase(_ a: String, _ b: String) -> Bool {
+    static func equalsIgnoringASCIICase(_ a: some StringProtocol, _ b: String) -> Bool {
         a.utf8.count == b.utf8.count && zip(a.utf8, b.utf8).allSatisfy { x, y in
             x == y || (x | 0x20 == y | 0x20 && (x | 0x20) >= UInt8(ascii: "a") && (x | 0x20) <= UInt8(ascii: "z"))
         }

@@ -357,7 +357,7 @@ final class Exchange: @unchecked Sendable {
             }
         case .end:
             completed = true
-            let keepAlive = head?.isKeepAlive ?? false
+            let keepAlive = head.map(HTTPResponseParser.isKeepAlive) ?? false
             let connection = self.connection
             self.connection = nil
             connection?.handler.exchange = nil

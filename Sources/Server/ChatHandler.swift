@@ -141,7 +141,8 @@ struct ChatHandler: Sendable {
     // MARK: Decoding
 
     func decode(_ request: EdgeRequest, format: APIFormat) throws(GatewayError) -> ChatRequest {
-        if let type = request.header("content-type") {
+        // The usual value exactly as SDKs send it, checked without splitting or lowercasing.
+        if let type = request.header("content-type"), type != "application/json" {
             let essence = type.split(separator: ";").first.map { $0.trimmingWhitespace().lowercased() } ?? ""
             guard essence == "application/json" || essence.hasSuffix("+json") else {
                 throw GatewayError(.unsupportedMediaType, "Content-Type must be application/json, got '\(essence)'")

@@ -31,7 +31,7 @@ extension JSONValue {
             Result { () throws(JSONParseError) -> [String: JSONValue] in
                 var reader = JSONReader(bytes: buffer)
                 reader.skipWhitespace()
-                let members = try reader.readObject(depth: 1, keys: keys)
+                let members = try reader.readObject(depth: 1, keys: keys.map { Array($0.utf8) })
                 reader.skipWhitespace()
                 guard reader.index == buffer.count else { throw reader.error("unexpected data after the JSON value") }
                 return members
@@ -95,8 +95,9 @@ private struct JSONReader {
         index += count
     }
 
-    /// Reads an object; with `keys`, only those members are built and the others are skipped.
-    mutating func readObject(depth: Int, keys: Set<String>? = nil) throws(JSONParseError) -> [String: JSONValue] {
+    /// Reads an object; with `keys` (UTF-8), only those members are built and the others are skipped, their keys
+    /// compared as bytes without being made into strings.
+    mutating func readObject(depth: Int, keys: [[UInt8]]? = nil) throws(JSONParseError) -> [String: JSONValue] {
         guard depth <= JSONValue.maximumDepth else { throw error("nesting too deep") }
         guard index < bytes.count, bytes[index] == UInt8(ascii: "{") else { throw error("expected an object") }
         index += 1
@@ -110,14 +111,35 @@ private struct JSONReader {
         while true {
             skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("expected a string key") }
-            let key = try readString()
-            skipWhitespace()
-            guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
-            index += 1
-            skipWhitespace()
-            if let keys, !keys.contains(key) {
-                try skipValue(depth: depth)
+            if let keys {
+                let keyStart = index
+                try skipString()
+                let raw = UnsafeBufferPointer(rebasing: bytes[(keyStart + 1)..<(index - 1)])
+                var key: String?
+                if raw.contains(UInt8(ascii: "\\")) {
+                    // An escaped key: compared once decoded.
+                    index = keyStart
+                    let decoded = try readString()
+                    key = keys.contains { $0.elementsEqual(decoded.utf8) } ? decoded : nil
+                } else if keys.contains(where: { $0.elementsEqual(raw) }) {
+                    // Equal to a wanted key, so valid UTF-8.
+                    key = String(decoding: raw, as: UTF8.self)
+                }
+                skipWhitespace()
+                guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
+                index += 1
+                skipWhitespace()
+                if let key {
+                    members[key] = try readValue(depth: depth)
+                } else {
+                    try skipValue(depth: depth)
+                }
             } else {
+                let key = try readString()
+                skipWhitespace()
+                guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
+                index += 1
+                skipWhitespace()
                 members[key] = try readValue(depth: depth)
             }
             skipWhitespace()
@@ -171,6 +193,8 @@ private struct JSONReader {
             }
         case UInt8(ascii: "\""):
             try skipString()
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            _ = try scanNumber()
         default:
             _ = try readValue(depth: depth)
         }
@@ -303,6 +327,15 @@ private struct JSONReader {
 
     mutating func readNumber() throws(JSONParseError) -> JSONValue {
         let start = index
+        let isInteger = try scanNumber()
+        let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
+        if isInteger, let value = Int64(text) { return .int(value) }
+        guard let value = Double(text) else { throw JSONParseError(offset: start, reason: "invalid number") }
+        return .double(value)
+    }
+
+    /// Steps over a number, checking its grammar; returns whether it has neither fraction nor exponent.
+    mutating func scanNumber() throws(JSONParseError) -> Bool {
         var isInteger = true
         if bytes[index] == UInt8(ascii: "-") { index += 1 }
         guard index < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[index]) else {
@@ -328,9 +361,6 @@ private struct JSONReader {
             while index < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[index]) { index += 1 }
             guard index > digits else { throw error("invalid number") }
         }
-        let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
-        if isInteger, let value = Int64(text) { return .int(value) }
-        guard let value = Double(text) else { throw JSONParseError(offset: start, reason: "invalid number") }
-        return .double(value)
+        return isInteger
     }
 }

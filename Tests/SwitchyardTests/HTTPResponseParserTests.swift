@@ -107,4 +107,21 @@ import Testing
         #expect(!split.bodyIncluded)
         #expect(String(buffer: split.buffer).hasSuffix("content-length: \(HTTPResponseParser.inlineBodyBytes + 1)\r\n\r\n"))
     }
+
+    @Test func keepAliveFollowsTheVersionAndTheConnectionHeader() {
+        func head(_ minor: Int, _ connection: [String]) -> HTTPResponseHead {
+            var headers = HTTPHeaders([("content-length", "0")])
+            for value in connection { headers.add(name: "Connection", value: value) }
+            return HTTPResponseHead(version: .init(major: 1, minor: minor), status: .ok, headers: headers)
+        }
+        for (minor, connection, expected) in [
+            (1, [], true), (1, ["keep-alive"], true), (1, ["close"], false), (1, ["Upgrade, CLOSE"], false),
+            (1, ["keep-alive", "close"], false), (0, [], false), (0, ["Keep-Alive"], true), (0, ["keep-alive, close"], false),
+        ] as [(Int, [String], Bool)] {
+            let head = head(minor, connection)
+            #expect(HTTPResponseParser.isKeepAlive(head) == expected, "HTTP/1.\(minor) \(connection)")
+            // The same answer as NIO's own reading of the headers.
+            #expect(HTTPResponseParser.isKeepAlive(head) == head.isKeepAlive, "HTTP/1.\(minor) \(connection)")
+        }
+    }
 }

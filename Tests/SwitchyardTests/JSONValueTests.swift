@@ -33,5 +33,13 @@ import Testing
         #expect(throws: JSONParseError.self) { try JSONValue.parseMembers(Array(#"{"a":[1,}"#.utf8), keys: ["usage"]) }
         #expect(throws: JSONParseError.self) { try JSONValue.parseMembers(Array(#"{"a":"x"} extra"#.utf8), keys: []) }
         #expect(throws: JSONParseError.self) { try JSONValue.parseMembers(Array("[1]".utf8), keys: []) }
+        // Skipped numbers are still checked, without being built.
+        for bad in [#"{"a":01}"#, #"{"a":1.}"#, #"{"a":-}"#, #"{"a":1e}"#, #"{"a":[2,.5]}"#] {
+            #expect(throws: JSONParseError.self) { try JSONValue.parseMembers(Array(bad.utf8), keys: ["usage"]) }
+        }
+        #expect(try JSONValue.parseMembers(Array(#"{"a":-0.5e+3,"b":[1E2,0]}"#.utf8), keys: ["usage"]) == [:])
+        // A key written with escapes is still the key it spells.
+        let escaped = #"{"us\u0061ge":{"k":1},"usag\u0065x":2}"#
+        #expect(try JSONValue.parseMembers(Array(escaped.utf8), keys: ["usage"]) == ["usage": ["k": 1]])
     }
 }

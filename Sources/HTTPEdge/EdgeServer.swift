@@ -18,13 +18,16 @@ public struct EdgeRequest: Sendable {
     public var bodyExceededLimit: Bool
     /// When the request head arrived, so the time before the responder runs is counted too.
     public var receivedAt: ContinuousClock.Instant
+    /// Whether the client lets the connection carry another request (its version and `Connection` header).
+    public var keepAlive: Bool
 
     public init(head: HTTPRequestHead, body: ByteBuffer = ByteBuffer(), bodyExceededLimit: Bool = false,
-                receivedAt: ContinuousClock.Instant = .now) {
+                receivedAt: ContinuousClock.Instant = .now, keepAlive: Bool? = nil) {
         self.head = head
         self.body = body
         self.bodyExceededLimit = bodyExceededLimit
         self.receivedAt = receivedAt
+        self.keepAlive = keepAlive ?? head.isKeepAlive
     }
 
     public var method: HTTPMethod { head.method }
@@ -142,8 +145,6 @@ public struct EdgeServer: Service {
                 channel.closeFuture.whenComplete { _ in _ = connections.withLockedValue { $0.removeValue(forKey: id) } }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
-                    try channel.pipeline.syncOperations.addHandler(
                         EdgeChannelHandler(responder: responder, maxBodyBytes: maxBodyBytes,
                                            loop: loops[ObjectIdentifier(channel.eventLoop)]
                                                ?? LoopServices(loop: channel.eventLoop)))
@@ -182,11 +183,13 @@ struct LoopServices: Sendable {
     }
 }
 
-/// One connection's request reader and response writer. NIO's decoder parses requests; answers are framed here,
-/// straight into one buffer per response (or per streamed chunk), with no per-part trip through encoder handlers.
-/// Requests are answered one at a time in arrival order; pipelined ones wait in a short queue.
+/// One connection's request reader and response writer. Requests are parsed from the connection's bytes
+/// (`HTTPRequestParser`) and answers framed straight into one buffer per response (or per streamed chunk), with no
+/// trip through decoder or encoder handlers. Requests are answered one at a time in arrival order; pipelined ones
+/// wait in a short queue. A request that cannot be parsed is answered 400 (431, 501, 505 where they fit) and the
+/// connection closed.
 final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     /// Requests a pipelining client may queue behind the one being answered before the connection is closed.
@@ -194,7 +197,13 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     let responder: EdgeResponder
     let maxBodyBytes: Int
+    var parser = HTTPRequestParser()
+    /// Bytes received and not parsed yet (an incomplete head or chunk-size line).
+    var unparsed: ByteBuffer?
+    /// The connection is refusing further input after a malformed request.
+    var failed = false
     var head: HTTPRequestHead?
+    var keepAlive = true
     var body = ByteBuffer()
     var exceeded = false
     var receivedAt = ContinuousClock.now
@@ -211,9 +220,48 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head):
+        guard !failed else { return }
+        var incoming = unwrapInboundIn(data)
+        if var buffered = unparsed {
+            buffered.writeBuffer(&incoming)
+            incoming = buffered
+            unparsed = nil
+        }
+        do {
+            try parser.parse(&incoming) { part in received(part, context: context) }
+        } catch {
+            refuse(error, context: context)
+            return
+        }
+        if incoming.readableBytes > 0 { unparsed = incoming }
+    }
+
+    /// A request that cannot be read: answered with its status when nothing else is being answered, and the
+    /// connection closed either way (what follows on it cannot be trusted).
+    func refuse(_ failure: HTTPRequestParser.Failure, context: ChannelHandlerContext) {
+        failed = true
+        unparsed = nil
+        guard task == nil, queued.isEmpty else {
+            context.close(promise: nil)
+            return
+        }
+        let message = #"{"error":{"message":"\#(failure.reason)","type":"invalid_request_error","code":"malformed_http"}}"#
+        var buffer = context.channel.allocator.buffer(capacity: 256)
+        buffer.writeStaticString("HTTP/1.1 ")
+        buffer.writeString("\(failure.status.code) \(failure.status.reasonPhrase)")
+        buffer.writeStaticString("\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: ")
+        buffer.writeString(String(message.utf8.count))
+        buffer.writeStaticString("\r\n\r\n")
+        buffer.writeString(message)
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in bound.value.close(promise: nil) }
+    }
+
+    func received(_ part: HTTPRequestParser.Part, context: ChannelHandlerContext) {
+        switch part {
+        case .head(let head, let keepAlive):
             self.head = head
+            self.keepAlive = keepAlive
             receivedAt = .now
             body.clear()
             exceeded = false
@@ -233,7 +281,8 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .end:
             guard let head else { return }
             self.head = nil
-            let request = EdgeRequest(head: head, body: body, bodyExceededLimit: exceeded, receivedAt: receivedAt)
+            let request = EdgeRequest(head: head, body: body, bodyExceededLimit: exceeded, receivedAt: receivedAt,
+                                      keepAlive: keepAlive)
             body = ByteBuffer()
             if task == nil {
                 start(request, context: context)
@@ -246,7 +295,7 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func start(_ request: EdgeRequest, context: ChannelHandlerContext) {
-        let keepAlive = request.head.isKeepAlive && !quiescing
+        let keepAlive = request.keepAlive && !quiescing
         let done = context.eventLoop.makePromise(of: Bool.self)
         task = Self.respond(to: request, with: responder, on: context.channel, loop: loop, keepAlive: keepAlive, done: done)
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
@@ -280,12 +329,6 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if error is HTTPParserError, task == nil {
-            let response = ByteBuffer(staticString: "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            context.writeAndFlush(wrapOutboundOut(response)).whenComplete { _ in bound.value.close(promise: nil) }
-            return
-        }
         context.close(promise: nil)
     }
 

@@ -1,0 +1,342 @@
+import NIOCore
+import NIOHTTP1
+
+/// The edge's HTTP/1.1 request parser.
+///
+/// NIO's decoder (llhttp behind a `ByteToMessageHandler`) cost 6% of the proxy path's CPU, mostly in the machinery
+/// around the C parser: a handler hop and an enum wrap per part, and a `String` per header name that the
+/// keep-alive check then lowercases again. This parser reads what the edge needs straight from the connection's
+/// bytes: the request line, the headers, and the body by `Content-Length` or `Transfer-Encoding: chunked`.
+///
+/// It is strict where leniency lets a request be read two ways (request smuggling): lines end in CRLF, header names
+/// are tokens followed directly by the colon, folded lines and control characters are refused, `Content-Length`
+/// must be digits (repeated only with the same value), a request may not carry both `Content-Length` and
+/// `Transfer-Encoding`, and `chunked` is the only transfer coding. Empty lines before a request line are skipped,
+/// as RFC 9112 allows.
+struct HTTPRequestParser {
+    enum Failure: Error, Equatable {
+        case malformedRequestLine
+        case malformedHeader
+        case headTooLarge
+        case unsupportedVersion
+        case badContentLength
+        /// Both `Content-Length` and `Transfer-Encoding`.
+        case conflictingFraming
+        case unsupportedTransferEncoding
+        case malformedChunk
+
+        /// The status the edge answers with before closing the connection.
+        var status: HTTPResponseStatus {
+            switch self {
+            case .headTooLarge: .requestHeaderFieldsTooLarge
+            case .unsupportedVersion: .httpVersionNotSupported
+            case .unsupportedTransferEncoding: .notImplemented
+            default: .badRequest
+            }
+        }
+
+        var reason: String {
+            switch self {
+            case .malformedRequestLine: "malformed request line"
+            case .malformedHeader: "malformed header line"
+            case .headTooLarge: "request head larger than \(HTTPRequestParser.maximumHeadBytes) bytes"
+            case .unsupportedVersion: "only HTTP/1.0 and HTTP/1.1 are served"
+            case .badContentLength: "invalid Content-Length"
+            case .conflictingFraming: "both Content-Length and Transfer-Encoding"
+            case .unsupportedTransferEncoding: "the only supported transfer coding is chunked"
+            case .malformedChunk: "malformed chunked body"
+            }
+        }
+    }
+
+    enum Part {
+        case head(HTTPRequestHead, keepAlive: Bool)
+        case body(ByteBuffer)
+        case end
+    }
+
+    private enum State {
+        case head
+        case fixed(remaining: Int)
+        case chunkSize
+        case chunkData(remaining: Int)
+        case chunkDataEnd
+        case trailers
+    }
+
+    private var state = State.head
+    static let maximumHeadBytes = 64 * 1024
+    /// The longest chunk-size or trailer line.
+    static let maximumLineBytes = 4096
+
+    /// Parses what `buffer` holds, passing each part to `emit`; leaves an incomplete head or line in `buffer`.
+    mutating func parse(_ buffer: inout ByteBuffer, emit: (Part) -> Void) throws(Failure) {
+        while buffer.readableBytes > 0 {
+            switch state {
+            case .head:
+                // Empty lines before a request line are allowed (a client's stray CRLF after a body).
+                while buffer.readableBytesView.starts(with: [0x0D, 0x0A]) { buffer.moveReaderIndex(forwardBy: 2) }
+                guard buffer.readableBytes > 0 else { return }
+                guard let end = Self.find(crlfcrlf: buffer) else {
+                    if buffer.readableBytes > Self.maximumHeadBytes { throw .headTooLarge }
+                    return
+                }
+                guard end + 4 <= Self.maximumHeadBytes else { throw .headTooLarge }
+                let head = try Self.parseHead(buffer.readableBytesView.prefix(end + 2))
+                buffer.moveReaderIndex(forwardBy: end + 4)
+                emit(.head(head.head, keepAlive: head.keepAlive))
+                switch head.framing {
+                case .none:
+                    emit(.end)
+                case .length(let length):
+                    if length == 0 { emit(.end) } else { state = .fixed(remaining: length) }
+                case .chunked:
+                    state = .chunkSize
+                }
+            case .fixed(let remaining):
+                let count = min(remaining, buffer.readableBytes)
+                emit(.body(buffer.readSlice(length: count)!))
+                if count == remaining {
+                    state = .head
+                    emit(.end)
+                } else {
+                    state = .fixed(remaining: remaining - count)
+                }
+            case .chunkSize:
+                guard let line = try Self.readLine(&buffer) else { return }
+                let size = try Self.chunkSize(line)
+                state = size == 0 ? .trailers : .chunkData(remaining: size)
+            case .chunkData(let remaining):
+                let count = min(remaining, buffer.readableBytes)
+                emit(.body(buffer.readSlice(length: count)!))
+                state = count == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - count)
+            case .chunkDataEnd:
+                guard buffer.readableBytes >= 2 else { return }
+                guard buffer.readInteger(as: UInt16.self) == 0x0D0A else { throw .malformedChunk }
+                state = .chunkSize
+            case .trailers:
+                guard let line = try Self.readLine(&buffer) else { return }
+                if line.isEmpty {
+                    state = .head
+                    emit(.end)
+                } else {
+                    try Self.checkHeaderLine(line)
+                }
+            }
+        }
+    }
+
+    /// Whether a request is partly read (bytes of it arrived, its end has not).
+    var isMidRequest: Bool {
+        if case .head = state { return false }
+        return true
+    }
+
+    // MARK: Head
+
+    enum Framing: Equatable {
+        case none
+        case length(Int)
+        case chunked
+    }
+
+    struct Head {
+        var head: HTTPRequestHead
+        var keepAlive: Bool
+        var framing: Framing
+    }
+
+    /// Parses a request line and headers, each line ending in CRLF (the final empty line excluded).
+    static func parseHead(_ bytes: ByteBufferView) throws(Failure) -> Head {
+        try bytes.withUnsafeBytes { (raw: UnsafeRawBufferPointer) throws(Failure) -> Head in
+            guard let requestLineEnd = lineEnd(raw, from: 0) else { throw .malformedRequestLine }
+            // method SP request-target SP HTTP-version
+            guard let space = raw[0..<requestLineEnd].firstIndex(of: 0x20), space > 0,
+                  raw[0..<space].allSatisfy(isTokenByte)
+            else { throw .malformedRequestLine }
+            let targetStart = space + 1
+            guard let targetEnd = raw[targetStart..<requestLineEnd].firstIndex(of: 0x20), targetEnd > targetStart,
+                  raw[targetStart..<targetEnd].allSatisfy({ $0 > 0x20 && $0 != 0x7F })
+            else { throw .malformedRequestLine }
+            let version = UnsafeRawBufferPointer(rebasing: raw[(targetEnd + 1)..<requestLineEnd])
+            guard version.count == 8, version.starts(with: "HTTP/".utf8), version[6] == UInt8(ascii: "."),
+                  isDigit(version[5]), isDigit(version[7])
+            else { throw .malformedRequestLine }
+            guard version[5] == UInt8(ascii: "1"), version[7] <= UInt8(ascii: "1") else { throw .unsupportedVersion }
+            let minor = Int(version[7] - UInt8(ascii: "0"))
+
+            var headers = HTTPHeaders()
+            var close = false, keepAliveToken = false
+            var contentLength: Int?
+            var transferEncoding = false
+            var start = requestLineEnd + 2
+            while start < raw.count {
+                guard let end = lineEnd(raw, from: start) else { throw .malformedHeader }
+                let line = UnsafeRawBufferPointer(rebasing: raw[start..<end])
+                try checkHeaderLine(line)
+                let colon = line.firstIndex(of: UInt8(ascii: ":"))!
+                var valueStart = colon + 1, valueEnd = line.count
+                while valueStart < valueEnd && (line[valueStart] == 0x20 || line[valueStart] == 0x09) { valueStart += 1 }
+                while valueEnd > valueStart && (line[valueEnd - 1] == 0x20 || line[valueEnd - 1] == 0x09) { valueEnd -= 1 }
+                let name = UnsafeRawBufferPointer(rebasing: line[0..<colon])
+                let value = UnsafeRawBufferPointer(rebasing: line[valueStart..<valueEnd])
+                if equalsIgnoringCase(name, "content-length") {
+                    for item in value.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
+                        let digits = trimmed(item)
+                        guard !digits.isEmpty, digits.count <= 18, digits.allSatisfy(isDigit) else { throw .badContentLength }
+                        let length = digits.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }
+                        guard contentLength == nil || contentLength == length else { throw .badContentLength }
+                        contentLength = length
+                    }
+                } else if equalsIgnoringCase(name, "transfer-encoding") {
+                    // Only `chunked`, once: any other coding (or `chunked` twice) is refused.
+                    for item in value.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: true) {
+                        guard equalsIgnoringCase(trimmed(item), "chunked"), !transferEncoding else {
+                            throw .unsupportedTransferEncoding
+                        }
+                        transferEncoding = true
+                    }
+                } else if equalsIgnoringCase(name, "connection") {
+                    for item in value.split(separator: UInt8(ascii: ",")) {
+                        let token = trimmed(item)
+                        if equalsIgnoringCase(token, "close") { close = true }
+                        if equalsIgnoringCase(token, "keep-alive") { keepAliveToken = true }
+                    }
+                }
+                headers.add(name: String(decoding: name, as: UTF8.self), value: String(decoding: value, as: UTF8.self))
+                start = end + 2
+            }
+            if transferEncoding && contentLength != nil { throw .conflictingFraming }
+            let framing: Framing = transferEncoding ? .chunked : contentLength.map(Framing.length) ?? .none
+            let method = HTTPMethod(rawValue: String(decoding: UnsafeRawBufferPointer(rebasing: raw[0..<space]), as: UTF8.self))
+            let uri = String(decoding: UnsafeRawBufferPointer(rebasing: raw[targetStart..<targetEnd]), as: UTF8.self)
+            let head = HTTPRequestHead(version: .init(major: 1, minor: minor), method: method, uri: uri, headers: headers)
+            return Head(head: head, keepAlive: !close && (minor == 1 || keepAliveToken), framing: framing)
+        }
+    }
+
+    /// A header (or trailer) line: a token, a colon, then a value without control characters other than tab.
+    /// Lines starting with whitespace (obsolete folding) are refused.
+    static func checkHeaderLine(_ line: some Collection<UInt8>) throws(Failure) {
+        guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon != line.startIndex,
+              line[line.startIndex..<colon].allSatisfy(isTokenByte),
+              line[line.index(after: colon)...].allSatisfy({ $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) })
+        else { throw .malformedHeader }
+    }
+
+    /// The index of the CR of the CRLF ending the line that starts at `start`; `nil` if a bare CR or LF comes first
+    /// or the line does not end.
+    private static func lineEnd(_ raw: UnsafeRawBufferPointer, from start: Int) -> Int? {
+        var index = start
+        while index < raw.count {
+            switch raw[index] {
+            case 0x0D: return index + 1 < raw.count && raw[index + 1] == 0x0A ? index : nil
+            case 0x0A: return nil
+            default: index += 1
+            }
+        }
+        return nil
+    }
+
+    /// The offset of the first `\r\n\r\n` in the readable bytes.
+    private static func find(crlfcrlf buffer: ByteBuffer) -> Int? {
+        buffer.withUnsafeReadableBytes { bytes -> Int? in
+            guard bytes.count >= 4 else { return nil }
+            var index = 0
+            while index + 3 < bytes.count {
+                if bytes[index + 3] != 0x0A {
+                    index += 1
+                    continue
+                }
+                if bytes[index] == 0x0D && bytes[index + 1] == 0x0A && bytes[index + 2] == 0x0D { return index }
+                index += 1
+            }
+            return nil
+        }
+    }
+
+    // MARK: Chunks
+
+    /// Reads one line ending in CRLF (without it), or nothing while the line is incomplete.
+    private static func readLine(_ buffer: inout ByteBuffer) throws(Failure) -> [UInt8]? {
+        guard let newline = buffer.readableBytesView.firstIndex(of: 0x0A) else {
+            if buffer.readableBytes > maximumLineBytes { throw .malformedChunk }
+            return nil
+        }
+        let length = newline - buffer.readerIndex
+        guard length <= maximumLineBytes else { throw .malformedChunk }
+        var line = buffer.readBytes(length: length + 1)!
+        line.removeLast()
+        guard line.last == 0x0D else { throw .malformedChunk }
+        line.removeLast()
+        return line
+    }
+
+    /// A chunk-size line: hex digits, then optionally whitespace and `;` extensions (ignored).
+    private static func chunkSize(_ line: [UInt8]) throws(Failure) -> Int {
+        var size = 0
+        var digits = 0
+        var index = 0
+        while index < line.count, let value = hexValue(line[index]) {
+            guard digits < 15 else { throw .malformedChunk }
+            size = size * 16 + value
+            digits += 1
+            index += 1
+        }
+        guard digits > 0 else { throw .malformedChunk }
+        while index < line.count && (line[index] == 0x20 || line[index] == 0x09) { index += 1 }
+        guard index == line.count || line[index] == UInt8(ascii: ";") else { throw .malformedChunk }
+        return size
+    }
+
+    // MARK: Bytes
+
+    private static func hexValue(_ byte: UInt8) -> Int? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): Int(byte - UInt8(ascii: "0"))
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): Int(byte - UInt8(ascii: "a")) + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): Int(byte - UInt8(ascii: "A")) + 10
+        default: nil
+        }
+    }
+
+    private static func isDigit(_ byte: UInt8) -> Bool {
+        byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")
+    }
+
+    /// RFC 9110 `tchar`.
+    private static func isTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            true
+        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
+             UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
+             UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+            true
+        default:
+            false
+        }
+    }
+
+    private static func trimmed<C: BidirectionalCollection<UInt8>>(_ bytes: C) -> C.SubSequence {
+        var start = bytes.startIndex, end = bytes.endIndex
+        while start < end && (bytes[start] == 0x20 || bytes[start] == 0x09) { start = bytes.index(after: start) }
+        while end > start && (bytes[bytes.index(before: end)] == 0x20 || bytes[bytes.index(before: end)] == 0x09) {
+            end = bytes.index(before: end)
+        }
+        return bytes[start..<end]
+    }
+
+    /// ASCII case-insensitive equality with a lowercase literal.
+    private static func equalsIgnoringCase(_ bytes: some Collection<UInt8>, _ lowercase: StaticString) -> Bool {
+        guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
+        var index = 0
+        for byte in bytes {
+            let expected = lowercase.utf8Start[index]
+            let folded = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
+            guard folded == expected else { return false }
+            index += 1
+        }
+        return true
+    }
+}

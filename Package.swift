@@ -67,7 +67,7 @@ let package = Package(
         .target(
             name: "Providers",
             dependencies: [
-                "SwitchyardCore", "SwitchyardModels", "ServerSentEvents",
+                "SwitchyardCore", "SwitchyardModels", "ServerSentEvents", "HTTPEdge",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -101,7 +101,6 @@ let package = Package(
         .target(
             name: "HTTPEdge",
             dependencies: [
-                "SwitchyardCore",
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -6,7 +6,6 @@ import NIOExtras
 public import NIOHTTP1
 import NIOPosix
 public import ServiceLifecycle
-import SwitchyardCore
 
 /// A request as the edge hands it to a responder: its head and its whole body (bodies here are JSON documents,
 /// read up to a limit before the responder runs).

@@ -1,6 +1,7 @@
 public import NIOCore
 import NIOHTTP1
 public import NIOPosix
+import HTTPEdge
 public import SwitchyardCore
 
 /// A lean HTTP/1.1 client for plain-HTTP upstreams (self-hosted replicas, the mock, a static benchmark upstream).

@@ -58,6 +58,7 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
     let shadowDisagreements: Counter
     let promptCacheSaved: Counter
     let promptCacheWritePremium: Counter
+    let estimatedUsage: Counter
     /// Savings per tenant and kind over time, for `GET /v1/usage/savings`.
     public let savings: SavingsLedger
 
@@ -143,6 +144,8 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
                                  "Provider prompt-cache reads: their tokens at the input price minus what they were billed, in nano-USD.")
         promptCacheWritePremium = total("prompt_cache_write_premium_nano_usd",
                                         "Provider prompt-cache writes: what they were billed above the input price, in nano-USD.")
+        estimatedUsage = total("estimated_usage_streams",
+                               "Streams priced partly from estimated tokens: they ended before the upstream reported usage.")
         (self.durations, self.overheads, self.errors, self.timeToFirstToken, self.models) = (durations, overheads, errors, ttft, models)
         self.registry = registry
     }
@@ -193,6 +196,7 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
         if usage.cacheReadTokens > 0 { counters.cacheRead.increment(by: Int64(usage.cacheReadTokens)) }
         if usage.cacheWriteTokens > 0 { counters.cacheWrite.increment(by: Int64(usage.cacheWriteTokens)) }
         counters.cost.increment(by: record.cost.value)
+        if record.usageEstimated { estimatedUsage.increment() }
         if usage.cacheReadTokens > 0 || usage.cacheWriteTokens > 0 {
             savings.record(tenant: record.caller.tenant, kind: .promptCache, saved: record.promptCacheSaved)
             if record.promptCacheSaved.value > 0 {

@@ -15,11 +15,13 @@ public struct CostAccountingStage: GatewayStage {
         // crosses the `await` stays out of the task's frame.
         _ = try context.requireRoute()
         _ = try context.requireCaller()
-        return try price(await next(request, context), context: context)
+        return try price(await next(request, context), request: request, context: context)
     }
 
     @inline(never)
-    func price(_ response: GatewayResponse, context: GatewayContext) throws(GatewayError) -> GatewayResponse {
+    func price(_ response: GatewayResponse, request: ChatRequest, context: GatewayContext) throws(GatewayError)
+        -> GatewayResponse
+    {
         let route = try context.requireRoute()
         let caller = try context.requireCaller()
         switch response {
@@ -33,13 +35,49 @@ public struct CostAccountingStage: GatewayStage {
         case .stream(let stream):
             let recorder = self.recorder
             let requestID = context.requestID
-            stream.lifecycle.onTermination { _, usage in
-                let usage = usage ?? Usage()
+            stream.lifecycle.onTermination { [weak lifecycle = stream.lifecycle] outcome, reported in
+                let (usage, estimated) = Self.streamUsage(reported, outcome: outcome, request: request,
+                                                          observedOutputTokens: lifecycle?.estimatedOutputTokens ?? 0)
                 recorder.record(CostRecord(requestID: requestID, caller: caller, model: route.name, usage: usage,
                                            cost: route.price.cost(of: usage), streamed: true,
-                                           promptCacheSaved: route.price.promptCacheSavings(of: usage)))
+                                           promptCacheSaved: route.price.promptCacheSavings(of: usage),
+                                           usageEstimated: estimated))
             }
             return .stream(stream)
         }
+    }
+
+    /// What a stream is billed for. A stream that completed with a usage report is billed as reported. Otherwise
+    /// (an OpenAI-style upstream reports usage only in its last chunk; an Anthropic one reports output only at its
+    /// end) the provider still bills for what it processed and generated, so missing parts are estimated: input
+    /// from the request's text at four bytes per token, output from the text relayed so far, never below what was
+    /// reported.
+    static func streamUsage(_ reported: Usage?, outcome: StreamOutcome, request: ChatRequest, observedOutputTokens: Int)
+        -> (Usage, estimated: Bool)
+    {
+        if let reported, case .completed = outcome { return (reported, false) }
+        var usage = reported ?? Usage()
+        var estimated = false
+        if usage.inputTokens + usage.cacheReadTokens + usage.cacheWriteTokens == 0 {
+            usage.inputTokens = estimatedInputTokens(request)
+            estimated = usage.inputTokens > 0
+        }
+        if observedOutputTokens > usage.outputTokens {
+            usage.outputTokens = observedOutputTokens
+            estimated = true
+        }
+        return (usage, estimated)
+    }
+
+    /// The request's text (system, messages, tool definitions) at four UTF-8 bytes per token.
+    static func estimatedInputTokens(_ request: ChatRequest) -> Int {
+        var bytes = 0
+        for block in request.system + request.messages.flatMap(\.content) {
+            bytes += block.text?.utf8.count ?? 0
+        }
+        for tool in request.tools {
+            bytes += tool.name.utf8.count + (tool.description?.utf8.count ?? 0) + tool.inputSchema.serialized().count
+        }
+        return (bytes + 3) / 4
     }
 }

@@ -30,6 +30,9 @@ public final class StreamLifecycle: Sendable {
         var hooks: [@Sendable (StreamOutcome, Usage?) -> Void] = []
         var observers: [@Sendable ([ChatChunk]) -> Void] = []
         var usage: Usage?
+        /// UTF-8 bytes of text and tool-call arguments seen so far (for estimating the output of a stream that
+        /// ended without a usage report).
+        var outputBytes = 0
         var ended = false
     }
 
@@ -57,12 +60,25 @@ public final class StreamLifecycle: Sendable {
     func observe(_ chunks: [ChatChunk]) {
         let observers = state.withLock { $0.observers }
         for observer in observers { observer(chunks) }
+        var outputBytes = 0
+        for chunk in chunks {
+            switch chunk {
+            case .text(_, let text), .toolCallArguments(_, _, let text): outputBytes += text.utf8.count
+            default: break
+            }
+        }
+        if outputBytes > 0 { state.withLock { $0.outputBytes += outputBytes } }
         for case .usage(let usage) in chunks {
             state.withLock { $0.usage = usage }
         }
         for case .start(_, _, let usage?) in chunks {
             state.withLock { $0.usage = usage }
         }
+    }
+
+    /// Output tokens estimated from the text and tool-call arguments seen so far, at four bytes per token.
+    public var estimatedOutputTokens: Int {
+        state.withLock { ($0.outputBytes + 3) / 4 }
     }
 
     /// Ends the stream with `outcome`; later calls do nothing.

@@ -10,9 +10,13 @@ public struct CostRecord: Sendable {
     public var streamed: Bool
     /// What the provider's prompt cache saved (negative while a cache write is not read back).
     public var promptCacheSaved: NanoUSD
+    /// Whether some of `usage` is estimated: a stream that ended (client gone, upstream cut) before the upstream
+    /// reported its usage is priced from the request's size and the output relayed so far.
+    public var usageEstimated: Bool
 
     public init(requestID: String, caller: Caller, model: String, usage: Usage, cost: NanoUSD, streamed: Bool,
-                promptCacheSaved: NanoUSD = .zero) {
+                promptCacheSaved: NanoUSD = .zero, usageEstimated: Bool = false) {
+        self.usageEstimated = usageEstimated
         self.requestID = requestID
         self.caller = caller
         self.model = model

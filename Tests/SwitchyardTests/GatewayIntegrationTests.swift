@@ -328,6 +328,18 @@ import Testing
             }
             #expect(gateway.mock!.currentStats.streamsCancelled == 1)
             #expect(gateway.mock!.currentStats.streamsCompleted == 0)
+            // The upstream never reported usage (OpenAI-style streams report it last): the stream is still priced,
+            // from the request's size and the output relayed before the client left.
+            var metrics = ""
+            while !metrics.contains("switchyard_estimated_usage_streams_total 1"), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+                metrics = String(decoding: gateway.metrics.render(), as: UTF8.self)
+            }
+            #expect(metrics.contains("switchyard_estimated_usage_streams_total 1"))
+            let cost = metrics.split(separator: "\n").first { $0.hasPrefix(#"switchyard_cost_nano_usd_total{model="gpt-4o"}"#) }
+            #expect((cost?.split(separator: " ").last.flatMap { Int($0) } ?? 0) > 0, "\(cost ?? "no cost line")")
+            let input = metrics.split(separator: "\n").first { $0.hasPrefix(#"switchyard_tokens_total{model="gpt-4o",kind="input"}"#) }
+            #expect(input?.hasSuffix(" 5") == true, "\(input ?? "no input line")")  // "Write a long essay": 18 bytes
         }
     }
 

@@ -1,3 +1,4 @@
+@testable import Stages
 import SwitchyardCore
 import SwitchyardModels
 import Testing
@@ -52,5 +53,24 @@ import Testing
             #expect(entry.price.cacheRead < entry.price.input)
             #expect(entry.price.output > entry.price.input)
         }
+    }
+
+    @Test func streamsThatEndWithoutAUsageReportAreBilledForAnEstimate() throws {
+        var request = ChatRequest(model: "m", messages: [ChatMessage(role: .user, content: [.text(String(repeating: "x", count: 40))])],
+                                  sourceFormat: .openAI)
+        request.system = [.text("1234")]
+        let reported = Usage(inputTokens: 100, outputTokens: 1)
+        // Completed with a report: as reported, even when the relayed text suggests more.
+        let completed = CostAccountingStage.streamUsage(reported, outcome: .completed, request: request, observedOutputTokens: 50)
+        #expect(completed.0 == reported && !completed.estimated)
+        // Anthropic-style, cut after message_start: its input stands, the output is what was relayed.
+        let cut = CostAccountingStage.streamUsage(reported, outcome: .cancelled, request: request, observedOutputTokens: 50)
+        #expect(cut.0 == Usage(inputTokens: 100, outputTokens: 50) && cut.estimated)
+        // OpenAI-style, no report at all: the input is the request's 44 bytes of text, 11 tokens.
+        let none = CostAccountingStage.streamUsage(nil, outcome: .cancelled, request: request, observedOutputTokens: 7)
+        #expect(none.0 == Usage(inputTokens: 11, outputTokens: 7) && none.estimated)
+        // A stream that completed without ever reporting usage (some self-hosted servers) is estimated too.
+        let silent = CostAccountingStage.streamUsage(nil, outcome: .completed, request: request, observedOutputTokens: 3)
+        #expect(silent.0 == Usage(inputTokens: 11, outputTokens: 3) && silent.estimated)
     }
 }

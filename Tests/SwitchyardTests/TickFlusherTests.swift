@@ -1,6 +1,6 @@
 import NIOCore
 import NIOEmbedded
-import SwitchyardCore
+import HTTPEdge
 import Testing
 
 /// Writes made through a `TickFlusher` reach their sockets together, once the loop's current batch of tasks has run.

@@ -33,7 +33,8 @@ public struct EdgeRequest: Sendable {
     /// The path without its query string.
     public var path: Substring {
         let full = head.uri
-        return full.firstIndex(of: "?").map { full[..<$0] } ?? full[...]
+        // Searched as UTF-8: a `Character` search walks grapheme clusters (1% of the proxy path's CPU).
+        return full.utf8.firstIndex(of: UInt8(ascii: "?")).map { full[..<$0] } ?? full[...]
     }
 
     /// The first value of a header, by case-insensitive name.
@@ -381,11 +382,15 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
 enum HTTPFraming {
     static func writeHead(_ status: HTTPResponse.Status, _ headers: HTTPFields, contentLength: Int?, keepAlive: Bool,
                           into buffer: inout ByteBuffer) {
-        buffer.writeStaticString("HTTP/1.1 ")
-        buffer.writeString(String(status.code))
-        buffer.writeStaticString(" ")
-        buffer.writeString(status.reasonPhrase)
-        buffer.writeStaticString("\r\n")
+        if status == .ok {
+            buffer.writeStaticString("HTTP/1.1 200 OK\r\n")
+        } else {
+            buffer.writeStaticString("HTTP/1.1 ")
+            buffer.writeString(String(status.code))
+            buffer.writeStaticString(" ")
+            buffer.writeString(status.reasonPhrase)
+            buffer.writeStaticString("\r\n")
+        }
         for field in headers {
             buffer.writeString(field.name.canonicalName)
             buffer.writeStaticString(": ")

@@ -202,13 +202,15 @@ struct ChatHandler: Sendable {
         Int64(Date().timeIntervalSince1970)
     }
 
+    /// Adds the cache headers to fields that have none yet. (Fields are appended throughout: `HTTPFields`'
+    /// subscript setter and dictionary literal look for earlier values of each name.)
     static func addCacheHeaders(_ outcome: CacheOutcome?, to headers: inout HTTPFields) {
         guard let outcome else { return }
-        headers[.switchyardCache] = outcome.status.rawValue
+        headers.append(HTTPField(name: .switchyardCache, value: outcome.status.rawValue))
         if let similarity = outcome.similarity {
-            headers[.switchyardCacheSimilarity] = String((similarity * 10000).rounded() / 10000)
+            headers.append(HTTPField(name: .switchyardCacheSimilarity, value: String((similarity * 10000).rounded() / 10000)))
         }
-        if let id = outcome.entryID { headers[.switchyardCacheEntry] = id }
+        if let id = outcome.entryID { headers.append(HTTPField(name: .switchyardCacheEntry, value: id)) }
     }
 
     // MARK: Complete answers
@@ -216,8 +218,12 @@ struct ChatHandler: Sendable {
     func renderCompletion(_ completion: Completion, chat: ChatRequest, format: APIFormat, requestID: String)
         throws(GatewayError) -> EdgeResponse
     {
-        var headers: HTTPFields = [.contentType: "application/json", .requestID: requestID, .switchyardModel: chat.model]
-        if let cost = completion.cost { headers[.switchyardCost] = cost.usdString }
+        var headers = HTTPFields()
+        headers.reserveCapacity(7)
+        headers.append(HTTPField(name: .contentType, value: "application/json"))
+        headers.append(HTTPField(name: .requestID, value: requestID))
+        headers.append(HTTPField(name: .switchyardModel, value: chat.model))
+        if let cost = completion.cost { headers.append(HTTPField(name: .switchyardCost, value: cost.usdString)) }
         Self.addCacheHeaders(completion.cache, to: &headers)
         let body: ByteBuffer
         if let raw = completion.raw, raw.format == format {

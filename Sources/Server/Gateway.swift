@@ -146,7 +146,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         onListening: { port in listening.set(port) },
         responder: { request in
             var response = await routes(request)
-            if response.headers[.requestID] == nil { response.headers[.requestID] = ChatHandler.makeRequestID() }
+            // `contains`: the subscript getter joins the field's values into a new string.
+            if !response.headers.contains(.requestID) { response.headers[.requestID] = ChatHandler.makeRequestID() }
             return response
         })
     services.append(server)

@@ -1,9 +1,11 @@
 /// Scheme, host and port of an upstream, and the path prefix of its base URL.
 public struct UpstreamEndpoint: Hashable, Sendable {
-    public var tls: Bool
-    public var host: String
-    public var port: Int
-    public var basePath: String
+    public let tls: Bool
+    public let host: String
+    public let port: Int
+    public let basePath: String
+    /// The `Host` header value, computed once (it is written into every request).
+    public let hostHeader: String
 
     /// Parses `http[s]://host[:port][/prefix]`; nil for anything else.
     public init?(baseURL: String) {
@@ -36,12 +38,7 @@ public struct UpstreamEndpoint: Hashable, Sendable {
             port = tls ? 443 : 80
         }
         guard !host.isEmpty, (1...65535).contains(port) else { return nil }
-    }
-
-    /// The `Host` header value.
-    public var hostHeader: String {
-        let defaultPort = tls ? 443 : 80
         let name = host.contains(":") ? "[\(host)]" : host
-        return port == defaultPort ? name : "\(name):\(port)"
+        hostHeader = port == (tls ? 443 : 80) ? name : "\(name):\(port)"
     }
 }

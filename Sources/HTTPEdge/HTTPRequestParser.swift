@@ -180,27 +180,27 @@ struct HTTPRequestParser {
                 while valueEnd > valueStart && (line[valueEnd - 1] == 0x20 || line[valueEnd - 1] == 0x09) { valueEnd -= 1 }
                 let name = UnsafeRawBufferPointer(rebasing: line[0..<colon])
                 let value = UnsafeRawBufferPointer(rebasing: line[valueStart..<valueEnd])
-                if equalsIgnoringCase(name, "content-length") {
+                if HeaderTokens.equals(name, "content-length") {
                     for item in value.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
-                        let digits = trimmed(item)
+                        let digits = HeaderTokens.trimmed(item)
                         guard !digits.isEmpty, digits.count <= 18, digits.allSatisfy(isDigit) else { throw .badContentLength }
                         let length = digits.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }
                         guard contentLength == nil || contentLength == length else { throw .badContentLength }
                         contentLength = length
                     }
-                } else if equalsIgnoringCase(name, "transfer-encoding") {
+                } else if HeaderTokens.equals(name, "transfer-encoding") {
                     // Only `chunked`, once: any other coding (or `chunked` twice) is refused.
                     for item in value.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: true) {
-                        guard equalsIgnoringCase(trimmed(item), "chunked"), !transferEncoding else {
+                        guard HeaderTokens.equals(HeaderTokens.trimmed(item), "chunked"), !transferEncoding else {
                             throw .unsupportedTransferEncoding
                         }
                         transferEncoding = true
                     }
-                } else if equalsIgnoringCase(name, "connection") {
+                } else if HeaderTokens.equals(name, "connection") {
                     for item in value.split(separator: UInt8(ascii: ",")) {
-                        let token = trimmed(item)
-                        if equalsIgnoringCase(token, "close") { close = true }
-                        if equalsIgnoringCase(token, "keep-alive") { keepAliveToken = true }
+                        let token = HeaderTokens.trimmed(item)
+                        if HeaderTokens.equals(token, "close") { close = true }
+                        if HeaderTokens.equals(token, "keep-alive") { keepAliveToken = true }
                     }
                 }
                 headers.add(name: String(decoding: name, as: UTF8.self), value: String(decoding: value, as: UTF8.self))
@@ -317,8 +317,25 @@ struct HTTPRequestParser {
             false
         }
     }
+}
 
-    private static func trimmed<C: BidirectionalCollection<UInt8>>(_ bytes: C) -> C.SubSequence {
+/// Comparisons of header names and comma-separated header values as bytes: no `Character` walking, no lowercased
+/// copies.
+public enum HeaderTokens {
+    /// ASCII case-insensitive equality with a lowercase literal.
+    public static func equals(_ bytes: some Collection<UInt8>, _ lowercase: StaticString) -> Bool {
+        guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
+        var index = 0
+        for byte in bytes {
+            let folded = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
+            guard folded == lowercase.utf8Start[index] else { return false }
+            index += 1
+        }
+        return true
+    }
+
+    /// The bytes without leading and trailing spaces and tabs.
+    public static func trimmed<C: BidirectionalCollection<UInt8>>(_ bytes: C) -> C.SubSequence {
         var start = bytes.startIndex, end = bytes.endIndex
         while start < end && (bytes[start] == 0x20 || bytes[start] == 0x09) { start = bytes.index(after: start) }
         while end > start && (bytes[bytes.index(before: end)] == 0x20 || bytes[bytes.index(before: end)] == 0x09) {
@@ -327,16 +344,8 @@ struct HTTPRequestParser {
         return bytes[start..<end]
     }
 
-    /// ASCII case-insensitive equality with a lowercase literal.
-    private static func equalsIgnoringCase(_ bytes: some Collection<UInt8>, _ lowercase: StaticString) -> Bool {
-        guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
-        var index = 0
-        for byte in bytes {
-            let expected = lowercase.utf8Start[index]
-            let folded = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
-            guard folded == expected else { return false }
-            index += 1
-        }
-        return true
+    /// Whether the comma-separated list `value` holds `token` (ASCII case-insensitive).
+    public static func list(_ value: String, contains token: StaticString) -> Bool {
+        value.utf8.split(separator: UInt8(ascii: ",")).contains { equals(trimmed($0), token) }
     }
 }

@@ -41,7 +41,7 @@ public final class LoopLocalHTTPClient: Sendable {
         let loop = group.any()
         guard let pool = pools[ObjectIdentifier(loop)] else { throw UpstreamTransportError.connectFailed("no event loop") }
         let exchange = Exchange(request: request, pool: pool, streaming: streaming, maximumBodyBytes: maximumBodyBytes)
-        return try await exchange.onLoop { pool.start(exchange, deadline: deadline) }
+        return try await exchange.run { pool.start(exchange, deadline: deadline) }
     }
 
     /// Closes every pooled connection.
@@ -129,14 +129,12 @@ final class LoopPool: @unchecked Sendable {
         var waiters = CircularBuffer<Exchange>()
     }
 
-    func start(_ exchange: Exchange, deadline: NIODeadline) -> EventLoopFuture<UpstreamResponse> {
+    func start(_ exchange: Exchange, deadline: NIODeadline) {
         loop.preconditionInEventLoop()
-        exchange.promise = loop.makePromise()
         exchange.deadline = deadline
         watched.append(exchange)
         if !sweepScheduled { scheduleSweep() }
         acquire(for: exchange)
-        return exchange.promise!.futureResult
     }
 
     // Deadlines: one sweep every `sweepInterval` while exchanges are open, instead of a timer per request (a timer
@@ -297,7 +295,8 @@ final class Exchange: @unchecked Sendable {
     let pool: LoopPool
     let streaming: Bool
     let maximumBodyBytes: Int
-    var promise: EventLoopPromise<UpstreamResponse>?
+    /// The caller waiting for the answer's head (streams) or whole body; resumed once, then cleared.
+    private var continuation: UnsafeContinuation<UpstreamResponse, any Error>?
     var deadline = NIODeadline.distantFuture
     /// The answer ended (whole, or its stream's last part) or failed: the deadline no longer applies.
     var completed = false
@@ -333,12 +332,9 @@ final class Exchange: @unchecked Sendable {
             head = responseHead
             if streaming && responseHead.status == .ok {
                 // The head goes out now; the body follows through the stream.
-                // (The promise's future keeps its value, and the stream holds this exchange: let go of the promise.)
                 isFinished = true
-                let promise = self.promise
-                self.promise = nil
-                promise?.succeed(UpstreamResponse(status: responseHead.status, headers: responseHead.headers,
-                                                  body: ByteBuffer(), stream: LoopLocalBodyStream(self)))
+                resume(.success(UpstreamResponse(status: responseHead.status, headers: responseHead.headers,
+                                                 body: ByteBuffer(), stream: LoopLocalBodyStream(self))))
             } else {
                 collected = ByteBuffer()
             }
@@ -364,7 +360,7 @@ final class Exchange: @unchecked Sendable {
             connection?.handler.exchange = nil
             if let collected, let head {
                 isFinished = true
-                promise?.succeed(UpstreamResponse(status: head.status, headers: head.headers, body: collected))
+                resume(.success(UpstreamResponse(status: head.status, headers: head.headers, body: collected)))
             } else {
                 ended = true
                 if let waiting = reader {
@@ -401,7 +397,7 @@ final class Exchange: @unchecked Sendable {
         }
         if !isFinished {
             isFinished = true
-            promise?.fail(error)
+            resume(.failure(error))
         } else if streaming && !ended && failure == nil {
             failure = error
             if let waiting = reader {
@@ -425,6 +421,34 @@ final class Exchange: @unchecked Sendable {
         reader = waiting
         connection?.handler.resumeReading()
         return waiting.futureResult
+    }
+
+    private func resume(_ result: Result<UpstreamResponse, any Error>) {
+        guard let continuation else { return }
+        self.continuation = nil
+        continuation.resume(with: result)
+    }
+
+    /// Runs `start` on this exchange's event loop (directly when already there) and waits for the answer; cancelling
+    /// the waiting task ends the exchange. The answer resumes the caller directly: no promise, future or callback
+    /// list in between.
+    func run(_ start: @escaping @Sendable () -> Void) async throws -> UpstreamResponse {
+        let loop = pool.loop
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { continuation in
+                if loop.inEventLoop {
+                    self.continuation = continuation
+                    start()
+                } else {
+                    loop.execute {
+                        self.continuation = continuation
+                        start()
+                    }
+                }
+            }
+        } onCancel: {
+            loop.execute { self.fail(UpstreamTransportError.cancelled) }
+        }
     }
 
     /// Runs `step` on this exchange's event loop (directly when already there) and waits for its result; cancelling

@@ -176,12 +176,12 @@ struct ChatHandler: Sendable {
     /// `Authorization: Bearer KEY` or `x-api-key: KEY`, on either API.
     static func credential(_ request: EdgeRequest) -> String? {
         if let authorization = request.header("authorization") {
-            let trimmed = authorization.trimmingWhitespace()
-            let scheme = trimmed.utf8.prefix(7)
-            if trimmed.utf8.count > 7, scheme.lazy.map({ $0 | 0x20 }).elementsEqual("bearer ".utf8) {
-                return String(trimmed.dropFirst(7)).trimmingWhitespace()
+            // As bytes: `dropFirst` on a `String` walks grapheme clusters.
+            let trimmed = HeaderTokens.trimmed(authorization.utf8)
+            if trimmed.count > 7, HeaderTokens.equals(trimmed.prefix(7), "bearer ") {
+                return String(Substring(HeaderTokens.trimmed(trimmed.dropFirst(7))))
             }
-            return trimmed
+            return String(Substring(trimmed))
         }
         return request.header("x-api-key")
     }

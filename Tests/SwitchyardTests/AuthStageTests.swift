@@ -1,3 +1,6 @@
+import HTTPEdge
+import NIOHTTP1
+@testable import Server
 @testable import Stages
 import SwitchyardCore
 import Testing
@@ -25,5 +28,19 @@ import Testing
         for index in 0..<AuthStage.remembered { _ = try stage.authenticate("bulk-\(index)") }
         #expect(stage.accepted.withLock { $0.count } <= AuthStage.remembered)
         #expect(try stage.authenticate("key-one") == first)
+    }
+
+    @Test func theCredentialIsReadFromEitherHeader() {
+        func credential(_ headers: [(String, String)]) -> String? {
+            ChatHandler.credential(EdgeRequest(head: HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/messages",
+                                                                     headers: HTTPHeaders(headers))))
+        }
+        #expect(credential([("Authorization", "Bearer sk-1")]) == "sk-1")
+        #expect(credential([("authorization", "bEaReR   sk-2 ")]) == "sk-2")
+        #expect(credential([("Authorization", "sk-raw")]) == "sk-raw")
+        #expect(credential([("Authorization", "Bearer ")]) == "Bearer")
+        #expect(credential([("x-api-key", "sk-ant")]) == "sk-ant")
+        #expect(credential([("Authorization", "Bearer sk-é")]) == "sk-é")
+        #expect(credential([]) == nil)
     }
 }

@@ -57,17 +57,11 @@ struct HTTPRequestParser {
 
     private enum State {
         case head
-        case fixed(remaining: Int)
-        case chunkSize
-        case chunkData(remaining: Int)
-        case chunkDataEnd
-        case trailers
+        case body(HTTPBodyReader)
     }
 
     private var state = State.head
     static let maximumHeadBytes = 64 * 1024
-    /// The longest chunk-size or trailer line.
-    static let maximumLineBytes = 4096
 
     /// Parses what `buffer` holds, passing each part to `emit`; leaves an incomplete head or line in `buffer`.
     mutating func parse(_ buffer: inout ByteBuffer, emit: (Part) -> Void) throws(Failure) {
@@ -77,7 +71,7 @@ struct HTTPRequestParser {
                 // Empty lines before a request line are allowed (a client's stray CRLF after a body).
                 while buffer.readableBytesView.starts(with: [0x0D, 0x0A]) { buffer.moveReaderIndex(forwardBy: 2) }
                 guard buffer.readableBytes > 0 else { return }
-                guard let end = Self.find(crlfcrlf: buffer) else {
+                guard let end = HTTPWire.headEnd(in: buffer) else {
                     if buffer.readableBytes > Self.maximumHeadBytes { throw .headTooLarge }
                     return
                 }
@@ -86,42 +80,27 @@ struct HTTPRequestParser {
                 buffer.moveReaderIndex(forwardBy: end + 4)
                 emit(.head(head.head, keepAlive: head.keepAlive))
                 switch head.framing {
-                case .none:
+                case .none, .length(0):
                     emit(.end)
                 case .length(let length):
-                    if length == 0 { emit(.end) } else { state = .fixed(remaining: length) }
+                    state = .body(HTTPBodyReader(.length(length)))
                 case .chunked:
-                    state = .chunkSize
+                    state = .body(HTTPBodyReader(.chunked))
                 }
-            case .fixed(let remaining):
-                let count = min(remaining, buffer.readableBytes)
-                emit(.body(buffer.readSlice(length: count)!))
-                if count == remaining {
-                    state = .head
-                    emit(.end)
-                } else {
-                    state = .fixed(remaining: remaining - count)
+            case .body(var reader):
+                let ended: Bool
+                do {
+                    ended = try reader.read(&buffer) { emit(.body($0)) }
+                } catch {
+                    throw .malformedChunk
                 }
-            case .chunkSize:
-                guard let line = try Self.readLine(&buffer) else { return }
-                let size = try Self.chunkSize(line)
-                state = size == 0 ? .trailers : .chunkData(remaining: size)
-            case .chunkData(let remaining):
-                let count = min(remaining, buffer.readableBytes)
-                emit(.body(buffer.readSlice(length: count)!))
-                state = count == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - count)
-            case .chunkDataEnd:
-                guard buffer.readableBytes >= 2 else { return }
-                guard buffer.readInteger(as: UInt16.self) == 0x0D0A else { throw .malformedChunk }
-                state = .chunkSize
-            case .trailers:
-                guard let line = try Self.readLine(&buffer) else { return }
-                if line.isEmpty {
-                    state = .head
-                    emit(.end)
-                } else {
-                    try Self.checkHeaderLine(line)
+                // Not ended: the reader took every byte it could (what is left is an incomplete line).
+                guard ended else {
+                    state = .body(reader)
+                    return
                 }
+                state = .head
+                emit(.end)
             }
         }
     }
@@ -238,67 +217,7 @@ struct HTTPRequestParser {
         return nil
     }
 
-    /// The offset of the first `\r\n\r\n` in the readable bytes.
-    private static func find(crlfcrlf buffer: ByteBuffer) -> Int? {
-        buffer.withUnsafeReadableBytes { bytes -> Int? in
-            guard bytes.count >= 4 else { return nil }
-            var index = 0
-            while index + 3 < bytes.count {
-                if bytes[index + 3] != 0x0A {
-                    index += 1
-                    continue
-                }
-                if bytes[index] == 0x0D && bytes[index + 1] == 0x0A && bytes[index + 2] == 0x0D { return index }
-                index += 1
-            }
-            return nil
-        }
-    }
-
-    // MARK: Chunks
-
-    /// Reads one line ending in CRLF (without it), or nothing while the line is incomplete.
-    private static func readLine(_ buffer: inout ByteBuffer) throws(Failure) -> [UInt8]? {
-        guard let newline = buffer.readableBytesView.firstIndex(of: 0x0A) else {
-            if buffer.readableBytes > maximumLineBytes { throw .malformedChunk }
-            return nil
-        }
-        let length = newline - buffer.readerIndex
-        guard length <= maximumLineBytes else { throw .malformedChunk }
-        var line = buffer.readBytes(length: length + 1)!
-        line.removeLast()
-        guard line.last == 0x0D else { throw .malformedChunk }
-        line.removeLast()
-        return line
-    }
-
-    /// A chunk-size line: hex digits, then optionally whitespace and `;` extensions (ignored).
-    private static func chunkSize(_ line: [UInt8]) throws(Failure) -> Int {
-        var size = 0
-        var digits = 0
-        var index = 0
-        while index < line.count, let value = hexValue(line[index]) {
-            guard digits < 15 else { throw .malformedChunk }
-            size = size * 16 + value
-            digits += 1
-            index += 1
-        }
-        guard digits > 0 else { throw .malformedChunk }
-        while index < line.count && (line[index] == 0x20 || line[index] == 0x09) { index += 1 }
-        guard index == line.count || line[index] == UInt8(ascii: ";") else { throw .malformedChunk }
-        return size
-    }
-
     // MARK: Bytes
-
-    private static func hexValue(_ byte: UInt8) -> Int? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): Int(byte - UInt8(ascii: "0"))
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): Int(byte - UInt8(ascii: "a")) + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): Int(byte - UInt8(ascii: "A")) + 10
-        default: nil
-        }
-    }
 
     private static func isDigit(_ byte: UInt8) -> Bool {
         byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")
@@ -347,5 +266,146 @@ public enum HeaderTokens {
     /// Whether the comma-separated list `value` holds `token` (ASCII case-insensitive).
     public static func list(_ value: String, contains token: StaticString) -> Bool {
         value.utf8.split(separator: UInt8(ascii: ",")).contains { equals(trimmed($0), token) }
+    }
+}
+
+/// Byte-level pieces both HTTP/1.1 parsers (the edge's request parser and the upstream client's response parser) use.
+public enum HTTPWire {
+    /// The offset of the first `\r\n\r\n` in the readable bytes: where a message head ends.
+    public static func headEnd(in buffer: ByteBuffer) -> Int? {
+        buffer.withUnsafeReadableBytes { bytes -> Int? in
+            guard bytes.count >= 4 else { return nil }
+            var index = 0
+            while index + 3 < bytes.count {
+                if bytes[index + 3] != 0x0A {
+                    index += 1
+                    continue
+                }
+                if bytes[index] == 0x0D && bytes[index + 1] == 0x0A && bytes[index + 2] == 0x0D { return index }
+                index += 1
+            }
+            return nil
+        }
+    }
+}
+
+/// A message body framed by `Content-Length`, by chunked transfer coding, or by the connection's end, read from the
+/// connection's bytes: shared by the edge's request parser and the upstream client's response parser.
+///
+/// Strict where a lenient reading could disagree with the peer's: chunk-size lines are hex digits, optional
+/// whitespace and `;` extensions, ending in CRLF; chunk data is followed by CRLF; trailer lines are header lines.
+public struct HTTPBodyReader: Sendable {
+    public enum Framing: Sendable {
+        case length(Int)
+        case chunked
+        /// Until the connection closes (responses only).
+        case untilClose
+    }
+
+    public struct Malformed: Error, Equatable {}
+
+    private enum State: Sendable {
+        case fixed(remaining: Int)
+        case chunkSize
+        case chunkData(remaining: Int)
+        case chunkDataEnd
+        case trailers
+        case untilClose
+    }
+
+    private var state: State
+    /// The longest chunk-size or trailer line.
+    public static let maximumLineBytes = 4096
+
+    public init(_ framing: Framing) {
+        switch framing {
+        case .length(let length): state = .fixed(remaining: length)
+        case .chunked: state = .chunkSize
+        case .untilClose: state = .untilClose
+        }
+    }
+
+    /// Whether the body runs until the connection closes.
+    public var readsUntilClose: Bool {
+        if case .untilClose = state { return true }
+        return false
+    }
+
+    /// Passes the body bytes `buffer` holds to `body`; returns whether the body ended (what is left in `buffer`
+    /// then belongs to the next message). An incomplete line stays in `buffer`.
+    public mutating func read(_ buffer: inout ByteBuffer, body: (ByteBuffer) -> Void) throws(Malformed) -> Bool {
+        while buffer.readableBytes > 0 {
+            switch state {
+            case .fixed(let remaining):
+                let count = min(remaining, buffer.readableBytes)
+                body(buffer.readSlice(length: count)!)
+                if count == remaining { return true }
+                state = .fixed(remaining: remaining - count)
+            case .chunkSize:
+                guard let line = try Self.readLine(&buffer) else { return false }
+                let size = try Self.chunkSize(line)
+                state = size == 0 ? .trailers : .chunkData(remaining: size)
+            case .chunkData(let remaining):
+                let count = min(remaining, buffer.readableBytes)
+                body(buffer.readSlice(length: count)!)
+                state = count == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - count)
+            case .chunkDataEnd:
+                guard buffer.readableBytes >= 2 else { return false }
+                guard buffer.readInteger(as: UInt16.self) == 0x0D0A else { throw Malformed() }
+                state = .chunkSize
+            case .trailers:
+                guard let line = try Self.readLine(&buffer) else { return false }
+                if line.isEmpty { return true }
+                do {
+                    try HTTPRequestParser.checkHeaderLine(line)
+                } catch {
+                    throw Malformed()
+                }
+            case .untilClose:
+                body(buffer.readSlice(length: buffer.readableBytes)!)
+            }
+        }
+        return false
+    }
+
+    /// Reads one line ending in CRLF (without it), or nothing while the line is incomplete.
+    private static func readLine(_ buffer: inout ByteBuffer) throws(Malformed) -> [UInt8]? {
+        guard let newline = buffer.readableBytesView.firstIndex(of: 0x0A) else {
+            if buffer.readableBytes > maximumLineBytes { throw Malformed() }
+            return nil
+        }
+        let length = newline - buffer.readerIndex
+        guard length <= maximumLineBytes else { throw Malformed() }
+        var line = buffer.readBytes(length: length + 1)!
+        line.removeLast()
+        guard line.last == 0x0D else { throw Malformed() }
+        line.removeLast()
+        return line
+    }
+
+    /// A chunk-size line: hex digits, then optionally whitespace and `;` extensions (ignored).
+    private static func chunkSize(_ line: [UInt8]) throws(Malformed) -> Int {
+        var size = 0
+        var digits = 0
+        var index = 0
+        while index < line.count, let value = hexValue(line[index]) {
+            guard digits < 15 else { throw Malformed() }
+            size = size * 16 + value
+            digits += 1
+            index += 1
+        }
+        guard digits > 0 else { throw Malformed() }
+        while index < line.count && (line[index] == 0x20 || line[index] == 0x09) { index += 1 }
+        guard index == line.count || line[index] == UInt8(ascii: ";") else { throw Malformed() }
+        return size
+    }
+
+    private static func hexValue(_ byte: UInt8) -> Int? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): Int(byte - UInt8(ascii: "0"))
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): Int(byte - UInt8(ascii: "a")) + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): Int(byte - UInt8(ascii: "A")) + 10
+        default: nil
+        }
     }
 }

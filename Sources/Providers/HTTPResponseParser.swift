@@ -19,12 +19,7 @@ struct HTTPResponseParser {
 
     private enum State {
         case head
-        case fixed(remaining: Int)
-        case chunkSize
-        case chunkData(remaining: Int)
-        case chunkDataEnd
-        case trailers
-        case untilClose
+        case body(HTTPBodyReader)
     }
 
     private var state = State.head
@@ -32,7 +27,7 @@ struct HTTPResponseParser {
 
     /// Whether a body that runs until the connection closes is being read (`end` comes from `finish()`).
     var readsUntilClose: Bool {
-        if case .untilClose = state { return true }
+        if case .body(let reader) = state { return reader.readsUntilClose }
         return false
     }
 
@@ -41,7 +36,7 @@ struct HTTPResponseParser {
         while buffer.readableBytes > 0 {
             switch state {
             case .head:
-                guard let end = Self.find(crlfcrlf: buffer) else {
+                guard let end = HTTPWire.headEnd(in: buffer) else {
                     if buffer.readableBytes > Self.maximumHeadBytes { throw .headTooLarge }
                     return
                 }
@@ -53,44 +48,27 @@ struct HTTPResponseParser {
                 if code == 204 || code == 304 {
                     emit(.end(nil))
                 } else if Self.isChunked(head.headers) {
-                    state = .chunkSize
+                    state = .body(HTTPBodyReader(.chunked))
                 } else if let length = head.headers.first(name: "content-length") {
                     guard let count = Int(length), count >= 0 else { throw .malformedHead }
-                    if count == 0 { emit(.end(nil)) } else { state = .fixed(remaining: count) }
+                    if count == 0 { emit(.end(nil)) } else { state = .body(HTTPBodyReader(.length(count))) }
                 } else {
-                    state = .untilClose
+                    state = .body(HTTPBodyReader(.untilClose))
                 }
-            case .fixed(let remaining):
-                let count = min(remaining, buffer.readableBytes)
-                emit(.body(buffer.readSlice(length: count)!))
-                if count == remaining {
-                    state = .head
-                    emit(.end(nil))
-                } else {
-                    state = .fixed(remaining: remaining - count)
+            case .body(var reader):
+                let ended: Bool
+                do {
+                    ended = try reader.read(&buffer) { emit(.body($0)) }
+                } catch {
+                    throw .malformedChunk
                 }
-            case .chunkSize:
-                guard let line = Self.readLine(&buffer) else { return try Self.checkLine(buffer) }
-                let digits = line.prefix { $0 != UInt8(ascii: ";") }.filter { $0 != UInt8(ascii: " ") && $0 != UInt8(ascii: "\t") }
-                guard !digits.isEmpty, digits.count <= 15, let size = Int(String(decoding: digits, as: UTF8.self), radix: 16)
-                else { throw .malformedChunk }
-                state = size == 0 ? .trailers : .chunkData(remaining: size)
-            case .chunkData(let remaining):
-                let count = min(remaining, buffer.readableBytes)
-                emit(.body(buffer.readSlice(length: count)!))
-                state = count == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - count)
-            case .chunkDataEnd:
-                guard buffer.readableBytes >= 2 else { return }
-                guard buffer.readInteger(as: UInt16.self) == 0x0D0A else { throw .malformedChunk }
-                state = .chunkSize
-            case .trailers:
-                guard let line = Self.readLine(&buffer) else { return try Self.checkLine(buffer) }
-                if line.isEmpty {
-                    state = .head
-                    emit(.end(nil))
+                // Not ended: the reader took every byte it could (what is left is an incomplete line).
+                guard ended else {
+                    state = .body(reader)
+                    return
                 }
-            case .untilClose:
-                emit(.body(buffer.readSlice(length: buffer.readableBytes)!))
+                state = .head
+                emit(.end(nil))
             }
         }
     }
@@ -101,37 +79,6 @@ struct HTTPResponseParser {
             state = .head
             emit(.end(nil))
         }
-    }
-
-    private static func checkLine(_ buffer: ByteBuffer) throws(Failure) {
-        if buffer.readableBytes > 4096 { throw .malformedChunk }
-    }
-
-    /// The offset of the first `\r\n\r\n` in the readable bytes.
-    private static func find(crlfcrlf buffer: ByteBuffer) -> Int? {
-        buffer.withUnsafeReadableBytes { bytes -> Int? in
-            guard bytes.count >= 4 else { return nil }
-            var index = 0
-            while index + 3 < bytes.count {
-                if bytes[index + 3] != 0x0A {
-                    index += 1
-                    continue
-                }
-                if bytes[index] == 0x0D && bytes[index + 1] == 0x0A && bytes[index + 2] == 0x0D { return index }
-                index += 1
-            }
-            return nil
-        }
-    }
-
-    /// Reads one line ending in `\r\n` (without it), or nothing while the line is incomplete.
-    private static func readLine(_ buffer: inout ByteBuffer) -> [UInt8]? {
-        guard let newline = buffer.readableBytesView.firstIndex(of: 0x0A) else { return nil }
-        let length = newline - buffer.readerIndex
-        var line = buffer.readBytes(length: length + 1)!
-        line.removeLast()
-        if line.last == 0x0D { line.removeLast() }
-        return line
     }
 
     private static func parseHead(_ bytes: ByteBufferView) throws(Failure) -> HTTPResponseHead {

@@ -105,12 +105,6 @@ struct HTTPRequestParser {
         }
     }
 
-    /// Whether a request is partly read (bytes of it arrived, its end has not).
-    var isMidRequest: Bool {
-        if case .head = state { return false }
-        return true
-    }
-
     // MARK: Head
 
     enum Framing: Equatable {

@@ -122,10 +122,10 @@ struct HTTPRequestParser {
     /// Parses a request line and headers, each line ending in CRLF (the final empty line excluded).
     static func parseHead(_ bytes: ByteBufferView) throws(Failure) -> Head {
         try bytes.withUnsafeBytes { (raw: UnsafeRawBufferPointer) throws(Failure) -> Head in
-            guard let requestLineEnd = lineEnd(raw, from: 0) else { throw .malformedRequestLine }
+            guard let requestLineEnd = HTTPWire.lineEnd(raw, from: 0) else { throw .malformedRequestLine }
             // method SP request-target SP HTTP-version
             guard let space = raw[0..<requestLineEnd].firstIndex(of: 0x20), space > 0,
-                  raw[0..<space].allSatisfy(isTokenByte)
+                  raw[0..<space].allSatisfy(HTTPWire.isTokenByte)
             else { throw .malformedRequestLine }
             let targetStart = space + 1
             guard let targetEnd = raw[targetStart..<requestLineEnd].firstIndex(of: 0x20), targetEnd > targetStart,
@@ -133,54 +133,24 @@ struct HTTPRequestParser {
             else { throw .malformedRequestLine }
             let version = UnsafeRawBufferPointer(rebasing: raw[(targetEnd + 1)..<requestLineEnd])
             guard version.count == 8, version.starts(with: "HTTP/".utf8), version[6] == UInt8(ascii: "."),
-                  isDigit(version[5]), isDigit(version[7])
+                  HTTPWire.isDigit(version[5]), HTTPWire.isDigit(version[7])
             else { throw .malformedRequestLine }
             guard version[5] == UInt8(ascii: "1"), version[7] <= UInt8(ascii: "1") else { throw .unsupportedVersion }
             let minor = Int(version[7] - UInt8(ascii: "0"))
 
-            var headers = HTTPHeaders()
-            var close = false, keepAliveToken = false
-            var contentLength: Int?
-            var transferEncoding = false
-            var start = requestLineEnd + 2
-            while start < raw.count {
-                guard let end = lineEnd(raw, from: start) else { throw .malformedHeader }
-                let line = UnsafeRawBufferPointer(rebasing: raw[start..<end])
-                try checkHeaderLine(line)
-                let colon = line.firstIndex(of: UInt8(ascii: ":"))!
-                var valueStart = colon + 1, valueEnd = line.count
-                while valueStart < valueEnd && (line[valueStart] == 0x20 || line[valueStart] == 0x09) { valueStart += 1 }
-                while valueEnd > valueStart && (line[valueEnd - 1] == 0x20 || line[valueEnd - 1] == 0x09) { valueEnd -= 1 }
-                let name = UnsafeRawBufferPointer(rebasing: line[0..<colon])
-                let value = UnsafeRawBufferPointer(rebasing: line[valueStart..<valueEnd])
-                if HeaderTokens.equals(name, "content-length") {
-                    for item in value.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
-                        let digits = HeaderTokens.trimmed(item)
-                        guard !digits.isEmpty, digits.count <= 18, digits.allSatisfy(isDigit) else { throw .badContentLength }
-                        let length = digits.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }
-                        guard contentLength == nil || contentLength == length else { throw .badContentLength }
-                        contentLength = length
-                    }
-                } else if HeaderTokens.equals(name, "transfer-encoding") {
-                    // Only `chunked`, once: any other coding (or `chunked` twice) is refused.
-                    for item in value.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: true) {
-                        guard HeaderTokens.equals(HeaderTokens.trimmed(item), "chunked"), !transferEncoding else {
-                            throw .unsupportedTransferEncoding
-                        }
-                        transferEncoding = true
-                    }
-                } else if HeaderTokens.equals(name, "connection") {
-                    for item in value.split(separator: UInt8(ascii: ",")) {
-                        let token = HeaderTokens.trimmed(item)
-                        if HeaderTokens.equals(token, "close") { close = true }
-                        if HeaderTokens.equals(token, "keep-alive") { keepAliveToken = true }
-                    }
+            let fields: HTTPWire.Fields
+            do throws(HTTPWire.FieldError) {
+                fields = try HTTPWire.parseFields(raw, from: requestLineEnd + 2)
+            } catch {
+                switch error {
+                case .malformedHeader: throw .malformedHeader
+                case .badContentLength: throw .badContentLength
+                case .unsupportedTransferEncoding: throw .unsupportedTransferEncoding
                 }
-                headers.add(name: String(decoding: name, as: UTF8.self), value: String(decoding: value, as: UTF8.self))
-                start = end + 2
             }
-            if transferEncoding && contentLength != nil { throw .conflictingFraming }
-            let framing: Framing = transferEncoding ? .chunked : contentLength.map(Framing.length) ?? .none
+            let (headers, close, keepAliveToken) = (fields.headers, fields.close, fields.keepAlive)
+            if fields.chunked && fields.contentLength != nil { throw .conflictingFraming }
+            let framing: Framing = fields.chunked ? .chunked : fields.contentLength.map(Framing.length) ?? .none
             let method = HTTPMethod(rawValue: String(decoding: UnsafeRawBufferPointer(rebasing: raw[0..<space]), as: UTF8.self))
             let uri = String(decoding: UnsafeRawBufferPointer(rebasing: raw[targetStart..<targetEnd]), as: UTF8.self)
             let head = HTTPRequestHead(version: .init(major: 1, minor: minor), method: method, uri: uri, headers: headers)
@@ -188,48 +158,6 @@ struct HTTPRequestParser {
         }
     }
 
-    /// A header (or trailer) line: a token, a colon, then a value without control characters other than tab.
-    /// Lines starting with whitespace (obsolete folding) are refused.
-    static func checkHeaderLine(_ line: some Collection<UInt8>) throws(Failure) {
-        guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon != line.startIndex,
-              line[line.startIndex..<colon].allSatisfy(isTokenByte),
-              line[line.index(after: colon)...].allSatisfy({ $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) })
-        else { throw .malformedHeader }
-    }
-
-    /// The index of the CR of the CRLF ending the line that starts at `start`; `nil` if a bare CR or LF comes first
-    /// or the line does not end.
-    private static func lineEnd(_ raw: UnsafeRawBufferPointer, from start: Int) -> Int? {
-        var index = start
-        while index < raw.count {
-            switch raw[index] {
-            case 0x0D: return index + 1 < raw.count && raw[index + 1] == 0x0A ? index : nil
-            case 0x0A: return nil
-            default: index += 1
-            }
-        }
-        return nil
-    }
-
-    // MARK: Bytes
-
-    private static func isDigit(_ byte: UInt8) -> Bool {
-        byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")
-    }
-
-    /// RFC 9110 `tchar`.
-    private static func isTokenByte(_ byte: UInt8) -> Bool {
-        switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            true
-        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
-             UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
-             UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
-            true
-        default:
-            false
-        }
-    }
 }
 
 /// Comparisons of header names and comma-separated header values as bytes: no `Character` walking, no lowercased
@@ -265,6 +193,112 @@ public enum HeaderTokens {
 
 /// Byte-level pieces both HTTP/1.1 parsers (the edge's request parser and the upstream client's response parser) use.
 public enum HTTPWire {
+    public enum FieldError: Error, Equatable {
+        case malformedHeader
+        case badContentLength
+        case unsupportedTransferEncoding
+    }
+
+    /// A head's header fields, and what they say about framing and the connection.
+    public struct Fields {
+        public var headers = HTTPHeaders()
+        public var contentLength: Int?
+        /// `Transfer-Encoding: chunked` (the only coding accepted).
+        public var chunked = false
+        /// `Connection: close`.
+        public var close = false
+        /// `Connection: keep-alive`.
+        public var keepAlive = false
+    }
+
+    /// Parses header lines from `start` to the end of `raw`, each ending in CRLF. Strict where leniency lets a message
+    /// be read two ways: names are tokens followed directly by the colon, folded lines and control characters are
+    /// refused, `Content-Length` must be digits (repeated only with the same value), and `chunked` is the only
+    /// transfer coding.
+    public static func parseFields(_ raw: UnsafeRawBufferPointer, from start: Int) throws(FieldError) -> Fields {
+        var fields = Fields()
+        var start = start
+        while start < raw.count {
+            guard let end = lineEnd(raw, from: start) else { throw .malformedHeader }
+            let line = UnsafeRawBufferPointer(rebasing: raw[start..<end])
+            try checkHeaderLine(line)
+            guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { throw .malformedHeader }
+            var valueStart = colon + 1, valueEnd = line.count
+            while valueStart < valueEnd && (line[valueStart] == 0x20 || line[valueStart] == 0x09) { valueStart += 1 }
+            while valueEnd > valueStart && (line[valueEnd - 1] == 0x20 || line[valueEnd - 1] == 0x09) { valueEnd -= 1 }
+            let name = UnsafeRawBufferPointer(rebasing: line[0..<colon])
+            let value = UnsafeRawBufferPointer(rebasing: line[valueStart..<valueEnd])
+            if HeaderTokens.equals(name, "content-length") {
+                for item in value.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
+                    let digits = HeaderTokens.trimmed(item)
+                    guard !digits.isEmpty, digits.count <= 18, digits.allSatisfy(isDigit) else { throw .badContentLength }
+                    let length = digits.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }
+                    guard fields.contentLength == nil || fields.contentLength == length else { throw .badContentLength }
+                    fields.contentLength = length
+                }
+            } else if HeaderTokens.equals(name, "transfer-encoding") {
+                // Only `chunked`, once: any other coding (or `chunked` twice) is refused.
+                for item in value.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: true) {
+                    guard HeaderTokens.equals(HeaderTokens.trimmed(item), "chunked"), !fields.chunked else {
+                        throw .unsupportedTransferEncoding
+                    }
+                    fields.chunked = true
+                }
+            } else if HeaderTokens.equals(name, "connection") {
+                for item in value.split(separator: UInt8(ascii: ",")) {
+                    let token = HeaderTokens.trimmed(item)
+                    if HeaderTokens.equals(token, "close") { fields.close = true }
+                    if HeaderTokens.equals(token, "keep-alive") { fields.keepAlive = true }
+                }
+            }
+            fields.headers.add(name: String(decoding: name, as: UTF8.self), value: String(decoding: value, as: UTF8.self))
+            start = end + 2
+        }
+        return fields
+    }
+
+    /// A header (or trailer) line: a token, a colon, then a value without control characters other than tab.
+    /// Lines starting with whitespace (obsolete folding) are refused.
+    public static func checkHeaderLine(_ line: some Collection<UInt8>) throws(HTTPWire.FieldError) {
+        guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon != line.startIndex,
+              line[line.startIndex..<colon].allSatisfy(isTokenByte),
+              line[line.index(after: colon)...].allSatisfy({ $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) })
+        else { throw .malformedHeader }
+    }
+
+    /// The index of the CR of the CRLF ending the line that starts at `start`; `nil` if a bare CR or LF comes first
+    /// or the line does not end.
+    public static func lineEnd(_ raw: UnsafeRawBufferPointer, from start: Int) -> Int? {
+        var index = start
+        while index < raw.count {
+            switch raw[index] {
+            case 0x0D: return index + 1 < raw.count && raw[index + 1] == 0x0A ? index : nil
+            case 0x0A: return nil
+            default: index += 1
+            }
+        }
+        return nil
+    }
+
+    public static func isDigit(_ byte: UInt8) -> Bool {
+        byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")
+    }
+
+    /// RFC 9110 `tchar`.
+    public static func isTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            true
+        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
+             UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
+             UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+            true
+        default:
+            false
+        }
+    }
+
+
     /// The offset of the first `\r\n\r\n` in the readable bytes: where a message head ends.
     public static func headEnd(in buffer: ByteBuffer) -> Int? {
         buffer.withUnsafeReadableBytes { bytes -> Int? in
@@ -351,7 +385,7 @@ public struct HTTPBodyReader: Sendable {
                 guard let line = try Self.readLine(&buffer) else { return false }
                 if line.isEmpty { return true }
                 do {
-                    try HTTPRequestParser.checkHeaderLine(line)
+                    try HTTPWire.checkHeaderLine(line)
                 } catch {
                     throw Malformed()
                 }

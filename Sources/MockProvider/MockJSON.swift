@@ -39,6 +39,17 @@ enum MockJSON: Codable, Equatable, Sendable {
 
     var string: String? { if case .string(let value) = self { return value }; return nil }
     var number: Double? { if case .number(let value) = self { return value }; return nil }
+    /// A number as an `Int` clamped to ±2^31 (the value is a client's: `Int(Double)` traps out of range).
+    var boundedInt: Int? {
+        guard let number, !number.isNaN else { return nil }
+        return Int(Swift.min(Swift.max(number.rounded(.towardZero), -2_147_483_648), 2_147_483_648))
+    }
+    /// A number as 64 seed bits: the integer when it is one that fits, else the double's own bits.
+    var seedBits: UInt64? {
+        guard let number else { return nil }
+        if let exact = Int64(exactly: number) { return UInt64(bitPattern: exact) }
+        return number.bitPattern
+    }
     var bool: Bool? { if case .bool(let value) = self { return value }; return nil }
     var array: [MockJSON]? { if case .array(let value) = self { return value }; return nil }
 

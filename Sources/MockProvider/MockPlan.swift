@@ -38,11 +38,11 @@ struct MockPlan {
         request["system"]?.collectText(into: &text)
         request["messages"]?.collectText(into: &text)
         let seedSource = model.name + "\u{0}" + text.joined(separator: "\u{0}")
-        var rng = SplitMix64(seed: request["seed"]?.number.map { UInt64(bitPattern: Int64($0)) } ?? SplitMix64.hash(seedSource.utf8))
+        var rng = SplitMix64(seed: request["seed"]?.seedBits ?? SplitMix64.hash(seedSource.utf8))
         self.id = String(rng.next() % 1_000_000_000_000, radix: 36)
         self.timeToFirstToken = .seconds(model.timeToFirstToken.sample(&rng))
         self.timingSeed = rng.next()
-        let maxTokens = (request["max_completion_tokens"]?.number ?? request["max_tokens"]?.number).map { Int($0) }
+        let maxTokens = request["max_completion_tokens"]?.boundedInt ?? request["max_tokens"]?.boundedInt
 
         // A tool call when tools are offered and the conversation does not end in a tool result.
         let lastMessage = request["messages"]?.array?.last
@@ -70,7 +70,7 @@ struct MockPlan {
             self.hitLimit = false
         } else {
             let length = lengthTrace?.draw(&rng) ?? max(1, Int(model.outputTokens.sample(&rng).rounded()))
-            let count = min(length, maxTokens ?? length)
+            let count = max(0, min(length, maxTokens ?? length))
             self.words = MockText.words(count: count, rng: &rng)
             self.toolCall = nil
             self.hitLimit = count < length

@@ -167,7 +167,7 @@ public final class MockServer: Sendable {
         var plan = MockPlan(request: payload, model: model, anthropic: anthropic, lengthTrace: settings.lengthTrace)
         var limitHeaders = HTTPFields()
         if let limiter {
-            let requested = (payload["max_completion_tokens"]?.number ?? payload["max_tokens"]?.number).map { Int($0) }
+            let requested = payload["max_completion_tokens"]?.boundedInt ?? payload["max_tokens"]?.boundedInt
             let decision = limiter.admit(key: credential ?? "", tokens: plan.promptTokens + (requested ?? plan.outputTokens))
             limitHeaders = limiter.headers(decision, anthropic: anthropic)
             guard decision.allowed else {

@@ -9,11 +9,12 @@ public import SwitchyardCore
 public struct HTTPClientService: Service {
     public let transports: UpstreamTransports
 
-    /// Pool limits per host are the largest `pool_size`, the connect timeout the shortest configured one.
-    public init(providers: [ProviderConfig]) {
+    /// Plain-HTTP upstreams get each provider's own `pool_size` (carried by each request); the HTTPS client's limit
+    /// per host is the largest `pool_size`, and both clients' connect timeout the shortest configured one.
+    public init(providers: [ProviderConfig], anomalies: (any UpstreamAnomalyRecorder)? = nil) {
         let connect = providers.map(\.timeouts.connect).min() ?? .seconds(10)
         let total = providers.map(\.timeouts.total).max() ?? .seconds(600)
-        let poolSize = providers.map(\.poolSize).max() ?? 64
+        let poolSize = providers.map(\.poolSize).max() ?? ProviderConfig.defaultPoolSize
         var configuration = HTTPClient.Configuration()
         // AsyncHTTPClient's deadline ends when the response head arrives; an idle-read timeout as long as the longest
         // total timeout catches a body that stalls after that (streams also check their deadline per event).
@@ -22,7 +23,8 @@ public struct HTTPClientService: Service {
         configuration.decompression = .disabled
         configuration.tracing.tracer = nil  // no tracer is bootstrapped; skip the per-request span machinery
         transports = UpstreamTransports(
-            plain: LoopLocalHTTPClient(connectTimeout: .nanoseconds(connect.nanoseconds), connectionsPerHost: poolSize),
+            plain: LoopLocalHTTPClient(connectTimeout: .nanoseconds(connect.nanoseconds), connectionsPerHost: poolSize,
+                                       anomalies: anomalies),
             tls: HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration))
     }
 
@@ -43,11 +45,15 @@ public struct UpstreamTransports: Sendable {
         try await tls.shutdown()
     }
 
-    public func execute(_ request: UpstreamRequest, deadline: NIODeadline, streaming: Bool, maximumBodyBytes: Int)
-        async throws -> UpstreamResponse
+    /// - Parameters: as `LoopLocalHTTPClient.execute`; HTTPS requests use only `deadline` (AsyncHTTPClient keeps its
+    ///   own pool, and its read timeout bounds a stalled body).
+    public func execute(_ request: UpstreamRequest, deadline: NIODeadline, headDeadline: NIODeadline? = nil,
+                        queueDeadline: NIODeadline? = nil, idleTimeout: TimeAmount? = nil, streaming: Bool,
+                        maximumBodyBytes: Int) async throws -> UpstreamResponse
     {
         if !request.endpoint.tls {
-            return try await plain.execute(request, deadline: deadline, streaming: streaming, maximumBodyBytes: maximumBodyBytes)
+            return try await plain.execute(request, deadline: deadline, headDeadline: headDeadline, queueDeadline: queueDeadline,
+                                           idleTimeout: idleTimeout, streaming: streaming, maximumBodyBytes: maximumBodyBytes)
         }
         let endpoint = request.endpoint
         var outgoing = HTTPClientRequest(url: "https://\(endpoint.hostHeader)\(request.target)")

@@ -24,13 +24,17 @@ public struct HTTPProvider: ProviderClient {
     let fixedEndpoint: UpstreamEndpoint?
     /// The headers every call to this provider sends, per upstream format: content type, auth, configured headers.
     let baseHeaders: [APIFormat: HTTPHeaders]
+    /// Where upstream values the gateway refused to trust are counted.
+    let anomalies: (any UpstreamAnomalyRecorder)?
 
     /// - Parameters:
     ///   - environment: Where the provider's `api_key_env` is read.
     ///   - baseURL: Overrides `config.baseURL` (for the in-process mock).
     public init(config: ProviderConfig, transports: UpstreamTransports, environment: [String: String],
-                maximumResponseBytes: Int = 64 << 20, baseURL: (@Sendable () -> String)? = nil) {
+                maximumResponseBytes: Int = 64 << 20, baseURL: (@Sendable () -> String)? = nil,
+                anomalies: (any UpstreamAnomalyRecorder)? = nil) {
         self.config = config
+        self.anomalies = anomalies
         self.transports = transports
         // A trailing newline (common in secrets files) or any control character would corrupt the request head.
         self.apiKey = config.apiKeyEnv.flatMap { environment[$0] }
@@ -56,17 +60,23 @@ public struct HTTPProvider: ProviderClient {
         // (their locals live on the thread's stack, not in the task's frame).
         let (upstream, dialect) = try prepare(request, route: route, context: context)
         let started = ContinuousClock.now
-        let deadline = NIODeadline.now() + .nanoseconds(config.timeouts.total.nanoseconds)
+        let now = NIODeadline.now()
+        let deadline = now + .nanoseconds(config.timeouts.total.nanoseconds)
+        // Waiting for a free connection counts against the first-token timeout, for both kinds of request.
+        let firstByte = now + .nanoseconds(config.timeouts.firstToken.nanoseconds)
+        let idle = TimeAmount.nanoseconds(config.timeouts.idle.nanoseconds)
         let response: UpstreamResponse
         do {
-            if request.stream {
+            if request.stream && upstream.endpoint.tls {
                 response = try await withFirstTokenTimeout(config.timeouts.firstToken) { [transports] in
                     try await transports.execute(upstream, deadline: deadline, streaming: true, maximumBodyBytes: 1 << 20)
                 }
             } else {
-                // A non-streamed answer arrives whole: only the total deadline applies.
-                response = try await transports.execute(upstream, deadline: deadline, streaming: false,
-                                                        maximumBodyBytes: maximumResponseBytes)
+                // The loop-local client keeps the head deadline itself (no timer task per request). A non-streamed
+                // answer arrives whole, so only the total deadline bounds its head.
+                response = try await transports.execute(upstream, deadline: deadline, headDeadline: request.stream ? firstByte : deadline,
+                                                        queueDeadline: firstByte, idleTimeout: idle, streaming: request.stream,
+                                                        maximumBodyBytes: request.stream ? 1 << 20 : maximumResponseBytes)
             }
         } catch {
             throw mapTransportError(error)
@@ -104,7 +114,9 @@ public struct HTTPProvider: ProviderClient {
             headers.add(name: "accept", value: request.stream ? "text/event-stream" : "application/json")
         }
         headers.add(name: "x-request-id", value: context.requestID)
-        return (UpstreamRequest(endpoint: endpoint, target: endpoint.basePath + dialect.path, headers: headers, body: bytes),
+        return (UpstreamRequest(endpoint: endpoint, target: endpoint.basePath + dialect.path, headers: headers, body: bytes,
+                                provider: config.name, maximumConnections: config.poolSize,
+                                connectTimeout: .nanoseconds(config.timeouts.connect.nanoseconds), requestID: context.requestID),
                 dialect)
     }
 
@@ -176,6 +188,19 @@ public struct HTTPProvider: ProviderClient {
         switch error as? UpstreamTransportError {
         case .connectTimeout: return GatewayError(.upstreamTimeout, "cannot connect to upstream '\(config.name)' in time")
         case .deadlineExceeded: return GatewayError(.upstreamTimeout, "upstream '\(config.name)' timed out")
+        case .headTimeout:
+            return GatewayError(.upstreamTimeout, "upstream '\(config.name)' sent nothing within \(config.timeouts.firstToken)")
+        case .poolTimeout:
+            return GatewayError(.upstreamTimeout, "no connection to upstream '\(config.name)' became free within "
+                                + "\(config.timeouts.firstToken) (pool_size \(config.poolSize))")
+        case .poolExhausted:
+            return GatewayError(.overloaded, "too many requests are waiting for a connection to upstream '\(config.name)'",
+                                retryAfter: .seconds(1))
+        case .idleTimeout:
+            return GatewayError(.upstreamTimeout, "upstream '\(config.name)' went silent for \(config.timeouts.idle) mid-answer")
+        case .outOfStep, .malformedResponse:
+            return GatewayError(.upstreamError, "upstream '\(config.name)' sent a malformed or unrequested answer",
+                                upstreamStatus: 502)
         case .cancelled: return GatewayError(.upstreamError, "request cancelled")
         case .responseTooLarge:
             return GatewayError(.upstreamError, "upstream '\(config.name)' answered with a body over the size limit",
@@ -197,10 +222,10 @@ public struct HTTPProvider: ProviderClient {
         switch code {
         case 429:
             return GatewayError(.rateLimited, "upstream '\(config.name)' is rate limiting\(suffix)",
-                                retryAfter: Self.retryAfter(headers), upstreamStatus: 429)
+                                retryAfter: retryAfter(headers), upstreamStatus: 429)
         case 529:
             return GatewayError(.overloaded, "upstream '\(config.name)' is overloaded\(suffix)",
-                                retryAfter: Self.retryAfter(headers), upstreamStatus: 529)
+                                retryAfter: retryAfter(headers), upstreamStatus: 529)
         case 401, 403:
             return GatewayError(.upstreamError, "upstream '\(config.name)' rejected the gateway's credentials", upstreamStatus: 502)
         case 408, 504:
@@ -215,15 +240,39 @@ public struct HTTPProvider: ProviderClient {
             return GatewayError(.invalidRequest, "upstream '\(config.name)' rejected the request\(suffix)", upstreamStatus: code)
         default:
             return GatewayError(.upstreamError, "upstream '\(config.name)' failed with status \(code)\(suffix)",
-                                retryAfter: Self.retryAfter(headers), upstreamStatus: code >= 500 ? code : 502)
+                                retryAfter: retryAfter(headers), upstreamStatus: code >= 500 ? code : 502)
         }
     }
 
-    /// `retry-after` (seconds) or `retry-after-ms`.
-    static func retryAfter(_ headers: HTTPHeaders) -> Duration? {
-        if let ms = headers.first(name: "retry-after-ms").flatMap(Double.init) { return .milliseconds(Int64(ms.rounded(.up))) }
-        if let seconds = headers.first(name: "retry-after").flatMap(Double.init) { return .milliseconds(Int64(seconds * 1000)) }
-        return nil
+    /// The longest wait an upstream's `retry-after` is believed for; longer ones are clamped to it.
+    static let maximumRetryAfterSeconds = 86_400.0
+
+    /// `retry-after-ms` or `retry-after` (seconds; an HTTP date is ignored). A value that is not a finite,
+    /// non-negative number is ignored, one over a day clamped to a day; both count as an upstream anomaly.
+    func retryAfter(_ headers: HTTPHeaders) -> Duration? {
+        let (duration, anomalous) = Self.retryAfter(headers)
+        if anomalous { anomalies?.upstreamAnomaly(.retryAfter) }
+        return duration
+    }
+
+    static func retryAfter(_ headers: HTTPHeaders) -> (Duration?, anomalous: Bool) {
+        let raw: (text: String, scale: Double)
+        if let ms = headers.first(name: "retry-after-ms") {
+            raw = (ms, 1e-3)
+        } else if let seconds = headers.first(name: "retry-after") {
+            raw = (seconds, 1)
+        } else {
+            return (nil, false)
+        }
+        let text = raw.text.trimmingWhitespace()
+        // An HTTP date (`Wed, 21 Oct 2026 07:28:00 GMT`) is valid but not a number: not an anomaly, just unused.
+        guard let number = Double(text) else { return (nil, false) }
+        let seconds = number * raw.scale
+        guard seconds.isFinite, seconds >= 0 else { return (nil, true) }
+        if seconds > maximumRetryAfterSeconds {
+            return (Duration.checkedSeconds(maximumRetryAfterSeconds, limit: maximumRetryAfterSeconds), true)
+        }
+        return (Duration.checkedSeconds(seconds, limit: maximumRetryAfterSeconds), false)
     }
 }
 
@@ -283,6 +332,8 @@ final class UpstreamEventReader: @unchecked Sendable {
                 throw CancellationError()
             } catch UpstreamTransportError.deadlineExceeded {
                 throw GatewayError(.upstreamTimeout, "upstream '\(provider)' stream exceeded its total timeout")
+            } catch UpstreamTransportError.idleTimeout {
+                throw GatewayError(.upstreamTimeout, "upstream '\(provider)' stream stalled past its idle timeout")
             } catch {
                 throw GatewayError(.upstreamError, "upstream '\(provider)' stream was cut")
             }

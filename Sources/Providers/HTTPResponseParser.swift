@@ -10,6 +10,11 @@ import SwitchyardCore
 /// request into one buffer and parses the answer here: the status line and headers, then the body by
 /// `Transfer-Encoding: chunked`, `Content-Length`, or until the connection closes. `1xx` answers are skipped;
 /// `204` and `304` have no body.
+///
+/// As strict as the edge's request parser (the same header-line rules, `HTTPWire.parseFields`): lines end in CRLF,
+/// the status is three digits from 100 to 599, `Content-Length` is digits, and an answer with both
+/// `Content-Length` and `Transfer-Encoding` is refused. It stops at the end of one answer: what follows in the
+/// buffer is not parsed, so the connection's owner can see bytes that no request asked for.
 struct HTTPResponseParser {
     enum Failure: Error, Equatable {
         case malformedHead
@@ -31,29 +36,45 @@ struct HTTPResponseParser {
         return false
     }
 
-    /// Parses what `buffer` holds, passing each part to `emit`; leaves an incomplete line or head in `buffer`.
-    mutating func parse(_ buffer: inout ByteBuffer, emit: (HTTPClientResponsePart) -> Void) throws(Failure) {
+    /// Whether the parser is between answers (nothing of the next one read yet).
+    var atMessageStart: Bool {
+        if case .head = state { return true }
+        return false
+    }
+
+    /// Parses what `buffer` holds, passing each part to `emit`, up to the end of one answer; leaves an incomplete
+    /// line or head, or the bytes after the answer's end, in `buffer`.
+    /// - Returns: Whether an answer ended.
+    @discardableResult
+    mutating func parse(_ buffer: inout ByteBuffer, emit: (HTTPClientResponsePart) -> Void) throws(Failure) -> Bool {
         while buffer.readableBytes > 0 {
             switch state {
             case .head:
                 guard let end = HTTPWire.headEnd(in: buffer) else {
                     if buffer.readableBytes > Self.maximumHeadBytes { throw .headTooLarge }
-                    return
+                    return false
                 }
-                let head = try Self.parseHead(buffer.readableBytesView.prefix(end))
+                guard end + 4 <= Self.maximumHeadBytes else { throw .headTooLarge }
+                let (head, framing) = try Self.parseHead(buffer.readableBytesView.prefix(end + 2))
                 buffer.moveReaderIndex(forwardBy: end + 4)
                 let code = head.status.code
-                if code >= 100 && code < 200 && code != 101 { continue }
+                if code >= 100 && code < 200 {
+                    // Interim answers (100 Continue, 103 Early Hints) precede the real one; 101 is never asked for.
+                    if code == 101 { throw .malformedHead }
+                    continue
+                }
                 emit(.head(head))
                 if code == 204 || code == 304 {
                     emit(.end(nil))
-                } else if Self.isChunked(head.headers) {
-                    state = .body(HTTPBodyReader(.chunked))
-                } else if let length = head.headers.first(name: "content-length") {
-                    guard let count = Int(length), count >= 0 else { throw .malformedHead }
-                    if count == 0 { emit(.end(nil)) } else { state = .body(HTTPBodyReader(.length(count))) }
-                } else {
-                    state = .body(HTTPBodyReader(.untilClose))
+                    return true
+                }
+                switch framing {
+                case .length(0):
+                    emit(.end(nil))
+                    return true
+                case .length(let count): state = .body(HTTPBodyReader(.length(count)))
+                case .chunked: state = .body(HTTPBodyReader(.chunked))
+                case .untilClose: state = .body(HTTPBodyReader(.untilClose))
                 }
             case .body(var reader):
                 let ended: Bool
@@ -65,12 +86,14 @@ struct HTTPResponseParser {
                 // Not ended: the reader took every byte it could (what is left is an incomplete line).
                 guard ended else {
                     state = .body(reader)
-                    return
+                    return false
                 }
                 state = .head
                 emit(.end(nil))
+                return true
             }
         }
+        return false
     }
 
     /// The connection closed: ends a body read until close.
@@ -81,38 +104,31 @@ struct HTTPResponseParser {
         }
     }
 
-    private static func parseHead(_ bytes: ByteBufferView) throws(Failure) -> HTTPResponseHead {
-        try bytes.withUnsafeBytes { (raw: UnsafeRawBufferPointer) throws(Failure) -> HTTPResponseHead in
-            // HTTP/1.x SSS reason
-            let colon = UInt8(ascii: ":"), zero = UInt8(ascii: "0")
-            guard raw.count >= 12, raw.starts(with: "HTTP/1.".utf8), raw[7] == zero || raw[7] == zero + 1,
-                  raw[8] == UInt8(ascii: " ")
+    /// Parses a status line and headers, each line ending in CRLF (the final empty line excluded).
+    static func parseHead(_ bytes: ByteBufferView) throws(Failure) -> (HTTPResponseHead, HTTPBodyReader.Framing) {
+        try bytes.withUnsafeBytes { (raw: UnsafeRawBufferPointer) throws(Failure) -> (HTTPResponseHead, HTTPBodyReader.Framing) in
+            // HTTP/1.x SP 3DIGIT [SP reason]
+            guard let lineEnd = HTTPWire.lineEnd(raw, from: 0), lineEnd >= 12, raw.starts(with: "HTTP/1.".utf8),
+                  raw[7] == UInt8(ascii: "0") || raw[7] == UInt8(ascii: "1"), raw[8] == UInt8(ascii: " "),
+                  lineEnd == 12 || raw[12] == UInt8(ascii: " "),
+                  raw[9] >= UInt8(ascii: "1") && raw[9] <= UInt8(ascii: "5"),
+                  HTTPWire.isDigit(raw[10]), HTTPWire.isDigit(raw[11]),
+                  raw[12..<lineEnd].allSatisfy({ $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) })
             else { throw .malformedHead }
-            var code = 0
-            for offset in 9..<12 {
-                let digit = raw[offset]
-                guard digit >= zero && digit <= zero + 9 else { throw .malformedHead }
-                code = code * 10 + Int(digit - zero)
+            let code = Int(raw[9] - 0x30) * 100 + Int(raw[10] - 0x30) * 10 + Int(raw[11] - 0x30)
+            let fields: HTTPWire.Fields
+            do {
+                fields = try HTTPWire.parseFields(raw, from: lineEnd + 2)
+            } catch {
+                throw .malformedHead
             }
-            var headers = HTTPHeaders()
-            var start = (raw.firstIndex(of: 0x0A) ?? raw.count - 1) + 1
-            while start < raw.count {
-                var end = start
-                while end < raw.count && raw[end] != 0x0A { end += 1 }
-                let next = end + 1
-                if end > start && raw[end - 1] == 0x0D { end -= 1 }
-                if end > start {
-                    guard let split = raw[start..<end].firstIndex(of: colon), split > start else { throw .malformedHead }
-                    var valueStart = split + 1, valueEnd = end
-                    while valueStart < valueEnd && (raw[valueStart] == 0x20 || raw[valueStart] == 0x09) { valueStart += 1 }
-                    while valueEnd > valueStart && (raw[valueEnd - 1] == 0x20 || raw[valueEnd - 1] == 0x09) { valueEnd -= 1 }
-                    headers.add(name: String(decoding: UnsafeRawBufferPointer(rebasing: raw[start..<split]), as: UTF8.self),
-                                value: String(decoding: UnsafeRawBufferPointer(rebasing: raw[valueStart..<valueEnd]), as: UTF8.self))
-                }
-                start = next
-            }
-            return HTTPResponseHead(version: .init(major: 1, minor: raw[7] == zero + 1 ? 1 : 0),
-                                    status: HTTPResponseStatus(statusCode: code), headers: headers)
+            // Both framings: a smuggling vector, and no honest upstream sends it.
+            if fields.chunked && fields.contentLength != nil { throw .malformedHead }
+            let framing: HTTPBodyReader.Framing =
+                fields.chunked ? .chunked : fields.contentLength.map(HTTPBodyReader.Framing.length) ?? .untilClose
+            let minor = raw[7] == UInt8(ascii: "1") ? 1 : 0
+            return (HTTPResponseHead(version: .init(major: 1, minor: minor), status: HTTPResponseStatus(statusCode: code),
+                                     headers: fields.headers), framing)
         }
     }
 

@@ -12,36 +12,67 @@ public import SwitchyardCore
 ///
 /// A call writes the whole request, then either collects the whole body (non-streamed answers and every non-200
 /// answer) or hands back a `UpstreamBodyStream` that reads the body part by part with backpressure: reading from
-/// the socket pauses while 16 parts wait unread. The total deadline is a timer that closes the connection;
-/// cancelling the calling task, or dropping an unfinished stream, closes it too. A pooled connection that the
-/// server closed while idle is retried once on a fresh one if nothing of the answer had arrived.
+/// the socket pauses while 16 parts wait unread. Each exchange is an `UpstreamExchangeStateMachine` driven by
+/// `Exchange`; its deadlines (the wait for a connection, for the head, the total, and the idle gap once the answer
+/// began) are checked by a sweep of the loop's open exchanges. Cancelling the calling task, or dropping an
+/// unfinished stream, closes the connection.
+///
+/// Exact by construction: a connection returns to the pool only after its answer was wholly parsed and nothing
+/// followed it; a byte that arrives when no request is waiting, or after an answer, closes the connection; on an
+/// upstream that echoes the gateway's `x-request-id` (vLLM's `--enable-request-id-headers`, the built-in mock), an
+/// answer carrying another request's id closes it too. A request is never written twice: a connection found dead
+/// before the write is replaced, one lost after it fails the call.
 public final class LoopLocalHTTPClient: Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let pools: [ObjectIdentifier: LoopPool]
+    let shared: SharedPoolState
 
     /// - Parameters:
-    ///   - connectionsPerHost: The most connections to one host, over all event loops together.
+    ///   - connectionsPerHost: The most connections to one host, over all event loops together, for requests that do
+    ///     not set their own `maximumConnections`.
+    ///   - maximumWaiters: The most requests waiting for a connection to one host on one event loop; past it a request
+    ///     fails at once.
+    ///   - anomalies: Where upstream misbehaviour (bytes nobody asked for, malformed answers, stalls) is counted.
     public init(group: MultiThreadedEventLoopGroup = .singleton, connectTimeout: TimeAmount, connectionsPerHost: Int,
-                idleTimeout: TimeAmount = .seconds(60)) {
+                idleTimeout: TimeAmount = .seconds(60), maximumWaiters: Int = 10_000,
+                anomalies: (any UpstreamAnomalyRecorder)? = nil) {
         self.group = group
         let loops = Array(group.makeIterator())
-        let perLoop = max(1, (connectionsPerHost + loops.count - 1) / max(loops.count, 1))
+        let shared = SharedPoolState(loopCount: max(loops.count, 1), anomalies: anomalies)
         var pools: [ObjectIdentifier: LoopPool] = [:]
         for loop in loops {
-            pools[ObjectIdentifier(loop)] = LoopPool(loop: loop, connectTimeout: connectTimeout, maximumPerHost: perLoop,
-                                                    idleTimeout: idleTimeout)
+            pools[ObjectIdentifier(loop)] = LoopPool(loop: loop, connectTimeout: connectTimeout,
+                                                    connectionsPerHost: connectionsPerHost, idleTimeout: idleTimeout,
+                                                    maximumWaiters: maximumWaiters, shared: shared)
         }
         self.pools = pools
+        self.shared = shared
     }
 
     /// Sends `request` and waits for the answer's head (streamed 200 answers) or its whole body (everything else).
-    public func execute(_ request: UpstreamRequest, deadline: NIODeadline, streaming: Bool, maximumBodyBytes: Int)
-        async throws -> UpstreamResponse
+    /// - Parameters:
+    ///   - deadline: When the whole exchange must have ended.
+    ///   - headDeadline: When the answer's head must have arrived (default: `deadline`).
+    ///   - queueDeadline: When a connection must have been free (default: `headDeadline`).
+    ///   - idleTimeout: The longest silence once the answer began (default: until `deadline`).
+    public func execute(_ request: UpstreamRequest, deadline: NIODeadline, headDeadline: NIODeadline? = nil,
+                        queueDeadline: NIODeadline? = nil, idleTimeout: TimeAmount? = nil, streaming: Bool,
+                        maximumBodyBytes: Int) async throws -> UpstreamResponse
     {
         let loop = group.any()
         guard let pool = pools[ObjectIdentifier(loop)] else { throw UpstreamTransportError.connectFailed("no event loop") }
-        let exchange = Exchange(request: request, pool: pool, streaming: streaming, maximumBodyBytes: maximumBodyBytes)
-        return try await exchange.run { pool.start(exchange, deadline: deadline) }
+        let now = NIODeadline.now()
+        let head = headDeadline ?? deadline
+        let machine = UpstreamExchangeStateMachine(
+            streaming: streaming, maximumBodyBytes: maximumBodyBytes, totalDeadline: deadline,
+            queueDeadline: queueDeadline ?? head, headDeadline: head, idleTimeout: idleTimeout ?? (deadline - now), now: now)
+        let exchange = Exchange(request: request, pool: pool, machine: machine)
+        return try await exchange.run()
+    }
+
+    /// Requests waiting for a connection, by `UpstreamRequest.provider`, over every event loop.
+    public func waiters() -> [String: Int] {
+        shared.waiters.withLock { $0 }
     }
 
     /// Closes every pooled connection.
@@ -55,6 +86,16 @@ public final class LoopLocalHTTPClient: Sendable {
 /// One request to an upstream.
 public struct UpstreamRequest: Sendable {
     public var endpoint: UpstreamEndpoint
+    /// The provider's name: the label of its pool-waiters gauge.
+    public var provider: String
+    /// The most connections to this endpoint over all event loops (the provider's `pool_size`); `nil`: the client's
+    /// default.
+    public var maximumConnections: Int?
+    /// The connect timeout for this request's provider; `nil`: the client's.
+    public var connectTimeout: TimeAmount?
+    /// The gateway's id for this request, sent as `x-request-id`: an upstream that echoes it proves each answer is
+    /// the one asked for.
+    public var requestID: String?
     public var method: HTTPMethod
     /// Path and query, starting with `/`.
     public var target: String
@@ -62,8 +103,13 @@ public struct UpstreamRequest: Sendable {
     public var body: ByteBuffer
 
     public init(endpoint: UpstreamEndpoint, method: HTTPMethod = .POST, target: String, headers: HTTPHeaders,
-                body: ByteBuffer) {
+                body: ByteBuffer, provider: String = "", maximumConnections: Int? = nil, connectTimeout: TimeAmount? = nil,
+                requestID: String? = nil) {
+        self.connectTimeout = connectTimeout
         self.endpoint = endpoint
+        self.provider = provider
+        self.maximumConnections = maximumConnections
+        self.requestID = requestID
         self.method = method
         self.target = target
         self.headers = headers
@@ -97,6 +143,16 @@ public enum UpstreamTransportError: Error, Equatable {
     case connectFailed(String)
     case connectTimeout
     case deadlineExceeded
+    /// No connection became free before the queue deadline (the pool is at its `pool_size`).
+    case poolTimeout
+    /// Too many requests already wait for a connection to this host.
+    case poolExhausted
+    /// The answer's head did not arrive before the head deadline.
+    case headTimeout
+    /// The answer began, then no byte arrived for the idle timeout.
+    case idleTimeout
+    /// The answer carried another request's `x-request-id`: the connection was out of step and is closed.
+    case outOfStep
     /// The connection closed before the answer was complete.
     case connectionClosed
     case responseTooLarge
@@ -106,35 +162,61 @@ public enum UpstreamTransportError: Error, Equatable {
 
 // MARK: - Per-loop pool
 
+/// What the per-loop pools share: the waiters gauge and the anomaly recorder.
+final class SharedPoolState: Sendable {
+    let loopCount: Int
+    let anomalies: (any UpstreamAnomalyRecorder)?
+    /// Touched only when a pool is full (a request queues or leaves the queue), never on the common path.
+    let waiters = Locked([String: Int]())
+
+    init(loopCount: Int, anomalies: (any UpstreamAnomalyRecorder)?) {
+        self.loopCount = loopCount
+        self.anomalies = anomalies
+    }
+
+    func adjustWaiters(_ provider: String, by delta: Int) {
+        waiters.withLock { $0[provider, default: 0] += delta }
+    }
+
+    func anomaly(_ kind: UpstreamAnomaly) {
+        anomalies?.upstreamAnomaly(kind)
+    }
+}
+
 /// The connections of one event loop. Used only on `loop`.
 final class LoopPool: @unchecked Sendable {
     let loop: any EventLoop
     let connectTimeout: TimeAmount
-    let maximumPerHost: Int
+    let connectionsPerHost: Int
     let idleTimeout: TimeAmount
+    let maximumWaiters: Int
+    let shared: SharedPoolState
     let flusher: TickFlusher
     private var hosts: [UpstreamEndpoint: HostConnections] = [:]
 
-    init(loop: any EventLoop, connectTimeout: TimeAmount, maximumPerHost: Int, idleTimeout: TimeAmount) {
+    init(loop: any EventLoop, connectTimeout: TimeAmount, connectionsPerHost: Int, idleTimeout: TimeAmount,
+         maximumWaiters: Int, shared: SharedPoolState) {
         self.loop = loop
         self.connectTimeout = connectTimeout
-        self.maximumPerHost = maximumPerHost
+        self.connectionsPerHost = connectionsPerHost
         self.idleTimeout = idleTimeout
+        self.maximumWaiters = maximumWaiters
+        self.shared = shared
         self.flusher = TickFlusher(loop: loop)
     }
 
     final class HostConnections: @unchecked Sendable {
         var idle: [Connection] = []
         var open = 0
+        /// This loop's share of the endpoint's connection limit.
+        var limit: Int
         var waiters = CircularBuffer<Exchange>()
-    }
+        let provider: String
 
-    func start(_ exchange: Exchange, deadline: NIODeadline) {
-        loop.preconditionInEventLoop()
-        exchange.deadline = deadline
-        watched.append(exchange)
-        if !sweepScheduled { scheduleSweep() }
-        acquire(for: exchange)
+        init(limit: Int, provider: String) {
+            self.limit = limit
+            self.provider = provider
+        }
     }
 
     // Deadlines: one sweep every `sweepInterval` while exchanges are open, instead of a timer per request (a timer
@@ -143,101 +225,116 @@ final class LoopPool: @unchecked Sendable {
     private var watched: [Exchange] = []
     private var sweepScheduled = false
 
-    private func scheduleSweep() {
-        sweepScheduled = true
-        loop.scheduleTask(in: Self.sweepInterval) { self.sweep() }
+    func watch(_ exchange: Exchange) {
+        watched.append(exchange)
+        if !sweepScheduled {
+            sweepScheduled = true
+            loop.scheduleTask(in: Self.sweepInterval) { self.sweep() }
+        }
     }
 
     private func sweep() {
         sweepScheduled = false
         let now = NIODeadline.now()
-        var overdue: [Exchange] = []
+        // Ticks run after the filter: a tick can fail an exchange, which can hand its connection to a waiter, which
+        // appends to `watched`.
+        var due: [Exchange] = []
         watched.removeAll { exchange in
-            if exchange.completed { return true }
-            if exchange.deadline <= now {
-                overdue.append(exchange)
-                return true
-            }
+            guard exchange.needsWatching else { return true }
+            due.append(exchange)
             return false
         }
-        for exchange in overdue { exchange.fail(UpstreamTransportError.deadlineExceeded) }
-        if !watched.isEmpty { scheduleSweep() }
+        for exchange in due { exchange.tick(now: now) }
+        watched.removeAll { !$0.needsWatching }
+        if !watched.isEmpty && !sweepScheduled {
+            sweepScheduled = true
+            loop.scheduleTask(in: Self.sweepInterval) { self.sweep() }
+        }
+    }
+
+    private func host(for request: UpstreamRequest) -> HostConnections {
+        if let host = hosts[request.endpoint] { return host }
+        let total = request.maximumConnections ?? connectionsPerHost
+        let created = HostConnections(limit: max(1, (total + shared.loopCount - 1) / shared.loopCount),
+                                      provider: request.provider)
+        hosts[request.endpoint] = created
+        return created
     }
 
     func acquire(for exchange: Exchange) {
-        let endpoint = exchange.request.endpoint
-        let host = hosts[endpoint] ?? {
-            let created = HostConnections()
-            hosts[endpoint] = created
-            return created
-        }()
+        let host = host(for: exchange.request)
         let now = NIODeadline.now()
         while let connection = host.idle.popLast() {
             if connection.channel.isActive && now - connection.idleSince < idleTimeout {
-                connection.reused = true
-                connection.send(exchange)
+                exchange.assign(connection)
                 return
             }
             connection.channel.close(promise: nil)  // its close callback does the counting
         }
-        if host.open < maximumPerHost {
+        if host.open < host.limit {
             host.open += 1
-            connect(endpoint, host: host, for: exchange)
-        } else {
+            connect(exchange.request.endpoint, host: host, for: exchange)
+        } else if host.waiters.count < maximumWaiters {
             host.waiters.append(exchange)
+            shared.adjustWaiters(host.provider, by: 1)
+        } else {
+            exchange.connectFailed(.poolExhausted)
         }
+    }
+
+    /// An exchange that ended while it waited in the queue.
+    func leaveQueue(_ exchange: Exchange) {
+        guard let host = hosts[exchange.request.endpoint],
+              let index = host.waiters.firstIndex(where: { $0 === exchange }) else { return }
+        host.waiters.remove(at: index)
+        shared.adjustWaiters(host.provider, by: -1)
     }
 
     private func connect(_ endpoint: UpstreamEndpoint, host: HostConnections, for exchange: Exchange) {
         let pool = self
         ClientBootstrap(group: loop)
-            .connectTimeout(connectTimeout)
+            .connectTimeout(exchange.request.connectTimeout ?? connectTimeout)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // The handler frames requests and parses answers itself (`HTTPResponseParser`). Header values come
                     // from validated configuration and the gateway itself, never from clients.
-                    try channel.pipeline.syncOperations.addHandler(ConnectionHandler(flusher: pool.flusher))
+                    try channel.pipeline.syncOperations.addHandler(ConnectionHandler(flusher: pool.flusher, shared: pool.shared))
                 }
             }
             .connect(host: endpoint.host, port: endpoint.port)
             .whenComplete { result in
                 switch result {
                 case .success(let channel):
-                    let handler = try! channel.pipeline.syncOperations.handler(type: ConnectionHandler.self)
+                    guard let handler = try? channel.pipeline.syncOperations.handler(type: ConnectionHandler.self) else {
+                        channel.close(promise: nil)
+                        host.open -= 1
+                        exchange.connectFailed(.connectFailed("connection set-up failed"))
+                        pool.serveWaiter(host: host, endpoint: endpoint)
+                        return
+                    }
                     let connection = Connection(channel: channel, handler: handler, endpoint: endpoint, pool: pool)
                     handler.connection = connection
                     channel.closeFuture.whenComplete { _ in pool.closed(connection, host: host) }
-                    pool.hand(connection, to: exchange)
+                    if !exchange.assign(connection) { pool.release(connection) }
                 case .failure(let error):
                     host.open -= 1
                     if case ChannelError.connectTimeout = error {
-                        exchange.fail(UpstreamTransportError.connectTimeout)
+                        exchange.connectFailed(.connectTimeout)
                     } else {
-                        exchange.fail(UpstreamTransportError.connectFailed("\(error)"))
+                        exchange.connectFailed(.connectFailed("\(error)"))
                     }
                     pool.serveWaiter(host: host, endpoint: endpoint)
                 }
             }
     }
 
-    /// Gives a connection to `exchange`, or to a waiter if that one has already ended.
-    private func hand(_ connection: Connection, to exchange: Exchange) {
-        if exchange.isFinished {
-            release(connection)
-        } else {
-            connection.send(exchange)
-        }
-    }
-
-    /// A connection whose answer completed with keep-alive.
+    /// A connection whose answer ended whole, with keep-alive and nothing after it.
     func release(_ connection: Connection) {
         guard let host = hosts[connection.endpoint], connection.channel.isActive else { return }
         while let waiter = host.waiters.popFirst() {
-            if waiter.isFinished { continue }
-            connection.reused = true
-            connection.send(waiter)
-            return
+            shared.adjustWaiters(host.provider, by: -1)
+            if waiter.assign(connection) { return }
         }
         connection.idleSince = .now()
         host.idle.append(connection)
@@ -250,8 +347,8 @@ final class LoopPool: @unchecked Sendable {
     }
 
     private func serveWaiter(host: HostConnections, endpoint: UpstreamEndpoint) {
-        while host.open < maximumPerHost, let waiter = host.waiters.popFirst() {
-            if waiter.isFinished { continue }
+        while host.open < host.limit, let waiter = host.waiters.popFirst() {
+            shared.adjustWaiters(host.provider, by: -1)
             host.open += 1
             connect(endpoint, host: host, for: waiter)
         }
@@ -272,8 +369,6 @@ final class Connection: @unchecked Sendable {
     let endpoint: UpstreamEndpoint
     let pool: LoopPool
     var idleSince = NIODeadline.now()
-    /// Whether this connection served an earlier request (a failure before any answer may then be retried).
-    var reused = false
 
     init(channel: any Channel, handler: ConnectionHandler, endpoint: UpstreamEndpoint, pool: LoopPool) {
         self.channel = channel
@@ -281,173 +376,142 @@ final class Connection: @unchecked Sendable {
         self.endpoint = endpoint
         self.pool = pool
     }
-
-    func send(_ exchange: Exchange) {
-        exchange.connection = self
-        exchange.usedReusedConnection = reused
-        handler.begin(exchange)
-    }
 }
 
-/// One request and its answer, from acquiring a connection to the end of the body. Used only on its event loop.
+/// The I/O shell of one exchange: feeds its state machine and performs the actions it returns. Used only on its
+/// event loop.
 final class Exchange: @unchecked Sendable {
     let request: UpstreamRequest
     let pool: LoopPool
-    let streaming: Bool
-    let maximumBodyBytes: Int
+    private var machine: UpstreamExchangeStateMachine
     /// The caller waiting for the answer's head (streams) or whole body; resumed once, then cleared.
     private var continuation: UnsafeContinuation<UpstreamResponse, any Error>?
-    var deadline = NIODeadline.distantFuture
-    /// The answer ended (whole, or its stream's last part) or failed: the deadline no longer applies.
-    var completed = false
-    var connection: Connection?
-    var usedReusedConnection = false
-    var retried = false
-    private(set) var isFinished = false
-    private var head: HTTPResponseHead?
-    private var collected: ByteBuffer?
-    /// Streamed parts not read yet, the reader waiting for one, and whether the body ended or failed.
-    private var parts = CircularBuffer<ByteBuffer>()
+    /// The stream reader waiting for a part.
     private var reader: EventLoopPromise<ByteBuffer?>?
-    private var ended = false
-    private var failure: (any Error)?
+    private(set) var connection: Connection?
 
-    static let highWater = 16
-    static let lowWater = 4
-
-    init(request: UpstreamRequest, pool: LoopPool, streaming: Bool, maximumBodyBytes: Int) {
+    init(request: UpstreamRequest, pool: LoopPool, machine: UpstreamExchangeStateMachine) {
         self.request = request
         self.pool = pool
-        self.streaming = streaming
-        self.maximumBodyBytes = maximumBodyBytes
+        self.machine = machine
     }
 
-    var wantsMoreData: Bool { parts.count < Self.highWater }
-    var receivedHead: Bool { head != nil }
+    var needsWatching: Bool { machine.needsWatching }
+    var wantsMoreData: Bool { machine.wantsMoreData }
+    var receivedHead: Bool { machine.receivedHead }
 
-    func received(_ part: HTTPClientResponsePart) {
-        guard !isFinished || (streaming && head != nil && !ended && failure == nil) else { return }
-        switch part {
-        case .head(let responseHead):
-            head = responseHead
-            if streaming && responseHead.status == .ok {
-                // The head goes out now; the body follows through the stream.
-                isFinished = true
-                resume(.success(UpstreamResponse(status: responseHead.status, headers: responseHead.headers,
-                                                 body: ByteBuffer(), stream: LoopLocalBodyStream(self))))
-            } else {
-                collected = ByteBuffer()
-            }
-        case .body(let buffer):
-            if collected != nil {
-                if collected!.readableBytes + buffer.readableBytes > maximumBodyBytes {
-                    fail(UpstreamTransportError.responseTooLarge)
-                    return
-                }
-                var incoming = buffer
-                collected!.writeBuffer(&incoming)
-            } else if let waiting = reader {
-                reader = nil
-                waiting.succeed(buffer)
-            } else {
-                parts.append(buffer)
-            }
-        case .end:
-            completed = true
-            let keepAlive = head.map(HTTPResponseParser.isKeepAlive) ?? false
-            let connection = self.connection
-            self.connection = nil
-            connection?.handler.exchange = nil
-            if let collected, let head {
-                isFinished = true
-                resume(.success(UpstreamResponse(status: head.status, headers: head.headers, body: collected)))
-            } else {
-                ended = true
-                if let waiting = reader {
-                    reader = nil
-                    waiting.succeed(nil)
-                }
-            }
-            if let connection {
-                if keepAlive { pool.release(connection) } else { connection.channel.close(promise: nil) }
-            }
-        }
-    }
-
-    /// The connection closed or failed under this exchange.
-    func connectionLost() {
-        connection = nil
-        if head == nil && usedReusedConnection && !retried && !isFinished {
-            // An idle keep-alive connection the server had already closed: one more try on a fresh connection.
-            retried = true
-            pool.acquire(for: self)
-            return
-        }
-        fail(UpstreamTransportError.connectionClosed)
-    }
-
-    /// Ends the exchange with `error` (deadline, cancellation, a lost connection); closes the connection if the
-    /// answer was not complete.
-    func fail(_ error: any Error) {
-        completed = true
-        if let connection {
-            self.connection = nil
-            connection.handler.exchange = nil
-            connection.channel.close(promise: nil)
-        }
-        if !isFinished {
-            isFinished = true
-            resume(.failure(error))
-        } else if streaming && !ended && failure == nil {
-            failure = error
-            if let waiting = reader {
-                reader = nil
-                waiting.fail(error)
-            }
-        }
-    }
-
-    /// The next streamed body part.
-    func nextPart() -> EventLoopFuture<ByteBuffer?> {
-        let loop = pool.loop
-        if !parts.isEmpty {
-            let part = parts.removeFirst()
-            if parts.count <= Self.lowWater { connection?.handler.resumeReading() }
-            return loop.makeSucceededFuture(part)
-        }
-        if let failure { return loop.makeFailedFuture(failure) }
-        if ended { return loop.makeSucceededFuture(nil) }
-        let waiting = loop.makePromise(of: ByteBuffer?.self)
-        reader = waiting
-        connection?.handler.resumeReading()
-        return waiting.futureResult
-    }
-
-    private func resume(_ result: Result<UpstreamResponse, any Error>) {
-        guard let continuation else { return }
-        self.continuation = nil
-        continuation.resume(with: result)
-    }
-
-    /// Runs `start` on this exchange's event loop (directly when already there) and waits for the answer; cancelling
-    /// the waiting task ends the exchange. The answer resumes the caller directly: no promise, future or callback
-    /// list in between.
-    func run(_ start: @escaping @Sendable () -> Void) async throws -> UpstreamResponse {
+    /// Runs the exchange on its event loop (directly when already there) and waits for the answer; cancelling the
+    /// waiting task ends the exchange, even before it started. The answer resumes the caller directly: no promise,
+    /// future or callback list in between.
+    func run() async throws -> UpstreamResponse {
         let loop = pool.loop
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { continuation in
                 if loop.inEventLoop {
-                    self.continuation = continuation
-                    start()
+                    self.begin(continuation)
                 } else {
-                    loop.execute {
-                        self.continuation = continuation
-                        start()
-                    }
+                    loop.execute { self.begin(continuation) }
                 }
             }
         } onCancel: {
-            loop.execute { self.fail(UpstreamTransportError.cancelled) }
+            loop.execute { self.perform(self.machine.cancel()) }
+        }
+    }
+
+    private func begin(_ continuation: UnsafeContinuation<UpstreamResponse, any Error>) {
+        self.continuation = continuation
+        pool.watch(self)
+        perform(machine.start())
+    }
+
+    /// The pool's connection for this exchange; `false` if the exchange ended meanwhile (the pool keeps it).
+    @discardableResult
+    func assign(_ connection: Connection) -> Bool {
+        let (use, action) = machine.connectionAssigned(now: .now())
+        guard use else { return false }
+        self.connection = connection
+        perform(action)
+        return true
+    }
+
+    func connectFailed(_ error: UpstreamTransportError) { perform(machine.connectFailed(error)) }
+    func head(_ head: HTTPResponseHead) { perform(machine.head(head, now: .now())) }
+    func body(_ buffer: ByteBuffer) { perform(machine.body(buffer, now: .now())) }
+    func end(keepAlive: Bool) { perform(machine.end(keepAlive: keepAlive)) }
+    func tick(now: NIODeadline) { perform(machine.tick(now: now)) }
+
+    /// The connection closed, or its bytes did not parse, under this exchange.
+    func connectionLost(_ error: UpstreamTransportError = .connectionClosed) {
+        connection = nil
+        perform(machine.connectionLost(error))
+    }
+
+    /// The connection was found closed before the request was written.
+    func connectionUnusable() {
+        connection = nil
+        perform(machine.connectionUnusable())
+    }
+
+    /// The next streamed body part.
+    func nextPart() -> EventLoopFuture<ByteBuffer?> {
+        let waiting = pool.loop.makePromise(of: ByteBuffer?.self)
+        reader = waiting
+        perform(machine.readerNext(now: .now()))
+        return waiting.futureResult
+    }
+
+    /// The stream's reader went away before the end: drop the connection.
+    func abandon() {
+        perform(machine.readerAbandoned())
+    }
+
+    private func perform(_ action: UpstreamExchangeStateMachine.Action) {
+        if let step = action.connection {
+            switch step {
+            case .acquire:
+                pool.acquire(for: self)
+            case .leaveQueue:
+                pool.leaveQueue(self)
+            case .writeRequest:
+                if let connection { connection.handler.begin(self) }
+            case .answerEnded(let keepAlive):
+                // The handler decides once it has looked past the answer's end (see `ConnectionHandler.channelRead`).
+                let connection = self.connection
+                self.connection = nil
+                connection?.handler.answerEnded(keepAlive: keepAlive)
+            case .close:
+                if let connection {
+                    self.connection = nil
+                    connection.handler.detach()
+                    connection.channel.close(promise: nil)
+                }
+            case .pauseReading:
+                break  // `ConnectionHandler.read` asks `wantsMoreData`
+            case .resumeReading:
+                connection?.handler.resumeReading()
+            }
+        }
+        if let caller = action.caller, let continuation {
+            self.continuation = nil
+            switch caller {
+            case .succeedStreaming(let head):
+                continuation.resume(returning: UpstreamResponse(status: head.status, headers: head.headers, body: ByteBuffer(),
+                                                                stream: LoopLocalBodyStream(self)))
+            case .succeedWhole(let head, let body):
+                continuation.resume(returning: UpstreamResponse(status: head.status, headers: head.headers, body: body))
+            case .fail(let error):
+                if error == .idleTimeout { pool.shared.anomaly(.stalledBody) }
+                continuation.resume(throwing: error)
+            }
+        }
+        if let step = action.reader, let reader {
+            self.reader = nil
+            switch step {
+            case .deliver(let part): reader.succeed(part)
+            case .fail(let error):
+                if error == .idleTimeout { pool.shared.anomaly(.stalledBody) }
+                reader.fail(error)
+            }
         }
     }
 
@@ -458,13 +522,8 @@ final class Exchange: @unchecked Sendable {
         return try await withTaskCancellationHandler {
             try await (loop.inEventLoop ? step() : loop.flatSubmit(step)).get()
         } onCancel: {
-            loop.execute { self.fail(UpstreamTransportError.cancelled) }
+            loop.execute { self.perform(self.machine.cancel()) }
         }
-    }
-
-    /// The stream's reader went away before the end: drop the connection.
-    func abandon() {
-        if !ended && failure == nil { fail(UpstreamTransportError.cancelled) }
     }
 }
 
@@ -490,35 +549,44 @@ final class LoopLocalBodyStream: UpstreamBodyStream {
 }
 
 /// The last handler of a pooled connection: writes the current exchange's request, passes the answer's parts to
-/// it, and holds reads back while a stream's reader lags.
+/// it, holds reads back while a stream's reader lags, and closes the connection on any byte no request asked for.
 final class ConnectionHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    var exchange: Exchange?
+    private var exchange: Exchange?
     weak var connection: Connection?
     /// Sends requests at the end of the loop's batch, so the upstream is woken once for many.
     let flusher: TickFlusher
+    let shared: SharedPoolState
     private var context: ChannelHandlerContext?
     private var readPending = false
     private var parser = HTTPResponseParser()
     /// Bytes received and not parsed yet (an incomplete head or chunk-size line).
     private var pending: ByteBuffer?
+    /// The current answer's keep-alive, from its head.
+    private var answerKeepAlive = false
+    /// Set when the current answer ended: whether the connection may be reused.
+    private var ended: Bool?
+    /// Whether this upstream echoes `x-request-id` (learnt from the connection's first answer).
+    private var echoesRequestID: Bool?
 
-    init(flusher: TickFlusher) {
+    init(flusher: TickFlusher, shared: SharedPoolState) {
         self.flusher = flusher
+        self.shared = shared
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     func begin(_ exchange: Exchange) {
-        guard let context else {
-            exchange.connectionLost()
+        guard let context, context.channel.isActive else {
+            exchange.connectionUnusable()
             return
         }
         self.exchange = exchange
+        ended = nil
         let request = exchange.request
         let framed = HTTPResponseParser.frame(request, allocator: context.channel.allocator)
         context.write(wrapOutboundOut(framed.buffer), promise: nil)
@@ -529,10 +597,22 @@ final class ConnectionHandler: ChannelDuplexHandler {
         resumeReading()
     }
 
+    /// The exchange gave up the connection (it is being closed).
+    func detach() {
+        exchange = nil
+    }
+
+    /// The current answer ended whole (called while its last bytes are parsed).
+    func answerEnded(keepAlive: Bool) {
+        exchange = nil
+        ended = keepAlive
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
-        guard exchange != nil else {
+        guard let exchange else {
             // An answer nobody asked for: the connection is out of step.
+            shared.anomaly(.unsolicitedBytes)
             context.close(promise: nil)
             return
         }
@@ -543,21 +623,65 @@ final class ConnectionHandler: ChannelDuplexHandler {
         }
         // Parsed on a copy: delivering a part can close the connection, and `channelInactive` then touches the parser.
         var parser = self.parser
-        defer { self.parser = parser }
+        let answerEnded: Bool
         do {
-            try parser.parse(&incoming) { part in
-                // A part after the exchange ended (bytes past the answer) means the connection is out of step.
-                guard let exchange = self.exchange else {
-                    context.close(promise: nil)
-                    return
+            answerEnded = try parser.parse(&incoming) { part in
+                switch part {
+                case .head(let head):
+                    answerKeepAlive = HTTPResponseParser.isKeepAlive(head)
+                    if isOutOfStep(head, exchange: exchange) {
+                        shared.anomaly(.unsolicitedBytes)
+                        self.exchange = nil
+                        exchange.connectionLost(.outOfStep)
+                        context.close(promise: nil)
+                        return
+                    }
+                    exchange.head(head)
+                case .body(let buffer): exchange.body(buffer)
+                case .end: exchange.end(keepAlive: answerKeepAlive)
                 }
-                exchange.received(part)
             }
         } catch {
+            self.parser = parser
+            shared.anomaly(.malformedResponse)
+            self.exchange = nil
+            exchange.connectionLost(.malformedResponse)
             context.close(promise: nil)
             return
         }
-        if incoming.readableBytes > 0 { pending = incoming }
+        self.parser = parser
+        guard answerEnded, let keepAlive = ended else {
+            if incoming.readableBytes > 0 { pending = incoming }
+            return
+        }
+        ended = nil
+        if incoming.readableBytes > 0 {
+            // Bytes after the answer's end: a second answer to one request. Never hand this connection on.
+            shared.anomaly(.unsolicitedBytes)
+            context.close(promise: nil)
+        } else if keepAlive, let connection {
+            connection.pool.release(connection)
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
+    /// Whether the answer carries another request's id on a connection whose upstream echoes ids.
+    private func isOutOfStep(_ head: HTTPResponseHead, exchange: Exchange) -> Bool {
+        guard echoesRequestID != false, let ours = exchange.request.requestID else { return false }
+        guard let theirs = head.headers.first(name: "x-request-id") else {
+            if echoesRequestID == nil { echoesRequestID = false }
+            return echoesRequestID == true
+        }
+        if theirs == ours {
+            echoesRequestID = true
+            return false
+        }
+        if echoesRequestID == nil {
+            echoesRequestID = false
+            return false
+        }
+        return true
     }
 
     func read(context: ChannelHandlerContext) {
@@ -576,7 +700,11 @@ final class ConnectionHandler: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         // A body read until the connection closes ends here.
-        parser.finish { part in exchange?.received(part) }
+        if let exchange {
+            parser.finish { part in
+                if case .end = part { exchange.end(keepAlive: false) }
+            }
+        }
         if let exchange {
             self.exchange = nil
             exchange.connectionLost()

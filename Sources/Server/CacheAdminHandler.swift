@@ -96,9 +96,21 @@ struct CacheAdminHandler: Sendable {
                 return ErrorRenderer.response(for: error, format: .openAI, requestID: requestID)
             }
         }
-        let now = savings.now
-        let to = Self.query(request.head.uri, "to").flatMap { Int64($0) } ?? now
-        let from = Self.query(request.head.uri, "from").flatMap { Int64($0) } ?? to - 86400
+        func bound(_ name: String) throws(GatewayError) -> Int64? {
+            guard let text = Self.query(request.head.uri, name) else { return nil }
+            guard let value = Int64(text), Self.unixTimeRange.contains(value) else {
+                throw GatewayError(.invalidRequest, "\(name) must be Unix seconds between \(Self.unixTimeRange.lowerBound) and "
+                                   + "\(Self.unixTimeRange.upperBound)", param: name)
+            }
+            return value
+        }
+        let from: Int64, to: Int64
+        do {
+            to = try bound("to") ?? savings.now
+            from = try bound("from") ?? max(0, to - 86400)
+        } catch {
+            return ErrorRenderer.response(for: error, format: .openAI, requestID: requestID)
+        }
         guard from <= to else {
             return ErrorRenderer.response(for: GatewayError(.invalidRequest, "from must not be after to", param: "from"),
                                           format: .openAI, requestID: requestID)
@@ -117,6 +129,9 @@ struct CacheAdminHandler: Sendable {
         }
         return json200(["object": "savings", "from": .int(from), "to": .int(to), "tenants": .array(tenants)], requestID)
     }
+
+    /// `from` and `to` of the savings report: the Unix epoch to the last second of year 9999.
+    static let unixTimeRange: ClosedRange<Int64> = 0...253_402_300_799
 
     func json200(_ body: JSONValue, _ requestID: String) -> EdgeResponse {
         EdgeResponse(status: .ok, headers: [.contentType: "application/json", .requestID: requestID],

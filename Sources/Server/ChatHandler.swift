@@ -81,7 +81,7 @@ struct ChatHandler: Sendable {
         var context = GatewayContext(requestID: requestID, logger: logger, clientFormat: format,
                                      credential: Self.credential(request), receivedAt: request.receivedAt)
         context.original = ClientOriginal(request: chat, body: request.body)
-        context.cacheDirectives = CacheDirectives(cacheControl: request.header("cache-control"),
+        context.cacheDirectives = try CacheDirectives(cacheControl: request.header("cache-control"),
                                                   ttlSeconds: request.header("x-switchyard-cache-ttl"),
                                                   promptVersion: request.header("x-switchyard-prompt-version"))
         return (chat, context)

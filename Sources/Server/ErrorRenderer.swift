@@ -67,7 +67,8 @@ public enum ErrorRenderer {
     static func response(for error: GatewayError, format: APIFormat, requestID: String) -> EdgeResponse {
         var headers: HTTPFields = [.contentType: "application/json", .requestID: requestID]
         if let retryAfter = error.retryAfter {
-            let seconds = max(1, Int((Double(retryAfter.nanoseconds) / 1e9).rounded(.up)))
+            // Whole seconds, at least 1; the nanosecond count saturates, so any `Duration` renders.
+            let seconds = max(1, (retryAfter.nanoseconds / 1_000_000_000) + (retryAfter.nanoseconds % 1_000_000_000 > 0 ? 1 : 0))
             headers[.retryAfter] = String(seconds)
         }
         let bytes = body(for: error, format: format, requestID: requestID).serialized()

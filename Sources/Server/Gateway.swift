@@ -49,8 +49,8 @@ public struct Gateway: Sendable {
 ///   - embeddings: Whether `/v1/embeddings` is served from an on-device model.
 public func buildGateway(config: GatewayConfig, logger: Logger, environment: [String: String],
                          embeddings: EmbeddingsSetting = .disabled) -> Gateway {
-    let httpClient = HTTPClientService(providers: Array(config.providers.values))
-    let metrics = GatewayMetrics(models: config.models.keys)
+    let metrics = GatewayMetrics(models: config.models.keys, providers: config.providers.keys)
+    let httpClient = HTTPClientService(providers: Array(config.providers.values), anomalies: metrics)
     let listening = ReadySignal<Int>()
     let mockURL = ReadySignal<String>()
     var services: [any Service] = [httpClient]
@@ -83,7 +83,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     for (name, provider) in config.providers {
         let mockBase: @Sendable () -> String = { mockURL.value ?? "http://127.0.0.1:0" }
         let baseURL = provider.kind == .mock ? mockBase : nil
-        providers[name] = HTTPProvider(config: provider, transports: httpClient.transports, environment: environment, baseURL: baseURL)
+        providers[name] = HTTPProvider(config: provider, transports: httpClient.transports, environment: environment, baseURL: baseURL,
+                                       anomalies: metrics)
     }
     var batcher: EmbeddingBatcher?
     var unavailable = "the embeddings endpoint is disabled"
@@ -134,7 +135,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                                 body: .buffer(ByteBuffer(string: ready ? "ready\n" : "not ready\n")))
         case (.GET, "/metrics"):
             return EdgeResponse(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                                body: .buffer(ByteBuffer(bytes: metrics.render())))
+                                body: .buffer(ByteBuffer(bytes: metrics.render(poolWaiters: httpClient.transports.plain.waiters()))))
         default:
             return unrouted(request)
         }

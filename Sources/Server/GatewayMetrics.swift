@@ -8,7 +8,7 @@ import SwitchyardModels
 ///
 /// Handles are created up front (or once per new HTTP status) and found by array index (or, for model names and
 /// rare statuses, a small dictionary), so recording a request costs no registry lookup and almost no hashing.
-public final class GatewayMetrics: CostRecorder, CacheRecorder {
+public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyRecorder {
     /// The registry `GET /metrics` renders. One per gateway, so tests never share state.
     public let registry: PrometheusCollectorRegistry
 
@@ -59,10 +59,15 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
     let promptCacheSaved: Counter
     let promptCacheWritePremium: Counter
     let estimatedUsage: Counter
+    /// By `UpstreamAnomaly.allCases` order.
+    let anomalies: [Counter]
+    /// Requests waiting for an upstream connection, per configured provider; set when `/metrics` is rendered.
+    let poolWaiters: [String: Gauge]
     /// Savings per tenant and kind over time, for `GET /v1/usage/savings`.
     public let savings: SavingsLedger
 
-    public init(models modelNames: some Sequence<String>, savings: SavingsLedger = SavingsLedger()) {
+    public init(models modelNames: some Sequence<String>, providers: some Sequence<String> = [String](),
+                savings: SavingsLedger = SavingsLedger()) {
         self.savings = savings
         let registry = PrometheusCollectorRegistry()
         let names = Set(modelNames).union(["other"])
@@ -146,6 +151,14 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
                                         "Provider prompt-cache writes: what they were billed above the input price, in nano-USD.")
         estimatedUsage = total("estimated_usage_streams",
                                "Streams priced partly from estimated tokens: they ended before the upstream reported usage.")
+        let anomaly = MetricNameDescriptor(namespace: "switchyard", metricName: "upstream_anomalies", unitName: "total",
+                                           helpText: "Upstream values refused as sent (clamped, ignored, or the connection closed), by kind.")
+        anomalies = UpstreamAnomaly.allCases.map { registry.makeCounter(descriptor: anomaly, labels: [("kind", $0.rawValue)]) }
+        let waiters = MetricNameDescriptor(namespace: "switchyard", metricName: "upstream_pool", unitName: "waiters",
+                                           helpText: "Requests waiting for a free connection to the provider (its pool_size is reached).")
+        poolWaiters = Dictionary(uniqueKeysWithValues: Set(providers).map {
+            ($0, registry.makeGauge(descriptor: waiters, labels: [("provider", $0)]))
+        })
         (self.durations, self.overheads, self.errors, self.timeToFirstToken, self.models) = (durations, overheads, errors, ttft, models)
         self.registry = registry
     }
@@ -195,16 +208,22 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
         if usage.outputTokens > 0 { counters.output.increment(by: Int64(usage.outputTokens)) }
         if usage.cacheReadTokens > 0 { counters.cacheRead.increment(by: Int64(usage.cacheReadTokens)) }
         if usage.cacheWriteTokens > 0 { counters.cacheWrite.increment(by: Int64(usage.cacheWriteTokens)) }
-        counters.cost.increment(by: record.cost.value)
+        // swift-prometheus traps on a negative increment: never pass one.
+        if record.cost.value > 0 { counters.cost.increment(by: record.cost.value) }
+        if usage.wasClamped { upstreamAnomaly(.usage) }
         if record.usageEstimated { estimatedUsage.increment() }
         if usage.cacheReadTokens > 0 || usage.cacheWriteTokens > 0 {
             savings.record(tenant: record.caller.tenant, kind: .promptCache, saved: record.promptCacheSaved)
             if record.promptCacheSaved.value > 0 {
                 promptCacheSaved.increment(by: record.promptCacheSaved.value)
             } else if record.promptCacheSaved.value < 0 {
-                promptCacheWritePremium.increment(by: -record.promptCacheSaved.value)
+                promptCacheWritePremium.increment(by: record.promptCacheSaved.value == .min ? .max : -record.promptCacheSaved.value)
             }
         }
+    }
+
+    public func upstreamAnomaly(_ anomaly: UpstreamAnomaly) {
+        if let index = UpstreamAnomaly.allCases.firstIndex(of: anomaly) { anomalies[index].increment() }
     }
 
     public func cache(_ kind: CacheKind, _ lookup: CacheLookup, model: String, saved: NanoUSD, caller: Caller?) {
@@ -243,7 +262,9 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder {
     }
 
     /// The Prometheus text exposition.
-    public func render() -> [UInt8] {
+    /// - Parameter poolWaiters: Requests now waiting for an upstream connection, by provider.
+    public func render(poolWaiters waiting: [String: Int] = [:]) -> [UInt8] {
+        for (provider, gauge) in poolWaiters { gauge.set(Int64(waiting[provider] ?? 0)) }
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
         return buffer

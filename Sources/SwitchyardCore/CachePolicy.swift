@@ -43,6 +43,9 @@ public struct CacheDirectives: Sendable, Hashable {
     /// `x-switchyard-prompt-version`: part of the cache key, so a new system-prompt version never hits old answers.
     public var promptVersion: String?
 
+    /// The longest `x-switchyard-cache-ttl` accepted: a year.
+    public static let maximumTTLSeconds = 365.0 * 86400
+
     public init(skipLookup: Bool = false, skipStore: Bool = false, ttl: Duration? = nil, promptVersion: String? = nil) {
         self.skipLookup = skipLookup
         self.skipStore = skipStore
@@ -51,7 +54,9 @@ public struct CacheDirectives: Sendable, Hashable {
     }
 
     /// Reads `Cache-Control`, `x-switchyard-cache-ttl` and `x-switchyard-prompt-version` header values.
-    public init(cacheControl: String?, ttlSeconds: String?, promptVersion: String?) {
+    /// - Throws: `GatewayError.invalidRequest` naming the header when the TTL is not a number of seconds in
+    ///   `0...maximumTTLSeconds`.
+    public init(cacheControl: String?, ttlSeconds: String?, promptVersion: String?) throws(GatewayError) {
         for directive in (cacheControl ?? "").lowercased().split(separator: ",") {
             switch directive.trimmingWhitespace() {
             case "no-cache": skipLookup = true
@@ -59,8 +64,14 @@ public struct CacheDirectives: Sendable, Hashable {
             default: break
             }
         }
-        if let ttlSeconds, let seconds = Double(ttlSeconds.trimmingWhitespace()), seconds >= 0, seconds.isFinite {
-            ttl = .milliseconds(Int64(min(seconds, 365 * 86400) * 1000))
+        if let ttlSeconds {
+            guard let seconds = Double(ttlSeconds.trimmingWhitespace()),
+                  let checked = Duration.checkedSeconds(seconds, limit: Self.maximumTTLSeconds)
+            else {
+                throw GatewayError(.invalidRequest, "x-switchyard-cache-ttl must be a number of seconds between 0 and "
+                                   + "\(Int(Self.maximumTTLSeconds))", param: "x-switchyard-cache-ttl")
+            }
+            ttl = checked
         }
         self.promptVersion = promptVersion.map { $0.trimmingWhitespace() }.flatMap { $0.isEmpty ? nil : $0 }
     }

@@ -227,9 +227,10 @@ public enum ConfigLoader {
             if let value = try timeouts.double("connect_seconds", in: 0.001...600) { provider.timeouts.connect = .milliseconds(Int64(value * 1000)) }
             if let value = try timeouts.double("total_seconds", in: 0.001...86400) { provider.timeouts.total = .milliseconds(Int64(value * 1000)) }
             if let value = try timeouts.double("first_token_seconds", in: 0.001...3600) { provider.timeouts.firstToken = .milliseconds(Int64(value * 1000)) }
+            if let value = try timeouts.double("idle_seconds", in: 0.001...3600) { provider.timeouts.idle = .milliseconds(Int64(value * 1000)) }
             try timeouts.finish()
         }
-        provider.poolSize = try reader.int("pool_size", in: 1...4096) ?? provider.poolSize
+        provider.poolSize = try reader.int("pool_size", in: 1...65536) ?? provider.poolSize
         if let headers = try reader.mapping("headers") {
             for header in headers.keys {
                 let value = try headers.requiredString(header)

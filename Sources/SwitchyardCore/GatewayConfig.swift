@@ -30,11 +30,16 @@ public struct ProviderTimeouts: Sendable, Hashable {
     /// For streams, until the first event arrives. Non-streamed calls are bounded by `total` only, since their
     /// answer arrives whole.
     public var firstToken: Duration
+    /// Once an answer began (its head arrived), the longest silence between two reads: a stream that stalls, or a
+    /// body that stops short of its length, fails here instead of at `total`.
+    public var idle: Duration
 
-    public init(connect: Duration = .seconds(10), total: Duration = .seconds(600), firstToken: Duration = .seconds(120)) {
+    public init(connect: Duration = .seconds(10), total: Duration = .seconds(600), firstToken: Duration = .seconds(120),
+                idle: Duration = .seconds(60)) {
         self.connect = connect
         self.total = total
         self.firstToken = firstToken
+        self.idle = idle
     }
 }
 
@@ -47,13 +52,18 @@ public struct ProviderConfig: Sendable, Hashable {
     /// The environment variable holding the API key (never the key itself).
     public var apiKeyEnv: String?
     public var timeouts: ProviderTimeouts
-    /// Keep-alive connections per host.
+    /// The most connections to the provider (plain-HTTP upstreams: over all event loops), so the most requests
+    /// in flight to it; requests past it wait for a free connection within their first-token timeout. Large by
+    /// default: every stream holds a connection for its whole length.
     public var poolSize: Int
+
+    /// `pool_size` when the configuration does not set it.
+    public static let defaultPoolSize = 4096
     /// Extra headers sent with every call (such as `anthropic-beta`).
     public var headers: [String: String]
 
     public init(name: String, kind: ProviderKind, baseURL: String, apiKeyEnv: String? = nil,
-                timeouts: ProviderTimeouts = ProviderTimeouts(), poolSize: Int = 64, headers: [String: String] = [:]) {
+                timeouts: ProviderTimeouts = ProviderTimeouts(), poolSize: Int = ProviderConfig.defaultPoolSize, headers: [String: String] = [:]) {
         self.name = name
         self.kind = kind
         self.baseURL = baseURL

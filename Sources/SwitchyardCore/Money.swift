@@ -6,8 +6,14 @@ public struct NanoUSD: Hashable, Comparable, Sendable, CustomStringConvertible, 
 
     public static let zero = NanoUSD(0)
     public static func < (lhs: NanoUSD, rhs: NanoUSD) -> Bool { lhs.value < rhs.value }
-    public static func + (lhs: NanoUSD, rhs: NanoUSD) -> NanoUSD { NanoUSD(lhs.value + rhs.value) }
-    public static func - (lhs: NanoUSD, rhs: NanoUSD) -> NanoUSD { NanoUSD(lhs.value - rhs.value) }
+    /// `value`, or the nearest representable amount when it is out of range.
+    public init(saturating value: Int128) {
+        self.value = Int64(clamping: value)
+    }
+
+    // Saturating: totals over upstream-reported amounts must not trap.
+    public static func + (lhs: NanoUSD, rhs: NanoUSD) -> NanoUSD { NanoUSD(saturating: Int128(lhs.value) + Int128(rhs.value)) }
+    public static func - (lhs: NanoUSD, rhs: NanoUSD) -> NanoUSD { NanoUSD(saturating: Int128(lhs.value) - Int128(rhs.value)) }
 
     /// Parses a decimal USD amount such as `"3"`, `"0.075"` or `"18.75"` exactly (at most 9 decimals).
     public init?(usd text: String) {

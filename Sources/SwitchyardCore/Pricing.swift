@@ -26,17 +26,19 @@ public struct ModelPrice: Sendable, Hashable {
     /// What the provider's prompt cache saved on `usage`: its cached tokens at the plain input price minus what they
     /// were billed (reads are cheaper, writes dearer, so this is negative when a write is not read back yet).
     public func promptCacheSavings(of usage: Usage) -> NanoUSD {
-        let list = Int64(usage.cacheReadTokens + usage.cacheWriteTokens) * input.value
-        let paid = Int64(usage.cacheReadTokens) * cacheRead.value + Int64(usage.cacheWriteTokens) * cacheWrite.value
-        let difference = list - paid
+        let list = (Int128(usage.cacheReadTokens) + Int128(usage.cacheWriteTokens)) * Int128(input.value)
+        let paid = Int128(usage.cacheReadTokens) * Int128(cacheRead.value) + Int128(usage.cacheWriteTokens) * Int128(cacheWrite.value)
         // Rounded towards zero to whole nano-USD.
-        return NanoUSD(difference / 1_000_000)
+        return NanoUSD(saturating: (list - paid) / 1_000_000)
     }
 
-    /// What `usage` costs at these prices, rounded up once to a whole nano-USD.
+    /// What `usage` costs at these prices, rounded up once to a whole nano-USD; never negative. Computed in 128 bits
+    /// and saturated, so no token count or price can overflow it.
     public func cost(of usage: Usage) -> NanoUSD {
-        let scaled = Int64(usage.inputTokens) * input.value + Int64(usage.outputTokens) * output.value
-            + Int64(usage.cacheReadTokens) * cacheRead.value + Int64(usage.cacheWriteTokens) * cacheWrite.value
-        return NanoUSD((scaled + 999_999) / 1_000_000)
+        let scaled = Int128(max(0, usage.inputTokens)) * Int128(input.value)
+            + Int128(max(0, usage.outputTokens)) * Int128(output.value)
+            + Int128(max(0, usage.cacheReadTokens)) * Int128(cacheRead.value)
+            + Int128(max(0, usage.cacheWriteTokens)) * Int128(cacheWrite.value)
+        return NanoUSD(saturating: max(0, (scaled + 999_999) / 1_000_000))
     }
 }

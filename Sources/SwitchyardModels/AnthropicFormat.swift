@@ -268,10 +268,20 @@ public enum AnthropicFormat {
     }
 
     static func parseUsage(_ usage: FieldReader) throws(InvalidRequest) -> Usage {
-        Usage(inputTokens: (try usage.optionalInt("input_tokens") ?? 0).asInt,
-              outputTokens: (try usage.optionalInt("output_tokens") ?? 0).asInt,
-              cacheReadTokens: (try usage.optionalInt("cache_read_input_tokens") ?? 0).asInt,
-              cacheWriteTokens: (try usage.optionalInt("cache_creation_input_tokens") ?? 0).asInt)
+        var result = Usage()
+        try update(&result, from: usage)
+        return result
+    }
+
+    /// Overwrites the counts `usage` reports (a stream's `message_delta` carries only some), each clamped to
+    /// `0...Usage.maximumTokens`.
+    static func update(_ result: inout Usage, from usage: FieldReader) throws(InvalidRequest) {
+        var clamped = result.wasClamped
+        if let input = try usage.tokenCount("input_tokens", clamped: &clamped) { result.inputTokens = input }
+        if let output = try usage.tokenCount("output_tokens", clamped: &clamped) { result.outputTokens = output }
+        if let read = try usage.tokenCount("cache_read_input_tokens", clamped: &clamped) { result.cacheReadTokens = read }
+        if let write = try usage.tokenCount("cache_creation_input_tokens", clamped: &clamped) { result.cacheWriteTokens = write }
+        result.wasClamped = clamped
     }
 
     /// The usage object of the Messages format.
@@ -360,7 +370,7 @@ public struct AnthropicStreamParser: Sendable {
             return [.start(id: try message.optionalString("id") ?? "", model: try message.optionalString("model") ?? "",
                            usage: usage)]
         case "content_block_start":
-            let index = (try event.optionalInt("index") ?? 0).asInt
+            let index = try event.index("index") ?? 0
             guard let block = try event.object("content_block") else { return [] }
             switch try block.optionalString("type") {
             case "tool_use":
@@ -375,7 +385,7 @@ public struct AnthropicStreamParser: Sendable {
             default: return []
             }
         case "content_block_delta":
-            let index = (try event.optionalInt("index") ?? 0).asInt
+            let index = try event.index("index") ?? 0
             guard let delta = try event.object("delta") else { return [] }
             switch try delta.optionalString("type") {
             case "text_delta":
@@ -393,10 +403,7 @@ public struct AnthropicStreamParser: Sendable {
             }
             if let rawUsage = try event.object("usage") {
                 // message_delta carries cumulative output tokens and, in newer versions, the input counts too.
-                if let output = try rawUsage.optionalInt("output_tokens") { usage.outputTokens = output.asInt }
-                if let input = try rawUsage.optionalInt("input_tokens") { usage.inputTokens = input.asInt }
-                if let read = try rawUsage.optionalInt("cache_read_input_tokens") { usage.cacheReadTokens = read.asInt }
-                if let write = try rawUsage.optionalInt("cache_creation_input_tokens") { usage.cacheWriteTokens = write.asInt }
+                try AnthropicFormat.update(&usage, from: rawUsage)
                 chunks.append(.usage(usage))
             }
             return chunks

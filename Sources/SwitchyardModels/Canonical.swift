@@ -20,11 +20,21 @@ public struct Usage: Sendable, Hashable {
     /// Input tokens written to the provider's prompt cache.
     public var cacheWriteTokens: Int
 
-    public init(inputTokens: Int = 0, outputTokens: Int = 0, cacheReadTokens: Int = 0, cacheWriteTokens: Int = 0) {
+    /// Whether an upstream reported a count out of range (negative, over `maximumTokens`, or cached tokens over the
+    /// prompt) that parsing clamped: counted as an upstream anomaly.
+    public var wasClamped: Bool
+
+    /// The most tokens one bucket of one answer can hold. Upstream counts are clamped to `0...maximumTokens` when
+    /// parsed, so sums and prices of a few buckets never overflow.
+    public static let maximumTokens = 1 << 31
+
+    public init(inputTokens: Int = 0, outputTokens: Int = 0, cacheReadTokens: Int = 0, cacheWriteTokens: Int = 0,
+                wasClamped: Bool = false) {
         self.inputTokens = inputTokens
         self.outputTokens = outputTokens
         self.cacheReadTokens = cacheReadTokens
         self.cacheWriteTokens = cacheWriteTokens
+        self.wasClamped = wasClamped
     }
 
     /// Every input token, cached or not (OpenAI's `prompt_tokens`).

@@ -69,6 +69,19 @@ struct FieldReader {
         return int
     }
 
+    /// A token count reported by an upstream, clamped to `0...Usage.maximumTokens`; sets `clamped` when it had to be.
+    func tokenCount(_ key: String, clamped: inout Bool) throws(InvalidRequest) -> Int? {
+        guard let raw = try optionalInt(key) else { return nil }
+        let bounded = Swift.min(Swift.max(raw, 0), Int64(Usage.maximumTokens))
+        if bounded != raw { clamped = true }
+        return Int(bounded)
+    }
+
+    /// An index into a short list (choices, tool calls) sent by an upstream; anything past `limit` is malformed.
+    func index(_ key: String, limit: Int = 1024) throws(InvalidRequest) -> Int? {
+        try optionalInt(key, in: 0...Int64(limit)).map { Int($0) }
+    }
+
     func optionalDouble(_ key: String, in range: ClosedRange<Double>? = nil) throws(InvalidRequest) -> Double? {
         guard let value = value(key) else { return nil }
         guard let double = value.doubleValue else {

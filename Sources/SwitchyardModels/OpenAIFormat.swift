@@ -269,7 +269,7 @@ public enum OpenAIFormat {
                 }
             }
             choices.append(ChatChoice(
-                index: (try choice.optionalInt("index"))?.asInt ?? offset, content: content,
+                index: try choice.index("index") ?? offset, content: content,
                 stopReason: try choice.optionalString("finish_reason").map(stopReason(fromFinishReason:)),
                 logprobs: choice.value("logprobs")))
         }
@@ -286,11 +286,15 @@ public enum OpenAIFormat {
     }
 
     static func parseUsage(_ usage: FieldReader) throws(InvalidRequest) -> Usage {
-        let prompt = (try usage.optionalInt("prompt_tokens") ?? 0).asInt
-        let cached = (try usage.object("prompt_tokens_details")?.optionalInt("cached_tokens") ?? 0).asInt
-        return Usage(inputTokens: max(0, prompt - cached),
-                     outputTokens: (try usage.optionalInt("completion_tokens") ?? 0).asInt,
-                     cacheReadTokens: cached)
+        var clamped = false
+        let prompt = try usage.tokenCount("prompt_tokens", clamped: &clamped) ?? 0
+        var cached = try usage.object("prompt_tokens_details")?.tokenCount("cached_tokens", clamped: &clamped) ?? 0
+        if cached > prompt {
+            cached = prompt
+            clamped = true
+        }
+        let output = try usage.tokenCount("completion_tokens", clamped: &clamped) ?? 0
+        return Usage(inputTokens: prompt - cached, outputTokens: output, cacheReadTokens: cached, wasClamped: clamped)
     }
 
     static func stopReason(fromFinishReason reason: String) -> StopReason {
@@ -365,14 +369,14 @@ public enum OpenAIFormat {
         }
         for (offset, rawChoice) in (try root.optionalArray("choices") ?? []).enumerated() {
             let choice = try FieldReader(rawChoice, path: "choices[\(offset)]")
-            let index = (try choice.optionalInt("index"))?.asInt ?? 0
+            let index = try choice.index("index") ?? 0
             if let delta = try choice.object("delta") {
                 if let text = try delta.optionalString("content"), !text.isEmpty {
                     chunks.append(.text(choice: index, text))
                 }
                 for (callOffset, rawCall) in (try delta.optionalArray("tool_calls") ?? []).enumerated() {
                     let call = try FieldReader(rawCall, path: "\(delta.child("tool_calls"))[\(callOffset)]")
-                    let callIndex = (try call.optionalInt("index"))?.asInt ?? callOffset
+                    let callIndex = try call.index("index") ?? callOffset
                     let function = try call.object("function")
                     if let id = try call.optionalString("id") {
                         chunks.append(.toolCallStart(choice: index, index: callIndex, id: id,

@@ -295,7 +295,7 @@ import Testing
             for model in ["gpt-4o-mini-\(fault)", "claude-haiku-4-5-\(fault)"] {
                 let openAI = try Self.events(try await send("\(url)/v1/chat/completions", body: Self.openAIBody(model, stream: true)).body)
                 #expect(!openAI.contains { $0.dataString == "[DONE]" })
-                #expect(try Self.json(openAI.last?.dataString ?? "{}")["error"]?["type"] == "server_error", "\(model)")
+                #expect(try Self.json(openAI.last?.dataString ?? "{}")["error"]?["type"] == "server_error", "\(model) \(openAI.suffix(2).map(\.dataString))")
                 let anthropic = try Self.events(try await send("\(url)/v1/messages", body: Self.anthropicBody(model, stream: true)).body)
                 #expect(anthropic.last?.event == "error", "\(model)")
                 #expect(!anthropic.contains { $0.event == "message_stop" })

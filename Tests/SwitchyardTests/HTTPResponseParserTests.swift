@@ -27,7 +27,8 @@ import Testing
         }
         for chunk in chunks {
             pending.writeString(chunk)
-            try parser.parse(&pending, emit: emit)
+            // One answer per call: the client looks at what follows an answer before parsing on.
+            while try parser.parse(&pending, emit: emit), pending.readableBytes > 0 {}
         }
         if finish { parser.finish(emit: emit) }
         return parts
@@ -57,6 +58,7 @@ import Testing
         let parts = try Self.expectSplitsAgree(text)
         #expect(parts == ["head 200 1 Transfer-Encoding=chunked", "body hello world0123456789", "end"])
         #expect(HTTPResponseParser.isChunked(["TRANSFER-ENCODING": "gzip, Chunked "]))
+        #expect(try Self.parse(["HTTP/1.1 200 OK\r\nTRANSFER-ENCODING: Chunked\r\n\r\n0\r\n\r\n"]) == ["head 200 1 TRANSFER-ENCODING=Chunked", "end"])
         #expect(!HTTPResponseParser.isChunked(["transfer-encoding": "identity", "x-chunked": "chunked"]))
     }
 
@@ -83,9 +85,35 @@ import Testing
             ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", .malformedChunk),
             ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXY", .malformedChunk),
             ("HTTP/1.1 200 OK\r\nX: " + String(repeating: "a", count: HTTPResponseParser.maximumHeadBytes), .headTooLarge),
+            // As strict as the edge's request parser.
+            ("HTTP/1.1 200 OK\nContent-Length: 0\n\n\r\n\r\n", .malformedHead),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 0\nX: y\r\n\r\n", .malformedHead),
+            ("HTTP/1.1 600 Odd\r\n\r\n", .malformedHead),
+            ("HTTP/1.1 099 Odd\r\n\r\n", .malformedHead),
+            ("HTTP/1.1 200OK\r\n\r\n", .malformedHead),
+            ("HTTP/1.1 101 Switching Protocols\r\n\r\n", .malformedHead),
+            ("HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello", .malformedHead),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", .malformedHead),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", .malformedHead),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", .malformedHead),
+            ("HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n", .malformedHead),
+            ("HTTP/1.1 200 OK\r\nBad Name: a\r\n\r\n", .malformedHead),
+            ("HTTP/1.1 200 OK\r\nX: a\u{01}b\r\n\r\n", .malformedHead),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n", .malformedHead),
         ] {
             #expect(throws: failure, "\(text.prefix(40))") { try Self.parse([text]) }
         }
+    }
+
+    @Test func parsingStopsAtTheEndOfOneAnswer() throws {
+        var parser = HTTPResponseParser()
+        var buffer = ByteBuffer(string: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        var parts = 0
+        #expect(try parser.parse(&buffer) { _ in parts += 1 })
+        #expect(parts == 3)
+        // The second answer is left for the connection's owner to judge (no request asked for it).
+        #expect(String(buffer: buffer).hasPrefix("HTTP/1.1 200 OK"))
+        #expect(parser.atMessageStart)
     }
 
     @Test func requestsAreFramedInOneBuffer() throws {

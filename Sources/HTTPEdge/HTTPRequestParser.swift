@@ -73,6 +73,7 @@ struct HTTPRequestParser {
                 guard buffer.readableBytes > 0 else { return }
                 guard let end = HTTPWire.headEnd(in: buffer) else {
                     if buffer.readableBytes > Self.maximumHeadBytes { throw .headTooLarge }
+                    if HTTPWire.hasBareLineFeed(buffer) { throw .malformedHeader }
                     return
                 }
                 guard end + 4 <= Self.maximumHeadBytes else { throw .headTooLarge }
@@ -193,6 +194,19 @@ public enum HeaderTokens {
 
 /// Byte-level pieces both HTTP/1.1 parsers (the edge's request parser and the upstream client's response parser) use.
 public enum HTTPWire {
+    /// Whether the readable bytes hold a line feed not preceded by a carriage return: a head that uses bare LF line
+    /// ends would never reach its `\r\n\r\n`, so it is refused as soon as one is seen instead of waiting.
+    public static func hasBareLineFeed(_ buffer: ByteBuffer) -> Bool {
+        buffer.withUnsafeReadableBytes { bytes in
+            var index = 0
+            while let offset = bytes[index...].firstIndex(of: 0x0A) {
+                if offset == 0 || bytes[offset - 1] != 0x0D { return true }
+                index = offset + 1
+            }
+            return false
+        }
+    }
+
     public enum FieldError: Error, Equatable {
         case malformedHeader
         case badContentLength

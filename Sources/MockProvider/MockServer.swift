@@ -89,7 +89,13 @@ public final class MockServer: Sendable {
         EdgeServer(configuration: .init(host: settings.host, port: settings.port, backlog: 4096, maxBodyBytes: 64 << 20),
                    logger: logger, onListening: onRunning) { request in
             do {
-                return try await self.route(request)
+                var response = try await self.route(request)
+                // Echoed, as vLLM does with `--enable-request-id-headers`: the gateway's client then checks that every
+                // answer belongs to the request it was read for.
+                if let id = request.header("x-request-id"), let name = HTTPField.Name("x-request-id") {
+                    response.headers[name] = id
+                }
+                return response
             } catch {
                 return (try? self.error(.internalServerError, anthropic: false, type: "server_error", message: "mock failure"))
                     ?? EdgeResponse(status: .internalServerError)

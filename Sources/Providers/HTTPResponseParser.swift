@@ -52,6 +52,7 @@ struct HTTPResponseParser {
             case .head:
                 guard let end = HTTPWire.headEnd(in: buffer) else {
                     if buffer.readableBytes > Self.maximumHeadBytes { throw .headTooLarge }
+                    if HTTPWire.hasBareLineFeed(buffer) { throw .malformedHead }
                     return false
                 }
                 guard end + 4 <= Self.maximumHeadBytes else { throw .headTooLarge }

@@ -46,7 +46,7 @@ struct UpstreamExchangeStateMachine {
             case deliver(ByteBuffer?)
             case fail(UpstreamTransportError)
         }
-        enum Connection {
+        enum Connection: Equatable {
             /// Ask the pool for a connection.
             case acquire
             /// Leave the pool's queue (the exchange ended while waiting).

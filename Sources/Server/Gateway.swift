@@ -30,6 +30,10 @@ public struct Gateway: Sendable {
     public let semanticCache: InMemorySemanticCache
     let services: [any Service]
     let logger: Logger
+    let upstreamWaiters: @Sendable () -> [String: Int]
+
+    /// Requests now waiting for a connection to each provider (plain-HTTP upstreams).
+    public func poolWaiters() -> [String: Int] { upstreamWaiters() }
 
     /// Runs every service until SIGTERM/SIGINT (or cancellation). On a signal the server stops accepting
     /// connections, lets in-flight requests and streams finish within `config.drainTimeout`, then exits.
@@ -155,7 +159,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     // Last in the group, so first to hear of shutdown: /readyz turns 503 while the server drains.
     services.append(DrainWatcher(draining: draining))
     return Gateway(config: config, metrics: metrics, mock: mock, listening: listening, mockURL: mockURL,
-                   exactCache: exactCache, semanticCache: semanticCache, services: services, logger: logger)
+                   exactCache: exactCache, semanticCache: semanticCache, services: services, logger: logger,
+                   upstreamWaiters: { [plain = httpClient.transports.plain] in plain.waiters() })
 }
 
 /// Flips the readiness flag when graceful shutdown begins.

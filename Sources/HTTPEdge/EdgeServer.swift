@@ -6,6 +6,7 @@ import NIOExtras
 public import NIOHTTP1
 import NIOPosix
 public import ServiceLifecycle
+import Synchronization
 
 /// A request as the edge hands it to a responder: its head and its whole body (bodies here are JSON documents,
 /// read up to a limit before the responder runs).
@@ -66,13 +67,49 @@ public struct EdgeResponse: Sendable {
 /// reader slows the writer instead of growing a buffer; it throws when the client has gone.
 public struct EdgeBodyWriter: Sendable {
     let channel: any Channel
+    /// Chunked framing (HTTP/1.1); an HTTP/1.0 client gets the bare bytes, the body ending when the connection closes.
+    let chunked: Bool
+    /// Lets the connection's sweep see a client that stopped reading.
+    let progress: WriteProgress
 
     public func write(_ buffer: ByteBuffer) async throws {
         guard buffer.readableBytes > 0 else { return }
-        var chunk = ByteBuffer()
-        chunk.reserveCapacity(buffer.readableBytes + 12)
-        HTTPFraming.writeChunk(buffer, into: &chunk)
-        try await channel.writeAndFlush(chunk)
+        let framed: ByteBuffer
+        if chunked {
+            var chunk = ByteBuffer()
+            chunk.reserveCapacity(buffer.readableBytes + 12)
+            HTTPFraming.writeChunk(buffer, into: &chunk)
+            framed = chunk
+        } else {
+            framed = buffer
+        }
+        progress.issued()
+        defer { progress.completed() }
+        try await channel.writeAndFlush(framed)
+    }
+}
+
+/// The progress of a streamed answer's writes, shared between the task writing it and the connection's sweep.
+final class WriteProgress: Sendable {
+    private let pending = Atomic<Int>(0)
+    /// Uptime nanoseconds of the last progress while writes are pending; 0 when none is.
+    private let progressAt = Atomic<UInt64>(0)
+
+    func issued() {
+        if pending.add(1, ordering: .relaxed).newValue == 1 {
+            progressAt.store(NIODeadline.now().uptimeNanoseconds, ordering: .relaxed)
+        }
+    }
+
+    func completed() {
+        let left = pending.subtract(1, ordering: .relaxed).newValue
+        progressAt.store(left > 0 ? NIODeadline.now().uptimeNanoseconds : 0, ordering: .relaxed)
+    }
+
+    /// When the pending writes last made progress; `nil` if none is pending.
+    var stalledSince: NIODeadline? {
+        let value = progressAt.load(ordering: .relaxed)
+        return value == 0 ? nil : .uptimeNanoseconds(value)
     }
 }
 
@@ -92,12 +129,18 @@ public struct EdgeServer: Service {
         public var port: Int
         public var backlog: Int32
         public var maxBodyBytes: Int
+        public var timeouts: EdgeTimeouts
+        /// Open connections past which a new one is answered 503 and closed.
+        public var maxConnections: Int
 
-        public init(host: String, port: Int, backlog: Int32 = 4096, maxBodyBytes: Int) {
+        public init(host: String, port: Int, backlog: Int32 = 4096, maxBodyBytes: Int, timeouts: EdgeTimeouts = EdgeTimeouts(),
+                    maxConnections: Int = 10_000) {
             self.host = host
             self.port = port
             self.backlog = backlog
             self.maxBodyBytes = maxBodyBytes
+            self.timeouts = timeouts
+            self.maxConnections = maxConnections
         }
     }
 
@@ -126,14 +169,17 @@ public struct EdgeServer: Service {
         let connections = NIOLockedValueBox([ObjectIdentifier: any Channel]())
         let responder = self.responder
         let maxBodyBytes = configuration.maxBodyBytes
+        let timeouts = configuration.timeouts
+        let maxConnections = configuration.maxConnections
         let loops = Dictionary(uniqueKeysWithValues: group.makeIterator().map {
-            (ObjectIdentifier($0), LoopServices(loop: $0))
+            (ObjectIdentifier($0), LoopServices(loop: $0, timeouts: timeouts))
         })
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: configuration.backlog)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptThrottle())
                     try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
                 }
             }
@@ -141,13 +187,22 @@ public struct EdgeServer: Service {
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
                 let id = ObjectIdentifier(channel)
-                connections.withLockedValue { $0[id] = channel }
+                let admitted = connections.withLockedValue { open in
+                    guard open.count < maxConnections else { return false }
+                    open[id] = channel
+                    return true
+                }
+                guard admitted else {
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(OverCapacityHandler())
+                    }
+                }
                 channel.closeFuture.whenComplete { _ in _ = connections.withLockedValue { $0.removeValue(forKey: id) } }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         EdgeChannelHandler(responder: responder, maxBodyBytes: maxBodyBytes,
                                            loop: loops[ObjectIdentifier(channel.eventLoop)]
-                                               ?? LoopServices(loop: channel.eventLoop)))
+                                               ?? LoopServices(loop: channel.eventLoop, timeouts: timeouts)))
                 }
             }
             .bind(host: configuration.host, port: configuration.port).get()
@@ -171,34 +226,127 @@ public struct EdgeServer: Service {
     }
 }
 
-/// What the connections of one event loop share: the executor their responders' tasks prefer, and the flusher that
-/// sends their answers at the end of the loop's batch.
+/// What the connections of one event loop share: the executor their responders' tasks prefer, the flusher that
+/// sends their answers at the end of the loop's batch, and the sweep that enforces their timeouts.
 struct LoopServices: Sendable {
     let executor: EventLoopTaskExecutor
     let flusher: TickFlusher
+    let sweeper: EdgeSweeper
+    let timeouts: EdgeTimeouts
 
-    init(loop: any EventLoop) {
+    init(loop: any EventLoop, timeouts: EdgeTimeouts) {
         executor = EventLoopTaskExecutor(loop: loop)
         flusher = TickFlusher(loop: loop)
+        sweeper = EdgeSweeper(loop: loop, interval: timeouts.sweepInterval)
+        self.timeouts = timeouts
+    }
+}
+
+/// Checks the timeouts of one loop's connections every `interval` while it has any: one timer per loop, not one
+/// per connection or per request. Used only on `loop`.
+final class EdgeSweeper: @unchecked Sendable {
+    let loop: any EventLoop
+    let interval: TimeAmount
+    private var handlers: [ObjectIdentifier: EdgeChannelHandler] = [:]
+    private var scheduled = false
+
+    init(loop: any EventLoop, interval: TimeAmount) {
+        self.loop = loop
+        self.interval = interval
+    }
+
+    func add(_ handler: EdgeChannelHandler) {
+        handlers[ObjectIdentifier(handler)] = handler
+        if !scheduled {
+            scheduled = true
+            loop.scheduleTask(in: interval) { self.sweep() }
+        }
+    }
+
+    func remove(_ handler: EdgeChannelHandler) {
+        handlers.removeValue(forKey: ObjectIdentifier(handler))
+    }
+
+    private func sweep() {
+        scheduled = false
+        let now = NIODeadline.now()
+        for handler in Array(handlers.values) { handler.checkTimeouts(now: now) }
+        if !handlers.isEmpty {
+            scheduled = true
+            loop.scheduleTask(in: interval) { self.sweep() }
+        }
+    }
+}
+
+/// When accept fails for want of resources (no descriptors left: `EMFILE`, `ENFILE`; no buffers), stops accepting
+/// for a moment instead of retrying at once. NIO keeps the listening socket registered after a failed accept (its
+/// read stays pending, so `AcceptBackoffHandler.read` is never asked), and epoll then reports it readable in a loop
+/// that spins a core; turning `autoRead` off unregisters it until the pause ends.
+final class AcceptThrottle: ChannelInboundHandler {
+    typealias InboundIn = any Channel
+    typealias InboundOut = any Channel
+
+    static let pause = TimeAmount.milliseconds(250)
+    private var paused = false
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let error = error as? IOError, [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(error.errnoCode) else {
+            context.fireErrorCaught(error)
+            return
+        }
+        guard !paused else { return }
+        paused = true
+        let channel = context.channel
+        channel.setOption(.autoRead, value: false).whenComplete { _ in
+            channel.eventLoop.scheduleTask(in: Self.pause) {
+                channel.setOption(.autoRead, value: true).whenComplete { _ in }
+            }
+        }
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: Self.pause) { bound.value.paused = false }
+    }
+}
+
+/// A connection past the cap: answered 503 and closed, without reading it.
+final class OverCapacityHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    func channelActive(context: ChannelHandlerContext) {
+        let body = #"{"error":{"message":"the gateway has too many open connections; retry shortly","type":"overloaded_error","code":"overloaded"}}"#
+        var buffer = context.channel.allocator.buffer(capacity: 256)
+        buffer.writeString("HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+                           + "connection: close\r\ncontent-length: \(body.utf8.count)\r\n\r\n\(body)")
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in bound.value.close(promise: nil) }
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
     }
 }
 
 /// One connection's request reader and response writer. Requests are parsed from the connection's bytes
 /// (`HTTPRequestParser`) and answers framed straight into one buffer per response (or per streamed chunk), with no
 /// trip through decoder or encoder handlers. Requests are answered one at a time in arrival order; pipelined ones
-/// wait in a short queue. A request that cannot be parsed is answered 400 (431, 501, 505 where they fit) and the
-/// connection closed.
-final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
+/// wait in a short queue, and reading pauses while it is full. A request that cannot be parsed is answered 400 (413,
+/// 431, 501, 505 where they fit) and the connection closed. Its time limits (`EdgeConnectionTimer`) are checked by
+/// the loop's `EdgeSweeper`.
+final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    /// Requests a pipelining client may queue behind the one being answered before the connection is closed.
+    /// Requests a pipelining client may queue behind the one being answered; past it the connection stops reading.
     static let maximumQueued = 16
 
     let responder: EdgeResponder
     let maxBodyBytes: Int
-    var parser = HTTPRequestParser()
-    /// Bytes received and not parsed yet (an incomplete head or chunk-size line).
+    var parser: HTTPRequestParser
+    /// Bytes received and not parsed yet (an incomplete head or chunk-size line, or requests past the queue).
     var unparsed: ByteBuffer?
     /// The connection is refusing further input after a malformed request.
     var failed = false
@@ -210,6 +358,13 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
     var task: Task<Void, Never>?
     var queued: [EdgeRequest] = []
     var quiescing = false
+    /// A `100 Continue` held back while an earlier answer is written (it would land inside that answer's bytes).
+    var continuePending = false
+    /// A read the channel asked for while the queue was full.
+    var readPending = false
+    var timer: EdgeConnectionTimer
+    let progress = WriteProgress()
+    private var context: ChannelHandlerContext?
     /// Runs the responders' tasks on this connection's event loop, and flushes their answers.
     let loop: LoopServices
 
@@ -217,38 +372,75 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
         self.responder = responder
         self.maxBodyBytes = maxBodyBytes
         self.loop = loop
+        self.parser = HTTPRequestParser(maximumChunkedBodyBytes: maxBodyBytes)
+        self.timer = EdgeConnectionTimer(limits: loop.timeouts, now: .now())
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        timer = EdgeConnectionTimer(limits: loop.timeouts, now: .now())
+        loop.sweeper.add(self)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        loop.sweeper.remove(self)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !failed else { return }
         var incoming = unwrapInboundIn(data)
+        timer.bytesArrived(incoming.readableBytes, now: .now())
         if var buffered = unparsed {
             buffered.writeBuffer(&incoming)
             incoming = buffered
             unparsed = nil
         }
+        parseAvailable(&incoming, context: context)
+    }
+
+    /// Parses requests from `incoming` while the queue has room; keeps what is left for later.
+    private func parseAvailable(_ incoming: inout ByteBuffer, context: ChannelHandlerContext) {
         do {
-            try parser.parse(&incoming) { part in received(part, context: context) }
+            while incoming.readableBytes > 0 && !failed && queued.count < Self.maximumQueued {
+                guard try parser.parse(&incoming, emit: { part in received(part, context: context) }) else { break }
+            }
         } catch {
             refuse(error, context: context)
             return
         }
-        if incoming.readableBytes > 0 { unparsed = incoming }
+        if incoming.readableBytes > 0 {
+            unparsed = incoming
+            // The next request has begun (or waits behind a full queue): its head timeout runs.
+            timer.bytesArrived(0, now: .now())
+        }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if queued.count >= Self.maximumQueued {
+            readPending = true
+        } else {
+            context.read()
+        }
     }
 
     /// A request that cannot be read: answered with its status when nothing else is being answered, and the
     /// connection closed either way (what follows on it cannot be trusted).
     func refuse(_ failure: HTTPRequestParser.Failure, context: ChannelHandlerContext) {
+        refuse(status: failure.status, reason: failure.reason, code: "malformed_http", context: context)
+    }
+
+    func refuse(status: HTTPResponseStatus, reason: String, code: String, context: ChannelHandlerContext) {
         failed = true
         unparsed = nil
         guard task == nil, queued.isEmpty else {
             context.close(promise: nil)
             return
         }
-        let message = #"{"error":{"message":"\#(failure.reason)","type":"invalid_request_error","code":"malformed_http"}}"#
+        let message = #"{"error":{"message":"\#(reason)","type":"invalid_request_error","code":"\#(code)"}}"#
         var buffer = context.channel.allocator.buffer(capacity: 256)
         buffer.writeStaticString("HTTP/1.1 ")
-        buffer.writeString("\(failure.status.code) \(failure.status.reasonPhrase)")
+        buffer.writeString("\(status.code) \(status.reasonPhrase)")
         buffer.writeStaticString("\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: ")
         buffer.writeString(String(message.utf8.count))
         buffer.writeStaticString("\r\n\r\n")
@@ -257,18 +449,62 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in bound.value.close(promise: nil) }
     }
 
+    /// Called by the loop's sweep.
+    func checkTimeouts(now: NIODeadline) {
+        guard let context else { return }
+        timer.writeStalled(since: progress.stalledSince)
+        switch timer.check(now: now) {
+        case nil:
+            return
+        case .headTimeout:
+            refuse(status: .requestTimeout, reason: "the request head did not arrive in time", code: "request_timeout",
+                   context: context)
+        case .bodyTooSlow:
+            refuse(status: .requestTimeout, reason: "the request body arrived too slowly", code: "request_timeout",
+                   context: context)
+        case .idle, .writeStalled:
+            failed = true
+            context.close(promise: nil)
+        }
+        loop.sweeper.remove(self)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        timer.writabilityChanged(writable: context.channel.isWritable, now: .now())
+        context.fireChannelWritabilityChanged()
+    }
+
     func received(_ part: HTTPRequestParser.Part, context: ChannelHandlerContext) {
+        guard !failed else { return }
         switch part {
         case .head(let head, let keepAlive):
             self.head = head
             self.keepAlive = keepAlive
             receivedAt = .now
+            timer.headComplete(now: .now())
             body.clear()
             exceeded = false
-            if head.headers.first(name: "expect")?.lowercased() == "100-continue" {
-                context.writeAndFlush(wrapOutboundOut(ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
+            continuePending = false
+            if let expect = head.headers.first(name: "expect") {
+                guard HeaderTokens.equals(expect.utf8, "100-continue") else {
+                    refuse(status: .expectationFailed, reason: "only Expect: 100-continue is supported",
+                           code: "expectation_failed", context: context)
+                    return
+                }
+                if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > maxBodyBytes {
+                    // Refused before the client sends the body it announced.
+                    refuse(status: .payloadTooLarge, reason: "request body larger than \(maxBodyBytes) bytes",
+                           code: "payload_too_large", context: context)
+                    return
+                }
+                if task == nil && queued.isEmpty {
+                    context.writeAndFlush(wrapOutboundOut(ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
+                } else {
+                    continuePending = true
+                }
             }
         case .body(var part):
+            continuePending = false
             guard !exceeded else { return }
             if body.readableBytes + part.readableBytes > maxBodyBytes {
                 exceeded = true
@@ -281,15 +517,15 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .end:
             guard let head else { return }
             self.head = nil
+            continuePending = false
+            timer.requestComplete(leftoverBytes: false, now: .now())
             let request = EdgeRequest(head: head, body: body, bodyExceededLimit: exceeded, receivedAt: receivedAt,
                                       keepAlive: keepAlive)
             body = ByteBuffer()
             if task == nil {
                 start(request, context: context)
-            } else if queued.count < Self.maximumQueued {
-                queued.append(request)
             } else {
-                context.close(promise: nil)
+                queued.append(request)
             }
         }
     }
@@ -297,7 +533,8 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
     func start(_ request: EdgeRequest, context: ChannelHandlerContext) {
         let keepAlive = request.keepAlive && !quiescing
         let done = context.eventLoop.makePromise(of: Bool.self)
-        task = Self.respond(to: request, with: responder, on: context.channel, loop: loop, keepAlive: keepAlive, done: done)
+        task = Self.respond(to: request, with: responder, on: context.channel, loop: loop, keepAlive: keepAlive,
+                            progress: progress, done: done)
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
         done.futureResult.whenSuccess { reusable in handler.value.finished(reusable: reusable, context: bound.value) }
@@ -313,9 +550,23 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         if !queued.isEmpty {
             start(queued.removeFirst(), context: context)
-        } else if quiescing {
-            context.close(promise: nil)
+            // Room in the queue again: parse what waited, and read on.
+            if var waiting = unparsed {
+                unparsed = nil
+                parseAvailable(&waiting, context: context)
+            }
+            if readPending && queued.count < Self.maximumQueued {
+                readPending = false
+                context.read()
+            }
+            return
         }
+        timer.allAnswered(now: .now())
+        if continuePending {
+            continuePending = false
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
+        }
+        if quiescing { context.close(promise: nil) }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -337,19 +588,25 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
         task?.cancel()
         task = nil
         queued.removeAll()
+        loop.sweeper.remove(self)
         context.fireChannelInactive()
     }
 
     static func respond(to request: EdgeRequest, with responder: @escaping EdgeResponder, on channel: any Channel,
-                        loop: LoopServices, keepAlive: Bool, done: EventLoopPromise<Bool>) -> Task<Void, Never> {
+                        loop: LoopServices, keepAlive: Bool, progress: WriteProgress, done: EventLoopPromise<Bool>)
+        -> Task<Void, Never>
+    {
         Task(executorPreference: loop.executor) {
             let response = await responder(request)
-            done.succeed(await write(response, to: channel, flusher: loop.flusher, keepAlive: keepAlive))
+            let http10 = request.head.version.minor == 0
+            done.succeed(await write(response, to: channel, flusher: loop.flusher, keepAlive: keepAlive, http10: http10,
+                                     progress: progress))
         }
     }
 
     /// Writes the response; returns whether the connection can carry another request.
-    static func write(_ response: EdgeResponse, to channel: any Channel, flusher: TickFlusher, keepAlive: Bool) async -> Bool {
+    static func write(_ response: EdgeResponse, to channel: any Channel, flusher: TickFlusher, keepAlive: Bool,
+                      http10: Bool = false, progress: WriteProgress = WriteProgress()) async -> Bool {
         switch response.body {
         case .buffer(let body):
             var buffer = channel.allocator.buffer(capacity: 256 + body.readableBytes)
@@ -363,13 +620,17 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
             try? await channel.writeAndFlush(buffer)
             return false
         case .stream(let produce):
+            // HTTP/1.0 has no chunked coding: the body runs until the connection closes.
+            let chunked = !http10
+            let reusable = keepAlive && chunked
             do {
                 var head = channel.allocator.buffer(capacity: 256)
-                HTTPFraming.writeHead(response.status, response.headers, contentLength: nil, keepAlive: keepAlive, into: &head)
+                HTTPFraming.writeHead(response.status, response.headers, contentLength: nil, keepAlive: reusable,
+                                      chunked: chunked, into: &head)
                 try await channel.writeAndFlush(head)
-                try await produce(EdgeBodyWriter(channel: channel))
-                try await channel.writeAndFlush(ByteBuffer(staticString: "0\r\n\r\n"))
-                return keepAlive
+                try await produce(EdgeBodyWriter(channel: channel, chunked: chunked, progress: progress))
+                if chunked { try await channel.writeAndFlush(ByteBuffer(staticString: "0\r\n\r\n")) }
+                return reusable
             } catch {
                 // The client is gone or the body failed half-way: the connection cannot carry another answer.
                 return false
@@ -380,8 +641,9 @@ final class EdgeChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
 
 /// HTTP/1.1 response framing.
 enum HTTPFraming {
+    /// - Parameter chunked: Without a `contentLength`, whether the body is chunked (else it runs until the close).
     static func writeHead(_ status: HTTPResponse.Status, _ headers: HTTPFields, contentLength: Int?, keepAlive: Bool,
-                          into buffer: inout ByteBuffer) {
+                          chunked: Bool = true, into buffer: inout ByteBuffer) {
         if status == .ok {
             buffer.writeStaticString("HTTP/1.1 200 OK\r\n")
         } else {
@@ -401,7 +663,7 @@ enum HTTPFraming {
             buffer.writeStaticString("content-length: ")
             buffer.writeString(String(contentLength))
             buffer.writeStaticString("\r\n")
-        } else {
+        } else if chunked {
             buffer.writeStaticString("transfer-encoding: chunked\r\n")
         }
         if !keepAlive { buffer.writeStaticString("connection: close\r\n") }

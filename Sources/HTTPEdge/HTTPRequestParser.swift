@@ -24,11 +24,16 @@ struct HTTPRequestParser {
         case conflictingFraming
         case unsupportedTransferEncoding
         case malformedChunk
+        /// A chunked body whose chunk sizes add up past the body limit.
+        case bodyTooLarge
+        /// `Transfer-Encoding` on an HTTP/1.0 request (1.0 has no transfer codings: a smuggling vector).
+        case transferEncodingOnHTTP10
 
         /// The status the edge answers with before closing the connection.
         var status: HTTPResponseStatus {
             switch self {
             case .headTooLarge: .requestHeaderFieldsTooLarge
+            case .bodyTooLarge: .payloadTooLarge
             case .unsupportedVersion: .httpVersionNotSupported
             case .unsupportedTransferEncoding: .notImplemented
             default: .badRequest
@@ -45,6 +50,8 @@ struct HTTPRequestParser {
             case .conflictingFraming: "both Content-Length and Transfer-Encoding"
             case .unsupportedTransferEncoding: "the only supported transfer coding is chunked"
             case .malformedChunk: "malformed chunked body"
+            case .bodyTooLarge: "request body larger than the limit"
+            case .transferEncodingOnHTTP10: "Transfer-Encoding is not allowed in HTTP/1.0"
             }
         }
     }
@@ -61,21 +68,44 @@ struct HTTPRequestParser {
     }
 
     private var state = State.head
+    private var scan = HTTPWire.HeadScan()
     static let maximumHeadBytes = 64 * 1024
+    /// The largest chunked body read: a chunk size past it is refused as soon as its line arrives.
+    let maximumChunkedBodyBytes: Int
 
-    /// Parses what `buffer` holds, passing each part to `emit`; leaves an incomplete head or line in `buffer`.
-    mutating func parse(_ buffer: inout ByteBuffer, emit: (Part) -> Void) throws(Failure) {
+    init(maximumChunkedBodyBytes: Int = .max) {
+        self.maximumChunkedBodyBytes = maximumChunkedBodyBytes
+    }
+
+    /// Whether the parser is between requests (nothing of the next one parsed yet).
+    var atMessageStart: Bool {
+        if case .head = state { return true }
+        return false
+    }
+
+    /// Parses what `buffer` holds, passing each part to `emit`, up to the end of one request; leaves an incomplete
+    /// head or line, or the bytes after the request's end, in `buffer`.
+    /// - Returns: Whether a request ended.
+    @discardableResult
+    mutating func parse(_ buffer: inout ByteBuffer, emit: (Part) -> Void) throws(Failure) -> Bool {
         while buffer.readableBytes > 0 {
             switch state {
             case .head:
                 // Empty lines before a request line are allowed (a client's stray CRLF after a body).
-                while buffer.readableBytesView.starts(with: [0x0D, 0x0A]) { buffer.moveReaderIndex(forwardBy: 2) }
-                guard buffer.readableBytes > 0 else { return }
-                guard let end = HTTPWire.headEnd(in: buffer) else {
-                    if buffer.readableBytes > Self.maximumHeadBytes { throw .headTooLarge }
-                    if HTTPWire.hasBareLineFeed(buffer) { throw .malformedHeader }
-                    return
+                while buffer.readableBytesView.starts(with: [0x0D, 0x0A]) {
+                    buffer.moveReaderIndex(forwardBy: 2)
+                    scan.reset()
                 }
+                guard buffer.readableBytes > 0 else { return false }
+                let end: Int
+                switch scan.find(in: buffer) {
+                case .end(let offset): end = offset
+                case .bareLineFeed: throw .malformedHeader
+                case .incomplete:
+                    if buffer.readableBytes > Self.maximumHeadBytes { throw .headTooLarge }
+                    return false
+                }
+                scan.reset()
                 guard end + 4 <= Self.maximumHeadBytes else { throw .headTooLarge }
                 let head = try Self.parseHead(buffer.readableBytesView.prefix(end + 2))
                 buffer.moveReaderIndex(forwardBy: end + 4)
@@ -83,27 +113,30 @@ struct HTTPRequestParser {
                 switch head.framing {
                 case .none, .length(0):
                     emit(.end)
+                    return true
                 case .length(let length):
                     state = .body(HTTPBodyReader(.length(length)))
                 case .chunked:
-                    state = .body(HTTPBodyReader(.chunked))
+                    state = .body(HTTPBodyReader(.chunked, maximumBytes: maximumChunkedBodyBytes))
                 }
             case .body(var reader):
                 let ended: Bool
                 do {
                     ended = try reader.read(&buffer) { emit(.body($0)) }
                 } catch {
-                    throw .malformedChunk
+                    throw error.tooLarge ? .bodyTooLarge : .malformedChunk
                 }
                 // Not ended: the reader took every byte it could (what is left is an incomplete line).
                 guard ended else {
                     state = .body(reader)
-                    return
+                    return false
                 }
                 state = .head
                 emit(.end)
+                return true
             }
         }
+        return false
     }
 
     // MARK: Head
@@ -151,6 +184,7 @@ struct HTTPRequestParser {
             }
             let (headers, close, keepAliveToken) = (fields.headers, fields.close, fields.keepAlive)
             if fields.chunked && fields.contentLength != nil { throw .conflictingFraming }
+            if fields.chunked && minor == 0 { throw .transferEncodingOnHTTP10 }
             let framing: Framing = fields.chunked ? .chunked : fields.contentLength.map(Framing.length) ?? .none
             let method = HTTPMethod(rawValue: String(decoding: UnsafeRawBufferPointer(rebasing: raw[0..<space]), as: UTF8.self))
             let uri = String(decoding: UnsafeRawBufferPointer(rebasing: raw[targetStart..<targetEnd]), as: UTF8.self)
@@ -194,17 +228,40 @@ public enum HeaderTokens {
 
 /// Byte-level pieces both HTTP/1.1 parsers (the edge's request parser and the upstream client's response parser) use.
 public enum HTTPWire {
-    /// Whether the readable bytes hold a line feed not preceded by a carriage return: a head that uses bare LF line
-    /// ends would never reach its `\r\n\r\n`, so it is refused as soon as one is seen instead of waiting.
-    public static func hasBareLineFeed(_ buffer: ByteBuffer) -> Bool {
-        buffer.withUnsafeReadableBytes { bytes in
-            var index = 0
-            while let offset = bytes[index...].firstIndex(of: 0x0A) {
-                if offset == 0 || bytes[offset - 1] != 0x0D { return true }
-                index = offset + 1
-            }
-            return false
+    /// The search for the end of a head (`\r\n\r\n`) in bytes that arrive piece by piece: each call resumes where the
+    /// last stopped, so a head sent a byte at a time costs its length once, not its length squared. It also refuses a
+    /// line feed without its carriage return as soon as one arrives: such a head would never reach its end.
+    public struct HeadScan: Sendable {
+        public enum Result: Equatable {
+            /// The offset of the `\r\n\r\n` that ends the head.
+            case end(Int)
+            case incomplete
+            case bareLineFeed
         }
+
+        /// Bytes from the reader index already searched.
+        private var scanned = 0
+
+        public init() {}
+
+        /// Call with the same unread bytes plus what arrived since; `reset()` once the head is consumed.
+        public mutating func find(in buffer: ByteBuffer) -> Result {
+            let start = scanned
+            let result = buffer.withUnsafeReadableBytes { bytes -> Result in
+                var index = start
+                while index < bytes.count {
+                    guard let newline = bytes[index...].firstIndex(of: 0x0A) else { return .incomplete }
+                    if newline == 0 || bytes[newline - 1] != 0x0D { return .bareLineFeed }
+                    if newline >= 3 && bytes[newline - 2] == 0x0A && bytes[newline - 3] == 0x0D { return .end(newline - 3) }
+                    index = newline + 1
+                }
+                return .incomplete
+            }
+            scanned = buffer.readableBytes
+            return result
+        }
+
+        public mutating func reset() { scanned = 0 }
     }
 
     public enum FieldError: Error, Equatable {
@@ -311,24 +368,6 @@ public enum HTTPWire {
             false
         }
     }
-
-
-    /// The offset of the first `\r\n\r\n` in the readable bytes: where a message head ends.
-    public static func headEnd(in buffer: ByteBuffer) -> Int? {
-        buffer.withUnsafeReadableBytes { bytes -> Int? in
-            guard bytes.count >= 4 else { return nil }
-            var index = 0
-            while index + 3 < bytes.count {
-                if bytes[index + 3] != 0x0A {
-                    index += 1
-                    continue
-                }
-                if bytes[index] == 0x0D && bytes[index + 1] == 0x0A && bytes[index + 2] == 0x0D { return index }
-                index += 1
-            }
-            return nil
-        }
-    }
 }
 
 /// A message body framed by `Content-Length`, by chunked transfer coding, or by the connection's end, read from the
@@ -344,7 +383,11 @@ public struct HTTPBodyReader: Sendable {
         case untilClose
     }
 
-    public struct Malformed: Error, Equatable {}
+    public struct Malformed: Error, Equatable {
+        /// The body went past the reader's `maximumBytes` (the framing itself was well formed).
+        public var tooLarge = false
+        public init(tooLarge: Bool = false) { self.tooLarge = tooLarge }
+    }
 
     private enum State: Sendable {
         case fixed(remaining: Int)
@@ -356,10 +399,16 @@ public struct HTTPBodyReader: Sendable {
     }
 
     private var state: State
+    /// Chunked bodies only: the most bytes the chunk sizes may add up to, and what they added up to so far.
+    private let maximumBytes: Int
+    private var declared = 0
     /// The longest chunk-size or trailer line.
     public static let maximumLineBytes = 4096
 
-    public init(_ framing: Framing) {
+    /// - Parameter maximumBytes: For chunked bodies, the largest total accepted: a chunk size past it is refused as
+    ///   soon as its line arrives.
+    public init(_ framing: Framing, maximumBytes: Int = .max) {
+        self.maximumBytes = maximumBytes
         switch framing {
         case .length(let length): state = .fixed(remaining: length)
         case .chunked: state = .chunkSize
@@ -386,6 +435,8 @@ public struct HTTPBodyReader: Sendable {
             case .chunkSize:
                 guard let line = try Self.readLine(&buffer) else { return false }
                 let size = try Self.chunkSize(line)
+                guard size <= maximumBytes - declared else { throw Malformed(tooLarge: true) }
+                declared += size
                 state = size == 0 ? .trailers : .chunkData(remaining: size)
             case .chunkData(let remaining):
                 let count = min(remaining, buffer.readableBytes)

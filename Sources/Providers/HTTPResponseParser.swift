@@ -28,6 +28,7 @@ struct HTTPResponseParser {
     }
 
     private var state = State.head
+    private var scan = HTTPWire.HeadScan()
     static let maximumHeadBytes = 80 * 1024
 
     /// Whether a body that runs until the connection closes is being read (`end` comes from `finish()`).
@@ -50,11 +51,15 @@ struct HTTPResponseParser {
         while buffer.readableBytes > 0 {
             switch state {
             case .head:
-                guard let end = HTTPWire.headEnd(in: buffer) else {
+                let end: Int
+                switch scan.find(in: buffer) {
+                case .end(let offset): end = offset
+                case .bareLineFeed: throw .malformedHead
+                case .incomplete:
                     if buffer.readableBytes > Self.maximumHeadBytes { throw .headTooLarge }
-                    if HTTPWire.hasBareLineFeed(buffer) { throw .malformedHead }
                     return false
                 }
+                scan.reset()
                 guard end + 4 <= Self.maximumHeadBytes else { throw .headTooLarge }
                 let (head, framing) = try Self.parseHead(buffer.readableBytesView.prefix(end + 2))
                 buffer.moveReaderIndex(forwardBy: end + 4)

@@ -145,7 +145,12 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         }
     }
     let server = EdgeServer(
-        configuration: .init(host: config.host, port: config.port, backlog: 4096, maxBodyBytes: config.maxBodyBytes),
+        configuration: .init(host: config.host, port: config.port, backlog: 4096, maxBodyBytes: config.maxBodyBytes,
+                             timeouts: EdgeTimeouts(head: .nanoseconds(config.edge.headTimeout.nanoseconds),
+                                                    idle: .nanoseconds(config.edge.idleTimeout.nanoseconds),
+                                                    bodyMinimumBytesPerSecond: config.edge.bodyMinimumBytesPerSecond,
+                                                    write: .nanoseconds(config.edge.writeTimeout.nanoseconds)),
+                             maxConnections: config.edge.maxConnections),
         logger: logger,
         beforeListening: { if hasMock { _ = await mockURL.wait() } },
         onListening: { port in listening.set(port) },

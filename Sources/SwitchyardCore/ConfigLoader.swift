@@ -89,6 +89,15 @@ public enum ConfigLoader {
         if let listen = try top.mapping("listen") {
             config.host = try listen.string("host") ?? config.host
             config.port = try listen.int("port", in: 0...65535) ?? config.port
+            func seconds(_ key: String) throws(ConfigError) -> Duration? {
+                try listen.double(key, in: 0.01...86400).map { .milliseconds(Int64($0 * 1000)) }
+            }
+            config.edge.headTimeout = try seconds("head_timeout_seconds") ?? config.edge.headTimeout
+            config.edge.idleTimeout = try seconds("idle_timeout_seconds") ?? config.edge.idleTimeout
+            config.edge.writeTimeout = try seconds("write_timeout_seconds") ?? config.edge.writeTimeout
+            config.edge.bodyMinimumBytesPerSecond = try listen.int("body_min_bytes_per_second", in: 0...(1 << 30))
+                ?? config.edge.bodyMinimumBytesPerSecond
+            config.edge.maxConnections = try listen.int("max_connections", in: 1...1_000_000) ?? config.edge.maxConnections
             try listen.finish()
         }
         config.maxBodyBytes = try top.int("max_body_bytes", in: 1024...(1 << 30)) ?? config.maxBodyBytes

@@ -125,6 +125,23 @@ public struct APIKeyEntry: Sendable, Hashable {
     }
 }
 
+/// What a client connection may hold at the edge, and for how long (YAML `listen:`); production defaults.
+public struct EdgeLimits: Sendable, Hashable {
+    /// `head_timeout_seconds`: from a connection's start (or a request's first byte) to the end of its head.
+    public var headTimeout: Duration = .seconds(10)
+    /// `idle_timeout_seconds`: a keep-alive connection with nothing to do is closed after this.
+    public var idleTimeout: Duration = .seconds(75)
+    /// `write_timeout_seconds`: a client that reads nothing of its answer for this long is disconnected (and its
+    /// upstream call cancelled).
+    public var writeTimeout: Duration = .seconds(30)
+    /// `body_min_bytes_per_second`: after `headTimeout`, a body must have arrived at this average rate.
+    public var bodyMinimumBytesPerSecond = 1024
+    /// `max_connections`: open client connections past which new ones get 503 and are closed.
+    public var maxConnections = 10_000
+
+    public init() {}
+}
+
 /// The validated, immutable gateway configuration.
 public struct GatewayConfig: Sendable {
     public var host: String
@@ -133,6 +150,8 @@ public struct GatewayConfig: Sendable {
     public var maxBodyBytes: Int
     /// How long in-flight requests and streams may run after SIGTERM.
     public var drainTimeout: Duration
+    /// Limits on what clients control at the edge (YAML `listen:`).
+    public var edge = EdgeLimits()
     public var providers: [String: ProviderConfig]
     public var models: [String: ModelRoute]
     /// Empty: open access (each distinct key is its own tenant and user).

@@ -118,16 +118,154 @@ import Glibc
         }
     }
 
+    // MARK: Hostile clients
+
+    static let short = EdgeTimeouts(head: .milliseconds(300), idle: .milliseconds(300), bodyMinimumBytesPerSecond: 1000,
+                                    write: .milliseconds(300))
+
+    @Test func slowlorisHeadsAreClosedOnTimeWhileOthersAreServed() async throws {
+        try await withEdge(timeouts: Self.short) { port in
+            let slow = try (0..<50).map { _ in try RawConnection(port: port) }
+            for connection in slow { try connection.send("GET / HTTP/1.1\r\nX-Slow: a") }
+            // A connection that sends nothing at all is held to the same limit.
+            let silent = try RawConnection(port: port)
+            let started = ContinuousClock.now
+            let normal = try RawConnection(port: port)
+            try normal.send("GET /fast HTTP/1.1\r\nhost: x\r\n\r\n")
+            _ = try await normal.receive(until: { $0.hasSuffix("fast") })
+            #expect(ContinuousClock.now - started < .milliseconds(250))
+            for connection in slow {
+                let text = try await connection.receiveUntilClosed()
+                #expect(text.hasPrefix("HTTP/1.1 408 Request Timeout\r\n"))
+            }
+            #expect(try await silent.receiveUntilClosed().hasPrefix("HTTP/1.1 408"))
+            #expect(ContinuousClock.now - started < .seconds(3))
+        }
+    }
+
+    @Test func aBodySentTooSlowlyIsClosed() async throws {
+        try await withEdge(timeouts: Self.short) { port in
+            let connection = try RawConnection(port: port)
+            try connection.send("POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n0123456789")
+            let started = ContinuousClock.now
+            let text = try await connection.receiveUntilClosed()
+            #expect(text.hasPrefix("HTTP/1.1 408 Request Timeout\r\n") && text.contains("too slowly"))
+            #expect(ContinuousClock.now - started < .seconds(3))
+        }
+    }
+
+    @Test func idleKeepAliveConnectionsAreClosed() async throws {
+        try await withEdge(timeouts: Self.short) { port in
+            let connection = try RawConnection(port: port)
+            try connection.send("GET /fast HTTP/1.1\r\nhost: x\r\n\r\n")
+            let started = ContinuousClock.now
+            let text = try await connection.receiveUntilClosed()
+            #expect(text.hasSuffix("fast"))
+            #expect(ContinuousClock.now - started >= .milliseconds(250))
+            #expect(ContinuousClock.now - started < .seconds(3))
+        }
+    }
+
+    @Test func connectionsPastTheCapAreRefusedCleanly() async throws {
+        try await withEdge(maxConnections: 5) { port in
+            let held = try (0..<5).map { _ in try RawConnection(port: port) }
+            for connection in held { try connection.send("GET /fast HTTP/1.1\r\nhost: x\r\n\r\n") }
+            for connection in held { _ = try await connection.receive(until: { $0.hasSuffix("fast") }) }
+            let refused = try RawConnection(port: port)
+            let text = try await refused.receiveUntilClosed()
+            #expect(text.hasPrefix("HTTP/1.1 503 Service Unavailable\r\n") && text.contains("retry-after: 1"))
+            // A slot frees when a connection closes.
+            held[0].close()
+            try await Task.sleep(for: .milliseconds(100))
+            let again = try RawConnection(port: port)
+            try again.send("GET /fast HTTP/1.1\r\nhost: x\r\n\r\n")
+            _ = try await again.receive(until: { $0.hasSuffix("fast") })
+        }
+    }
+
+    @Test func aClientThatStopsReadingIsClosedAndItsWorkCancelled() async throws {
+        let cancelled = Locked(false)
+        try await withEdge(cancelled: cancelled, timeouts: Self.short) { port in
+            let connection = try RawConnection(port: port)
+            try connection.send("GET /forever HTTP/1.1\r\nhost: x\r\n\r\n")
+            // Never read: the socket buffers fill, the writes stall, the write timeout closes the connection.
+            for _ in 0..<200 where !cancelled.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(cancelled.withLock { $0 })
+        }
+    }
+
+    @Test func pipelinedRequestsPastTheQueueWaitInsteadOfClosing() async throws {
+        try await withEdge { port in
+            let connection = try RawConnection(port: port)
+            try connection.send(String(repeating: "GET /fast HTTP/1.1\r\nhost: x\r\n\r\n", count: 60))
+            let text = try await connection.receive(until: { $0.components(separatedBy: "fast").count == 61 })
+            #expect(text.components(separatedBy: "HTTP/1.1 200 OK").count == 61)
+        }
+    }
+
+    @Test func expectContinueOnlyWhenTheBodyFitsAndNothingElseIsBeingWritten() async throws {
+        try await withEdge(maxBodyBytes: 16) { port in
+            let large = try RawConnection(port: port)
+            try large.send("POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\nexpect: 100-continue\r\n\r\n")
+            let refused = try await large.receiveUntilClosed()
+            #expect(refused.hasPrefix("HTTP/1.1 413"))
+            #expect(!refused.contains("100 Continue"))
+
+            // Behind a slow answer, the 100 waits until that answer is written.
+            let pipelined = try RawConnection(port: port)
+            try pipelined.send("GET /slow HTTP/1.1\r\nhost: x\r\n\r\n"
+                               + "POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nexpect: 100-continue\r\n\r\n")
+            let first = try await pipelined.receive(until: { $0.contains("100 Continue\r\n\r\n") })
+            let slow = try #require(first.range(of: "slow"))
+            let interim = try #require(first.range(of: "HTTP/1.1 100 Continue"))
+            #expect(slow.upperBound <= interim.lowerBound)
+            try pipelined.send("ok")
+            _ = try await pipelined.receive(until: { $0.hasSuffix("ok") })
+        }
+    }
+
+    @Test func http10NeverGetsAChunkedAnswer() async throws {
+        try await withEdge { port in
+            let connection = try RawConnection(port: port)
+            try connection.send("GET /stream HTTP/1.0\r\n\r\n")
+            let text = try await connection.receiveUntilClosed()
+            #expect(text.hasPrefix("HTTP/1.1 200 OK\r\n"))
+            #expect(!text.lowercased().contains("transfer-encoding"))
+            #expect(text.hasSuffix("\r\n\r\npart-0part-1part-2"))
+
+            let chunked = try RawConnection(port: port)
+            try chunked.send("POST /echo HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+            #expect(try await chunked.receiveUntilClosed().hasPrefix("HTTP/1.1 400"))
+        }
+    }
+
+    @Test func bareLineFeedsGetA400NotSilence() async throws {
+        try await withEdge { port in
+            let connection = try RawConnection(port: port)
+            try connection.send("GET /fast HTTP/1.1\nhost: x\n\n")
+            #expect(try await connection.receiveUntilClosed().hasPrefix("HTTP/1.1 400 Bad Request\r\n"))
+        }
+    }
+
+    @Test func aChunkSizePastTheLimitIsRefusedAtOnce() async throws {
+        try await withEdge(maxBodyBytes: 1000) { port in
+            let connection = try RawConnection(port: port)
+            try connection.send("POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nFFFFFFFF\r\n")
+            #expect(try await connection.receiveUntilClosed().hasPrefix("HTTP/1.1 413"))
+        }
+    }
+
     // MARK: Harness
 
     static func nonisolatedStep() async {
         await Task.yield()
     }
 
-    func withEdge(maxBodyBytes: Int = 1 << 20, cancelled: Locked<Bool>? = nil,
-                  _ body: (Int) async throws -> Void) async throws {
+    func withEdge(maxBodyBytes: Int = 1 << 20, cancelled: Locked<Bool>? = nil, timeouts: EdgeTimeouts = EdgeTimeouts(),
+                  maxConnections: Int = 10_000, _ body: (Int) async throws -> Void) async throws {
         let port = ReadySignal<Int>()
-        let server = EdgeServer(configuration: .init(host: "127.0.0.1", port: 0, maxBodyBytes: maxBodyBytes),
+        let server = EdgeServer(configuration: .init(host: "127.0.0.1", port: 0, maxBodyBytes: maxBodyBytes, timeouts: timeouts,
+                                                     maxConnections: maxConnections),
                                 logger: Logger(label: "edge-test"), onListening: { port.set($0) }) { request in
             switch request.path {
             case "/slow":
@@ -150,6 +288,17 @@ import Glibc
             case "/stream":
                 return EdgeResponse(status: .ok, headers: [.contentType: "text/plain"], body: .stream { writer in
                     for index in 0..<3 { try await writer.write(ByteBuffer(string: "part-\(index)")) }
+                })
+            case "/forever":
+                // As fast as the client reads, until the write fails.
+                return EdgeResponse(status: .ok, headers: [.contentType: "text/plain"], body: .stream { writer in
+                    let chunk = ByteBuffer(repeating: UInt8(ascii: "x"), count: 64 << 10)
+                    do {
+                        while true { try await writer.write(chunk) }
+                    } catch {
+                        cancelled?.withLock { $0 = true }
+                        throw error
+                    }
                 })
             default:
                 do {

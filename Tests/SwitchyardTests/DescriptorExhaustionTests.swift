@@ -1,0 +1,91 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The gateway binary in its own process with few file descriptors: when clients hold them all, accepting backs
+/// off instead of spinning a core, and the gateway serves again once they go. A process of its own because the
+/// descriptor limit is process-wide (tests share no global state).
+@Suite struct DescriptorExhaustionTests {
+    static let binary: String = {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        return root.appendingPathComponent(".build/debug/switchyard").path
+    }()
+
+    /// CPU seconds (user + system) the process has used, from `/proc`.
+    static func cpuSeconds(_ pid: Int32) -> Double? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = text.lastIndex(of: ")") else { return nil }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        // After the command: state is field 3, utime field 14, stime field 15.
+        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    @Test func runningOutOfDescriptorsNeitherSpinsNorWedgesTheGateway() async throws {
+        guard FileManager.default.isExecutableFile(atPath: Self.binary) else {
+            Issue.record("build the switchyard product first: \(Self.binary) is missing")
+            return
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "ulimit -n 96 && exec \"$0\" serve --port 0 --no-embeddings --mock-latency-scale 0 --log-level error",
+                             Self.binary]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        let port = try await NIOThreadPoolRead.port(from: output.fileHandleForReading)
+        // Far more connections than descriptors: the kernel queues them, the gateway cannot accept them all.
+        var held: [RawConnection] = []
+        for _ in 0..<160 { held.append(try RawConnection(port: port)) }
+        try await Task.sleep(for: .milliseconds(300))
+        let before = try #require(Self.cpuSeconds(process.processIdentifier))
+        try await Task.sleep(for: .seconds(1))
+        let after = try #require(Self.cpuSeconds(process.processIdentifier))
+        #expect(after - before < 0.3, "the gateway used \(after - before) s of CPU in 1 s while out of descriptors")
+        for connection in held { connection.close() }
+        held.removeAll()
+        // Served again once descriptors are free (the backoff retries accept).
+        var served = false
+        for _ in 0..<50 where !served {
+            try await Task.sleep(for: .milliseconds(100))
+            let connection = try RawConnection(port: port)
+            try connection.send("GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            served = (try? await connection.receive(until: { $0.hasSuffix("ok\n") })) != nil
+        }
+        #expect(served)
+    }
+}
+
+/// Reads the port the gateway prints (`Switchyard listening on http://127.0.0.1:PORT`), off the cooperative pool.
+enum NIOThreadPoolRead {
+    static func port(from handle: FileHandle) async throws -> Int {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread {
+                var text = ""
+                let deadline = Date().addingTimeInterval(30)
+                while Date() < deadline {
+                    let data = handle.availableData
+                    if data.isEmpty { break }
+                    text += String(decoding: data, as: UTF8.self)
+                    if let range = text.range(of: "listening on http://127.0.0.1:") {
+                        let digits = text[range.upperBound...].prefix { $0.isNumber }
+                        if let port = Int(digits), text[range.upperBound...].count > digits.count {
+                            continuation.resume(returning: port)
+                            return
+                        }
+                    }
+                }
+                continuation.resume(throwing: RawConnectionError.failed("no port in: \(text)"))
+            }
+        }
+    }
+}

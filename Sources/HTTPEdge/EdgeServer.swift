@@ -132,9 +132,15 @@ public struct EdgeServer: Service {
         public var timeouts: EdgeTimeouts
         /// Open connections past which a new one is answered 503 and closed.
         public var maxConnections: Int
+        /// Request bodies held at once (read, queued or being answered), over all connections: a request that
+        /// does not fit waits up to `bodyBudgetWait` (its connection not read meanwhile), then gets 503.
+        public var bodyBudgetBytes: Int
+        public var bodyBudgetWait: TimeAmount
 
         public init(host: String, port: Int, backlog: Int32 = 4096, maxBodyBytes: Int, timeouts: EdgeTimeouts = EdgeTimeouts(),
-                    maxConnections: Int = 10_000) {
+                    maxConnections: Int = 10_000, bodyBudgetBytes: Int = 256 << 20, bodyBudgetWait: TimeAmount = .seconds(2)) {
+            self.bodyBudgetBytes = bodyBudgetBytes
+            self.bodyBudgetWait = bodyBudgetWait
             self.host = host
             self.port = port
             self.backlog = backlog
@@ -171,8 +177,10 @@ public struct EdgeServer: Service {
         let maxBodyBytes = configuration.maxBodyBytes
         let timeouts = configuration.timeouts
         let maxConnections = configuration.maxConnections
+        let loopCount = max(1, Array(group.makeIterator()).count)
+        let budget = (share: max(1, configuration.bodyBudgetBytes / loopCount), wait: configuration.bodyBudgetWait)
         let loops = Dictionary(uniqueKeysWithValues: group.makeIterator().map {
-            (ObjectIdentifier($0), LoopServices(loop: $0, timeouts: timeouts))
+            (ObjectIdentifier($0), LoopServices(loop: $0, timeouts: timeouts, budget: budget))
         })
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: configuration.backlog)
@@ -202,7 +210,7 @@ public struct EdgeServer: Service {
                     try channel.pipeline.syncOperations.addHandler(
                         EdgeChannelHandler(responder: responder, maxBodyBytes: maxBodyBytes,
                                            loop: loops[ObjectIdentifier(channel.eventLoop)]
-                                               ?? LoopServices(loop: channel.eventLoop, timeouts: timeouts)))
+                                               ?? LoopServices(loop: channel.eventLoop, timeouts: timeouts, budget: budget)))
                 }
             }
             .bind(host: configuration.host, port: configuration.port).get()
@@ -233,12 +241,46 @@ struct LoopServices: Sendable {
     let flusher: TickFlusher
     let sweeper: EdgeSweeper
     let timeouts: EdgeTimeouts
+    let bodies: BodyBudget
 
-    init(loop: any EventLoop, timeouts: EdgeTimeouts) {
+    init(loop: any EventLoop, timeouts: EdgeTimeouts, budget: (share: Int, wait: TimeAmount) = (256 << 20, .seconds(2))) {
         executor = EventLoopTaskExecutor(loop: loop)
         flusher = TickFlusher(loop: loop)
-        sweeper = EdgeSweeper(loop: loop, interval: timeouts.sweepInterval)
+        bodies = BodyBudget(share: budget.share, wait: budget.wait)
+        sweeper = EdgeSweeper(loop: loop, interval: min(timeouts.sweepInterval, max(.milliseconds(10), .nanoseconds(budget.wait.nanoseconds / 4))))
         self.timeouts = timeouts
+    }
+}
+
+/// One event loop's share of the request-body budget. Used only on its loop, so no lock: a request waits if its
+/// loop's share is spent even when another loop's is not. One body larger than the share is still admitted when
+/// nothing else is held, so every request that fits `max_body_bytes` can be served.
+final class BodyBudget: @unchecked Sendable {
+    let share: Int
+    let wait: TimeAmount
+    private(set) var reserved = 0
+
+    init(share: Int, wait: TimeAmount) {
+        self.share = share
+        self.wait = wait
+    }
+
+    func tryReserve(_ bytes: Int) -> Bool {
+        guard bytes > 0 else { return true }
+        guard reserved == 0 || reserved + bytes <= share else { return false }
+        reserved += bytes
+        return true
+    }
+
+    /// For bytes already in memory (a chunked body's part): counted whatever the share.
+    func force(_ bytes: Int) {
+        reserved += bytes
+    }
+
+    var overdrawn: Bool { reserved > share }
+
+    func release(_ bytes: Int) {
+        reserved = max(0, reserved - bytes)
     }
 }
 
@@ -364,6 +406,12 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
     var readPending = false
     var timer: EdgeConnectionTimer
     let progress = WriteProgress()
+    /// Budget held by the request being read, the one being answered, and the queued ones (in order).
+    var readingReservation = 0
+    var answeringReservation = 0
+    var queuedReservations: [Int] = []
+    /// Bytes the request being read still needs from the budget, and since when it waits (reading paused).
+    var budgetWait: (bytes: Int, since: NIODeadline)?
     private var context: ChannelHandlerContext?
     /// Runs the responders' tasks on this connection's event loop, and flushes their answers.
     let loop: LoopServices
@@ -417,11 +465,18 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if queued.count >= Self.maximumQueued {
+        if queued.count >= Self.maximumQueued || budgetWait != nil {
             readPending = true
         } else {
             context.read()
         }
+    }
+
+    /// Asks for the read held back while the queue was full or the body budget spent, once neither holds.
+    private func resumeReading(_ context: ChannelHandlerContext) {
+        guard readPending, queued.count < Self.maximumQueued, budgetWait == nil else { return }
+        readPending = false
+        context.read()
     }
 
     /// A request that cannot be read: answered with its status when nothing else is being answered, and the
@@ -430,7 +485,8 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
         refuse(status: failure.status, reason: failure.reason, code: "malformed_http", context: context)
     }
 
-    func refuse(status: HTTPResponseStatus, reason: String, code: String, context: ChannelHandlerContext) {
+    func refuse(status: HTTPResponseStatus, reason: String, code: String, retryAfter: Bool = false,
+                context: ChannelHandlerContext) {
         failed = true
         unparsed = nil
         guard task == nil, queued.isEmpty else {
@@ -441,7 +497,9 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
         var buffer = context.channel.allocator.buffer(capacity: 256)
         buffer.writeStaticString("HTTP/1.1 ")
         buffer.writeString("\(status.code) \(status.reasonPhrase)")
-        buffer.writeStaticString("\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: ")
+        buffer.writeStaticString("\r\ncontent-type: application/json\r\nconnection: close\r\n")
+        if retryAfter { buffer.writeStaticString("retry-after: 1\r\n") }
+        buffer.writeStaticString("content-length: ")
         buffer.writeString(String(message.utf8.count))
         buffer.writeStaticString("\r\n\r\n")
         buffer.writeString(message)
@@ -452,6 +510,18 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Called by the loop's sweep.
     func checkTimeouts(now: NIODeadline) {
         guard let context else { return }
+        if let waiting = budgetWait {
+            if waiting.bytes == 0 ? !loop.bodies.overdrawn : loop.bodies.tryReserve(waiting.bytes) {
+                readingReservation += waiting.bytes
+                budgetWait = nil
+                resumeReading(context)
+            } else if now - waiting.since >= loop.bodies.wait {
+                refuse(status: .serviceUnavailable, reason: "the gateway holds too many request bodies; retry shortly",
+                       code: "overloaded", retryAfter: true, context: context)
+                loop.sweeper.remove(self)
+                return
+            }
+        }
         timer.writeStalled(since: progress.stalledSince)
         switch timer.check(now: now) {
         case nil:
@@ -485,6 +555,13 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
             body.clear()
             exceeded = false
             continuePending = false
+            // A declared body that fits the limit is reserved whole now; one past the limit is read and dropped.
+            if let length = head.headers.first(name: "content-length").flatMap(Int.init), length <= maxBodyBytes,
+               !loop.bodies.tryReserve(length) {
+                budgetWait = (length, .now())
+            } else if let length = head.headers.first(name: "content-length").flatMap(Int.init), length <= maxBodyBytes {
+                readingReservation += length
+            }
             if let expect = head.headers.first(name: "expect") {
                 guard HeaderTokens.equals(expect.utf8, "100-continue") else {
                     refuse(status: .expectationFailed, reason: "only Expect: 100-continue is supported",
@@ -509,7 +586,18 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
             if body.readableBytes + part.readableBytes > maxBodyBytes {
                 exceeded = true
                 body = ByteBuffer()
-            } else if body.readableBytes == 0 {
+                loop.bodies.release(readingReservation)
+                readingReservation = 0
+                return
+            }
+            if body.readableBytes + part.readableBytes > readingReservation, (budgetWait?.bytes ?? 0) == 0 {
+                // Chunked (or past what was declared): counted as it arrives; reading pauses while the share is overdrawn.
+                let extra = body.readableBytes + part.readableBytes - readingReservation
+                loop.bodies.force(extra)
+                readingReservation += extra
+                if loop.bodies.overdrawn && budgetWait == nil { budgetWait = (0, .now()) }
+            }
+            if body.readableBytes == 0 {
                 body = part
             } else {
                 body.writeBuffer(&part)
@@ -522,10 +610,21 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let request = EdgeRequest(head: head, body: body, bodyExceededLimit: exceeded, receivedAt: receivedAt,
                                       keepAlive: keepAlive)
             body = ByteBuffer()
+            if let waiting = budgetWait, waiting.bytes > 0 {
+                // The whole body arrived with the bytes already read while it waited: it is in memory, so count it.
+                loop.bodies.force(waiting.bytes)
+                readingReservation += waiting.bytes
+                budgetWait = nil
+                resumeReading(context)
+            }
+            let reservation = readingReservation
+            readingReservation = 0
             if task == nil {
+                answeringReservation = reservation
                 start(request, context: context)
             } else {
                 queued.append(request)
+                queuedReservations.append(reservation)
             }
         }
     }
@@ -543,22 +642,22 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The answer is written: the next queued request goes, or the connection closes if it cannot carry more.
     func finished(reusable: Bool, context: ChannelHandlerContext) {
         task = nil
+        loop.bodies.release(answeringReservation)
+        answeringReservation = 0
         guard reusable, context.channel.isActive else {
-            queued.removeAll()
+            releaseAll()
             context.close(promise: nil)
             return
         }
         if !queued.isEmpty {
+            answeringReservation = queuedReservations.removeFirst()
             start(queued.removeFirst(), context: context)
             // Room in the queue again: parse what waited, and read on.
             if var waiting = unparsed {
                 unparsed = nil
                 parseAvailable(&waiting, context: context)
             }
-            if readPending && queued.count < Self.maximumQueued {
-                readPending = false
-                context.read()
-            }
+            resumeReading(context)
             return
         }
         timer.allAnswered(now: .now())
@@ -583,11 +682,24 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.close(promise: nil)
     }
 
+    /// Gives back every reservation but the one of the request being answered (its task still holds the body).
+    private func releaseAll() {
+        queued.removeAll()
+        loop.bodies.release(queuedReservations.reduce(0, +) + readingReservation)
+        queuedReservations.removeAll()
+        readingReservation = 0
+        budgetWait = nil
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         // The client went away: stop the work done on its behalf (the upstream call, a stream being relayed).
         task?.cancel()
+        if task == nil {
+            loop.bodies.release(answeringReservation)
+            answeringReservation = 0
+        }
         task = nil
-        queued.removeAll()
+        releaseAll()
         loop.sweeper.remove(self)
         context.fireChannelInactive()
     }

@@ -2,6 +2,7 @@ import Embeddings
 import HTTPTypes
 import HTTPEdge
 import NIOCore
+import NIOPosix
 import Stages
 import SwitchyardCore
 import SwitchyardModels
@@ -27,6 +28,12 @@ struct EmbeddingsHandler: Sendable {
     static let modelName = "all-MiniLM-L6-v2"
     static let aliases: Set<String> = ["all-MiniLM-L6-v2", "local-embedding", "sentence-transformers/all-MiniLM-L6-v2"]
     static let maximumInputs = 2048
+    /// Tokens per request (after each input is cut to the model's 256): past it, 400. The encoder runs on the
+    /// gateway's own CPU, so one request must not hold it for long.
+    static let maximumTokens = 65_536
+    /// Inputs up to this many bytes in all are tokenised where the request runs (its event loop); larger ones on
+    /// the thread pool, so a big batch does not hold the loop.
+    static let inlineTokenizeBytes = 16 << 10
 
     let batcher: EmbeddingBatcher?
     let unavailableReason: String
@@ -40,9 +47,20 @@ struct EmbeddingsHandler: Sendable {
             let json = try ChatHandler.readJSON(request, limit: maxBodyBytes)
             let parsed = try Self.parse(json)
             guard let batcher else { throw GatewayError(.overloaded, "embeddings are unavailable: \(unavailableReason)") }
-            let ids = parsed.inputs.map(batcher.encoder.tokenizer.encode)
-            let vectors = await batcher.embed(ids)
+            let tokenizer = batcher.encoder.tokenizer
+            let inputs = parsed.inputs
+            let ids: [[Int32]]
+            if inputs.reduce(0, { $0 + $1.utf8.count }) <= Self.inlineTokenizeBytes {
+                ids = inputs.map(tokenizer.encode)
+            } else {
+                ids = try await NIOThreadPool.singleton.runIfActive { inputs.map(tokenizer.encode) }
+            }
             let tokens = ids.reduce(0) { $0 + $1.count }
+            guard tokens <= Self.maximumTokens else {
+                throw GatewayError(.invalidRequest, "input: at most \(Self.maximumTokens) tokens per request, got \(tokens)",
+                                   param: "input")
+            }
+            let vectors = await batcher.embed(ids)
             let data: [JSONValue] = vectors.enumerated().map { index, vector in
                 let embedding: JSONValue = parsed.base64 ? .string(Self.base64(vector)) : .array(vector.map { .double(Double($0)) })
                 return ["object": "embedding", "index": .int(Int64(index)), "embedding": embedding]

@@ -150,7 +150,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                                                     idle: .nanoseconds(config.edge.idleTimeout.nanoseconds),
                                                     bodyMinimumBytesPerSecond: config.edge.bodyMinimumBytesPerSecond,
                                                     write: .nanoseconds(config.edge.writeTimeout.nanoseconds)),
-                             maxConnections: config.edge.maxConnections),
+                             maxConnections: config.edge.maxConnections, bodyBudgetBytes: config.edge.bodyBudgetBytes),
         logger: logger,
         beforeListening: { if hasMock { _ = await mockURL.wait() } },
         onListening: { port in listening.set(port) },

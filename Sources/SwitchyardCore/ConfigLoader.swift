@@ -98,6 +98,7 @@ public enum ConfigLoader {
             config.edge.bodyMinimumBytesPerSecond = try listen.int("body_min_bytes_per_second", in: 0...(1 << 30))
                 ?? config.edge.bodyMinimumBytesPerSecond
             config.edge.maxConnections = try listen.int("max_connections", in: 1...1_000_000) ?? config.edge.maxConnections
+            config.edge.bodyBudgetBytes = try listen.int("body_budget_bytes", in: 1024...(1 << 40)) ?? config.edge.bodyBudgetBytes
             try listen.finish()
         }
         config.maxBodyBytes = try top.int("max_body_bytes", in: 1024...(1 << 30)) ?? config.maxBodyBytes

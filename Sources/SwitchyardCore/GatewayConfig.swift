@@ -138,6 +138,9 @@ public struct EdgeLimits: Sendable, Hashable {
     public var bodyMinimumBytesPerSecond = 1024
     /// `max_connections`: open client connections past which new ones get 503 and are closed.
     public var maxConnections = 10_000
+    /// `body_budget_bytes`: request bodies held at once over all connections; a request that does not fit waits up
+    /// to 2 s (its connection not read meanwhile), then gets 503 with `retry-after`.
+    public var bodyBudgetBytes = 256 << 20
 
     public init() {}
 }

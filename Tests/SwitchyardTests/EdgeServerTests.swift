@@ -255,6 +255,38 @@ import Glibc
         }
     }
 
+    @Test func bodiesPastTheBudgetWaitThenGet503() async throws {
+        // 1,600 bytes over two loops: 800 each, one 800-byte body per loop at a time.
+        try await withEdge(maxBodyBytes: 1000, bodyBudgetBytes: 1600) { port in
+            let holders = try (0..<4).map { _ in try RawConnection(port: port) }
+            for connection in holders {
+                try connection.send("POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 800\r\n\r\n" + String(repeating: "a", count: 100))
+            }
+            try await Task.sleep(for: .milliseconds(600))
+            var refused = 0, answered = 0
+            for connection in holders {
+                // A refused connection was answered 503 and closed; an admitted one gets the rest of its body now.
+                try? connection.send(String(repeating: "a", count: 700))
+                let text = try await connection.receive(until: { $0.hasPrefix("HTTP/1.1 503") ? $0.contains("}") : $0.hasSuffix(String(repeating: "a", count: 800)) })
+                if text.hasPrefix("HTTP/1.1 503") {
+                    #expect(text.contains("retry-after: 1"))
+                    refused += 1
+                } else {
+                    #expect(text.hasPrefix("HTTP/1.1 200"))
+                    answered += 1
+                }
+            }
+            // One body per loop fits; the rest waited 300 ms and were refused.
+            #expect(refused >= 1 && answered >= 1 && refused + answered == 4, "\(refused) refused, \(answered) answered")
+            // Answered bodies gave their budget back.
+            let fresh = try RawConnection(port: port)
+            try fresh.send("POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 800\r\n\r\n" + String(repeating: "b", count: 100))
+            try await Task.sleep(for: .milliseconds(50))
+            try fresh.send(String(repeating: "b", count: 700))
+            _ = try await fresh.receive(until: { $0.hasSuffix(String(repeating: "b", count: 800)) })
+        }
+    }
+
     // MARK: Harness
 
     static func nonisolatedStep() async {
@@ -262,10 +294,11 @@ import Glibc
     }
 
     func withEdge(maxBodyBytes: Int = 1 << 20, cancelled: Locked<Bool>? = nil, timeouts: EdgeTimeouts = EdgeTimeouts(),
-                  maxConnections: Int = 10_000, _ body: (Int) async throws -> Void) async throws {
+                  maxConnections: Int = 10_000, bodyBudgetBytes: Int = 256 << 20, _ body: (Int) async throws -> Void) async throws {
         let port = ReadySignal<Int>()
         let server = EdgeServer(configuration: .init(host: "127.0.0.1", port: 0, maxBodyBytes: maxBodyBytes, timeouts: timeouts,
-                                                     maxConnections: maxConnections),
+                                                     maxConnections: maxConnections, bodyBudgetBytes: bodyBudgetBytes,
+                                                     bodyBudgetWait: .milliseconds(300)),
                                 logger: Logger(label: "edge-test"), onListening: { port.set($0) }) { request in
             switch request.path {
             case "/slow":

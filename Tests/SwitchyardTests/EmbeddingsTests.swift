@@ -197,6 +197,44 @@ extension EmbeddingsTests {
         }
     }
 
+    @Test func tooManyTokensInOneRequestIsA400() async throws {
+        let store = ModelStore()
+        try await withTestGateway(embeddings: .model(directory: store.modelDirectory)) { _, url in
+            // 300 inputs of about 255 tokens each: over the per-request token cap, refused before any inference.
+            let text = String(repeating: "word ", count: 300)
+            let inputs = Array(repeating: "\"\(text)\"", count: 300).joined(separator: ",")
+            let started = ContinuousClock.now
+            let refused = try await Self.post(url, #"{"model":"local-embedding","input":[\#(inputs)]}"#)
+            #expect(refused.status == 400)
+            #expect(refused.json["error"]?["message"]?.stringValue?.contains("tokens per request") == true)
+            #expect(ContinuousClock.now - started < .seconds(5))
+        }
+    }
+
+    @Test func aSmallQueryIsNotHeldBehindALargeBatch() async throws {
+        let store = ModelStore()
+        let batcher = EmbeddingBatcher(encoder: try MiniLMEncoder(directory: store.modelDirectory), maximumBatchTokens: 512,
+                                       sliceTokens: 256)
+        let tokenizer = batcher.encoder.tokenizer
+        let large = Array(repeating: tokenizer.encode(String(repeating: "gateway ", count: 100)), count: 64)
+        let order = Locked<[String]>([])
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                _ = await batcher.embed(large)
+                order.withLock { $0.append("large") }
+            }
+            // Once the large request is being computed, a one-line query arrives.
+            while batcher.queuedTokens == 0 { try await Task.sleep(for: .milliseconds(1)) }
+            group.addTask {
+                _ = await batcher.embed([tokenizer.encode("Is my card blocked?")])
+                order.withLock { $0.append("small") }
+            }
+            try await group.waitForAll()
+        }
+        // 64 sequences of about 100 tokens take a dozen passes; the query rides in the next one.
+        #expect(order.withLock { $0 } == ["small", "large"])
+    }
+
     @Test func concurrentRequestsAreAllAnswered() async throws {
         let store = ModelStore()
         try await withTestGateway(embeddings: .model(directory: store.modelDirectory)) { _, url in

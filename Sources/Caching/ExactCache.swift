@@ -190,11 +190,19 @@ struct UncheckedBox<Value>: @unchecked Sendable {
 }
 
 /// Builds a complete answer from a stream's chunks, for storing a streamed answer once it ended cleanly.
+///
+/// Linear in the answer's length: text and tool-argument fragments are kept as lists and joined once, in
+/// `response()` (appending each fragment to the string so far copied it, quadratic in the number of chunks).
 public struct AnswerAssembler: Sendable {
+    fileprivate enum Block: Sendable {
+        case text([String])
+        case toolUse(id: String, name: String, arguments: [String])
+    }
+
     private var id = ""
     private var model = ""
     private var usage = Usage()
-    private var choices: [Int: (content: [ContentBlock], stop: StopReason?)] = [:]
+    private var choices: [Int: (content: [Block], stop: StopReason?)] = [:]
     /// Tool calls by (choice, index): position of the block in its choice's content.
     private var toolBlocks: [Int: [Int: Int]] = [:]
 
@@ -208,27 +216,17 @@ public struct AnswerAssembler: Sendable {
                 self.model = model
                 if let usage { self.usage = usage }
             case .text(let choice, let text):
-                var entry = choices[choice] ?? ([], nil)
-                if case .text(let previous, let cacheControl)? = entry.content.last {
-                    entry.content[entry.content.count - 1] = .text(previous + text, cacheControl: cacheControl)
-                } else {
-                    entry.content.append(.text(text))
-                }
-                choices[choice] = entry
+                // Mutated in place: the dictionary's storage is not copied per chunk.
+                choices[choice, default: ([], nil)].content.appendText(text)
             case .toolCallStart(let choice, let index, let id, let name):
-                var entry = choices[choice] ?? ([], nil)
-                toolBlocks[choice, default: [:]][index] = entry.content.count
-                entry.content.append(.toolUse(id: id, name: name, arguments: ""))
-                choices[choice] = entry
+                toolBlocks[choice, default: [:]][index] = choices[choice]?.content.count ?? 0
+                choices[choice, default: ([], nil)].content.append(.toolUse(id: id, name: name, arguments: []))
             case .toolCallArguments(let choice, let index, let fragment):
-                guard let position = toolBlocks[choice]?[index], var entry = choices[choice],
-                      case .toolUse(let id, let name, let arguments) = entry.content[position] else { continue }
-                entry.content[position] = .toolUse(id: id, name: name, arguments: arguments + fragment)
-                choices[choice] = entry
+                guard let position = toolBlocks[choice]?[index], let count = choices[choice]?.content.count, position < count
+                else { continue }
+                choices[choice]?.content[position].appendArguments(fragment)
             case .finish(let choice, let reason):
-                var entry = choices[choice] ?? ([], nil)
-                entry.stop = reason
-                choices[choice] = entry
+                choices[choice, default: ([], nil)].stop = reason
             case .usage(let usage):
                 self.usage = usage
             }
@@ -238,10 +236,37 @@ public struct AnswerAssembler: Sendable {
     /// The answer; `nil` if no choice finished (an answer without its end is not complete).
     public func response() -> ChatResponse? {
         guard !choices.isEmpty, choices.values.allSatisfy({ $0.stop != nil }) else { return nil }
-        let ordered = choices.keys.sorted().map { index in
-            ChatChoice(index: index, content: choices[index]!.content, stopReason: choices[index]!.stop)
+        let ordered = choices.sorted { $0.key < $1.key }.map { index, entry in
+            ChatChoice(index: index, content: entry.content.map { block -> ContentBlock in
+                switch block {
+                case .text(let fragments): .text(fragments.joined())
+                case .toolUse(let id, let name, let arguments): .toolUse(id: id, name: name, arguments: arguments.joined())
+                }
+            }, stopReason: entry.stop)
         }
         return ChatResponse(id: id, model: model, choices: ordered, usage: usage)
+    }
+}
+
+extension [AnswerAssembler.Block] {
+    fileprivate mutating func appendText(_ text: String) {
+        if case .text(var fragments)? = last {
+            // Taken out first, so the array is uniquely referenced when it grows.
+            self[count - 1] = .text([])
+            fragments.append(text)
+            self[count - 1] = .text(fragments)
+        } else {
+            append(.text([text]))
+        }
+    }
+}
+
+extension AnswerAssembler.Block {
+    fileprivate mutating func appendArguments(_ fragment: String) {
+        guard case .toolUse(let id, let name, var arguments) = self else { return }
+        self = .text([])
+        arguments.append(fragment)
+        self = .toolUse(id: id, name: name, arguments: arguments)
     }
 }
 

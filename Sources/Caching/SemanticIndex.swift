@@ -15,6 +15,11 @@ public struct SemanticEntry: Sendable {
     public var vector: [Float]
     public var answer: CachedAnswer
 
+    /// What the entry holds in memory, roughly: its answer, question, vector and keys.
+    public var approximateBytes: Int {
+        answer.approximateBytes + text.utf8.count + vector.count * 4 + id.utf8.count + namespace.utf8.count + 128
+    }
+
     public init(id: String, namespace: String, text: String, vector: [Float], answer: CachedAnswer) {
         self.id = id
         self.namespace = namespace
@@ -35,6 +40,8 @@ public protocol SemanticCacheStore: Sendable {
     /// The nearest entries in `namespace` with similarity at least `minimum`, best first, at most `limit`.
     func nearest(_ vector: [Float], namespace: String, minimum: Float, limit: Int, now: ContinuousClock.Instant) -> [SemanticMatch]
     func insert(_ entry: SemanticEntry)
+    /// Entries in `namespace` (decides whether a search leaves the event loop).
+    func size(of namespace: String) -> Int
     /// Removes one entry (feedback); returns it if it was there.
     @discardableResult func remove(id: String) -> SemanticEntry?
     @discardableResult func removeAll(tenant: String?) -> Int
@@ -42,7 +49,7 @@ public protocol SemanticCacheStore: Sendable {
 
 /// An in-process store. Entries are grouped by namespace; a namespace is scanned exactly while it is small and gets
 /// an HNSW index once it holds `annThreshold` entries (searches then cost about the logarithm of its size). Bounded in
-/// entries, oldest out first; expired entries are dropped when met.
+/// entries and in bytes (answers, questions and vectors), oldest out first; expired entries are dropped when met.
 public final class InMemorySemanticCache: SemanticCacheStore {
     struct Namespace {
         var entries: [String: SemanticEntry] = [:]
@@ -89,19 +96,28 @@ public final class InMemorySemanticCache: SemanticCacheStore {
         var order: [String] = []
         var orderStart = 0
         var count = 0
+        var bytes = 0
     }
 
     public let maxEntries: Int
+    /// The most bytes held, by `SemanticEntry.approximateBytes`.
+    public let maxBytes: Int
     /// Namespace size from which searches go through the HNSW index instead of a full scan.
     public let annThreshold: Int
     private let state = Locked(State())
 
-    public init(maxEntries: Int, annThreshold: Int = 2000) {
+    public init(maxEntries: Int, maxBytes: Int = 256 << 20, annThreshold: Int = 2000) {
         self.maxEntries = max(1, maxEntries)
+        self.maxBytes = max(1, maxBytes)
         self.annThreshold = max(2, annThreshold)
     }
 
     public var count: Int { state.withLock { $0.count } }
+    public var bytes: Int { state.withLock { $0.bytes } }
+
+    public func size(of namespace: String) -> Int {
+        state.withLock { $0.namespaces[namespace]?.entries.count ?? 0 }
+    }
 
     /// Whether `namespace` is searched through its ANN index (for tests and metrics).
     public func usesIndex(_ namespace: String) -> Bool {
@@ -130,9 +146,11 @@ public final class InMemorySemanticCache: SemanticCacheStore {
                 }
             }
             if !expired.isEmpty {
-                for id in expired where space.remove(id) != nil {
+                for id in expired {
+                    guard let gone = space.remove(id) else { continue }
                     state.namespaceOf[id] = nil
                     state.count -= 1
+                    state.bytes -= gone.approximateBytes
                 }
                 state.namespaces[namespace] = space.entries.isEmpty ? nil : space
             }
@@ -149,7 +167,8 @@ public final class InMemorySemanticCache: SemanticCacheStore {
             state.namespaceOf[entry.id] = entry.namespace
             state.order.append(entry.id)
             state.count += 1
-            while state.count > maxEntries, state.orderStart < state.order.count {
+            state.bytes += entry.approximateBytes
+            while state.count > maxEntries || state.bytes > maxBytes, state.orderStart < state.order.count {
                 let oldest = state.order[state.orderStart]
                 state.orderStart += 1
                 _ = Self.remove(oldest, from: &state)
@@ -180,6 +199,7 @@ public final class InMemorySemanticCache: SemanticCacheStore {
               let entry = space.remove(id) else { return nil }
         state.namespaces[namespace] = space.entries.isEmpty ? nil : space
         state.count -= 1
+        state.bytes -= entry.approximateBytes
         return entry
     }
 

@@ -45,6 +45,9 @@ final class MockRateLimiter: Sendable {
 
     init(limits: MockLimits) { self.limits = limits }
 
+    /// Keys tracked at once: callers choose their keys, so the map is bounded.
+    static let maximumKeys = 100_000
+
     func admit(key: String, tokens: Int, now: ContinuousClock.Instant = .now) -> Decision {
         let rpm = limits.requestsPerMinute.map(Double.init) ?? .infinity
         let tpm = limits.tokensPerMinute.map(Double.init) ?? .infinity
@@ -70,7 +73,11 @@ final class MockRateLimiter: Sendable {
                 entry.requests.level -= 1
                 entry.tokens.level -= cost
             }
-            if all.count < 100_000 || all[key] != nil { all[key] = entry }
+            if all.count >= Self.maximumKeys && all[key] == nil {
+                // Full: forget the keys whose buckets have refilled (a full bucket is what a new key gets anyway).
+                all = all.filter { now - $0.value.requests.updated < .seconds(60) }
+            }
+            if all.count < Self.maximumKeys || all[key] != nil { all[key] = entry }
             return Decision(
                 allowed: allowed, retryAfter: retry,
                 remainingRequests: rpm.isFinite ? Int(entry.requests.level) : nil,

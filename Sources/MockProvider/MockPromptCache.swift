@@ -18,6 +18,8 @@ final class MockPromptCache: Sendable {
 
     static let lifetime = Duration.seconds(300)
     private let entries = Mutex([String: ContinuousClock.Instant]())
+    /// Prefixes remembered at once, over all keys.
+    static let maximumEntries = 200_000
 
     /// The cacheable prefixes of a request, shortest first.
     static func breakpoints(_ request: MockJSON, anthropic: Bool, model: String) -> [Breakpoint] {
@@ -71,7 +73,14 @@ final class MockPromptCache: Sendable {
                 if let expiry = entries[name], expiry > now { read = max(read, point.tokens) }
                 entries[name] = now + Self.lifetime
             }
-            if entries.count > 200_000 { entries = entries.filter { $0.value > now } }
+            if entries.count > Self.maximumEntries {
+                entries = entries.filter { $0.value > now }
+                // Still full of live prefixes (callers choose them): keep the most recently written half.
+                if entries.count > Self.maximumEntries {
+                    let kept = entries.sorted { $0.value > $1.value }.prefix(Self.maximumEntries / 2)
+                    entries = Dictionary(uniqueKeysWithValues: kept.map { ($0.key, $0.value) })
+                }
+            }
             return (read, longest.tokens - read)
         }
     }

@@ -3,6 +3,7 @@ public import Logging
 import HTTPTypes
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import Synchronization
 
 #if canImport(FoundationEssentials)
@@ -154,7 +155,12 @@ public final class MockServer: Sendable {
             return try error(.contentTooLarge, anthropic: anthropic, type: "request_too_large", message: "body too large")
         }
         let body = request.body
-        guard let payload = try? decoder.decode(MockJSON.self, from: Data(body.readableBytesView)) else {
+        let decoder = self.decoder
+        let decode: @Sendable () -> MockJSON? = { try? decoder.decode(MockJSON.self, from: Data(body.readableBytesView)) }
+        // A multi-megabyte prompt is decoded and counted on the thread pool: the in-process mock shares the gateway's
+        // event loops, and must not stall them any more than the gateway may.
+        let large = body.readableBytes >= 256 << 10
+        guard let payload = large ? try await NIOThreadPool.singleton.runIfActive(decode) : decode() else {
             return try error(.badRequest, anthropic: anthropic, type: "invalid_request_error", message: "body is not valid JSON")
         }
         guard let modelName = payload["model"]?.string, let model = models[modelName] else {
@@ -170,7 +176,11 @@ public final class MockServer: Sendable {
         }
         let fault = request.header("x-mock-fault").flatMap(MockFault.init(rawValue:)) ?? drawFault()
         if let response = try await immediateFault(fault, anthropic: anthropic) { return response }
-        var plan = MockPlan(request: payload, model: model, anthropic: anthropic, lengthTrace: settings.lengthTrace)
+        let lengthTrace = settings.lengthTrace
+        let makePlan: @Sendable () -> MockPlan = {
+            MockPlan(request: payload, model: model, anthropic: anthropic, lengthTrace: lengthTrace)
+        }
+        var plan = large ? try await NIOThreadPool.singleton.runIfActive(makePlan) : makePlan()
         var limitHeaders = HTTPFields()
         if let limiter {
             let requested = payload["max_completion_tokens"]?.boundedInt ?? payload["max_tokens"]?.boundedInt

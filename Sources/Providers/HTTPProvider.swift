@@ -58,7 +58,11 @@ public struct HTTPProvider: ProviderClient {
     public func send(_ request: ChatRequest, route: ModelRoute, context: GatewayContext) async throws -> GatewayResponse {
         // The async part holds only what crosses an `await`; framing the request and reading the answer are synchronous
         // (their locals live on the thread's stack, not in the task's frame).
-        let (upstream, dialect) = try prepare(request, route: route, context: context)
+        // Rendering (or comparing) a multi-megabyte request, and parsing a large answer, leave the event loop.
+        let bytes = context.original?.byteCount ?? 0
+        let (upstream, dialect) = bytes >= Offload.thresholdBytes
+            ? try await Offload.ifLarge(bytes) { [self] () throws(GatewayError) in try prepare(request, route: route, context: context) }
+            : try prepare(request, route: route, context: context)
         let started = ContinuousClock.now
         let now = NIODeadline.now()
         let deadline = now + .nanoseconds(config.timeouts.total.nanoseconds)
@@ -83,6 +87,11 @@ public struct HTTPProvider: ProviderClient {
         }
         if response.status == .ok, let stream = response.stream {
             return .stream(try await openStream(stream, dialect: dialect, started: started))
+        }
+        if response.body.readableBytes >= Offload.thresholdBytes {
+            return try await Offload.ifLarge(response.body.readableBytes) { [self] () throws(GatewayError) in
+                try complete(response, dialect: dialect, route: route, started: started, context: context)
+            }
         }
         return try complete(response, dialect: dialect, route: route, started: started, context: context)
     }

@@ -58,7 +58,14 @@ struct ChatHandler: Sendable {
         let chat: ChatRequest
         let context: GatewayContext
         do {
-            (chat, context) = try prepare(request, format: format, requestID: requestID)
+            if request.body.readableBytes >= Offload.thresholdBytes {
+                // Parsing a multi-megabyte body takes milliseconds: not on the event loop other connections share.
+                (chat, context) = try await Offload.ifLarge(request.body.readableBytes) { [self] () throws(GatewayError) in
+                    try prepare(request, format: format, requestID: requestID)
+                }
+            } else {
+                (chat, context) = try prepare(request, format: format, requestID: requestID)
+            }
         } catch {
             return failure(error, format: format, model: nil, requestID: requestID, started: request.receivedAt)
         }

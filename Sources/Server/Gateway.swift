@@ -106,13 +106,16 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         break
     }
     let exactCache = InMemoryExactCache(maxEntries: config.cache.maxEntries, maxBytes: config.cache.maxBytes)
-    let semanticCache = InMemorySemanticCache(maxEntries: config.cache.semanticMaxEntries,
+    let background = BackgroundWork()
+    services.append(background)
+    let semanticCache = InMemorySemanticCache(maxEntries: config.cache.semanticMaxEntries, maxBytes: config.cache.semanticMaxBytes,
                                               annThreshold: config.cache.semanticANNThreshold)
     if config.cache.semanticEnabled && batcher == nil {
         logger.notice("semantic cache off: no embedding model", metadata: ["switchyard.reason": "\(unavailable)"])
     }
     let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics, exactCache: exactCache,
-                                         semanticCache: semanticCache, embedder: batcher.map { BatcherEmbedder(batcher: $0) })
+                                         semanticCache: semanticCache, embedder: batcher.map { BatcherEmbedder(batcher: $0) },
+                                         background: background)
     let draining = Locked(false)
     let hasMock = mock != nil
     let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger)

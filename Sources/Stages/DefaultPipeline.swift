@@ -9,7 +9,8 @@ public enum DefaultPipeline {
     /// streamed answer can be priced when it is stored; its key is the model name the client asked for.
     public static func build(config: GatewayConfig, providers: [String: any ProviderClient],
                              recorder: any CostRecorder & CacheRecorder, exactCache: any ExactCacheStore,
-                             semanticCache: any SemanticCacheStore, embedder: (any TextEmbedder)?) -> Pipeline
+                             semanticCache: any SemanticCacheStore, embedder: (any TextEmbedder)?,
+                             background: (any BackgroundWorkQueue)? = nil) -> Pipeline
     {
         let call = ProviderCall(providers: providers)
         return Pipeline(
@@ -17,7 +18,8 @@ public enum DefaultPipeline {
                 AuthStage(keys: config.keys),
                 RouteStage(models: config.models),
                 ExactCacheStage(store: exactCache, settings: config.cache, recorder: recorder),
-                SemanticCacheStage(store: semanticCache, embedder: embedder, settings: config.cache, recorder: recorder),
+                SemanticCacheStage(store: semanticCache, embedder: embedder, settings: config.cache, recorder: recorder,
+                                   background: background),
                 PromptCacheStage(providers: config.providers),
                 CostAccountingStage(recorder: recorder),
             ],

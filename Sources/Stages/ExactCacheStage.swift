@@ -20,7 +20,12 @@ public struct ExactCacheStage: GatewayStage {
     public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
         // The async part holds only what crosses the `await`: the work before and after is in synchronous functions,
         // whose locals live on the thread's stack instead of in the task's frame.
-        switch try lookup(request, context: context) {
+        // A key over a multi-megabyte request (SHA-256 of its canonical form) is computed off the event loop.
+        let bytes = context.original?.byteCount ?? 0
+        let key = bytes >= Offload.thresholdBytes ? try await Offload.ifLarge(bytes) { [self] () throws(GatewayError) in
+            try self.key(request, context: context)
+        } : try self.key(request, context: context)
+        switch try lookup(request, context: context, key: key) {
         case .bypass:
             return CacheSupport.mark(try await next(request, context), CacheOutcome(.bypass))
         case .hit(let replay):
@@ -37,16 +42,24 @@ public struct ExactCacheStage: GatewayStage {
         case miss(key: String, tenant: String)
     }
 
-    @inline(never)
-    func lookup(_ request: ChatRequest, context: GatewayContext) throws(GatewayError) -> Lookup {
+    /// The request's key; `nil` when the exact cache does not apply to it.
+    func key(_ request: ChatRequest, context: GatewayContext) throws(GatewayError) -> String? {
         let directives = context.cacheDirectives
         let configuredTTL = settings.ttl(for: request.model)
         guard settings.exactEnabled, !settings.exactOff.contains(request.model), configuredTTL > .zero, !directives.skipStore else {
+            return nil
+        }
+        return ExactCacheKey.make(request, tenant: try context.requireCaller().tenant, promptVersion: directives.promptVersion)
+    }
+
+    @inline(never)
+    func lookup(_ request: ChatRequest, context: GatewayContext, key: String?) throws(GatewayError) -> Lookup {
+        let directives = context.cacheDirectives
+        guard let key else {
             recorder.cache(.exact, .bypass, model: request.model, saved: .zero, caller: context.caller)
             return .bypass
         }
         let caller = try context.requireCaller()
-        let key = ExactCacheKey.make(request, tenant: caller.tenant, promptVersion: directives.promptVersion)
         if !directives.skipLookup, let answer = store.get(key, now: .now), answer.tenant == caller.tenant,
            let replay = CacheSupport.replay(answer, for: request, outcome: CacheOutcome(.hitExact))
         {

@@ -19,13 +19,19 @@ public struct SemanticCacheStage: GatewayStage {
     let embedder: (any TextEmbedder)?
     let settings: CacheSettings
     let recorder: any CacheRecorder
+    /// Where shadow checks run (bounded; full: the check is skipped). `nil`: no shadow checks.
+    let background: (any BackgroundWorkQueue)?
+
+    /// Namespaces larger than this are searched on the thread pool, not the event loop.
+    static let inlineSearchEntries = 256
 
     public init(store: any SemanticCacheStore, embedder: (any TextEmbedder)?, settings: CacheSettings,
-                recorder: any CacheRecorder) {
+                recorder: any CacheRecorder, background: (any BackgroundWorkQueue)? = nil) {
         self.store = store
         self.embedder = embedder
         self.settings = settings
         self.recorder = recorder
+        self.background = background
     }
 
     /// Candidates verified per lookup, best first.
@@ -78,21 +84,33 @@ public struct SemanticCacheStage: GatewayStage {
             recorder.cache(.semantic, .bypass, model: request.model, saved: .zero, caller: plan.caller)
             return try await next(request, context)
         }
-        if !context.cacheDirectives.skipLookup,
-           let replay = replay(request, context: context, plan: plan, vector: vector, embedder: embedder, next: next)
-        {
-            return replay
+        if !context.cacheDirectives.skipLookup {
+            let matches = try await nearest(vector, request: request, plan: plan)
+            if let replay = replay(request, context: context, plan: plan, matches: matches, embedder: embedder, next: next) {
+                return replay
+            }
         }
         recorder.cache(.semantic, .miss, model: request.model, saved: .zero, caller: plan.caller)
         return store(try await next(request, context), request: request, context: context, plan: plan, vector: vector)
     }
 
+    /// The stored questions nearest to `vector` in the request's namespace; a large namespace is searched on the
+    /// thread pool.
+    func nearest(_ vector: [Float], request: ChatRequest, plan: Plan) async throws -> [SemanticMatch] {
+        let store = self.store
+        let minimum = Float(settings.semanticThreshold(for: request.model))
+        let namespace = plan.namespace
+        let search: @Sendable () -> [SemanticMatch] = {
+            store.nearest(vector, namespace: namespace, minimum: minimum, limit: Self.candidates, now: .now)
+        }
+        guard store.size(of: namespace) > Self.inlineSearchEntries else { return search() }
+        return try await Offload.ifLarge(Offload.thresholdBytes, search)
+    }
+
     /// The best stored answer that passes verification, replayed for `request`; `nil` on a miss.
     @inline(never)
-    func replay(_ request: ChatRequest, context: GatewayContext, plan: Plan, vector: [Float], embedder: any TextEmbedder,
+    func replay(_ request: ChatRequest, context: GatewayContext, plan: Plan, matches: [SemanticMatch], embedder: any TextEmbedder,
                 next: @escaping Next) -> GatewayResponse? {
-        let matches = store.nearest(vector, namespace: plan.namespace, minimum: Float(settings.semanticThreshold(for: request.model)),
-                                    limit: Self.candidates, now: .now)
         for match in matches where match.entry.answer.tenant == plan.caller.tenant {
             if settings.semanticVerify, let rejection = SemanticGuard.check(plan.question, against: match.entry.text) {
                 recorder.semanticRejected(rejection.rawValue)
@@ -119,7 +137,14 @@ public struct SemanticCacheStage: GatewayStage {
         let id = Self.makeEntryID()
         return CacheSupport.storing(response, ttl: plan.ttl, tenant: plan.caller.tenant, model: request.model,
                                     price: context.route?.price, outcome: nil) { answer in
-            store.insert(SemanticEntry(id: id, namespace: plan.namespace, text: plan.question, vector: vector, answer: answer))
+            // Into a large namespace off the event loop: the insert goes through (or builds, at `ann_threshold`
+            // entries) its HNSW index.
+            let entry = SemanticEntry(id: id, namespace: plan.namespace, text: plan.question, vector: vector, answer: answer)
+            if store.size(of: entry.namespace) > Self.inlineSearchEntries {
+                Offload.detached { store.insert(entry) }
+            } else {
+                store.insert(entry)
+            }
         }
     }
 
@@ -134,8 +159,9 @@ public struct SemanticCacheStage: GatewayStage {
         fresh.stream = false
         fresh.streamIncludeUsage = false
         let recorder = self.recorder
-        Task.detached {
-            guard case .completion(let completion)? = try? await next(fresh, context),
+        let shadow = fresh
+        background?.submit {
+            guard case .completion(let completion)? = try? await next(shadow, context),
                   let response = try? completion.canonicalResponse() else { return }
             let text = { (answer: ChatResponse) in answer.choices.flatMap(\.content).compactMap(\.text).joined(separator: "\n") }
             guard let a = await embedder.embed(text(cached)), let b = await embedder.embed(text(response)) else { return }

@@ -106,6 +106,8 @@ public struct CacheSettings: Sendable, Hashable {
     /// Requests with tools are not answered semantically unless this is set (a tool call depends on details).
     public var semanticWithTools = false
     public var semanticMaxEntries = 10_000
+    /// The semantic cache's size in bytes (answers, questions, vectors), oldest out first past it.
+    public var semanticMaxBytes = 256 << 20
     /// The share of semantic hits also sent to the model (in the background, billed as usual) to compare its fresh
     /// answer with the cached one: a measured disagreement rate (`switchyard_semantic_cache_shadow_*`). Off by default.
     public var semanticShadowRate = 0.0

@@ -121,6 +121,7 @@ public enum ConfigLoader {
                 config.cache.semanticVerify = try semantic.bool("verify") ?? true
                 config.cache.semanticWithTools = try semantic.bool("with_tools") ?? false
                 config.cache.semanticMaxEntries = try semantic.int("max_entries", in: 1...100_000_000) ?? config.cache.semanticMaxEntries
+                config.cache.semanticMaxBytes = try semantic.int("max_bytes", in: 1024...(1 << 40)) ?? config.cache.semanticMaxBytes
                 config.cache.semanticANNThreshold = try semantic.int("ann_threshold", in: 2...100_000_000) ?? config.cache.semanticANNThreshold
                 config.cache.semanticShadowRate = try semantic.double("shadow_rate", in: 0...1) ?? 0
                 config.cache.semanticMaxQuestionBytes = try semantic.int("max_question_bytes", in: 1...1_000_000)

@@ -210,6 +210,9 @@ public struct ClientOriginal: Sendable {
     public let request: ChatRequest
     public let body: ByteBuffer
 
+    /// The size of the client's body: what decides whether work on the request leaves the event loop (`Offload`).
+    public var byteCount: Int { body.readableBytes }
+
     public init(request: ChatRequest, body: ByteBuffer) {
         self.request = request
         self.body = body

@@ -42,10 +42,14 @@ public final class SavingsLedger: Sendable {
 
     private let state = Locked(State())
     private let retentionMinutes: Int64
+    /// (minute, tenant, kind) buckets kept at most: tenants are whoever calls (in the embedded default, each API key).
+    public let maximumBuckets: Int
     private let clock: @Sendable () -> Int64
 
     /// - Parameter now: Unix seconds (injectable for tests).
-    public init(retention: Duration = .seconds(7 * 86400), now: @escaping @Sendable () -> Int64 = SavingsLedger.unixNow) {
+    public init(retention: Duration = .seconds(7 * 86400), maximumBuckets: Int = 200_000,
+                now: @escaping @Sendable () -> Int64 = SavingsLedger.unixNow) {
+        self.maximumBuckets = max(1, maximumBuckets)
         self.retentionMinutes = max(1, retention.components.seconds / 60)
         self.clock = now
     }
@@ -59,9 +63,17 @@ public final class SavingsLedger: Sendable {
 
     public func record(tenant: String, kind: Kind, saved: NanoUSD) {
         let minute = clock() / 60
+        let key = Key(minute: minute, tenant: tenant, kind: kind)
+        let maximumBuckets = self.maximumBuckets
         state.withLock { state in
-            state.buckets[Key(minute: minute, tenant: tenant, kind: kind), default: Total()].requests += 1
-            state.buckets[Key(minute: minute, tenant: tenant, kind: kind), default: Total()].saved += saved
+            if state.buckets[key] == nil && state.buckets.count >= maximumBuckets {
+                // Full: the oldest minute goes first; if every bucket is this minute's, the record is dropped.
+                let oldest = state.buckets.keys.lazy.map(\.minute).min() ?? minute
+                guard oldest < minute else { return }
+                state.buckets = state.buckets.filter { $0.key.minute != oldest }
+            }
+            state.buckets[key, default: Total()].requests += 1
+            state.buckets[key, default: Total()].saved += saved
             // Minutes past the retention go, checked once per new minute.
             if minute != state.trimmedAt {
                 state.trimmedAt = minute

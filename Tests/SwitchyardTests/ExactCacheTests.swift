@@ -123,6 +123,28 @@ import Testing
         #expect(cut.response() == nil)
     }
 
+    @Test func assemblingALongStreamIsLinear() {
+        // 40,000 text chunks and 40,000 argument fragments: appending each to the text so far copied it
+        // (quadratic: about 8·10^9 bytes moved); kept as fragments and joined once, this is milliseconds.
+        var assembler = AnswerAssembler()
+        assembler.add([.start(id: "c", model: "m", usage: nil)])
+        for index in 0..<40_000 { assembler.add([.text(choice: 0, "word\(index % 10) ")]) }
+        assembler.add([.toolCallStart(choice: 0, index: 0, id: "call", name: "f")])
+        for _ in 0..<40_000 { assembler.add([.toolCallArguments(choice: 0, index: 0, "ab")]) }
+        let started = ContinuousClock.now
+        assembler.add([.finish(choice: 0, .toolUse)])
+        let response = assembler.response()
+        #expect(ContinuousClock.now - started < .seconds(2))
+        guard case .text(let text, _)? = response?.choices.first?.content.first,
+              case .toolUse(_, _, let arguments)? = response?.choices.first?.content.last
+        else {
+            Issue.record("no text and tool call")
+            return
+        }
+        #expect(text.utf8.count == 40_000 * 6 && text.hasPrefix("word0 word1 "))
+        #expect(arguments.utf8.count == 80_000)
+    }
+
     // MARK: Through the gateway
 
     static let body = #"{"model":"gpt-4o-mini","max_tokens":40,"temperature":0.2,"messages":[{"role":"user","content":"Name three rivers in Europe."}]}"#

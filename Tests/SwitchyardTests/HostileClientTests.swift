@@ -57,4 +57,36 @@ import Testing
             #expect(try await send("\(url)/healthz", method: "GET", body: nil).status == 200)
         }
     }
+
+    @Test func aHugeRequestDoesNotStallOtherConnections() async throws {
+        try await withTestGateway { _, url in
+            // 50,000 messages, about 1.7 MB: parsing, hashing and forwarding it take long enough to see on a loop.
+            let messages = (0..<50_000).map { #"{"role":"\#($0 % 2 == 0 ? "user" : "assistant")","content":"hello there"}"# }
+            let body = #"{"model":"gpt-4o-mini","max_tokens":5,"messages":["# + messages.joined(separator: ",") + "]}"
+            let port = try #require(Int(url.split(separator: ":").last ?? ""))
+            // Several connections, so that some share the big request's event loop.
+            let probes = try (0..<6).map { _ in try RawConnection(port: port) }
+            let finished = Locked(false)
+            let big = Task {
+                defer { finished.withLock { $0 = true } }
+                return try await send("\(url)/v1/chat/completions", body: body)
+            }
+            var slowest = Duration.zero
+            var rounds = 0
+            while !finished.withLock({ $0 }) && rounds < 1000 {
+                for probe in probes {
+                    let started = ContinuousClock.now
+                    try probe.send("GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                    _ = try await probe.receive(until: { $0.hasSuffix("ok\n") })
+                    slowest = max(slowest, ContinuousClock.now - started)
+                }
+                rounds += 1
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(rounds > 3, "the big request was answered before it could be observed")
+            let response = try await big.value
+            #expect(response.status == 200)
+            #expect(slowest < .milliseconds(500), "slowest /healthz beside the big request: \(slowest)")
+        }
+    }
 }

@@ -16,6 +16,19 @@ import Testing
         #expect(sonnet.promptCacheSavings(of: Usage(inputTokens: 100, outputTokens: 100)) == .zero)
     }
 
+    @Test func theLedgerIsBoundedHoweverManyTenantsCall() {
+        let clock = Locked<Int64>(60_000)
+        let ledger = SavingsLedger(retention: .seconds(86400), maximumBuckets: 100, now: { clock.withLock { $0 } })
+        for tenant in 0..<60 { ledger.record(tenant: "old-\(tenant)", kind: .exact, saved: NanoUSD(1)) }
+        clock.withLock { $0 += 60 }
+        for tenant in 0..<500 { ledger.record(tenant: "new-\(tenant)", kind: .exact, saved: NanoUSD(1)) }
+        let totals = ledger.totals(from: 0, to: 70_000)
+        // The older minute made room first; then this minute's records past the bound were dropped.
+        #expect(totals.count <= 100)
+        #expect(totals.keys.allSatisfy { $0.hasPrefix("new-") })
+        #expect(totals["new-0"]?[.exact]?.requests == 1)
+    }
+
     @Test func theLedgerReportsWindowsPerTenantAndKind() {
         let clock = Locked<Int64>(1_000)
         let ledger = SavingsLedger(retention: .seconds(7200), now: { clock.withLock { $0 } })

@@ -70,6 +70,16 @@ import Testing
         // That insert pushed out the next oldest (b); per-entry removal takes one out.
         #expect(store.remove(id: "b") == nil)
         #expect(store.remove(id: "d")?.id == "d" && store.count == 1)  // c is left; the expired one went when met
+
+        // Bounded in bytes too: entries of about 1 KB in a store of 5 KB.
+        let small = InMemorySemanticCache(maxEntries: 1000, maxBytes: 5_000)
+        for index in 0..<20 {
+            var big = entry("e\(index)", "n", [1, Float(index), 0])
+            big.text = String(repeating: "x", count: 700)
+            small.insert(big)
+        }
+        #expect(small.bytes <= 5_000 && small.count >= 3 && small.count < 20)
+        #expect(small.remove(id: "e19") != nil && small.remove(id: "e0") == nil)
     }
 
     @Test func theEvaluationCountsHitsAndFalseHits() {

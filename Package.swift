@@ -155,6 +155,17 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .target(name: "CFuzzerDriver"),
+        .executableTarget(
+            // libFuzzer targets for the parsers (scripts/fuzz.sh); a plain build replays inputs.
+            name: "SwitchyardFuzz",
+            dependencies: [
+                "HTTPEdge", "SwitchyardModels", "ServerSentEvents", "CFuzzerDriver",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
         .target(
             name: "SwitchyardTestKit",
             dependencies: [

@@ -13,8 +13,8 @@ import NIOHTTP1
 /// must be digits (repeated only with the same value), a request may not carry both `Content-Length` and
 /// `Transfer-Encoding`, and `chunked` is the only transfer coding. Empty lines before a request line are skipped,
 /// as RFC 9112 allows.
-struct HTTPRequestParser {
-    enum Failure: Error, Equatable {
+package struct HTTPRequestParser: Sendable {
+    package enum Failure: Error, Equatable {
         case malformedRequestLine
         case malformedHeader
         case headTooLarge
@@ -56,7 +56,7 @@ struct HTTPRequestParser {
         }
     }
 
-    enum Part {
+    package enum Part {
         case head(HTTPRequestHead, keepAlive: Bool)
         case body(ByteBuffer)
         case end
@@ -69,16 +69,16 @@ struct HTTPRequestParser {
 
     private var state = State.head
     private var scan = HTTPWire.HeadScan()
-    static let maximumHeadBytes = 64 * 1024
+    package static let maximumHeadBytes = 64 * 1024
     /// The largest chunked body read: a chunk size past it is refused as soon as its line arrives.
     let maximumChunkedBodyBytes: Int
 
-    init(maximumChunkedBodyBytes: Int = .max) {
+    package init(maximumChunkedBodyBytes: Int = .max) {
         self.maximumChunkedBodyBytes = maximumChunkedBodyBytes
     }
 
     /// Whether the parser is between requests (nothing of the next one parsed yet).
-    var atMessageStart: Bool {
+    package var atMessageStart: Bool {
         if case .head = state { return true }
         return false
     }
@@ -87,7 +87,7 @@ struct HTTPRequestParser {
     /// head or line, or the bytes after the request's end, in `buffer`.
     /// - Returns: Whether a request ended.
     @discardableResult
-    mutating func parse(_ buffer: inout ByteBuffer, emit: (Part) -> Void) throws(Failure) -> Bool {
+    package mutating func parse(_ buffer: inout ByteBuffer, emit: (Part) -> Void) throws(Failure) -> Bool {
         while buffer.readableBytes > 0 {
             switch state {
             case .head:

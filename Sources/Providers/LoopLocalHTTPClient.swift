@@ -588,7 +588,7 @@ final class ConnectionHandler: ChannelDuplexHandler {
         self.exchange = exchange
         ended = nil
         let request = exchange.request
-        let framed = HTTPResponseParser.frame(request, allocator: context.channel.allocator)
+        let framed = UpstreamFraming.frame(request, allocator: context.channel.allocator)
         context.write(wrapOutboundOut(framed.buffer), promise: nil)
         if !framed.bodyIncluded {
             context.write(wrapOutboundOut(request.body), promise: nil)

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import HTTPEdge
 @testable import Providers
 import SwitchyardCore
 import Testing
@@ -124,16 +125,16 @@ import Testing
         headers.add(name: "content-length", value: "999")
         let request = UpstreamRequest(endpoint: endpoint, target: "/prefix/v1/chat/completions", headers: headers,
                                       body: ByteBuffer(string: "{}"))
-        let framed = HTTPResponseParser.frame(request, allocator: ByteBufferAllocator())
+        let framed = UpstreamFraming.frame(request, allocator: ByteBufferAllocator())
         #expect(framed.bodyIncluded)
         #expect(String(buffer: framed.buffer) == "POST /prefix/v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:8000\r\n"
             + "content-length: 2\r\nauthorization: Bearer upstream-key\r\n\r\n{}")
         // A large body follows the head as its own buffer instead of being copied.
         let large = UpstreamRequest(endpoint: endpoint, target: "/v1/chat/completions", headers: HTTPHeaders(),
-                                    body: ByteBuffer(repeating: UInt8(ascii: "a"), count: HTTPResponseParser.inlineBodyBytes + 1))
-        let split = HTTPResponseParser.frame(large, allocator: ByteBufferAllocator())
+                                    body: ByteBuffer(repeating: UInt8(ascii: "a"), count: UpstreamFraming.inlineBodyBytes + 1))
+        let split = UpstreamFraming.frame(large, allocator: ByteBufferAllocator())
         #expect(!split.bodyIncluded)
-        #expect(String(buffer: split.buffer).hasSuffix("content-length: \(HTTPResponseParser.inlineBodyBytes + 1)\r\n\r\n"))
+        #expect(String(buffer: split.buffer).hasSuffix("content-length: \(UpstreamFraming.inlineBodyBytes + 1)\r\n\r\n"))
     }
 
     @Test func keepAliveFollowsTheVersionAndTheConnectionHeader() {

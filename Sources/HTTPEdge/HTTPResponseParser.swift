@@ -1,9 +1,8 @@
-import HTTPEdge
-import NIOCore
-import NIOHTTP1
-import SwitchyardCore
+public import NIOCore
+public import NIOHTTP1
 
-/// An HTTP/1.1 response parser for the upstream client, and the request framing that goes with it.
+/// An HTTP/1.1 response parser for the upstream client (`Providers`), beside the edge's request parser whose rules it
+/// shares.
 ///
 /// NIO's codec pair costs a pass through two channel handlers per request part and keeps a queue of request heads
 /// to match answers to requests; the client sends one request at a time, only `POST`/`GET`, so it frames the
@@ -15,8 +14,8 @@ import SwitchyardCore
 /// the status is three digits from 100 to 599, `Content-Length` is digits, and an answer with both
 /// `Content-Length` and `Transfer-Encoding` is refused. It stops at the end of one answer: what follows in the
 /// buffer is not parsed, so the connection's owner can see bytes that no request asked for.
-struct HTTPResponseParser {
-    enum Failure: Error, Equatable {
+public struct HTTPResponseParser: Sendable {
+    public enum Failure: Error, Equatable {
         case malformedHead
         case headTooLarge
         case malformedChunk
@@ -29,16 +28,18 @@ struct HTTPResponseParser {
 
     private var state = State.head
     private var scan = HTTPWire.HeadScan()
-    static let maximumHeadBytes = 80 * 1024
+    public static let maximumHeadBytes = 80 * 1024
+
+    public init() {}
 
     /// Whether a body that runs until the connection closes is being read (`end` comes from `finish()`).
-    var readsUntilClose: Bool {
+    public var readsUntilClose: Bool {
         if case .body(let reader) = state { return reader.readsUntilClose }
         return false
     }
 
     /// Whether the parser is between answers (nothing of the next one read yet).
-    var atMessageStart: Bool {
+    public var atMessageStart: Bool {
         if case .head = state { return true }
         return false
     }
@@ -47,7 +48,7 @@ struct HTTPResponseParser {
     /// line or head, or the bytes after the answer's end, in `buffer`.
     /// - Returns: Whether an answer ended.
     @discardableResult
-    mutating func parse(_ buffer: inout ByteBuffer, emit: (HTTPClientResponsePart) -> Void) throws(Failure) -> Bool {
+    public mutating func parse(_ buffer: inout ByteBuffer, emit: (HTTPClientResponsePart) -> Void) throws(Failure) -> Bool {
         while buffer.readableBytes > 0 {
             switch state {
             case .head:
@@ -103,7 +104,7 @@ struct HTTPResponseParser {
     }
 
     /// The connection closed: ends a body read until close.
-    mutating func finish(emit: (HTTPClientResponsePart) -> Void) {
+    public mutating func finish(emit: (HTTPClientResponsePart) -> Void) {
         if readsUntilClose {
             state = .head
             emit(.end(nil))
@@ -139,7 +140,7 @@ struct HTTPResponseParser {
     }
 
     /// Whether a `Transfer-Encoding` header lists `chunked` (in any case).
-    static func isChunked(_ headers: HTTPHeaders) -> Bool {
+    public static func isChunked(_ headers: HTTPHeaders) -> Bool {
         headers.contains {
             HeaderTokens.equals($0.name.utf8, "transfer-encoding") && HeaderTokens.list($0.value, contains: "chunked")
         }
@@ -148,41 +149,12 @@ struct HTTPResponseParser {
     /// Whether the connection may carry another request after this answer: HTTP/1.1 unless `Connection` says
     /// `close`, HTTP/1.0 only if it says `keep-alive`. (NIO's `isKeepAlive` builds lowercased copies of every header
     /// name: 1.2% of the proxy path's CPU.)
-    static func isKeepAlive(_ head: HTTPResponseHead) -> Bool {
+    public static func isKeepAlive(_ head: HTTPResponseHead) -> Bool {
         var keepAlive = head.version.major > 1 || (head.version.major == 1 && head.version.minor >= 1)
         for (name, value) in head.headers where HeaderTokens.equals(name.utf8, "connection") {
             if HeaderTokens.list(value, contains: "close") { return false }
             if HeaderTokens.list(value, contains: "keep-alive") { keepAlive = true }
         }
         return keepAlive
-    }
-
-    /// Bodies up to this size are copied behind the head, so the request leaves in one `write` (not a `writev` of
-    /// two buffers); larger ones follow the head as their own buffer.
-    static let inlineBodyBytes = 64 << 10
-
-    /// The request line, `host`, `content-length` and `headers` (any `host` or `content-length` among them
-    /// replaced), the blank line, and the body when that is at most `inlineBodyBytes` long (`bodyIncluded`).
-    static func frame(_ request: UpstreamRequest, allocator: ByteBufferAllocator) -> (buffer: ByteBuffer, bodyIncluded: Bool) {
-        let inline = request.body.readableBytes <= inlineBodyBytes
-        var buffer = allocator.buffer(capacity: 256 + (inline ? request.body.readableBytes : 0))
-        buffer.writeString(request.method.rawValue)
-        buffer.writeStaticString(" ")
-        buffer.writeString(request.target)
-        buffer.writeStaticString(" HTTP/1.1\r\nhost: ")
-        buffer.writeString(request.endpoint.hostHeader)
-        buffer.writeStaticString("\r\ncontent-length: ")
-        buffer.writeString(String(request.body.readableBytes))
-        buffer.writeStaticString("\r\n")
-        for (name, value) in request.headers {
-            if HeaderTokens.equals(name.utf8, "host") || HeaderTokens.equals(name.utf8, "content-length") { continue }
-            buffer.writeString(name)
-            buffer.writeStaticString(": ")
-            buffer.writeString(value)
-            buffer.writeStaticString("\r\n")
-        }
-        buffer.writeStaticString("\r\n")
-        if inline { buffer.writeImmutableBuffer(request.body) }
-        return (buffer, inline)
     }
 }

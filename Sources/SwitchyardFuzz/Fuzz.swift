@@ -1,0 +1,209 @@
+#if FUZZING
+import CFuzzerDriver
+#endif
+import HTTPEdge
+import NIOCore
+import NIOHTTP1
+import ServerSentEvents
+import SwitchyardModels
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Fuzz targets for every parser that reads bytes from outside: the edge's request parser, the upstream client's
+/// response parser, the JSON reader, the SSE decoder, and both APIs' request decoders.
+///
+/// Built for libFuzzer by `scripts/fuzz.sh` (`-sanitize=fuzzer,address -DFUZZING`); built plainly (as `swift build`
+/// does), the same binary replays files, so a crashing input can be rerun under a debugger. The target is
+/// chosen by `SWITCHYARD_FUZZ_TARGET`. Besides "no crash, no hang", the incremental parsers must give the same parts
+/// whether the input arrives whole or split at a point the input itself chooses.
+enum FuzzTarget: String, CaseIterable {
+    case requestParser = "request-parser"
+    case responseParser = "response-parser"
+    case json
+    case sse
+    case openAIRequest = "openai-request"
+    case anthropicRequest = "anthropic-request"
+
+    static let selected: FuzzTarget = {
+        let name = getenv("SWITCHYARD_FUZZ_TARGET").map { String(cString: $0) } ?? ""
+        guard let target = FuzzTarget(rawValue: name) else {
+            let names = FuzzTarget.allCases.map(\.rawValue).joined(separator: ", ")
+            printError("set SWITCHYARD_FUZZ_TARGET to one of: \(names)")
+            exit(2)
+        }
+        return target
+    }()
+
+    func run(_ bytes: UnsafeRawBufferPointer) {
+        switch self {
+        case .requestParser: Self.requestParser(bytes)
+        case .responseParser: Self.responseParser(bytes)
+        case .json: _ = try? JSONValue.parse(bytes)
+        case .sse: Self.sse(bytes)
+        case .openAIRequest:
+            if let json = try? JSONValue.parse(bytes) { _ = try? OpenAIFormat.parseRequest(json) }
+        case .anthropicRequest:
+            if let json = try? JSONValue.parse(bytes) { _ = try? AnthropicFormat.parseRequest(json) }
+        }
+    }
+
+    /// Where the input is cut in two for the split run: chosen by its first byte, so the fuzzer explores cuts.
+    static func cut(_ bytes: UnsafeRawBufferPointer) -> Int {
+        guard let first = bytes.first, bytes.count > 1 else { return 0 }
+        return Int(first) * bytes.count / 256
+    }
+
+    static func requestParser(_ bytes: UnsafeRawBufferPointer) {
+        func parts(_ pieces: [UnsafeRawBufferPointer]) -> [String] {
+            var parser = HTTPRequestParser(maximumChunkedBodyBytes: 1 << 16)
+            var buffer = ByteBuffer()
+            var seen: [String] = []
+            for piece in pieces {
+                buffer.writeBytes(piece)
+                do {
+                    while try parser.parse(&buffer, emit: { part in
+                        switch part {
+                        case .head(let head, let keepAlive): seen.append("head \(head.method) \(head.uri) \(keepAlive) \(head.headers.count)")
+                        case .body(let body): seen.append("body \(body.readableBytes)")
+                        case .end: seen.append("end")
+                        }
+                    }), buffer.readableBytes > 0 {}
+                } catch {
+                    seen.append("error \(error)")
+                    return Self.joined(seen)
+                }
+            }
+            return Self.joined(seen)
+        }
+        let cut = cut(bytes)
+        let whole = parts([bytes])
+        let split = parts([UnsafeRawBufferPointer(rebasing: bytes[..<cut]), UnsafeRawBufferPointer(rebasing: bytes[cut...])])
+        if whole != split { fatalError("request parser: whole \(whole) != split at \(cut) \(split)") }
+    }
+
+    static func responseParser(_ bytes: UnsafeRawBufferPointer) {
+        func parts(_ pieces: [UnsafeRawBufferPointer]) -> [String] {
+            var parser = HTTPResponseParser()
+            var buffer = ByteBuffer()
+            var seen: [String] = []
+            for piece in pieces {
+                buffer.writeBytes(piece)
+                do {
+                    while try parser.parse(&buffer, emit: { part in
+                        switch part {
+                        case .head(let head): seen.append("head \(head.status.code) \(head.headers.count)")
+                        case .body(let body): seen.append("body \(body.readableBytes)")
+                        case .end: seen.append("end")
+                        }
+                    }), buffer.readableBytes > 0 {}
+                } catch {
+                    seen.append("error \(error)")
+                    return Self.joined(seen)
+                }
+            }
+            parser.finish { _ in seen.append("end") }
+            return Self.joined(seen)
+        }
+        let cut = cut(bytes)
+        let whole = parts([bytes])
+        let split = parts([UnsafeRawBufferPointer(rebasing: bytes[..<cut]), UnsafeRawBufferPointer(rebasing: bytes[cut...])])
+        if whole != split { fatalError("response parser: whole \(whole) != split at \(cut) \(split)") }
+    }
+
+    static func sse(_ bytes: UnsafeRawBufferPointer) {
+        func events(_ pieces: [UnsafeRawBufferPointer]) -> String {
+            var decoder = SSEDecoder(maximumEventSize: 1 << 12)
+            var seen: [String] = []
+            for piece in pieces {
+                do {
+                    for event in try decoder.feed(ByteBuffer(bytes: piece)) {
+                        seen.append("\(event.event ?? "-") \(event.dataString.utf8.count)")
+                    }
+                } catch {
+                    seen.append("error")
+                    break
+                }
+            }
+            return seen.joined(separator: "|")
+        }
+        let cut = cut(bytes)
+        let whole = events([bytes])
+        let split = events([UnsafeRawBufferPointer(rebasing: bytes[..<cut]), UnsafeRawBufferPointer(rebasing: bytes[cut...])])
+        if whole != split { fatalError("SSE decoder: whole \(whole) != split at \(cut) \(split)") }
+    }
+
+    /// Body slices are joined: how bytes were split into parts is not part of the answer.
+    static func joined(_ parts: [String]) -> [String] {
+        var merged: [String] = []
+        var body = 0
+        for part in parts {
+            if part.hasPrefix("body "), let count = Int(part.dropFirst(5)) {
+                body += count
+                continue
+            }
+            if body > 0 {
+                merged.append("body \(body)")
+                body = 0
+            }
+            merged.append(part)
+        }
+        if body > 0 { merged.append("body \(body)") }
+        return merged
+    }
+}
+
+/// To standard error (`stderr` itself is a global that strict concurrency will not read).
+func printError(_ message: String) {
+    let line = message + "\n"
+    _ = line.withCString { write(2, $0, strlen($0)) }
+}
+
+#if FUZZING
+/// The entry point libFuzzer's own `main` calls, when the linker picks that one.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    guard let data else { return 0 }
+    FuzzTarget.selected.run(UnsafeRawBufferPointer(start: data, count: size))
+    return 0
+}
+
+/// libFuzzer's driver, run from this `main` (SwiftPM links every executable's own entry point, so libFuzzer's `main`
+/// stays out).
+@main struct Fuzz {
+    static func main() {
+        _ = FuzzTarget.selected
+        var argc = CommandLine.argc
+        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
+        exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in
+            guard let data else { return 0 }
+            FuzzTarget.selected.run(UnsafeRawBufferPointer(start: data, count: size))
+            return 0
+        })
+    }
+}
+#else
+/// Replays inputs: `SWITCHYARD_FUZZ_TARGET=json switchyard-fuzz FILE...`.
+@main struct Replay {
+    static func main() {
+        let target = FuzzTarget.selected
+        for path in CommandLine.arguments.dropFirst() {
+            guard let file = fopen(path, "rb") else {
+                printError("cannot read \(path)")
+                exit(1)
+            }
+            var bytes: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let count = fread(&chunk, 1, chunk.count, file)
+                if count <= 0 { break }
+                bytes.append(contentsOf: chunk[0..<count])
+            }
+            fclose(file)
+            bytes.withUnsafeBytes { target.run($0) }
+        }
+        print("replayed \(CommandLine.arguments.count - 1) inputs on \(target.rawValue)")
+    }
+}
+#endif

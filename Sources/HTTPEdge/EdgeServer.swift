@@ -384,6 +384,8 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Requests a pipelining client may queue behind the one being answered; past it the connection stops reading.
     static let maximumQueued = 16
+    /// Bodies up to this size are kept as the slices they arrived in; larger declared ones get one buffer.
+    static let inlineBodyBytes = 64 << 10
 
     let responder: EdgeResponder
     let maxBodyBytes: Int
@@ -412,6 +414,10 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
     var queuedReservations: [Int] = []
     /// Bytes the request being read still needs from the budget, and since when it waits (reading paused).
     var budgetWait: (bytes: Int, since: NIODeadline)?
+    /// The request being read waited too long for the budget: its body is dropped, and it is answered 503.
+    var budgetRefused = false
+    /// The declared length of the body being read, when it is large: read into one buffer of that size.
+    var expectedLength = 0
     private var context: ChannelHandlerContext?
     /// Runs the responders' tasks on this connection's event loop, and flushes their answers.
     let loop: LoopServices
@@ -516,10 +522,12 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 budgetWait = nil
                 resumeReading(context)
             } else if now - waiting.since >= loop.bodies.wait {
-                refuse(status: .serviceUnavailable, reason: "the gateway holds too many request bodies; retry shortly",
-                       code: "overloaded", retryAfter: true, context: context)
-                loop.sweeper.remove(self)
-                return
+                // Refused: the body is read and dropped (nothing held), then the client gets 503 with retry-after in
+                // place of a connection reset in the middle of its upload.
+                budgetWait = nil
+                budgetRefused = true
+                body = ByteBuffer()
+                resumeReading(context)
             }
         }
         timer.writeStalled(since: progress.stalledSince)
@@ -556,11 +564,15 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
             exceeded = false
             continuePending = false
             // A declared body that fits the limit is reserved whole now; one past the limit is read and dropped.
-            if let length = head.headers.first(name: "content-length").flatMap(Int.init), length <= maxBodyBytes,
-               !loop.bodies.tryReserve(length) {
-                budgetWait = (length, .now())
-            } else if let length = head.headers.first(name: "content-length").flatMap(Int.init), length <= maxBodyBytes {
-                readingReservation += length
+            budgetRefused = false
+            expectedLength = 0
+            if let length = head.headers.first(name: "content-length").flatMap(Int.init), length <= maxBodyBytes {
+                if loop.bodies.tryReserve(length) {
+                    readingReservation += length
+                } else {
+                    budgetWait = (length, .now())
+                }
+                expectedLength = length
             }
             if let expect = head.headers.first(name: "expect") {
                 guard HeaderTokens.equals(expect.utf8, "100-continue") else {
@@ -582,7 +594,7 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         case .body(var part):
             continuePending = false
-            guard !exceeded else { return }
+            guard !exceeded, !budgetRefused else { return }
             if body.readableBytes + part.readableBytes > maxBodyBytes {
                 exceeded = true
                 body = ByteBuffer()
@@ -597,15 +609,25 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 readingReservation += extra
                 if loop.bodies.overdrawn && budgetWait == nil { budgetWait = (0, .now()) }
             }
-            if body.readableBytes == 0 {
-                body = part
+            if body.readableBytes == 0 && expectedLength <= Self.inlineBodyBytes {
+                body = part  // the common small body: the read buffer's slice, no copy
             } else {
+                if body.capacity == 0 && expectedLength > Self.inlineBodyBytes {
+                    // One buffer of the declared size: growing by doubling would hold up to twice the body.
+                    body = context.channel.allocator.buffer(capacity: expectedLength)
+                }
                 body.writeBuffer(&part)
             }
         case .end:
             guard let head else { return }
             self.head = nil
             continuePending = false
+            if budgetRefused {
+                budgetRefused = false
+                refuse(status: .serviceUnavailable, reason: "the gateway holds too many request bodies; retry shortly",
+                       code: "overloaded", retryAfter: true, context: context)
+                return
+            }
             timer.requestComplete(leftoverBytes: false, now: .now())
             let request = EdgeRequest(head: head, body: body, bodyExceededLimit: exceeded, receivedAt: receivedAt,
                                       keepAlive: keepAlive)

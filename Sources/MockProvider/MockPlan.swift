@@ -37,8 +37,9 @@ struct MockPlan {
         var text: [String] = []
         request["system"]?.collectText(into: &text)
         request["messages"]?.collectText(into: &text)
-        let seedSource = model.name + "\u{0}" + text.joined(separator: "\u{0}")
-        var rng = SplitMix64(seed: request["seed"]?.seedBits ?? SplitMix64.hash(seedSource.utf8))
+        // The model name and the texts joined by NUL bytes, hashed as they are walked: no copy of a long prompt.
+        let seedSource = ([model.name] + text).lazy.map(\.utf8).joined(separator: [0])
+        var rng = SplitMix64(seed: request["seed"]?.seedBits ?? SplitMix64.hash(seedSource))
         self.id = String(rng.next() % 1_000_000_000_000, radix: 36)
         self.timeToFirstToken = .seconds(model.timeToFirstToken.sample(&rng))
         self.timingSeed = rng.next()

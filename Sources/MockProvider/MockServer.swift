@@ -156,7 +156,14 @@ public final class MockServer: Sendable {
         }
         let body = request.body
         let decoder = self.decoder
-        let decode: @Sendable () -> MockJSON? = { try? decoder.decode(MockJSON.self, from: Data(body.readableBytesView)) }
+        let decode: @Sendable () -> MockJSON? = {
+            // Decoded from the body's own bytes, without copying them into a `Data` first.
+            body.withUnsafeReadableBytes { raw -> MockJSON? in
+                guard let base = raw.baseAddress else { return try? decoder.decode(MockJSON.self, from: Data()) }
+                let view = Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: base), count: raw.count, deallocator: .none)
+                return try? decoder.decode(MockJSON.self, from: view)
+            }
+        }
         // A multi-megabyte prompt is decoded and counted on the thread pool: the in-process mock shares the gateway's
         // event loops, and must not stall them any more than the gateway may.
         let large = body.readableBytes >= 256 << 10
@@ -192,8 +199,12 @@ public final class MockServer: Sendable {
                                  message: "Rate limit reached for requests or tokens per minute (mock)", headers: limitHeaders)
             }
         }
-        let cached = promptCache.resolve(MockPromptCache.breakpoints(payload, anthropic: anthropic, model: model.name),
-                                         key: "\(credential ?? "")\u{0}\(model.name)")
+        let cacheModel = model.name
+        let findBreakpoints: @Sendable () -> [MockPromptCache.Breakpoint] = {
+            MockPromptCache.breakpoints(payload, anthropic: anthropic, model: cacheModel)
+        }
+        let points = large ? try await NIOThreadPool.singleton.runIfActive(findBreakpoints) : findBreakpoints()
+        let cached = promptCache.resolve(points, key: "\(credential ?? "")\u{0}\(model.name)")
         plan.cacheRead = cached.read
         plan.cacheWrite = anthropic ? cached.written : 0
         let scale = settings.latencyScale * (fault == .slow ? 10 : 1)

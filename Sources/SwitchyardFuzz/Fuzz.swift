@@ -55,61 +55,63 @@ enum FuzzTarget: String, CaseIterable {
         return Int(first) * bytes.count / 256
     }
 
-    static func requestParser(_ bytes: UnsafeRawBufferPointer) {
-        func parts(_ pieces: [UnsafeRawBufferPointer]) -> [String] {
-            var parser = HTTPRequestParser(maximumChunkedBodyBytes: 1 << 16)
-            var buffer = ByteBuffer()
-            var seen: [String] = []
-            for piece in pieces {
-                buffer.writeBytes(piece)
-                do {
-                    while try parser.parse(&buffer, emit: { part in
-                        switch part {
-                        case .head(let head, let keepAlive): seen.append("head \(head.method) \(head.uri) \(keepAlive) \(head.headers.count)")
-                        case .body(let body): seen.append("body \(body.readableBytes)")
-                        case .end: seen.append("end")
-                        }
-                    }), buffer.readableBytes > 0 {}
-                } catch {
-                    seen.append("error \(error)")
-                    return Self.joined(seen)
-                }
-            }
-            return Self.joined(seen)
-        }
+    /// Runs `parse` on the input whole and cut in two; a difference is a bug (the fuzzer reports the crash).
+    static func wholeAndSplitAgree<T: Equatable>(_ bytes: UnsafeRawBufferPointer, _ name: String,
+                                                 _ parse: ([UnsafeRawBufferPointer]) -> T) {
         let cut = cut(bytes)
-        let whole = parts([bytes])
-        let split = parts([UnsafeRawBufferPointer(rebasing: bytes[..<cut]), UnsafeRawBufferPointer(rebasing: bytes[cut...])])
-        if whole != split { fatalError("request parser: whole \(whole) != split at \(cut) \(split)") }
+        let whole = parse([bytes])
+        let split = parse([UnsafeRawBufferPointer(rebasing: bytes[..<cut]), UnsafeRawBufferPointer(rebasing: bytes[cut...])])
+        if whole != split { fatalError("\(name): whole \(whole) != split at \(cut) \(split)") }
+    }
+
+    /// The parts an incremental parser gives for `pieces` fed one after the other, as text (body slices joined),
+    /// ending with its error if it throws. `step` parses one message from the buffer, reporting each part.
+    static func parts(_ pieces: [UnsafeRawBufferPointer],
+                      step: (inout ByteBuffer, (String) -> Void) throws -> Bool,
+                      finish: ((String) -> Void) -> Void = { _ in }) -> [String] {
+        var buffer = ByteBuffer()
+        var seen: [String] = []
+        for piece in pieces {
+            buffer.writeBytes(piece)
+            do {
+                while try step(&buffer, { seen.append($0) }), buffer.readableBytes > 0 {}
+            } catch {
+                seen.append("error \(error)")
+                return joined(seen)
+            }
+        }
+        finish { seen.append($0) }
+        return joined(seen)
+    }
+
+    static func requestParser(_ bytes: UnsafeRawBufferPointer) {
+        wholeAndSplitAgree(bytes, "request parser") { pieces in
+            var parser = HTTPRequestParser(maximumChunkedBodyBytes: 1 << 16)
+            return parts(pieces, step: { buffer, report in
+                try parser.parse(&buffer) { part in
+                    switch part {
+                    case .head(let head, let keepAlive): report("head \(head.method) \(head.uri) \(keepAlive) \(head.headers.count)")
+                    case .body(let body): report("body \(body.readableBytes)")
+                    case .end: report("end")
+                    }
+                }
+            })
+        }
     }
 
     static func responseParser(_ bytes: UnsafeRawBufferPointer) {
-        func parts(_ pieces: [UnsafeRawBufferPointer]) -> [String] {
+        wholeAndSplitAgree(bytes, "response parser") { pieces in
             var parser = HTTPResponseParser()
-            var buffer = ByteBuffer()
-            var seen: [String] = []
-            for piece in pieces {
-                buffer.writeBytes(piece)
-                do {
-                    while try parser.parse(&buffer, emit: { part in
-                        switch part {
-                        case .head(let head): seen.append("head \(head.status.code) \(head.headers.count)")
-                        case .body(let body): seen.append("body \(body.readableBytes)")
-                        case .end: seen.append("end")
-                        }
-                    }), buffer.readableBytes > 0 {}
-                } catch {
-                    seen.append("error \(error)")
-                    return Self.joined(seen)
+            return parts(pieces, step: { buffer, report in
+                try parser.parse(&buffer) { part in
+                    switch part {
+                    case .head(let head): report("head \(head.status.code) \(head.headers.count)")
+                    case .body(let body): report("body \(body.readableBytes)")
+                    case .end: report("end")
+                    }
                 }
-            }
-            parser.finish { _ in seen.append("end") }
-            return Self.joined(seen)
+            }, finish: { report in parser.finish { _ in report("end") } })
         }
-        let cut = cut(bytes)
-        let whole = parts([bytes])
-        let split = parts([UnsafeRawBufferPointer(rebasing: bytes[..<cut]), UnsafeRawBufferPointer(rebasing: bytes[cut...])])
-        if whole != split { fatalError("response parser: whole \(whole) != split at \(cut) \(split)") }
     }
 
     static func sse(_ bytes: UnsafeRawBufferPointer) {
@@ -128,10 +130,7 @@ enum FuzzTarget: String, CaseIterable {
             }
             return seen.joined(separator: "|")
         }
-        let cut = cut(bytes)
-        let whole = events([bytes])
-        let split = events([UnsafeRawBufferPointer(rebasing: bytes[..<cut]), UnsafeRawBufferPointer(rebasing: bytes[cut...])])
-        if whole != split { fatalError("SSE decoder: whole \(whole) != split at \(cut) \(split)") }
+        wholeAndSplitAgree(bytes, "SSE decoder", events)
     }
 
     /// Body slices are joined: how bytes were split into parts is not part of the answer.

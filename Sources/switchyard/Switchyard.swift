@@ -84,6 +84,7 @@ struct Serve: AsyncParsableCommand {
             fflush(nil)
         }
         defer { announcer.cancel() }
+        defer { LineLogHandler.flush() }
         try await gateway.run()
     }
 }
@@ -143,6 +144,7 @@ struct Mock: AsyncParsableCommand {
         }
         try await ServiceGroup(configuration: .init(services: [service], gracefulShutdownSignals: [.sigterm, .sigint],
                                                     logger: logger)).run()
+        LineLogHandler.flush()
     }
 }
 

@@ -1,4 +1,6 @@
 import Foundation
+import SwitchyardCore
+import SwitchyardTestKit
 import Testing
 
 #if canImport(Glibc)
@@ -87,5 +89,68 @@ enum NIOThreadPoolRead {
                 continuation.resume(throwing: RawConnectionError.failed("no port in: \(text)"))
             }
         }
+    }
+}
+
+/// The gateway binary in its own process (its RSS is then its own): twenty concurrent bodies of 8 MiB against a
+/// body budget of 32 MiB. Without the budget each body in flight costs several times its size at once.
+@Suite struct BodyBudgetProcessTests {
+    static func rssMB(_ pid: Int32) -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+              let kb = Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") else { return nil }
+        return kb / 1024
+    }
+
+    @Test func concurrentLargeBodiesStayWithinTheBudget() async throws {
+        guard FileManager.default.isExecutableFile(atPath: DescriptorExhaustionTests.binary) else {
+            Issue.record("build the switchyard product first: \(DescriptorExhaustionTests.binary) is missing")
+            return
+        }
+        let config = FileManager.default.temporaryDirectory.appendingPathComponent("budget-\(getpid()).yaml")
+        try """
+        listen: {host: 127.0.0.1, port: 0, body_budget_bytes: 33554432}
+        max_body_bytes: 16777216
+        providers:
+          mock: {kind: mock}
+        models:
+          gpt-4o-mini: {provider: mock, exact_cache: false, semantic_cache: false}
+        """.write(to: config, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: config) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: DescriptorExhaustionTests.binary)
+        process.arguments = ["serve", "--config", config.path, "--no-embeddings", "--mock-latency-scale", "0", "--log-level", "error"]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        let port = try await NIOThreadPoolRead.port(from: output.fileHandleForReading)
+        let idle = try #require(Self.rssMB(process.processIdentifier))
+        let text = String(repeating: "a", count: 8 << 20)
+        let body = #"{"model":"gpt-4o-mini","max_tokens":5,"messages":[{"role":"user","content":"\#(text)"}]}"#
+        let peak = Locked(idle)
+        let sampling = Task {
+            while !Task.isCancelled {
+                if let rss = Self.rssMB(process.processIdentifier) { peak.withLock { $0 = max($0, rss) } }
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<20 { group.addTask { try await send("http://127.0.0.1:\(port)/v1/chat/completions", body: body).status } }
+            var statuses: [Int] = []
+            for try await status in group { statuses.append(status) }
+            return statuses
+        }
+        sampling.cancel()
+        // Every request is answered: served, or refused with 503 once it waited for the budget.
+        #expect(statuses.allSatisfy { $0 == 200 || $0 == 503 }, "\(statuses)")
+        #expect(statuses.contains(200))
+        let grew = peak.withLock { $0 } - idle
+        // Four bodies of 8 MiB fit the budget at once; gateway and in-process mock hold a few copies of each.
+        #expect(grew < 400, "RSS grew by \(grew) MB for 20 concurrent 8 MiB bodies under a 32 MiB budget")
     }
 }

@@ -77,12 +77,6 @@ package struct HTTPRequestParser: Sendable {
         self.maximumChunkedBodyBytes = maximumChunkedBodyBytes
     }
 
-    /// Whether the parser is between requests (nothing of the next one parsed yet).
-    package var atMessageStart: Bool {
-        if case .head = state { return true }
-        return false
-    }
-
     /// Parses what `buffer` holds, passing each part to `emit`, up to the end of one request; leaves an incomplete
     /// head or line, or the bytes after the request's end, in `buffer`.
     /// - Returns: Whether a request ended.

@@ -38,12 +38,6 @@ public struct HTTPResponseParser: Sendable {
         return false
     }
 
-    /// Whether the parser is between answers (nothing of the next one read yet).
-    public var atMessageStart: Bool {
-        if case .head = state { return true }
-        return false
-    }
-
     /// Parses what `buffer` holds, passing each part to `emit`, up to the end of one answer; leaves an incomplete
     /// line or head, or the bytes after the answer's end, in `buffer`.
     /// - Returns: Whether an answer ended.
@@ -136,13 +130,6 @@ public struct HTTPResponseParser: Sendable {
             let minor = raw[7] == UInt8(ascii: "1") ? 1 : 0
             return (HTTPResponseHead(version: .init(major: 1, minor: minor), status: HTTPResponseStatus(statusCode: code),
                                      headers: fields.headers), framing)
-        }
-    }
-
-    /// Whether a `Transfer-Encoding` header lists `chunked` (in any case).
-    public static func isChunked(_ headers: HTTPHeaders) -> Bool {
-        headers.contains {
-            HeaderTokens.equals($0.name.utf8, "transfer-encoding") && HeaderTokens.list($0.value, contains: "chunked")
         }
     }
 

@@ -94,14 +94,6 @@ struct UpstreamExchangeStateMachine {
         self.lastActivity = now
     }
 
-    /// Whether the caller has been answered (resumed with a head, a whole answer or an error).
-    var callerAnswered: Bool {
-        switch state {
-        case .initial, .queued, .awaitingHead, .collecting: false
-        case .streaming, .finished: true
-        }
-    }
-
     /// Whether the exchange holds a connection whose answer is still arriving.
     var holdsConnection: Bool {
         switch state {

@@ -58,9 +58,7 @@ import Testing
         let text = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;name=value\r\nhello\r\n6\r\n world\r\nA \r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n"
         let parts = try Self.expectSplitsAgree(text)
         #expect(parts == ["head 200 1 Transfer-Encoding=chunked", "body hello world0123456789", "end"])
-        #expect(HTTPResponseParser.isChunked(["TRANSFER-ENCODING": "gzip, Chunked "]))
         #expect(try Self.parse(["HTTP/1.1 200 OK\r\nTRANSFER-ENCODING: Chunked\r\n\r\n0\r\n\r\n"]) == ["head 200 1 TRANSFER-ENCODING=Chunked", "end"])
-        #expect(!HTTPResponseParser.isChunked(["transfer-encoding": "identity", "x-chunked": "chunked"]))
     }
 
     @Test func keepAliveAnswersFollowEachOther() throws {
@@ -114,7 +112,9 @@ import Testing
         #expect(parts == 3)
         // The second answer is left for the connection's owner to judge (no request asked for it).
         #expect(String(buffer: buffer).hasPrefix("HTTP/1.1 200 OK"))
-        #expect(parser.atMessageStart)
+        // And parses it on the next call.
+        #expect(try parser.parse(&buffer) { _ in parts += 1 })
+        #expect(parts == 5 && buffer.readableBytes == 0)
     }
 
     @Test func requestsAreFramedInOneBuffer() throws {

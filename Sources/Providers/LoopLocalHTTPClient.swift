@@ -210,7 +210,11 @@ final class LoopPool: @unchecked Sendable {
         var open = 0
         /// This loop's share of the endpoint's connection limit.
         var limit: Int
+        /// Exchanges waiting for a connection, in arrival order; ones that left (deadline, cancellation) are skipped
+        /// when met, and swept out once they outnumber the live ones.
         var waiters = CircularBuffer<Exchange>()
+        /// Live entries of `waiters`.
+        var waiting = 0
         let provider: String
 
         init(limit: Int, provider: String) {
@@ -274,20 +278,39 @@ final class LoopPool: @unchecked Sendable {
         if host.open < host.limit {
             host.open += 1
             connect(exchange.request.endpoint, host: host, for: exchange)
-        } else if host.waiters.count < maximumWaiters {
+        } else if host.waiting < maximumWaiters {
             host.waiters.append(exchange)
+            exchange.inWaiters = true
+            host.waiting += 1
             shared.adjustWaiters(host.provider, by: 1)
         } else {
             exchange.connectFailed(.poolExhausted)
         }
     }
 
-    /// An exchange that ended while it waited in the queue.
+    /// An exchange that ended while it waited in the queue (its entry is skipped when met: no search per exit, which
+    /// would be quadratic when thousands of waiters time out together).
     func leaveQueue(_ exchange: Exchange) {
-        guard let host = hosts[exchange.request.endpoint],
-              let index = host.waiters.firstIndex(where: { $0 === exchange }) else { return }
-        host.waiters.remove(at: index)
+        // Only an exchange in the waiters list: one that was being connected for is not in it.
+        guard exchange.inWaiters, let host = hosts[exchange.request.endpoint] else { return }
+        exchange.inWaiters = false
+        host.waiting -= 1
         shared.adjustWaiters(host.provider, by: -1)
+        if host.waiters.count > 2 * host.waiting + 64 {
+            host.waiters = CircularBuffer(host.waiters.filter(\.inWaiters))
+        }
+    }
+
+    /// The first waiter still waiting, taken off the queue.
+    private func nextWaiter(_ host: HostConnections) -> Exchange? {
+        while let waiter = host.waiters.popFirst() {
+            guard waiter.inWaiters else { continue }
+            waiter.inWaiters = false
+            host.waiting -= 1
+            shared.adjustWaiters(host.provider, by: -1)
+            return waiter
+        }
+        return nil
     }
 
     private func connect(_ endpoint: UpstreamEndpoint, host: HostConnections, for exchange: Exchange) {
@@ -332,8 +355,7 @@ final class LoopPool: @unchecked Sendable {
     /// A connection whose answer ended whole, with keep-alive and nothing after it.
     func release(_ connection: Connection) {
         guard let host = hosts[connection.endpoint], connection.channel.isActive else { return }
-        while let waiter = host.waiters.popFirst() {
-            shared.adjustWaiters(host.provider, by: -1)
+        while let waiter = nextWaiter(host) {
             if waiter.assign(connection) { return }
         }
         connection.idleSince = .now()
@@ -347,8 +369,7 @@ final class LoopPool: @unchecked Sendable {
     }
 
     private func serveWaiter(host: HostConnections, endpoint: UpstreamEndpoint) {
-        while host.open < host.limit, let waiter = host.waiters.popFirst() {
-            shared.adjustWaiters(host.provider, by: -1)
+        while host.open < host.limit, let waiter = nextWaiter(host) {
             host.open += 1
             connect(endpoint, host: host, for: waiter)
         }
@@ -397,6 +418,8 @@ final class Exchange: @unchecked Sendable {
     }
 
     var needsWatching: Bool { machine.needsWatching }
+    /// Whether the exchange sits in its pool's waiters list (set and cleared by the pool).
+    var inWaiters = false
     var wantsMoreData: Bool { machine.wantsMoreData }
     var receivedHead: Bool { machine.receivedHead }
 

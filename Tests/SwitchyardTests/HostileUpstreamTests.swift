@@ -279,6 +279,8 @@ import Testing
             let answered = try await responses.value
             #expect(answered.filter { $0.status == 200 }.count == 2)
             #expect(answered.filter { $0.status == 504 && $0.body.contains("became free") }.count == 4)
+            // The ones that left the queue are no longer counted.
+            #expect(gateway.poolWaiters()["hostile"] == 0)
         }
     }
 }

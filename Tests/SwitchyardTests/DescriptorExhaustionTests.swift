@@ -17,6 +17,23 @@ import Glibc
         return root.appendingPathComponent(".build/debug/switchyard").path
     }()
 
+    /// Starts a gateway process and waits for the port it prints; the caller terminates it.
+    static func launch(_ executable: String, _ arguments: [String]) async throws -> (Process, Int) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        do {
+            return (process, try await NIOThreadPoolRead.port(from: output.fileHandleForReading))
+        } catch {
+            process.terminate()
+            throw error
+        }
+    }
+
     /// CPU seconds (user + system) the process has used, from `/proc`.
     static func cpuSeconds(_ pid: Int32) -> Double? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
@@ -32,19 +49,13 @@ import Glibc
             Issue.record("build the switchyard product first: \(Self.binary) is missing")
             return
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", "ulimit -n 96 && exec \"$0\" serve --port 0 --no-embeddings --mock-latency-scale 0 --log-level error",
-                             Self.binary]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        let (process, port) = try await Self.launch("/bin/sh", [
+            "-c", "ulimit -n 96 && exec \"$0\" serve --port 0 --no-embeddings --mock-latency-scale 0 --log-level error", Self.binary,
+        ])
         defer {
             process.terminate()
             process.waitUntilExit()
         }
-        let port = try await NIOThreadPoolRead.port(from: output.fileHandleForReading)
         // Far more connections than descriptors: the kernel queues them, the gateway cannot accept them all.
         var held: [RawConnection] = []
         for _ in 0..<160 { held.append(try RawConnection(port: port)) }
@@ -117,18 +128,13 @@ enum NIOThreadPoolRead {
           gpt-4o-mini: {provider: mock, exact_cache: false, semantic_cache: false}
         """.write(to: config, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(at: config) }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: DescriptorExhaustionTests.binary)
-        process.arguments = ["serve", "--config", config.path, "--no-embeddings", "--mock-latency-scale", "0", "--log-level", "error"]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        let (process, port) = try await DescriptorExhaustionTests.launch(DescriptorExhaustionTests.binary, [
+            "serve", "--config", config.path, "--no-embeddings", "--mock-latency-scale", "0", "--log-level", "error",
+        ])
         defer {
             process.terminate()
             process.waitUntilExit()
         }
-        let port = try await NIOThreadPoolRead.port(from: output.fileHandleForReading)
         let idle = try #require(Self.rssMB(process.processIdentifier))
         let text = String(repeating: "a", count: 8 << 20)
         let body = #"{"model":"gpt-4o-mini","max_tokens":5,"messages":[{"role":"user","content":"\#(text)"}]}"#

@@ -2,7 +2,6 @@ import Embeddings
 import HTTPTypes
 import HTTPEdge
 import NIOCore
-import NIOPosix
 import Stages
 import SwitchyardCore
 import SwitchyardModels
@@ -53,7 +52,7 @@ struct EmbeddingsHandler: Sendable {
             if inputs.reduce(0, { $0 + $1.utf8.count }) <= Self.inlineTokenizeBytes {
                 ids = inputs.map(tokenizer.encode)
             } else {
-                ids = try await NIOThreadPool.singleton.runIfActive { inputs.map(tokenizer.encode) }
+                ids = try await Offload.run { inputs.map(tokenizer.encode) }
             }
             let tokens = ids.reduce(0) { $0 + $1.count }
             guard tokens <= Self.maximumTokens else {

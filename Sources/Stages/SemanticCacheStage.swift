@@ -104,7 +104,7 @@ public struct SemanticCacheStage: GatewayStage {
             store.nearest(vector, namespace: namespace, minimum: minimum, limit: Self.candidates, now: .now)
         }
         guard store.size(of: namespace) > Self.inlineSearchEntries else { return search() }
-        return try await Offload.ifLarge(Offload.thresholdBytes, search)
+        return try await Offload.run(search)
     }
 
     /// The best stored answer that passes verification, replayed for `request`; `nil` on a miss.

@@ -1,4 +1,4 @@
-public import NIOPosix
+import NIOPosix
 
 /// Work that can take more than about 100 µs, moved off the event loop that runs the request (DESIGN property 3):
 /// parsing or hashing a multi-megabyte body, rendering one for an upstream, searching a large semantic namespace.
@@ -10,7 +10,12 @@ public enum Offload {
     /// Runs `work` on NIO's shared thread pool when `bytes` reaches `thresholdBytes`, else where the caller is.
     public static func ifLarge<T: Sendable, E: Error>(_ bytes: Int, _ work: @escaping @Sendable () throws(E) -> T) async throws -> T {
         guard bytes >= thresholdBytes else { return try work() }
-        return try await NIOThreadPool.singleton.runIfActive { try work() }
+        return try await run(work)
+    }
+
+    /// Runs `work` on NIO's shared thread pool and waits for it.
+    public static func run<T: Sendable, E: Error>(_ work: @escaping @Sendable () throws(E) -> T) async throws -> T {
+        try await NIOThreadPool.singleton.runIfActive { try work() }
     }
 
     /// Runs `work` on NIO's shared thread pool and does not wait for it (a semantic-cache insert, an index build).

@@ -11,7 +11,7 @@ import FoundationEssentials
 import Foundation
 #endif
 
-/// Calls one configured provider over the shared pooled `HTTPClient`.
+/// Calls one configured provider over the shared pooled upstream client.
 public struct HTTPProvider: ProviderClient {
     public let config: ProviderConfig
     let transports: UpstreamTransports
@@ -71,17 +71,11 @@ public struct HTTPProvider: ProviderClient {
         let idle = TimeAmount.nanoseconds(config.timeouts.idle.nanoseconds)
         let response: UpstreamResponse
         do {
-            if request.stream && upstream.endpoint.tls {
-                response = try await withFirstTokenTimeout(config.timeouts.firstToken) { [transports] in
-                    try await transports.execute(upstream, deadline: deadline, streaming: true, maximumBodyBytes: 1 << 20)
-                }
-            } else {
-                // The loop-local client keeps the head deadline itself (no timer task per request). A non-streamed
-                // answer arrives whole, so only the total deadline bounds its head.
-                response = try await transports.execute(upstream, deadline: deadline, headDeadline: request.stream ? firstByte : deadline,
-                                                        queueDeadline: firstByte, idleTimeout: idle, streaming: request.stream,
-                                                        maximumBodyBytes: request.stream ? 1 << 20 : maximumResponseBytes)
-            }
+            // The client keeps the head deadline itself (no timer task per request). A non-streamed answer arrives
+            // whole, so only the total deadline bounds its head.
+            response = try await transports.execute(upstream, deadline: deadline, headDeadline: request.stream ? firstByte : deadline,
+                                                    queueDeadline: firstByte, idleTimeout: idle, streaming: request.stream,
+                                                    maximumBodyBytes: request.stream ? 1 << 20 : maximumResponseBytes)
         } catch {
             throw mapTransportError(error)
         }
@@ -125,7 +119,8 @@ public struct HTTPProvider: ProviderClient {
         headers.add(name: "x-request-id", value: context.requestID)
         return (UpstreamRequest(endpoint: endpoint, target: endpoint.basePath + dialect.path, headers: headers, body: bytes,
                                 provider: config.name, maximumConnections: config.poolSize,
-                                connectTimeout: .nanoseconds(config.timeouts.connect.nanoseconds), requestID: context.requestID),
+                                connectTimeout: .nanoseconds(config.timeouts.connect.nanoseconds), requestID: context.requestID,
+                                tlsCAFile: config.tlsCAFile),
                 dialect)
     }
 

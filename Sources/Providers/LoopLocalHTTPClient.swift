@@ -1,14 +1,17 @@
 public import NIOCore
 import NIOHTTP1
 public import NIOPosix
+import NIOSSL
+import NIOTLS
 import HTTPEdge
 public import SwitchyardCore
 
-/// A lean HTTP/1.1 client for plain-HTTP upstreams (self-hosted replicas, the mock, a static benchmark upstream).
+/// A lean HTTP/1.1 client for every upstream: hosted providers over HTTPS, self-hosted replicas, the mock.
 ///
-/// Each event loop keeps its own keep-alive pool per host, and a call runs on the event loop it is made from, so
-/// a gateway request and its upstream call share one thread with no hop between loops and no lock. HTTPS upstreams
-/// go through AsyncHTTPClient instead (see `UpstreamTransports`).
+/// Each event loop keeps its own keep-alive pool per host (and trust roots), and a call runs on the event loop it is
+/// made from, so a gateway request and its upstream call share one thread with no hop between loops and no lock.
+/// HTTPS adds swift-nio-ssl's handler in front of the same connection handler; a connection joins the pool only
+/// once its handshake (certificate and host name checked) completed within the connect timeout.
 ///
 /// A call writes the whole request, then either collects the whole body (non-streamed answers and every non-200
 /// answer) or hands back a `UpstreamBodyStream` that reads the body part by part with backpressure: reading from
@@ -26,6 +29,7 @@ public final class LoopLocalHTTPClient: Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let pools: [ObjectIdentifier: LoopPool]
     let shared: SharedPoolState
+    let tls: UpstreamTLSContexts
 
     /// - Parameters:
     ///   - connectionsPerHost: The most connections to one host, over all event loops together, for requests that do
@@ -39,14 +43,16 @@ public final class LoopLocalHTTPClient: Sendable {
         self.group = group
         let loops = Array(group.makeIterator())
         let shared = SharedPoolState(loopCount: max(loops.count, 1), anomalies: anomalies)
+        let tls = UpstreamTLSContexts()
         var pools: [ObjectIdentifier: LoopPool] = [:]
         for loop in loops {
             pools[ObjectIdentifier(loop)] = LoopPool(loop: loop, connectTimeout: connectTimeout,
                                                     connectionsPerHost: connectionsPerHost, idleTimeout: idleTimeout,
-                                                    maximumWaiters: maximumWaiters, shared: shared)
+                                                    maximumWaiters: maximumWaiters, shared: shared, tls: tls)
         }
         self.pools = pools
         self.shared = shared
+        self.tls = tls
     }
 
     /// Sends `request` and waits for the answer's head (streamed 200 answers) or its whole body (everything else).
@@ -70,6 +76,12 @@ public final class LoopLocalHTTPClient: Sendable {
         return try await exchange.run()
     }
 
+    /// Loads the trust roots that HTTPS requests with `tlsCAFile` use (they are loaded on first use otherwise), so that
+    /// an unusable file fails at start-up.
+    public func prepareTLS(caFile: String?) throws {
+        _ = try tls.context(caFile: caFile)
+    }
+
     /// Requests waiting for a connection, by `UpstreamRequest.provider`, over every event loop.
     public func waiters() -> [String: Int] {
         shared.waiters.withLock { $0 }
@@ -91,8 +103,10 @@ public struct UpstreamRequest: Sendable {
     /// The most connections to this endpoint over all event loops (the provider's `pool_size`); `nil`: the client's
     /// default.
     public var maximumConnections: Int?
-    /// The connect timeout for this request's provider; `nil`: the client's.
+    /// The connect timeout for this request's provider (the TLS handshake included); `nil`: the client's.
     public var connectTimeout: TimeAmount?
+    /// HTTPS only: a PEM file of the roots the upstream's certificate must chain to; `nil`: the system's.
+    public var tlsCAFile: String?
     /// The gateway's id for this request, sent as `x-request-id`: an upstream that echoes it proves each answer is
     /// the one asked for.
     public var requestID: String?
@@ -104,8 +118,9 @@ public struct UpstreamRequest: Sendable {
 
     public init(endpoint: UpstreamEndpoint, method: HTTPMethod = .POST, target: String, headers: HTTPHeaders,
                 body: ByteBuffer, provider: String = "", maximumConnections: Int? = nil, connectTimeout: TimeAmount? = nil,
-                requestID: String? = nil) {
+                requestID: String? = nil, tlsCAFile: String? = nil) {
         self.connectTimeout = connectTimeout
+        self.tlsCAFile = tlsCAFile
         self.endpoint = endpoint
         self.provider = provider
         self.maximumConnections = maximumConnections
@@ -183,6 +198,17 @@ final class SharedPoolState: Sendable {
     }
 }
 
+/// What a pooled connection can be reused for: the same endpoint, verified against the same roots.
+struct PoolKey: Hashable {
+    var endpoint: UpstreamEndpoint
+    var tlsCAFile: String?
+
+    init(_ request: UpstreamRequest) {
+        endpoint = request.endpoint
+        tlsCAFile = request.endpoint.tls ? request.tlsCAFile : nil
+    }
+}
+
 /// The connections of one event loop. Used only on `loop`.
 final class LoopPool: @unchecked Sendable {
     let loop: any EventLoop
@@ -192,10 +218,12 @@ final class LoopPool: @unchecked Sendable {
     let maximumWaiters: Int
     let shared: SharedPoolState
     let flusher: TickFlusher
-    private var hosts: [UpstreamEndpoint: HostConnections] = [:]
+    let tls: UpstreamTLSContexts
+    private var hosts: [PoolKey: HostConnections] = [:]
 
     init(loop: any EventLoop, connectTimeout: TimeAmount, connectionsPerHost: Int, idleTimeout: TimeAmount,
-         maximumWaiters: Int, shared: SharedPoolState) {
+         maximumWaiters: Int, shared: SharedPoolState, tls: UpstreamTLSContexts) {
+        self.tls = tls
         self.loop = loop
         self.connectTimeout = connectTimeout
         self.connectionsPerHost = connectionsPerHost
@@ -257,11 +285,12 @@ final class LoopPool: @unchecked Sendable {
     }
 
     private func host(for request: UpstreamRequest) -> HostConnections {
-        if let host = hosts[request.endpoint] { return host }
+        let key = PoolKey(request)
+        if let host = hosts[key] { return host }
         let total = request.maximumConnections ?? connectionsPerHost
         let created = HostConnections(limit: max(1, (total + shared.loopCount - 1) / shared.loopCount),
                                       provider: request.provider)
-        hosts[request.endpoint] = created
+        hosts[key] = created
         return created
     }
 
@@ -277,7 +306,7 @@ final class LoopPool: @unchecked Sendable {
         }
         if host.open < host.limit {
             host.open += 1
-            connect(exchange.request.endpoint, host: host, for: exchange)
+            connect(PoolKey(exchange.request), host: host, for: exchange)
         } else if host.waiting < maximumWaiters {
             host.waiters.append(exchange)
             exchange.inWaiters = true
@@ -292,7 +321,7 @@ final class LoopPool: @unchecked Sendable {
     /// would be quadratic when thousands of waiters time out together).
     func leaveQueue(_ exchange: Exchange) {
         // Only an exchange in the waiters list: one that was being connected for is not in it.
-        guard exchange.inWaiters, let host = hosts[exchange.request.endpoint] else { return }
+        guard exchange.inWaiters, let host = hosts[PoolKey(exchange.request)] else { return }
         exchange.inWaiters = false
         host.waiting -= 1
         shared.adjustWaiters(host.provider, by: -1)
@@ -313,16 +342,34 @@ final class LoopPool: @unchecked Sendable {
         return nil
     }
 
-    private func connect(_ endpoint: UpstreamEndpoint, host: HostConnections, for exchange: Exchange) {
+    private func connect(_ key: PoolKey, host: HostConnections, for exchange: Exchange) {
         let pool = self
+        let endpoint = key.endpoint
+        let timeout = exchange.request.connectTimeout ?? connectTimeout
+        let tlsContext: NIOSSLContext?
+        do {
+            tlsContext = endpoint.tls ? try tls.context(caFile: key.tlsCAFile) : nil
+        } catch {
+            host.open -= 1
+            exchange.connectFailed(.connectFailed("TLS set-up failed: \(error)"))
+            serveWaiter(host: host, key: key)
+            return
+        }
+        let handshaking = tlsContext != nil
         ClientBootstrap(group: loop)
-            .connectTimeout(exchange.request.connectTimeout ?? connectTimeout)
+            .connectTimeout(timeout)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tlsContext {
+                        let name = UpstreamTLSContexts.isIPAddress(endpoint.host) ? nil : endpoint.host
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tlsContext, serverHostname: name))
+                    }
                     // The handler frames requests and parses answers itself (`HTTPResponseParser`). Header values come
                     // from validated configuration and the gateway itself, never from clients.
-                    try channel.pipeline.syncOperations.addHandler(ConnectionHandler(flusher: pool.flusher, shared: pool.shared))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ConnectionHandler(flusher: pool.flusher, shared: pool.shared,
+                                          handshake: handshaking ? channel.eventLoop.makePromise() : nil))
                 }
             }
             .connect(host: endpoint.host, port: endpoint.port)
@@ -333,13 +380,22 @@ final class LoopPool: @unchecked Sendable {
                         channel.close(promise: nil)
                         host.open -= 1
                         exchange.connectFailed(.connectFailed("connection set-up failed"))
-                        pool.serveWaiter(host: host, endpoint: endpoint)
+                        pool.serveWaiter(host: host, key: key)
                         return
                     }
-                    let connection = Connection(channel: channel, handler: handler, endpoint: endpoint, pool: pool)
-                    handler.connection = connection
-                    channel.closeFuture.whenComplete { _ in pool.closed(connection, host: host) }
-                    if !exchange.assign(connection) { pool.release(connection) }
+                    pool.whenHandshaken(handler, channel: channel, timeout: timeout) { failure in
+                        if let failure {
+                            channel.close(promise: nil)
+                            host.open -= 1
+                            exchange.connectFailed(.connectFailed("TLS handshake with \(endpoint.host) failed: \(failure)"))
+                            pool.serveWaiter(host: host, key: key)
+                            return
+                        }
+                        let connection = Connection(channel: channel, handler: handler, key: key, pool: pool)
+                        handler.connection = connection
+                        channel.closeFuture.whenComplete { _ in pool.closed(connection, host: host) }
+                        if !exchange.assign(connection) { pool.release(connection) }
+                    }
                 case .failure(let error):
                     host.open -= 1
                     if case ChannelError.connectTimeout = error {
@@ -347,14 +403,32 @@ final class LoopPool: @unchecked Sendable {
                     } else {
                         exchange.connectFailed(.connectFailed("\(error)"))
                     }
-                    pool.serveWaiter(host: host, endpoint: endpoint)
+                    pool.serveWaiter(host: host, key: key)
                 }
             }
     }
 
+    /// Calls `body` once the connection's TLS handshake completed (at once for plain HTTP), or with why it did not
+    /// within `timeout` (counted from the TCP connect, so connect and handshake together take at most twice it).
+    private func whenHandshaken(_ handler: ConnectionHandler, channel: any Channel, timeout: TimeAmount,
+                                _ body: @escaping (String?) -> Void) {
+        guard let handshake = handler.handshake else {
+            body(nil)
+            return
+        }
+        let timer = loop.assumeIsolated().scheduleTask(in: timeout) { handler.failHandshake(UpstreamTLSHandshakeTimeout()) }
+        handshake.futureResult.assumeIsolated().whenComplete { result in
+            timer.cancel()
+            switch result {
+            case .success: body(nil)
+            case .failure(let error): body("\(error)")
+            }
+        }
+    }
+
     /// A connection whose answer ended whole, with keep-alive and nothing after it.
     func release(_ connection: Connection) {
-        guard let host = hosts[connection.endpoint], connection.channel.isActive else { return }
+        guard let host = hosts[connection.key], connection.channel.isActive else { return }
         while let waiter = nextWaiter(host) {
             if waiter.assign(connection) { return }
         }
@@ -365,13 +439,13 @@ final class LoopPool: @unchecked Sendable {
     private func closed(_ connection: Connection, host: HostConnections) {
         host.open -= 1
         if let index = host.idle.firstIndex(where: { $0 === connection }) { host.idle.remove(at: index) }
-        serveWaiter(host: host, endpoint: connection.endpoint)
+        serveWaiter(host: host, key: connection.key)
     }
 
-    private func serveWaiter(host: HostConnections, endpoint: UpstreamEndpoint) {
+    private func serveWaiter(host: HostConnections, key: PoolKey) {
         while host.open < host.limit, let waiter = nextWaiter(host) {
             host.open += 1
-            connect(endpoint, host: host, for: waiter)
+            connect(key, host: host, for: waiter)
         }
     }
 
@@ -387,14 +461,14 @@ final class LoopPool: @unchecked Sendable {
 final class Connection: @unchecked Sendable {
     let channel: any Channel
     let handler: ConnectionHandler
-    let endpoint: UpstreamEndpoint
+    let key: PoolKey
     let pool: LoopPool
     var idleSince = NIODeadline.now()
 
-    init(channel: any Channel, handler: ConnectionHandler, endpoint: UpstreamEndpoint, pool: LoopPool) {
+    init(channel: any Channel, handler: ConnectionHandler, key: PoolKey, pool: LoopPool) {
         self.channel = channel
         self.handler = handler
-        self.endpoint = endpoint
+        self.key = key
         self.pool = pool
     }
 }
@@ -594,14 +668,37 @@ final class ConnectionHandler: ChannelDuplexHandler {
     private var ended: Bool?
     /// Whether this upstream echoes `x-request-id` (learnt from the connection's first answer).
     private var echoesRequestID: Bool?
+    /// HTTPS: completed when the TLS handshake did, failed when it failed or the connection closed first.
+    private(set) var handshake: EventLoopPromise<Void>?
+    /// HTTPS: the upstream closed without TLS's close_notify, so a body read until the close may be truncated.
+    private var uncleanShutdown = false
 
-    init(flusher: TickFlusher, shared: SharedPoolState) {
+    init(flusher: TickFlusher, shared: SharedPoolState, handshake: EventLoopPromise<Void>? = nil) {
         self.flusher = flusher
         self.shared = shared
+        self.handshake = handshake
+    }
+
+    func failHandshake(_ error: any Error) {
+        guard let handshake else { return }
+        self.handshake = nil
+        handshake.fail(error)
+        context?.close(promise: nil)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? TLSUserEvent, case .handshakeCompleted = event, let handshake {
+            self.handshake = nil
+            handshake.succeed()
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    func handlerRemoved(context: ChannelHandlerContext) {
+        failHandshake(ChannelError.ioOnClosedChannel)
+        self.context = nil
+    }
 
     func begin(_ exchange: Exchange) {
         guard let context, context.channel.isActive else {
@@ -722,8 +819,9 @@ final class ConnectionHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        // A body read until the connection closes ends here.
-        if let exchange {
+        failHandshake(ChannelError.ioOnClosedChannel)
+        // A body read until the connection closes ends here (unless TLS says the close may have cut it short).
+        if let exchange, !uncleanShutdown {
             parser.finish { part in
                 if case .end = part { exchange.end(keepAlive: false) }
             }
@@ -736,6 +834,13 @@ final class ConnectionHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let error = error as? NIOSSLError, case .uncleanShutdown = error { uncleanShutdown = true }
+        failHandshake(error)
         context.close(promise: nil)
     }
+}
+
+/// The TLS handshake did not complete within the connect timeout.
+struct UpstreamTLSHandshakeTimeout: Error, CustomStringConvertible {
+    var description: String { "the handshake did not complete within the connect timeout" }
 }

@@ -47,14 +47,15 @@ public struct Gateway: Sendable {
     }
 }
 
-/// Builds the gateway described by `config`.
+/// Builds the gateway described by `config`; throws when a provider's `tls_ca_file` cannot be loaded.
 /// - Parameters:
 ///   - environment: Where provider API keys are read (`api_key_env`).
 ///   - embeddings: Whether `/v1/embeddings` is served from an on-device model.
 public func buildGateway(config: GatewayConfig, logger: Logger, environment: [String: String],
-                         embeddings: EmbeddingsSetting = .disabled) -> Gateway {
+                         embeddings: EmbeddingsSetting = .disabled) throws -> Gateway {
     let metrics = GatewayMetrics(models: config.models.keys, providers: config.providers.keys)
     let httpClient = HTTPClientService(providers: Array(config.providers.values), anomalies: metrics)
+    try httpClient.prepareTLS(for: Array(config.providers.values))
     let listening = ReadySignal<Int>()
     let mockURL = ReadySignal<String>()
     var services: [any Service] = [httpClient]
@@ -142,7 +143,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                                 body: .buffer(ByteBuffer(string: ready ? "ready\n" : "not ready\n")))
         case (.GET, "/metrics"):
             return EdgeResponse(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                                body: .buffer(ByteBuffer(bytes: metrics.render(poolWaiters: httpClient.transports.plain.waiters()))))
+                                body: .buffer(ByteBuffer(bytes: metrics.render(poolWaiters: httpClient.transports.client.waiters()))))
         default:
             return unrouted(request)
         }
@@ -168,7 +169,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     services.append(DrainWatcher(draining: draining))
     return Gateway(config: config, metrics: metrics, mock: mock, listening: listening, mockURL: mockURL,
                    exactCache: exactCache, semanticCache: semanticCache, services: services, logger: logger,
-                   upstreamWaiters: { [plain = httpClient.transports.plain] in plain.waiters() })
+                   upstreamWaiters: { [client = httpClient.transports.client] in client.waiters() })
 }
 
 /// Flips the readiness flag when graceful shutdown begins.

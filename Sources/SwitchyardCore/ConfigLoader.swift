@@ -242,6 +242,16 @@ public enum ConfigLoader {
             try timeouts.finish()
         }
         provider.poolSize = try reader.int("pool_size", in: 1...65536) ?? provider.poolSize
+        if let file = try reader.string("tls_ca_file") {
+            guard provider.baseURL.hasPrefix("https://") else {
+                throw ConfigError(path: reader.child("tls_ca_file"), "applies only to an https:// base_url")
+            }
+            guard let data = FileManager.default.contents(atPath: file),
+                  String(decoding: data, as: UTF8.self).contains("-----BEGIN CERTIFICATE-----") else {
+                throw ConfigError(path: reader.child("tls_ca_file"), "'\(file)' is not a readable PEM file of certificates")
+            }
+            provider.tlsCAFile = file
+        }
         if let headers = try reader.mapping("headers") {
             for header in headers.keys {
                 let value = try headers.requiredString(header)

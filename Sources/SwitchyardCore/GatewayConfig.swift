@@ -61,6 +61,9 @@ public struct ProviderConfig: Sendable, Hashable {
     public static let defaultPoolSize = 4096
     /// Extra headers sent with every call (such as `anthropic-beta`).
     public var headers: [String: String]
+    /// A PEM file of the certificates that an HTTPS upstream's certificate must chain to, in place of the system's
+    /// roots (a self-hosted replica behind an internal CA); `nil`: the system's roots.
+    public var tlsCAFile: String?
 
     public init(name: String, kind: ProviderKind, baseURL: String, apiKeyEnv: String? = nil,
                 timeouts: ProviderTimeouts = ProviderTimeouts(), poolSize: Int = ProviderConfig.defaultPoolSize, headers: [String: String] = [:]) {

@@ -14,7 +14,7 @@ public func withTestGateway<T: Sendable>(
 ) async throws -> T {
     var logger = Logger(label: "test-gateway")
     logger.logLevel = .critical
-    let gateway = buildGateway(config: config, logger: logger, environment: environment, embeddings: embeddings)
+    let gateway = try buildGateway(config: config, logger: logger, environment: environment, embeddings: embeddings)
     return try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask {
             try await gateway.run(handleSignals: false)

@@ -6,6 +6,7 @@ import SwitchyardCore
 import SwitchyardModels
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import Providers
 
 #if canImport(Glibc)
@@ -20,8 +21,9 @@ struct Bench: AsyncParsableCommand {
 }
 
 /// Measures what an upstream HTTP client alone costs, posting a small chat request in a closed loop with no server
-/// work: the loop-local client the gateway uses for plain-HTTP upstreams, or AsyncHTTPClient (its HTTPS client).
-/// bench/overhead runs it against nginx so the gateway's throughput can be read against this floor.
+/// work: the loop-local client the gateway uses for every upstream, or AsyncHTTPClient as a reference.
+/// bench/overhead runs it against nginx so the gateway's throughput can be read against this floor; bench/tls-client
+/// runs both clients against nginx over HTTPS.
 struct UpstreamClientFloor: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "client-floor")
 
@@ -31,6 +33,8 @@ struct UpstreamClientFloor: AsyncParsableCommand {
     @Option(help: "Concurrent requests in flight.") var concurrency = 128
     @Option(help: "Requests in total.") var requests = 100_000
     @Option(help: "loop-local or async-http-client.") var client = Client.loopLocal
+    @Option(help: "HTTPS: a PEM file of the roots the server's certificate chains to (default: the system's).")
+    var caFile: String?
 
     func run() async throws {
         let body = ByteBuffer(string: #"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Summarise the benefits of an AI gateway in one sentence."}]}"#)
@@ -42,7 +46,7 @@ struct UpstreamClientFloor: AsyncParsableCommand {
             let lean = LoopLocalHTTPClient(connectTimeout: .seconds(5), connectionsPerHost: max(concurrency, 8))
             let target = String(url.dropFirst(url.hasPrefix("https") ? 8 : 7).drop { $0 != "/" })
             let request = UpstreamRequest(endpoint: endpoint, target: target.isEmpty ? "/" : target,
-                                          headers: ["content-type": "application/json"], body: body)
+                                          headers: ["content-type": "application/json"], body: body, tlsCAFile: caFile)
             send = {
                 let response = try await lean.execute(request, deadline: .now() + .seconds(30), streaming: false,
                                                       maximumBodyBytes: 1 << 20)
@@ -54,6 +58,11 @@ struct UpstreamClientFloor: AsyncParsableCommand {
             configuration.connectionPool = .init(idleTimeout: .seconds(60),
                                                  concurrentHTTP1ConnectionsPerHostSoftLimit: max(concurrency, 8))
             configuration.tracing.tracer = nil
+            if let caFile {
+                var tls = TLSConfiguration.makeClientConfiguration()
+                tls.trustRoots = .file(caFile)
+                configuration.tlsConfiguration = tls
+            }
             let ahc = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
             let url = self.url
             send = {

@@ -75,7 +75,7 @@ struct Load: AsyncParsableCommand {
         let models = ModelStore()
         let embeddings: EmbeddingsSetting = models.isAvailable
             ? .model(directory: models.modelDirectory) : .unavailable("no embedding model (switchyard models pull)")
-        let gateway = buildGateway(config: config, logger: logger, environment: [:], embeddings: embeddings)
+        let gateway = try buildGateway(config: config, logger: logger, environment: [:], embeddings: embeddings)
         let server = Task { try await gateway.run(handleSignals: false) }
         defer { server.cancel() }
         plan.baseURL = "http://127.0.0.1:\(await gateway.listening.wait())"
@@ -126,7 +126,7 @@ struct Load: AsyncParsableCommand {
         }
         let wall = (ContinuousClock.now - started).inSeconds
         let cpu = UpstreamClientFloor.cpuSeconds() - cpuBefore
-        try await transports.shutdown()
+        await transports.shutdown()
         if interactive { FileHandle.standardError.write(Data("\n".utf8)) }
         let report = LoadReport(runner.statistics.snapshot, wall: wall, cpu: cpu, dailyVolume: dailyVolume, plan: plan)
         print(report.text)

@@ -69,8 +69,13 @@ struct Serve: AsyncParsableCommand {
         if let host { settings.host = host }
         if let port { settings.port = port }
         if let mockLatencyScale { settings.mockLatencyScale = mockLatencyScale }
-        let gateway = buildGateway(config: settings, logger: logger, environment: ProcessInfo.processInfo.environment,
-                                   embeddings: prepareEmbeddings())
+        let gateway: Gateway
+        do {
+            gateway = try buildGateway(config: settings, logger: logger, environment: ProcessInfo.processInfo.environment,
+                                       embeddings: prepareEmbeddings())
+        } catch {
+            throw ValidationError("invalid configuration: a provider's tls_ca_file cannot be used: \(error)")
+        }
         let host = settings.host
         let mode = config.map { "config \($0)" } ?? "embedded default: built-in mock provider, any API key accepted"
         // Unstructured: if the server never listens (port in use), the failure ends the command without waiting for it.

@@ -83,6 +83,10 @@ import Testing
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {exact: {enabled: maybe}}", "cache.exact.enabled",
          "true or false"),
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m, cache_ttl: 5}}", "models.gpt-4o.cache_ttl", "unknown key"),
+        ("providers: {o: {kind: openai-compatible, base_url: 'http://h:1', tls_ca_file: /etc/hostname}}\nmodels: {x: {provider: o, price: {input: 1, output: 1}}}",
+         "providers.o.tls_ca_file", "only to an https"),
+        ("providers: {o: {kind: openai-compatible, base_url: 'https://h:1', tls_ca_file: /etc/hostname}}\nmodels: {x: {provider: o, price: {input: 1, output: 1}}}",
+         "providers.o.tls_ca_file", "not a readable PEM"),
     ])
     func badFilesNameTheKeyPath(_ testCase: (String, String, String)) {
         let error = error(testCase.0)

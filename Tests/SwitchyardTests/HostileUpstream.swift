@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import NIOSSL
 import SwitchyardCore
 
 /// A scripted upstream on loopback that speaks raw bytes: each request it reads is answered by whatever steps the
@@ -30,28 +31,45 @@ final class HostileUpstream: Sendable {
 
     let channel: any Channel
     let counts = Locked((connections: 0, requests: 0))
+    /// The base URL's scheme and host.
+    let origin: String
 
-    private init(channel: any Channel) {
+    private init(channel: any Channel, origin: String) {
         self.channel = channel
+        self.origin = origin
     }
 
     var port: Int { channel.localAddress?.port ?? 0 }
-    var baseURL: String { "http://127.0.0.1:\(port)" }
+    var baseURL: String { "\(origin):\(port)" }
     var connections: Int { counts.withLock { $0.connections } }
 
-    static func start(_ script: @escaping Script) async throws -> HostileUpstream {
+    /// The test CA (`Fixtures/tls`) that signed the certificate an HTTPS upstream presents, for `localhost` and
+    /// `127.0.0.1`; valid until 2126.
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/tls")
+    static var testCAFile: String { fixtures.appendingPathComponent("ca.pem").path }
+
+    /// - Parameters:
+    ///   - tls: Speak HTTPS with the test certificate (the base URL names `localhost`, or `host` when it is not
+    ///     127.0.0.1).
+    ///   - host: The loopback address to listen on.
+    static func start(tls: Bool = false, host: String = "127.0.0.1", _ script: @escaping Script) async throws -> HostileUpstream {
         let box = Locked<HostileUpstream?>(nil)
+        let context: NIOSSLContext? = tls ? try NIOSSLContext(configuration: .makeServerConfiguration(
+            certificateChain: try NIOSSLCertificate.fromPEMFile(fixtures.appendingPathComponent("server.pem").path).map { .certificate($0) },
+            privateKey: .privateKey(try NIOSSLPrivateKey(file: fixtures.appendingPathComponent("server.key").path, format: .pem)))) : nil
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 guard let server = box.withLock({ $0 }) else { return channel.eventLoop.makeSucceededVoidFuture() }
                 server.counts.withLock { $0.connections += 1 }
                 return channel.eventLoop.makeCompletedFuture {
+                    if let context { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context)) }
                     try channel.pipeline.syncOperations.addHandler(ScriptedConnection(server: server, script: script))
                 }
             }
-            .bind(host: "127.0.0.1", port: 0).get()
-        let server = HostileUpstream(channel: channel)
+            .bind(host: host, port: 0).get()
+        let name = host == "127.0.0.1" && tls ? "localhost" : host
+        let server = HostileUpstream(channel: channel, origin: "\(tls ? "https" : "http")://\(name)")
         box.withLock { $0 = server }
         return server
     }

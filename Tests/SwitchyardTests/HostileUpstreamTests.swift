@@ -16,6 +16,7 @@ import Testing
         var config = TestConfigs.embedded()
         config.providers["hostile"] = ProviderConfig(name: "hostile", kind: .openAICompatible, baseURL: upstream.baseURL,
                                                      timeouts: timeouts, poolSize: poolSize)
+        if upstream.baseURL.hasPrefix("https://") { config.providers["hostile"]?.tlsCAFile = HostileUpstream.testCAFile }
         config.models["h"] = ModelRoute(name: "h", provider: "hostile", upstreamModel: "m",
                                         price: ModelPrice(usd: "2.50", "10", "1.25", "2.50")!)
         // Every request must reach the upstream.
@@ -34,11 +35,12 @@ import Testing
         return Int(line.dropFirst(prefix.count)) ?? -1
     }
 
-    static func withUpstream<T: Sendable>(_ script: @escaping HostileUpstream.Script,
+    static func withUpstream<T: Sendable>(tls: Bool = false, host: String = "127.0.0.1",
+                                          _ script: @escaping HostileUpstream.Script,
                                           configure: (inout GatewayConfig) -> Void = { _ in },
                                           timeouts: ProviderTimeouts = ProviderTimeouts(), poolSize: Int = 64,
                                           _ body: @Sendable (HostileUpstream, Gateway, String) async throws -> T) async throws -> T {
-        let upstream = try await HostileUpstream.start(script)
+        let upstream = try await HostileUpstream.start(tls: tls, host: host, script)
         var config = Self.config(upstream, timeouts: timeouts, poolSize: poolSize)
         configure(&config)
         do {
@@ -150,8 +152,8 @@ import Testing
         }
     }
 
-    @Test func anExtraAnswerInTheSameWriteClosesTheConnection() async throws {
-        try await Self.withUpstream({ request in
+    @Test(arguments: [false, true]) func anExtraAnswerInTheSameWriteClosesTheConnection(tls: Bool) async throws {
+        try await Self.withUpstream(tls: tls, { request in
             var extra = request
             extra.marker = "extra-\(request.index)"
             return [.write(HostileUpstream.completion(request) + HostileUpstream.completion(extra))]
@@ -184,8 +186,8 @@ import Testing
         }
     }
 
-    @Test func anExtraAnswerOnAnIdleConnectionClosesIt() async throws {
-        try await Self.withUpstream({ request in
+    @Test(arguments: [false, true]) func anExtraAnswerOnAnIdleConnectionClosesIt(tls: Bool) async throws {
+        try await Self.withUpstream(tls: tls, { request in
             var extra = request
             extra.marker = "extra-\(request.index)"
             return [.write(HostileUpstream.completion(request)), .pause(milliseconds: 20), .write(HostileUpstream.completion(extra))]
@@ -203,8 +205,8 @@ import Testing
 
     // MARK: Stalls
 
-    @Test func aBodyShortOfItsLengthFailsAtTheIdleTimeout() async throws {
-        try await Self.withUpstream({ _ in
+    @Test(arguments: [false, true]) func aBodyShortOfItsLengthFailsAtTheIdleTimeout(tls: Bool) async throws {
+        try await Self.withUpstream(tls: tls, { _ in
             [.write("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"id\":\"x\",")]
         }, timeouts: ProviderTimeouts(total: .seconds(60), idle: .milliseconds(300))) { _, gateway, url in
             let started = ContinuousClock.now
@@ -216,8 +218,8 @@ import Testing
         }
     }
 
-    @Test func aStalledStreamEndsWithAnErrorEventAtTheIdleTimeout() async throws {
-        try await Self.withUpstream({ _ in
+    @Test(arguments: [false, true]) func aStalledStreamEndsWithAnErrorEventAtTheIdleTimeout(tls: Bool) async throws {
+        try await Self.withUpstream(tls: tls, { _ in
             [.write(HostileUpstream.streamHead() + HostileUpstream.textEvent("one") + HostileUpstream.textEvent("two"))]
         }, timeouts: ProviderTimeouts(total: .seconds(60), idle: .milliseconds(300))) { _, gateway, url in
             let started = ContinuousClock.now

@@ -47,7 +47,7 @@ import Testing
         let transports = HTTPClientService(providers: []).transports
         let runner = try LoadRunner(plan: plan, transports: transports)
         await runner.run()
-        try await transports.shutdown()
+        await transports.shutdown()
         return runner.statistics.snapshot
     }
 

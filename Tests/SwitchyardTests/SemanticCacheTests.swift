@@ -331,7 +331,7 @@ import Testing
         let logger = Logger(label: "privacy") { _ in Capture(lines) }
         var config = TestConfigs.embedded()
         config.mockLatencyScale = 0
-        let gateway = buildGateway(config: config, logger: logger, environment: ["SWITCHYARD_ADMIN_KEY": "admin-key-77"],
+        let gateway = try buildGateway(config: config, logger: logger, environment: ["SWITCHYARD_ADMIN_KEY": "admin-key-77"],
                                    embeddings: .model(directory: ModelStore().modelDirectory))
         let secret = "my account number is 99887766 and my mother's maiden name is Zyxwvut"
         let paraphrase = "my account number is 99887766, and my mother's maiden name is Zyxwvut"

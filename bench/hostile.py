@@ -288,7 +288,7 @@ def load_wrong_answers(port, seconds=4, concurrency=32, tenants=4):
 
 def probe_extra(binary):
     """An upstream that sends one answer too many on a keep-alive connection, under load from four tenants."""
-    for mode in ("same-write", "after-5ms", "after-5ms, x-request-id echoed"):
+    for mode in ("same-write", "after-5ms", "after-5ms, x-request-id echoed", "after-5ms, keep_alive: false"):
         def script(marker, index, is_stream, rid, mode=mode):
             # As vLLM with --enable-request-id-headers does: the answer carries the request's id.
             echo = f"x-request-id: {rid}\r\n" if "echoed" in mode and rid else ""
@@ -298,7 +298,10 @@ def probe_extra(binary):
             extra = completion(f"extra-{index}", extra_headers=echo)
             return [answer + extra] if mode == "same-write" else [answer, 0.005, extra]
         upstream = Upstream(script)
-        gateway = Gateway(binary, config_with(upstream.port))
+        config = config_with(upstream.port)
+        if "keep_alive" in mode:
+            config = config.replace('base_url: "http://', 'keep_alive: false, base_url: "http://')
+        gateway = Gateway(binary, config)
         try:
             totals = load_wrong_answers(gateway.port)
             total = sum(totals.values()) - totals["other_tenant"]

@@ -120,7 +120,7 @@ public struct HTTPProvider: ProviderClient {
         return (UpstreamRequest(endpoint: endpoint, target: endpoint.basePath + dialect.path, headers: headers, body: bytes,
                                 provider: config.name, maximumConnections: config.poolSize,
                                 connectTimeout: .nanoseconds(config.timeouts.connect.nanoseconds), requestID: context.requestID,
-                                tlsCAFile: config.tlsCAFile),
+                                tlsCAFile: config.tlsCAFile, keepAlive: config.keepAlive),
                 dialect)
     }
 

@@ -107,6 +107,9 @@ public struct UpstreamRequest: Sendable {
     public var connectTimeout: TimeAmount?
     /// HTTPS only: a PEM file of the roots the upstream's certificate must chain to; `nil`: the system's.
     public var tlsCAFile: String?
+    /// `false`: sent with `connection: close`, and its connection closed after the answer (the provider's
+    /// `keep_alive`).
+    public var keepAlive: Bool
     /// The gateway's id for this request, sent as `x-request-id`: an upstream that echoes it proves each answer is
     /// the one asked for.
     public var requestID: String?
@@ -118,7 +121,8 @@ public struct UpstreamRequest: Sendable {
 
     public init(endpoint: UpstreamEndpoint, method: HTTPMethod = .POST, target: String, headers: HTTPHeaders,
                 body: ByteBuffer, provider: String = "", maximumConnections: Int? = nil, connectTimeout: TimeAmount? = nil,
-                requestID: String? = nil, tlsCAFile: String? = nil) {
+                requestID: String? = nil, tlsCAFile: String? = nil, keepAlive: Bool = true) {
+        self.keepAlive = keepAlive
         self.connectTimeout = connectTimeout
         self.tlsCAFile = tlsCAFile
         self.endpoint = endpoint
@@ -662,8 +666,10 @@ final class ConnectionHandler: ChannelDuplexHandler {
     private var parser = HTTPResponseParser()
     /// Bytes received and not parsed yet (an incomplete head or chunk-size line).
     private var pending: ByteBuffer?
-    /// The current answer's keep-alive, from its head.
+    /// The current answer's keep-alive, from its head and the request's `keepAlive`.
     private var answerKeepAlive = false
+    /// The current request's `keepAlive`.
+    private var reuse = true
     /// Set when the current answer ended: whether the connection may be reused.
     private var ended: Bool?
     /// Whether this upstream echoes `x-request-id` (learnt from the connection's first answer).
@@ -708,6 +714,7 @@ final class ConnectionHandler: ChannelDuplexHandler {
         self.exchange = exchange
         ended = nil
         let request = exchange.request
+        reuse = request.keepAlive
         let framed = UpstreamFraming.frame(request, allocator: context.channel.allocator)
         context.write(wrapOutboundOut(framed.buffer), promise: nil)
         if !framed.bodyIncluded {
@@ -748,7 +755,7 @@ final class ConnectionHandler: ChannelDuplexHandler {
             answerEnded = try parser.parse(&incoming) { part in
                 switch part {
                 case .head(let head):
-                    answerKeepAlive = HTTPResponseParser.isKeepAlive(head)
+                    answerKeepAlive = reuse && HTTPResponseParser.isKeepAlive(head)
                     if isOutOfStep(head, exchange: exchange) {
                         shared.anomaly(.unsolicitedBytes)
                         self.exchange = nil

@@ -22,9 +22,10 @@ enum UpstreamFraming {
         buffer.writeString(request.endpoint.hostHeader)
         buffer.writeStaticString("\r\ncontent-length: ")
         buffer.writeString(String(request.body.readableBytes))
-        buffer.writeStaticString("\r\n")
+        buffer.writeStaticString(request.keepAlive ? "\r\n" : "\r\nconnection: close\r\n")
         for (name, value) in request.headers {
-            if HeaderTokens.equals(name.utf8, "host") || HeaderTokens.equals(name.utf8, "content-length") { continue }
+            if HeaderTokens.equals(name.utf8, "host") || HeaderTokens.equals(name.utf8, "content-length")
+                || (!request.keepAlive && HeaderTokens.equals(name.utf8, "connection")) { continue }
             buffer.writeString(name)
             buffer.writeStaticString(": ")
             buffer.writeString(value)

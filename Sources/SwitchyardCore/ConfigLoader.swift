@@ -242,6 +242,7 @@ public enum ConfigLoader {
             try timeouts.finish()
         }
         provider.poolSize = try reader.int("pool_size", in: 1...65536) ?? provider.poolSize
+        provider.keepAlive = try reader.bool("keep_alive") ?? provider.keepAlive
         if let file = try reader.string("tls_ca_file") {
             guard provider.baseURL.hasPrefix("https://") else {
                 throw ConfigError(path: reader.child("tls_ca_file"), "applies only to an https:// base_url")

@@ -64,6 +64,10 @@ public struct ProviderConfig: Sendable, Hashable {
     /// A PEM file of the certificates that an HTTPS upstream's certificate must chain to, in place of the system's
     /// roots (a self-hosted replica behind an internal CA); `nil`: the system's roots.
     public var tlsCAFile: String?
+    /// Whether a connection is reused for the next request once an answer ended whole. `false` sends
+    /// `connection: close` and opens a connection per request: the one mode in which an upstream that sends an answer
+    /// too many, late, and does not echo `x-request-id`, cannot hand one request another's answer.
+    public var keepAlive = true
 
     public init(name: String, kind: ProviderKind, baseURL: String, apiKeyEnv: String? = nil,
                 timeouts: ProviderTimeouts = ProviderTimeouts(), poolSize: Int = ProviderConfig.defaultPoolSize, headers: [String: String] = [:]) {

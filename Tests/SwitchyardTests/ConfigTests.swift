@@ -18,6 +18,7 @@ import Testing
           local:
             kind: openai-compatible
             base_url: http://10.0.0.5:8000/v1/
+            keep_alive: false
         models:
           claude-haiku-4-5:
             provider: anthropic
@@ -42,6 +43,7 @@ import Testing
         #expect(config.providers["anthropic"]?.baseURL == "https://api.anthropic.com")
         #expect(config.providers["anthropic"]?.timeouts == ProviderTimeouts(connect: .seconds(2), total: .seconds(120), firstToken: .seconds(30)))
         #expect(config.providers["local"]?.baseURL == "http://10.0.0.5:8000")
+        #expect(config.providers["local"]?.keepAlive == false && config.providers["anthropic"]?.keepAlive == true)
         #expect(config.models["claude-haiku-4-5"]?.price == DefaultCatalog.models[0].price)  // list price from the catalog
         #expect(config.models["llama"]?.price == ModelPrice(usd: "0.05", "0.10", "0", "0"))
         #expect(config.keys.first?.caller == Caller(tenant: "acme", user: "alice", tier: "pro", feature: "chat", keyID: "abababababab"))

@@ -186,6 +186,22 @@ import Testing
         }
     }
 
+    @Test func withKeepAliveOffALateExtraAnswerFromAnUpstreamThatEchoesNothingReachesNoOne() async throws {
+        try await Self.withUpstream({ request in
+            var extra = request
+            extra.marker = "extra-\(request.index)"
+            let steps: [HostileUpstream.Step] = [.write(HostileUpstream.completion(request))]
+            return request.index % 3 == 0
+                ? steps + [.pause(milliseconds: 5), .write(HostileUpstream.completion(extra))] : steps
+        }, configure: { $0.providers["hostile"]?.keepAlive = false }) { upstream, _, url in
+            let totals = try await Self.concurrentRequests(url)
+            #expect(totals.wrong == 0)
+            #expect(totals.ok == 160, "\(totals)")
+            // One connection per request, each asked to close.
+            #expect(upstream.connections == 160)
+        }
+    }
+
     @Test(arguments: [false, true]) func anExtraAnswerOnAnIdleConnectionClosesIt(tls: Bool) async throws {
         try await Self.withUpstream(tls: tls, { request in
             var extra = request

@@ -4,6 +4,7 @@ public import NIOPosix
 import NIOSSL
 import NIOTLS
 import HTTPEdge
+import Synchronization
 public import SwitchyardCore
 
 /// A lean HTTP/1.1 client for every upstream: hosted providers over HTTPS, self-hosted replicas, the mock.
@@ -181,12 +182,19 @@ public enum UpstreamTransportError: Error, Equatable {
 
 // MARK: - Per-loop pool
 
-/// What the per-loop pools share: the waiters gauge and the anomaly recorder.
+/// What the per-loop pools share: the waiters gauge, the anomaly recorder, and the upstreams caught out of step.
 final class SharedPoolState: Sendable {
     let loopCount: Int
     let anomalies: (any UpstreamAnomalyRecorder)?
     /// Touched only when a pool is full (a request queues or leaves the queue), never on the common path.
     let waiters = Locked([String: Int]())
+    /// Upstreams that sent bytes no request asked for, until when their connections are not reused. Keyed by
+    /// configured endpoints only.
+    private let distrusted = Locked([PoolKey: NIODeadline]())
+    /// `distrusted.count`, read without the lock on every request.
+    private let distrustedCount = Atomic<Int>(0)
+    /// How long an upstream caught sending an unrequested answer gets a connection per request.
+    static let distrustPeriod = TimeAmount.minutes(10)
 
     init(loopCount: Int, anomalies: (any UpstreamAnomalyRecorder)?) {
         self.loopCount = loopCount
@@ -200,10 +208,31 @@ final class SharedPoolState: Sendable {
     func anomaly(_ kind: UpstreamAnomaly) {
         anomalies?.upstreamAnomaly(kind)
     }
+
+    /// An upstream sent an answer nobody asked for: it may send more, late, where they would be taken for the next
+    /// request's answer. Every loop stops reusing its connections for `distrustPeriod`.
+    func distrust(_ key: PoolKey, now: NIODeadline = .now()) {
+        distrusted.withLock { map in
+            map[key] = now + Self.distrustPeriod
+            // Stored under the lock, so the count never lags the map.
+            distrustedCount.store(map.count, ordering: .relaxed)
+        }
+    }
+
+    func isDistrusted(_ key: PoolKey, now: NIODeadline) -> Bool {
+        guard distrustedCount.load(ordering: .relaxed) > 0 else { return false }
+        return distrusted.withLock { map in
+            guard let until = map[key] else { return false }
+            if until > now { return true }
+            map[key] = nil
+            distrustedCount.store(map.count, ordering: .relaxed)
+            return false
+        }
+    }
 }
 
 /// What a pooled connection can be reused for: the same endpoint, verified against the same roots.
-struct PoolKey: Hashable {
+struct PoolKey: Hashable, Sendable {
     var endpoint: UpstreamEndpoint
     var tlsCAFile: String?
 
@@ -301,8 +330,9 @@ final class LoopPool: @unchecked Sendable {
     func acquire(for exchange: Exchange) {
         let host = host(for: exchange.request)
         let now = NIODeadline.now()
+        let distrusted = shared.isDistrusted(PoolKey(exchange.request), now: now)
         while let connection = host.idle.popLast() {
-            if connection.channel.isActive && now - connection.idleSince < idleTimeout {
+            if !distrusted && connection.channel.isActive && now - connection.idleSince < idleTimeout {
                 exchange.assign(connection)
                 return
             }
@@ -714,8 +744,8 @@ final class ConnectionHandler: ChannelDuplexHandler {
         self.exchange = exchange
         ended = nil
         let request = exchange.request
-        reuse = request.keepAlive
-        let framed = UpstreamFraming.frame(request, allocator: context.channel.allocator)
+        reuse = request.keepAlive && !(connection.map { shared.isDistrusted($0.key, now: .now()) } ?? false)
+        let framed = UpstreamFraming.frame(request, keepAlive: reuse, allocator: context.channel.allocator)
         context.write(wrapOutboundOut(framed.buffer), promise: nil)
         if !framed.bodyIncluded {
             context.write(wrapOutboundOut(request.body), promise: nil)
@@ -740,6 +770,7 @@ final class ConnectionHandler: ChannelDuplexHandler {
         guard let exchange else {
             // An answer nobody asked for: the connection is out of step.
             shared.anomaly(.unsolicitedBytes)
+            if let key = connection?.key { shared.distrust(key) }
             context.close(promise: nil)
             return
         }
@@ -758,6 +789,7 @@ final class ConnectionHandler: ChannelDuplexHandler {
                     answerKeepAlive = reuse && HTTPResponseParser.isKeepAlive(head)
                     if isOutOfStep(head, exchange: exchange) {
                         shared.anomaly(.unsolicitedBytes)
+            if let key = connection?.key { shared.distrust(key) }
                         self.exchange = nil
                         exchange.connectionLost(.outOfStep)
                         context.close(promise: nil)
@@ -785,6 +817,7 @@ final class ConnectionHandler: ChannelDuplexHandler {
         if incoming.readableBytes > 0 {
             // Bytes after the answer's end: a second answer to one request. Never hand this connection on.
             shared.anomaly(.unsolicitedBytes)
+            if let key = connection?.key { shared.distrust(key) }
             context.close(promise: nil)
         } else if keepAlive, let connection {
             connection.pool.release(connection)

@@ -11,8 +11,11 @@ enum UpstreamFraming {
     static let inlineBodyBytes = 64 << 10
 
     /// The request line, `host`, `content-length` and `headers` (any `host` or `content-length` among them
-    /// replaced), the blank line, and the body when that is at most `inlineBodyBytes` long (`bodyIncluded`).
-    static func frame(_ request: UpstreamRequest, allocator: ByteBufferAllocator) -> (buffer: ByteBuffer, bodyIncluded: Bool) {
+    /// replaced; with `keepAlive` false, `connection: close` in place of any `connection`), the blank line, and the
+    /// body when that is at most `inlineBodyBytes` long (`bodyIncluded`).
+    static func frame(_ request: UpstreamRequest, keepAlive: Bool, allocator: ByteBufferAllocator)
+        -> (buffer: ByteBuffer, bodyIncluded: Bool)
+    {
         let inline = request.body.readableBytes <= inlineBodyBytes
         var buffer = allocator.buffer(capacity: 256 + (inline ? request.body.readableBytes : 0))
         buffer.writeString(request.method.rawValue)
@@ -22,10 +25,10 @@ enum UpstreamFraming {
         buffer.writeString(request.endpoint.hostHeader)
         buffer.writeStaticString("\r\ncontent-length: ")
         buffer.writeString(String(request.body.readableBytes))
-        buffer.writeStaticString(request.keepAlive ? "\r\n" : "\r\nconnection: close\r\n")
+        buffer.writeStaticString(keepAlive ? "\r\n" : "\r\nconnection: close\r\n")
         for (name, value) in request.headers {
             if HeaderTokens.equals(name.utf8, "host") || HeaderTokens.equals(name.utf8, "content-length")
-                || (!request.keepAlive && HeaderTokens.equals(name.utf8, "connection")) { continue }
+                || (!keepAlive && HeaderTokens.equals(name.utf8, "connection")) { continue }
             buffer.writeString(name)
             buffer.writeStaticString(": ")
             buffer.writeString(value)

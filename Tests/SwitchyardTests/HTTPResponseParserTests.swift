@@ -125,16 +125,22 @@ import Testing
         headers.add(name: "content-length", value: "999")
         let request = UpstreamRequest(endpoint: endpoint, target: "/prefix/v1/chat/completions", headers: headers,
                                       body: ByteBuffer(string: "{}"))
-        let framed = UpstreamFraming.frame(request, allocator: ByteBufferAllocator())
+        let framed = UpstreamFraming.frame(request, keepAlive: true, allocator: ByteBufferAllocator())
         #expect(framed.bodyIncluded)
         #expect(String(buffer: framed.buffer) == "POST /prefix/v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:8000\r\n"
             + "content-length: 2\r\nauthorization: Bearer upstream-key\r\n\r\n{}")
         // A large body follows the head as its own buffer instead of being copied.
         let large = UpstreamRequest(endpoint: endpoint, target: "/v1/chat/completions", headers: HTTPHeaders(),
                                     body: ByteBuffer(repeating: UInt8(ascii: "a"), count: UpstreamFraming.inlineBodyBytes + 1))
-        let split = UpstreamFraming.frame(large, allocator: ByteBufferAllocator())
+        let split = UpstreamFraming.frame(large, keepAlive: true, allocator: ByteBufferAllocator())
         #expect(!split.bodyIncluded)
         #expect(String(buffer: split.buffer).hasSuffix("content-length: \(UpstreamFraming.inlineBodyBytes + 1)\r\n\r\n"))
+        // Without keep-alive: `connection: close`, in place of any configured `connection` header.
+        var closing = request
+        closing.headers.add(name: "Connection", value: "keep-alive")
+        let closed = UpstreamFraming.frame(closing, keepAlive: false, allocator: ByteBufferAllocator())
+        #expect(String(buffer: closed.buffer) == "POST /prefix/v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:8000\r\n"
+            + "content-length: 2\r\nconnection: close\r\nauthorization: Bearer upstream-key\r\n\r\n{}")
     }
 
     @Test func keepAliveFollowsTheVersionAndTheConnectionHeader() {

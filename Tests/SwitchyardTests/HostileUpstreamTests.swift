@@ -186,6 +186,30 @@ import Testing
         }
     }
 
+    @Test func anUpstreamCaughtSendingAnExtraAnswerGetsAConnectionPerRequest() async throws {
+        // Only the first answer is followed by an extra one, late enough to arrive while the connection is idle.
+        let closing = Locked([Bool]())
+        try await Self.withUpstream({ request in
+            closing.withLock { $0.append(request.head.lowercased().contains("\r\nconnection: close")) }
+            var extra = request
+            extra.marker = "extra-\(request.index)"
+            let answer: [HostileUpstream.Step] = [.write(HostileUpstream.completion(request))]
+            return request.index == 0 ? answer + [.pause(milliseconds: 20), .write(HostileUpstream.completion(extra))] : answer
+        }) { upstream, gateway, url in
+            let first = try await send("\(url)/v1/chat/completions", body: Self.body("first"))
+            #expect(first.body.contains("answer-first\""))
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(Self.anomalies(gateway, "unsolicited_bytes") == 1)
+            for index in 0..<4 {
+                let response = try await send("\(url)/v1/chat/completions", body: Self.body("next\(index)"))
+                #expect(response.body.contains("answer-next\(index)\""), "\(response.body)")
+            }
+            // The four later requests each had their own connection, asked to close.
+            #expect(upstream.connections == 5)
+            #expect(closing.withLock { $0 } == [false, true, true, true, true])
+        }
+    }
+
     @Test func withKeepAliveOffALateExtraAnswerFromAnUpstreamThatEchoesNothingReachesNoOne() async throws {
         try await Self.withUpstream({ request in
             var extra = request
@@ -215,7 +239,9 @@ import Testing
                 try await Task.sleep(for: .milliseconds(80))
             }
             #expect(upstream.connections == 5)
-            #expect(Self.anomalies(gateway, "unsolicited_bytes") == 5)
+            // The first extra answer is caught on the idle connection; after it each request closes its connection
+            // once answered, so later extras find none (they are not counted when the close wins the race).
+            #expect(Self.anomalies(gateway, "unsolicited_bytes") >= 1)
         }
     }
 

@@ -210,7 +210,7 @@ public final class MockServer: Sendable {
         let scale = settings.latencyScale * (fault == .slow ? 10 : 1)
         // `slow`: 2 s before anything, whatever the latency scale (a fault is a fault even in an instant mock), then
         // ten times the latency model.
-        if fault == .slow { try await Task.sleep(for: Self.slowStart) }
+        if fault == .slow { try await Self.sleep(for: Self.slowStart) }
         let stream = payload["stream"]?.bool ?? false
         if stream {
             let includeUsage = payload["stream_options"]?["include_usage"]?.bool ?? false
@@ -228,7 +228,29 @@ public final class MockServer: Sendable {
 
     func sleep(_ duration: Duration, scale: Double) async throws {
         guard scale > 0 else { return }
-        try await Task.sleep(for: duration * scale)
+        try await Self.sleep(for: duration * scale)
+    }
+
+    /// Sleeps on the event loop the task runs on (requests run on their connection's loop): a loop timer costs a heap
+    /// insert, where `Task.sleep` on Linux arms a Dispatch timer and wakes a Dispatch thread for every token of
+    /// every stream.
+    static func sleep(for duration: Duration) async throws {
+        guard let loop = MultiThreadedEventLoopGroup.currentEventLoop else {
+            try await Task.sleep(for: duration)
+            return
+        }
+        let (seconds, attoseconds) = duration.components
+        let nanoseconds = seconds >= Int64.max / 1_000_000_000 ? Int64.max : seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+        let timer = loop.scheduleTask(in: .nanoseconds(max(0, nanoseconds))) {}
+        do {
+            try await withTaskCancellationHandler {
+                try await timer.futureResult.get()
+            } onCancel: {
+                timer.cancel()
+            }
+        } catch {
+            throw CancellationError()
+        }
     }
 
     func immediateFault(_ fault: MockFault?, anthropic: Bool) async throws -> EdgeResponse? {
@@ -251,7 +273,7 @@ public final class MockServer: Sendable {
             return try error(HTTPResponse.Status(code: 529, reasonPhrase: "Overloaded"), anthropic: anthropic,
                              type: "overloaded_error", message: "Overloaded (mock)")
         case .timeout:
-            try await Task.sleep(for: .seconds(3600))
+            try await Self.sleep(for: .seconds(3600))
             return nil
         default:
             return nil
@@ -274,7 +296,6 @@ public final class MockServer: Sendable {
                         headers: HTTPFields = [:]) -> EdgeResponse {
         stats.withLock { $0.streamsStarted += 1 }
         let events = anthropic ? plan.anthropicEvents() : plan.openAIChunks(includeUsage: includeUsage)
-        let encoder = self.encoder
         let cutAt = (fault == .disconnectMidStream || fault == .errorInStream || fault == .malformedJSON) ? max(1, events.count / 2) : nil
         var fields = headers
         fields[.contentType] = "text/event-stream"
@@ -295,7 +316,7 @@ public final class MockServer: Sendable {
                                 let data: MockJSON = anthropic
                                     ? .object(["type": "error", "error": .object(["type": "overloaded_error", "message": "Overloaded (mock)"])])
                                     : .object(["error": .object(["type": "server_error", "message": "The server had an error (mock)"])])
-                                try await writer.write(Self.sse(event: anthropic ? "error" : nil, data: try encoder.encode(data)))
+                                try await writer.write(Self.sse(event: anthropic ? "error" : nil, json: data))
                             default:
                                 try await writer.write(Self.sse(event: anthropic ? "content_block_delta" : nil, data: Data("{\"broken".utf8)))
                             }
@@ -306,8 +327,7 @@ public final class MockServer: Sendable {
                             if tokensSent > 0 { try await self.sleep(intervals.next() ?? .zero, scale: scale) }
                             tokensSent += 1
                         }
-                        let data: Data = event.json.map { (try? encoder.encode($0)) ?? Data() } ?? Data("[DONE]".utf8)
-                        try await writer.write(Self.sse(event: event.name, data: data))
+                        try await writer.write(Self.sse(event: event.name, json: event.json))
                     }
                     self.stats.withLock { $0.streamsCompleted += 1 }
                 } catch is MockDisconnect {
@@ -317,6 +337,21 @@ public final class MockServer: Sendable {
                     throw error
                 }
             })
+    }
+
+    /// An event whose data is `json`, or `[DONE]` when it is nil.
+    static func sse(event: String?, json: MockJSON?) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(256)
+        if let event {
+            buffer.writeStaticString("event: ")
+            buffer.writeString(event)
+            buffer.writeStaticString("\n")
+        }
+        buffer.writeStaticString("data: ")
+        if let json { json.write(into: &buffer) } else { buffer.writeStaticString("[DONE]") }
+        buffer.writeStaticString("\n\n")
+        return buffer
     }
 
     static func sse(event: String?, data: Data) -> ByteBuffer {

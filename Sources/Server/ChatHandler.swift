@@ -88,6 +88,17 @@ struct ChatHandler: Sendable {
         var context = GatewayContext(requestID: requestID, logger: logger, clientFormat: format,
                                      credential: Self.credential(request), receivedAt: request.receivedAt)
         context.original = ClientOriginal(request: chat, body: request.body)
+        if let feature = request.header("x-switchyard-feature") {
+            // A label in metrics and limits: a short token, never free text.
+            guard (1...64).contains(feature.utf8.count),
+                  feature.utf8.allSatisfy({ $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".")
+                      || (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0) })
+            else {
+                throw GatewayError(.invalidRequest, "x-switchyard-feature must be 1–64 letters, digits, '-', '_' or '.'",
+                                   param: "x-switchyard-feature")
+            }
+            context.requestedFeature = feature
+        }
         context.cacheDirectives = try CacheDirectives(cacheControl: request.header("cache-control"),
                                                   ttlSeconds: request.header("x-switchyard-cache-ttl"),
                                                   promptVersion: request.header("x-switchyard-prompt-version"))
@@ -209,6 +220,13 @@ struct ChatHandler: Sendable {
         Int64(Date().timeIntervalSince1970)
     }
 
+    /// `x-switchyard-model`: the model that served (for a route, the one its rule chose; for a cache hit, the name
+    /// asked for), and `x-switchyard-route` for a routed answer.
+    static func addModelHeaders(_ routing: RoutingOutcome?, requested: String, to headers: inout HTTPFields) {
+        headers.append(HTTPField(name: .switchyardModel, value: routing?.model.name ?? requested))
+        if let routing { headers.append(HTTPField(name: .switchyardRoute, value: routing.header)) }
+    }
+
     /// Adds the cache headers to fields that have none yet. (Fields are appended throughout: `HTTPFields`'
     /// subscript setter and dictionary literal look for earlier values of each name.)
     static func addCacheHeaders(_ outcome: CacheOutcome?, to headers: inout HTTPFields) {
@@ -226,10 +244,10 @@ struct ChatHandler: Sendable {
         throws(GatewayError) -> EdgeResponse
     {
         var headers = HTTPFields()
-        headers.reserveCapacity(7)
+        headers.reserveCapacity(8)
         headers.append(HTTPField(name: .contentType, value: "application/json"))
         headers.append(HTTPField(name: .requestID, value: requestID))
-        headers.append(HTTPField(name: .switchyardModel, value: chat.model))
+        Self.addModelHeaders(completion.routing, requested: chat.model, to: &headers)
         if let cost = completion.cost { headers.append(HTTPField(name: .switchyardCost, value: cost.usdString)) }
         Self.addCacheHeaders(completion.cache, to: &headers)
         let body: ByteBuffer
@@ -251,9 +269,8 @@ struct ChatHandler: Sendable {
     func renderStream(_ stream: ChatStream, chat: ChatRequest, format: APIFormat, requestID: String,
                       started: ContinuousClock.Instant, logger: RequestLogger) -> EdgeResponse
     {
-        var headers: HTTPFields = [
-            .contentType: "text/event-stream", .cacheControl: "no-cache", .requestID: requestID, .switchyardModel: chat.model,
-        ]
+        var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .requestID: requestID]
+        Self.addModelHeaders(stream.routing, requested: chat.model, to: &headers)
         Self.addCacheHeaders(stream.cache, to: &headers)
         let metrics = self.metrics
         let upstreamWait = stream.upstreamTimeToFirstEvent

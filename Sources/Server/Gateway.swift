@@ -53,7 +53,7 @@ public struct Gateway: Sendable {
 ///   - embeddings: Whether `/v1/embeddings` is served from an on-device model.
 public func buildGateway(config: GatewayConfig, logger: Logger, environment: [String: String],
                          embeddings: EmbeddingsSetting = .disabled) throws -> Gateway {
-    let metrics = GatewayMetrics(models: config.models.keys, providers: config.providers.keys)
+    let metrics = GatewayMetrics(models: Array(config.models.keys) + Array(config.routes.keys), providers: config.providers.keys)
     let httpClient = HTTPClientService(providers: Array(config.providers.values), anomalies: metrics)
     try httpClient.prepareTLS(for: Array(config.providers.values))
     let listening = ReadySignal<Int>()
@@ -197,11 +197,11 @@ func unrouted(_ request: EdgeRequest) -> EdgeResponse {
 
 /// `GET /v1/models` in a shape both SDKs accept (OpenAI's list fields and Anthropic's).
 func modelsResponse(_ config: GatewayConfig) -> EdgeResponse {
-    let names = config.models.keys.sorted()
+    let names = (Array(config.models.keys) + Array(config.routes.keys)).sorted()
     let data: [JSONValue] = names.map { name in
         [
             "id": .string(name), "object": "model", "type": "model", "created": 1_767_225_600,
-            "created_at": "2026-01-01T00:00:00Z", "owned_by": .string(config.models[name]!.provider),
+            "created_at": "2026-01-01T00:00:00Z", "owned_by": .string(config.models[name]?.provider ?? "switchyard-route"),
             "display_name": .string(name),
         ]
     }

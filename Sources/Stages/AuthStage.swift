@@ -24,7 +24,9 @@ public struct AuthStage: GatewayStage {
     @inline(never)
     func authenticated(_ context: GatewayContext) throws(GatewayError) -> GatewayContext {
         var context = context
-        context.caller = try authenticate(context.credential)
+        var caller = try authenticate(context.credential)
+        if let feature = context.requestedFeature, caller.featureFromHeader { caller.feature = feature }
+        context.caller = caller
         return context
     }
 
@@ -32,7 +34,7 @@ public struct AuthStage: GatewayStage {
     /// - Throws: `GatewayError.unauthenticated` when keys are configured and the credential is missing or unknown.
     public func authenticate(_ credential: String?) throws(GatewayError) -> Caller {
         guard let credential, !credential.isEmpty else {
-            if keys.isEmpty { return Caller(tenant: "anonymous", user: "anonymous", keyID: "none") }
+            if keys.isEmpty { return Caller(tenant: "anonymous", user: "anonymous", keyID: "none", featureFromHeader: true) }
             throw GatewayError(.unauthenticated, "missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'")
         }
         if let caller = accepted.withLock({ $0[credential] }) { return caller }
@@ -40,7 +42,7 @@ public struct AuthStage: GatewayStage {
         let caller: Caller
         if keys.isEmpty {
             let id = String(hash.prefix(12))
-            caller = Caller(tenant: "key-\(id)", user: "key-\(id)", keyID: id)
+            caller = Caller(tenant: "key-\(id)", user: "key-\(id)", keyID: id, featureFromHeader: true)
         } else {
             guard let known = keys[hash] else { throw GatewayError(.unauthenticated, "invalid API key") }
             caller = known

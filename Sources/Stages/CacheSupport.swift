@@ -17,6 +17,8 @@ enum CacheSupport {
         var completion = answer.completion
         completion.cost = .zero
         completion.cache = outcome
+        // A hit made no routing decision now.
+        completion.routing = nil
         return .completion(completion)
     }
 
@@ -43,11 +45,14 @@ enum CacheSupport {
         case .stream(var stream):
             if let outcome { stream.cache = outcome }
             guard ttl > .zero else { return .stream(stream) }
+            let routedPrice = stream.routing?.model.price
             let assembler = Locked(AnswerAssembler())
             stream.lifecycle.onChunks { chunks in assembler.withLock { $0.add(chunks) } }
             stream.lifecycle.onTermination { outcome, _ in
                 guard case .completed = outcome, let response = assembler.withLock({ $0.response() }) else { return }
                 let now = ContinuousClock.now
+                // A routed answer is priced at the model that served it.
+                let price = routedPrice ?? price
                 store(CachedAnswer(tenant: tenant, model: model, response: response, raw: nil,
                                    cost: price?.cost(of: response.usage) ?? .zero, storedAt: now, expiresAt: now + ttl))
             }

@@ -59,7 +59,7 @@ public struct CostAccountingStage: GatewayStage {
         var usage = reported ?? Usage()
         var estimated = false
         if usage.inputTokens + usage.cacheReadTokens + usage.cacheWriteTokens == 0 {
-            usage.inputTokens = estimatedInputTokens(request)
+            usage.inputTokens = request.estimatedInputTokens
             estimated = usage.inputTokens > 0
         }
         if observedOutputTokens > usage.outputTokens {
@@ -69,15 +69,4 @@ public struct CostAccountingStage: GatewayStage {
         return (usage, estimated)
     }
 
-    /// The request's text (system, messages, tool definitions) at four UTF-8 bytes per token.
-    static func estimatedInputTokens(_ request: ChatRequest) -> Int {
-        var bytes = 0
-        for block in request.system + request.messages.flatMap(\.content) {
-            bytes += block.text?.utf8.count ?? 0
-        }
-        for tool in request.tools {
-            bytes += tool.name.utf8.count + (tool.description?.utf8.count ?? 0) + tool.inputSchema.serialized().count
-        }
-        return (bytes + 3) / 4
-    }
 }

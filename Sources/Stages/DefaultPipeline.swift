@@ -3,10 +3,11 @@ public import SwitchyardCore
 
 /// The one place the order of the stages is written.
 public enum DefaultPipeline {
-    /// Auth → Route → ExactCache → SemanticCache → PromptCache → CostAccounting → ProviderCall.
+    /// Auth → Route (resolve) → ExactCache → SemanticCache → Routing → PromptCache → CostAccounting → ProviderCall.
     ///
-    /// The exact cache sits after the route stage so that unknown models are refused before any lookup and a
-    /// streamed answer can be priced when it is stored; its key is the model name the client asked for.
+    /// The caches sit after name resolution so that unknown models are refused before any lookup; their key is the
+    /// name the client asked for (a route's name, not the model it picks). The routing decision comes after them,
+    /// so a cache hit never pays for it, and before the prompt cache and pricing, which need the chosen model.
     public static func build(config: GatewayConfig, providers: [String: any ProviderClient],
                              recorder: any CostRecorder & CacheRecorder, exactCache: any ExactCacheStore,
                              semanticCache: any SemanticCacheStore, embedder: (any TextEmbedder)?,
@@ -16,10 +17,11 @@ public enum DefaultPipeline {
         return Pipeline(
             stages: [
                 AuthStage(keys: config.keys),
-                RouteStage(models: config.models),
+                RouteStage(models: config.models, routes: config.routes),
                 ExactCacheStage(store: exactCache, settings: config.cache, recorder: recorder),
                 SemanticCacheStage(store: semanticCache, embedder: embedder, settings: config.cache, recorder: recorder,
                                    background: background),
+                RoutingStage(models: config.models),
                 PromptCacheStage(providers: config.providers),
                 CostAccountingStage(recorder: recorder),
             ],

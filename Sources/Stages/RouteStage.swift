@@ -1,12 +1,15 @@
 public import SwitchyardCore
 public import SwitchyardModels
 
-/// Stage 5 (first version): the public model name → its configured route; unknown names are a 404.
+/// Stage 2, resolve: the public name → its model, or the route whose decision the routing stage makes after the
+/// caches; unknown names are a 404.
 public struct RouteStage: GatewayStage {
     let models: [String: ModelRoute]
+    let routes: [String: RouteConfig]
 
-    public init(models: [String: ModelRoute]) {
+    public init(models: [String: ModelRoute], routes: [String: RouteConfig] = [:]) {
         self.models = models
+        self.routes = routes
     }
 
     public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
@@ -15,12 +18,15 @@ public struct RouteStage: GatewayStage {
 
     @inline(never)
     func routed(_ request: ChatRequest, context: GatewayContext) throws(GatewayError) -> GatewayContext {
-        guard let route = models[request.model] else {
+        var context = context
+        if let route = models[request.model] {
+            context.route = route
+        } else if let route = routes[request.model] {
+            context.routeConfig = route
+        } else {
             throw GatewayError(.modelNotFound, "model '\(request.model)' does not exist; GET /v1/models lists the available ones",
                                param: "model")
         }
-        var context = context
-        context.route = route
         return context
     }
 }

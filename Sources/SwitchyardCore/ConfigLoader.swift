@@ -171,6 +171,7 @@ public enum ConfigLoader {
                                              autoPromptCache: autoPromptCache)
         }
         guard !config.models.isEmpty else { throw ConfigError(path: "models", "must name at least one model") }
+        if let routes = try top.mapping("routes") { try parseRoutes(routes, config: &config) }
 
         if let keys = try top.sequence("keys") {
             for (offset, node) in keys.enumerated() {
@@ -183,7 +184,8 @@ public enum ConfigLoader {
                 let caller = Caller(tenant: tenant, user: try reader.string("user") ?? tenant,
                                     tier: try reader.string("tier") ?? "default",
                                     feature: try reader.string("feature") ?? "default",
-                                    keyID: String(hash.prefix(12)))
+                                    keyID: String(hash.prefix(12)),
+                                    featureFromHeader: try reader.bool("feature_header") ?? false)
                 try reader.finish()
                 if config.keys.contains(where: { $0.sha256 == hash }) {
                     throw ConfigError(path: reader.child("sha256"), "duplicate key")

@@ -111,13 +111,18 @@ public struct Caller: Sendable, Hashable {
     public var feature: String
     /// A short, non-secret identifier of the key (its hash prefix), for logs.
     public var keyID: String
+    /// Whether a request may name its feature in `x-switchyard-feature` (YAML key `feature_header: true`; always for
+    /// the embedded default's callers). Otherwise the header is ignored and the key's feature stands.
+    public var featureFromHeader: Bool
 
-    public init(tenant: String, user: String, tier: String = "default", feature: String = "default", keyID: String) {
+    public init(tenant: String, user: String, tier: String = "default", feature: String = "default", keyID: String,
+                featureFromHeader: Bool = false) {
         self.tenant = tenant
         self.user = user
         self.tier = tier
         self.feature = feature
         self.keyID = keyID
+        self.featureFromHeader = featureFromHeader
     }
 }
 
@@ -164,6 +169,8 @@ public struct GatewayConfig: Sendable {
     public var edge = EdgeLimits()
     public var providers: [String: ProviderConfig]
     public var models: [String: ModelRoute]
+    /// Public names that are routes (disjoint from `models`).
+    public var routes: [String: RouteConfig] = [:]
     /// Empty: open access (each distinct key is its own tenant and user).
     public var keys: [APIKeyEntry]
     /// Latency multiplier for the built-in mock provider (1 = realistic, 0 = instant).

@@ -16,6 +16,8 @@ public struct GatewayContext: Sendable {
         var receivedAt: ContinuousClock.Instant
         var caller: Caller?
         var route: ModelRoute?
+        var routeConfig: RouteConfig?
+        var requestedFeature: String?
         var cacheDirectives = CacheDirectives()
         var original: ClientOriginal?
     }
@@ -75,6 +77,16 @@ public struct GatewayContext: Sendable {
         get { storage.fields.route }
         set { update { $0.route = newValue } }
     }
+    /// Set by the resolve stage when the name is a route; the routing stage then sets `route`.
+    public var routeConfig: RouteConfig? {
+        get { storage.fields.routeConfig }
+        set { update { $0.routeConfig = newValue } }
+    }
+    /// The feature named in `x-switchyard-feature`, validated (the auth stage applies it when the key allows).
+    public var requestedFeature: String? {
+        get { storage.fields.requestedFeature }
+        set { update { $0.requestedFeature = newValue } }
+    }
     /// The client's cache controls (headers).
     public var cacheDirectives: CacheDirectives {
         get { storage.fields.cacheDirectives }
@@ -121,6 +133,8 @@ public struct Completion: Sendable {
     public var upstreamDuration: Duration
     /// What the response caches did (`nil` when no cache stage ran).
     public var cache: CacheOutcome?
+    /// What the routing stage decided (`nil` for an explicit model name and for cache hits).
+    public var routing: RoutingOutcome?
 
     /// A completion decoded in full.
     public init(response: ChatResponse, raw: (format: APIFormat, body: ByteBuffer)? = nil, cost: NanoUSD? = nil,

@@ -1,0 +1,113 @@
+import SwitchyardModels
+import Yams
+
+extension MappingReader {
+    /// A string or a list of strings, as a set (YAML `tier: free` or `tier: [free, trial]`).
+    func stringSet(_ key: String) throws(ConfigError) -> Set<String>? {
+        guard has(key) else { return nil }
+        if let list = try? sequence(key) {
+            var values = Set<String>()
+            for (offset, node) in list.enumerated() {
+                guard let value = node.scalar?.string, !value.isEmpty else {
+                    throw ConfigError(path: "\(child(key))[\(offset)]", "expected a non-empty string")
+                }
+                values.insert(value)
+            }
+            guard !values.isEmpty else { throw ConfigError(path: child(key), "must name at least one value") }
+            return values
+        }
+        guard let value = try string(key), !value.isEmpty else { throw ConfigError(path: child(key), "expected a string or a list") }
+        return [value]
+    }
+}
+
+extension ConfigLoader {
+    /// The `routes:` section, read once `models` is known (a rule names a model).
+    static func parseRoutes(_ routes: MappingReader, config: inout GatewayConfig) throws(ConfigError) {
+        for (name, reader) in try routes.entries() {
+            guard config.models[name] == nil else {
+                throw ConfigError(path: reader.path, "is also a model's name: a public name is a model or a route, not both")
+            }
+            let maxTokens = try parseOutputLimit(reader)
+            if let exact = try reader.bool("exact_cache"), !exact { config.cache.exactOff.insert(name) }
+            if let semantic = try reader.bool("semantic_cache"), !semantic { config.cache.semanticOff.insert(name) }
+            if let seconds = try reader.double("cache_ttl_seconds", in: 0...(365 * 86400)) {
+                config.cache.modelTTL[name] = .milliseconds(Int64(seconds * 1000))
+            }
+            guard let list = try reader.sequence("rules"), !list.isEmpty else {
+                throw ConfigError(path: reader.child("rules"), "is required: a list of rules, the last without 'when'")
+            }
+            var rules: [RouteRule] = []
+            for (offset, node) in list.enumerated() {
+                let rule = try MappingReader(node, path: "\(reader.child("rules"))[\(offset)]")
+                let ruleName = try rule.string("name") ?? "rule\(offset + 1)"
+                guard !ruleName.isEmpty, !ruleName.contains("/"), ruleName.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+                    throw ConfigError(path: rule.child("name"), "must be printable ASCII without spaces or '/'")
+                }
+                guard !rules.contains(where: { $0.name == ruleName }) else {
+                    throw ConfigError(path: rule.child("name"), "duplicate rule name '\(ruleName)'")
+                }
+                if let earlier = rules.last, earlier.match.matchesEverything {
+                    throw ConfigError(path: rule.path, "is never reached: rule '\(earlier.name)' before it matches every request")
+                }
+                let model = try rule.requiredString("model")
+                guard config.models[model] != nil else {
+                    let hint = config.routes[model] != nil || model == name
+                        ? "'\(model)' is a route; a rule picks a model"
+                        : "unknown model '\(model)' (known: \(config.models.keys.sorted().joined(separator: ", ")))"
+                    throw ConfigError(path: rule.child("model"), hint)
+                }
+                var match = RuleMatch()
+                if let when = try rule.mapping("when") { match = try parseMatch(when) }
+                rules.append(RouteRule(name: ruleName, match: match, target: .model(model), maxTokens: try parseOutputLimit(rule)))
+                try rule.finish()
+            }
+            guard rules.last?.match.matchesEverything == true else {
+                throw ConfigError(path: reader.child("rules"), "the last rule must have no 'when', so that every request is served")
+            }
+            try reader.finish()
+            config.routes[name] = RouteConfig(name: name, rules: rules, maxTokens: maxTokens)
+        }
+    }
+
+    static func parseMatch(_ when: MappingReader) throws(ConfigError) -> RuleMatch {
+        var match = RuleMatch()
+        match.tiers = try when.stringSet("tier")
+        match.features = try when.stringSet("feature")
+        if let format = try when.string("format") {
+            switch format {
+            case "openai": match.format = .openAI
+            case "anthropic": match.format = .anthropic
+            default: throw ConfigError(path: when.child("format"), "must be openai or anthropic")
+            }
+        }
+        match.tools = try when.bool("tools")
+        match.images = try when.bool("images")
+        if let length = try when.mapping("prompt_tokens") {
+            let minimum = try length.int("min", in: 0...100_000_000) ?? 0
+            let maximum = try length.int("max", in: 0...100_000_000) ?? 100_000_000
+            guard minimum <= maximum else { throw ConfigError(path: length.path, "min must not exceed max") }
+            try length.finish()
+            match.promptTokens = minimum...maximum
+        }
+        try when.finish()
+        guard !match.matchesEverything else {
+            throw ConfigError(path: when.path, "sets no condition (known: tier, feature, format, tools, images, prompt_tokens)")
+        }
+        return match
+    }
+
+    /// `max_tokens: {default: N, cap: M}`.
+    static func parseOutputLimit(_ reader: MappingReader) throws(ConfigError) -> OutputLimit? {
+        guard let limit = try reader.mapping("max_tokens") else { return nil }
+        let result = OutputLimit(defaultTokens: try limit.int("default", in: 1...1_000_000), cap: try limit.int("cap", in: 1...1_000_000))
+        try limit.finish()
+        if let value = result.defaultTokens, let cap = result.cap, value > cap {
+            throw ConfigError(path: limit.child("default"), "must not exceed cap (\(cap))")
+        }
+        guard result.defaultTokens != nil || result.cap != nil else {
+            throw ConfigError(path: limit.path, "sets neither default nor cap")
+        }
+        return result
+    }
+}

@@ -86,6 +86,12 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            name: "Routing",
+            dependencies: ["SwitchyardCore", "SwitchyardModels"],
+            // Optimised even in debug builds: training fits thousands of 390-wide rows, and the tests train.
+            swiftSettings: strict + [.unsafeFlags(["-O"])]
+        ),
+        .target(
             name: "Stages",
             dependencies: ["SwitchyardCore", "SwitchyardModels", "Caching", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
@@ -147,6 +153,7 @@ let package = Package(
             name: "switchyard",
             dependencies: [
                 "Caching", "Server", "SwitchyardCore", "SwitchyardModels", "MockProvider", "Embeddings", "Providers", "LoadTest",
+                "Routing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -184,7 +191,7 @@ let package = Package(
             name: "SwitchyardTests",
             dependencies: [
                 "SwitchyardModels", "ServerSentEvents", "SwitchyardCore", "Stages", "Providers", "Server",
-                "MockProvider", "SwitchyardTestKit", "Embeddings", "LoadTest", "HTTPEdge", "Caching",
+                "MockProvider", "SwitchyardTestKit", "Embeddings", "LoadTest", "HTTPEdge", "Caching", "Routing",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

@@ -1,0 +1,179 @@
+import ArgumentParser
+import Embeddings
+import Foundation
+import Routing
+import SwitchyardCore
+
+/// What both router commands share: the evaluation data and the prompts' embeddings (kept in the model cache
+/// folder, keyed by the prompts' hash: embedding 15,000 prompts takes minutes).
+struct RouterData {
+    let examples: [RoutingExample]
+    let embeddings: [[Float]]
+
+    static func load(data: String, modelDirectory: String?) throws -> RouterData {
+        let examples: [RoutingExample]
+        do {
+            examples = try RoutingData.load(directory: data)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        let store = ModelStore(root: modelDirectory)
+        let encoder: MiniLMEncoder
+        do {
+            encoder = try MiniLMEncoder(directory: store.modelDirectory)
+        } catch {
+            throw ValidationError("no embedding model (run `switchyard models pull`): \(error)")
+        }
+        let key = KeyHash.sha256Hex(examples.map(\.prompt).joined(separator: "\u{0}")).prefix(16)
+        let cache = "\(store.root)/router-embeddings-\(key).f32"
+        let dimension = ComplexityClassifier.embeddingDimension
+        if let data = FileManager.default.contents(atPath: cache), data.count == examples.count * dimension * 4 {
+            let floats = data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+            return RouterData(examples: examples, embeddings: (0..<examples.count).map { Array(floats[($0 * dimension)..<(($0 + 1) * dimension)]) })
+        }
+        var embeddings: [[Float]] = []
+        embeddings.reserveCapacity(examples.count)
+        let started = Date()
+        for start in stride(from: 0, to: examples.count, by: 64) {
+            let batch = examples[start..<min(start + 64, examples.count)].map { encoder.tokenizer.encode($0.prompt) }
+            embeddings.append(contentsOf: encoder.embed(batch: batch))
+        }
+        let flat = embeddings.flatMap { $0 }
+        try? flat.withUnsafeBytes { Data($0) }.write(to: URL(fileURLWithPath: cache))
+        FileHandle.standardError.write(Data("embedded \(examples.count) prompts in \(Int(Date().timeIntervalSince(started))) s (kept in \(cache))\n".utf8))
+        return RouterData(examples: examples, embeddings: embeddings)
+    }
+}
+
+/// Fits the complexity classifier on all of the routing data and writes its file.
+struct TrainRouter: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train-router",
+        abstract: "Fit the on-device complexity classifier on ../shared/data/routing and write its file.")
+
+    @Option(help: "Folder with the routing evaluation files.") var data = "../shared/data/routing"
+    @Option(help: "Model cache folder.") var dir: String?
+    @Option(help: "Where to write the classifier file.") var output = "Sources/Routing/complexity-v1.json"
+    @Option(help: "L2 penalty.") var l2 = 1.0
+    @Option(help: "Adam iterations.") var iterations = 300
+
+    func run() throws {
+        let loaded = try RouterData.load(data: data, modelDirectory: dir)
+        let settings = LogisticRegression.Settings(l2: l2, iterations: iterations)
+        let classifier = ComplexityClassifier.train(loaded.examples, embeddings: loaded.embeddings, settings: settings)
+        try classifier.fileText().write(toFile: output, atomically: true, encoding: .utf8)
+        print("wrote \(output): \(loaded.examples.count) prompts, data sha256 \(classifier.training.dataSHA256.prefix(16))…")
+    }
+}
+
+/// Reports the router on held-out prompts only, after checking the harness against the reference baselines.
+struct RouterEval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "router",
+        abstract: "Held-out APGR, CPT(50%), CPT(80%) and the strong-call share at 95% of the strong model's quality.")
+
+    @Option(help: "Folder with the routing evaluation files.") var data = "../shared/data/routing"
+    @Option(help: "Model cache folder.") var dir: String?
+    @Option(help: "Folds for cross-fitting (each prompt is scored by a model trained without it).") var folds = 5
+    @Option(help: "Write the results as JSON to this file.") var json: String?
+
+    func run() throws {
+        let loaded = try RouterData.load(data: data, modelDirectory: dir)
+        let examples = loaded.examples
+        let reference = try RouterReference.load("\(data)/reference_baselines.json")
+        var failures = 0
+        var results: [String: Any] = [:]
+        print("Harness check against reference_baselines.json (random: mean of 20 seeds, ±0.03; the others ±0.005):")
+        for dataset in ["gsm8k", "mmlu"] {
+            let rows = examples.indices.filter { examples[$0].dataset == dataset }
+            let weak = rows.map { examples[$0].weakCorrect ? 1.0 : 0 }, strong = rows.map { examples[$0].strongCorrect ? 1.0 : 0 }
+            let longer = RouterEvaluation(scores: rows.map { Double(examples[$0].prompt.unicodeScalars.count) }, weak: weak, strong: strong).summary
+            let oracle = RouterEvaluation(scores: RouterEvaluation.oracleScores(weak: weak, strong: strong), weak: weak, strong: strong).summary
+            let random = RouterEvaluation.Summary.mean((0..<20).map {
+                RouterEvaluation(scores: RouterEvaluation.randomScores(count: rows.count, seed: UInt64($0)), weak: weak, strong: strong).summary
+            })
+            for (name, measured, tolerance) in [("longer_prompt_to_strong", longer, 0.005), ("oracle", oracle, 0.005),
+                                                ("random_mean_of_20_seeds", random, 0.03)] {
+                let expected = reference[dataset]?[name]
+                let ok = expected.map { RouterReference.close(measured, $0, tolerance: tolerance) } ?? false
+                if !ok { failures += 1 }
+                print("  \(dataset) \(name): \(RouterReference.format(measured)) reference \(expected.map(RouterReference.format) ?? "missing") \(ok ? "ok" : "MISMATCH")")
+            }
+        }
+        guard failures == 0 else { throw ValidationError("the harness disagrees with reference_baselines.json in \(failures) rows") }
+
+        // Held out by prompt: k folds over all prompts (both sets together, as the gateway's classifier is trained).
+        let byPrompt = crossFit(examples, loaded.embeddings, groups: examples.indices.map { $0 % folds }, folds: folds)
+        // MMLU held out by subject: a subject's prompts are scored by a model that saw none of them.
+        let subjects = Array(Set(examples.filter { $0.dataset == "mmlu" }.map(\.domain))).sorted()
+        let subjectFold = Dictionary(uniqueKeysWithValues: subjects.enumerated().map { ($1, $0 % folds) })
+        let byDomain = crossFit(examples, loaded.embeddings,
+                                groups: examples.indices.map { examples[$0].dataset == "mmlu" ? subjectFold[examples[$0].domain] ?? 0 : $0 % folds },
+                                folds: folds)
+        print("\nComplexity classifier, held out (\(folds)-fold; score p_strong − p_weak):")
+        print("| set | prompts | APGR | CPT(50%) | CPT(80%) | strong share at 95% | quality there | longer-prompt share at 95% |")
+        print("|---|---|---|---|---|---|---|---|")
+        for (label, dataset, scores) in [("GSM8K", "gsm8k", byPrompt), ("MMLU", "mmlu", byPrompt), ("MMLU, held-out subjects", "mmlu", byDomain)] {
+            let rows = examples.indices.filter { examples[$0].dataset == dataset }
+            let weak = rows.map { examples[$0].weakCorrect ? 1.0 : 0 }, strong = rows.map { examples[$0].strongCorrect ? 1.0 : 0 }
+            let evaluation = RouterEvaluation(scores: rows.map { scores[$0] }, weak: weak, strong: strong)
+            let summary = evaluation.summary
+            let longer = RouterEvaluation(scores: rows.map { Double(examples[$0].prompt.unicodeScalars.count) }, weak: weak, strong: strong).summary
+            let quality = evaluation.curve[Int((summary.strongShareAt95 * 100).rounded())]
+            print("| \(label) | \(rows.count) | \(String(format: "%.3f", summary.apgr)) | \(String(format: "%.2f", summary.cpt50)) | "
+                  + "\(String(format: "%.2f", summary.cpt80)) | \(String(format: "%.2f", summary.strongShareAt95)) | "
+                  + "\(String(format: "%.4f", quality)) (strong alone \(String(format: "%.4f", evaluation.strongMean))) | "
+                  + "\(String(format: "%.2f", longer.strongShareAt95)) |")
+            results[label] = ["apgr": summary.apgr, "cpt50": summary.cpt50, "cpt80": summary.cpt80,
+                              "strong_share_at_95": summary.strongShareAt95, "quality_at_95": quality, "prompts": rows.count]
+        }
+        if let json {
+            let data = try JSONSerialization.data(withJSONObject: results, options: [.prettyPrinted, .sortedKeys])
+            try data.write(to: URL(fileURLWithPath: json))
+        }
+    }
+
+    /// Each prompt's score from the model trained on the other groups.
+    func crossFit(_ examples: [RoutingExample], _ embeddings: [[Float]], groups: [Int], folds: Int) -> [Double] {
+        var scores = [Double](repeating: 0, count: examples.count)
+        for fold in 0..<folds {
+            let train = examples.indices.filter { groups[$0] != fold }
+            let test = examples.indices.filter { groups[$0] == fold }
+            guard !train.isEmpty, !test.isEmpty else { continue }
+            let classifier = ComplexityClassifier.train(train.map { examples[$0] }, embeddings: train.map { embeddings[$0] })
+            for index in test {
+                scores[index] = classifier.score(embedding: embeddings[index], text: examples[index].prompt) ?? 0
+            }
+        }
+        return scores
+    }
+}
+
+/// `reference_baselines.json`: the random, oracle and longer-prompt routers' figures per dataset.
+enum RouterReference {
+    static func load(_ path: String) throws -> [String: [String: RouterEvaluation.Summary]] {
+        guard let data = FileManager.default.contents(atPath: path),
+              let object = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw ValidationError("cannot read \(path)")
+        }
+        var result: [String: [String: RouterEvaluation.Summary]] = [:]
+        for (dataset, key) in [("gsm8k", "GSM8K"), ("mmlu", "MMLU")] {
+            guard let set = object[key] as? [String: Any] else { continue }
+            for (name, value) in set {
+                guard let figures = value as? [String: Any], let apgr = figures["APGR"] as? Double, let cpt50 = figures["CPT50"] as? Double,
+                      let cpt80 = figures["CPT80"] as? Double, let share = figures["strong_frac_at_95pct_of_strong"] as? Double else { continue }
+                result[dataset, default: [:]][name] = RouterEvaluation.Summary(apgr: apgr, cpt50: cpt50, cpt80: cpt80, strongShareAt95: share)
+            }
+        }
+        return result
+    }
+
+    static func close(_ a: RouterEvaluation.Summary, _ b: RouterEvaluation.Summary, tolerance: Double) -> Bool {
+        abs(a.apgr - b.apgr) <= tolerance && abs(a.cpt50 - b.cpt50) <= tolerance + 1e-9
+            && abs(a.cpt80 - b.cpt80) <= tolerance + 1e-9 && abs(a.strongShareAt95 - b.strongShareAt95) <= tolerance + 1e-9
+    }
+
+    static func format(_ s: RouterEvaluation.Summary) -> String {
+        String(format: "APGR %.3f CPT50 %.2f CPT80 %.2f share@95 %.2f", s.apgr, s.cpt50, s.cpt80, s.strongShareAt95)
+    }
+}

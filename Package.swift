@@ -88,12 +88,14 @@ let package = Package(
         .target(
             name: "Routing",
             dependencies: ["SwitchyardCore", "SwitchyardModels"],
+            // The classifier the embedded default's `auto` route uses (written by `switchyard train-router`).
+            resources: [.copy("complexity-v1.json")],
             // Optimised even in debug builds: training fits thousands of 390-wide rows, and the tests train.
             swiftSettings: strict + [.unsafeFlags(["-O"])]
         ),
         .target(
             name: "Stages",
-            dependencies: ["SwitchyardCore", "SwitchyardModels", "Caching", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SwitchyardCore", "SwitchyardModels", "Caching", "Routing", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         .target(
@@ -126,7 +128,7 @@ let package = Package(
             name: "Server",
             dependencies: [
                 "SwitchyardCore", "SwitchyardModels", "ServerSentEvents", "Providers", "Stages", "MockProvider", "Embeddings",
-                "HTTPEdge", "Caching",
+                "HTTPEdge", "Caching", "Routing",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

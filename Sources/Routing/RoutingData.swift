@@ -17,6 +17,17 @@ public struct RoutingExample: Sendable, Hashable {
     /// GSM8K only: the two models' answers (for the answer scorer).
     public var weakResponse: String?
     public var strongResponse: String?
+
+    public init(dataset: String, domain: String, prompt: String, weakCorrect: Bool, strongCorrect: Bool,
+                weakResponse: String? = nil, strongResponse: String? = nil) {
+        self.dataset = dataset
+        self.domain = domain
+        self.prompt = prompt
+        self.weakCorrect = weakCorrect
+        self.strongCorrect = strongCorrect
+        self.weakResponse = weakResponse
+        self.strongResponse = strongResponse
+    }
 }
 
 public struct RoutingDataError: Error, CustomStringConvertible {
@@ -72,6 +83,11 @@ public enum RoutingData {
         }
         return prompts
     }
+}
+
+/// The CSV reader, for tests.
+public enum CSVProbe {
+    public static func parse(_ text: String) throws(RoutingDataError) -> [[String]] { try CSV.parse(text) }
 }
 
 /// RFC 4180 CSV: commas, quoted fields with doubled quotes, and line breaks inside quotes.

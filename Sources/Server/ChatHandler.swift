@@ -225,6 +225,9 @@ struct ChatHandler: Sendable {
     static func addModelHeaders(_ routing: RoutingOutcome?, requested: String, to headers: inout HTTPFields) {
         headers.append(HTTPField(name: .switchyardModel, value: routing?.model.name ?? requested))
         if let routing { headers.append(HTTPField(name: .switchyardRoute, value: routing.header)) }
+        if let complexity = routing?.complexity {
+            headers.append(HTTPField(name: .switchyardComplexity, value: String((complexity * 1000).rounded() / 1000)))
+        }
     }
 
     /// Adds the cache headers to fields that have none yet. (Fields are appended throughout: `HTTPFields`'

@@ -89,6 +89,7 @@ extension HTTPField.Name {
     static let requestID = HTTPField.Name("x-request-id")!
     static let switchyardModel = HTTPField.Name("x-switchyard-model")!
     static let switchyardRoute = HTTPField.Name("x-switchyard-route")!
+    static let switchyardComplexity = HTTPField.Name("x-switchyard-complexity")!
     static let switchyardCost = HTTPField.Name("x-switchyard-cost-usd")!
     static let switchyardCache = HTTPField.Name("x-switchyard-cache")!
     static let switchyardCacheSimilarity = HTTPField.Name("x-switchyard-cache-similarity")!

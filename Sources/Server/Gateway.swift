@@ -7,6 +7,7 @@ import NIOHTTP1
 import Providers
 import ServiceLifecycle
 import Stages
+import Routing
 import Embeddings
 public import SwitchyardCore
 public import Caching
@@ -114,9 +115,18 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     if config.cache.semanticEnabled && batcher == nil {
         logger.notice("semantic cache off: no embedding model", metadata: ["switchyard.reason": "\(unavailable)"])
     }
+    var classifier: ComplexityClassifier?
+    if config.usesComplexity {
+        classifier = try config.classifierFile.map { path throws(ClassifierFileError) in try ComplexityClassifier.load(path: path) }
+            ?? ComplexityClassifier.bundled()
+        if batcher == nil {
+            logger.warning("complexity routes send every request to their strongest model: no embedding model",
+                           metadata: ["switchyard.reason": "\(unavailable)"])
+        }
+    }
     let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics, exactCache: exactCache,
                                          semanticCache: semanticCache, embedder: batcher.map { BatcherEmbedder(batcher: $0) },
-                                         background: background)
+                                         classifier: classifier, background: background)
     let draining = Locked(false)
     let hasMock = mock != nil
     let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger)

@@ -1,4 +1,5 @@
 public import Caching
+public import Routing
 public import SwitchyardCore
 
 /// The one place the order of the stages is written.
@@ -11,7 +12,7 @@ public enum DefaultPipeline {
     public static func build(config: GatewayConfig, providers: [String: any ProviderClient],
                              recorder: any CostRecorder & CacheRecorder, exactCache: any ExactCacheStore,
                              semanticCache: any SemanticCacheStore, embedder: (any TextEmbedder)?,
-                             background: (any BackgroundWorkQueue)? = nil) -> Pipeline
+                             classifier: ComplexityClassifier? = nil, background: (any BackgroundWorkQueue)? = nil) -> Pipeline
     {
         let call = ProviderCall(providers: providers)
         return Pipeline(
@@ -21,7 +22,7 @@ public enum DefaultPipeline {
                 ExactCacheStage(store: exactCache, settings: config.cache, recorder: recorder),
                 SemanticCacheStage(store: semanticCache, embedder: embedder, settings: config.cache, recorder: recorder,
                                    background: background),
-                RoutingStage(models: config.models),
+                RoutingStage(models: config.models, classifier: classifier, embedder: embedder),
                 PromptCacheStage(providers: config.providers),
                 CostAccountingStage(recorder: recorder),
             ],

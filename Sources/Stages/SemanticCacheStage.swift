@@ -84,6 +84,8 @@ public struct SemanticCacheStage: GatewayStage {
             recorder.cache(.semantic, .bypass, model: request.model, saved: .zero, caller: plan.caller)
             return try await next(request, context)
         }
+        var context = context
+        context.questionEmbedding = QuestionEmbedding(text: plan.question, vector: vector)
         if !context.cacheDirectives.skipLookup {
             let matches = try await nearest(vector, request: request, plan: plan)
             if let replay = replay(request, context: context, plan: plan, matches: matches, embedder: embedder, next: next) {

@@ -50,16 +50,25 @@ extension ConfigLoader {
                 if let earlier = rules.last, earlier.match.matchesEverything {
                     throw ConfigError(path: rule.path, "is never reached: rule '\(earlier.name)' before it matches every request")
                 }
-                let model = try rule.requiredString("model")
-                guard config.models[model] != nil else {
+                func known(_ model: String, at path: String) throws(ConfigError) {
+                    guard config.models[model] == nil else { return }
                     let hint = config.routes[model] != nil || model == name
                         ? "'\(model)' is a route; a rule picks a model"
                         : "unknown model '\(model)' (known: \(config.models.keys.sorted().joined(separator: ", ")))"
-                    throw ConfigError(path: rule.child("model"), hint)
+                    throw ConfigError(path: path, hint)
+                }
+                let target: RouteTarget
+                if let ladder = try rule.mapping("complexity") {
+                    guard !rule.has("model") else { throw ConfigError(path: rule.child("model"), "a rule has either model or complexity") }
+                    target = try parseComplexity(ladder, known: known)
+                } else {
+                    let model = try rule.requiredString("model")
+                    try known(model, at: rule.child("model"))
+                    target = .model(model)
                 }
                 var match = RuleMatch()
                 if let when = try rule.mapping("when") { match = try parseMatch(when) }
-                rules.append(RouteRule(name: ruleName, match: match, target: .model(model), maxTokens: try parseOutputLimit(rule)))
+                rules.append(RouteRule(name: ruleName, match: match, target: target, maxTokens: try parseOutputLimit(rule)))
                 try rule.finish()
             }
             guard rules.last?.match.matchesEverything == true else {
@@ -68,6 +77,42 @@ extension ConfigLoader {
             try reader.finish()
             config.routes[name] = RouteConfig(name: name, rules: rules, maxTokens: maxTokens)
         }
+    }
+
+    /// `complexity: {models: [cheap, middle, strong], thresholds: [0.5, 0.8]}`.
+    static func parseComplexity(_ ladder: MappingReader, known: (String, String) throws(ConfigError) -> Void) throws(ConfigError)
+        -> RouteTarget
+    {
+        guard let list = try ladder.sequence("models") else {
+            throw ConfigError(path: ladder.child("models"), "is required: two or three models, cheapest first")
+        }
+        var models: [String] = []
+        for (offset, node) in list.enumerated() {
+            let path = "\(ladder.child("models"))[\(offset)]"
+            guard let model = node.scalar?.string, !model.isEmpty else { throw ConfigError(path: path, "expected a model name") }
+            try known(model, path)
+            models.append(model)
+        }
+        guard (2...3).contains(models.count) else { throw ConfigError(path: ladder.child("models"), "must name two or three models") }
+        guard let values = try ladder.sequence("thresholds") else {
+            throw ConfigError(path: ladder.child("thresholds"), "is required: one fewer than the models, ascending in 0…1")
+        }
+        var thresholds: [Double] = []
+        for (offset, node) in values.enumerated() {
+            let path = "\(ladder.child("thresholds"))[\(offset)]"
+            guard let value = node.float ?? node.int.map(Double.init), value > 0, value < 1 else {
+                throw ConfigError(path: path, "must be a number between 0 and 1 (the share of prompts below the step)")
+            }
+            if let previous = thresholds.last, value <= previous {
+                throw ConfigError(path: path, "thresholds must ascend (\(value) after \(previous))")
+            }
+            thresholds.append(value)
+        }
+        guard thresholds.count == models.count - 1 else {
+            throw ConfigError(path: ladder.child("thresholds"), "must number one fewer than the models (\(models.count - 1))")
+        }
+        try ladder.finish()
+        return .complexity(models: models, thresholds: thresholds)
     }
 
     static func parseMatch(_ when: MappingReader) throws(ConfigError) -> RuleMatch {

@@ -172,6 +172,15 @@ public enum ConfigLoader {
         }
         guard !config.models.isEmpty else { throw ConfigError(path: "models", "must name at least one model") }
         if let routes = try top.mapping("routes") { try parseRoutes(routes, config: &config) }
+        if let routing = try top.mapping("routing") {
+            if let file = try routing.string("classifier_file") {
+                guard FileManager.default.isReadableFile(atPath: file) else {
+                    throw ConfigError(path: routing.child("classifier_file"), "cannot read '\(file)'")
+                }
+                config.classifierFile = file
+            }
+            try routing.finish()
+        }
 
         if let keys = try top.sequence("keys") {
             for (offset, node) in keys.enumerated() {

@@ -171,6 +171,13 @@ public struct GatewayConfig: Sendable {
     public var models: [String: ModelRoute]
     /// Public names that are routes (disjoint from `models`).
     public var routes: [String: RouteConfig] = [:]
+    /// The complexity classifier's file (YAML `routing.classifier_file`); `nil`: the one shipped with the gateway.
+    public var classifierFile: String?
+
+    /// Whether any route climbs a complexity ladder (the classifier is loaded only then).
+    public var usesComplexity: Bool {
+        routes.values.contains { $0.rules.contains { if case .complexity = $0.target { true } else { false } } }
+    }
     /// Empty: open access (each distinct key is its own tenant and user).
     public var keys: [APIKeyEntry]
     /// Latency multiplier for the built-in mock provider (1 = realistic, 0 = instant).
@@ -200,7 +207,13 @@ public struct GatewayConfig: Sendable {
         for entry in DefaultCatalog.models {
             models[entry.name] = ModelRoute(name: entry.name, provider: "mock", upstreamModel: entry.name, price: entry.price)
         }
-        return GatewayConfig(providers: ["mock": mock], models: models)
+        var config = GatewayConfig(providers: ["mock": mock], models: models)
+        // One example route, so a new user sees routing work: the complexity classifier climbs haiku → sonnet → opus.
+        config.routes["auto"] = RouteConfig(name: "auto", rules: [
+            RouteRule(name: "complexity", target: .complexity(models: ["claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-1"],
+                                                              thresholds: [0.5, 0.85])),
+        ])
+        return config
     }
 }
 

@@ -18,6 +18,7 @@ public struct GatewayContext: Sendable {
         var route: ModelRoute?
         var routeConfig: RouteConfig?
         var requestedFeature: String?
+        var questionEmbedding: QuestionEmbedding?
         var cacheDirectives = CacheDirectives()
         var original: ClientOriginal?
     }
@@ -86,6 +87,12 @@ public struct GatewayContext: Sendable {
     public var requestedFeature: String? {
         get { storage.fields.requestedFeature }
         set { update { $0.requestedFeature = newValue } }
+    }
+    /// The embedding of the last user message, once a stage computed it (the semantic cache), for later stages
+    /// (routing) to reuse instead of embedding the same text again.
+    public var questionEmbedding: QuestionEmbedding? {
+        get { storage.fields.questionEmbedding }
+        set { update { $0.questionEmbedding = newValue } }
     }
     /// The client's cache controls (headers).
     public var cacheDirectives: CacheDirectives {
@@ -240,5 +247,16 @@ public struct ClientOriginal: Sendable {
         guard !request.stream, request.sourceFormat == format, request.model == upstreamModel, request == self.request
         else { return nil }
         return body
+    }
+}
+
+/// A text and its on-device embedding.
+public struct QuestionEmbedding: Sendable, Hashable {
+    public var text: String
+    public var vector: [Float]
+
+    public init(text: String, vector: [Float]) {
+        self.text = text
+        self.vector = vector
     }
 }

@@ -38,6 +38,18 @@ public struct RouteRule: Sendable, Hashable {
 public enum RouteTarget: Sendable, Hashable {
     /// A configured model (by its public name).
     case model(String)
+    /// A ladder of models, cheapest first, climbed by the complexity classifier: the prompt's score percentile
+    /// among the classifier's training prompts picks `models[i]` where `i` thresholds are at or below it.
+    /// `thresholds` ascend in 0…1 and number one fewer than `models`.
+    case complexity(models: [String], thresholds: [Double])
+
+    /// The models the target may pick.
+    public var models: [String] {
+        switch self {
+        case .model(let model): [model]
+        case .complexity(let models, _): models
+        }
+    }
 }
 
 /// The conditions of a rule; all that are set must hold, and a rule with none matches every request.
@@ -109,12 +121,15 @@ public struct RoutingOutcome: Sendable, Hashable {
     public var decision: String
     /// The model that served.
     public var model: ModelRoute
+    /// For a complexity rule: the prompt's score percentile (0…1), or nil when it could not be scored.
+    public var complexity: Double?
 
-    public init(route: String, rule: String, decision: String, model: ModelRoute) {
+    public init(route: String, rule: String, decision: String, model: ModelRoute, complexity: Double? = nil) {
         self.route = route
         self.rule = rule
         self.decision = decision
         self.model = model
+        self.complexity = complexity
     }
 
     /// The `x-switchyard-route` value.

@@ -1,5 +1,8 @@
+import Caching
+import Embeddings
 import Foundation
 import Logging
+import Routing
 import Server
 import Stages
 import SwitchyardCore
@@ -197,6 +200,134 @@ import Testing
                                      headers: [("authorization", "Bearer sk-open"), ("x-switchyard-feature", "no spaces please")])
             #expect(bad.status == 400)
             #expect(bad.body.contains("x-switchyard-feature"))
+        }
+    }
+}
+
+/// Complexity ladders: the classifier's percentile picks the step; the embedding is the semantic cache's when it
+/// made one (one embedding per request); without a score the strongest model serves.
+@Suite struct ComplexityRoutingTests {
+    /// Embeds texts that say "hard" along the direction the synthetic classifier learnt as hard, and counts its calls.
+    final class CountingEmbedder: TextEmbedder, Sendable {
+        let calls = Locked(0)
+        func embed(_ text: String) async -> [Float]? {
+            calls.withLock { $0 += 1 }
+            var vector = [Float](repeating: 0, count: ComplexityClassifier.embeddingDimension)
+            // Four times the training data's offset: past every training prompt of its kind.
+            vector[3] = text.contains("hard") ? 2 : -2
+            vector[0] = 0.01
+            return vector
+        }
+    }
+
+    static let classifier: ComplexityClassifier = {
+        let (examples, embeddings) = ComplexityClassifierTests.synthetic(count: 400)
+        return ComplexityClassifier.train(examples, embeddings: embeddings, settings: LogisticRegression.Settings(iterations: 200))
+    }()
+
+    static let route = RouteConfig(name: "auto", rules: [
+        RouteRule(name: "c", target: .complexity(models: ["gpt-4o-mini", "claude-sonnet-4-5", "claude-opus-4-1"], thresholds: [0.45, 0.5])),
+    ])
+
+    static func context() -> GatewayContext {
+        var context = GatewayContext(requestID: "r", logger: Logger(label: "t"), clientFormat: .openAI)
+        context.caller = Caller(tenant: "t", user: "u", keyID: "k")
+        context.routeConfig = Self.route
+        return context
+    }
+
+    static func request(_ text: String) -> ChatRequest {
+        ChatRequest(model: "auto", messages: [ChatMessage(role: .user, content: [.text(text)])], sourceFormat: .openAI)
+    }
+
+    static func answer() -> GatewayResponse {
+        .completion(Completion(response: ChatResponse(id: "x", model: "m", choices: [ChatChoice(content: [.text("ok")], stopReason: .endTurn)],
+                                                      usage: Usage(inputTokens: 1, outputTokens: 1))))
+    }
+
+    static func routing(_ response: GatewayResponse) -> RoutingOutcome? {
+        if case .completion(let completion) = response { return completion.routing }
+        return nil
+    }
+
+    @Test func theScorePicksTheStepAndUnscoredRequestsGetTheStrongestModel() async throws {
+        let models = try RoutingTests.config().models
+        let embedder = CountingEmbedder()
+        let stage = RoutingStage(models: models, classifier: Self.classifier, embedder: embedder)
+        let hard = try await stage.handle(Self.request("a long hard question 1?"), context: Self.context()) { _, _ in Self.answer() }
+        let easy = try await stage.handle(Self.request("easy 1"), context: Self.context()) { _, _ in Self.answer() }
+        #expect(Self.routing(hard)?.decision == "claude-opus-4-1")
+        #expect(Self.routing(easy)?.decision == "gpt-4o-mini")
+        // The synthetic hard prompts are the top half of the training scores, the easy ones the bottom half.
+        #expect((Self.routing(hard)?.complexity ?? 0) >= 0.5 && (Self.routing(easy)?.complexity ?? 1) < 0.45)
+        // No embedder: nothing to score with.
+        let blind = RoutingStage(models: models, classifier: Self.classifier, embedder: nil)
+        let unscored = try await blind.handle(Self.request("easy 1"), context: Self.context()) { _, _ in Self.answer() }
+        #expect(Self.routing(unscored)?.decision == "claude-opus-4-1" && Self.routing(unscored)?.complexity == nil)
+    }
+
+    @Test func theSemanticCachesEmbeddingIsReusedSoEachRequestIsEmbeddedOnce() async throws {
+        let config = try RoutingTests.config()
+        let embedder = CountingEmbedder()
+        var settings = CacheSettings()
+        settings.semanticEnabled = true
+        let recorder = GatewayMetrics(models: ["auto"])
+        let pipeline = Pipeline(stages: [
+            SemanticCacheStage(store: InMemorySemanticCache(maxEntries: 100), embedder: embedder, settings: settings, recorder: recorder),
+            RoutingStage(models: config.models, classifier: Self.classifier, embedder: embedder),
+        ], terminal: { _, _ in Self.answer() })
+        let first = try await pipeline.run(Self.request("a long hard question 2?"), context: Self.context())
+        #expect(Self.routing(first)?.decision == "claude-opus-4-1")
+        #expect(embedder.calls.withLock { $0 } == 1)
+        // With the semantic cache off for this name, routing embeds the text itself: still once.
+        settings.semanticOff = ["auto"]
+        let alone = Pipeline(stages: [
+            SemanticCacheStage(store: InMemorySemanticCache(maxEntries: 100), embedder: embedder, settings: settings, recorder: recorder),
+            RoutingStage(models: config.models, classifier: Self.classifier, embedder: embedder),
+        ], terminal: { _, _ in Self.answer() })
+        _ = try await alone.run(Self.request("a long hard question 3?"), context: Self.context())
+        #expect(embedder.calls.withLock { $0 } == 2)
+    }
+
+    @Test(arguments: [
+        ("rules: [{complexity: {models: [gpt-4o-mini, nope], thresholds: [0.5]}}]", "routes.r.rules[0].complexity.models[1]", "unknown model"),
+        ("rules: [{complexity: {models: [gpt-4o-mini, gpt-4o], thresholds: [0.5, 0.7]}}]", "routes.r.rules[0].complexity.thresholds", "one fewer"),
+        ("rules: [{complexity: {models: [gpt-4o-mini, gpt-4o, gpt-4o-mini], thresholds: [0.7, 0.5]}}]",
+         "routes.r.rules[0].complexity.thresholds[1]", "must ascend"),
+        ("rules: [{complexity: {models: [gpt-4o-mini, gpt-4o], thresholds: [1.5]}}]", "routes.r.rules[0].complexity.thresholds[0]", "between 0 and 1"),
+        ("rules: [{complexity: {models: [gpt-4o-mini], thresholds: []}}]", "routes.r.rules[0].complexity.models", "two or three"),
+        ("rules: [{model: gpt-4o, complexity: {models: [gpt-4o-mini, gpt-4o], thresholds: [0.5]}}]", "routes.r.rules[0].model",
+         "either model or complexity"),
+    ])
+    func badLaddersNameTheKeyPath(_ testCase: (String, String, String)) {
+        let yaml = "providers: {mock: {kind: mock}}\nmodels: {gpt-4o-mini: {provider: mock}, gpt-4o: {provider: mock}}\nroutes:\n  r: {"
+            + testCase.0 + "}"
+        do {
+            _ = try ConfigLoader.parse(yaml: yaml, environment: [:])
+            Issue.record("accepted: \(testCase.0)")
+        } catch {
+            #expect(error.path == testCase.1, "\(error)")
+            #expect(error.message.contains(testCase.2), "\(error)")
+        }
+    }
+
+    @Test func theEmbeddedDefaultsAutoRouteScoresWithTheShippedClassifier() async throws {
+        try await withTestGateway(embeddings: .model(directory: ModelStore().modelDirectory)) { _, url in
+            func ask(_ text: String) async throws -> TestResponse {
+                try await send("\(url)/v1/chat/completions", body: #"{"model":"auto","messages":[{"role":"user","content":"\#(text)"}]}"#)
+            }
+            let easy = try await ask("hi")
+            let hard = try await ask("A train leaves at 3:15 pm travelling 62.5 miles per hour; a second leaves 40 minutes later at 75 mph. "
+                                     + "After how many miles does the second catch the first, and what share of the trip is left if it is 410 miles?")
+            for response in [easy, hard] {
+                #expect(response.status == 200, "\(response.body)")
+                let model = response.header("x-switchyard-model") ?? ""
+                #expect(["claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-1"].contains(model))
+                #expect(response.header("x-switchyard-route") == "auto/complexity/\(model)")
+            }
+            let easyScore = try #require(easy.header("x-switchyard-complexity").flatMap(Double.init))
+            let hardScore = try #require(hard.header("x-switchyard-complexity").flatMap(Double.init))
+            #expect(hardScore > easyScore, "\(hardScore) \(easyScore)")
         }
     }
 }

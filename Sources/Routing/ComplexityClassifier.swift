@@ -91,6 +91,16 @@ public struct ComplexityClassifier: Sendable, Hashable {
         return classifier
     }
 
+    /// The largest absolute difference between any number of the two classifiers (as their files hold them).
+    public func largestDifference(from other: ComplexityClassifier) -> Double {
+        func largest(_ a: [Double], _ b: [Double]) -> Double {
+            a.count == b.count ? zip(a, b).map { abs(Self.rounded($0) - Self.rounded($1)) }.max() ?? 0 : .infinity
+        }
+        return [largest(mean, other.mean), largest(scale, other.scale), largest(strong.weights, other.strong.weights),
+                largest(weak.weights, other.weak.weights), largest([strong.bias, weak.bias], [other.strong.bias, other.weak.bias]),
+                largest(quantiles, other.quantiles)].max() ?? 0
+    }
+
     static func dataHash(_ examples: [RoutingExample]) -> String {
         var bytes: [UInt8] = []
         for example in examples {

@@ -52,6 +52,7 @@ public struct LineLogHandler: LogHandler {
         var line = "\(Self.timestamp()) \(event.level) \(label):"
         for key in merged.keys.sorted() { line += " \(key)=\(merged[key]!)" }
         line += " \(event.message)\n"
+        let text = line
         guard Self.pending.add(1, ordering: .relaxed).newValue <= Self.maximumPending else {
             Self.pending.subtract(1, ordering: .relaxed)
             Self.dropped.add(1, ordering: .relaxed)
@@ -60,7 +61,7 @@ public struct LineLogHandler: LogHandler {
         Self.writer.submit { _ in
             let lost = Self.dropped.exchange(0, ordering: .relaxed)
             if lost > 0 { Self.writeAll("\(Self.timestamp()) warning switchyard: \(lost) log lines dropped (writer behind)\n") }
-            Self.writeAll(line)
+            Self.writeAll(text)
             Self.pending.subtract(1, ordering: .relaxed)
         }
     }

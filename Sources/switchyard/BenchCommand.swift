@@ -8,6 +8,7 @@ import NIOCore
 import NIOHTTP1
 import NIOSSL
 import Providers
+import Routing
 
 #if canImport(Glibc)
 import Glibc
@@ -17,7 +18,7 @@ import Musl
 
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Benchmarks (commands, not tests).", subcommands: [UpstreamClientFloor.self, EmbeddingsBench.self])
+        abstract: "Benchmarks (commands, not tests).", subcommands: [UpstreamClientFloor.self, EmbeddingsBench.self, RouterBench.self])
 }
 
 /// Measures what an upstream HTTP client alone costs, posting a small chat request in a closed loop with no server
@@ -149,5 +150,38 @@ struct EmbeddingsBench: ParsableCommand {
 
     func print(json: JSONValue) {
         Swift.print(json.jsonString(sortedKeys: true))
+    }
+}
+
+/// Times the complexity decision after the embedding: text features, standardisation, both heads, the percentile.
+struct RouterBench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "router")
+
+    @Option(help: "Decisions to time.") var decisions = 200_000
+
+    func run() throws {
+        let classifier: ComplexityClassifier
+        do {
+            classifier = try ComplexityClassifier.bundled()
+        } catch {
+            throw ValidationError(error.description)
+        }
+        // Unit vectors and prompts of the sizes a gateway sees (a line to a paragraph); the embedding is an input.
+        let prompts = ["hi", "How do I reset my password?",
+                       String(repeating: "A train leaves at 3:15 pm at 62.5 miles per hour; how far has it gone by 5 pm? ", count: 4),
+                       String(repeating: "Summarise the following support conversation in two sentences. ", count: 12)]
+        let vectors: [[Float]] = (0..<8).map { seed in
+            let raw = (0..<ComplexityClassifier.embeddingDimension).map { Float(sin(Double($0 * 7 + seed))) }
+            let norm = raw.reduce(0) { $0 + $1 * $1 }.squareRoot()
+            return raw.map { $0 / norm }
+        }
+        var sink = 0.0
+        let started = ContinuousClock.now
+        for index in 0..<decisions {
+            let score = classifier.score(embedding: vectors[index & 7], text: prompts[index & 3]) ?? 0
+            sink += classifier.percentile(of: score)
+        }
+        let elapsed = (ContinuousClock.now - started).inSeconds
+        print("router decisions=\(decisions) seconds=\(elapsed) us_per_decision=\(elapsed / Double(decisions) * 1e6) checksum=\(sink)")
     }
 }

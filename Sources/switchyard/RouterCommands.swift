@@ -56,11 +56,29 @@ struct TrainRouter: ParsableCommand {
     @Option(help: "Where to write the classifier file.") var output = "Sources/Routing/complexity-v1.json"
     @Option(help: "L2 penalty.") var l2 = 1.0
     @Option(help: "Adam iterations.") var iterations = 300
+    @Option(help: "Write nothing: train, then compare with this file (the committed one) and fail if they differ.")
+    var check: String?
 
     func run() throws {
         let loaded = try RouterData.load(data: data, modelDirectory: dir)
         let settings = LogisticRegression.Settings(l2: l2, iterations: iterations)
         let classifier = ComplexityClassifier.train(loaded.examples, embeddings: loaded.embeddings, settings: settings)
+        if let check {
+            let committed: ComplexityClassifier
+            do {
+                committed = try ComplexityClassifier.load(path: check)
+            } catch {
+                throw ValidationError(error.description)
+            }
+            // The embeddings' last bits depend on the CPU's kernels (AVX-512 or AVX2), so numbers are compared
+            // within a tolerance; the training data must be the same exactly.
+            let difference = committed.largestDifference(from: classifier)
+            let same = committed.training.dataSHA256 == classifier.training.dataSHA256 && difference <= 1e-3
+            print("\(check): training data \(committed.training.dataSHA256 == classifier.training.dataSHA256 ? "identical" : "DIFFERENT"), "
+                  + "largest difference in any weight, scale or quantile \(difference) (tolerance 0.001): \(same ? "reproduced" : "NOT reproduced")")
+            if !same { throw ExitCode.failure }
+            return
+        }
         try classifier.fileText().write(toFile: output, atomically: true, encoding: .utf8)
         print("wrote \(output): \(loaded.examples.count) prompts, data sha256 \(classifier.training.dataSHA256.prefix(16))…")
     }

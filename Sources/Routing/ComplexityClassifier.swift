@@ -23,6 +23,8 @@ public struct ComplexityClassifier: Sendable, Hashable {
     public var weak: LogisticRegression
     /// The training prompts' scores at percentiles 0, 1, …, 100.
     public var quantiles: [Double]
+    /// The cascade's scorer of cheap answers (trained on the examples that carry one; GSM8K).
+    public var answerScorer: AnswerScorer?
     public var training: Training
 
     public struct Training: Sendable, Hashable {
@@ -71,19 +73,13 @@ public struct ComplexityClassifier: Sendable, Hashable {
                              settings: LogisticRegression.Settings = LogisticRegression.Settings()) -> ComplexityClassifier {
         let rows = zip(examples, embeddings).map { inputs(embedding: $1, text: $0.prompt) }
         let dimension = embeddingDimension + PromptFeatures.names.count
-        var mean = [Double](repeating: 0, count: dimension), scale = mean
-        for row in rows { for index in 0..<dimension { mean[index] += row[index] } }
-        for index in 0..<dimension { mean[index] /= Double(max(rows.count, 1)) }
-        for row in rows { for index in 0..<dimension { scale[index] += (row[index] - mean[index]) * (row[index] - mean[index]) } }
         // A constant input (a feature the training text never varies) keeps scale 1 instead of dividing by zero.
-        for index in 0..<dimension {
-            let deviation = (scale[index] / Double(max(rows.count, 1))).squareRoot()
-            scale[index] = deviation > 1e-9 ? deviation : 1
-        }
+        let (mean, scale) = Standardisation.fit(rows)
         let standardised = rows.map { row in (0..<dimension).map { (row[$0] - mean[$0]) / scale[$0] } }
         let strong = LogisticRegression.fit(rows: standardised, labels: examples.map { $0.strongCorrect ? 1 : 0 }, settings: settings)
         let weak = LogisticRegression.fit(rows: standardised, labels: examples.map { $0.weakCorrect ? 1 : 0 }, settings: settings)
         var classifier = ComplexityClassifier(mean: mean, scale: scale, strong: strong, weak: weak, quantiles: [],
+                                              answerScorer: AnswerScorer.train(examples, settings: settings),
                                               training: Training(dataSHA256: dataHash(examples), examples: examples.count,
                                                                  settings: settings))
         let scores = rows.map { classifier.score(inputs: $0) }.sorted()
@@ -98,7 +94,9 @@ public struct ComplexityClassifier: Sendable, Hashable {
         }
         return [largest(mean, other.mean), largest(scale, other.scale), largest(strong.weights, other.strong.weights),
                 largest(weak.weights, other.weak.weights), largest([strong.bias, weak.bias], [other.strong.bias, other.weak.bias]),
-                largest(quantiles, other.quantiles)].max() ?? 0
+                largest(quantiles, other.quantiles),
+                largest(answerScorer.map { $0.head.weights + [$0.head.bias] + $0.mean + $0.scale } ?? [],
+                        other.answerScorer.map { $0.head.weights + [$0.head.bias] + $0.mean + $0.scale } ?? [])].max() ?? 0
     }
 
     static func dataHash(_ examples: [RoutingExample]) -> String {
@@ -136,6 +134,10 @@ extension ComplexityClassifier {
             "mean": numbers(mean), "scale": numbers(scale),
             "heads": ["strong": head(strong), "weak": head(weak)],
             "quantiles": numbers(quantiles),
+            "answer_scorer": answerScorer.map { scorer in
+                ["features": .array(AnswerScorer.featureNames.map { .string($0) }), "mean": numbers(scorer.mean),
+                 "scale": numbers(scorer.scale), "weights": numbers(scorer.head.weights), "bias": .double(Self.rounded(scorer.head.bias))]
+            } ?? .null,
             "training": [
                 "data_sha256": .string(training.dataSHA256), "examples": .int(Int64(training.examples)),
                 "l2": .double(training.settings.l2), "iterations": .int(Int64(training.settings.iterations)),
@@ -202,6 +204,21 @@ extension ComplexityClassifier {
         quantiles = try numbers(json["quantiles"], "quantiles", count: 101)
         guard zip(quantiles, quantiles.dropFirst()).allSatisfy({ $0 <= $1 }) else {
             throw ClassifierFileError(description: "'quantiles' must not decrease")
+        }
+        if let scorer = json["answer_scorer"], scorer != .null {
+            guard scorer["features"]?.arrayValue?.compactMap(\.stringValue) == AnswerScorer.featureNames else {
+                throw ClassifierFileError(description: "its answer scorer's features are not \(AnswerScorer.featureNames.joined(separator: ", "))")
+            }
+            let width = AnswerScorer.featureNames.count
+            let scale = try numbers(scorer["scale"], "answer_scorer.scale", count: width)
+            guard scale.allSatisfy({ $0 > 0 }), let bias = scorer["bias"]?.doubleValue, bias.isFinite else {
+                throw ClassifierFileError(description: "'answer_scorer' needs a positive scale and a finite bias")
+            }
+            answerScorer = AnswerScorer(mean: try numbers(scorer["mean"], "answer_scorer.mean", count: width), scale: scale,
+                                        head: LogisticRegression(weights: try numbers(scorer["weights"], "answer_scorer.weights", count: width),
+                                                                 bias: bias))
+        } else {
+            answerScorer = nil
         }
         let info = json["training"]
         training = Training(dataSHA256: info?["data_sha256"]?.stringValue ?? "", examples: Int(clamping: info?["examples"]?.intValue ?? 0),

@@ -94,6 +94,8 @@ struct RouterEval: ParsableCommand {
     @Option(help: "Model cache folder.") var dir: String?
     @Option(help: "Folds for cross-fitting (each prompt is scored by a model trained without it).") var folds = 5
     @Option(help: "Write the results as JSON to this file.") var json: String?
+    @Option(help: "What a weak-model call costs as a share of a strong one (an assumption for the cost columns: the shared data prices GPT-4 Turbo, not Mixtral).")
+    var weakCostRatio = 0.04
 
     func run() throws {
         let loaded = try RouterData.load(data: data, modelDirectory: dir)
@@ -145,6 +147,29 @@ struct RouterEval: ParsableCommand {
             results[label] = ["apgr": summary.apgr, "cpt50": summary.cpt50, "cpt80": summary.cpt80,
                               "strong_share_at_95": summary.strongShareAt95, "quality_at_95": quality, "prompts": rows.count]
         }
+        // The cascade on GSM8K: the weak model answers every prompt; the scorer's confidence in that answer decides
+        // which are escalated (lowest confidence first). Each answer scored by a scorer trained without it.
+        let gsm = examples.indices.filter { examples[$0].dataset == "gsm8k" && examples[$0].weakResponse != nil }
+        var confidence = [Double](repeating: 0, count: examples.count)
+        for fold in 0..<folds {
+            let train = gsm.filter { $0 % folds != fold }, test = gsm.filter { $0 % folds == fold }
+            guard let scorer = AnswerScorer.train(train.map { examples[$0] }, settings: LogisticRegression.Settings()) else { continue }
+            for index in test {
+                confidence[index] = scorer.confidence(question: examples[index].prompt, answer: examples[index].weakResponse ?? "")
+            }
+        }
+        let weak = gsm.map { examples[$0].weakCorrect ? 1.0 : 0 }, strong = gsm.map { examples[$0].strongCorrect ? 1.0 : 0 }
+        let cascade = RouterEvaluation(scores: gsm.map { -confidence[$0] }, weak: weak, strong: strong)
+        let share = cascade.summary.strongShareAt95
+        let preCall = results["GSM8K"].flatMap { ($0 as? [String: Any])?["strong_share_at_95"] as? Double } ?? 1
+        print("\nCascade on GSM8K, held out (\(folds)-fold; the weak model answers every prompt, the lowest-confidence answers go to the strong one):")
+        print("| router | strong calls at 95% of strong quality | APGR | cost of all-strong, a weak call costing \(weakCostRatio) of a strong one |")
+        print("|---|---|---|---|")
+        print("| cascade (answer scorer) | \(String(format: "%.2f", share)) | \(String(format: "%.3f", cascade.apgr)) | "
+              + "\(String(format: "%.3f", weakCostRatio + share)) |")
+        print("| pre-call classifier | \(String(format: "%.2f", preCall)) | \(String(format: "%.3f", (results["GSM8K"] as? [String: Any])?["apgr"] as? Double ?? 0)) | "
+              + "\(String(format: "%.3f", preCall + (1 - preCall) * weakCostRatio)) |")
+        results["GSM8K cascade"] = ["strong_share_at_95": share, "apgr": cascade.apgr, "cost_vs_all_strong": weakCostRatio + share]
         if let json {
             let data = try JSONSerialization.data(withJSONObject: results, options: [.prettyPrinted, .sortedKeys])
             try data.write(to: URL(fileURLWithPath: json))

@@ -228,6 +228,13 @@ struct ChatHandler: Sendable {
         if let complexity = routing?.complexity {
             headers.append(HTTPField(name: .switchyardComplexity, value: String((complexity * 1000).rounded() / 1000)))
         }
+        if let cascade = routing?.cascade {
+            headers.append(HTTPField(name: .switchyardCascade, value: cascade.accepted ? "accepted" : "escalated"))
+            if let confidence = cascade.confidence {
+                headers.append(HTTPField(name: .switchyardCascadeConfidence,
+                                         value: "\(String((confidence * 1000).rounded() / 1000)) \(cascade.source)"))
+            }
+        }
     }
 
     /// Adds the cache headers to fields that have none yet. (Fields are appended throughout: `HTTPFields`'

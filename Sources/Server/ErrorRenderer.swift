@@ -90,6 +90,8 @@ extension HTTPField.Name {
     static let switchyardModel = HTTPField.Name("x-switchyard-model")!
     static let switchyardRoute = HTTPField.Name("x-switchyard-route")!
     static let switchyardComplexity = HTTPField.Name("x-switchyard-complexity")!
+    static let switchyardCascade = HTTPField.Name("x-switchyard-cascade")!
+    static let switchyardCascadeConfidence = HTTPField.Name("x-switchyard-cascade-confidence")!
     static let switchyardCost = HTTPField.Name("x-switchyard-cost-usd")!
     static let switchyardCache = HTTPField.Name("x-switchyard-cache")!
     static let switchyardCacheSimilarity = HTTPField.Name("x-switchyard-cache-similarity")!

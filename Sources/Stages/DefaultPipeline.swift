@@ -1,6 +1,7 @@
 public import Caching
 public import Routing
 public import SwitchyardCore
+import SwitchyardModels
 
 /// The one place the order of the stages is written.
 public enum DefaultPipeline {
@@ -22,7 +23,10 @@ public enum DefaultPipeline {
                 ExactCacheStage(store: exactCache, settings: config.cache, recorder: recorder),
                 SemanticCacheStage(store: semanticCache, embedder: embedder, settings: config.cache, recorder: recorder,
                                    background: background),
-                RoutingStage(models: config.models, classifier: classifier, embedder: embedder),
+                RoutingStage(models: config.models, classifier: classifier, embedder: embedder,
+                             logprobModels: Set(config.models.values.filter { model in
+                                 config.providers[model.provider]?.kind.format(forUpstreamModel: model.upstreamModel) == .openAI
+                             }.map(\.name))),
                 PromptCacheStage(providers: config.providers),
                 CostAccountingStage(recorder: recorder),
             ],

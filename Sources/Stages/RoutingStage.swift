@@ -11,16 +11,23 @@ public struct RoutingStage: GatewayStage {
     let models: [String: ModelRoute]
     let classifier: ComplexityClassifier?
     let embedder: (any TextEmbedder)?
+    /// Models whose upstream speaks the OpenAI API: a cascade asks them for token log-probabilities.
+    let logprobModels: Set<String>
 
-    public init(models: [String: ModelRoute], classifier: ComplexityClassifier? = nil, embedder: (any TextEmbedder)? = nil) {
+    public init(models: [String: ModelRoute], classifier: ComplexityClassifier? = nil, embedder: (any TextEmbedder)? = nil,
+                logprobModels: Set<String> = []) {
         self.models = models
         self.classifier = classifier
         self.embedder = embedder
+        self.logprobModels = logprobModels
     }
 
     public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
         guard let route = context.routeConfig else { return try await next(request, context) }
         let rule = try rule(route, request: request, context: context)
+        if case .cascade(let cheap, _, let threshold) = rule.target {
+            return try await cascade(request, route: route, rule: rule, cheap: cheap, threshold: threshold, context: context, next: next)
+        }
         var complexity: Double?
         if case .complexity = rule.target { complexity = await percentile(request, context: context) }
         let (routed, routedContext, outcome) = try decide(request, route: route, rule: rule, complexity: complexity, context: context)
@@ -63,6 +70,8 @@ public struct RoutingStage: GatewayStage {
             // Unscored (no embedding model, or no user text): the strongest step, so quality never drops unseen.
             let step = complexity.map { score in thresholds.filter { $0 <= score }.count } ?? (ladder.count - 1)
             name = ladder[min(max(step, 0), ladder.count - 1)]
+        case .cascade(_, let strong, _):
+            name = strong
         }
         guard let model = models[name] else {
             throw GatewayError(.internalError, "route '\(route.name)' names unknown model '\(name)'")
@@ -76,6 +85,75 @@ public struct RoutingStage: GatewayStage {
         context.route = model
         let outcome = RoutingOutcome(route: route.name, rule: rule.name, decision: name, model: model, complexity: complexity)
         return (request, context, outcome)
+    }
+
+    // MARK: Cascade
+
+    /// The cheap model answers first, as a whole answer; it is returned (streamed, if the client asked, from the
+    /// whole answer) when the confidence in it reaches `threshold`, else the strong model answers as asked. A cheap
+    /// call that fails escalates. Each call is priced and recorded by the stages after this one.
+    func cascade(_ request: ChatRequest, route: RouteConfig, rule: RouteRule, cheap: String, threshold: Double,
+                 context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse
+    {
+        guard let cheapModel = models[cheap] else {
+            throw GatewayError(.internalError, "route '\(route.name)' names unknown model '\(cheap)'")
+        }
+        var limited = request
+        if let limit = rule.maxTokens ?? route.maxTokens { limited.maxTokens = limit.apply(to: request.maxTokens) }
+        var first = limited
+        first.stream = false
+        first.streamIncludeUsage = false
+        let askedLogprobs = request.logprobs == true
+        if logprobModels.contains(cheap) { first.logprobs = true }
+        var cheapContext = context
+        cheapContext.route = cheapModel
+        var answer: Completion?
+        do {
+            if case .completion(let completion) = try await next(first, cheapContext) { answer = completion }
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            answer = nil  // a cheap call that fails escalates
+        }
+        var outcome = CascadeOutcome(accepted: false, confidence: nil, source: "failed", cheapCost: answer?.cost ?? .zero)
+        if var completion = answer, var response = try? completion.canonicalResponse() {
+            let question = SemanticCacheStage.split(request)?.0 ?? ""
+            let text = response.choices.first?.content.compactMap(\.text).joined() ?? ""
+            if let confidence = AnswerScorer.confidence(logprobs: response.choices.first?.logprobs) {
+                (outcome.confidence, outcome.source) = (confidence, "logprobs")
+            } else if let scorer = classifier?.answerScorer {
+                (outcome.confidence, outcome.source) = (scorer.confidence(question: question, answer: text), "scorer")
+            }
+            if let confidence = outcome.confidence, confidence >= threshold {
+                outcome.accepted = true
+                if !askedLogprobs && first.logprobs == true {
+                    // Asked for the decision only: the client gets the answer it would have had without them.
+                    for index in response.choices.indices { response.choices[index].logprobs = nil }
+                    completion = Completion(response: response, cost: completion.cost, upstreamDuration: completion.upstreamDuration)
+                }
+                let decided = RoutingOutcome(route: route.name, rule: rule.name, decision: cheap, model: cheapModel, cascade: outcome)
+                if request.stream {
+                    var stream = ChatStream(format: request.sourceFormat, events: AnswerReplay.events(response))
+                    stream.routing = decided
+                    return .stream(stream)
+                }
+                completion.routing = decided
+                return .completion(completion)
+            }
+        }
+        let (escalated, strongContext, decided) = try decide(request, route: route, rule: rule, complexity: nil, context: context)
+        var marked = decided
+        marked.cascade = outcome
+        switch try await next(escalated, strongContext) {
+        case .completion(var completion):
+            // The answer's cost is both calls'.
+            completion.cost = completion.cost.map { $0 + outcome.cheapCost }
+            completion.routing = marked
+            return .completion(completion)
+        case .stream(var stream):
+            stream.routing = marked
+            return .stream(stream)
+        }
     }
 
     static func mark(_ response: GatewayResponse, _ outcome: RoutingOutcome) -> GatewayResponse {

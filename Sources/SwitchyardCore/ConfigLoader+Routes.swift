@@ -61,6 +61,19 @@ extension ConfigLoader {
                 if let ladder = try rule.mapping("complexity") {
                     guard !rule.has("model") else { throw ConfigError(path: rule.child("model"), "a rule has either model or complexity") }
                     target = try parseComplexity(ladder, known: known)
+                } else if let cascade = try rule.mapping("cascade") {
+                    guard !rule.has("model") else { throw ConfigError(path: rule.child("model"), "a rule has either model or cascade") }
+                    guard let list = try cascade.sequence("models"), list.count == 2,
+                          let cheap = list[0].scalar?.string, let strong = list[1].scalar?.string else {
+                        throw ConfigError(path: cascade.child("models"), "must name two models: the cheaper first")
+                    }
+                    try known(cheap, at: "\(cascade.child("models"))[0]")
+                    try known(strong, at: "\(cascade.child("models"))[1]")
+                    guard let threshold = try cascade.double("threshold", in: 0...1) else {
+                        throw ConfigError(path: cascade.child("threshold"), "is required: the confidence (0…1) at which the cheap answer is kept")
+                    }
+                    try cascade.finish()
+                    target = .cascade(cheap: cheap, strong: strong, threshold: threshold)
                 } else {
                     let model = try rule.requiredString("model")
                     try known(model, at: rule.child("model"))

@@ -174,9 +174,14 @@ public struct GatewayConfig: Sendable {
     /// The complexity classifier's file (YAML `routing.classifier_file`); `nil`: the one shipped with the gateway.
     public var classifierFile: String?
 
-    /// Whether any route climbs a complexity ladder (the classifier is loaded only then).
+    /// Whether any route climbs a complexity ladder or cascades (the classifier file is loaded only then).
     public var usesComplexity: Bool {
-        routes.values.contains { $0.rules.contains { if case .complexity = $0.target { true } else { false } } }
+        routes.values.contains { $0.rules.contains {
+            switch $0.target {
+            case .model: false
+            case .complexity, .cascade: true
+            }
+        } }
     }
     /// Empty: open access (each distinct key is its own tenant and user).
     public var keys: [APIKeyEntry]

@@ -42,12 +42,16 @@ public enum RouteTarget: Sendable, Hashable {
     /// among the classifier's training prompts picks `models[i]` where `i` thresholds are at or below it.
     /// `thresholds` ascend in 0…1 and number one fewer than `models`.
     case complexity(models: [String], thresholds: [Double])
+    /// The cheaper model first (asked for a whole answer); its answer is returned when the confidence in it is at
+    /// least `threshold` (0…1), else the stronger model answers.
+    case cascade(cheap: String, strong: String, threshold: Double)
 
     /// The models the target may pick.
     public var models: [String] {
         switch self {
         case .model(let model): [model]
         case .complexity(let models, _): models
+        case .cascade(let cheap, let strong, _): [cheap, strong]
         }
     }
 }
@@ -123,13 +127,17 @@ public struct RoutingOutcome: Sendable, Hashable {
     public var model: ModelRoute
     /// For a complexity rule: the prompt's score percentile (0…1), or nil when it could not be scored.
     public var complexity: Double?
+    /// For a cascade rule: what happened to the cheap answer.
+    public var cascade: CascadeOutcome?
 
-    public init(route: String, rule: String, decision: String, model: ModelRoute, complexity: Double? = nil) {
+    public init(route: String, rule: String, decision: String, model: ModelRoute, complexity: Double? = nil,
+                cascade: CascadeOutcome? = nil) {
         self.route = route
         self.rule = rule
         self.decision = decision
         self.model = model
         self.complexity = complexity
+        self.cascade = cascade
     }
 
     /// The `x-switchyard-route` value.
@@ -155,5 +163,25 @@ extension ChatRequest {
             bytes += tool.name.utf8.count + (tool.description?.utf8.count ?? 0) + tool.inputSchema.serialized().count
         }
         return (bytes + 3) / 4
+    }
+}
+
+/// A cascade's first call and what was made of it.
+public struct CascadeOutcome: Sendable, Hashable {
+    /// Whether the cheap model's answer was returned.
+    public var accepted: Bool
+    /// The confidence in the cheap answer (nil when the cheap call failed).
+    public var confidence: Double?
+    /// Where the confidence came from: `logprobs` (the provider's token log-probabilities) or `scorer` (the
+    /// on-device answer scorer); `failed` when the cheap call failed.
+    public var source: String
+    /// What the cheap call cost (also recorded on its own).
+    public var cheapCost: NanoUSD
+
+    public init(accepted: Bool, confidence: Double?, source: String, cheapCost: NanoUSD) {
+        self.accepted = accepted
+        self.confidence = confidence
+        self.source = source
+        self.cheapCost = cheapCost
     }
 }

@@ -331,3 +331,135 @@ import Testing
         }
     }
 }
+
+/// Cascades: the cheap answer kept when the confidence in it (log-probabilities, else the answer scorer) reaches the
+/// threshold, else the strong model; both calls priced.
+@Suite struct CascadeRoutingTests {
+    static let route = RouteConfig(name: "cascade", rules: [
+        RouteRule(name: "c", target: .cascade(cheap: "gpt-4o-mini", strong: "claude-opus-4-1", threshold: 0.8)),
+    ])
+
+    static func context() -> GatewayContext {
+        var context = ComplexityRoutingTests.context()
+        context.routeConfig = Self.route
+        return context
+    }
+
+    static func answer(_ text: String, logprob: Double?, cost: Int64) -> GatewayResponse {
+        let logprobs: JSONValue? = logprob.map { value in ["content": .array([["token": "a", "logprob": .double(value)], ["token": "b", "logprob": .double(value)]])] }
+        return .completion(Completion(response: ChatResponse(id: "x", model: "m", choices: [ChatChoice(content: [.text(text)], stopReason: .endTurn,
+                                                                                                      logprobs: logprobs)],
+                                                             usage: Usage(inputTokens: 1, outputTokens: 1)), cost: NanoUSD(cost)))
+    }
+
+    /// Runs the stage with a scripted cheap and strong model; returns the response and the requests each saw.
+    static func run(_ request: ChatRequest, cheap: @escaping @Sendable () throws -> GatewayResponse) async throws
+        -> (GatewayResponse, [(model: String, stream: Bool, logprobs: Bool?)])
+    {
+        let stage = RoutingStage(models: try RoutingTests.config().models, classifier: try ComplexityClassifier.bundled(),
+                                 logprobModels: ["gpt-4o-mini"])
+        let seen = Locked<[(model: String, stream: Bool, logprobs: Bool?)]>([])
+        let response = try await stage.handle(request, context: Self.context()) { request, context in
+            let model = context.route?.name ?? ""
+            seen.withLock { $0.append((model, request.stream, request.logprobs)) }
+            if model == "gpt-4o-mini" { return try cheap() }
+            return Self.answer("strong answer", logprob: nil, cost: 1_000)
+        }
+        return (response, seen.withLock { $0 })
+    }
+
+    static func request(stream: Bool = false) -> ChatRequest {
+        var request = ComplexityRoutingTests.request("What is 12 times 12?")
+        request.model = "cascade"
+        request.stream = stream
+        return request
+    }
+
+    @Test func aConfidentCheapAnswerIsKeptWithoutTheLogprobsTheClientDidNotAskFor() async throws {
+        let (response, seen) = try await Self.run(Self.request()) { Self.answer("144", logprob: -0.01, cost: 10) }
+        #expect(seen.count == 1 && seen[0].model == "gpt-4o-mini" && seen[0].logprobs == true && !seen[0].stream)
+        guard case .completion(let completion) = response else { Issue.record("not a completion"); return }
+        #expect(completion.routing?.cascade?.accepted == true && completion.routing?.cascade?.source == "logprobs")
+        #expect(completion.routing?.model.name == "gpt-4o-mini")
+        #expect(try completion.canonicalResponse().choices.first?.logprobs == nil)
+        #expect(completion.cost == NanoUSD(10))
+    }
+
+    @Test func anUnsureCheapAnswerEscalatesAndTheAnswerCostsBothCalls() async throws {
+        let (response, seen) = try await Self.run(Self.request()) { Self.answer("maybe 140", logprob: -2, cost: 10) }
+        #expect(seen.map(\.model) == ["gpt-4o-mini", "claude-opus-4-1"])
+        guard case .completion(let completion) = response else { Issue.record("not a completion"); return }
+        #expect(completion.routing?.cascade?.accepted == false)
+        #expect(abs((completion.routing?.cascade?.confidence ?? 0) - 0.1353) < 0.001)
+        #expect(completion.routing?.header == "cascade/c/claude-opus-4-1")
+        #expect(completion.cost == NanoUSD(1_010))
+    }
+
+    @Test func aFailedCheapCallEscalatesAndAStreamingClientGetsTheStrongStream() async throws {
+        let (response, seen) = try await Self.run(Self.request(stream: true)) {
+            throw GatewayError(.upstreamError, "down", upstreamStatus: 502)
+        }
+        #expect(seen.map(\.model) == ["gpt-4o-mini", "claude-opus-4-1"])
+        #expect(seen.map(\.stream) == [false, true])
+        if case .completion(let completion) = response {
+            #expect(completion.routing?.cascade?.source == "failed")
+        }
+    }
+
+    @Test func withoutLogprobsTheAnswerScorerDecidesAndAKeptAnswerStreamsFromTheWholeOne() async throws {
+        let (response, _) = try await Self.run(Self.request(stream: true)) { Self.answer("12 × 12 = 144.\nThe answer is 144", logprob: nil, cost: 10) }
+        switch response {
+        case .stream(let stream):
+            #expect(stream.routing?.cascade?.source == "scorer")
+            #expect(stream.routing?.cascade?.accepted == true || stream.routing?.cascade?.accepted == false)
+        case .completion(let completion):
+            // Escalated: the scripted strong model answers whole.
+            #expect(completion.routing?.cascade?.source == "scorer" && completion.routing?.cascade?.accepted == false)
+        }
+    }
+
+    @Test func throughTheGatewayBothCallsArePricedInBothAPIs() async throws {
+        var config = try RoutingTests.config()
+        config.routes["keep"] = RouteConfig(name: "keep", rules: [
+            RouteRule(name: "c", target: .cascade(cheap: "gpt-4o-mini", strong: "claude-sonnet-4-5", threshold: 0)),
+        ])
+        config.routes["escalate"] = RouteConfig(name: "escalate", rules: [
+            RouteRule(name: "c", target: .cascade(cheap: "gpt-4o-mini", strong: "claude-sonnet-4-5", threshold: 1)),
+        ])
+        try await withTestGateway(config) { _, url in
+            func ask(_ model: String) async throws -> TestResponse {
+                try await send("\(url)/v1/chat/completions",
+                               body: #"{"model":"\#(model)","messages":[{"role":"user","content":"Name three rivers in Europe."}]}"#)
+            }
+            let kept = try await ask("keep"), escalated = try await ask("escalate"), strong = try await ask("claude-sonnet-4-5")
+            #expect(kept.header("x-switchyard-cascade") == "accepted" && kept.header("x-switchyard-model") == "gpt-4o-mini")
+            #expect(escalated.header("x-switchyard-cascade") == "escalated" && escalated.header("x-switchyard-model") == "claude-sonnet-4-5")
+            #expect(escalated.header("x-switchyard-cascade-confidence")?.hasSuffix(" scorer") == true)
+            let costs = [kept, escalated, strong].map { Double($0.header("x-switchyard-cost-usd") ?? "") ?? -1 }
+            // The mock answers a prompt the same way each time, so the escalated answer costs the cheap one plus the strong one.
+            #expect(abs(costs[1] - (costs[0] + costs[2])) < 1e-9, "\(costs)")
+            let streamed = try await send("\(url)/v1/messages",
+                                          body: #"{"model":"keep","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"Hello there"}]}"#)
+            #expect(streamed.status == 200 && streamed.body.contains("message_stop"), "\(streamed.body)")
+            #expect(streamed.header("x-switchyard-cascade") == "accepted")
+        }
+    }
+
+    @Test(arguments: [
+        ("rules: [{cascade: {models: [gpt-4o-mini], threshold: 0.5}}]", "routes.r.rules[0].cascade.models", "two models"),
+        ("rules: [{cascade: {models: [gpt-4o-mini, nope], threshold: 0.5}}]", "routes.r.rules[0].cascade.models[1]", "unknown model"),
+        ("rules: [{cascade: {models: [gpt-4o-mini, gpt-4o], threshold: 2}}]", "routes.r.rules[0].cascade.threshold", "between"),
+        ("rules: [{cascade: {models: [gpt-4o-mini, gpt-4o]}}]", "routes.r.rules[0].cascade.threshold", "is required"),
+    ])
+    func badCascadesNameTheKeyPath(_ testCase: (String, String, String)) {
+        let yaml = "providers: {mock: {kind: mock}}\nmodels: {gpt-4o-mini: {provider: mock}, gpt-4o: {provider: mock}}\nroutes:\n  r: {"
+            + testCase.0 + "}"
+        do {
+            _ = try ConfigLoader.parse(yaml: yaml, environment: [:])
+            Issue.record("accepted: \(testCase.0)")
+        } catch {
+            #expect(error.path == testCase.1, "\(error)")
+            #expect(error.message.contains(testCase.2), "\(error)")
+        }
+    }
+}

@@ -13,26 +13,33 @@ public struct MockModel: Sendable, Hashable {
     public var interTokenLatency: LogNormal
     /// Output length in tokens when `max_tokens` does not cut it shorter.
     public var outputTokens: LogNormal
+    /// Whether the model speaks the Anthropic format (else the OpenAI one).
+    public var isAnthropic: Bool
+    /// The shortest prefix its prompt cache stores, in tokens.
+    public var promptCacheMinimumTokens: Int
 
-    public init(name: String, timeToFirstToken: LogNormal, interTokenLatency: LogNormal, outputTokens: LogNormal) {
+    public init(name: String, timeToFirstToken: LogNormal, interTokenLatency: LogNormal, outputTokens: LogNormal,
+                isAnthropic: Bool = false, promptCacheMinimumTokens: Int = 1024) {
         self.name = name
         self.timeToFirstToken = timeToFirstToken
         self.interTokenLatency = interTokenLatency
         self.outputTokens = outputTokens
+        self.isAnthropic = isAnthropic
+        self.promptCacheMinimumTokens = promptCacheMinimumTokens
     }
-
-    /// Models whose name starts with `claude` speak the Anthropic format; the others the OpenAI one.
-    public var isAnthropic: Bool { name.hasPrefix("claude") }
 
     /// The default catalog: three Anthropic-class tiers and two OpenAI-class ones, with medians and tails in the
     /// range the providers' public latency dashboards show.
     public static let defaults: [MockModel] = [
         MockModel(name: "claude-haiku-4-5", timeToFirstToken: LogNormal(median: 0.35, p99: 1.2),
-                  interTokenLatency: LogNormal(median: 1.0 / 160, p99: 3.0 / 160), outputTokens: LogNormal(median: 90, p99: 420)),
+                  interTokenLatency: LogNormal(median: 1.0 / 160, p99: 3.0 / 160), outputTokens: LogNormal(median: 90, p99: 420),
+                  isAnthropic: true, promptCacheMinimumTokens: 2048),
         MockModel(name: "claude-sonnet-4-5", timeToFirstToken: LogNormal(median: 0.7, p99: 2.5),
-                  interTokenLatency: LogNormal(median: 1.0 / 75, p99: 3.0 / 75), outputTokens: LogNormal(median: 140, p99: 700)),
+                  interTokenLatency: LogNormal(median: 1.0 / 75, p99: 3.0 / 75), outputTokens: LogNormal(median: 140, p99: 700),
+                  isAnthropic: true),
         MockModel(name: "claude-opus-4-1", timeToFirstToken: LogNormal(median: 1.4, p99: 5),
-                  interTokenLatency: LogNormal(median: 1.0 / 40, p99: 3.0 / 40), outputTokens: LogNormal(median: 180, p99: 900)),
+                  interTokenLatency: LogNormal(median: 1.0 / 40, p99: 3.0 / 40), outputTokens: LogNormal(median: 180, p99: 900),
+                  isAnthropic: true),
         MockModel(name: "gpt-4o-mini", timeToFirstToken: LogNormal(median: 0.3, p99: 1.1),
                   interTokenLatency: LogNormal(median: 1.0 / 110, p99: 3.0 / 110), outputTokens: LogNormal(median: 110, p99: 500)),
         MockModel(name: "gpt-4o", timeToFirstToken: LogNormal(median: 0.5, p99: 1.8),

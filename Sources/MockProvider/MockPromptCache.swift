@@ -51,7 +51,7 @@ final class MockPromptCache: Sendable {
                 blocks.append((strings, message["cache_control"] != nil, true))
             }
         }
-        let minimum = anthropic ? (model.contains("haiku") ? 2048 : 1024) : 1024
+        let minimum = anthropic ? (MockModel.defaults.first { $0.name == model }?.promptCacheMinimumTokens ?? 1024) : 1024
         var tokens = 0
         var hash: UInt64 = SplitMix64.hash(model.utf8)
         var result: [Breakpoint] = []

@@ -29,9 +29,10 @@ public struct PromptCacheStage: GatewayStage {
         return Self.markBreakpoints(request, upstreamModel: route.upstreamModel)
     }
 
-    /// The least prefix Anthropic caches, in tokens: 2,048 for Haiku models, 1,024 for the others.
+    /// The least prefix Anthropic caches, in tokens, from the catalog (1,024 for models outside it: too low only
+    /// adds a breakpoint the provider ignores).
     static func minimumTokens(_ upstreamModel: String) -> Int {
-        upstreamModel.contains("haiku") ? 2048 : 1024
+        DefaultCatalog.entry(named: upstreamModel)?.promptCacheMinimumTokens ?? 1024
     }
 
     /// About four characters per token for English text; overestimating only adds a breakpoint the provider ignores.

@@ -16,7 +16,8 @@ public enum ProviderKind: String, Sendable, Hashable, CaseIterable {
         switch self {
         case .openAI, .openAICompatible: .openAI
         case .anthropic: .anthropic
-        case .mock: model.hasPrefix("claude") ? .anthropic : .openAI
+        // The mock answers each catalog model in its provider's format; models outside the catalog in OpenAI's.
+        case .mock: DefaultCatalog.entry(named: model)?.format ?? .openAI
         }
     }
 }
@@ -228,17 +229,26 @@ public enum DefaultCatalog {
     public struct Entry: Sendable {
         public var name: String
         public var price: ModelPrice
+        /// The API the model's own provider speaks (what the built-in mock answers it in).
+        public var format: APIFormat
+        /// The shortest prefix the provider's prompt cache stores, in tokens.
+        public var promptCacheMinimumTokens: Int
     }
 
     /// Three Anthropic-class tiers and two OpenAI-class ones.
     public static let models: [Entry] = [
-        Entry(name: "claude-haiku-4-5", price: ModelPrice(usd: "1", "5", "0.10", "1.25")!),
-        Entry(name: "claude-sonnet-4-5", price: ModelPrice(usd: "3", "15", "0.30", "3.75")!),
-        Entry(name: "claude-opus-4-1", price: ModelPrice(usd: "15", "75", "1.50", "18.75")!),
+        Entry(name: "claude-haiku-4-5", price: ModelPrice(usd: "1", "5", "0.10", "1.25")!, format: .anthropic, promptCacheMinimumTokens: 2048),
+        Entry(name: "claude-sonnet-4-5", price: ModelPrice(usd: "3", "15", "0.30", "3.75")!, format: .anthropic, promptCacheMinimumTokens: 1024),
+        Entry(name: "claude-opus-4-1", price: ModelPrice(usd: "15", "75", "1.50", "18.75")!, format: .anthropic, promptCacheMinimumTokens: 1024),
         // OpenAI charges nothing extra to write its prompt cache: writes cost the input rate.
-        Entry(name: "gpt-4o-mini", price: ModelPrice(usd: "0.15", "0.60", "0.075", "0.15")!),
-        Entry(name: "gpt-4o", price: ModelPrice(usd: "2.50", "10", "1.25", "2.50")!),
+        Entry(name: "gpt-4o-mini", price: ModelPrice(usd: "0.15", "0.60", "0.075", "0.15")!, format: .openAI, promptCacheMinimumTokens: 1024),
+        Entry(name: "gpt-4o", price: ModelPrice(usd: "2.50", "10", "1.25", "2.50")!, format: .openAI, promptCacheMinimumTokens: 1024),
     ]
+
+    /// The entry for an upstream model id, if the catalog has it.
+    public static func entry(named name: String) -> Entry? {
+        models.first { $0.name == name }
+    }
 }
 
 /// The built-in mock provider's behaviour under load, from the YAML `mock:` section.

@@ -94,6 +94,10 @@ struct RouterEval: ParsableCommand {
     @Option(help: "Model cache folder.") var dir: String?
     @Option(help: "Folds for cross-fitting (each prompt is scored by a model trained without it).") var folds = 5
     @Option(help: "Write the results as JSON to this file.") var json: String?
+    @Option(help: "Requests a day for the cost table (the seed's table: all-opus, all-sonnet, all-haiku, routed, cascaded).")
+    var volume: Int?
+    @Option(help: "The semantic cache's hit rate applied in the cost table (measured by `switchyard eval semantic-cache`: 0.348 at 0.94).")
+    var semanticHitRate = 0.348
     @Option(help: "What a weak-model call costs as a share of a strong one (an assumption for the cost columns: the shared data prices GPT-4 Turbo, not Mixtral).")
     var weakCostRatio = 0.04
 
@@ -170,9 +174,56 @@ struct RouterEval: ParsableCommand {
         print("| pre-call classifier | \(String(format: "%.2f", preCall)) | \(String(format: "%.3f", (results["GSM8K"] as? [String: Any])?["apgr"] as? Double ?? 0)) | "
               + "\(String(format: "%.3f", preCall + (1 - preCall) * weakCostRatio)) |")
         results["GSM8K cascade"] = ["strong_share_at_95": share, "apgr": cascade.apgr, "cost_vs_all_strong": weakCostRatio + share]
+        if let volume {
+            printVolumeTable(volume: volume, examples: examples, results: results, cascadeShare: share,
+                             cascadeQuality: cascade.curve[Int((share * 100).rounded())])
+        }
         if let json {
             let data = try JSONSerialization.data(withJSONObject: results, options: [.prettyPrinted, .sortedKeys])
             try data.write(to: URL(fileURLWithPath: json))
+        }
+    }
+
+    /// Cost per day and month at `volume` requests a day, at the catalog's prices, with the datasets' token counts
+    /// (four UTF-8 bytes per token: prompts, and GSM8K's recorded answers; MMLU's answers are one letter). The data's
+    /// weak model (Mixtral) stands for haiku and its strong one (GPT-4) for opus; quality is the data's, so sonnet,
+    /// which the data does not cover, has none.
+    func printVolumeTable(volume: Int, examples: [RoutingExample], results: [String: Any], cascadeShare: Double,
+                          cascadeQuality: Double) {
+        func price(_ name: String) -> (Double, Double) {
+            let entry = DefaultCatalog.entry(named: name)
+            return (Double(entry?.price.input.value ?? 0) / 1e15, Double(entry?.price.output.value ?? 0) / 1e15)
+        }
+        let (haiku, sonnet, opus) = (price("claude-haiku-4-5"), price("claude-sonnet-4-5"), price("claude-opus-4-1"))
+        for (label, dataset) in [("GSM8K", "gsm8k"), ("MMLU", "mmlu")] {
+            let rows = examples.filter { $0.dataset == dataset }
+            let count = Double(max(rows.count, 1))
+            let input = rows.reduce(0.0) { $0 + Double($1.prompt.utf8.count) / 4 } / count
+            let weakOutput = rows.reduce(0.0) { $0 + Double($1.weakResponse?.utf8.count ?? 4) / 4 } / count
+            let strongOutput = rows.reduce(0.0) { $0 + Double($1.strongResponse?.utf8.count ?? 4) / 4 } / count
+            let weakQuality = rows.filter(\.weakCorrect).count, strongQuality = rows.filter(\.strongCorrect).count
+            func call(_ model: (Double, Double), output: Double) -> Double { model.0 * input + model.1 * output }
+            let routedShare = (results[label] as? [String: Any])?["strong_share_at_95"] as? Double ?? 1
+            let routedQuality = (results[label] as? [String: Any])?["quality_at_95"] as? Double ?? 0
+            let lines: [(String, Double, String)] = [
+                ("all opus (strong)", call(opus, output: strongOutput), String(format: "%.3f", Double(strongQuality) / count)),
+                ("all sonnet", call(sonnet, output: strongOutput), "not in the data"),
+                ("all haiku (weak)", call(haiku, output: weakOutput), String(format: "%.3f", Double(weakQuality) / count)),
+                ("complexity route (haiku / opus at the 95% point)",
+                 routedShare * call(opus, output: strongOutput) + (1 - routedShare) * call(haiku, output: weakOutput),
+                 String(format: "%.3f", routedQuality)),
+            ] + (dataset == "gsm8k" ? [("cascade (haiku, then opus for \(Int((cascadeShare * 100).rounded()))%)",
+                                          call(haiku, output: weakOutput) + cascadeShare * call(opus, output: strongOutput),
+                                          String(format: "%.3f", cascadeQuality))] : [])
+            print("\n\(label) at \(volume) requests a day (catalog prices; \(Int(input)) input tokens, \(Int(weakOutput)) / \(Int(strongOutput)) output; "
+                  + "semantic cache hit rate \(semanticHitRate)):")
+            print("| strategy | per day | per month (30 d) | with the semantic cache, per month | quality |")
+            print("|---|---|---|---|---|")
+            for (name, perRequest, quality) in lines {
+                let day = perRequest * Double(volume)
+                print("| \(name) | $\(String(format: "%.2f", day)) | $\(String(format: "%.0f", day * 30)) | "
+                      + "$\(String(format: "%.0f", day * 30 * (1 - semanticHitRate))) | \(quality) |")
+            }
         }
     }
 

@@ -143,7 +143,7 @@ let package = Package(
         .target(
             name: "LoadTest",
             dependencies: [
-                "SwitchyardCore", "SwitchyardModels", "ServerSentEvents", "Providers", "MockProvider",
+                "SwitchyardCore", "SwitchyardModels", "ServerSentEvents", "Providers", "MockProvider", "Routing",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "NIOCore", package: "swift-nio"),

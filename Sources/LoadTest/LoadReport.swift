@@ -43,6 +43,10 @@ public struct LoadReport: Sendable {
             lines.append(String(format: "output tokens/s per request: p50 %.1f  p5 %.1f", Double(s.tokensPerSecond.valueAtPercentile(50)) / 1000,
                                 Double(s.tokensPerSecond.valueAtPercentile(5)) / 1000))
         }
+        if s.graded + s.ungraded > 0 {
+            lines.append(String(format: "accuracy: %.3f (%d of %d answers right by their recorded correctness; %d not a recorded answer)",
+                                s.graded > 0 ? Double(s.correct) / Double(s.graded) : 0, s.correct, s.graded, s.ungraded))
+        }
         lines.append("errors: " + (s.errors.isEmpty ? "none" : s.errors.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")))
         if !s.cache.isEmpty {
             lines.append("cache: " + s.cache.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
@@ -60,6 +64,7 @@ public struct LoadReport: Sendable {
             "output_tokens_per_second": percentiles(s.tokensPerSecond), "output_tokens": .int(Int64(s.outputTokens)),
             "errors": .object(s.errors.mapValues { .int(Int64($0)) }), "cache": .object(s.cache.mapValues { .int(Int64($0)) }),
             "cost_usd": .double(Double(s.costNanoUSD) / 1e9), "cost_per_request_usd": .double(costPerRequest),
+            "graded": .int(Int64(s.graded)), "correct": .int(Int64(s.correct)), "ungraded": .int(Int64(s.ungraded)),
             "projected_daily_cost_usd": .double(costPerRequest * Double(dailyVolume)),
             "projected_monthly_cost_usd": .double(costPerRequest * Double(dailyVolume) * 30),
             "completed_per_second": .array(s.completedPerSecond.map { .int(Int64($0)) }),

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 public import Providers
+public import Routing
 import MockProvider
 import ServerSentEvents
 import SwitchyardCore
@@ -154,10 +155,16 @@ public struct LoadRunner: Sendable {
                 return
             }
             if let stream = response.stream {
-                try await readStream(stream, intended: intended, second: second, cache: cache)
+                let text = try await readStream(stream, intended: intended, second: second, cache: cache)
+                if let recorded = plan.prompts.recorded { statistics.grade(recorded.grade(prompt: prompt.text, answer: text)) }
                 return
             }
             let json = try? JSONValue.parse(response.body.readableBytesView)
+            if let recorded = plan.prompts.recorded {
+                let text = json?["choices"]?.arrayValue?.first?["message"]?["content"]?.stringValue
+                    ?? json?["content"]?.arrayValue?.compactMap { $0["text"]?.stringValue }.joined()
+                statistics.grade(recorded.grade(prompt: prompt.text, answer: text ?? ""))
+            }
             let usage = json?["usage"]
             let output = Int(usage?["completion_tokens"]?.intValue ?? usage?["output_tokens"]?.intValue ?? 0)
             let input = Int(usage?["prompt_tokens"]?.intValue ?? usage?["input_tokens"]?.intValue ?? 0)
@@ -180,9 +187,12 @@ public struct LoadRunner: Sendable {
     }
 
     /// Reads a stream to its end: TTFT at the first text, output tokens from the final usage.
+    /// - Returns: The answer's text.
+    @discardableResult
     func readStream(_ stream: any UpstreamBodyStream, intended: ContinuousClock.Instant, second: () -> Int, cache: String?)
-        async throws
+        async throws -> String
     {
+        var answer = ""
         var decoder = SSEDecoder(maximumEventSize: 4 << 20)
         var firstToken: ContinuousClock.Instant?
         var output = 0
@@ -197,6 +207,7 @@ public struct LoadRunner: Sendable {
                 let text = json["choices"]?.arrayValue?.first?["delta"]?["content"]?.stringValue
                     ?? json["delta"]?["text"]?.stringValue
                 if firstToken == nil, let text, !text.isEmpty { firstToken = .now }
+                if let text { answer += text }
                 // OpenAI's last chunk has the whole usage; Anthropic's message_start the input, message_delta the output.
                 let usage = json["usage"] ?? json["message"]?["usage"]
                 if let tokens = usage?["completion_tokens"]?.intValue ?? usage?["output_tokens"]?.intValue { output = Int(tokens) }
@@ -210,6 +221,7 @@ public struct LoadRunner: Sendable {
                           outputTokens: output,
                           tokensPerSecond: generation > .zero && output > 1 ? Double(output - 1) / generation.inSeconds : nil,
                           cache: cache, costUSD: listPrice(input: input, output: output))
+        return answer
     }
 
     /// The cost of an answer at the plan's list prices, if it has them.
@@ -239,6 +251,8 @@ public struct LoadError: Error, CustomStringConvertible {
 public struct PromptSource: Sendable {
     public let promptTokens: [Int]
     public let maxTokens: [Int]
+    /// Prompts with recorded answers, asked in turn instead of generated text (and their answers graded).
+    public var recorded: RecordedPrompts?
     public var questions: QuestionPool?
     public var repeatShare = 0.0
     public var paraphraseShare = 0.0
@@ -273,6 +287,9 @@ public struct PromptSource: Sendable {
 
     /// The `index`-th prompt: text of about the drawn length (a word is about one token) and its `max_tokens`.
     public func prompt(_ index: Int) -> (text: String, maxTokens: Int) {
+        if let recorded, !recorded.prompts.isEmpty {
+            return (recorded.prompts[index % recorded.prompts.count].prompt, 1024)
+        }
         let parts = self.parts(index)
         let question = parts.question.map { "\nQuestion: " + questions!.texts[$0] } ?? ""
         return (parts.body + question, parts.maxTokens)
@@ -306,5 +323,47 @@ public struct PromptSource: Sendable {
         let words = (0..<length).map { _ in Self.words[next() % Self.words.count] }
         let question = questions.map { next() % $0.texts.count }
         return ("Request \(index): " + words.joined(separator: " "), question, maxTokens[next() % maxTokens.count], .fresh)
+    }
+}
+
+/// Prompts whose answers were recorded from a weak and a strong model with their correctness (RouteLLM's GSM8K), so
+/// that a run through the mock with `answers` grades what it was served.
+public struct RecordedPrompts: Sendable {
+    public struct Entry: Sendable {
+        public var prompt: String
+        public var weakAnswer: String
+        public var weakCorrect: Bool
+        public var strongAnswer: String
+        public var strongCorrect: Bool
+    }
+
+    public let prompts: [Entry]
+    let byPrompt: [String: Int]
+
+    public init(examples: [RoutingExample]) {
+        prompts = examples.compactMap { example in
+            guard let weak = example.weakResponse, let strong = example.strongResponse else { return nil }
+            return Entry(prompt: example.prompt, weakAnswer: weak, weakCorrect: example.weakCorrect, strongAnswer: strong,
+                         strongCorrect: example.strongCorrect)
+        }
+        byPrompt = Dictionary(prompts.enumerated().map { ($1.prompt, $0) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    /// Whether `answer` is right, by which recorded answer it is; nil when it is neither (surrounding whitespace
+    /// aside: a stream's text is its deltas joined).
+    public func grade(prompt: String, answer: String) -> Bool? {
+        guard let index = byPrompt[prompt] else { return nil }
+        let entry = prompts[index]
+        let given = Self.trimmed(answer)
+        if given == Self.trimmed(entry.weakAnswer) { return entry.weakCorrect }
+        if given == Self.trimmed(entry.strongAnswer) { return entry.strongCorrect }
+        return nil
+    }
+
+    static func trimmed(_ text: String) -> Substring {
+        let isSpace: (Character) -> Bool = { $0.isWhitespace }
+        let start = text.firstIndex { !isSpace($0) } ?? text.endIndex
+        let end = text.lastIndex { !isSpace($0) }.map { text.index(after: $0) } ?? start
+        return text[start..<max(start, end)]
     }
 }

@@ -1,3 +1,4 @@
+import Routing
 import SwitchyardCore
 import Yams
 
@@ -9,7 +10,9 @@ import Foundation
 /// Keys: `name`, `description`, `url`, `api`, `model`, `stream`, `duration` (seconds), the pattern as `rate` (with
 /// `ramp_from`), `steps` (a list of `{rate, seconds}`) or `users` (with `think_ms`), `trace`, `repeat_share`,
 /// `paraphrase_share`, `header_mix` (a list of header maps, one per request in turn), `daily_volume`,
-/// `input_price`, `output_price`, `mock` (the gateway's `mock:` section) and `mock_latency_scale`.
+/// `input_price`, `output_price`, `mock` (the gateway's `mock:` section), `mock_latency_scale`, and
+/// `recorded_prompts: gsm8k` (with `routing_data`, default ../../shared/data/routing): the prompts are GSM8K's, the
+/// in-process mock answers them with their recorded answers, and the report grades what was served.
 public struct LoadScenario: Sendable {
     public var name: String
     public var description: String
@@ -19,6 +22,11 @@ public struct LoadScenario: Sendable {
     public var dailyVolume: Int
     public var mock: MockOptions
     public var mockLatencyScale: Double
+    /// Models or routes to run the scenario through one after the other, compared in one table (`compare_models`).
+    public var compareModels: [String] = []
+    /// The in-process gateway's configuration: the embedded default, with the scenario's `mock`, `routes` (added
+    /// to the default's) and `caches: false` (both response caches off, so repeated prompts reach the models).
+    public var gateway = GatewayConfig.embeddedDefault()
 
     public init(yaml: String, file: String = "scenario") throws(LoadError) {
         let root: Node.Mapping
@@ -32,7 +40,7 @@ public struct LoadScenario: Sendable {
         }
         let known: Set<String> = ["name", "description", "url", "api", "model", "stream", "duration", "rate", "ramp_from", "steps",
                                   "users", "think_ms", "trace", "repeat_share", "paraphrase_share", "questions", "header_mix",
-                                  "daily_volume", "input_price", "output_price", "drain_grace_seconds", "mock", "mock_latency_scale"]
+                                  "daily_volume", "input_price", "output_price", "drain_grace_seconds", "mock", "mock_latency_scale", "recorded_prompts", "routing_data", "compare_models", "routes", "caches"]
         // Relative paths in a scenario are relative to the scenario file, wherever the tool is started from.
         let directory = file.contains("/") ? String(file[..<file.lastIndex(of: "/")!]) : "."
         func resolve(_ path: String) -> String { path.hasPrefix("/") ? path : directory + "/" + path }
@@ -90,6 +98,29 @@ public struct LoadScenario: Sendable {
             prompts.questions = try QuestionPool.banking77(path: resolve(string("questions") ?? "../../shared/data/cache/banking77_test.csv"))
             prompts.repeatShare = repeats
             prompts.paraphraseShare = paraphrases
+        }
+        if let set = string("recorded_prompts") {
+            // The GSM8K prompts in turn, the mock answering each with its recorded answer for the model's tier.
+            guard set == "gsm8k" else { throw LoadError("\(file): recorded_prompts: only gsm8k has recorded answers") }
+            let data = resolve(string("routing_data") ?? "../../shared/data/routing")
+            do {
+                prompts.recorded = RecordedPrompts(examples: try RoutingData.load(directory: data).filter { $0.dataset == set })
+            } catch {
+                throw LoadError("\(file): \(error.description)")
+            }
+            mock.answers = data
+        }
+        compareModels = (values["compare_models"]?.sequence ?? []).compactMap(\.string)
+        if let section = values["routes"] {
+            do {
+                try ConfigLoader.parseRoutesSection(yaml: try Yams.serialize(node: section), path: "routes", into: &gateway)
+            } catch {
+                throw LoadError("\(file): \(error)")
+            }
+        }
+        if values["caches"]?.bool == false {
+            gateway.cache.exactEnabled = false
+            gateway.cache.semanticEnabled = false
         }
         var headerMix: [[(String, String)]] = []
         for entry in values["header_mix"]?.sequence ?? [] {

@@ -16,6 +16,11 @@ public final class LoadStatistics: Sendable {
         public var succeeded = 0
         /// By class: `429`, `4xx`, `5xx`, `timeout`, `transport`, `stream-cut`, `unfinished` (cancelled at the end of the run).
         public var errors: [String: Int] = [:]
+        /// Answers to recorded prompts (`RecordedPrompts`): those recognised as a recorded answer, and the correct ones.
+        public var graded = 0
+        public var correct = 0
+        /// Answers to recorded prompts that matched neither recorded answer.
+        public var ungraded = 0
         /// By the gateway's `x-switchyard-cache` value (`hit-exact`, `miss`, ...).
         public var cache: [String: Int] = [:]
         public var outputTokens = 0
@@ -42,6 +47,15 @@ public final class LoadStatistics: Sendable {
     public var snapshot: Snapshot { state.withLock { $0 } }
 
     public func sent() { state.withLock { $0.sent += 1 } }
+
+    /// The grade of an answer to a recorded prompt: right, wrong, or not one of the recorded answers (nil).
+    public func grade(_ correct: Bool?) {
+        state.withLock { state in
+            guard let correct else { state.ungraded += 1; return }
+            state.graded += 1
+            if correct { state.correct += 1 }
+        }
+    }
 
     /// One finished request.
     /// - Parameters:

@@ -17,9 +17,12 @@ public struct MockModel: Sendable, Hashable {
     public var isAnthropic: Bool
     /// The shortest prefix its prompt cache stores, in tokens.
     public var promptCacheMinimumTokens: Int
+    /// Which recorded answer it gives (`MockRecordedAnswers`).
+    public var tier: MockTier
 
     public init(name: String, timeToFirstToken: LogNormal, interTokenLatency: LogNormal, outputTokens: LogNormal,
-                isAnthropic: Bool = false, promptCacheMinimumTokens: Int = 1024) {
+                isAnthropic: Bool = false, promptCacheMinimumTokens: Int = 1024, tier: MockTier = .cheap) {
+        self.tier = tier
         self.name = name
         self.timeToFirstToken = timeToFirstToken
         self.interTokenLatency = interTokenLatency
@@ -36,14 +39,15 @@ public struct MockModel: Sendable, Hashable {
                   isAnthropic: true, promptCacheMinimumTokens: 2048),
         MockModel(name: "claude-sonnet-4-5", timeToFirstToken: LogNormal(median: 0.7, p99: 2.5),
                   interTokenLatency: LogNormal(median: 1.0 / 75, p99: 3.0 / 75), outputTokens: LogNormal(median: 140, p99: 700),
-                  isAnthropic: true),
+                  isAnthropic: true, tier: .expensive),
         MockModel(name: "claude-opus-4-1", timeToFirstToken: LogNormal(median: 1.4, p99: 5),
                   interTokenLatency: LogNormal(median: 1.0 / 40, p99: 3.0 / 40), outputTokens: LogNormal(median: 180, p99: 900),
-                  isAnthropic: true),
+                  isAnthropic: true, tier: .expensive),
         MockModel(name: "gpt-4o-mini", timeToFirstToken: LogNormal(median: 0.3, p99: 1.1),
                   interTokenLatency: LogNormal(median: 1.0 / 110, p99: 3.0 / 110), outputTokens: LogNormal(median: 110, p99: 500)),
         MockModel(name: "gpt-4o", timeToFirstToken: LogNormal(median: 0.5, p99: 1.8),
-                  interTokenLatency: LogNormal(median: 1.0 / 80, p99: 3.0 / 80), outputTokens: LogNormal(median: 140, p99: 650)),
+                  interTokenLatency: LogNormal(median: 1.0 / 80, p99: 3.0 / 80), outputTokens: LogNormal(median: 140, p99: 650),
+                  tier: .expensive),
     ]
 }
 

@@ -22,7 +22,8 @@ struct MockPlan {
     var cacheRead = 0
     var cacheWrite = 0
 
-    init(request: MockJSON, model: MockModel, anthropic: Bool, lengthTrace: MockLengthTrace? = nil) {
+    init(request: MockJSON, model: MockModel, anthropic: Bool, lengthTrace: MockLengthTrace? = nil,
+         recorded: MockRecordedAnswers? = nil) {
         self.model = model
         var strings: [String] = []
         request["system"]?.collectStrings(into: &strings)
@@ -69,6 +70,13 @@ struct MockPlan {
             self.toolCall = ("call_\(String(rng.next() % 1_000_000_000, radix: 36))", name, text)
             self.words = []
             self.hitLimit = false
+        } else if let answer = recorded?.answer(for: request, tier: model.tier) {
+            // Split on single spaces only, so that joining the words with spaces gives the recorded text back.
+            let words = answer.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+            let count = min(words.count, maxTokens ?? words.count)
+            self.words = Array(words.prefix(max(count, 0)))
+            self.toolCall = nil
+            self.hitLimit = count < words.count
         } else {
             let length = lengthTrace?.draw(&rng) ?? max(1, Int(model.outputTokens.sample(&rng).rounded()))
             let count = max(0, min(length, maxTokens ?? length))

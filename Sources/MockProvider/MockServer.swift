@@ -30,10 +30,14 @@ public struct MockSettings: Sendable {
     public var seed: UInt64
     /// When set, every model's answer lengths are drawn from this trace instead of its distribution.
     public var lengthTrace: MockLengthTrace?
+    /// When set, a prompt found here is answered with its recorded answer for the model's tier.
+    public var recordedAnswers: MockRecordedAnswers?
 
     public init(host: String = "127.0.0.1", port: Int = 0, models: [MockModel] = MockModel.defaults,
                 latencyScale: Double = 1, requireAPIKey: Bool = true, limits: MockLimits = MockLimits(),
-                faultRates: [MockFault: Double] = [:], seed: UInt64 = 1, lengthTrace: MockLengthTrace? = nil) {
+                faultRates: [MockFault: Double] = [:], seed: UInt64 = 1, lengthTrace: MockLengthTrace? = nil,
+                recordedAnswers: MockRecordedAnswers? = nil) {
+        self.recordedAnswers = recordedAnswers
         self.host = host
         self.port = port
         self.models = models
@@ -183,9 +187,9 @@ public final class MockServer: Sendable {
         }
         let fault = request.header("x-mock-fault").flatMap(MockFault.init(rawValue:)) ?? drawFault()
         if let response = try await immediateFault(fault, anthropic: anthropic) { return response }
-        let lengthTrace = settings.lengthTrace
+        let lengthTrace = settings.lengthTrace, recorded = settings.recordedAnswers
         let makePlan: @Sendable () -> MockPlan = {
-            MockPlan(request: payload, model: model, anthropic: anthropic, lengthTrace: lengthTrace)
+            MockPlan(request: payload, model: model, anthropic: anthropic, lengthTrace: lengthTrace, recorded: recorded)
         }
         var plan = large ? try await NIOThreadPool.singleton.runIfActive(makePlan) : makePlan()
         var limitHeaders = HTTPFields()

@@ -77,7 +77,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         let server = MockServer(settings: MockSettings(
             latencyScale: config.mockLatencyScale, requireAPIKey: false,
             limits: MockLimits(requestsPerMinute: config.mock.requestsPerMinute, tokensPerMinute: config.mock.tokensPerMinute),
-            faultRates: rates, seed: config.mock.seed, lengthTrace: trace))
+            faultRates: rates, seed: config.mock.seed, lengthTrace: trace,
+            recordedAnswers: try config.mock.answers.map { directory throws(RoutingDataError) in try loadRecordedAnswers(directory: directory) }))
         var mockLogger = logger
         mockLogger[metadataKey: "switchyard.component"] = "mock"
         mockLogger.logLevel = max(logger.logLevel, .notice)
@@ -220,4 +221,15 @@ func modelsResponse(_ config: GatewayConfig) -> EdgeResponse {
         "first_id": names.first.map { .string($0) } ?? .null, "last_id": names.last.map { .string($0) } ?? .null,
     ]
     return EdgeResponse(status: .ok, headers: [.contentType: "application/json"], body: .buffer(ByteBuffer(bytes: body.serialized())))
+}
+
+/// The mock's recorded answers from a routing data folder: for each GSM8K prompt, the weak model's answer for the
+/// cheap tier and the strong model's for the expensive one.
+public func loadRecordedAnswers(directory: String) throws(RoutingDataError) -> MockRecordedAnswers {
+    var answers: [String: MockRecordedAnswers.Pair] = [:]
+    for example in try RoutingData.load(directory: directory) {
+        guard let weak = example.weakResponse, let strong = example.strongResponse else { continue }
+        answers[example.prompt] = MockRecordedAnswers.Pair(cheap: weak, expensive: strong)
+    }
+    return MockRecordedAnswers(answers: answers)
 }

@@ -22,6 +22,18 @@ extension MappingReader {
 }
 
 extension ConfigLoader {
+    /// A `routes:` section on its own (as `switchyard load` scenarios carry it), added to `config`'s routes.
+    public static func parseRoutesSection(yaml: String, path: String, into config: inout GatewayConfig) throws(ConfigError) {
+        let node: Node
+        do {
+            guard let parsed = try Yams.compose(yaml: yaml) else { return }
+            node = parsed
+        } catch {
+            throw ConfigError(path: path, "not valid YAML: \(error)")
+        }
+        try parseRoutes(try MappingReader(node, path: path), config: &config)
+    }
+
     /// The `routes:` section, read once `models` is known (a rule names a model).
     static func parseRoutes(_ routes: MappingReader, config: inout GatewayConfig) throws(ConfigError) {
         for (name, reader) in try routes.entries() {

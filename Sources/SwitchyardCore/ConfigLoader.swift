@@ -44,6 +44,12 @@ public enum ConfigLoader {
             }
             options.lengthTrace = trace
         }
+        if let answers = try mock.string("answers") {
+            guard FileManager.default.fileExists(atPath: answers + "/routellm/gsm8k_responses.csv") else {
+                throw ConfigError(path: mock.child("answers"), "'\(answers)' has no routellm/gsm8k_responses.csv")
+            }
+            options.answers = answers
+        }
         if let rates = try mock.mapping("fault_rates") {
             for name in rates.keys {
                 guard MockOptions.faultNames.contains(name) else {

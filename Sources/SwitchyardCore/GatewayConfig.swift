@@ -219,6 +219,10 @@ public struct GatewayConfig: Sendable {
             RouteRule(name: "complexity", target: .complexity(models: ["claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-1"],
                                                               thresholds: [0.5, 0.85])),
         ])
+        // And a cascade: haiku answers first; opus when the answer scorer doubts it.
+        config.routes["auto-cascade"] = RouteConfig(name: "auto-cascade", rules: [
+            RouteRule(name: "cascade", target: .cascade(cheap: "claude-haiku-4-5", strong: "claude-opus-4-1", threshold: 0.7)),
+        ])
         return config
     }
 }
@@ -262,6 +266,9 @@ public struct MockOptions: Sendable, Hashable {
     public var seed: UInt64 = 1
     /// A trace file to replay answer lengths from.
     public var lengthTrace: String?
+    /// A folder of routing data (`../shared/data/routing`): the mock answers its GSM8K prompts with the recorded
+    /// answers (YAML `mock.answers`).
+    public var answers: String?
 
     public init() {}
 

@@ -65,7 +65,7 @@ struct Load: AsyncParsableCommand {
             try await execute(plan, dailyVolume: scenario.dailyVolume)
             return
         }
-        var config = GatewayConfig.embeddedDefault()
+        var config = scenario.gateway
         config.port = 0
         config.mock = scenario.mock
         config.mockLatencyScale = scenario.mockLatencyScale
@@ -79,7 +79,24 @@ struct Load: AsyncParsableCommand {
         let server = Task { try await gateway.run(handleSignals: false) }
         defer { server.cancel() }
         plan.baseURL = "http://127.0.0.1:\(await gateway.listening.wait())"
-        try await execute(plan, dailyVolume: scenario.dailyVolume)
+        guard !scenario.compareModels.isEmpty else {
+            try await execute(plan, dailyVolume: scenario.dailyVolume)
+            return
+        }
+        // One run per model or route, then quality next to cost.
+        var rows: [(String, LoadStatistics.Snapshot)] = []
+        for model in scenario.compareModels {
+            plan.model = model
+            print("\n== \(model)")
+            rows.append((model, try await execute(plan, dailyVolume: scenario.dailyVolume)))
+        }
+        print("\n| model or route | accuracy | answers graded | cost per request | at \(scenario.dailyVolume) a day, per month |")
+        print("|---|---|---|---|---|")
+        for (model, s) in rows {
+            let perRequest = s.priced > 0 ? Double(s.costNanoUSD) / 1e9 / Double(s.priced) : 0
+            print(String(format: "| %@ | %.3f | %d | $%.6f | $%.0f |", model, s.graded > 0 ? Double(s.correct) / Double(s.graded) : 0,
+                         s.graded, perRequest, perRequest * Double(scenario.dailyVolume) * 30))
+        }
     }
 
     func makePlan() throws -> LoadPlan {
@@ -105,7 +122,8 @@ struct Load: AsyncParsableCommand {
         return plan
     }
 
-    func execute(_ plan: LoadPlan, dailyVolume: Int) async throws {
+    @discardableResult
+    func execute(_ plan: LoadPlan, dailyVolume: Int) async throws -> LoadStatistics.Snapshot {
         let url = plan.baseURL
         let transports = HTTPClientService(providers: [
             // The client splits its limit across the event loops; requests spawned from one loop stay on it.
@@ -132,5 +150,6 @@ struct Load: AsyncParsableCommand {
         print(report.text)
         if let json { try report.json.jsonString(sortedKeys: true).write(toFile: json, atomically: true, encoding: .utf8) }
         if let html { try report.html().write(toFile: html, atomically: true, encoding: .utf8) }
+        return runner.statistics.snapshot
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import MockProvider
 import Embeddings
+import Routing
 import Server
 import ServiceLifecycle
 import UnixSignals
@@ -125,10 +126,18 @@ struct Mock: AsyncParsableCommand {
     @Option(help: "Seed of the fault draws.") var seed: UInt64 = 1
     @Option(help: "Replay answer lengths from a trace: CSV with GeneratedTokens (Azure) or JSONL with output_length (Mooncake).")
     var lengthTrace: String?
+    @Option(help: "Answer the GSM8K prompts of this routing data folder with their recorded answers (the weak model's for cheap models, the strong one's for expensive ones).")
+    var answers: String?
     @OptionGroup var log: LogOptions
 
     func run() async throws {
         let logger = try log.makeLogger(label: "switchyard-mock")
+        let recorded: MockRecordedAnswers?
+        do {
+            recorded = try answers.map { directory throws(RoutingDataError) in try loadRecordedAnswers(directory: directory) }
+        } catch {
+            throw ValidationError(error.description)
+        }
         var rates: [MockFault: Double] = [:]
         for entry in faultRate {
             let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
@@ -141,7 +150,8 @@ struct Mock: AsyncParsableCommand {
         let server = MockServer(settings: MockSettings(
             host: host, port: port, latencyScale: latencyScale, requireAPIKey: !noAuth,
             limits: MockLimits(requestsPerMinute: rpm, tokensPerMinute: tpm), faultRates: rates, seed: seed,
-            lengthTrace: try lengthTrace.map { path throws(MockTraceError) in try MockLengthTrace(path: path) }))
+            lengthTrace: try lengthTrace.map { path throws(MockTraceError) in try MockLengthTrace(path: path) },
+            recordedAnswers: recorded))
         let host = self.host
         let service = server.makeServer(logger: logger) { port in
             print("Switchyard mock provider listening on http://\(host):\(port)")

@@ -348,8 +348,8 @@ import Testing
     @Test func modelsHealthReadinessAndMetrics() async throws {
         try await withTestGateway { _, url in
             let models = try Self.json(try await send("\(url)/v1/models", method: "GET").body)
-            // The catalog's models and the embedded default's route.
-            #expect(models["data"]?.arrayValue?.compactMap { $0["id"]?.stringValue } == (DefaultCatalog.models.map(\.name) + ["auto"]).sorted())
+            // The catalog's models and the embedded default's routes.
+            #expect(models["data"]?.arrayValue?.compactMap { $0["id"]?.stringValue } == (DefaultCatalog.models.map(\.name) + ["auto", "auto-cascade"]).sorted())
             #expect(try await send("\(url)/healthz", method: "GET").status == 200)
             #expect(try await send("\(url)/readyz", method: "GET").status == 200)
             _ = try await send("\(url)/v1/chat/completions", body: Self.openAIBody("gpt-4o"))

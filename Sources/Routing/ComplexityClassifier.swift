@@ -39,9 +39,10 @@ public struct ComplexityClassifier: Sendable, Hashable {
     // MARK: Scoring
 
     /// The score, or nil when the embedding is not a MiniLM vector.
-    public func score(embedding: [Float], text: String) -> Double? {
+    /// - Parameters: `turns` and `tools` as `PromptFeatures.compute` takes them.
+    public func score(embedding: [Float], text: String, turns: Int = 1, tools: Int = 0) -> Double? {
         guard embedding.count == Self.embeddingDimension else { return nil }
-        return score(inputs: Self.inputs(embedding: embedding, text: text))
+        return score(inputs: Self.inputs(embedding: embedding, text: text, turns: turns, tools: tools))
     }
 
     func score(inputs: [Double]) -> Double {
@@ -60,9 +61,9 @@ public struct ComplexityClassifier: Sendable, Hashable {
         return Double(low) / Double(max(quantiles.count - 1, 1))
     }
 
-    static func inputs(embedding: [Float], text: String) -> [Double] {
+    static func inputs(embedding: [Float], text: String, turns: Int = 1, tools: Int = 0) -> [Double] {
         var inputs = embedding.map(Double.init)
-        inputs.append(contentsOf: PromptFeatures.compute(text).map(Double.init))
+        inputs.append(contentsOf: PromptFeatures.compute(text, turns: turns, tools: tools).map(Double.init))
         return inputs
     }
 

@@ -9,10 +9,14 @@ import Darwin
 /// The cheap text features the complexity classifier reads beside the embedding, in one pass over the UTF-8 bytes.
 public enum PromptFeatures {
     /// In the order `compute` returns them (and the classifier file lists them).
-    public static let names = ["log_bytes", "log_numbers", "log_words", "newlines", "log_math_symbols", "log_sentences"]
+    public static let names = ["log_bytes", "log_numbers", "log_words", "newlines", "log_math_symbols", "log_sentences",
+                               "log_code_marks", "turns", "tools"]
 
-    public static func compute(_ text: String) -> [Float] {
-        var bytes = 0, numbers = 0, words = 0, newlines = 0, symbols = 0, sentences = 0
+    /// - Parameters:
+    ///   - turns: User messages in the conversation (the training prompts are single questions: 1).
+    ///   - tools: Tools the request defines (none in the training prompts).
+    public static func compute(_ text: String, turns: Int = 1, tools: Int = 0) -> [Float] {
+        var bytes = 0, numbers = 0, words = 0, newlines = 0, symbols = 0, sentences = 0, code = 0
         var inNumber = false, inWord = false, pendingStop = false
         for byte in text.utf8 {
             bytes += 1
@@ -28,6 +32,8 @@ public enum PromptFeatures {
             case UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "*"), UInt8(ascii: "/"), UInt8(ascii: "="), UInt8(ascii: "^"),
                  UInt8(ascii: "%"), UInt8(ascii: "$"):
                 symbols += 1
+            case UInt8(ascii: "{"), UInt8(ascii: "}"), UInt8(ascii: ";"), UInt8(ascii: "`"):
+                code += 1
             default: break
             }
             if pendingStop && isSpace { sentences += 1 }
@@ -36,7 +42,7 @@ public enum PromptFeatures {
         if pendingStop { sentences += 1 }
         func logCount(_ value: Int) -> Float { Float(log1p(Double(value))) }
         return [logCount(bytes), logCount(numbers), logCount(words), Float(min(newlines, 1000)), logCount(symbols),
-                logCount(sentences)]
+                logCount(sentences), logCount(code), Float(min(max(turns, 0), 1000)), Float(min(max(tools, 0), 1000))]
     }
 }
 

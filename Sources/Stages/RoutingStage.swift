@@ -53,7 +53,9 @@ public struct RoutingStage: GatewayStage {
         } else {
             vector = await embedder?.embed(question)
         }
-        guard let vector, let score = classifier.score(embedding: vector, text: question) else { return nil }
+        let turns = request.messages.filter { $0.role == .user }.count
+        guard let vector, let score = classifier.score(embedding: vector, text: question, turns: turns, tools: request.tools.count)
+        else { return nil }
         return classifier.percentile(of: score)
     }
 

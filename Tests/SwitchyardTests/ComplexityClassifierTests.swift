@@ -109,7 +109,7 @@ import Testing
         members["mean"] = .array([.double(1)])
         json = .object(members)
         #expect(throws: ClassifierFileError.self) { try ComplexityClassifier(json: json) }
-        members["mean"] = .array(Array(repeating: .double(.nan), count: 390))
+        members["mean"] = .array(Array(repeating: .double(.nan), count: 384 + PromptFeatures.names.count))
         #expect(throws: ClassifierFileError.self) { try ComplexityClassifier(json: .object(members)) }
     }
 
@@ -120,5 +120,9 @@ import Testing
         #expect(features[3] == 1)  // one newline
         #expect(abs(features[5] - Float(log1p(2.0))) < 1e-6)  // two sentences
         #expect(abs(features[4] - Float(log1p(1.0))) < 1e-6)  // "$"
+        #expect(features[6] == 0 && features[7] == 1 && features[8] == 0)
+        let code = PromptFeatures.compute("Fix `let x = f(); if y { z }`", turns: 3, tools: 2)
+        #expect(abs(code[6] - Float(log1p(5.0))) < 1e-6)  // two backticks, ';', '{', '}'
+        #expect(code[7] == 3 && code[8] == 2)
     }
 }

@@ -74,6 +74,17 @@ import Testing
         return (model, maxTokens, completion.routing?.rule)
     }
 
+    /// The configuration is refused, naming `path`, with a message containing `message`.
+    static func expectRefusal(_ yaml: String, path: String, message: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        do {
+            _ = try ConfigLoader.parse(yaml: yaml, environment: [:])
+            Issue.record("accepted: \(yaml)", sourceLocation: sourceLocation)
+        } catch {
+            #expect(error.path == path, "\(error)", sourceLocation: sourceLocation)
+            #expect(error.message.contains(message), "\(error)", sourceLocation: sourceLocation)
+        }
+    }
+
     static let plain = Caller(tenant: "t", user: "u", tier: "paid", feature: "chat", keyID: "k")
 
     @Test func theFirstMatchingRuleWins() async throws {
@@ -126,13 +137,7 @@ import Testing
     ])
     func badRoutesNameTheKeyPath(_ testCase: (String, String, String)) {
         let yaml = "providers: {mock: {kind: mock}}\nmodels: {gpt-4o-mini: {provider: mock}}\n" + testCase.0
-        do {
-            _ = try ConfigLoader.parse(yaml: yaml, environment: [:])
-            Issue.record("accepted: \(testCase.0)")
-        } catch {
-            #expect(error.path == testCase.1, "\(error)")
-            #expect(error.message.contains(testCase.2), "\(error)")
-        }
+        RoutingTests.expectRefusal(yaml, path: testCase.1, message: testCase.2)
     }
 
     // MARK: Through the gateway
@@ -302,13 +307,7 @@ import Testing
     func badLaddersNameTheKeyPath(_ testCase: (String, String, String)) {
         let yaml = "providers: {mock: {kind: mock}}\nmodels: {gpt-4o-mini: {provider: mock}, gpt-4o: {provider: mock}}\nroutes:\n  r: {"
             + testCase.0 + "}"
-        do {
-            _ = try ConfigLoader.parse(yaml: yaml, environment: [:])
-            Issue.record("accepted: \(testCase.0)")
-        } catch {
-            #expect(error.path == testCase.1, "\(error)")
-            #expect(error.message.contains(testCase.2), "\(error)")
-        }
+        RoutingTests.expectRefusal(yaml, path: testCase.1, message: testCase.2)
     }
 
     @Test func theEmbeddedDefaultsAutoRouteScoresWithTheShippedClassifier() async throws {
@@ -454,12 +453,6 @@ import Testing
     func badCascadesNameTheKeyPath(_ testCase: (String, String, String)) {
         let yaml = "providers: {mock: {kind: mock}}\nmodels: {gpt-4o-mini: {provider: mock}, gpt-4o: {provider: mock}}\nroutes:\n  r: {"
             + testCase.0 + "}"
-        do {
-            _ = try ConfigLoader.parse(yaml: yaml, environment: [:])
-            Issue.record("accepted: \(testCase.0)")
-        } catch {
-            #expect(error.path == testCase.1, "\(error)")
-            #expect(error.message.contains(testCase.2), "\(error)")
-        }
+        RoutingTests.expectRefusal(yaml, path: testCase.1, message: testCase.2)
     }
 }

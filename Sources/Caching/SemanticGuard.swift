@@ -7,11 +7,14 @@
 /// - **numbers**: the numbers each mentions (digits and number words), as multisets;
 /// - **entities**: names (capitalised words inside a sentence, acronyms, known places, currencies, months, days);
 /// - **order**: the order in which the numbers and entities appear ("from Paris to London" is not "from London to
-///   Paris").
+///   Paris");
+/// - **roles**: which word each relation word governs, for ordinary words too: "from checking to savings" is not
+///   "from savings to checking", "miles to kilometres" is not "kilometres to miles", "a cat bigger than a dog" is
+///   not "a dog bigger than a cat". Only a swap refuses: the other text must use the word in another role.
 /// It errs towards refusing: a refused paraphrase costs one upstream call, a wrong answer costs the user.
 public enum SemanticGuard {
     public enum Rejection: String, Sendable, CaseIterable {
-        case negation, numbers, entities, order
+        case negation, numbers, entities, order, roles
     }
 
     /// Pairs MiniLM scores close together (many above 0.95) that must never share an answer, one set per failure kind:
@@ -35,6 +38,11 @@ public enum SemanticGuard {
         (.order, "Convert 10 USD to EUR", "Convert 10 EUR to USD"),
         (.order, "Did Alice pay Bob back?", "Did Bob pay Alice back?"),
         (.order, "Is 7 bigger than 9?", "Is 9 bigger than 7?"),
+        (.roles, "move money from checking to savings", "move money from savings to checking"),
+        (.roles, "How do I convert miles to kilometers?", "How do I convert kilometers to miles?"),
+        (.roles, "Is a debit card safer than a credit card?", "Is a credit card safer than a debit card?"),
+        (.roles, "Can I switch from the business plan to the personal plan?", "Can I switch from the personal plan to the business plan?"),
+        (.roles, "Transfer my balance into savings from checking", "Transfer my balance into checking from savings"),
         ]
 
     /// Why `candidate` must not answer `query`, or `nil` when it may.
@@ -44,8 +52,26 @@ public enum SemanticGuard {
         if a.numbers.sorted() != b.numbers.sorted() { return .numbers }
         if Set(a.entities) != Set(b.entities) { return .entities }
         if a.sequence != b.sequence { return .order }
+        if Self.rolesSwapped(a, b) { return .roles }
         return nil
     }
+
+    /// Whether a relation word governs a different word in each text while both texts use both words: the words
+    /// swapped roles. ("to savings" against "to my savings account" agree; "to savings" against "to checking" in a
+    /// text without "savings" is a substitution, which this check leaves to the others.)
+    static func rolesSwapped(_ a: Features, _ b: Features) -> Bool {
+        for (relation, word) in a.roles {
+            guard let other = b.roles[relation], other != word else { continue }
+            if b.words.contains(word) && a.words.contains(other) { return true }
+        }
+        return false
+    }
+
+    /// Relation words whose object's role a swap changes.
+    static let relationWords: Set<String> = ["from", "to", "into", "than", "for", "over", "versus", "vs", "instead", "onto"]
+    /// Words skipped between a relation word and the word it governs.
+    static let fillerWords: Set<String> = ["the", "a", "an", "my", "your", "our", "their", "his", "her", "its", "this",
+                                           "that", "of", "some", "any", "one"]
 
     struct Features {
         var negations = 0
@@ -53,10 +79,28 @@ public enum SemanticGuard {
         var entities: [String] = []
         /// Numbers and entities in order of appearance.
         var sequence: [String] = []
+        /// Each relation word (first use) and the content word it governs.
+        var roles: [String: String] = [:]
+        /// Every word, lowercased.
+        var words: Set<String> = []
 
         init(_ text: String) {
             var sentenceStart = true
+            var pendingRelation: String?
             for token in SemanticGuard.tokens(text) {
+                if !token.text.isEmpty {
+                    let word = token.text.lowercased()
+                    words.insert(word)
+                    if let relation = pendingRelation, !SemanticGuard.fillerWords.contains(word) {
+                        if SemanticGuard.relationWords.contains(word) {
+                            pendingRelation = nil
+                        } else {
+                            if roles[relation] == nil { roles[relation] = word }
+                            pendingRelation = nil
+                        }
+                    }
+                    if SemanticGuard.relationWords.contains(word) { pendingRelation = word }
+                }
                 if token.text.isEmpty {
                     sentenceStart = sentenceStart || token.endsSentence
                     continue

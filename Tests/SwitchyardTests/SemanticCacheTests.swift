@@ -18,6 +18,10 @@ import Testing
     /// Rephrasings that must still be allowed to share an answer.
     static let mayShare: [(String, String)] = [
         ("How do I reset my password?", "How can I reset my password?"),
+        ("Send money to my savings account", "Send money to savings"),
+        ("How do I transfer money from checking to savings?", "How can I move money from checking into savings?"),
+        ("Is there a fee for international transfers?", "Do you charge for international transfers?"),
+        ("Convert miles to kilometers", "How do I convert miles into kilometers?"),
         ("Why was my card declined?", "Why did my card get declined?"),
         ("What is the capital of France?", "What's the capital of France?"),
         ("I can't log in", "I'm unable to log in"),

@@ -93,7 +93,7 @@ struct SemanticCacheEval: ParsableCommand {
             SemanticEvaluation.Pair(first: adversarial[index].1, second: adversarial[index].2, sameAnswer: false,
                                     similarity: InMemorySemanticCache.dot(left[index], right[index]))
         }
-        print("\nAdversarial near-duplicates (\(adversarial.count) pairs that must not share an answer: negation, numbers, entities, order)")
+        print("\nAdversarial near-duplicates (\(adversarial.count) pairs that must not share an answer: \(SemanticGuard.Rejection.allCases.map(\.rawValue).joined(separator: ", ")))")
         print("| pair | similarity |")
         print("|---|---|")
         for pair in adversarialPairs.sorted(by: { $0.similarity > $1.similarity }) {

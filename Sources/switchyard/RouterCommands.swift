@@ -96,8 +96,8 @@ struct RouterEval: ParsableCommand {
     @Option(help: "Write the results as JSON to this file.") var json: String?
     @Option(help: "Requests a day for the cost table (the seed's table: all-opus, all-sonnet, all-haiku, routed, cascaded).")
     var volume: Int?
-    @Option(help: "The semantic cache's hit rate applied in the cost table (measured by `switchyard eval semantic-cache`: 0.348 at 0.94).")
-    var semanticHitRate = 0.348
+    @Option(help: "The semantic cache's hit rate applied in the cost table (measured by `switchyard eval semantic-cache`: 0.347 at 0.94).")
+    var semanticHitRate = 0.347
     @Option(help: "What a weak-model call costs as a share of a strong one (an assumption for the cost columns: the shared data prices GPT-4 Turbo, not Mixtral).")
     var weakCostRatio = 0.04
 

@@ -18,6 +18,9 @@ struct SemanticCacheEval: ParsableCommand {
     @Option(help: "Model cache folder.") var dir: String?
     @Option(help: "Thresholds to report, comma-separated.") var thresholds = "0.80,0.85,0.88,0.90,0.92,0.94,0.95,0.96,0.97,0.98"
     @Option(help: "Write the results as JSON to this file.") var json: String?
+    @Option(help: "The project's adversarial near-miss pairs (JSON lines: kind, a, b).")
+    var adversarialFile = "eval/semantic_adversarial.jsonl"
+    @Option(help: "The threshold the adversarial set is reported at (the serving default).") var servingThreshold: Float = 0.94
 
     func run() throws {
         let store = ModelStore(root: dir)
@@ -107,6 +110,35 @@ struct SemanticCacheEval: ParsableCommand {
             print(String(format: "| %.2f | %d | %d |", level, plain.served, checked.served))
             report.append(["set": "adversarial", "threshold": .double(level), "served_unverified": .int(Int64(plain.served)),
                            "served_verified": .int(Int64(checked.served))])
+        }
+        // The larger adversarial set (eval/semantic_adversarial.jsonl: the project's own, written for this evaluation
+        // and for nothing else), per kind of near miss, at the serving threshold.
+        if let file = try? String(contentsOfFile: adversarialFile, encoding: .utf8) {
+            let rows = try file.split(separator: "\n").map { try JSONValue.parse(Array($0.utf8)) }
+            let firstTexts = rows.map { $0["a"]?.stringValue ?? "" }, secondTexts = rows.map { $0["b"]?.stringValue ?? "" }
+            let a = embedAll(firstTexts), b = embedAll(secondTexts)
+            var kinds: [String: (pairs: Int, close: Int, served: Int)] = [:]
+            for index in rows.indices {
+                let kind = rows[index]["kind"]?.stringValue ?? "?"
+                let similarity = InMemorySemanticCache.dot(a[index], b[index])
+                let close = similarity >= servingThreshold
+                let served = close && SemanticGuard.check(firstTexts[index], against: secondTexts[index]) == nil
+                    && SemanticGuard.check(secondTexts[index], against: firstTexts[index]) == nil
+                kinds[kind, default: (0, 0, 0)].pairs += 1
+                if close { kinds[kind, default: (0, 0, 0)].close += 1 }
+                if served { kinds[kind, default: (0, 0, 0)].served += 1 }
+            }
+            print("\nAdversarial set \(adversarialFile) (\(rows.count) near-miss pairs, \(kinds.count) kinds), at \(servingThreshold):")
+            print("| kind | pairs | at or above the threshold | served with verification |")
+            print("|---|---|---|---|")
+            for kind in kinds.keys.sorted() {
+                let row = kinds[kind] ?? (0, 0, 0)
+                print("| \(kind) | \(row.pairs) | \(row.close) | \(row.served) |")
+                report.append(["set": "adversarial_set", "kind": .string(kind), "pairs": .int(Int64(row.pairs)),
+                               "close": .int(Int64(row.close)), "served_verified": .int(Int64(row.served))])
+            }
+            let total = kinds.values.reduce((0, 0, 0)) { ($0.0 + $1.pairs, $0.1 + $1.close, $0.2 + $1.served) }
+            print("| all | \(total.0) | \(total.1) | \(total.2) (\(String(format: "%.1f", 100 * Double(total.1 - total.2) / Double(max(total.1, 1))))% of the close ones refused) |")
         }
         if let json {
             try Data(JSONValue.array(report).serialized()).write(to: URL(fileURLWithPath: json))

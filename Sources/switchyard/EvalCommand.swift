@@ -118,6 +118,7 @@ struct SemanticCacheEval: ParsableCommand {
             let firstTexts = rows.map { $0["a"]?.stringValue ?? "" }, secondTexts = rows.map { $0["b"]?.stringValue ?? "" }
             let a = embedAll(firstTexts), b = embedAll(secondTexts)
             var kinds: [String: (pairs: Int, close: Int, served: Int)] = [:]
+            var servedPairs: [String] = []
             for index in rows.indices {
                 let kind = rows[index]["kind"]?.stringValue ?? "?"
                 let similarity = InMemorySemanticCache.dot(a[index], b[index])
@@ -126,7 +127,10 @@ struct SemanticCacheEval: ParsableCommand {
                     && SemanticGuard.check(secondTexts[index], against: firstTexts[index]) == nil
                 kinds[kind, default: (0, 0, 0)].pairs += 1
                 if close { kinds[kind, default: (0, 0, 0)].close += 1 }
-                if served { kinds[kind, default: (0, 0, 0)].served += 1 }
+                if served {
+                    kinds[kind, default: (0, 0, 0)].served += 1
+                    servedPairs.append("\(kind): \(firstTexts[index]) / \(secondTexts[index]) (\(String(format: "%.4f", similarity)))")
+                }
             }
             print("\nAdversarial set \(adversarialFile) (\(rows.count) near-miss pairs, \(kinds.count) kinds), at \(servingThreshold):")
             print("| kind | pairs | at or above the threshold | served with verification |")
@@ -139,6 +143,7 @@ struct SemanticCacheEval: ParsableCommand {
             }
             let total = kinds.values.reduce((0, 0, 0)) { ($0.0 + $1.pairs, $0.1 + $1.close, $0.2 + $1.served) }
             print("| all | \(total.0) | \(total.1) | \(total.2) (\(String(format: "%.1f", 100 * Double(total.1 - total.2) / Double(max(total.1, 1))))% of the close ones refused) |")
+            for pair in servedPairs { print("served: \(pair)") }
         }
         if let json {
             try Data(JSONValue.array(report).serialized()).write(to: URL(fileURLWithPath: json))

@@ -1,0 +1,144 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The serving threshold of one semantic-cache namespace, calibrated from labelled candidates: a shadow check of a
+/// served hit, client feedback on one, or a near miss (a candidate under the threshold, whose request went to the
+/// model anyway, compared with the cached answer at no risk). A value type with no clock and no I/O.
+///
+/// It starts at the configured threshold and moves only on evidence:
+/// - **loosens** to the lowest step whose labels at or above it number at least `minimumLabels` and bound their
+///   precision (Wilson, one-sided at `z`) at `targetPrecision` or more;
+/// - **tightens** above the configured threshold when the labels there fall below `targetPrecision` (a false hit
+///   reported among few right ones raises it past that hit).
+public struct ThresholdCalibrator: Sendable, Hashable {
+    public struct Settings: Sendable, Hashable {
+        public var base: Double
+        public var floor: Double
+        public var ceiling: Double
+        public var step: Double
+        public var targetPrecision: Double
+        public var minimumLabels: Int
+        /// 1.645: a one-sided 95% bound.
+        public var z: Double
+
+        public init(base: Double = 0.94, floor: Double = 0.85, ceiling: Double = 0.99, step: Double = 0.01,
+                    targetPrecision: Double = 0.99, minimumLabels: Int = 50, z: Double = 1.645) {
+            self.base = base
+            self.floor = floor
+            self.ceiling = ceiling
+            self.step = step
+            self.targetPrecision = targetPrecision
+            self.minimumLabels = minimumLabels
+            self.z = z
+        }
+    }
+
+    public let settings: Settings
+    /// Labels per step, from `floor`: right and wrong.
+    private var right: [Int]
+    private var wrong: [Int]
+    public private(set) var threshold: Double
+
+    public init(settings: Settings = Settings()) {
+        self.settings = settings
+        let steps = Int(((1 - settings.floor) / settings.step).rounded(.up)) + 1
+        right = [Int](repeating: 0, count: max(steps, 1))
+        wrong = right
+        threshold = settings.base
+    }
+
+    /// A label: whether the candidate at `similarity` had the right answer. Labels under `floor` say nothing about
+    /// any threshold the calibrator may choose and are ignored; non-finite similarities too.
+    public mutating func record(similarity: Double, correct: Bool) {
+        guard similarity.isFinite, similarity >= settings.floor else { return }
+        let index = min(Int(((similarity - settings.floor) / settings.step + 1e-9).rounded(.down)), right.count - 1)
+        if correct { right[index] = right[index] &+ 1 } else { wrong[index] = wrong[index] &+ 1 }
+        threshold = calibrated()
+    }
+
+    public var labels: Int { right.reduce(0, &+) &+ wrong.reduce(0, &+) }
+
+    /// The lower bound of a precision of `right` out of `total` (Wilson score interval, one-sided).
+    public static func lowerBound(right: Int, total: Int, z: Double) -> Double {
+        guard total > 0 else { return 0 }
+        let n = Double(total), p = Double(right) / n, z2 = z * z
+        let centre = p + z2 / (2 * n)
+        let margin = z * ((p * (1 - p) + z2 / (4 * n)) / n).squareRoot()
+        return max(0, (centre - margin) / (1 + z2 / n))
+    }
+
+    /// The step index of a threshold.
+    private func index(of threshold: Double) -> Int {
+        min(max(Int(((threshold - settings.floor) / settings.step).rounded()), 0), right.count - 1)
+    }
+
+    /// Right and wrong labels at or above step `from`.
+    private func counts(from: Int) -> (right: Int, wrong: Int) {
+        var r = 0, w = 0
+        for index in from..<right.count {
+            r = r &+ right[index]
+            w = w &+ wrong[index]
+        }
+        return (r, w)
+    }
+
+    private func calibrated() -> Double {
+        let base = index(of: settings.base)
+        // Tighten: the lowest step at or above the base where the labels' precision meets the target.
+        var start = base
+        while start < index(of: settings.ceiling) {
+            let (r, w) = counts(from: start)
+            if r + w == 0 || Double(r) / Double(r + w) >= settings.targetPrecision { break }
+            start += 1
+        }
+        if start > base { return settings.floor + Double(start) * settings.step }
+        // Loosen: the lowest step whose labels at or above it (every hit served there) are enough and bound their
+        // precision at the target.
+        var chosen = base
+        for candidate in stride(from: base - 1, through: 0, by: -1) where right[candidate] + wrong[candidate] > 0 {
+            // Only down to where labels are: a step nobody has labelled says nothing about its own hits.
+            let (r, w) = counts(from: candidate)
+            if r + w >= settings.minimumLabels, Self.lowerBound(right: r, total: r + w, z: settings.z) >= settings.targetPrecision {
+                chosen = candidate
+            }
+        }
+        return settings.floor + Double(chosen) * settings.step
+    }
+}
+
+/// Calibrators per namespace (a namespace is one tenant's: calibration never crosses tenants), bounded: past
+/// `maximumNamespaces` the least recently labelled one is forgotten and starts again from the base threshold.
+public struct CalibratorTable: Sendable {
+    public let settings: ThresholdCalibrator.Settings
+    public let maximumNamespaces: Int
+    private var calibrators: [String: ThresholdCalibrator] = [:]
+    private var lastUse: [String: UInt64] = [:]
+    private var clock: UInt64 = 0
+
+    public init(settings: ThresholdCalibrator.Settings = .init(), maximumNamespaces: Int = 100_000) {
+        self.settings = settings
+        self.maximumNamespaces = max(1, maximumNamespaces)
+    }
+
+    public func threshold(for namespace: String) -> Double {
+        calibrators[namespace]?.threshold ?? settings.base
+    }
+
+    public var count: Int { calibrators.count }
+
+    public mutating func record(namespace: String, similarity: Double, correct: Bool) {
+        clock &+= 1
+        if calibrators[namespace] == nil, calibrators.count >= maximumNamespaces,
+           let oldest = lastUse.min(by: { $0.value < $1.value })?.key {
+            calibrators[oldest] = nil
+            lastUse[oldest] = nil
+        }
+        calibrators[namespace, default: ThresholdCalibrator(settings: settings)].record(similarity: similarity, correct: correct)
+        lastUse[namespace] = clock
+    }
+}

@@ -1,0 +1,57 @@
+import Caching
+import Testing
+
+/// Thresholds that learn: never looser without enough labels, tighter after false hits, one state per namespace.
+@Suite struct ThresholdCalibratorTests {
+    @Test func withoutLabelsOrWithTooFewItKeepsTheConfiguredThreshold() {
+        var calibrator = ThresholdCalibrator()
+        #expect(calibrator.threshold == 0.94)
+        for index in 0..<49 { calibrator.record(similarity: 0.86 + Double(index % 8) * 0.01, correct: true) }
+        #expect(abs(calibrator.threshold - 0.94) < 1e-9)
+        // Labels that say nothing: under the floor, or not a number.
+        calibrator.record(similarity: 0.5, correct: true)
+        calibrator.record(similarity: .nan, correct: true)
+        #expect(calibrator.labels == 49)
+    }
+
+    @Test func manyRightLabelsBelowTheThresholdLoosenItOnlyAsFarAsTheyGo() {
+        var calibrator = ThresholdCalibrator()
+        // 400 right answers between 0.90 and 0.94: the bound on their precision clears 0.99 (all right, n ≥ 268).
+        for index in 0..<400 { calibrator.record(similarity: 0.90 + Double(index % 4) * 0.01 + 0.005, correct: true) }
+        #expect(abs(calibrator.threshold - 0.90) < 1e-9, "\(calibrator.threshold)")
+        // One wrong answer at 0.905 among them: the bound there falls under 0.99, so the 0.90 step is given up.
+        calibrator.record(similarity: 0.905, correct: false)
+        #expect(calibrator.threshold > 0.90 + 1e-9, "\(calibrator.threshold)")
+    }
+
+    @Test func aFalseHitAmongFewRightOnesTightensPastIt() {
+        var calibrator = ThresholdCalibrator()
+        for _ in 0..<10 { calibrator.record(similarity: 0.951, correct: true) }
+        #expect(abs(calibrator.threshold - 0.94) < 1e-9)
+        calibrator.record(similarity: 0.955, correct: false)
+        #expect(calibrator.threshold > 0.955, "\(calibrator.threshold)")
+        // Among many right ones, one false hit keeps the precision above the target: no tightening.
+        var steady = ThresholdCalibrator()
+        for _ in 0..<300 { steady.record(similarity: 0.951, correct: true) }
+        steady.record(similarity: 0.955, correct: false)
+        #expect(abs(steady.threshold - 0.94) < 1e-9, "\(steady.threshold)")
+    }
+
+    @Test func namespacesAreCalibratedApartAndTheTableIsBounded() {
+        var table = CalibratorTable(maximumNamespaces: 3)
+        for _ in 0..<10 { table.record(namespace: "tenant-a|ctx", similarity: 0.951, correct: true) }
+        table.record(namespace: "tenant-a|ctx", similarity: 0.955, correct: false)
+        #expect(table.threshold(for: "tenant-a|ctx") > 0.955)
+        #expect(table.threshold(for: "tenant-b|ctx") == 0.94)
+        for name in ["n1", "n2", "n3"] { table.record(namespace: name, similarity: 0.95, correct: true) }
+        #expect(table.count == 3)
+        // The least recently labelled namespace (tenant-a's) was forgotten: it starts again from the base.
+        #expect(table.threshold(for: "tenant-a|ctx") == 0.94)
+    }
+
+    @Test func theWilsonBoundIsTheTextbookOne() {
+        // 95 of 100 at z = 1.96: 0.8882 (the standard two-sided 95% Wilson interval's lower end).
+        #expect(abs(ThresholdCalibrator.lowerBound(right: 95, total: 100, z: 1.96) - 0.8882) < 0.0005)
+        #expect(ThresholdCalibrator.lowerBound(right: 0, total: 0, z: 1.645) == 0)
+    }
+}

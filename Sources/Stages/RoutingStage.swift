@@ -46,7 +46,7 @@ public struct RoutingStage: GatewayStage {
     /// The last user message's score percentile, or nil when there is no classifier, no embedder, no such message,
     /// or the encoder is too busy.
     func percentile(_ request: ChatRequest, context: GatewayContext) async -> Double? {
-        guard let classifier, let (question, _) = SemanticCacheStage.split(request) else { return nil }
+        guard let classifier, let question = SemanticCacheStage.question(of: request) else { return nil }
         let vector: [Float]?
         if let shared = context.questionEmbedding, shared.text == question {
             vector = shared.vector
@@ -119,7 +119,7 @@ public struct RoutingStage: GatewayStage {
         }
         var outcome = CascadeOutcome(accepted: false, confidence: nil, source: "failed", cheapCost: answer?.cost ?? .zero)
         if var completion = answer, var response = try? completion.canonicalResponse() {
-            let question = SemanticCacheStage.split(request)?.0 ?? ""
+            let question = SemanticCacheStage.question(of: request) ?? ""
             let text = response.choices.first?.content.compactMap(\.text).joined() ?? ""
             if let confidence = AnswerScorer.confidence(logprobs: response.choices.first?.logprobs) {
                 (outcome.confidence, outcome.source) = (confidence, "logprobs")

@@ -173,7 +173,8 @@ public struct SemanticCacheStage: GatewayStage {
 
     /// The last user message's text, and the request with that message's text removed (what the fingerprint covers).
     /// `nil` when the conversation does not end with a user message made of text.
-    static func split(_ request: ChatRequest) -> (String, ChatRequest)? {
+    /// The last user message's text (what is embedded, by this stage and by routing), or `nil` as for `split`.
+    static func question(of request: ChatRequest) -> String? {
         guard let last = request.messages.last, last.role == .user else { return nil }
         var texts: [String] = []
         for block in last.content {
@@ -181,7 +182,11 @@ public struct SemanticCacheStage: GatewayStage {
             texts.append(text)
         }
         let question = texts.joined(separator: "\n")
-        guard !question.trimmingWhitespace().isEmpty else { return nil }
+        return question.trimmingWhitespace().isEmpty ? nil : question
+    }
+
+    static func split(_ request: ChatRequest) -> (String, ChatRequest)? {
+        guard let question = question(of: request) else { return nil }
         var context = request
         context.messages[context.messages.count - 1].content = [.text("")]
         return (question, context)

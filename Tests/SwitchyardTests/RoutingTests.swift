@@ -394,6 +394,17 @@ import Testing
         #expect(completion.cost == NanoUSD(1_010))
     }
 
+    @Test func logprobsFromAnUpstreamAreBoundedOrIgnored() {
+        func logprobs(_ values: [JSONValue]) -> JSONValue { ["content": .array(values.map { ["token": "t", "logprob": $0] })] }
+        #expect(AnswerScorer.confidence(logprobs: nil) == nil)
+        #expect(AnswerScorer.confidence(logprobs: ["content": .array([])]) == nil)
+        #expect(AnswerScorer.confidence(logprobs: ["content": "not a list"]) == nil)
+        // Impossible values (a positive log-probability, NaN is not JSON but a huge number is) are left out.
+        #expect(AnswerScorer.confidence(logprobs: logprobs([.double(5), .double(1e308), .string("x")])) == nil)
+        let mixed = AnswerScorer.confidence(logprobs: logprobs([.double(-0.1), .double(7), .double(-1e308)]))
+        #expect(mixed.map { $0 >= 0 && $0 <= 1 } == true, "\(String(describing: mixed))")
+    }
+
     @Test func aFailedCheapCallEscalatesAndAStreamingClientGetsTheStrongStream() async throws {
         let (response, seen) = try await Self.run(Self.request(stream: true)) {
             throw GatewayError(.upstreamError, "down", upstreamStatus: 502)

@@ -83,6 +83,8 @@ let package = Package(
         .target(
             name: "Caching",
             dependencies: ["SwitchyardCore", "SwitchyardModels", .product(name: "NIOCore", package: "swift-nio")],
+            // The semantic cache's pair verifier (written by `switchyard train-verifier`).
+            resources: [.copy("pair-verifier-v1.json")],
             swiftSettings: strict
         ),
         .target(

@@ -53,12 +53,15 @@ public enum SemanticEvaluation {
         /// Whether an earlier query had the same intent (a perfect cache would hit).
         public var idealHit: Bool
         public var vector: [Float]
+        /// What the pair verifier reads (nil: the verifier is not evaluated).
+        public var pair: PairVerifier.PairText?
 
-        public init(text: String, intent: String, idealHit: Bool, vector: [Float]) {
+        public init(text: String, intent: String, idealHit: Bool, vector: [Float], pair: PairVerifier.PairText? = nil) {
             self.text = text
             self.intent = intent
             self.idealHit = idealHit
             self.vector = vector
+            self.pair = pair
         }
     }
 
@@ -110,5 +113,143 @@ public enum SemanticEvaluation {
             }
         }
         return score
+    }
+
+    /// How a replayed cache decides: candidates at cosine `minimumSimilarity` or more (best first, at most
+    /// `candidates`), each passing the guard (when `guardChecks`) and then scoring at least the threshold — the
+    /// verifier's probability, or the cosine without a verifier.
+    public struct Policy: Sendable {
+        public var minimumSimilarity: Double
+        public var guardChecks: Bool
+        public var verifier: PairVerifier?
+        public var threshold: Double
+        public var calibration: Calibration?
+        public var candidates = 5
+
+        public init(minimumSimilarity: Double, guardChecks: Bool, verifier: PairVerifier? = nil, threshold: Double,
+                    calibration: Calibration? = nil) {
+            self.minimumSimilarity = minimumSimilarity
+            self.guardChecks = guardChecks
+            self.verifier = verifier
+            self.threshold = threshold
+            self.calibration = calibration
+        }
+
+        /// A cosine threshold, with or without the guard.
+        public static func plain(_ threshold: Double, guardChecks: Bool) -> Policy {
+            Policy(minimumSimilarity: threshold, guardChecks: guardChecks, threshold: threshold)
+        }
+    }
+
+    /// Online calibration as the gateway would run it: a share `shadowRate` of hits (shadow checks) and of near
+    /// misses (the best candidate the threshold refused, compared with the model's answer) are labelled, and each
+    /// label reaches the calibrator `delay` queries later: never for the query it labels, never before.
+    public struct Calibration: Sendable {
+        public var settings: ThresholdCalibrator.Settings
+        public var shadowRate: Double
+        public var seed: UInt64
+        public var delay: Int
+
+        public init(settings: ThresholdCalibrator.Settings, shadowRate: Double, seed: UInt64 = 15, delay: Int = 10) {
+            self.settings = settings
+            self.shadowRate = shadowRate
+            self.seed = seed
+            self.delay = max(1, delay)
+        }
+
+        /// Whether query `index` is sampled: a hash of the seed and the position, so runs repeat.
+        func sampled(_ index: Int) -> Bool {
+            var z = seed &+ UInt64(index) &* 0x9E37_79B9_7F4A_7C15
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            z ^= z >> 31
+            return Double(z >> 11) * 0x1p-53 < shadowRate
+        }
+    }
+
+    /// One decision of a replay: the stored query served (its position in the stream), or nil for a miss.
+    public struct Decision: Sendable, Hashable {
+        public var served: Int?
+        public var score: Double?
+        public var threshold: Double
+    }
+
+    public struct Replay: Sendable {
+        public var score: StreamScore
+        /// Labels the calibration received.
+        public var labels: Int
+        public var decisions: [Decision]
+    }
+
+    /// Replays `queries` in order under `policy`.
+    public static func replay(_ queries: [StreamQuery], policy: Policy, words: (any WordVectors)? = nil) -> Replay {
+        var decisions: [Decision] = []
+        decisions.reserveCapacity(queries.count)
+        var score = StreamScore(threshold: policy.threshold, verified: policy.guardChecks || policy.verifier != nil)
+        var stored: [Int] = []
+        var calibrator = policy.calibration.map { calibration -> ThresholdCalibrator in
+            var settings = calibration.settings
+            settings.base = policy.threshold
+            return ThresholdCalibrator(settings: settings)
+        }
+        var pending: [(due: Int, score: Double, correct: Bool)] = []
+        var labels = 0
+        for (position, query) in queries.enumerated() {
+            // Labels produced by earlier queries whose checks have finished by now.
+            if calibrator != nil, !pending.isEmpty {
+                var remaining: [(due: Int, score: Double, correct: Bool)] = []
+                for label in pending {
+                    if label.due <= position {
+                        calibrator?.record(similarity: label.score, correct: label.correct)
+                        labels += 1
+                    } else {
+                        remaining.append(label)
+                    }
+                }
+                pending = remaining
+            }
+            let threshold = calibrator?.threshold ?? policy.threshold
+            score.queries += 1
+            if query.idealHit { score.idealHits += 1 }
+            var best: [(Float, Int)] = []
+            for entry in stored {
+                let similarity = InMemorySemanticCache.dot(query.vector, queries[entry].vector)
+                guard Double(similarity) >= policy.minimumSimilarity else { continue }
+                best.append((similarity, entry))
+            }
+            best.sort { $0.0 > $1.0 }
+            var served: (entry: Int, score: Double)?
+            var nearMiss: (entry: Int, score: Double)?
+            for (similarity, entry) in best.prefix(policy.candidates) {
+                if policy.guardChecks, SemanticGuard.check(query.text, against: queries[entry].text) != nil { continue }
+                let value: Double
+                if let verifier = policy.verifier, let words, let a = query.pair, let b = queries[entry].pair {
+                    value = verifier.probability(query: a, candidate: b, words: words)
+                } else {
+                    value = Double(similarity)
+                }
+                if value >= threshold {
+                    served = (entry, value)
+                    break
+                }
+                if nearMiss == nil { nearMiss = (entry, value) }
+            }
+            let sampled = policy.calibration?.sampled(position) ?? false
+            let delay = policy.calibration?.delay ?? 1
+            if let served {
+                score.hits += 1
+                let correct = queries[served.entry].intent == query.intent
+                if correct { score.correctHits += 1 }
+                if query.idealHit { score.idealHitsServed += 1 }
+                if sampled { pending.append((position + delay, served.score, correct)) }
+            } else {
+                stored.append(position)
+                if sampled, let nearMiss {
+                    pending.append((position + delay, nearMiss.score, queries[nearMiss.entry].intent == query.intent))
+                }
+            }
+            decisions.append(Decision(served: served?.entry, score: served?.score ?? nearMiss?.score, threshold: threshold))
+        }
+        return Replay(score: score, labels: labels, decisions: decisions)
     }
 }

@@ -5,6 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import SwitchyardCore
 
 /// The serving threshold of one semantic-cache namespace, calibrated from labelled candidates: a shadow check of a
 /// served hit, client feedback on one, or a near miss (a candidate under the threshold, whose request went to the
@@ -140,5 +141,64 @@ public struct CalibratorTable: Sendable {
         }
         calibrators[namespace, default: ThresholdCalibrator(settings: settings)].record(similarity: similarity, correct: correct)
         lastUse[namespace] = clock
+    }
+}
+
+/// The gateway's calibration state: a `CalibratorTable` under a short lock, and the scores of recent hits so that
+/// feedback on an entry (which names only the entry) labels the score it was served at. Both bounded.
+public final class SemanticCalibration: Sendable {
+    struct State: Sendable {
+        var table: CalibratorTable
+        /// Entry id → the calibration key and score of its latest hit, oldest forgotten first past `maximumHits`.
+        var hits: [String: (key: String, score: Double, order: UInt64)] = [:]
+        var order: UInt64 = 0
+    }
+
+    private let state: Locked<State>
+    let maximumHits: Int
+
+    public init(settings: ThresholdCalibrator.Settings, maximumKeys: Int = 100_000, maximumHits: Int = 100_000) {
+        state = Locked(State(table: CalibratorTable(settings: settings, maximumNamespaces: maximumKeys)))
+        self.maximumHits = max(1, maximumHits)
+    }
+
+    /// The serving threshold of `key` (a tenant's model: calibration never crosses tenants).
+    public func threshold(for key: String) -> Double {
+        state.withLock { $0.table.threshold(for: key) }
+    }
+
+    /// A label: the candidate at `score` was (or was not) a right answer.
+    public func record(key: String, score: Double, correct: Bool) {
+        state.withLock { $0.table.record(namespace: key, similarity: score, correct: correct) }
+    }
+
+    /// Remembers the score an entry was served at, for feedback on it.
+    public func served(entryID: String, key: String, score: Double) {
+        state.withLock { state in
+            state.order &+= 1
+            if state.hits[entryID] == nil, state.hits.count >= maximumHits {
+                // Forget the oldest eighth at once: eviction stays amortised O(1) per hit.
+                let cut = state.hits.values.map(\.order).sorted()[state.hits.count / 8]
+                state.hits = state.hits.filter { $0.value.order > cut }
+            }
+            state.hits[entryID] = (key, score, state.order)
+        }
+    }
+
+    /// Feedback from `tenant` on an entry's latest hit: labels it, once. False when the hit is not known (forgotten,
+    /// never served through calibration, or another tenant's).
+    @discardableResult
+    public func feedback(entryID: String, tenant: String, correct: Bool) -> Bool {
+        state.withLock { state in
+            guard let hit = state.hits[entryID], hit.key.hasPrefix(tenant + "\u{0}") else { return false }
+            state.hits[entryID] = nil
+            state.table.record(namespace: hit.key, similarity: hit.score, correct: correct)
+            return true
+        }
+    }
+
+    /// The key calibration is kept under: one per tenant and model.
+    public static func key(tenant: String, model: String) -> String {
+        tenant + "\u{0}" + model
     }
 }

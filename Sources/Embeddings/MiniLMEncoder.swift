@@ -95,6 +95,23 @@ public final class MiniLMEncoder: Sendable {
         tensors.file.releaseTouchedPages()
     }
 
+    /// The L2-normalised input embedding of one word (the mean of its word pieces' rows, before any context): what
+    /// the semantic cache's pair verifier compares a substituted word with. Every text gives a vector.
+    public func wordVector(_ word: String) -> [Float] {
+        let ids = tokenizer.encode(word).filter { $0 != tokenizer.clsID && $0 != tokenizer.sepID }
+        var vector = [Float](repeating: 0, count: wordEmbeddings.width)
+        vector.withUnsafeMutableBufferPointer { target in
+            guard let base = target.baseAddress else { return }
+            for id in ids.isEmpty ? [tokenizer.unknownID] : ids {
+                wordEmbeddings.addRow(id >= 0 && Int(id) < wordEmbeddings.rows ? Int(id) : Int(tokenizer.unknownID), into: base)
+            }
+        }
+        var norm: Float = 0
+        for value in vector { norm += value * value }
+        let scale = norm > 0 ? 1 / norm.squareRoot() : 0
+        return vector.map { $0 * scale }
+    }
+
     /// The L2-normalised sentence embedding of `text`.
     public func embed(_ text: String) -> [Float] {
         embed(ids: tokenizer.encode(text))

@@ -5,6 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+public import SwitchyardCore
 public import SwitchyardModels
 
 /// The cascade's on-device answer scorer (FrugalGPT-style): from the question and the cheap model's answer, the
@@ -93,22 +94,5 @@ public struct AnswerScorer: Sendable, Hashable {
         let values = tokens.compactMap { $0["logprob"]?.doubleValue }.filter { $0.isFinite && $0 <= 0 }
         guard !values.isEmpty else { return nil }
         return exp(values.reduce(0, +) / Double(values.count))
-    }
-}
-
-/// Per-column mean and standard deviation (1 for a constant column).
-enum Standardisation {
-    static func fit(_ rows: [[Double]]) -> (mean: [Double], scale: [Double]) {
-        let dimension = rows.first?.count ?? 0
-        let count = Double(max(rows.count, 1))
-        var mean = [Double](repeating: 0, count: dimension), scale = mean
-        for row in rows { for index in 0..<dimension { mean[index] += row[index] } }
-        for index in 0..<dimension { mean[index] /= count }
-        for row in rows { for index in 0..<dimension { scale[index] += (row[index] - mean[index]) * (row[index] - mean[index]) } }
-        for index in 0..<dimension {
-            let deviation = (scale[index] / count).squareRoot()
-            scale[index] = deviation > 1e-9 ? deviation : 1
-        }
-        return (mean, scale)
     }
 }

@@ -4,7 +4,7 @@ import FoundationEssentials
 import Foundation
 #endif
 public import SwitchyardModels
-import SwitchyardCore
+public import SwitchyardCore
 
 /// The on-device complexity classifier: from a prompt's MiniLM embedding and its text features, how much more likely
 /// the strong model is to answer it correctly than the weak one (`p_strong − p_weak`, in −1…1). Two logistic

@@ -29,6 +29,8 @@ struct CacheAdminHandler: Sendable {
     let adminKeyHash: String?
     let recorder: any CacheRecorder
     let savings: SavingsLedger
+    /// Where a verdict becomes a label for the learned verifier's threshold (nil: no calibration).
+    var calibration: SemanticCalibration? = nil
 
     /// `{"entry_id": "sc_…", "verdict": "bad" | "good"}`: a bad verdict removes the entry and counts a false hit.
     /// Only the tenant the entry belongs to can judge it.
@@ -45,6 +47,8 @@ struct CacheAdminHandler: Sendable {
                 throw GatewayError(.invalidRequest, "verdict: must be 'bad' or 'good'", param: "verdict")
             }
             var removed = false
+            // A label for the threshold that served it (known only for hits the learned verifier judged).
+            calibration?.feedback(entryID: id, tenant: caller.tenant, correct: verdict == "good")
             if verdict == "bad" {
                 if let entry = semantic.remove(id: id) {
                     if entry.answer.tenant != caller.tenant {

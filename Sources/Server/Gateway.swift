@@ -125,15 +125,26 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                            metadata: ["switchyard.reason": "\(unavailable)"])
         }
     }
+    var learned: SemanticCacheStage.LearnedVerification?
+    if config.cache.semanticEnabled, config.cache.semanticLearnedVerifier, let batcher {
+        let verifier = try config.cache.semanticVerifierFile.map { path throws(VerifierFileError) in try PairVerifier.load(path: path) }
+            ?? PairVerifier.bundled()
+        let calibration = config.cache.semanticCalibrate
+            ? SemanticCalibration(settings: PairVerifier.calibrationSettings(base: verifier.threshold,
+                                                                             targetPrecision: config.cache.semanticTargetPrecision))
+            : nil
+        learned = SemanticCacheStage.LearnedVerification(verifier: verifier, words: EncoderWordVectors(encoder: batcher.encoder),
+                                                         calibration: calibration)
+    }
     let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics, exactCache: exactCache,
                                          semanticCache: semanticCache, embedder: batcher.map { BatcherEmbedder(batcher: $0) },
-                                         classifier: classifier, background: background)
+                                         classifier: classifier, background: background, learned: learned)
     let draining = Locked(false)
     let hasMock = mock != nil
     let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger)
     let cacheAdmin = CacheAdminHandler(exact: exactCache, semantic: semanticCache, auth: AuthStage(keys: config.keys),
                                        adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex),
-                                       recorder: metrics, savings: metrics.savings)
+                                       recorder: metrics, savings: metrics.savings, calibration: learned?.calibration)
     let embeddingsHandler = EmbeddingsHandler(batcher: batcher, unavailableReason: unavailable, auth: AuthStage(keys: config.keys),
                                               maxBodyBytes: config.maxBodyBytes)
 

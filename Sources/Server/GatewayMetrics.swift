@@ -131,8 +131,9 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
             cacheSaved[kind] = registry.makeCounter(descriptor: saved, labels: [("cache", kind.rawValue)])
         }
         var semanticRejections: [String: Counter] = [:]
-        for reason in SemanticGuard.Rejection.allCases {
-            semanticRejections[reason.rawValue] = registry.makeCounter(descriptor: rejected, labels: [("reason", reason.rawValue)])
+        // The guard's reasons, and "learned": under the learned verifier's calibrated threshold.
+        for reason in SemanticGuard.Rejection.allCases.map(\.rawValue) + ["learned"] {
+            semanticRejections[reason] = registry.makeCounter(descriptor: rejected, labels: [("reason", reason)])
         }
         (self.cacheLookups, self.cacheSaved, self.semanticRejections) = (cacheLookups.map { $0! }, cacheSaved, semanticRejections)
         /// A counter without labels, named `switchyard_<name>_total`.

@@ -13,7 +13,8 @@ public enum DefaultPipeline {
     public static func build(config: GatewayConfig, providers: [String: any ProviderClient],
                              recorder: any CostRecorder & CacheRecorder, exactCache: any ExactCacheStore,
                              semanticCache: any SemanticCacheStore, embedder: (any TextEmbedder)?,
-                             classifier: ComplexityClassifier? = nil, background: (any BackgroundWorkQueue)? = nil) -> Pipeline
+                             classifier: ComplexityClassifier? = nil, background: (any BackgroundWorkQueue)? = nil,
+                             learned: SemanticCacheStage.LearnedVerification? = nil) -> Pipeline
     {
         let call = ProviderCall(providers: providers)
         return Pipeline(
@@ -22,7 +23,7 @@ public enum DefaultPipeline {
                 RouteStage(models: config.models, routes: config.routes),
                 ExactCacheStage(store: exactCache, settings: config.cache, recorder: recorder),
                 SemanticCacheStage(store: semanticCache, embedder: embedder, settings: config.cache, recorder: recorder,
-                                   background: background),
+                                   background: background, learned: learned),
                 RoutingStage(models: config.models, classifier: classifier, embedder: embedder,
                              logprobModels: Set(config.models.values.filter { model in
                                  config.providers[model.provider]?.kind.format(forUpstreamModel: model.upstreamModel) == .openAI

@@ -21,12 +21,28 @@ public struct SemanticCacheStage: GatewayStage {
     let recorder: any CacheRecorder
     /// Where shadow checks run (bounded; full: the check is skipped). `nil`: no shadow checks.
     let background: (any BackgroundWorkQueue)?
+    /// The learned verifier and its calibration; nil: rules and the cosine threshold only.
+    let learned: LearnedVerification?
+
+    /// The learned pair verifier, the input vectors it reads, and the per-tenant calibration of what it serves.
+    public struct LearnedVerification: Sendable {
+        public var verifier: PairVerifier
+        public var words: any WordVectors
+        public var calibration: SemanticCalibration?
+
+        public init(verifier: PairVerifier, words: any WordVectors, calibration: SemanticCalibration?) {
+            self.verifier = verifier
+            self.words = words
+            self.calibration = calibration
+        }
+    }
 
     /// Namespaces larger than this are searched on the thread pool, not the event loop.
     static let inlineSearchEntries = 256
 
     public init(store: any SemanticCacheStore, embedder: (any TextEmbedder)?, settings: CacheSettings,
-                recorder: any CacheRecorder, background: (any BackgroundWorkQueue)? = nil) {
+                recorder: any CacheRecorder, background: (any BackgroundWorkQueue)? = nil, learned: LearnedVerification? = nil) {
+        self.learned = learned
         self.store = store
         self.embedder = embedder
         self.settings = settings
@@ -87,58 +103,110 @@ public struct SemanticCacheStage: GatewayStage {
         var context = context
         context.questionEmbedding = QuestionEmbedding(text: plan.question, vector: vector)
         if !context.cacheDirectives.skipLookup {
-            let matches = try await nearest(vector, request: request, plan: plan)
-            if let replay = replay(request, context: context, plan: plan, matches: matches, embedder: embedder, next: next) {
-                return replay
-            }
+            let candidates = try await nearest(vector, request: request, plan: plan)
+            let (replay, nearMiss) = replay(request, context: context, plan: plan, candidates: candidates, embedder: embedder, next: next)
+            if let replay { return replay }
+            recorder.cache(.semantic, .miss, model: request.model, saved: .zero, caller: plan.caller)
+            return store(try await next(request, context), request: request, context: context, plan: plan, vector: vector,
+                         nearMiss: nearMiss, embedder: embedder)
         }
         recorder.cache(.semantic, .miss, model: request.model, saved: .zero, caller: plan.caller)
-        return store(try await next(request, context), request: request, context: context, plan: plan, vector: vector)
+        return store(try await next(request, context), request: request, context: context, plan: plan, vector: vector,
+                     nearMiss: nil, embedder: embedder)
     }
 
-    /// The stored questions nearest to `vector` in the request's namespace; a large namespace is searched on the
-    /// thread pool.
-    func nearest(_ vector: [Float], request: ChatRequest, plan: Plan) async throws -> [SemanticMatch] {
+    /// A candidate and what verification said of it: the guard's rejection, or the learned verifier's probability.
+    struct Candidate: Sendable {
+        var match: SemanticMatch
+        var rejection: SemanticGuard.Rejection?
+        var probability: Double?
+    }
+
+    /// The stored questions nearest to `vector` in the request's namespace, verified; a large namespace, and every
+    /// lookup the learned verifier judges, run on the thread pool.
+    func nearest(_ vector: [Float], request: ChatRequest, plan: Plan) async throws -> [Candidate] {
         let store = self.store
-        let minimum = Float(settings.semanticThreshold(for: request.model))
-        let namespace = plan.namespace
-        let search: @Sendable () -> [SemanticMatch] = {
-            store.nearest(vector, namespace: namespace, minimum: minimum, limit: Self.candidates, now: .now)
+        let learned = self.learned
+        let minimum = Float(learned.map { $0.verifier.minimumSimilarity } ?? settings.semanticThreshold(for: request.model))
+        let namespace = plan.namespace, question = plan.question, tenant = plan.caller.tenant
+        let rules = settings.semanticVerify
+        let search: @Sendable () -> [Candidate] = {
+            let matches = store.nearest(vector, namespace: namespace, minimum: minimum, limit: Self.candidates, now: .now)
+            let query = learned.map { _ in PairVerifier.PairText(text: question, vector: vector) }
+            return matches.compactMap { match in
+                guard match.entry.answer.tenant == tenant else { return nil }
+                var candidate = Candidate(match: match)
+                if rules { candidate.rejection = SemanticGuard.check(question, against: match.entry.text) }
+                if candidate.rejection == nil, let learned, let query {
+                    candidate.probability = learned.verifier.probability(
+                        query: query, candidate: PairVerifier.PairText(text: match.entry.text, vector: match.entry.vector),
+                        words: learned.words)
+                }
+                return candidate
+            }
         }
-        guard store.size(of: namespace) > Self.inlineSearchEntries else { return search() }
+        guard learned != nil || store.size(of: namespace) > Self.inlineSearchEntries else { return search() }
         return try await Offload.run(search)
     }
 
-    /// The best stored answer that passes verification, replayed for `request`; `nil` on a miss.
+    /// The best stored answer that passes verification, replayed for `request`; `nil` on a miss (with the best
+    /// candidate the learned threshold refused, for a near-miss label).
     @inline(never)
-    func replay(_ request: ChatRequest, context: GatewayContext, plan: Plan, matches: [SemanticMatch], embedder: any TextEmbedder,
-                next: @escaping Next) -> GatewayResponse? {
-        for match in matches where match.entry.answer.tenant == plan.caller.tenant {
-            if settings.semanticVerify, let rejection = SemanticGuard.check(plan.question, against: match.entry.text) {
+    func replay(_ request: ChatRequest, context: GatewayContext, plan: Plan, candidates: [Candidate], embedder: any TextEmbedder,
+                next: @escaping Next) -> (GatewayResponse?, nearMiss: Candidate?) {
+        let key = SemanticCalibration.key(tenant: plan.caller.tenant, model: request.model)
+        let threshold = learned.map { $0.calibration?.threshold(for: key) ?? $0.verifier.threshold }
+        var nearMiss: Candidate?
+        for candidate in candidates {
+            let match = candidate.match
+            if let rejection = candidate.rejection {
                 recorder.semanticRejected(rejection.rawValue)
+                continue
+            }
+            if let threshold, let probability = candidate.probability, probability < threshold {
+                recorder.semanticRejected("learned")
+                if nearMiss == nil { nearMiss = candidate }
                 continue
             }
             let outcome = CacheOutcome(.hitSemantic, similarity: Double(match.similarity), entryID: match.entry.id)
             guard let replay = CacheSupport.replay(match.entry.answer, for: request, outcome: outcome) else { continue }
             recorder.cache(.semantic, .hit, model: request.model, saved: match.entry.answer.cost, caller: plan.caller)
+            if let probability = candidate.probability { learned?.calibration?.served(entryID: match.entry.id, key: key, score: probability) }
             if settings.semanticShadowRate > 0, Double.random(in: 0..<1) < settings.semanticShadowRate,
                let cached = match.entry.answer.response
             {
-                shadowCheck(request, context: context, cached: cached, next: next, embedder: embedder)
+                shadowCheck(request, context: context, cached: cached, next: next, embedder: embedder,
+                            label: candidate.probability.map { (key, $0) })
             }
-            return replay
+            return (replay, nil)
         }
-        return nil
+        return (nil, nearMiss)
     }
 
     @inline(never)
-    func store(_ response: GatewayResponse, request: ChatRequest, context: GatewayContext, plan: Plan, vector: [Float])
-        -> GatewayResponse
+    func store(_ response: GatewayResponse, request: ChatRequest, context: GatewayContext, plan: Plan, vector: [Float],
+               nearMiss: Candidate?, embedder: any TextEmbedder) -> GatewayResponse
     {
         let store = self.store
         let id = Self.makeEntryID()
+        // A near miss, sampled at the shadow rate, is labelled for free: the model answered anyway, and its answer is
+        // compared with the one the verifier refused to serve.
+        let label: (@Sendable (CachedAnswer) -> Void)? = {
+            guard let nearMiss, let probability = nearMiss.probability, let calibration = learned?.calibration,
+                  settings.semanticShadowRate > 0, Double.random(in: 0..<1) < settings.semanticShadowRate,
+                  let refused = nearMiss.match.entry.answer.response, let background else { return nil }
+            let key = SemanticCalibration.key(tenant: plan.caller.tenant, model: request.model)
+            return { answer in
+                guard let fresh = answer.response else { return }
+                background.submit {
+                    guard let agreed = await Self.agree(refused, fresh, embedder: embedder) else { return }
+                    calibration.record(key: key, score: probability, correct: agreed)
+                }
+            }
+        }()
         return CacheSupport.storing(response, ttl: plan.ttl, tenant: plan.caller.tenant, model: request.model,
                                     price: context.route?.price, outcome: nil) { answer in
+            label?(answer)
             // Into a large namespace off the event loop: the insert goes through (or builds, at `ann_threshold`
             // entries) its HNSW index.
             let entry = SemanticEntry(id: id, namespace: plan.namespace, text: plan.question, vector: vector, answer: answer)
@@ -156,19 +224,28 @@ public struct SemanticCacheStage: GatewayStage {
     /// Sends the request to the model in the background (not streamed, billed as usual) and compares the fresh answer
     /// with the cached one by the similarity of their texts. The client already has its cached answer.
     func shadowCheck(_ request: ChatRequest, context: GatewayContext, cached: ChatResponse, next: @escaping Next,
-                     embedder: any TextEmbedder) {
+                     embedder: any TextEmbedder, label: (key: String, score: Double)?) {
         var fresh = request
         fresh.stream = false
         fresh.streamIncludeUsage = false
         let recorder = self.recorder
+        let calibration = learned?.calibration
         let shadow = fresh
         background?.submit {
             guard case .completion(let completion)? = try? await next(shadow, context),
-                  let response = try? completion.canonicalResponse() else { return }
-            let text = { (answer: ChatResponse) in answer.choices.flatMap(\.content).compactMap(\.text).joined(separator: "\n") }
-            guard let a = await embedder.embed(text(cached)), let b = await embedder.embed(text(response)) else { return }
-            recorder.shadowChecked(agreed: InMemorySemanticCache.dot(a, b) >= Self.shadowAgreement)
+                  let response = try? completion.canonicalResponse(),
+                  let agreed = await Self.agree(cached, response, embedder: embedder) else { return }
+            recorder.shadowChecked(agreed: agreed)
+            if let label, let calibration { calibration.record(key: label.key, score: label.score, correct: agreed) }
         }
+    }
+
+    /// Whether two answers say the same (their texts' embeddings at `shadowAgreement` or closer); nil when the
+    /// encoder is too busy to tell.
+    static func agree(_ a: ChatResponse, _ b: ChatResponse, embedder: any TextEmbedder) async -> Bool? {
+        let text = { (answer: ChatResponse) in answer.choices.flatMap(\.content).compactMap(\.text).joined(separator: "\n") }
+        guard let x = await embedder.embed(text(a)), let y = await embedder.embed(text(b)) else { return nil }
+        return InMemorySemanticCache.dot(x, y) >= shadowAgreement
     }
 
     /// The last user message's text, and the request with that message's text removed (what the fingerprint covers).

@@ -100,6 +100,17 @@ public struct CacheSettings: Sendable, Hashable {
     public var modelSemanticThreshold: [String: Double] = [:]
     /// Whether candidates must pass `SemanticGuard` (negation, numbers, entities, their order) before serving.
     public var semanticVerify = true
+    /// Whether candidates must also pass the learned pair verifier (YAML `verifier: learned | rules`). With it, a
+    /// candidate is considered from the verifier's own cosine floor and served on its probability, calibrated per
+    /// tenant and model; `threshold` applies only without it.
+    public var semanticLearnedVerifier = false
+    /// The verifier's file (YAML `verifier_file`); nil: the one bundled with the gateway.
+    public var semanticVerifierFile: String?
+    /// Whether labels (shadow checks, near misses compared with the model's answer, feedback) move the served
+    /// probability per tenant and model (YAML `calibrate`).
+    public var semanticCalibrate = true
+    /// The precision the calibration keeps, as a one-sided 95% lower bound (YAML `target_precision`).
+    public var semanticTargetPrecision = 0.99
     /// Longer last user messages go around the semantic cache: it is for questions, and embedding a long text costs
     /// tens of milliseconds of CPU (YAML `max_question_bytes`).
     public var semanticMaxQuestionBytes = 2000

@@ -125,6 +125,21 @@ public enum ConfigLoader {
                 config.cache.semanticEnabled = try semantic.bool("enabled") ?? true
                 config.cache.semanticThreshold = try semantic.double("threshold", in: 0.5...1) ?? config.cache.semanticThreshold
                 config.cache.semanticVerify = try semantic.bool("verify") ?? true
+                if let verifier = try semantic.string("verifier") {
+                    guard ["learned", "rules"].contains(verifier) else {
+                        throw ConfigError(path: semantic.child("verifier"), "must be 'learned' or 'rules'")
+                    }
+                    config.cache.semanticLearnedVerifier = verifier == "learned"
+                }
+                if let file = try semantic.string("verifier_file") {
+                    guard FileManager.default.isReadableFile(atPath: file) else {
+                        throw ConfigError(path: semantic.child("verifier_file"), "cannot read '\(file)'")
+                    }
+                    config.cache.semanticVerifierFile = file
+                }
+                config.cache.semanticCalibrate = try semantic.bool("calibrate") ?? true
+                config.cache.semanticTargetPrecision = try semantic.double("target_precision", in: 0.5...0.9999)
+                    ?? config.cache.semanticTargetPrecision
                 config.cache.semanticWithTools = try semantic.bool("with_tools") ?? false
                 config.cache.semanticMaxEntries = try semantic.int("max_entries", in: 1...100_000_000) ?? config.cache.semanticMaxEntries
                 config.cache.semanticMaxBytes = try semantic.int("max_bytes", in: 1024...(1 << 40)) ?? config.cache.semanticMaxBytes

@@ -2,6 +2,7 @@ import ArgumentParser
 import Caching
 import Embeddings
 import Foundation
+import Server
 import SwitchyardModels
 
 struct Eval: ParsableCommand {
@@ -21,6 +22,9 @@ struct SemanticCacheEval: ParsableCommand {
     @Option(help: "The project's adversarial near-miss pairs (JSON lines: kind, a, b).")
     var adversarialFile = "eval/semantic_adversarial.jsonl"
     @Option(help: "The threshold the adversarial set is reported at (the serving default).") var servingThreshold: Float = 0.94
+    @Option(help: "The pair verifier's file.") var verifier = "Sources/Caching/pair-verifier-v1.json"
+    @Option(help: "Shadow rates the online calibration is replayed at, comma-separated.") var shadowRates = "0.01,0.05,0.10"
+    @Option(help: "The calibration's precision target.") var targetPrecision = 0.99
 
     func run() throws {
         let store = ModelStore(root: dir)
@@ -32,13 +36,7 @@ struct SemanticCacheEval: ParsableCommand {
         }
         let levels = thresholds.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
         func embedAll(_ texts: [String]) -> [[Float]] {
-            var vectors: [[Float]] = []
-            vectors.reserveCapacity(texts.count)
-            for start in stride(from: 0, to: texts.count, by: 64) {
-                let batch = texts[start..<min(start + 64, texts.count)].map(encoder.tokenizer.encode)
-                vectors.append(contentsOf: encoder.embed(batch: batch))
-            }
-            return vectors
+            CachedEmbeddings.embed(texts, encoder: encoder, root: store.root, label: "eval-cache")
         }
         func lines(_ file: String) throws -> [JSONValue] {
             let text = try String(contentsOfFile: "\(data)/\(file)", encoding: .utf8)
@@ -90,6 +88,45 @@ struct SemanticCacheEval: ParsableCommand {
                                "recall": .double(score.recall), "false_hits_per_query": .double(score.falseHitRate)])
             }
         }
+        let learned: PairVerifier
+        do {
+            learned = try PairVerifier.load(path: verifier)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        let words = EncoderWordVectors(encoder: encoder)
+        let verifiedQueries = queries.map { query in
+            var query = query
+            query.pair = PairVerifier.PairText(text: query.text, vector: query.vector)
+            return query
+        }
+        print("\nThe stream through each policy (\(verifier): starting threshold \(learned.threshold), candidates from cosine \(learned.minimumSimilarity))")
+        print("| policy | threshold | hit rate | hit precision | wrong answers per query | labels |")
+        print("|---|---|---|---|---|---|")
+        func row(_ name: String, _ policy: SemanticEvaluation.Policy) {
+            let result = SemanticEvaluation.replay(verifiedQueries, policy: policy, words: words)
+            let s = result.score
+            print(String(format: "| %@ | %.4f | %.4f | %.4f | %.4f | %d |", name, policy.threshold, s.hitRate, s.hitPrecision,
+                         s.falseHitRate, result.labels))
+            report.append(["set": "stream_policy", "policy": .string(name), "threshold": .double(policy.threshold),
+                           "hit_rate": .double(s.hitRate), "hit_precision": .double(s.hitPrecision),
+                           "false_hits_per_query": .double(s.falseHitRate), "labels": .int(Int64(result.labels))])
+        }
+        for level in [0.85, 0.90, 0.94] {
+            row("plain threshold", .plain(level, guardChecks: false))
+            row("rule verifier", .plain(level, guardChecks: true))
+        }
+        for level in [0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, learned.threshold] {
+            row("learned verifier", SemanticEvaluation.Policy(minimumSimilarity: learned.minimumSimilarity, guardChecks: true,
+                                                             verifier: learned, threshold: level))
+        }
+        for rate in shadowRates.split(separator: ",").compactMap({ Double($0.trimmingCharacters(in: .whitespaces)) }) {
+            let settings = PairVerifier.calibrationSettings(base: learned.threshold, targetPrecision: targetPrecision)
+            row(String(format: "learned + calibration at %.0f%% shadow", rate * 100),
+                SemanticEvaluation.Policy(minimumSimilarity: learned.minimumSimilarity, guardChecks: true, verifier: learned,
+                                          threshold: learned.threshold,
+                                          calibration: SemanticEvaluation.Calibration(settings: settings, shadowRate: rate)))
+        }
         let adversarial = SemanticGuard.adversarialExamples
         let left = embedAll(adversarial.map(\.1)), right = embedAll(adversarial.map(\.2))
         let adversarialPairs = adversarial.indices.map { index in
@@ -119,12 +156,27 @@ struct SemanticCacheEval: ParsableCommand {
             let a = embedAll(firstTexts), b = embedAll(secondTexts)
             var kinds: [String: (pairs: Int, close: Int, served: Int)] = [:]
             var servedPairs: [String] = []
+            var learnedKinds: [String: (candidates: Int, served: Int)] = [:]
+            var learnedServedPairs: [String] = []
             for index in rows.indices {
                 let kind = rows[index]["kind"]?.stringValue ?? "?"
                 let similarity = InMemorySemanticCache.dot(a[index], b[index])
                 let close = similarity >= servingThreshold
                 let served = close && SemanticGuard.check(firstTexts[index], against: secondTexts[index]) == nil
                     && SemanticGuard.check(secondTexts[index], against: firstTexts[index]) == nil
+                // The learned verifier's decision, at its starting threshold, in both directions.
+                let pairA = PairVerifier.PairText(text: firstTexts[index], vector: a[index])
+                let pairB = PairVerifier.PairText(text: secondTexts[index], vector: b[index])
+                let candidate = Double(similarity) >= learned.minimumSimilarity
+                let learnedServed = candidate && SemanticGuard.check(firstTexts[index], against: secondTexts[index]) == nil
+                    && SemanticGuard.check(secondTexts[index], against: firstTexts[index]) == nil
+                    && max(learned.probability(query: pairA, candidate: pairB, words: words),
+                           learned.probability(query: pairB, candidate: pairA, words: words)) >= learned.threshold
+                if candidate { learnedKinds[kind, default: (0, 0)].candidates += 1 }
+                if learnedServed {
+                    learnedKinds[kind, default: (0, 0)].served += 1
+                    learnedServedPairs.append("\(kind): \(firstTexts[index]) / \(secondTexts[index]) (\(String(format: "%.4f", similarity)))")
+                }
                 kinds[kind, default: (0, 0, 0)].pairs += 1
                 if close { kinds[kind, default: (0, 0, 0)].close += 1 }
                 if served {
@@ -144,7 +196,45 @@ struct SemanticCacheEval: ParsableCommand {
             let total = kinds.values.reduce((0, 0, 0)) { ($0.0 + $1.pairs, $0.1 + $1.close, $0.2 + $1.served) }
             print("| all | \(total.0) | \(total.1) | \(total.2) (\(String(format: "%.1f", 100 * Double(total.1 - total.2) / Double(max(total.1, 1))))% of the close ones refused) |")
             for pair in servedPairs { print("served: \(pair)") }
+            print("\nThe same set through the learned verifier (candidates from cosine \(learned.minimumSimilarity), served at "
+                  + "probability \(learned.threshold)):")
+            print("| kind | pairs | candidates | served |")
+            print("|---|---|---|---|")
+            for kind in kinds.keys.sorted() {
+                let row = learnedKinds[kind] ?? (0, 0)
+                print("| \(kind) | \(kinds[kind]?.pairs ?? 0) | \(row.candidates) | \(row.served) |")
+                report.append(["set": "adversarial_set_learned", "kind": .string(kind), "candidates": .int(Int64(row.candidates)),
+                               "served": .int(Int64(row.served))])
+            }
+            let learnedTotal = learnedKinds.values.reduce((0, 0)) { ($0.0 + $1.candidates, $0.1 + $1.served) }
+            print("| all | \(rows.count) | \(learnedTotal.0) | \(learnedTotal.1) (\(String(format: "%.1f", 100 * Double(rows.count - learnedTotal.1) / Double(max(rows.count, 1))))% of all pairs refused) |")
+            for pair in learnedServedPairs { print("served: \(pair)") }
         }
+        // GPTCache paraphrases the verifier never trained on (the odd pairs): the share of those at cosine 0.90 or
+        // more that are still served.
+        let gptcache = try JSONValue.parse(Array(Data(contentsOf: URL(fileURLWithPath: "\(data)/gptcache_mock_data.json"))))
+        let heldOut = (gptcache.arrayValue ?? []).enumerated().filter { $0.offset % 2 == 1 }.compactMap { item -> (String, String)? in
+            guard let a = item.element["origin"]?.stringValue, let b = item.element["similar"]?.stringValue else { return nil }
+            return (a, b)
+        }
+        let paraphraseVectors = embedAll(heldOut.flatMap { [$0.0, $0.1] })
+        var close = 0, servedByRules = 0, servedByLearned = 0
+        for (index, pair) in heldOut.enumerated() {
+            let va = paraphraseVectors[2 * index], vb = paraphraseVectors[2 * index + 1]
+            guard InMemorySemanticCache.dot(va, vb) >= 0.90 else { continue }
+            close += 1
+            let rules = SemanticGuard.check(pair.0, against: pair.1) == nil
+            if rules { servedByRules += 1 }
+            if rules, learned.probability(query: PairVerifier.PairText(text: pair.0, vector: va),
+                                          candidate: PairVerifier.PairText(text: pair.1, vector: vb), words: words) >= learned.threshold {
+                servedByLearned += 1
+            }
+        }
+        print("\nGPTCache paraphrases held out from training: \(heldOut.count) pairs, \(close) at cosine ≥ 0.90; served: "
+              + "rules \(servedByRules) (\(String(format: "%.1f", 100 * Double(servedByRules) / Double(max(close, 1))))%), "
+              + "rules + learned verifier \(servedByLearned) (\(String(format: "%.1f", 100 * Double(servedByLearned) / Double(max(close, 1))))%)")
+        report.append(["set": "gptcache_held_out", "pairs": .int(Int64(heldOut.count)), "close": .int(Int64(close)),
+                       "served_rules": .int(Int64(servedByRules)), "served_learned": .int(Int64(servedByLearned))])
         if let json {
             try Data(JSONValue.array(report).serialized()).write(to: URL(fileURLWithPath: json))
         }

@@ -26,7 +26,7 @@ struct Switchyard: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard",
         abstract: "An AI gateway speaking the OpenAI and Anthropic APIs.",
-        subcommands: [Serve.self, Mock.self, Load.self, CheckConfig.self, Models.self, Embed.self, Bench.self, Eval.self, TrainRouter.self],
+        subcommands: [Serve.self, Mock.self, Load.self, CheckConfig.self, Models.self, Embed.self, Bench.self, Eval.self, TrainRouter.self, TrainVerifier.self],
         defaultSubcommand: Serve.self)
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Routing
+import SwitchyardCore
 import SwitchyardModels
 import Testing
 

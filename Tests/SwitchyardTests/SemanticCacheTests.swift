@@ -197,6 +197,41 @@ import Testing
         }
     }
 
+    /// With the learned verifier: a rephrasing is served, a replaced word is not, and a false hit reported through
+    /// feedback raises that tenant's threshold past the score it was served at (another tenant's stays).
+    @Test func theLearnedVerifierServesRephrasingsRefusesReplacedWordsAndLearnsFromFeedback() async throws {
+        var config = TestConfigs.embedded()
+        config.cache.semanticLearnedVerifier = true
+        try await withTestGateway(config, embeddings: .model(directory: ModelStore().modelDirectory)) { _, url in
+            let key = [("authorization", "Bearer tenant-a")]
+            _ = try await send("\(url)/v1/chat/completions", body: Self.body("How do I reset my password?"), headers: key)
+            let hit = try await send("\(url)/v1/chat/completions", body: Self.body("How can I reset my password?"), headers: key)
+            #expect(hit.header("x-switchyard-cache") == "hit-semantic")
+            _ = try await send("\(url)/v1/chat/completions", body: Self.body("How do I activate my debit card?"), headers: key)
+            let replaced = try await send("\(url)/v1/chat/completions", body: Self.body("How do I activate my credit card?"), headers: key)
+            #expect(replaced.header("x-switchyard-cache") == "miss")
+            let metrics = try await send("\(url)/metrics", method: "GET", contentType: nil).body
+            #expect(metrics.contains(#"switchyard_semantic_cache_rejections_total{reason="learned"} 1"#))
+
+            // The hit was wrong, says the client: the threshold rises past its score, so the same rephrasing in
+            // another conversation (another namespace, the same tenant and model) is no longer served.
+            let entry = try #require(hit.header("x-switchyard-cache-entry"))
+            let feedback = try await send("\(url)/v1/cache/feedback", body: #"{"entry_id":"\#(entry)","verdict":"bad"}"#, headers: key)
+            #expect(feedback.status == 200)
+            func airline(_ question: String) -> String {
+                Self.body(question).replacingOccurrences(of: "a bank's", with: "an airline's")
+            }
+            _ = try await send("\(url)/v1/chat/completions", body: airline("How do I reset my password?"), headers: key)
+            let after = try await send("\(url)/v1/chat/completions", body: airline("How can I reset my password?"), headers: key)
+            #expect(after.header("x-switchyard-cache") == "miss")
+            // Tenant b's threshold is its own.
+            let b = [("authorization", "Bearer tenant-b")]
+            _ = try await send("\(url)/v1/chat/completions", body: airline("How do I reset my password?"), headers: b)
+            let other = try await send("\(url)/v1/chat/completions", body: airline("How can I reset my password?"), headers: b)
+            #expect(other.header("x-switchyard-cache") == "hit-semantic")
+        }
+    }
+
     @Test func entityOrderSwapsAreRefusedThoughTheyScoreAbove0_99() async throws {
         try await withModelGateway { gateway, url in
             _ = try await send("\(url)/v1/chat/completions", body: Self.body("Book a flight from Paris to London"))

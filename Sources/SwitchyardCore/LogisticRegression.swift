@@ -76,3 +76,20 @@ public struct LogisticRegression: Sendable, Hashable {
         1 / (1 + exp(-logit(features)))
     }
 }
+
+/// Per-feature mean and standard deviation (1 for a constant feature, so nothing divides by zero).
+public enum Standardisation {
+    public static func fit(_ rows: [[Double]]) -> (mean: [Double], scale: [Double]) {
+        let dimension = rows.first?.count ?? 0
+        let count = Double(max(rows.count, 1))
+        var mean = [Double](repeating: 0, count: dimension), scale = mean
+        for row in rows { for index in 0..<dimension { mean[index] += row[index] } }
+        for index in 0..<dimension { mean[index] /= count }
+        for row in rows { for index in 0..<dimension { scale[index] += (row[index] - mean[index]) * (row[index] - mean[index]) } }
+        for index in 0..<dimension {
+            let deviation = (scale[index] / count).squareRoot()
+            scale[index] = deviation > 1e-9 ? deviation : 1
+        }
+        return (mean, scale)
+    }
+}

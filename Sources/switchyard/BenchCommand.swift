@@ -1,6 +1,8 @@
 import ArgumentParser
 import AsyncHTTPClient
+import Caching
 import Embeddings
+import Server
 import Foundation
 import SwitchyardCore
 import SwitchyardModels
@@ -18,7 +20,7 @@ import Musl
 
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Benchmarks (commands, not tests).", subcommands: [UpstreamClientFloor.self, EmbeddingsBench.self, RouterBench.self])
+        abstract: "Benchmarks (commands, not tests).", subcommands: [UpstreamClientFloor.self, EmbeddingsBench.self, RouterBench.self, VerifierBench.self])
 }
 
 /// Measures what an upstream HTTP client alone costs, posting a small chat request in a closed loop with no server
@@ -183,5 +185,59 @@ struct RouterBench: ParsableCommand {
         }
         let elapsed = (ContinuousClock.now - started).inSeconds
         print("router decisions=\(decisions) seconds=\(elapsed) us_per_decision=\(elapsed / Double(decisions) * 1e6) checksum=\(sink)")
+    }
+}
+
+/// What the learned verifier adds to one semantic lookup: the guard and the verifier over `candidates` candidates
+/// (each a rephrasing or a one-word edit of the query), against the guard alone (today's verification), timed in
+/// the same run.
+struct VerifierBench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "verifier")
+
+    @Option(help: "Lookups to time.") var lookups = 20_000
+    @Option(help: "Candidates verified per lookup (the stage verifies up to 5).") var candidates = 5
+    @Option(help: "Model cache folder.") var dir: String?
+
+    func run() throws {
+        let verifier: PairVerifier
+        do {
+            verifier = try PairVerifier.bundled()
+        } catch {
+            throw ValidationError(error.description)
+        }
+        let encoder = try CachedEmbeddings.encoder(ModelStore(root: dir))
+        let words = EncoderWordVectors(encoder: encoder)
+        let texts = ["How do I activate my debit card?", "How do I activate my credit card?", "How can I activate my new card?",
+                     "Why was my card declined at the shop?", "Send me the daily report", "Send me the weekly report",
+                     "What is the exchange rate for transfers abroad?", "Is there a fee for international transfers?"]
+        let vectors = texts.map(encoder.embed)
+        func time(_ body: (Int) -> Double) -> Double {
+            var sink = 0.0
+            let started = ContinuousClock.now
+            for index in 0..<lookups { sink += body(index) }
+            let elapsed = (ContinuousClock.now - started).inSeconds
+            if sink.isNaN { print("unreachable") }
+            return elapsed / Double(lookups) * 1e6
+        }
+        let rules = time { index in
+            let query = texts[index & 7]
+            var passed = 0.0
+            for offset in 1...candidates where SemanticGuard.check(query, against: texts[(index + offset) & 7]) == nil { passed += 1 }
+            return passed
+        }
+        let learned = time { index in
+            let query = texts[index & 7]
+            let pair = PairVerifier.PairText(text: query, vector: vectors[index & 7])
+            var total = 0.0
+            for offset in 1...candidates {
+                let other = (index + offset) & 7
+                guard SemanticGuard.check(query, against: texts[other]) == nil else { continue }
+                total += verifier.probability(query: pair, candidate: PairVerifier.PairText(text: texts[other], vector: vectors[other]),
+                                              words: words)
+            }
+            return total
+        }
+        print(String(format: "verifier lookups=%d candidates=%d rules_us_per_lookup=%.2f rules_and_learned_us_per_lookup=%.2f "
+                     + "added_us=%.2f ratio=%.2f", lookups, candidates, rules, learned, learned - rules, learned / max(rules, 1e-9)))
     }
 }

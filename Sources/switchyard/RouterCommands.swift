@@ -18,29 +18,8 @@ struct RouterData {
             throw ValidationError(error.description)
         }
         let store = ModelStore(root: modelDirectory)
-        let encoder: MiniLMEncoder
-        do {
-            encoder = try MiniLMEncoder(directory: store.modelDirectory)
-        } catch {
-            throw ValidationError("no embedding model (run `switchyard models pull`): \(error)")
-        }
-        let key = KeyHash.sha256Hex(examples.map(\.prompt).joined(separator: "\u{0}")).prefix(16)
-        let cache = "\(store.root)/router-embeddings-\(key).f32"
-        let dimension = ComplexityClassifier.embeddingDimension
-        if let data = FileManager.default.contents(atPath: cache), data.count == examples.count * dimension * 4 {
-            let floats = data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-            return RouterData(examples: examples, embeddings: (0..<examples.count).map { Array(floats[($0 * dimension)..<(($0 + 1) * dimension)]) })
-        }
-        var embeddings: [[Float]] = []
-        embeddings.reserveCapacity(examples.count)
-        let started = Date()
-        for start in stride(from: 0, to: examples.count, by: 64) {
-            let batch = examples[start..<min(start + 64, examples.count)].map { encoder.tokenizer.encode($0.prompt) }
-            embeddings.append(contentsOf: encoder.embed(batch: batch))
-        }
-        let flat = embeddings.flatMap { $0 }
-        try? flat.withUnsafeBytes { Data($0) }.write(to: URL(fileURLWithPath: cache))
-        FileHandle.standardError.write(Data("embedded \(examples.count) prompts in \(Int(Date().timeIntervalSince(started))) s (kept in \(cache))\n".utf8))
+        let encoder = try CachedEmbeddings.encoder(store)
+        let embeddings = CachedEmbeddings.embed(examples.map(\.prompt), encoder: encoder, root: store.root, label: "router")
         return RouterData(examples: examples, embeddings: embeddings)
     }
 }

@@ -38,7 +38,7 @@ public struct PairVerifier: Sendable, Hashable {
     public static let dimension = 384
     public static let scalarFeatureNames = ["cosine", "cosine_over_0.85", "cosine_over_0.93", "jaccard", "only_in_query",
                                             "only_in_candidate", "one_substitution", "same_words", "small_edit_words_cosine",
-                                            "small_edit"]
+                                            "small_edit", "discriminant_cosine", "discriminant_cosine_over_0.5"]
     public static var featureCount: Int { scalarFeatureNames.count + 3 * dimension }
 
     /// Per feature: subtracted, then divided by.
@@ -49,14 +49,19 @@ public struct PairVerifier: Sendable, Hashable {
     /// the meaning. Trained on small edits alone, so that what decides a replaced word ("debit" → "credit") does not
     /// bend the main model, whose other pairs are rephrasings.
     public var edit: LogisticRegression
+    /// Discriminant directions (`rank` rows of `dimension`, row-major): a linear map of the embedding under which
+    /// questions of one intent lie close and those of neighbouring intents apart (LDA on the training intents). The
+    /// cosine of the two projected vectors is a feature.
+    public var projection: [Float]
     /// The probability served before any label (chosen at training for the training-data precision target).
     public var threshold: Double
     /// Candidates less cosine-similar than this are not considered.
     public var minimumSimilarity: Double
     public var training: [String: JSONValue]
 
-    public init(mean: [Double], scale: [Double], model: LogisticRegression, edit: LogisticRegression? = nil, threshold: Double,
-                minimumSimilarity: Double, training: [String: JSONValue] = [:]) {
+    public init(mean: [Double], scale: [Double], model: LogisticRegression, edit: LogisticRegression? = nil,
+                projection: [Float] = [], threshold: Double, minimumSimilarity: Double, training: [String: JSONValue] = [:]) {
+        self.projection = projection.count % Self.dimension == 0 ? projection : []
         self.mean = mean
         self.scale = scale
         self.model = model
@@ -71,7 +76,33 @@ public struct PairVerifier: Sendable, Hashable {
     /// The probability that `candidate`'s answer answers `query`; 0 for vectors of the wrong size.
     public func probability(query: PairText, candidate: PairText, words: any WordVectors) -> Double {
         guard query.vector.count == Self.dimension, candidate.vector.count == Self.dimension else { return 0 }
-        return probability(features: Self.features(query, candidate, words: words))
+        return probability(features: Self.features(query, candidate, words: words, projection: projection))
+    }
+
+    /// `pair` with its projected vector computed once (a query judged against several candidates).
+    public func prepared(_ pair: PairText) -> PairText {
+        var pair = pair
+        pair.projected = Self.project(pair.vector, projection)
+        return pair
+    }
+
+    /// The normalised image of `vector` under `projection` (empty for no projection).
+    public static func project(_ vector: [Float], _ projection: [Float]) -> [Float] {
+        let rank = projection.count / dimension
+        guard rank > 0, vector.count == dimension else { return [] }
+        var result = [Float](repeating: 0, count: rank)
+        projection.withUnsafeBufferPointer { rows in
+            vector.withUnsafeBufferPointer { x in
+                for row in 0..<rank {
+                    var sum: Float = 0
+                    let base = row * dimension
+                    for index in 0..<dimension { sum += rows[base + index] * x[index] }
+                    result[row] = sum
+                }
+            }
+        }
+        let norm = result.reduce(0) { $0 + $1 * $1 }.squareRoot()
+        return norm > 0 ? result.map { $0 / norm } : result
     }
 
     /// The main model's probability, times the edit head's for a small edit.
@@ -108,6 +139,8 @@ public struct PairVerifier: Sendable, Hashable {
         public var vector: [Float]
         public var words: [String]
         let wordSet: Set<String>
+        /// The vector under the verifier's projection, when computed ahead (`prepared`).
+        var projected: [Float]?
 
         public init(text: String, vector: [Float]) {
             self.vector = vector
@@ -139,7 +172,7 @@ public struct PairVerifier: Sendable, Hashable {
     ]
 
     /// The features of a pair, in the order of `scalarFeatureNames`, then product, difference and changed words.
-    public static func features(_ a: PairText, _ b: PairText, words: any WordVectors) -> [Double] {
+    public static func features(_ a: PairText, _ b: PairText, words: any WordVectors, projection: [Float]) -> [Double] {
         var features = [Double](repeating: 0, count: featureCount)
         var cosine: Float = 0
         for index in 0..<dimension { cosine += a.vector[index] * b.vector[index] }
@@ -164,6 +197,13 @@ public struct PairVerifier: Sendable, Hashable {
         features[7] = only.0.isEmpty && only.1.isEmpty ? 1 : 0
         features[8] = Double(changedCosine)
         features[9] = changedA != nil && changedB != nil ? 1 : 0
+        let pa = a.projected ?? project(a.vector, projection), pb = b.projected ?? project(b.vector, projection)
+        if !pa.isEmpty, pa.count == pb.count {
+            var projected: Float = 0
+            for index in pa.indices { projected += pa[index] * pb[index] }
+            features[10] = Double(projected)
+            features[11] = max(0, Double(projected) - 0.5) * 2
+        }
         let base = scalarFeatureNames.count
         for index in 0..<dimension {
             features[base + index] = Double(a.vector[index] * b.vector[index]) * Double(dimension)
@@ -205,6 +245,8 @@ public struct PairVerifier: Sendable, Hashable {
             "mean": numbers(mean), "scale": numbers(scale), "weights": numbers(model.weights),
             "bias": .double(Self.rounded(model.bias)),
             "edit": ["weights": numbers(edit.weights), "bias": .double(Self.rounded(edit.bias))],
+            "projection": ["rank": .int(Int64(projection.count / Self.dimension)),
+                           "rows": numbers(projection.map(Double.init))],
             "threshold": .double(Self.rounded(threshold)), "minimum_similarity": .double(Self.rounded(minimumSimilarity)),
             "training": .object(training),
         ]
@@ -215,8 +257,9 @@ public struct PairVerifier: Sendable, Hashable {
 
     /// The largest absolute difference between any number of the two verifiers (as their files hold them).
     public func largestDifference(from other: PairVerifier) -> Double {
-        let mine = mean + scale + model.weights + edit.weights + [model.bias, edit.bias, threshold, minimumSimilarity]
-        let theirs = other.mean + other.scale + other.model.weights + other.edit.weights
+        let mine = mean + scale + model.weights + edit.weights + projection.map(Double.init)
+            + [model.bias, edit.bias, threshold, minimumSimilarity]
+        let theirs = other.mean + other.scale + other.model.weights + other.edit.weights + other.projection.map(Double.init)
             + [other.model.bias, other.edit.bias, other.threshold, other.minimumSimilarity]
         guard mine.count == theirs.count else { return .infinity }
         return zip(mine, theirs).map { abs(Self.rounded($0) - Self.rounded($1)) }.max() ?? 0
@@ -285,6 +328,12 @@ public struct PairVerifier: Sendable, Hashable {
             throw VerifierFileError(description: "'edit' must hold \(Self.featureCount) finite weights and a bias")
         }
         edit = LogisticRegression(weights: editWeights, bias: editBias)
+        guard let rank = json["projection"]?["rank"]?.intValue, (0...Int64(Self.dimension)).contains(rank),
+              let rows = json["projection"]?["rows"]?.arrayValue?.compactMap(\.doubleValue), rows.count == Int(rank) * Self.dimension,
+              rows.allSatisfy(\.isFinite) else {
+            throw VerifierFileError(description: "'projection' must hold a rank (0…\(Self.dimension)) and rank × \(Self.dimension) finite numbers")
+        }
+        projection = rows.map(Float.init)
         threshold = try number("threshold", in: 0...1)
         minimumSimilarity = try number("minimum_similarity", in: -1...1)
         guard case .object(let training)? = json["training"] else {

@@ -136,8 +136,8 @@ public enum PairVerifierTraining {
     /// edits (generated or not). The threshold is the lowest probability at which the `validation` rows served
     /// (probability at or above it) have precision `targetPrecision` or more.
     public static func fit(rows: [[Double]], labels: [Bool], generated: [Bool], validation: [([Double], Bool)],
-                           targetPrecision: Double, minimumSimilarity: Double, settings: LogisticRegression.Settings,
-                           training: [String: JSONValue]) -> PairVerifier {
+                           projection: [Float], targetPrecision: Double, minimumSimilarity: Double,
+                           settings: LogisticRegression.Settings, training: [String: JSONValue]) -> PairVerifier {
         let (mean, scale) = Standardisation.fit(rows)
         let standardised = rows.map { row in row.indices.map { (row[$0] - mean[$0]) / scale[$0] } }
         let main = rows.indices.filter { !generated[$0] }
@@ -146,11 +146,110 @@ public enum PairVerifierTraining {
                                            settings: settings)
         let edit = LogisticRegression.fit(rows: edits.map { standardised[$0] }, labels: edits.map { labels[$0] ? 1 : 0 },
                                           settings: settings)
-        var verifier = PairVerifier(mean: mean, scale: scale, model: model, edit: edit, threshold: 0.5,
+        var verifier = PairVerifier(mean: mean, scale: scale, model: model, edit: edit, projection: projection, threshold: 0.5,
                                     minimumSimilarity: minimumSimilarity, training: training)
         let scored = validation.map { (verifier.probability(features: $0.0), $0.1) }.sorted { $0.0 > $1.0 }
         verifier.threshold = threshold(scored, targetPrecision: targetPrecision)
         return verifier
+    }
+
+    /// Linear discriminant directions of the texts' intents (texts whose intent may pair as positives): the `rank`
+    /// directions along which intents differ most relative to how much one intent's texts vary. Within-intent
+    /// scatter is regularised by `ridge` times its mean eigenvalue, so rarely-varying directions do not blow up.
+    /// Rows of `PairVerifier.dimension`, row-major.
+    public static func discriminantProjection(_ texts: [Text], rank: Int, ridge: Double = 0.1) -> [Float] {
+        let d = PairVerifier.dimension
+        let usable = texts.filter { $0.positiveAllowed && $0.intent != nil && $0.vector.count == d }
+        guard rank > 0, !usable.isEmpty else { return [] }
+        var sums: [String: [Double]] = [:], counts: [String: Int] = [:]
+        for text in usable {
+            let intent = text.intent ?? ""
+            var sum = sums[intent] ?? [Double](repeating: 0, count: d)
+            for index in 0..<d { sum[index] += Double(text.vector[index]) }
+            sums[intent] = sum
+            counts[intent, default: 0] += 1
+        }
+        let means = sums.mapValues { $0 }.reduce(into: [String: [Double]]()) { result, item in
+            let n = Double(counts[item.key] ?? 1)
+            result[item.key] = item.value.map { $0 / n }
+        }
+        var total = [Double](repeating: 0, count: d)
+        for text in usable { for index in 0..<d { total[index] += Double(text.vector[index]) } }
+        total = total.map { $0 / Double(usable.count) }
+        var within = [Double](repeating: 0, count: d * d), between = within
+        for text in usable {
+            let centre = means[text.intent ?? ""] ?? total
+            let x = (0..<d).map { Double(text.vector[$0]) - centre[$0] }
+            for row in 0..<d where x[row] != 0 { for column in 0..<d { within[row * d + column] += x[row] * x[column] } }
+        }
+        for (intent, centre) in means.sorted(by: { $0.key < $1.key }) {
+            let n = Double(counts[intent] ?? 0)
+            let x = (0..<d).map { centre[$0] - total[$0] }
+            for row in 0..<d { for column in 0..<d { between[row * d + column] += n * x[row] * x[column] } }
+        }
+        let n = Double(usable.count)
+        within = within.map { $0 / n }
+        between = between.map { $0 / n }
+        let meanEigen = (0..<d).reduce(0) { $0 + within[$1 * d + $1] } / Double(d)
+        for index in 0..<d { within[index * d + index] += ridge * meanEigen }
+        // Whiten the within-intent scatter, then take the top directions of the between-intent scatter there.
+        let (values, vectors) = symmetricEigen(within, size: d)
+        var whitening = [Double](repeating: 0, count: d * d)  // columns: eigenvectors / sqrt(eigenvalue)
+        for row in 0..<d { for column in 0..<d { whitening[row * d + column] = vectors[row * d + column] / max(values[column], 1e-12).squareRoot() } }
+        // B' = Wᵀ B W
+        var temporary = [Double](repeating: 0, count: d * d)
+        for row in 0..<d { for k in 0..<d where between[row * d + k] != 0 { let b = between[row * d + k]; for column in 0..<d { temporary[row * d + column] += b * whitening[k * d + column] } } }
+        var whitened = [Double](repeating: 0, count: d * d)
+        for k in 0..<d { for row in 0..<d { let w = whitening[k * d + row]; if w == 0 { continue }; for column in 0..<d { whitened[row * d + column] += w * temporary[k * d + column] } } }
+        let (betweenValues, betweenVectors) = symmetricEigen(whitened, size: d)
+        let order = (0..<d).sorted { betweenValues[$0] > betweenValues[$1] }
+        var projection: [Float] = []
+        for component in order.prefix(min(rank, d)) {
+            // The direction in the original space: W v.
+            for row in 0..<d {
+                var sum = 0.0
+                for k in 0..<d { sum += whitening[row * d + k] * betweenVectors[k * d + component] }
+                projection.append(Float(sum))
+            }
+        }
+        return projection
+    }
+
+    /// Eigenvalues and eigenvectors (as columns, row-major) of a symmetric matrix, by cyclic Jacobi rotations.
+    static func symmetricEigen(_ matrix: [Double], size n: Int) -> (values: [Double], vectors: [Double]) {
+        var a = matrix
+        var v = [Double](repeating: 0, count: n * n)
+        for index in 0..<n { v[index * n + index] = 1 }
+        for _ in 0..<30 {
+            var off = 0.0
+            for p in 0..<n { for q in (p + 1)..<max(p + 1, n) { off += a[p * n + q] * a[p * n + q] } }
+            if off < 1e-22 { break }
+            for p in 0..<n {
+                for q in (p + 1)..<max(p + 1, n) {
+                    let apq = a[p * n + q]
+                    guard abs(apq) > 1e-30 else { continue }
+                    let theta = (a[q * n + q] - a[p * n + p]) / (2 * apq)
+                    let t = (theta >= 0 ? 1 : -1) / (abs(theta) + (theta * theta + 1).squareRoot())
+                    let c = 1 / (t * t + 1).squareRoot(), s = t * c
+                    for k in 0..<n {
+                        let akp = a[k * n + p], akq = a[k * n + q]
+                        a[k * n + p] = c * akp - s * akq
+                        a[k * n + q] = s * akp + c * akq
+                    }
+                    for k in 0..<n {
+                        let apk = a[p * n + k], aqk = a[q * n + k]
+                        a[p * n + k] = c * apk - s * aqk
+                        a[q * n + k] = s * apk + c * aqk
+                    }
+                    for k in 0..<n {
+                        let vkp = v[k * n + p], vkq = v[k * n + q]
+                        v[k * n + p] = c * vkp - s * vkq
+                        v[k * n + q] = s * vkp + c * vkq
+                    }
+                }
+            }
+        }
+        return ((0..<n).map { a[$0 * n + $0] }, v)
     }
 
     /// The lowest score whose served set (every score at or above it, `scored` sorted high to low) has precision

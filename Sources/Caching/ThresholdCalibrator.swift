@@ -14,8 +14,9 @@ import SwitchyardCore
 /// It starts at the configured threshold and moves only on evidence:
 /// - **loosens** to the lowest step whose labels at or above it number at least `minimumLabels` and bound their
 ///   precision (Wilson, one-sided at `z`) at `targetPrecision` or more;
-/// - **tightens** above the configured threshold when the labels there fall below `targetPrecision` (a false hit
-///   reported among few right ones raises it past that hit).
+/// - **tightens** above the configured threshold when the labels there bound their precision (upper Wilson bound)
+///   under `targetPrecision` (a false hit reported among few right ones raises it past that hit; one among
+///   hundreds of right ones does not).
 public struct ThresholdCalibrator: Sendable, Hashable {
     public struct Settings: Sendable, Hashable {
         public var base: Double
@@ -73,6 +74,12 @@ public struct ThresholdCalibrator: Sendable, Hashable {
         return max(0, (centre - margin) / (1 + z2 / n))
     }
 
+    /// The upper bound of a precision of `right` out of `total` (Wilson score interval, one-sided).
+    public static func upperBound(right: Int, total: Int, z: Double) -> Double {
+        guard total > 0 else { return 1 }
+        return 1 - lowerBound(right: total - right, total: total, z: z)
+    }
+
     /// The step index of a threshold.
     private func index(of threshold: Double) -> Int {
         min(max(Int(((threshold - settings.floor) / settings.step).rounded()), 0), right.count - 1)
@@ -90,11 +97,12 @@ public struct ThresholdCalibrator: Sendable, Hashable {
 
     private func calibrated() -> Double {
         let base = index(of: settings.base)
-        // Tighten: the lowest step at or above the base where the labels' precision meets the target.
+        // Tighten: the lowest step at or above the base where the labels do not show, at the same confidence, a
+        // precision under the target (one wrong answer among a few right ones does; among hundreds it does not).
         var start = base
         while start < index(of: settings.ceiling) {
             let (r, w) = counts(from: start)
-            if r + w == 0 || Double(r) / Double(r + w) >= settings.targetPrecision { break }
+            if r + w == 0 || Self.upperBound(right: r, total: r + w, z: settings.z) >= settings.targetPrecision { break }
             start += 1
         }
         if start > base { return settings.floor + Double(start) * settings.step }

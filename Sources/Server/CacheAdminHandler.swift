@@ -48,7 +48,9 @@ struct CacheAdminHandler: Sendable {
             }
             var removed = false
             // A label for the threshold that served it (known only for hits the learned verifier judged).
-            calibration?.feedback(entryID: id, tenant: caller.tenant, correct: verdict == "good")
+            if calibration?.feedback(entryID: id, tenant: caller.tenant, correct: verdict == "good") == true {
+                recorder.calibrationLabelled(source: .feedback)
+            }
             if verdict == "bad" {
                 if let entry = semantic.remove(id: id) {
                     if entry.answer.tenant != caller.tenant {

@@ -56,6 +56,7 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
     let falseHits: Counter
     let shadowChecks: Counter
     let shadowDisagreements: Counter
+    let calibrationLabels: [CalibrationLabelSource: Counter]
     let promptCacheSaved: Counter
     let promptCacheWritePremium: Counter
     let estimatedUsage: Counter
@@ -146,6 +147,11 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
                              "Semantic hits also answered by the model in the background to measure false hits.")
         shadowDisagreements = total("semantic_cache_shadow_disagreements",
                                     "Shadow checks whose fresh answer did not match the cached one (cosine of the texts below 0.8).")
+        let labelled = MetricNameDescriptor(namespace: "switchyard", metricName: "semantic_cache_calibration_labels", unitName: "total",
+                                            helpText: "Labels the learned verifier's calibration received, by source.")
+        calibrationLabels = Dictionary(uniqueKeysWithValues: CalibrationLabelSource.allCases.map { source in
+            (source, registry.makeCounter(descriptor: labelled, labels: [("source", source.rawValue)]))
+        })
         promptCacheSaved = total("prompt_cache_saved_nano_usd",
                                  "Provider prompt-cache reads: their tokens at the input price minus what they were billed, in nano-USD.")
         promptCacheWritePremium = total("prompt_cache_write_premium_nano_usd",
@@ -260,6 +266,10 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
     public func shadowChecked(agreed: Bool) {
         shadowChecks.increment()
         if !agreed { shadowDisagreements.increment() }
+    }
+
+    public func calibrationLabelled(source: CalibrationLabelSource) {
+        calibrationLabels[source]?.increment()
     }
 
     /// The Prometheus text exposition.

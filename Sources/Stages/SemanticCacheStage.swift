@@ -132,7 +132,7 @@ public struct SemanticCacheStage: GatewayStage {
         let rules = settings.semanticVerify
         let search: @Sendable () -> [Candidate] = {
             let matches = store.nearest(vector, namespace: namespace, minimum: minimum, limit: Self.candidates, now: .now)
-            let query = learned.map { _ in PairVerifier.PairText(text: question, vector: vector) }
+            let query = learned.map { $0.verifier.prepared(PairVerifier.PairText(text: question, vector: vector)) }
             return matches.compactMap { match in
                 guard match.entry.answer.tenant == tenant else { return nil }
                 var candidate = Candidate(match: match)
@@ -188,6 +188,7 @@ public struct SemanticCacheStage: GatewayStage {
                nearMiss: Candidate?, embedder: any TextEmbedder) -> GatewayResponse
     {
         let store = self.store
+        let recorder = self.recorder
         let id = Self.makeEntryID()
         // A near miss, sampled at the shadow rate, is labelled for free: the model answered anyway, and its answer is
         // compared with the one the verifier refused to serve.
@@ -201,6 +202,7 @@ public struct SemanticCacheStage: GatewayStage {
                 background.submit {
                     guard let agreed = await Self.agree(refused, fresh, embedder: embedder) else { return }
                     calibration.record(key: key, score: probability, correct: agreed)
+                    recorder.calibrationLabelled(source: .nearMiss)
                 }
             }
         }()
@@ -236,7 +238,10 @@ public struct SemanticCacheStage: GatewayStage {
                   let response = try? completion.canonicalResponse(),
                   let agreed = await Self.agree(cached, response, embedder: embedder) else { return }
             recorder.shadowChecked(agreed: agreed)
-            if let label, let calibration { calibration.record(key: label.key, score: label.score, correct: agreed) }
+            if let label, let calibration {
+                calibration.record(key: label.key, score: label.score, correct: agreed)
+                recorder.calibrationLabelled(source: .shadow)
+            }
         }
     }
 

@@ -42,4 +42,14 @@ public protocol CacheRecorder: Sendable {
     func falseHitReported()
     /// A shadow check of a semantic hit: whether the model's fresh answer agreed with the cached one.
     func shadowChecked(agreed: Bool)
+    /// A label reached the learned verifier's calibration: from a shadow check, a near miss, or feedback.
+    func calibrationLabelled(source: CalibrationLabelSource)
+}
+
+public enum CalibrationLabelSource: String, Sendable, CaseIterable {
+    case shadow, nearMiss = "near_miss", feedback
+}
+
+extension CacheRecorder {
+    public func calibrationLabelled(source: CalibrationLabelSource) {}
 }

@@ -227,7 +227,7 @@ struct VerifierBench: ParsableCommand {
         }
         let learned = time { index in
             let query = texts[index & 7]
-            let pair = PairVerifier.PairText(text: query, vector: vectors[index & 7])
+            let pair = verifier.prepared(PairVerifier.PairText(text: query, vector: vectors[index & 7]))
             var total = 0.0
             for offset in 1...candidates {
                 let other = (index + offset) & 7

@@ -97,7 +97,7 @@ struct SemanticCacheEval: ParsableCommand {
         let words = EncoderWordVectors(encoder: encoder)
         let verifiedQueries = queries.map { query in
             var query = query
-            query.pair = PairVerifier.PairText(text: query.text, vector: query.vector)
+            query.pair = learned.prepared(PairVerifier.PairText(text: query.text, vector: query.vector))
             return query
         }
         print("\nThe stream through each policy (\(verifier): starting threshold \(learned.threshold), candidates from cosine \(learned.minimumSimilarity))")
@@ -116,7 +116,7 @@ struct SemanticCacheEval: ParsableCommand {
             row("plain threshold", .plain(level, guardChecks: false))
             row("rule verifier", .plain(level, guardChecks: true))
         }
-        for level in [0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, learned.threshold] {
+        for level in [0.5, 0.8, 0.9, 0.91, 0.92, 0.93, 0.94, 0.95, 0.98, 0.99, 0.999, learned.threshold] {
             row("learned verifier", SemanticEvaluation.Policy(minimumSimilarity: learned.minimumSimilarity, guardChecks: true,
                                                              verifier: learned, threshold: level))
         }
@@ -219,11 +219,14 @@ struct SemanticCacheEval: ParsableCommand {
         }
         let paraphraseVectors = embedAll(heldOut.flatMap { [$0.0, $0.1] })
         var close = 0, servedByRules = 0, servedByLearned = 0
+        var rejectedBy: [String: Int] = [:]
         for (index, pair) in heldOut.enumerated() {
             let va = paraphraseVectors[2 * index], vb = paraphraseVectors[2 * index + 1]
             guard InMemorySemanticCache.dot(va, vb) >= 0.90 else { continue }
             close += 1
-            let rules = SemanticGuard.check(pair.0, against: pair.1) == nil
+            let rejection = SemanticGuard.check(pair.0, against: pair.1)
+            let rules = rejection == nil
+            if let rejection { rejectedBy[rejection.rawValue, default: 0] += 1 }
             if rules { servedByRules += 1 }
             if rules, learned.probability(query: PairVerifier.PairText(text: pair.0, vector: va),
                                           candidate: PairVerifier.PairText(text: pair.1, vector: vb), words: words) >= learned.threshold {
@@ -233,6 +236,7 @@ struct SemanticCacheEval: ParsableCommand {
         print("\nGPTCache paraphrases held out from training: \(heldOut.count) pairs, \(close) at cosine ≥ 0.90; served: "
               + "rules \(servedByRules) (\(String(format: "%.1f", 100 * Double(servedByRules) / Double(max(close, 1))))%), "
               + "rules + learned verifier \(servedByLearned) (\(String(format: "%.1f", 100 * Double(servedByLearned) / Double(max(close, 1))))%)")
+        print("refused by the rules, by reason: " + rejectedBy.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         report.append(["set": "gptcache_held_out", "pairs": .int(Int64(heldOut.count)), "close": .int(Int64(close)),
                        "served_rules": .int(Int64(servedByRules)), "served_learned": .int(Int64(servedByLearned))])
         if let json {

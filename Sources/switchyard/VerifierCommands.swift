@@ -82,6 +82,9 @@ struct TrainVerifier: ParsableCommand {
     var drop = ""
     @Option(help: "Pairs less similar than this are not trained on.") var pairMinimum = 0.60
     @Option(help: "Generated one-word substitutions (negatives).") var substitutions = 3000
+    @Option(help: "How many times each GPTCache positive counts (general-domain rephrasings are few beside Banking77's).")
+    var paraphraseWeight = 1
+    @Option(help: "Discriminant directions whose cosine is a feature (0: none).") var rank = 64
     @Option(help: "Precision on the validation pairs that the starting threshold keeps.") var targetPrecision = 0.995
     @Option(help: "L2 penalty.") var l2 = 1.0
     @Option(help: "Adam iterations.") var iterations = 300
@@ -101,6 +104,8 @@ struct TrainVerifier: ParsableCommand {
         embed(&loaded.fit, "verifier-fit")
         embed(&loaded.validation, "verifier-validation")
 
+        let projection = PairVerifierTraining.discriminantProjection(loaded.fit, rank: rank)
+        FileHandle.standardError.write(Data("discriminant projection of rank \(projection.count / PairVerifier.dimension) in \(Int(Date().timeIntervalSince(started))) s\n".utf8))
         let dropped = Set(drop.split(separator: ",").map(String.init))
         let blocks = ["product": 0, "difference": 1, "changed": 2]
         let base = PairVerifier.scalarFeatureNames.count, dimension = PairVerifier.dimension
@@ -116,14 +121,16 @@ struct TrainVerifier: ParsableCommand {
         var counts: [String: Int] = [:]
         var hashed: [UInt8] = []
         func add(_ a: PairVerifier.PairText, _ aText: String, _ b: PairVerifier.PairText, _ bText: String, _ positive: Bool,
-                 _ kind: String) {
+                 _ kind: String, weight: Int = 1) {
             // The guard runs first when serving: what it refuses never reaches the verifier.
             guard Double(InMemorySemanticCache.dot(a.vector, b.vector)) >= pairMinimum,
                   SemanticGuard.check(aText, against: bText) == nil else { return }
-            let features = masked(PairVerifier.features(a, b, words: words))
-            rows.append(features)
-            labels.append(positive)
-            generated.append(kind == "substitutions")
+            let features = masked(PairVerifier.features(a, b, words: words, projection: projection))
+            for _ in 0..<max(1, weight) {
+                rows.append(features)
+                labels.append(positive)
+                generated.append(kind == "substitutions")
+            }
             if PairVerifier.isSmallEdit(features) { counts["small edits \(positive ? "positive" : "negative")", default: 0] += 1 }
             hashed += Array(aText.utf8) + [0] + Array(bText.utf8) + [positive ? 1 : 0]
             counts["\(kind) \(positive ? "positive" : "negative")", default: 0] += 1
@@ -150,13 +157,13 @@ struct TrainVerifier: ParsableCommand {
         for (index, pair) in loaded.paraphrases.enumerated() {
             add(PairVerifier.PairText(text: pair.0, vector: paraphraseVectors[2 * index]), pair.0,
                 PairVerifier.PairText(text: pair.1, vector: paraphraseVectors[2 * index + 1]), pair.1, true,
-                "gptcache")
+                "gptcache", weight: paraphraseWeight)
         }
         let validationTexts = loaded.validation.map { PairVerifier.PairText(text: $0.text, vector: $0.vector) }
         var validation: [([Double], Bool)] = []
         for pair in PairVerifierTraining.neighbourPairs(loaded.validation, neighbours: neighbours, minimum: Float(minimumSimilarity))
         where SemanticGuard.check(loaded.validation[pair.first].text, against: loaded.validation[pair.second].text) == nil {
-            validation.append((masked(PairVerifier.features(validationTexts[pair.first], validationTexts[pair.second], words: words)), pair.positive))
+            validation.append((masked(PairVerifier.features(validationTexts[pair.first], validationTexts[pair.second], words: words, projection: projection)), pair.positive))
         }
         let dataHash = KeyHash.sha256Hex(bytes: hashed)
         let settings = LogisticRegression.Settings(l2: l2, iterations: iterations)
@@ -164,9 +171,10 @@ struct TrainVerifier: ParsableCommand {
             "pairs": .object(counts.mapValues { .int(Int64($0)) }), "validation_pairs": .int(Int64(validation.count)),
             "target_precision": .double(targetPrecision), "l2": .double(l2), "iterations": .int(Int64(iterations)),
             "neighbours": .int(Int64(neighbours)), "data_sha256": .string(dataHash),
+            "paraphrase_weight": .int(Int64(paraphraseWeight)), "rank": .int(Int64(rank)), "substitutions": .int(Int64(substitutions)),
             "sources": "banking77_train.csv (4/5 fit, 1/5 validation), clinc150 train (every 5th, negatives only), gptcache even pairs, substitutions",
         ]
-        let verifier = PairVerifierTraining.fit(rows: rows, labels: labels, generated: generated, validation: validation, targetPrecision: targetPrecision,
+        let verifier = PairVerifierTraining.fit(rows: rows, labels: labels, generated: generated, validation: validation, projection: projection, targetPrecision: targetPrecision,
                                                 minimumSimilarity: minimumSimilarity, settings: settings, training: training)
         func auc(_ scored: [(Double, Bool)]) -> Double {
             let sorted = scored.sorted { $0.0 < $1.0 }

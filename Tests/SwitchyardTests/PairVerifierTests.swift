@@ -61,9 +61,9 @@ import Testing
         let query = PairVerifier.PairText(text: "How do I activate my debit card?", vector: vector)
         let same = PairVerifier.PairText(text: "how do i activate my debit card", vector: vector)
         let substituted = PairVerifier.PairText(text: "How do I activate my credit card?", vector: vector)
-        let features = PairVerifier.features(query, substituted, words: words)
+        let features = PairVerifier.features(query, substituted, words: words, projection: [])
         #expect(features[6] == 1 && features[7] == 0)
-        #expect(PairVerifier.features(query, same, words: words)[7] == 1)
+        #expect(PairVerifier.features(query, same, words: words, projection: [])[7] == 1)
         #expect(verifier.probability(query: query, candidate: substituted, words: words)
                 < verifier.probability(query: query, candidate: same, words: words))
         // Vectors of another size are never a match.

@@ -218,6 +218,8 @@ import Testing
             let entry = try #require(hit.header("x-switchyard-cache-entry"))
             let feedback = try await send("\(url)/v1/cache/feedback", body: #"{"entry_id":"\#(entry)","verdict":"bad"}"#, headers: key)
             #expect(feedback.status == 200)
+            let labelled = try await send("\(url)/metrics", method: "GET", contentType: nil).body
+            #expect(labelled.contains(#"switchyard_semantic_cache_calibration_labels_total{source="feedback"} 1"#))
             func airline(_ question: String) -> String {
                 Self.body(question).replacingOccurrences(of: "a bank's", with: "an airline's")
             }
@@ -229,6 +231,26 @@ import Testing
             _ = try await send("\(url)/v1/chat/completions", body: airline("How do I reset my password?"), headers: b)
             let other = try await send("\(url)/v1/chat/completions", body: airline("How can I reset my password?"), headers: b)
             #expect(other.header("x-switchyard-cache") == "hit-semantic")
+        }
+    }
+
+    /// A candidate the learned verifier refuses is labelled for free once the model has answered: its answer is
+    /// compared with the refused one in the background, and the label reaches the calibration.
+    @Test func aNearMissBecomesACalibrationLabel() async throws {
+        var config = TestConfigs.embedded()
+        config.cache.semanticLearnedVerifier = true
+        config.cache.semanticShadowRate = 1
+        try await withTestGateway(config, embeddings: .model(directory: ModelStore().modelDirectory)) { _, url in
+            _ = try await send("\(url)/v1/chat/completions", body: Self.body("How do I activate my debit card?"))
+            let refused = try await send("\(url)/v1/chat/completions", body: Self.body("How do I activate my credit card?"))
+            #expect(refused.header("x-switchyard-cache") == "miss")
+            var metrics = ""
+            for _ in 0..<100 {
+                metrics = try await send("\(url)/metrics", method: "GET", contentType: nil).body
+                if metrics.contains(#"switchyard_semantic_cache_calibration_labels_total{source="near_miss"} 1"#) { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(metrics.contains(#"switchyard_semantic_cache_calibration_labels_total{source="near_miss"} 1"#))
         }
     }
 

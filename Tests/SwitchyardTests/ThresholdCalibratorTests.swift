@@ -35,6 +35,12 @@ import Testing
         for _ in 0..<300 { steady.record(similarity: 0.951, correct: true) }
         steady.record(similarity: 0.955, correct: false)
         #expect(abs(steady.threshold - 0.94) < 1e-9, "\(steady.threshold)")
+        // The point estimate of 40 right and 1 wrong (97.6%) is under the target, but not confidently: no tightening.
+        var fewer = ThresholdCalibrator()
+        for _ in 0..<40 { fewer.record(similarity: 0.951, correct: true) }
+        fewer.record(similarity: 0.955, correct: false)
+        #expect(abs(fewer.threshold - 0.94) < 1e-9, "\(fewer.threshold)")
+        #expect(ThresholdCalibrator.upperBound(right: 0, total: 0, z: 1.645) == 1)
     }
 
     @Test func namespacesAreCalibratedApartAndTheTableIsBounded() {

@@ -102,22 +102,23 @@ public struct SemanticCacheStage: GatewayStage {
         }
         var context = context
         context.questionEmbedding = QuestionEmbedding(text: plan.question, vector: vector)
+        var nearMiss: Candidate?
         if !context.cacheDirectives.skipLookup {
             let candidates = try await nearest(vector, request: request, plan: plan)
-            let (replay, nearMiss) = replay(request, context: context, plan: plan, candidates: candidates, embedder: embedder, next: next)
+            let (replay, refused) = replay(request, context: context, plan: plan, candidates: candidates, embedder: embedder, next: next)
             if let replay { return replay }
-            recorder.cache(.semantic, .miss, model: request.model, saved: .zero, caller: plan.caller)
-            return store(try await next(request, context), request: request, context: context, plan: plan, vector: vector,
-                         nearMiss: nearMiss, embedder: embedder)
+            nearMiss = refused
         }
         recorder.cache(.semantic, .miss, model: request.model, saved: .zero, caller: plan.caller)
         return store(try await next(request, context), request: request, context: context, plan: plan, vector: vector,
-                     nearMiss: nil, embedder: embedder)
+                     nearMiss: nearMiss, embedder: embedder)
     }
 
     /// A candidate and what verification said of it: the guard's rejection, or the learned verifier's probability.
+    /// Without the learned verifier the guard runs later, candidate by candidate, and stops at the first that passes.
     struct Candidate: Sendable {
         var match: SemanticMatch
+        var checked = false
         var rejection: SemanticGuard.Rejection?
         var probability: Double?
     }
@@ -136,8 +137,10 @@ public struct SemanticCacheStage: GatewayStage {
             return matches.compactMap { match in
                 guard match.entry.answer.tenant == tenant else { return nil }
                 var candidate = Candidate(match: match)
+                guard let learned, let query else { return candidate }
+                candidate.checked = true
                 if rules { candidate.rejection = SemanticGuard.check(question, against: match.entry.text) }
-                if candidate.rejection == nil, let learned, let query {
+                if candidate.rejection == nil {
                     candidate.probability = learned.verifier.probability(
                         query: query, candidate: PairVerifier.PairText(text: match.entry.text, vector: match.entry.vector),
                         words: learned.words)
@@ -159,7 +162,9 @@ public struct SemanticCacheStage: GatewayStage {
         var nearMiss: Candidate?
         for candidate in candidates {
             let match = candidate.match
-            if let rejection = candidate.rejection {
+            let rejection = candidate.checked || !settings.semanticVerify
+                ? candidate.rejection : SemanticGuard.check(plan.question, against: match.entry.text)
+            if let rejection {
                 recorder.semanticRejected(rejection.rawValue)
                 continue
             }

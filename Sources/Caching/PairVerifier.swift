@@ -91,13 +91,18 @@ public struct PairVerifier: Sendable, Hashable {
         let rank = projection.count / dimension
         guard rank > 0, vector.count == dimension else { return [] }
         var result = [Float](repeating: 0, count: rank)
-        projection.withUnsafeBufferPointer { rows in
-            vector.withUnsafeBufferPointer { x in
+        // Sixteen lanes at a time (the dimension is a multiple of 16): a lookup projects up to six vectors.
+        projection.withUnsafeBytes { rows in
+            vector.withUnsafeBytes { x in
+                guard let rows = rows.baseAddress, let x = x.baseAddress else { return }
                 for row in 0..<rank {
-                    var sum: Float = 0
-                    let base = row * dimension
-                    for index in 0..<dimension { sum += rows[base + index] * x[index] }
-                    result[row] = sum
+                    var sum = SIMD16<Float>(repeating: 0)
+                    let base = row * dimension * 4
+                    for offset in stride(from: 0, to: dimension * 4, by: 64) {
+                        sum += rows.loadUnaligned(fromByteOffset: base + offset, as: SIMD16<Float>.self)
+                            * x.loadUnaligned(fromByteOffset: offset, as: SIMD16<Float>.self)
+                    }
+                    result[row] = sum.sum()
                 }
             }
         }

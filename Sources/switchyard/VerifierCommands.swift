@@ -76,14 +76,14 @@ struct TrainVerifier: ParsableCommand {
     @Option(help: "Folder with the cache evaluation files.") var data = "../shared/data/cache"
     @Option(help: "Model cache folder.") var dir: String?
     @Option(help: "Where to write the verifier file.") var output = "Sources/Caching/pair-verifier-v1.json"
-    @Option(help: "Nearest neighbours per text that become pairs.") var neighbours = 5
+    @Option(help: "Nearest neighbours per text that become pairs.") var neighbours = 40
     @Option(help: "Candidates less similar than this are never served (and not trained on).") var minimumSimilarity = 0.80
     @Option(help: "Feature blocks left out (their weights stay 0), comma-separated: product, difference, changed.")
     var drop = ""
     @Option(help: "Pairs less similar than this are not trained on.") var pairMinimum = 0.60
     @Option(help: "Generated one-word substitutions (negatives).") var substitutions = 3000
     @Option(help: "How many times each GPTCache positive counts (general-domain rephrasings are few beside Banking77's).")
-    var paraphraseWeight = 1
+    var paraphraseWeight = 10
     @Option(help: "Discriminant directions whose cosine is a feature (0: none).") var rank = 64
     @Option(help: "Precision on the validation pairs that the starting threshold keeps.") var targetPrecision = 0.995
     @Option(help: "L2 penalty.") var l2 = 1.0

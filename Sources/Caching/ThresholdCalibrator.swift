@@ -126,8 +126,7 @@ public struct CalibratorTable: Sendable {
     public let settings: ThresholdCalibrator.Settings
     public let maximumNamespaces: Int
     private var calibrators: [String: ThresholdCalibrator] = [:]
-    private var lastUse: [String: UInt64] = [:]
-    private var clock: UInt64 = 0
+    private var recency = RecencyQueue()
 
     public init(settings: ThresholdCalibrator.Settings = .init(), maximumNamespaces: Int = 100_000) {
         self.settings = settings
@@ -141,14 +140,54 @@ public struct CalibratorTable: Sendable {
     public var count: Int { calibrators.count }
 
     public mutating func record(namespace: String, similarity: Double, correct: Bool) {
-        clock &+= 1
-        if calibrators[namespace] == nil, calibrators.count >= maximumNamespaces,
-           let oldest = lastUse.min(by: { $0.value < $1.value })?.key {
+        if calibrators[namespace] == nil, calibrators.count >= maximumNamespaces, let oldest = recency.removeOldest() {
             calibrators[oldest] = nil
-            lastUse[oldest] = nil
         }
         calibrators[namespace, default: ThresholdCalibrator(settings: settings)].record(similarity: similarity, correct: correct)
-        lastUse[namespace] = clock
+        recency.touch(namespace)
+    }
+}
+
+/// Keys in order of their last use, oldest first out, in amortised O(1): a touch appends a stamped entry, and
+/// entries whose key was touched again later are skipped when they come out (and dropped when they pile up).
+struct RecencyQueue: Sendable {
+    private var entries: [(key: String, stamp: UInt64)] = []
+    private var head = 0
+    private var stamps: [String: UInt64] = [:]
+    private var clock: UInt64 = 0
+
+    var count: Int { stamps.count }
+
+    mutating func touch(_ key: String) {
+        clock &+= 1
+        stamps[key] = clock
+        entries.append((key, clock))
+        // More than twice as many entries as keys: keep only the live ones.
+        if entries.count - head > 2 * stamps.count + 64 {
+            entries = entries[head...].filter { stamps[$0.key] == $0.stamp }
+            head = 0
+        }
+    }
+
+    mutating func remove(_ key: String) {
+        stamps[key] = nil
+    }
+
+    /// The least recently touched key, removed.
+    mutating func removeOldest() -> String? {
+        while head < entries.count {
+            let entry = entries[head]
+            head += 1
+            if head > 1024, head * 2 > entries.count {
+                entries.removeFirst(head)
+                head = 0
+            }
+            if stamps[entry.key] == entry.stamp {
+                stamps[entry.key] = nil
+                return entry.key
+            }
+        }
+        return nil
     }
 }
 
@@ -158,8 +197,8 @@ public final class SemanticCalibration: Sendable {
     struct State: Sendable {
         var table: CalibratorTable
         /// Entry id → the calibration key and score of its latest hit, oldest forgotten first past `maximumHits`.
-        var hits: [String: (key: String, score: Double, order: UInt64)] = [:]
-        var order: UInt64 = 0
+        var hits: [String: (key: String, score: Double)] = [:]
+        var recency = RecencyQueue()
     }
 
     private let state: Locked<State>
@@ -183,13 +222,11 @@ public final class SemanticCalibration: Sendable {
     /// Remembers the score an entry was served at, for feedback on it.
     public func served(entryID: String, key: String, score: Double) {
         state.withLock { state in
-            state.order &+= 1
-            if state.hits[entryID] == nil, state.hits.count >= maximumHits {
-                // Forget the oldest eighth at once: eviction stays amortised O(1) per hit.
-                let cut = state.hits.values.map(\.order).sorted()[state.hits.count / 8]
-                state.hits = state.hits.filter { $0.value.order > cut }
+            if state.hits[entryID] == nil, state.hits.count >= maximumHits, let oldest = state.recency.removeOldest() {
+                state.hits[oldest] = nil
             }
-            state.hits[entryID] = (key, score, state.order)
+            state.hits[entryID] = (key, score)
+            state.recency.touch(entryID)
         }
     }
 
@@ -200,6 +237,7 @@ public final class SemanticCalibration: Sendable {
         state.withLock { state in
             guard let hit = state.hits[entryID], hit.key.hasPrefix(tenant + "\u{0}") else { return false }
             state.hits[entryID] = nil
+            state.recency.remove(entryID)
             state.table.record(namespace: hit.key, similarity: hit.score, correct: correct)
             return true
         }

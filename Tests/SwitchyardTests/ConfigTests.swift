@@ -89,11 +89,30 @@ import Testing
          "providers.o.tls_ca_file", "only to an https"),
         ("providers: {o: {kind: openai-compatible, base_url: 'https://h:1', tls_ca_file: /etc/hostname}}\nmodels: {x: {provider: o, price: {input: 1, output: 1}}}",
          "providers.o.tls_ca_file", "not a readable PEM"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {semantic: {verifier: neural}}",
+         "cache.semantic.verifier", "'learned' or 'rules'"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {semantic: {verifier_file: /nonexistent/v.json}}",
+         "cache.semantic.verifier_file", "cannot read"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {semantic: {target_precision: 1.5}}",
+         "cache.semantic.target_precision", "between"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {semantic: {target_precision: .nan}}",
+         "cache.semantic.target_precision", "between"),
     ])
     func badFilesNameTheKeyPath(_ testCase: (String, String, String)) {
         let error = error(testCase.0)
         #expect(error?.path == testCase.1)
         #expect(error?.message.contains(testCase.2) == true, "\(String(describing: error))")
+    }
+
+    @Test func theLearnedVerifierIsChosenByConfig() throws {
+        let config = try ConfigLoader.parse(yaml: """
+            providers: {m: {kind: mock}}
+            models: {gpt-4o: {provider: m}}
+            cache: {semantic: {verifier: learned, calibrate: false, target_precision: 0.995}}
+            """, environment: env)
+        #expect(config.cache.semanticLearnedVerifier && !config.cache.semanticCalibrate)
+        #expect(config.cache.semanticTargetPrecision == 0.995 && config.cache.semanticVerifierFile == nil)
+        #expect(try !ConfigLoader.parse(yaml: "providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}", environment: env).cache.semanticLearnedVerifier)
     }
 
     @Test func theMockSectionIsRead() throws {

@@ -85,6 +85,11 @@ import Testing
         for index in 0..<10 { calibration.served(entryID: "h\(index)", key: b, score: 0.92) }
         #expect(!calibration.feedback(entryID: "h0", tenant: "b", correct: true))
         #expect(calibration.feedback(entryID: "h9", tenant: "b", correct: true))
+        // Hits served again and again stay remembered without pushing the others out.
+        for index in 0..<4 { calibration.served(entryID: "r\(index)", key: b, score: 0.92) }
+        for _ in 0..<1000 { calibration.served(entryID: "r0", key: b, score: 0.92) }
+        #expect(calibration.feedback(entryID: "r1", tenant: "b", correct: true))
+        #expect(calibration.feedback(entryID: "r0", tenant: "b", correct: true))
     }
 
     /// A stream of clusters: query `i` is near the others of its cluster, with some clusters close to each other

@@ -53,6 +53,16 @@ import Testing
         #expect(table.count == 3)
         // The least recently labelled namespace (tenant-a's) was forgotten: it starts again from the base.
         #expect(table.threshold(for: "tenant-a|ctx") == 0.94)
+
+        // Least recently labelled, not least recently created: m1, labelled again and again, outlives m2.
+        var lru = CalibratorTable(maximumNamespaces: 3)
+        lru.record(namespace: "m1", similarity: 0.955, correct: false)
+        lru.record(namespace: "m2", similarity: 0.95, correct: true)
+        lru.record(namespace: "m3", similarity: 0.95, correct: true)
+        for _ in 0..<5000 { lru.record(namespace: "m1", similarity: 0.7, correct: true) }
+        lru.record(namespace: "m4", similarity: 0.95, correct: true)
+        #expect(lru.count == 3)
+        #expect(lru.threshold(for: "m1") > 0.955, "m1 kept its state")
     }
 
     @Test func theWilsonBoundIsTheTextbookOne() {

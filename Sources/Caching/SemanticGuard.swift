@@ -50,8 +50,11 @@ public enum SemanticGuard {
         let a = Features(query), b = Features(candidate)
         if a.negations != b.negations { return .negation }
         if a.numbers.sorted() != b.numbers.sorted() { return .numbers }
-        if Set(a.entities) != Set(b.entities) { return .entities }
-        if a.sequence != b.sequence { return .order }
+        // A name is a name in both texts when either writes it as one: at the start of a sentence it is capitalised
+        // anyway ("Datasets can be loaded…" against "…loaded with Datasets").
+        let named = Set(a.entities).union(b.entities)
+        if named.intersection(a.words) != named.intersection(b.words) { return .entities }
+        if a.sequence(named: named) != b.sequence(named: named) { return .order }
         if Self.rolesSwapped(a, b) { return .roles }
         return nil
     }
@@ -77,12 +80,17 @@ public enum SemanticGuard {
         var negations = 0
         var numbers: [String] = []
         var entities: [String] = []
-        /// Numbers and entities in order of appearance.
-        var sequence: [String] = []
         /// Each relation word (first use) and the content word it governs.
         var roles: [String: String] = [:]
         /// Every word, lowercased.
         var words: Set<String> = []
+        /// Every word, lowercased, in order.
+        var ordered: [String] = []
+
+        /// Numbers and the words either text writes as a name, in order of appearance.
+        func sequence(named: Set<String>) -> [String] {
+            ordered.compactMap { word in SemanticGuard.number(word) ?? (named.contains(word) ? word : nil) }
+        }
 
         init(_ text: String) {
             var sentenceStart = true
@@ -91,6 +99,7 @@ public enum SemanticGuard {
                 if !token.text.isEmpty {
                     let word = token.text.lowercased()
                     words.insert(word)
+                    ordered.append(word)
                     if let relation = pendingRelation, !SemanticGuard.fillerWords.contains(word) {
                         if SemanticGuard.relationWords.contains(word) {
                             pendingRelation = nil
@@ -106,13 +115,14 @@ public enum SemanticGuard {
                     continue
                 }
                 let lower = token.text.lowercased()
-                if SemanticGuard.isNegation(lower) { negations += 1 }
+                // "No, …" answering a question and "not only … but also" negate nothing the other text could lack.
+                let interjection = lower == "no" && token.followedByComma
+                let notOnly = lower == "not" && token.nextWord == "only"
+                if SemanticGuard.isNegation(lower), !interjection, !notOnly { negations += 1 }
                 if let number = SemanticGuard.number(lower) {
                     numbers.append(number)
-                    sequence.append(number)
                 } else if SemanticGuard.isEntity(token.text, lower: lower, sentenceStart: sentenceStart) {
                     entities.append(lower)
-                    sequence.append(lower)
                 }
                 sentenceStart = token.endsSentence
             }
@@ -122,6 +132,9 @@ public enum SemanticGuard {
     struct Token {
         var text: String
         var endsSentence: Bool
+        var followedByComma = false
+        /// The next token's text, lowercased.
+        var nextWord = ""
     }
 
     /// Words (letters, digits, apostrophes, and `.`/`,` inside numbers), each noting whether a sentence ends after it.
@@ -139,7 +152,7 @@ public enum SemanticGuard {
                 continue
             }
             if !current.isEmpty {
-                tokens.append(Token(text: current, endsSentence: false))
+                tokens.append(Token(text: current, endsSentence: false, followedByComma: character == ","))
                 current = ""
             }
             if character == "." || character == "?" || character == "!" || character == "\n" {
@@ -147,6 +160,7 @@ public enum SemanticGuard {
             }
         }
         if !current.isEmpty { tokens.append(Token(text: current, endsSentence: true)) }
+        for index in tokens.indices.dropLast() { tokens[index].nextWord = tokens[index + 1].text.lowercased() }
         // An empty first token marks the text's start as a sentence start.
         return [Token(text: "", endsSentence: true)] + tokens
     }
@@ -162,7 +176,7 @@ public enum SemanticGuard {
     }
 
     static let numberWords: [String: String] = [
-        "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",
+        "zero": "0", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",
         "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "thirteen": "13", "fourteen": "14", "fifteen": "15",
         "sixteen": "16", "seventeen": "17", "eighteen": "18", "nineteen": "19", "twenty": "20", "thirty": "30",
         "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80", "ninety": "90", "hundred": "100",
@@ -170,7 +184,9 @@ public enum SemanticGuard {
         "third": "3rd", "fourth": "4th", "fifth": "5th", "half": "1/2", "twice": "x2", "double": "x2", "triple": "x3",
     ]
 
-    /// The token as a normalised number (digits without thousands separators, or a number word's value).
+    /// The token as a normalised number (digits without thousands separators, or a number word's value). "one" is
+    /// not one: it is as often a pronoun or an article ("one can", "in one go", "a single one") as a count, and a
+    /// count of one against another count still differs by the other's number.
     static func number(_ lower: String) -> String? {
         if let word = numberWords[lower] { return word }
         guard lower.contains(where: \.isNumber) else { return nil }

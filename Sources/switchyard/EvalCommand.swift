@@ -25,6 +25,8 @@ struct SemanticCacheEval: ParsableCommand {
     @Option(help: "The pair verifier's file.") var verifier = "Sources/Caching/pair-verifier-v1.json"
     @Option(help: "Shadow rates the online calibration is replayed at, comma-separated.") var shadowRates = "0.01,0.05,0.10"
     @Option(help: "The calibration's precision target.") var targetPrecision = 0.99
+    @Flag(help: "Also list the GPTCache training pairs (the even ones) at cosine ≥ 0.90 that the rules refuse, with the reason.")
+    var listTrainingRefusals = false
 
     func run() throws {
         let store = ModelStore(root: dir)
@@ -221,6 +223,16 @@ struct SemanticCacheEval: ParsableCommand {
         let heldOut = (gptcache.arrayValue ?? []).enumerated().filter { $0.offset % 2 == 1 }.compactMap { item -> (String, String)? in
             guard let a = item.element["origin"]?.stringValue, let b = item.element["similar"]?.stringValue else { return nil }
             return (a, b)
+        }
+        if listTrainingRefusals {
+            let training = (gptcache.arrayValue ?? []).enumerated().filter { $0.offset % 2 == 0 }.compactMap { item -> (String, String)? in
+                guard let a = item.element["origin"]?.stringValue, let b = item.element["similar"]?.stringValue else { return nil }
+                return (a, b)
+            }
+            let vectors = embedAll(training.flatMap { [$0.0, $0.1] })
+            for (index, pair) in training.enumerated() where InMemorySemanticCache.dot(vectors[2 * index], vectors[2 * index + 1]) >= 0.90 {
+                if let rejection = SemanticGuard.check(pair.0, against: pair.1) { print("training refusal \(rejection.rawValue): \(pair.0) / \(pair.1)") }
+            }
         }
         let paraphraseVectors = embedAll(heldOut.flatMap { [$0.0, $0.1] })
         var close = 0, servedByRules = 0, servedByLearned = 0

@@ -29,7 +29,20 @@ import Testing
         ("Can I get two cards?", "Can I get 2 cards?"),
         ("how do i reset my password", "How do I reset my password?"),
         ("My card hasn't arrived yet", "My card still hasn't come"),
+        // A name capitalised only because it starts the sentence is the same name.
+        ("Datasets can be loaded from cloud storage", "You can load Datasets from cloud storage"),
+        // "No," answering, "not only", and "one" as an article.
+        ("No, the old app doesn't work anymore", "The old app doesn't work anymore"),
+        ("Can I use not only cards but also transfers?", "Can I use cards and also transfers?"),
+        ("Can I order one card online?", "Can I order a card online?"),
     ]
+
+    @Test func theRefinementsStillRefuseWhatDiffers() {
+        #expect(SemanticGuard.check("Can I order one card?", against: "Can I order two cards?") == .numbers)
+        #expect(SemanticGuard.check("No, it is free", against: "It is not free") == .negation)
+        #expect(SemanticGuard.check("Datasets can be loaded from Azure", against: "Datasets can be loaded from Google") == .entities)
+        #expect(SemanticGuard.check("Datasets beat Pandas", against: "Pandas beat Datasets") == .order)
+    }
 
     @Test func verificationRefusesEachFailureKind() {
         for (kind, query, candidate) in Self.mustRefuse {

@@ -234,7 +234,8 @@ public struct PairVerifier: Sendable, Hashable {
 
     /// How the gateway and the evaluation calibrate the served probability: fine steps near 1, where it lives.
     public static func calibrationSettings(base: Double, targetPrecision: Double) -> ThresholdCalibrator.Settings {
-        ThresholdCalibrator.Settings(base: base, floor: 0.5, ceiling: 0.9999, step: 0.001, targetPrecision: targetPrecision)
+        ThresholdCalibrator.Settings(base: base, floor: 0.5, ceiling: 0.9999, step: 0.001, targetPrecision: targetPrecision,
+                                     modelled: true)
     }
 
     // MARK: File

@@ -234,6 +234,8 @@ public enum SemanticEvaluation {
                 }
                 if nearMiss == nil { nearMiss = (entry, value) }
             }
+            // As in the gateway, a namespace keeps observations once it has a label.
+            if labels > 0, let observed = served?.score ?? nearMiss?.score { calibrator?.observe(similarity: observed) }
             let sampled = policy.calibration?.sampled(position) ?? false
             let delay = policy.calibration?.delay ?? 1
             if let served {

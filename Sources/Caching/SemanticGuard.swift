@@ -48,42 +48,82 @@ public enum SemanticGuard {
     /// Why `candidate` must not answer `query`, or `nil` when it may.
     public static func check(_ query: String, against candidate: String) -> Rejection? {
         let a = Features(query), b = Features(candidate)
-        if a.negations != b.negations { return .negation }
+        // Order and roles are evidence only between texts that say the same thing in the same words: "Did Alice pay
+        // Bob?" against "Did Bob pay Alice?". A reworded paraphrase moves names and relation words around anyway ("a
+        // Dataset is backed by a PyArrow Table" / "a PyArrow Table is the foundation of a Dataset"), and so does a
+        // long one whose negation is carried by other words ("not mandatory" / "optional").
+        let reworded = Self.reworded(a, b)
+        if a.negations != b.negations, !(reworded && min(a.content.count, b.content.count) >= Self.longText) {
+            return .negation
+        }
         if a.numbers.sorted() != b.numbers.sorted() { return .numbers }
         // A name is a name in both texts when either writes it as one: at the start of a sentence it is capitalised
         // anyway ("Datasets can be loaded…" against "…loaded with Datasets").
         let named = Set(a.entities).union(b.entities)
         if named.intersection(a.words) != named.intersection(b.words) { return .entities }
+        if reworded { return nil }
         if a.sequence(named: named) != b.sequence(named: named) { return .order }
         if Self.rolesSwapped(a, b) { return .roles }
         return nil
     }
 
-    /// Whether a relation word governs a different word in each text while both texts use both words: the words
-    /// swapped roles. ("to savings" against "to my savings account" agree; "to savings" against "to checking" in a
-    /// text without "savings" is a substitution, which this check leaves to the others.)
+    /// Content words (from `longText` on) a text needs before a negation word may be part of rewording.
+    static let longText = 8
+
+    /// Whether more than a small share of the two texts' content words (stemmed) is in only one of them: at most
+    /// two words, or 30% of their union, may differ for the texts to count as the same words.
+    static func reworded(_ a: Features, _ b: Features) -> Bool {
+        let differing = a.content.symmetricDifference(b.content).count
+        let union = a.content.union(b.content).count
+        return differing > max(2, union * 3 / 10)
+    }
+
+    /// Whether a relation word governs different words in each text while each text also uses the words the other
+    /// puts there: the words swapped roles. The governed phrase is up to three content words after the relation word
+    /// ("to square meters" against "to square feet"). "to savings" against "to my savings account" agree; "to
+    /// savings" against "to checking" in a text without "savings" is a substitution, which the others judge.
     static func rolesSwapped(_ a: Features, _ b: Features) -> Bool {
-        for (relation, word) in a.roles {
-            guard let other = b.roles[relation], other != word else { continue }
-            if b.words.contains(word) && a.words.contains(other) { return true }
+        for (relation, phrase) in a.roles {
+            guard let other = b.roles[relation], other != phrase else { continue }
+            let onlyA = Set(phrase).subtracting(other), onlyB = Set(other).subtracting(phrase)
+            if onlyA.contains(where: b.stems.contains) && onlyB.contains(where: a.stems.contains) { return true }
         }
         return false
     }
 
+    /// A word without a plural `s`, so "liters" and "a liter" compare equal.
+    static func stem(_ word: String) -> String {
+        guard word.count > 3, word.hasSuffix("s"), !word.hasSuffix("ss") else { return word }
+        return String(word.dropLast())
+    }
+
     /// Relation words whose object's role a swap changes.
-    static let relationWords: Set<String> = ["from", "to", "into", "than", "for", "over", "versus", "vs", "instead", "onto"]
+    static let relationWords: Set<String> = ["from", "to", "into", "than", "for", "over", "versus", "vs", "instead", "onto",
+                                             "in", "per"]
     /// Words skipped between a relation word and the word it governs.
     static let fillerWords: Set<String> = ["the", "a", "an", "my", "your", "our", "their", "his", "her", "its", "this",
                                            "that", "of", "some", "any", "one"]
+    /// Words that carry no content of their own: a governed phrase ends at one, and rewording is judged without them.
+    static let functionWords: Set<String> = fillerWords.union(relationWords).union([
+        "and", "or", "but", "is", "are", "was", "were", "be", "been", "being", "am", "do", "does", "did", "can",
+        "could", "will", "would", "should", "shall", "may", "might", "must", "have", "has", "had", "i", "you", "we",
+        "they", "he", "she", "it", "me", "us", "them", "on", "at", "by", "with", "as", "if", "when", "how", "what",
+        "which", "who", "why", "where", "there", "these", "those", "so", "such", "also", "then", "about", "more",
+        "most", "very", "all", "each", "both", "it's", "i'm", "there's",
+    ])
 
     struct Features {
         var negations = 0
         var numbers: [String] = []
         var entities: [String] = []
-        /// Each relation word (first use) and the content word it governs.
-        var roles: [String: String] = [:]
+        /// Each relation word (first use) and the content words it governs, stemmed.
+        var roles: [String: [String]] = [:]
         /// Every word, lowercased.
         var words: Set<String> = []
+        /// Every word, lowercased and stemmed.
+        var stems: Set<String> = []
+        /// The words that are not function words, lowercased and stemmed.
+        var content: Set<String> = []
         /// Every word, lowercased, in order.
         var ordered: [String] = []
 
@@ -95,20 +135,35 @@ public enum SemanticGuard {
         init(_ text: String) {
             var sentenceStart = true
             var pendingRelation: String?
+            var phrase: [String] = []
+            func finishPhrase() {
+                if let relation = pendingRelation, !phrase.isEmpty, roles[relation] == nil { roles[relation] = phrase }
+                pendingRelation = nil
+                phrase = []
+            }
             for token in SemanticGuard.tokens(text) {
                 if !token.text.isEmpty {
                     let word = token.text.lowercased()
+                    let stem = SemanticGuard.stem(word)
                     words.insert(word)
+                    stems.insert(stem)
                     ordered.append(word)
-                    if let relation = pendingRelation, !SemanticGuard.fillerWords.contains(word) {
-                        if SemanticGuard.relationWords.contains(word) {
-                            pendingRelation = nil
+                    let function = SemanticGuard.functionWords.contains(word)
+                    if !function { content.insert(stem) }
+                    if pendingRelation != nil {
+                        if phrase.isEmpty && SemanticGuard.fillerWords.contains(word) {
+                            // "to the savings account": the article is skipped.
+                        } else if !function && phrase.count < 3 {
+                            phrase.append(stem)
+                            if token.endsSentence || token.followedByComma { finishPhrase() }
                         } else {
-                            if roles[relation] == nil { roles[relation] = word }
-                            pendingRelation = nil
+                            finishPhrase()
                         }
                     }
-                    if SemanticGuard.relationWords.contains(word) { pendingRelation = word }
+                    if SemanticGuard.relationWords.contains(word) {
+                        finishPhrase()
+                        pendingRelation = word
+                    }
                 }
                 if token.text.isEmpty {
                     sentenceStart = sentenceStart || token.endsSentence
@@ -126,6 +181,7 @@ public enum SemanticGuard {
                 }
                 sentenceStart = token.endsSentence
             }
+            finishPhrase()
         }
     }
 
@@ -166,7 +222,7 @@ public enum SemanticGuard {
     }
 
     static let negationWords: Set<String> = [
-        "not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "nowhere", "without", "cannot", "unable",
+        "not", "non", "no", "never", "none", "nobody", "nothing", "neither", "nor", "nowhere", "without", "cannot", "unable",
         "cant", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "wont", "wouldnt", "shouldnt", "couldnt",
         "havent", "hasnt", "hadnt", "mustnt", "neednt", "aint",
     ]

@@ -27,9 +27,14 @@ public struct ThresholdCalibrator: Sendable, Hashable {
         public var minimumLabels: Int
         /// 1.645: a one-sided 95% bound.
         public var z: Double
+        /// Whether the score is a probability of a right answer (the learned verifier's): then the precision a
+        /// threshold would have is estimated from the scores of every candidate seen, each corrected by the labels
+        /// (see `ThresholdCalibrator`), rather than counted from the labels alone.
+        public var modelled: Bool
 
         public init(base: Double = 0.94, floor: Double = 0.85, ceiling: Double = 0.99, step: Double = 0.01,
-                    targetPrecision: Double = 0.99, minimumLabels: Int = 50, z: Double = 1.645) {
+                    targetPrecision: Double = 0.99, minimumLabels: Int = 50, z: Double = 1.645, modelled: Bool = false) {
+            self.modelled = modelled
             self.base = base
             self.floor = floor
             self.ceiling = ceiling
@@ -44,6 +49,8 @@ public struct ThresholdCalibrator: Sendable, Hashable {
     /// Labels per step, from `floor`: right and wrong.
     private var right: [Int]
     private var wrong: [Int]
+    /// Scores seen per step (labelled or not): the best candidate of each lookup, served or not.
+    private var seen: [Int]
     public private(set) var threshold: Double
 
     public init(settings: Settings = Settings()) {
@@ -51,14 +58,27 @@ public struct ThresholdCalibrator: Sendable, Hashable {
         let steps = Int(((1 - settings.floor) / settings.step).rounded(.up)) + 1
         right = [Int](repeating: 0, count: max(steps, 1))
         wrong = right
+        seen = right
         threshold = settings.base
+    }
+
+    /// A lookup's best candidate scored `similarity` (a modelled calibrator weighs thresholds by what they would
+    /// serve). The threshold is recomputed on the next label, not here: lookups are many, labels few.
+    public mutating func observe(similarity: Double) {
+        guard settings.modelled, similarity.isFinite, similarity >= settings.floor else { return }
+        let index = step(of: similarity)
+        seen[index] = seen[index] &+ 1
+    }
+
+    private func step(of similarity: Double) -> Int {
+        min(Int(((similarity - settings.floor) / settings.step + 1e-9).rounded(.down)), right.count - 1)
     }
 
     /// A label: whether the candidate at `similarity` had the right answer. Labels under `floor` say nothing about
     /// any threshold the calibrator may choose and are ignored; non-finite similarities too.
     public mutating func record(similarity: Double, correct: Bool) {
         guard similarity.isFinite, similarity >= settings.floor else { return }
-        let index = min(Int(((similarity - settings.floor) / settings.step + 1e-9).rounded(.down)), right.count - 1)
+        let index = step(of: similarity)
         if correct { right[index] = right[index] &+ 1 } else { wrong[index] = wrong[index] &+ 1 }
         threshold = calibrated()
     }
@@ -106,6 +126,7 @@ public struct ThresholdCalibrator: Sendable, Hashable {
             start += 1
         }
         if start > base { return settings.floor + Double(start) * settings.step }
+        if settings.modelled { return modelledThreshold(base: base) }
         // Loosen: the lowest step whose labels at or above it (every hit served there) are enough and bound their
         // precision at the target.
         var chosen = base
@@ -117,6 +138,74 @@ public struct ThresholdCalibrator: Sendable, Hashable {
             }
         }
         return settings.floor + Double(chosen) * settings.step
+    }
+}
+
+extension ThresholdCalibrator {
+    /// The modelled estimate. The verifier's probability p says how likely a candidate is right, but on the
+    /// training data's scale, not this namespace's: here P(right | p) = σ(logit p + δ), one shift δ fitted to the
+    /// labels (maximum likelihood with a weak normal prior N(0, 2²), so that labels all right give a finite shift),
+    /// and its lower confidence bound δ − z/√information taken. The precision a threshold t would have is then the
+    /// mean of σ(logit p + δ_low) over the scores seen at or above t. The threshold loosens from the base, one step at
+    /// a time, while that bound stays at or above the target, only once `minimumLabels` labels exist and only as far
+    /// down as labels reach; it tightens above the base while even σ(logit p + δ_high) misses the target there.
+    /// Every candidate's score informs the estimate; the labels fit one number. (Platt scaling's two numbers, slope
+    /// too, moved the threshold further but unstably on the evaluation stream: 0.74 at one point with 150 labels.)
+    func modelledThreshold(base: Int) -> Double {
+        let value = { (index: Int) in settings.floor + Double(index) * settings.step }
+        guard labels >= settings.minimumLabels, let (shift, deviation) = fittedShift() else { return value(base) }
+        let precision = { (from: Int, shift: Double) -> Double? in
+            var expected = 0.0, count = 0
+            for index in from..<seen.count where seen[index] > 0 {
+                expected += Double(seen[index]) / (1 + exp(-(self.logit(index) + shift)))
+                count += seen[index]
+            }
+            return count > 0 ? expected / Double(count) : nil
+        }
+        let low = shift - settings.z * deviation, high = shift + settings.z * deviation
+        var tightened = base
+        while tightened < index(ofThreshold: settings.ceiling), let estimate = precision(tightened, high),
+              estimate < settings.targetPrecision {
+            tightened += 1
+        }
+        if tightened > base { return value(tightened) }
+        let lowestLabelled = right.indices.first { right[$0] + wrong[$0] > 0 } ?? base
+        var chosen = base
+        while chosen > lowestLabelled, let estimate = precision(chosen - 1, low), estimate >= settings.targetPrecision {
+            chosen -= 1
+        }
+        return value(chosen)
+    }
+
+    func index(ofThreshold threshold: Double) -> Int {
+        min(max(Int(((threshold - settings.floor) / settings.step).rounded()), 0), right.count - 1)
+    }
+
+    /// The logit of the score a step stands for: its middle, kept off 0 and 1 so that it is finite.
+    func logit(_ index: Int) -> Double {
+        let p = min(max(settings.floor + (Double(index) + 0.5) * settings.step, 1e-4), 1 - 1e-4)
+        return log(p / (1 - p))
+    }
+
+    /// The fitted shift δ and its standard deviation: Newton's method on the labels' log likelihood plus the prior.
+    func fittedShift() -> (Double, Double)? {
+        let priorPrecision = 1.0 / 4
+        var shift = 0.0, information = priorPrecision
+        for _ in 0..<50 {
+            var gradient = -priorPrecision * shift
+            information = priorPrecision
+            for index in right.indices where right[index] + wrong[index] > 0 {
+                let n = Double(right[index] + wrong[index])
+                let q = 1 / (1 + exp(-(logit(index) + shift)))
+                gradient += Double(right[index]) - n * q
+                information += n * q * (1 - q)
+            }
+            let move = gradient / information
+            shift += min(max(move, -2), 2)
+            if abs(move) < 1e-9 { break }
+        }
+        guard shift.isFinite, information.isFinite, information > 0 else { return nil }
+        return (shift, 1 / information.squareRoot())
     }
 }
 
@@ -138,6 +227,13 @@ public struct CalibratorTable: Sendable {
     }
 
     public var count: Int { calibrators.count }
+
+    /// A lookup's best candidate in `namespace` scored `similarity` (see `ThresholdCalibrator.observe`). Only a
+    /// namespace that has labels keeps observations: lookups alone never create calibration state.
+    public mutating func observe(namespace: String, similarity: Double) {
+        guard settings.modelled, calibrators[namespace] != nil else { return }
+        calibrators[namespace]?.observe(similarity: similarity)
+    }
 
     public mutating func record(namespace: String, similarity: Double, correct: Bool) {
         if calibrators[namespace] == nil, calibrators.count >= maximumNamespaces, let oldest = recency.removeOldest() {
@@ -217,6 +313,12 @@ public final class SemanticCalibration: Sendable {
     /// A label: the candidate at `score` was (or was not) a right answer.
     public func record(key: String, score: Double, correct: Bool) {
         state.withLock { $0.table.record(namespace: key, similarity: score, correct: correct) }
+    }
+
+    /// A lookup's best candidate scored `score`, served or not: what a threshold would serve, for the modelled
+    /// estimate.
+    public func observe(key: String, score: Double) {
+        state.withLock { $0.table.observe(namespace: key, similarity: score) }
     }
 
     /// Remembers the score an entry was served at, for feedback on it.

@@ -176,7 +176,10 @@ public struct SemanticCacheStage: GatewayStage {
             let outcome = CacheOutcome(.hitSemantic, similarity: Double(match.similarity), entryID: match.entry.id)
             guard let replay = CacheSupport.replay(match.entry.answer, for: request, outcome: outcome) else { continue }
             recorder.cache(.semantic, .hit, model: request.model, saved: match.entry.answer.cost, caller: plan.caller)
-            if let probability = candidate.probability { learned?.calibration?.served(entryID: match.entry.id, key: key, score: probability) }
+            if let probability = candidate.probability, let calibration = learned?.calibration {
+                calibration.observe(key: key, score: probability)
+                calibration.served(entryID: match.entry.id, key: key, score: probability)
+            }
             if settings.semanticShadowRate > 0, Double.random(in: 0..<1) < settings.semanticShadowRate,
                let cached = match.entry.answer.response
             {
@@ -185,6 +188,7 @@ public struct SemanticCacheStage: GatewayStage {
             }
             return (replay, nil)
         }
+        if let probability = nearMiss?.probability { learned?.calibration?.observe(key: key, score: probability) }
         return (nil, nearMiss)
     }
 

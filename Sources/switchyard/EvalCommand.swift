@@ -108,7 +108,11 @@ struct SemanticCacheEval: ParsableCommand {
         func row(_ name: String, _ policy: SemanticEvaluation.Policy) {
             let result = SemanticEvaluation.replay(verifiedQueries, policy: policy, words: words)
             let s = result.score
-            print(String(format: "| %@ | %.4f | %.4f | %.4f | %.4f | %d |", name, policy.threshold, s.hitRate, s.hitPrecision,
+            // A calibrated replay's threshold moves: its value after each fifth of the stream.
+            let fifths = stride(from: result.decisions.count / 5 - 1, to: result.decisions.count, by: max(result.decisions.count / 5, 1))
+                .map { String(format: "%.3f", result.decisions[$0].threshold) }
+            let threshold = policy.calibration == nil ? String(format: "%.4f", policy.threshold) : fifths.joined(separator: " → ")
+            print(String(format: "| %@ | %@ | %.4f | %.4f | %.4f | %d |", name, threshold, s.hitRate, s.hitPrecision,
                          s.falseHitRate, result.labels))
             report.append(["set": "stream_policy", "policy": .string(name), "threshold": .double(policy.threshold),
                            "hit_rate": .double(s.hitRate), "hit_precision": .double(s.hitPrecision),
@@ -122,6 +126,20 @@ struct SemanticCacheEval: ParsableCommand {
             row("learned verifier", SemanticEvaluation.Policy(minimumSimilarity: learned.minimumSimilarity, guardChecks: true,
                                                              verifier: learned, threshold: level))
         }
+        // How the verifier's probability relates to being right on this stream (every hit it would serve from 0.5):
+        // what the modelled calibration assumes is a shift of its logit.
+        let open = SemanticEvaluation.replay(verifiedQueries, policy: SemanticEvaluation.Policy(
+            minimumSimilarity: learned.minimumSimilarity, guardChecks: true, verifier: learned, threshold: 0.5), words: words)
+        print("\n| probability | hits | precision | mean probability |\n|---|---|---|---|")
+        let edges = [0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0001]
+        for (low, high) in zip(edges, edges.dropFirst()) {
+            let hits = open.decisions.enumerated().filter { _, d in d.served != nil && d.score.map { $0 >= low && $0 < high } == true }
+            guard !hits.isEmpty else { continue }
+            let right = hits.filter { position, d in verifiedQueries[d.served!].intent == verifiedQueries[position].intent }.count
+            let mean = hits.map { $0.1.score ?? 0 }.reduce(0, +) / Double(hits.count)
+            print(String(format: "| %.3f–%.3f | %d | %.4f | %.4f |", low, min(high, 1), hits.count, Double(right) / Double(hits.count), mean))
+        }
+        print("")
         // At the serving confidence (a one-sided 95% bound), then at the point estimate (z = 0), which shows what the
         // labels alone would choose: 5,000 queries give too few labels to certify 99% at 95% confidence.
         for z in [1.645, 0] {

@@ -35,7 +35,30 @@ import Testing
         ("No, the old app doesn't work anymore", "The old app doesn't work anymore"),
         ("Can I use not only cards but also transfers?", "Can I use cards and also transfers?"),
         ("Can I order one card online?", "Can I order a card online?"),
+        // Reworded: names and relation words move, and a long text's negation is carried by other words.
+        ("A Dataset object is backed by a PyArrow Table.", "A PyArrow Table serves as the foundation for a Dataset object."),
+        ("Yes, Datasets can be used with TensorFlow, PyTorch, and JAX.", "TensorFlow, PyTorch, and JAX are all compatible with Datasets."),
+        ("Book a flight from Paris to London", "I need a plane ticket to London from Paris"),
+        ("Serialized datasets can be saved to cloud storage using the save method.",
+         "The save method can be used to store serialized datasets in cloud storage."),
+        ("Specifying a version that is different from your local version of the library might cause compatibility issues.",
+         "Using a version of the library that is not the same as your local version could lead to compatibility problems."),
     ]
+
+    @Test func rolesAndOrderAreJudgedBetweenTextsInTheSameWords() {
+        // The governed phrase, not only its first word: "square" is governed by "to" in both.
+        #expect(SemanticGuard.check("Convert square feet to square meters", against: "Convert square meters to square feet") == .roles)
+        // "in" relates units, and a plural is the same word.
+        #expect(SemanticGuard.check("How many cups in a liter?", against: "How many liters in a cup?") == .roles)
+        #expect(SemanticGuard.check("How many days in a week?", against: "How many weeks in a day?") == .roles)
+        // "non" negates.
+        #expect(SemanticGuard.check("Is the fee refundable?", against: "Is the fee non refundable?") == .negation)
+        // A short text keeps its negation check even when reworded.
+        #expect(SemanticGuard.check("Can I cancel my order?", against: "Is it impossible not to stop my purchase?") == .negation)
+        // Two words changed around a swap is still the same words: refused.
+        #expect(SemanticGuard.check("Is a debit card safer than a credit card?",
+                                    against: "Is a credit card more secure than a debit card?") == .roles)
+    }
 
     @Test func theRefinementsStillRefuseWhatDiffers() {
         #expect(SemanticGuard.check("Can I order one card?", against: "Can I order two cards?") == .numbers)

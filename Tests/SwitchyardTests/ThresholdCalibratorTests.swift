@@ -65,6 +65,41 @@ import Testing
         #expect(lru.threshold(for: "m1") > 0.955, "m1 kept its state")
     }
 
+    /// The learned verifier's calibration: its probability corrected by one fitted shift, weighed over what each
+    /// threshold would serve.
+    static func modelled() -> ThresholdCalibrator {
+        ThresholdCalibrator(settings: .init(base: 0.96, floor: 0.5, ceiling: 0.9999, step: 0.001, targetPrecision: 0.99,
+                                            modelled: true))
+    }
+
+    @Test func theModelledEstimateNeverLoosensOnObservationsAlone() {
+        var calibrator = Self.modelled()
+        for index in 0..<10_000 { calibrator.observe(similarity: 0.9 + Double(index % 100) * 0.001) }
+        #expect(abs(calibrator.threshold - 0.96) < 1e-9)
+        // Under the minimum number of labels, however right: still the base.
+        for _ in 0..<49 { calibrator.record(similarity: 0.93, correct: true) }
+        #expect(abs(calibrator.threshold - 0.96) < 1e-9, "\(calibrator.threshold)")
+    }
+
+    @Test func theModelledEstimateLoosensWhereLabelsShowTheScaleUnderstatesAndTightensWhereItOverstates() {
+        // Lookups scoring 0.90–0.999, and labels there all right: the probability understates how often it is right,
+        // so thresholds below the base serve at the target.
+        var loose = Self.modelled()
+        for index in 0..<2000 { loose.observe(similarity: 0.90 + Double(index % 100) * 0.001) }
+        for index in 0..<300 { loose.record(similarity: 0.90 + Double(index % 100) * 0.001, correct: true) }
+        #expect(loose.threshold < 0.95, "\(loose.threshold)")
+        #expect(loose.threshold >= 0.90, "never below the lowest label: \(loose.threshold)")
+        // The same lookups, but one label in ten wrong: the probability overstates, and the threshold rises.
+        var tight = Self.modelled()
+        for index in 0..<2000 { tight.observe(similarity: 0.90 + Double(index % 100) * 0.001) }
+        for index in 0..<300 { tight.record(similarity: 0.90 + Double(index % 100) * 0.001, correct: index % 10 != 0) }
+        #expect(tight.threshold > 0.96, "\(tight.threshold)")
+        // A modelled table keeps observations only for namespaces that have labels.
+        var table = CalibratorTable(settings: Self.modelled().settings, maximumNamespaces: 10)
+        table.observe(namespace: "nobody", similarity: 0.95)
+        #expect(table.count == 0)
+    }
+
     @Test func theWilsonBoundIsTheTextbookOne() {
         // 95 of 100 at z = 1.96: 0.8882 (the standard two-sided 95% Wilson interval's lower end).
         #expect(abs(ThresholdCalibrator.lowerBound(right: 95, total: 100, z: 1.96) - 0.8882) < 0.0005)

@@ -169,12 +169,23 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .target(
+            // A RESP3 client over SwiftNIO: the parser state machine, pipelined connections, a pool, scripts.
+            name: "Redis",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict
+        ),
         .target(name: "CFuzzerDriver"),
         .executableTarget(
             // libFuzzer targets for the parsers (scripts/fuzz.sh); a plain build replays inputs.
             name: "SwitchyardFuzz",
             dependencies: [
-                "HTTPEdge", "SwitchyardModels", "ServerSentEvents", "CFuzzerDriver",
+                "HTTPEdge", "SwitchyardModels", "ServerSentEvents", "CFuzzerDriver", "Redis",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
@@ -195,7 +206,7 @@ let package = Package(
             name: "SwitchyardTests",
             dependencies: [
                 "SwitchyardModels", "ServerSentEvents", "SwitchyardCore", "Stages", "Providers", "Server",
-                "MockProvider", "SwitchyardTestKit", "Embeddings", "LoadTest", "HTTPEdge", "Caching", "Routing",
+                "MockProvider", "SwitchyardTestKit", "Embeddings", "LoadTest", "HTTPEdge", "Caching", "Routing", "Redis",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes every parser that reads outside bytes with libFuzzer (request parser, response parser, JSON reader, SSE
-# decoder, both request decoders), each for a bounded time from the committed seed corpus in fuzz/corpus/.
+# decoder, both request decoders, the Redis reply parser), each for a bounded time from the committed seed corpus in fuzz/corpus/.
 # Any crash, sanitizer report, split/whole disagreement or hang fails the run, and the input is kept under
 # .build-fuzz/crashes/.
 #
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-30}
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(request-parser response-parser json sse openai-request anthropic-request)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(request-parser response-parser json sse openai-request anthropic-request resp)
 
 # Its own build folder: every module is instrumented (coverage for libFuzzer, AddressSanitizer).
 swift build --scratch-path .build-fuzz --product SwitchyardFuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING >&2

@@ -4,6 +4,7 @@ import CFuzzerDriver
 import HTTPEdge
 import NIOCore
 import NIOHTTP1
+import Redis
 import ServerSentEvents
 import SwitchyardModels
 
@@ -12,7 +13,7 @@ import Glibc
 #endif
 
 /// Fuzz targets for every parser that reads bytes from outside: the edge's request parser, the upstream client's
-/// response parser, the JSON reader, the SSE decoder, and both APIs' request decoders.
+/// response parser, the JSON reader, the SSE decoder, both APIs' request decoders, and the Redis reply parser.
 ///
 /// Built for libFuzzer by `scripts/fuzz.sh` (`-sanitize=fuzzer,address -DFUZZING`); built plainly (as `swift build`
 /// does), the same binary replays files, so a crashing input can be rerun under a debugger. The target is
@@ -25,6 +26,7 @@ enum FuzzTarget: String, CaseIterable {
     case sse
     case openAIRequest = "openai-request"
     case anthropicRequest = "anthropic-request"
+    case resp
 
     static let selected: FuzzTarget = {
         let name = getenv("SWITCHYARD_FUZZ_TARGET").map { String(cString: $0) } ?? ""
@@ -46,6 +48,7 @@ enum FuzzTarget: String, CaseIterable {
             if let json = try? JSONValue.parse(bytes) { _ = try? OpenAIFormat.parseRequest(json) }
         case .anthropicRequest:
             if let json = try? JSONValue.parse(bytes) { _ = try? AnthropicFormat.parseRequest(json) }
+        case .resp: Self.resp(bytes)
         }
     }
 
@@ -131,6 +134,24 @@ enum FuzzTarget: String, CaseIterable {
             return seen.joined(separator: "|")
         }
         wholeAndSplitAgree(bytes, "SSE decoder", events)
+    }
+
+    /// The Redis reply parser, with small bounds so that the fuzzer reaches them.
+    static func resp(_ bytes: UnsafeRawBufferPointer) {
+        wholeAndSplitAgree(bytes, "RESP parser") { pieces -> [String] in
+            var parser = RESPParser(limits: .init(line: 256, bulk: 1024, elements: 64, depth: 8))
+            var seen: [String] = []
+            for piece in pieces {
+                parser.append(ByteBuffer(bytes: piece))
+                do {
+                    while let value = try parser.next() { seen.append("\(value)") }
+                } catch {
+                    seen.append("error \(error)")
+                    return seen
+                }
+            }
+            return seen
+        }
     }
 
     /// Body slices are joined: how bytes were split into parts is not part of the answer.

@@ -249,7 +249,15 @@ struct SemanticCacheEval: ParsableCommand {
             }
             let vectors = embedAll(training.flatMap { [$0.0, $0.1] })
             for (index, pair) in training.enumerated() where InMemorySemanticCache.dot(vectors[2 * index], vectors[2 * index + 1]) >= 0.90 {
-                if let rejection = SemanticGuard.check(pair.0, against: pair.1) { print("training refusal \(rejection.rawValue): \(pair.0) / \(pair.1)") }
+                if let rejection = SemanticGuard.check(pair.0, against: pair.1) {
+                    print("training refusal \(rejection.rawValue): \(pair.0) / \(pair.1)")
+                } else {
+                    let probability = learned.probability(query: .init(text: pair.0, vector: vectors[2 * index]),
+                                                          candidate: .init(text: pair.1, vector: vectors[2 * index + 1]), words: words)
+                    if probability < learned.threshold {
+                        print(String(format: "training refusal learned %.3f: %@ / %@", probability, pair.0, pair.1))
+                    }
+                }
             }
         }
         let paraphraseVectors = embedAll(heldOut.flatMap { [$0.0, $0.1] })

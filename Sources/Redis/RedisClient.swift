@@ -1,0 +1,197 @@
+import Crypto
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// When a connection slot may try to connect again: exponential backoff with full jitter, from `base` up to
+/// `maximum`, reset by a success. A value type with time and randomness passed in.
+public struct ReconnectBackoff: Sendable, Hashable {
+    public var base: TimeAmount
+    public var maximum: TimeAmount
+    public private(set) var failures = 0
+    public private(set) var notBefore: NIODeadline = .uptimeNanoseconds(0)
+
+    public init(base: TimeAmount = .milliseconds(50), maximum: TimeAmount = .seconds(5)) {
+        self.base = base
+        self.maximum = maximum
+    }
+
+    public func mayConnect(at now: NIODeadline) -> Bool { now >= notBefore }
+
+    /// A failed attempt at `now`; `random` in [0, 1) picks the wait within the doubled window.
+    public mutating func failed(at now: NIODeadline, random: Double) {
+        failures = min(failures + 1, 62)
+        let window = min(Double(base.nanoseconds) * Double(UInt64(1) << UInt64(min(failures - 1, 40))), Double(maximum.nanoseconds))
+        let wait = Int64(window * min(max(random, 0), 1))
+        notBefore = now + .nanoseconds(wait)
+    }
+
+    public mutating func succeeded() {
+        failures = 0
+        notBefore = .uptimeNanoseconds(0)
+    }
+}
+
+/// A Lua script run by its SHA-1 (`EVALSHA`); loaded with `SCRIPT LOAD` when the server does not know it yet
+/// (`NOSCRIPT`: first use, a restarted server, a failover).
+public struct RedisScript: Sendable, Hashable {
+    public let source: String
+    public let sha1: String
+
+    public init(_ source: String) {
+        self.source = source
+        sha1 = Insecure.SHA1.hash(data: Array(source.utf8)).map { byte in
+            let hex = String(byte, radix: 16)
+            return byte < 16 ? "0" + hex : hex
+        }.joined()
+    }
+}
+
+/// A pool of pipelined connections to one server. Commands go round-robin over the connected slots; a slot whose
+/// connection died reconnects on next use, after its backoff. Nothing waits longer than the connect timeout for a
+/// connection, or the command timeout for a reply: with the server down every call fails fast with
+/// `.unavailable` or `.connectFailed`, and the caller's failure policy decides (a cache bypasses itself).
+public final class RedisClient: Sendable {
+    public let configuration: RedisConfiguration
+    private let group: any EventLoopGroup
+    private let onPush: (@Sendable ([RESPValue]) -> Void)?
+
+    private enum Slot: Sendable {
+        case empty(ReconnectBackoff)
+        case connecting(EventLoopFuture<RedisConnection>, ReconnectBackoff)
+        case connected(RedisConnection, ReconnectBackoff)
+    }
+
+    private struct State: Sendable {
+        var slots: [Slot]
+        var next = 0
+        var closed = false
+    }
+
+    private let state: NIOLockedValueBox<State>
+
+    public init(configuration: RedisConfiguration, group: any EventLoopGroup,
+                onPush: (@Sendable ([RESPValue]) -> Void)? = nil) {
+        self.configuration = configuration
+        self.group = group
+        self.onPush = onPush
+        state = NIOLockedValueBox(State(slots: Array(repeating: .empty(ReconnectBackoff()), count: max(configuration.poolSize, 1))))
+    }
+
+    /// One command; an error reply is thrown as `.server`.
+    @discardableResult
+    public func send(_ arguments: [RedisArgument]) async throws(RedisError) -> RESPValue {
+        try await connection().send(arguments)
+    }
+
+    /// Commands written together on one connection and answered in order (error replies in place).
+    public func pipeline(_ commands: [[RedisArgument]]) async throws(RedisError) -> [RESPValue] {
+        try await connection().pipeline(commands)
+    }
+
+    /// Runs `script` with `keys` and `arguments`: EVALSHA, and on NOSCRIPT, SCRIPT LOAD then EVALSHA again.
+    @discardableResult
+    public func evaluate(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument]) async throws(RedisError) -> RESPValue {
+        let command: [RedisArgument] = ["EVALSHA", .string(script.sha1), .integer(keys.count)] + keys + arguments
+        let connection = try await connection()
+        do {
+            return try await connection.send(command)
+        } catch .server(let error) where error.code == "NOSCRIPT" {
+            try await connection.send(["SCRIPT", "LOAD", .string(script.source)])
+            return try await connection.send(command)
+        }
+    }
+
+    /// Closes every connection; later calls fail with `.unavailable`.
+    public func close() async {
+        let connections: [RedisConnection] = state.withLockedValue { state in
+            state.closed = true
+            let open = state.slots.compactMap { slot -> RedisConnection? in
+                if case .connected(let connection, _) = slot { return connection }
+                return nil
+            }
+            state.slots = state.slots.map { _ in .empty(ReconnectBackoff()) }
+            return open
+        }
+        for connection in connections { await connection.close() }
+    }
+
+    /// A live connection: the next connected slot, or one (re)connecting now; `.unavailable` when every slot is
+    /// waiting out its backoff.
+    func connection() async throws(RedisError) -> RedisConnection {
+        enum Choice {
+            case use(RedisConnection)
+            case await(EventLoopFuture<RedisConnection>)
+            case fail(RedisError)
+        }
+        let now = NIODeadline.now()
+        let choice: Choice = state.withLockedValue { state in
+            guard !state.closed else { return .fail(.unavailable) }
+            let count = state.slots.count
+            var connecting: EventLoopFuture<RedisConnection>?
+            for offset in 0..<count {
+                let index = (state.next + offset) % count
+                switch state.slots[index] {
+                case .connected(let connection, let backoff):
+                    if connection.isActive {
+                        state.next = (index + 1) % count
+                        return .use(connection)
+                    }
+                    state.slots[index] = .empty(backoff)
+                    if let future = startConnecting(&state, index: index, now: now) { connecting = connecting ?? future }
+                case .connecting(let future, _):
+                    connecting = connecting ?? future
+                case .empty:
+                    if let future = startConnecting(&state, index: index, now: now) { connecting = connecting ?? future }
+                }
+            }
+            if let connecting { return .await(connecting) }
+            return .fail(.unavailable)
+        }
+        switch choice {
+        case .use(let connection): return connection
+        case .fail(let error): throw error
+        case .await(let future):
+            do {
+                return try await future.get()
+            } catch let error as RedisError {
+                throw error
+            } catch {
+                throw .connectFailed("\(error)")
+            }
+        }
+    }
+
+    /// Starts connecting slot `index` when its backoff allows; the future settles the slot.
+    private func startConnecting(_ state: inout State, index: Int, now: NIODeadline) -> EventLoopFuture<RedisConnection>? {
+        guard case .empty(let backoff) = state.slots[index], backoff.mayConnect(at: now) else { return nil }
+        let eventLoop = group.next()
+        let promise = eventLoop.makePromise(of: RedisConnection.self)
+        let configuration = self.configuration, onPush = self.onPush
+        promise.completeWithTask {
+            try await RedisConnection.connect(configuration, on: eventLoop, onPush: onPush)
+        }
+        state.slots[index] = .connecting(promise.futureResult, backoff)
+        promise.futureResult.whenComplete { [weak self] result in
+            guard let self else { return }
+            let stale: RedisConnection? = self.state.withLockedValue { state in
+                guard case .connecting(_, var backoff) = state.slots[index] else {
+                    // Closed meanwhile: drop what connected.
+                    if case .success(let connection) = result { return connection }
+                    return nil
+                }
+                switch result {
+                case .success(let connection):
+                    backoff.succeeded()
+                    state.slots[index] = state.closed ? .empty(backoff) : .connected(connection, backoff)
+                    return state.closed ? connection : nil
+                case .failure:
+                    backoff.failed(at: .now(), random: Double.random(in: 0..<1))
+                    state.slots[index] = .empty(backoff)
+                    return nil
+                }
+            }
+            if let stale { stale.channel.close(promise: nil) }
+        }
+        return promise.futureResult
+    }
+}

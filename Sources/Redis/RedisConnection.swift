@@ -1,0 +1,317 @@
+import NIOCore
+import NIOPosix
+
+/// Why a command did not get its reply.
+public enum RedisError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// No connection could be opened (refused, unreachable, or not within the connect timeout).
+    case connectFailed(String)
+    /// The server did not answer within the command timeout; the connection is closed (its replies would no longer
+    /// match its commands).
+    case timeout
+    /// The connection closed (or was closed) before the reply came.
+    case connectionClosed
+    /// The server's bytes broke RESP: the connection is closed.
+    case protocolViolation(RESPParseError)
+    /// The server refused the handshake's credentials or protocol.
+    case handshakeFailed(String)
+    /// An error reply.
+    case server(RedisServerError)
+    /// More commands wait on this connection than its bound allows.
+    case overloaded
+    /// Every connection of the pool is down and reconnecting (after backoff).
+    case unavailable
+
+    public var description: String {
+        switch self {
+        case .connectFailed(let reason): "redis: connect failed: \(reason)"
+        case .timeout: "redis: command timed out"
+        case .connectionClosed: "redis: connection closed"
+        case .protocolViolation(let error): "redis: protocol violation: \(error)"
+        case .handshakeFailed(let reason): "redis: handshake failed: \(reason)"
+        case .server(let error): "redis: \(error.message)"
+        case .overloaded: "redis: too many commands waiting on one connection"
+        case .unavailable: "redis: no connection available"
+        }
+    }
+
+    /// A bounded label for metrics.
+    public var code: String {
+        switch self {
+        case .connectFailed: "connect_failed"
+        case .timeout: "timeout"
+        case .connectionClosed: "connection_closed"
+        case .protocolViolation: "protocol_violation"
+        case .handshakeFailed: "handshake_failed"
+        case .server: "server_error"
+        case .overloaded: "overloaded"
+        case .unavailable: "unavailable"
+        }
+    }
+}
+
+/// How to reach and talk to one Redis server. Credentials are values here; the gateway reads them from environment
+/// variables named in its configuration and never logs them.
+public struct RedisConfiguration: Sendable, Hashable {
+    public var host: String
+    public var port: Int
+    public var username: String?
+    public var password: String?
+    /// The logical database (`SELECT`), 0 by default.
+    public var database: Int
+    public var connectTimeout: TimeAmount
+    public var commandTimeout: TimeAmount
+    /// Most commands waiting for replies on one connection (pipelined).
+    public var maximumPending: Int
+    /// Connections in a client's pool.
+    public var poolSize: Int
+    public var clientName: String?
+    public var limits: RESPParser.Limits
+
+    public init(host: String = "127.0.0.1", port: Int = 6379, username: String? = nil, password: String? = nil,
+                database: Int = 0, connectTimeout: TimeAmount = .seconds(2), commandTimeout: TimeAmount = .seconds(2),
+                maximumPending: Int = 10_000, poolSize: Int = 4, clientName: String? = "switchyard",
+                limits: RESPParser.Limits = .init()) {
+        self.host = host
+        self.port = port
+        self.username = username
+        self.password = password
+        self.database = database
+        self.connectTimeout = connectTimeout
+        self.commandTimeout = commandTimeout
+        self.maximumPending = maximumPending
+        self.poolSize = poolSize
+        self.clientName = clientName
+        self.limits = limits
+    }
+}
+
+/// One connection to a Redis server: commands are pipelined (written at once, answered in order), each with a
+/// timeout. After the handshake it speaks RESP3 when the server does (HELLO 3) and RESP2 otherwise.
+public final class RedisConnection: Sendable {
+    public let channel: any Channel
+    /// 3, or 2 on a server without HELLO.
+    public let protocolVersion: Int
+    private let handler: NIOLoopBound<RedisChannelHandler>
+    private let configuration: RedisConfiguration
+
+    private init(channel: any Channel, handler: NIOLoopBound<RedisChannelHandler>, protocolVersion: Int,
+                 configuration: RedisConfiguration) {
+        self.channel = channel
+        self.handler = handler
+        self.protocolVersion = protocolVersion
+        self.configuration = configuration
+    }
+
+    public var isActive: Bool { channel.isActive }
+
+    /// Connects and runs the handshake: HELLO 3 with AUTH and SETNAME; on a server without HELLO, AUTH alone; then
+    /// SELECT when a database is configured. Push messages (RESP3 Pub/Sub) go to `onPush`, on the event loop.
+    public static func connect(_ configuration: RedisConfiguration, on eventLoop: any EventLoop,
+                               onPush: (@Sendable ([RESPValue]) -> Void)? = nil) async throws(RedisError) -> RedisConnection {
+        let handlerPromise = eventLoop.makePromise(of: NIOLoopBound<RedisChannelHandler>.self)
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(configuration.connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = RedisChannelHandler(limits: configuration.limits, maximumPending: configuration.maximumPending,
+                                                      onPush: onPush)
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                    handlerPromise.succeed(NIOLoopBound(handler, eventLoop: channel.eventLoop))
+                }
+            }
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
+        } catch {
+            handlerPromise.fail(RedisError.connectionClosed)
+            throw .connectFailed("\(configuration.host):\(configuration.port): \(error)")
+        }
+        let handler: NIOLoopBound<RedisChannelHandler>
+        do {
+            handler = try await handlerPromise.futureResult.get()
+        } catch {
+            channel.close(promise: nil)
+            throw .connectFailed("no handler: \(error)")
+        }
+        var connection = RedisConnection(channel: channel, handler: handler, protocolVersion: 3, configuration: configuration)
+        do {
+            var hello: [RedisArgument] = ["HELLO", "3"]
+            if let password = configuration.password {
+                hello += ["AUTH", .string(configuration.username ?? "default"), .string(password)]
+            }
+            if let name = configuration.clientName { hello += ["SETNAME", .string(name)] }
+            let reply = try await connection.sendRaw([hello]).first ?? .null
+            if case .error(let error) = reply {
+                // A server before 6 has no HELLO: RESP2, and AUTH on its own.
+                guard error.code == "ERR" || error.code == "NOPROTO" else { throw RedisError.handshakeFailed(error.message) }
+                connection = RedisConnection(channel: channel, handler: handler, protocolVersion: 2, configuration: configuration)
+                if let password = configuration.password {
+                    let auth: [RedisArgument] = configuration.username.map { ["AUTH", .string($0), .string(password)] }
+                        ?? ["AUTH", .string(password)]
+                    if case .error(let refused) = try await connection.sendRaw([auth]).first ?? .null {
+                        throw RedisError.handshakeFailed(refused.message)
+                    }
+                }
+            }
+            if configuration.database != 0 {
+                if case .error(let refused) = try await connection.sendRaw([["SELECT", .integer(configuration.database)]]).first ?? .null {
+                    throw RedisError.handshakeFailed(refused.message)
+                }
+            }
+        } catch let error as RedisError {
+            channel.close(promise: nil)
+            throw error
+        } catch {
+            channel.close(promise: nil)
+            throw .handshakeFailed("\(error)")
+        }
+        return connection
+    }
+
+    /// One command; an error reply is thrown as `.server`.
+    @discardableResult
+    public func send(_ arguments: [RedisArgument]) async throws(RedisError) -> RESPValue {
+        let reply = try await sendRaw([arguments]).first ?? .null
+        if case .error(let error) = reply { throw .server(error) }
+        return reply
+    }
+
+    /// Commands written together and answered in order; error replies stay in the result, one per command.
+    public func pipeline(_ commands: [[RedisArgument]]) async throws(RedisError) -> [RESPValue] {
+        try await sendRaw(commands)
+    }
+
+    func sendRaw(_ commands: [[RedisArgument]]) async throws(RedisError) -> [RESPValue] {
+        guard !commands.isEmpty else { return [] }
+        let eventLoop = channel.eventLoop
+        let promise = eventLoop.makePromise(of: [RESPValue].self)
+        let handler = self.handler
+        let timeout = configuration.commandTimeout
+        let channel = self.channel
+        eventLoop.execute {
+            handler.value.enqueue(commands, promise: promise, context: channel, timeout: timeout)
+        }
+        do {
+            return try await promise.futureResult.get()
+        } catch let error as RedisError {
+            throw error
+        } catch {
+            throw .connectionClosed
+        }
+    }
+
+    public func close() async {
+        try? await channel.close()
+    }
+}
+
+/// The connection's protocol state, on its event loop: the parser and the replies owed, in order.
+final class RedisChannelHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    /// Commands written whose replies have not all come: a batch (a pipeline) fulfils one promise.
+    private struct Waiting {
+        var remaining: Int
+        var replies: [RESPValue]
+        var promise: EventLoopPromise<[RESPValue]>
+        var timeout: Scheduled<Void>?
+    }
+
+    private var parser: RESPParser
+    private var waiting = CircularBuffer<Waiting>()
+    private var pendingCommands = 0
+    private let maximumPending: Int
+    private let onPush: (@Sendable ([RESPValue]) -> Void)?
+    private var context: ChannelHandlerContext?
+    private var failure: RedisError?
+
+    init(limits: RESPParser.Limits, maximumPending: Int, onPush: (@Sendable ([RESPValue]) -> Void)?) {
+        parser = RESPParser(limits: limits)
+        self.maximumPending = maximumPending
+        self.onPush = onPush
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        failAll(.connectionClosed)
+    }
+
+    func enqueue(_ commands: [[RedisArgument]], promise: EventLoopPromise<[RESPValue]>, context channel: any Channel,
+                 timeout: TimeAmount) {
+        guard let context, failure == nil, channel.isActive else {
+            promise.fail(failure ?? .connectionClosed)
+            return
+        }
+        guard pendingCommands + commands.count <= maximumPending else {
+            promise.fail(RedisError.overloaded)
+            return
+        }
+        var buffer = context.channel.allocator.buffer(capacity: 64 * commands.count)
+        for command in commands { RESPCommand.encode(command, into: &buffer) }
+        // A reply that does not come in time means the stream of replies can no longer be trusted to line up.
+        let scheduled = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [weak self] in
+            guard let self else { return }
+            self.fail(.timeout)
+        }
+        waiting.append(Waiting(remaining: commands.count, replies: [], promise: promise, timeout: scheduled))
+        pendingCommands += commands.count
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        parser.append(unwrapInboundIn(data))
+        do {
+            while let value = try parser.next() {
+                if case .push(let items) = value {
+                    onPush?(items)
+                    continue
+                }
+                guard !waiting.isEmpty else {
+                    // A reply nobody asked for: the replies no longer line up with the commands.
+                    fail(.protocolViolation(.badFraming))
+                    return
+                }
+                waiting[waiting.startIndex].replies.append(value)
+                waiting[waiting.startIndex].remaining -= 1
+                pendingCommands -= 1
+                if waiting[waiting.startIndex].remaining == 0 {
+                    let done = waiting.removeFirst()
+                    done.timeout?.cancel()
+                    done.promise.succeed(done.replies)
+                }
+            }
+        } catch {
+            fail(.protocolViolation(error))
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        failAll(failure ?? .connectionClosed)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        fail(.connectionClosed)
+    }
+
+    /// Fails every waiting command and closes the connection.
+    private func fail(_ error: RedisError) {
+        if failure == nil { failure = error }
+        failAll(error)
+        context?.close(promise: nil)
+    }
+
+    private func failAll(_ error: RedisError) {
+        while let entry = waiting.popFirst() {
+            entry.timeout?.cancel()
+            entry.promise.fail(error)
+        }
+        pendingCommands = 0
+    }
+}

@@ -130,7 +130,7 @@ let package = Package(
             name: "Server",
             dependencies: [
                 "SwitchyardCore", "SwitchyardModels", "ServerSentEvents", "Providers", "Stages", "MockProvider", "Embeddings",
-                "HTTPEdge", "Caching", "Routing",
+                "HTTPEdge", "Caching", "Routing", "Redis", "Stores",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -180,6 +180,15 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .target(
+            // The Redis implementations of the state seams.
+            name: "Stores",
+            dependencies: [
+                "Redis", "Caching", "SwitchyardCore",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
         .target(name: "CFuzzerDriver"),
         .executableTarget(
             // libFuzzer targets for the parsers (scripts/fuzz.sh); a plain build replays inputs.
@@ -206,7 +215,7 @@ let package = Package(
             name: "SwitchyardTests",
             dependencies: [
                 "SwitchyardModels", "ServerSentEvents", "SwitchyardCore", "Stages", "Providers", "Server",
-                "MockProvider", "SwitchyardTestKit", "Embeddings", "LoadTest", "HTTPEdge", "Caching", "Routing", "Redis",
+                "MockProvider", "SwitchyardTestKit", "Embeddings", "LoadTest", "HTTPEdge", "Caching", "Routing", "Redis", "Stores",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

@@ -82,10 +82,18 @@ public struct CachedAnswer: Sendable {
 /// Where exact-cache answers live. The in-memory store is the embedded default; a shared store (Redis) lets every
 /// gateway instance see the same answers.
 public protocol ExactCacheStore: Sendable {
-    func get(_ key: String, now: ContinuousClock.Instant) -> CachedAnswer?
+    /// The answer stored under `key` (which `tenant`'s request made), if any and not expired.
+    func lookup(_ key: String, tenant: String, now: ContinuousClock.Instant) async throws -> CachedAnswer?
+    /// Stores `answer` without delaying anyone: a shared store writes in the background, a bounded number at a time.
     func put(_ key: String, _ answer: CachedAnswer)
     /// Removes every answer of `tenant`, or all answers when `tenant` is nil; returns how many went.
-    @discardableResult func removeAll(tenant: String?) -> Int
+    func removeAll(tenant: String?) async throws -> Int
+}
+
+extension InMemoryExactCache {
+    public func lookup(_ key: String, tenant: String, now: ContinuousClock.Instant) -> CachedAnswer? {
+        get(key, now: now)
+    }
 }
 
 /// An in-process LRU store bounded by entries and bytes; expired entries are dropped when met.

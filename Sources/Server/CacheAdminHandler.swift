@@ -22,7 +22,7 @@ struct BatcherEmbedder: TextEmbedder {
 
 /// `POST /v1/cache/feedback` and `DELETE /v1/cache`.
 struct CacheAdminHandler: Sendable {
-    let exact: InMemoryExactCache
+    let exact: any ExactCacheStore
     let semantic: InMemorySemanticCache
     let auth: AuthStage
     /// SHA-256 of `SWITCHYARD_ADMIN_KEY`; without it `DELETE /v1/cache` is refused.
@@ -71,7 +71,7 @@ struct CacheAdminHandler: Sendable {
     }
 
     /// Removes cached answers of `?tenant=NAME`, or all; needs `Authorization: Bearer <SWITCHYARD_ADMIN_KEY>`.
-    func clear(_ request: EdgeRequest) -> EdgeResponse {
+    func clear(_ request: EdgeRequest) async -> EdgeResponse {
         let requestID = ChatHandler.makeRequestID()
         guard let adminKeyHash else {
             return ErrorRenderer.response(for: GatewayError(.permissionDenied, "no admin key is configured (SWITCHYARD_ADMIN_KEY)"),
@@ -82,7 +82,14 @@ struct CacheAdminHandler: Sendable {
                                           format: .openAI, requestID: requestID)
         }
         let tenant = Self.query(request.head.uri, "tenant")
-        let removed = exact.removeAll(tenant: tenant) + semantic.removeAll(tenant: tenant)
+        let exactRemoved: Int
+        do {
+            exactRemoved = try await exact.removeAll(tenant: tenant)
+        } catch {
+            return ErrorRenderer.response(for: GatewayError(.overloaded, "the exact cache's store is unavailable: \(error)"),
+                                          format: .openAI, requestID: requestID)
+        }
+        let removed = exactRemoved + semantic.removeAll(tenant: tenant)
         return json200(["deleted": .int(Int64(removed)), "tenant": tenant.map { .string($0) } ?? .null], requestID)
     }
 

@@ -4,10 +4,13 @@ public import Logging
 import MockProvider
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import Providers
 import ServiceLifecycle
 import Stages
+import Redis
 import Routing
+import Stores
 import Embeddings
 public import SwitchyardCore
 public import Caching
@@ -109,6 +112,20 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         break
     }
     let exactCache = InMemoryExactCache(maxEntries: config.cache.maxEntries, maxBytes: config.cache.maxBytes)
+    // Shared state: the embedded default keeps it here; `state.backend: redis` shares it between instances.
+    var exactStore: any ExactCacheStore = exactCache
+    var redis: RedisClient?
+    if config.state.backend == .redis {
+        let state = config.state
+        let client = RedisClient(configuration: RedisConfiguration(
+            host: state.host, port: state.port, username: state.username, password: state.password, database: state.database,
+            connectTimeout: .nanoseconds(state.connectTimeout.nanoseconds), commandTimeout: .nanoseconds(state.commandTimeout.nanoseconds),
+            poolSize: state.poolSize), group: MultiThreadedEventLoopGroup.singleton)
+        redis = client
+        exactStore = RedisExactCache(client: client, keyPrefix: state.keyPrefix,
+                                     onWriteFailure: { [metrics] in metrics.stateFailed(seam: "exact_cache_write") })
+        logger.info("shared state in redis", metadata: ["switchyard.redis": "\(state.host):\(state.port)/\(state.database)"])
+    }
     let background = BackgroundWork()
     services.append(background)
     let semanticCache = InMemorySemanticCache(maxEntries: config.cache.semanticMaxEntries, maxBytes: config.cache.semanticMaxBytes,
@@ -136,13 +153,13 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         learned = SemanticCacheStage.LearnedVerification(verifier: verifier, words: EncoderWordVectors(encoder: batcher.encoder),
                                                          calibration: calibration)
     }
-    let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics, exactCache: exactCache,
+    let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics, exactCache: exactStore,
                                          semanticCache: semanticCache, embedder: batcher.map { BatcherEmbedder(batcher: $0) },
                                          classifier: classifier, background: background, learned: learned)
     let draining = Locked(false)
     let hasMock = mock != nil
     let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger)
-    let cacheAdmin = CacheAdminHandler(exact: exactCache, semantic: semanticCache, auth: AuthStage(keys: config.keys),
+    let cacheAdmin = CacheAdminHandler(exact: exactStore, semantic: semanticCache, auth: AuthStage(keys: config.keys),
                                        adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex),
                                        recorder: metrics, savings: metrics.savings, calibration: learned?.calibration)
     let embeddingsHandler = EmbeddingsHandler(batcher: batcher, unavailableReason: unavailable, auth: AuthStage(keys: config.keys),
@@ -156,7 +173,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         case (.POST, "/v1/embeddings"): return await embeddingsHandler.handle(request)
         case (.GET, "/v1/models"): return modelsResponse(config)
         case (.POST, "/v1/cache/feedback"): return cacheAdmin.feedback(request)
-        case (.DELETE, "/v1/cache"): return cacheAdmin.clear(request)
+        case (.DELETE, "/v1/cache"): return await cacheAdmin.clear(request)
         case (.GET, "/v1/usage/savings"): return cacheAdmin.savingsReport(request)
         case (.GET, "/healthz"): return EdgeResponse(status: .ok, body: .buffer(healthy))
         case (.GET, "/readyz"):
@@ -187,11 +204,22 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
             return response
         })
     services.append(server)
+    if let redis { services.append(RedisService(client: redis)) }
     // Last in the group, so first to hear of shutdown: /readyz turns 503 while the server drains.
     services.append(DrainWatcher(draining: draining))
     return Gateway(config: config, metrics: metrics, mock: mock, listening: listening, mockURL: mockURL,
                    exactCache: exactCache, semanticCache: semanticCache, services: services, logger: logger,
                    upstreamWaiters: { [client = httpClient.transports.client] in client.waiters() })
+}
+
+/// Closes the shared-state connections at shutdown (after the server drained: it comes before it in the group).
+struct RedisService: Service {
+    let client: RedisClient
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await client.close()
+    }
 }
 
 /// Flips the readiness flag when graceful shutdown begins.

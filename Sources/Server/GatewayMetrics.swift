@@ -54,6 +54,8 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
     let cacheSaved: [CacheKind: Counter]
     let semanticRejections: [String: Counter]
     let falseHits: Counter
+    /// Shared-state store failures by seam (each bypassed or refused by its failure policy).
+    let stateErrors: [String: Counter]
     let shadowChecks: Counter
     let shadowDisagreements: Counter
     let calibrationLabels: [CalibrationLabelSource: Counter]
@@ -143,6 +145,11 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
                                                                   helpText: help))
         }
         falseHits = total("semantic_cache_false_hits", "Semantic hits reported wrong through POST /v1/cache/feedback.")
+        let stateErrorDescriptor = MetricNameDescriptor(namespace: "switchyard", metricName: "state_errors", unitName: "total",
+                                                        helpText: "Shared-state store failures, by seam (bypassed when failing open).")
+        stateErrors = Dictionary(uniqueKeysWithValues: ["exact_cache", "exact_cache_write"].map { seam in
+            (seam, registry.makeCounter(descriptor: stateErrorDescriptor, labels: [("seam", seam)]))
+        })
         shadowChecks = total("semantic_cache_shadow_checks",
                              "Semantic hits also answered by the model in the background to measure false hits.")
         shadowDisagreements = total("semantic_cache_shadow_disagreements",
@@ -270,6 +277,10 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
 
     public func calibrationLabelled(source: CalibrationLabelSource) {
         calibrationLabels[source]?.increment()
+    }
+
+    public func stateFailed(seam: String) {
+        stateErrors[seam]?.increment()
     }
 
     /// The Prometheus text exposition.

@@ -21,7 +21,8 @@ public enum DefaultPipeline {
             stages: [
                 AuthStage(keys: config.keys),
                 RouteStage(models: config.models, routes: config.routes),
-                ExactCacheStage(store: exactCache, settings: config.cache, recorder: recorder),
+                ExactCacheStage(store: exactCache, settings: config.cache, recorder: recorder,
+                                failClosed: config.state.caches == .failClosed),
                 SemanticCacheStage(store: semanticCache, embedder: embedder, settings: config.cache, recorder: recorder,
                                    background: background, learned: learned),
                 RoutingStage(models: config.models, classifier: classifier, embedder: embedder,

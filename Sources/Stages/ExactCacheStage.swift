@@ -10,11 +10,14 @@ public struct ExactCacheStage: GatewayStage {
     let store: any ExactCacheStore
     let settings: CacheSettings
     let recorder: any CacheRecorder
+    /// Whether a failing store refuses the request (`state.caches: fail_closed`) instead of being bypassed.
+    let failClosed: Bool
 
-    public init(store: any ExactCacheStore, settings: CacheSettings, recorder: any CacheRecorder) {
+    public init(store: any ExactCacheStore, settings: CacheSettings, recorder: any CacheRecorder, failClosed: Bool = false) {
         self.store = store
         self.settings = settings
         self.recorder = recorder
+        self.failClosed = failClosed
     }
 
     public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
@@ -25,7 +28,19 @@ public struct ExactCacheStage: GatewayStage {
         let key = bytes >= Offload.thresholdBytes ? try await Offload.ifLarge(bytes) { [self] () throws(GatewayError) in
             try self.key(request, context: context)
         } : try self.key(request, context: context)
-        switch try lookup(request, context: context, key: key) {
+        // The store's answer, read before the synchronous part; a shared store that fails is bypassed (fail open)
+        // or refuses the request (fail closed).
+        var stored: CachedAnswer?
+        if let key, !context.cacheDirectives.skipLookup {
+            let tenant = try context.requireCaller().tenant
+            do {
+                stored = try await store.lookup(key, tenant: tenant, now: .now)
+            } catch {
+                recorder.stateFailed(seam: "exact_cache")
+                if failClosed { throw GatewayError(.overloaded, "the exact cache's store is unavailable") }
+            }
+        }
+        switch try lookup(request, context: context, key: key, stored: stored) {
         case .bypass:
             return CacheSupport.mark(try await next(request, context), CacheOutcome(.bypass))
         case .hit(let replay):
@@ -53,14 +68,14 @@ public struct ExactCacheStage: GatewayStage {
     }
 
     @inline(never)
-    func lookup(_ request: ChatRequest, context: GatewayContext, key: String?) throws(GatewayError) -> Lookup {
+    func lookup(_ request: ChatRequest, context: GatewayContext, key: String?, stored: CachedAnswer?) throws(GatewayError) -> Lookup {
         let directives = context.cacheDirectives
         guard let key else {
             recorder.cache(.exact, .bypass, model: request.model, saved: .zero, caller: context.caller)
             return .bypass
         }
         let caller = try context.requireCaller()
-        if !directives.skipLookup, let answer = store.get(key, now: .now), answer.tenant == caller.tenant,
+        if !directives.skipLookup, let answer = stored, answer.tenant == caller.tenant,
            let replay = CacheSupport.replay(answer, for: request, outcome: CacheOutcome(.hitExact))
         {
             recorder.cache(.exact, .hit, model: request.model, saved: answer.cost, caller: caller)

@@ -152,6 +152,8 @@ public enum ConfigLoader {
             try cache.finish()
         }
 
+        if let state = try top.mapping("state") { config.state = try parseState(state, environment: environment) }
+
         guard let providers = try top.mapping("providers") else { throw ConfigError(path: "providers", "is required") }
         for (name, reader) in try providers.entries() {
             config.providers[name] = try parseProvider(name: name, reader, environment: environment)
@@ -225,6 +227,72 @@ public enum ConfigLoader {
         }
         try top.finish()
         return config
+    }
+
+    /// `state: {backend: memory | redis, url: redis://host:port/db, key_prefix, username_env, password_env,
+    /// connect_timeout_seconds, command_timeout_seconds, pool_size, caches: fail_open | fail_closed}`.
+    static func parseState(_ reader: MappingReader, environment: [String: String]) throws(ConfigError) -> StateSettings {
+        var state = StateSettings()
+        if let backend = try reader.string("backend") {
+            guard let value = StateSettings.Backend(rawValue: backend) else {
+                throw ConfigError(path: reader.child("backend"), "must be 'memory' or 'redis'")
+            }
+            state.backend = value
+        }
+        if let url = try reader.string("url") {
+            // redis://host[:port][/db]; credentials come from the environment, never from the file.
+            guard url.hasPrefix("redis://") else {
+                throw ConfigError(path: reader.child("url"), "must be redis://host[:port][/database] (rediss:// is not supported yet)")
+            }
+            var rest = Substring(url.dropFirst("redis://".count))
+            guard !rest.contains("@") else {
+                throw ConfigError(path: reader.child("url"), "must not hold credentials: name them with username_env and password_env")
+            }
+            if let slash = rest.firstIndex(of: "/") {
+                let database = rest[rest.index(after: slash)...]
+                guard database.isEmpty || (Int(database).map { (0...15).contains($0) } ?? false) else {
+                    throw ConfigError(path: reader.child("url"), "database must be a number from 0 to 15")
+                }
+                state.database = Int(database) ?? 0
+                rest = rest[..<slash]
+            }
+            let parts = rest.split(separator: ":", omittingEmptySubsequences: false)
+            guard let host = parts.first, !host.isEmpty, parts.count <= 2 else {
+                throw ConfigError(path: reader.child("url"), "must name a host")
+            }
+            state.host = String(host)
+            if parts.count == 2 {
+                guard let port = Int(parts[1]), (1...65535).contains(port) else {
+                    throw ConfigError(path: reader.child("url"), "port must be a number from 1 to 65535")
+                }
+                state.port = port
+            }
+        }
+        if let prefix = try reader.string("key_prefix") {
+            guard prefix.utf8.count <= 128, !prefix.contains(where: { $0.isWhitespace || $0 == "{" || $0 == "}" }) else {
+                throw ConfigError(path: reader.child("key_prefix"), "must be at most 128 bytes, without spaces or braces")
+            }
+            state.keyPrefix = prefix
+        }
+        for (key, assign) in [("username_env", { (value: String) in state.username = value }),
+                              ("password_env", { (value: String) in state.password = value })] {
+            guard let name = try reader.string(key) else { continue }
+            guard let value = environment[name], !value.isEmpty else {
+                throw ConfigError(path: reader.child(key), "the environment variable '\(name)' is not set")
+            }
+            assign(value)
+        }
+        if let seconds = try reader.double("connect_timeout_seconds", in: 0.01...60) { state.connectTimeout = .milliseconds(Int64(seconds * 1000)) }
+        if let seconds = try reader.double("command_timeout_seconds", in: 0.01...60) { state.commandTimeout = .milliseconds(Int64(seconds * 1000)) }
+        state.poolSize = try reader.int("pool_size", in: 1...256) ?? state.poolSize
+        if let policy = try reader.string("caches") {
+            guard let value = StateSettings.FailurePolicy(rawValue: policy) else {
+                throw ConfigError(path: reader.child("caches"), "must be 'fail_open' or 'fail_closed'")
+            }
+            state.caches = value
+        }
+        try reader.finish()
+        return state
     }
 
     static func parseProvider(name: String, _ reader: MappingReader, environment: [String: String]) throws(ConfigError)

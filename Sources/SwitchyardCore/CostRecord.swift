@@ -44,6 +44,12 @@ public protocol CacheRecorder: Sendable {
     func shadowChecked(agreed: Bool)
     /// A label reached the learned verifier's calibration: from a shadow check, a near miss, or feedback.
     func calibrationLabelled(source: CalibrationLabelSource)
+    /// A shared-state store failed for `seam` ("exact_cache", …).
+    func stateFailed(seam: String)
+}
+
+extension CacheRecorder {
+    public func stateFailed(seam: String) {}
 }
 
 public enum CalibrationLabelSource: String, Sendable, CaseIterable {

@@ -192,6 +192,8 @@ public struct GatewayConfig: Sendable {
     public var mock = MockOptions()
     /// Response caches (YAML `cache:`); on by default.
     public var cache = CacheSettings()
+    /// Where shared state lives: in this process (the embedded default) or in Redis, shared by every instance.
+    public var state = StateSettings()
 
     public init(host: String = "127.0.0.1", port: Int = 8080, maxBodyBytes: Int = 32 << 20,
                 drainTimeout: Duration = .seconds(30), providers: [String: ProviderConfig], models: [String: ModelRoute],
@@ -275,4 +277,35 @@ public struct MockOptions: Sendable, Hashable {
     /// The faults the mock knows (`MockFault`'s raw values; a test keeps the two lists equal).
     public static let faultNames = ["429", "500", "503", "529", "timeout", "slow", "disconnect-mid-stream", "malformed-json",
                                     "error-in-stream"]
+}
+
+/// The state backend (`state:` in the file).
+public struct StateSettings: Sendable, Hashable {
+    public enum Backend: String, Sendable, Hashable {
+        case memory, redis
+    }
+
+    /// What a seam does when its store fails: `failOpen` goes on without it (a cache is bypassed, and the failure
+    /// counted); `failClosed` refuses the request.
+    public enum FailurePolicy: String, Sendable, Hashable {
+        case failOpen = "fail_open"
+        case failClosed = "fail_closed"
+    }
+
+    public var backend = Backend.memory
+    public var host = "127.0.0.1"
+    public var port = 6379
+    public var database = 0
+    /// Put before every key, so that several deployments can share one server.
+    public var keyPrefix = "switchyard:"
+    /// Credentials, read from the environment variables the file names (never written in the file).
+    public var username: String?
+    public var password: String?
+    public var connectTimeout: Duration = .seconds(1)
+    public var commandTimeout: Duration = .milliseconds(500)
+    public var poolSize = 4
+    /// The caches' policy.
+    public var caches = FailurePolicy.failOpen
+
+    public init() {}
 }

@@ -115,6 +115,35 @@ import Testing
         #expect(try !ConfigLoader.parse(yaml: "providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}", environment: env).cache.semanticLearnedVerifier)
     }
 
+    @Test func theStateSectionIsReadAndCredentialsComeFromTheEnvironment() throws {
+        let config = try ConfigLoader.parse(yaml: """
+            providers: {m: {kind: mock}}
+            models: {gpt-4o: {provider: m}}
+            state: {backend: redis, url: "redis://10.0.0.7:6380/3", key_prefix: "prod:", password_env: REDIS_PASSWORD,
+                    caches: fail_closed, command_timeout_seconds: 0.25, pool_size: 8}
+            """, environment: env.merging(["REDIS_PASSWORD": "pw"]) { $1 })
+        #expect(config.state.backend == .redis && config.state.host == "10.0.0.7" && config.state.port == 6380)
+        #expect(config.state.database == 3 && config.state.keyPrefix == "prod:" && config.state.password == "pw")
+        #expect(config.state.caches == .failClosed && config.state.commandTimeout == .milliseconds(250) && config.state.poolSize == 8)
+        #expect(try ConfigLoader.parse(yaml: "providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}", environment: env)
+            .state.backend == .memory)
+        for (state, path, message) in [
+            ("{backend: etcd}", "state.backend", "'memory' or 'redis'"),
+            ("{url: \"redis://user:pw@host\"}", "state.url", "credentials"),
+            ("{url: \"rediss://host\"}", "state.url", "redis://"),
+            ("{url: \"redis://host:99999\"}", "state.url", "port"),
+            ("{url: \"redis://host/99\"}", "state.url", "database"),
+            ("{password_env: NOT_SET}", "state.password_env", "not set"),
+            ("{key_prefix: \"a b\"}", "state.key_prefix", "spaces"),
+            ("{caches: maybe}", "state.caches", "fail_open"),
+            ("{pool_size: 0}", "state.pool_size", "between"),
+        ] {
+            let error = error("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nstate: \(state)")
+            #expect(error?.path == path, "\(state): \(String(describing: error))")
+            #expect(error?.message.contains(message) == true, "\(state): \(String(describing: error))")
+        }
+    }
+
     @Test func theMockSectionIsRead() throws {
         let config = try ConfigLoader.parse(yaml: """
             providers: {m: {kind: mock}}

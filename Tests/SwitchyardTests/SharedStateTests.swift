@@ -1,0 +1,132 @@
+import Caching
+import Foundation
+import NIOCore
+import NIOPosix
+import Redis
+import Server
+import Stores
+import SwitchyardCore
+import SwitchyardModels
+import SwitchyardTestKit
+import Testing
+
+/// State shared through Redis: several gateway instances on one real redis-server behave as one.
+@Suite(.serialized) struct SharedStateTests {
+    static func config(redisPort: Int, policy: StateSettings.FailurePolicy = .failOpen) -> GatewayConfig {
+        var config = TestConfigs.embedded()
+        config.state.backend = .redis
+        config.state.port = redisPort
+        config.state.keyPrefix = "test:"
+        config.state.caches = policy
+        config.state.connectTimeout = .milliseconds(300)
+        config.state.commandTimeout = .milliseconds(300)
+        return config
+    }
+
+    static let body = #"{"model":"gpt-4o-mini","max_tokens":2000,"messages":[{"role":"user","content":"What are your opening hours?"}]}"#
+
+    @Test func anAnswerCachedThroughOneInstanceIsAHitThroughAnother() async throws {
+        let server = try RedisServerProcess()
+        let config = Self.config(redisPort: server.port)
+        let environment = ["SWITCHYARD_ADMIN_KEY": "admin-secret"]
+        try await withTestGateway(config, environment: environment) { _, a in
+            try await withTestGateway(config, environment: environment) { _, b in
+                let first = try await send("\(a)/v1/chat/completions", body: Self.body)
+                #expect(first.status == 200 && first.header("x-switchyard-cache") == "miss")
+                // The write is in the background: give it a moment.
+                var hit: TestResponse?
+                for _ in 0..<50 {
+                    let response = try await send("\(b)/v1/chat/completions", body: Self.body)
+                    if response.header("x-switchyard-cache") == "hit-exact" { hit = response; break }
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                #expect(hit?.status == 200)
+                #expect(hit?.body == first.body, "the same answer, byte for byte")
+                // As a stream, from the other instance, in the other API's format.
+                let anthropic = try await send("\(a)/v1/messages", body: Self.body, headers: [("anthropic-version", "2023-06-01")])
+                #expect(anthropic.status == 200)
+                // Cleared through B: gone for A too.
+                let cleared = try await send("\(b)/v1/cache", method: "DELETE", headers: [("authorization", "Bearer admin-secret")],
+                                             contentType: nil)
+                #expect(cleared.status == 200 && !cleared.body.contains(#""deleted":0"#), "\(cleared.body)")
+                let after = try await send("\(a)/v1/chat/completions", body: Self.body)
+                #expect(after.header("x-switchyard-cache") == "miss")
+            }
+        }
+    }
+
+    @Test func aStoreThatIsDownIsBypassedOrRefusesByPolicy() async throws {
+        let server = try RedisServerProcess()
+        server.stop()
+        try await withTestGateway(Self.config(redisPort: server.port)) { _, url in
+            let started = ContinuousClock.now
+            let response = try await send("\(url)/v1/chat/completions", body: Self.body)
+            #expect(response.status == 200, "fail open: the model answers")
+            #expect(ContinuousClock.now - started < .seconds(2))
+            let metrics = try await send("\(url)/metrics", method: "GET", contentType: nil).body
+            #expect(metrics.contains(#"switchyard_state_errors_total{seam="exact_cache"} 1"#), "\(metrics.split(separator: "\n").filter { $0.contains("state_errors") })")
+        }
+        try await withTestGateway(Self.config(redisPort: server.port, policy: .failClosed)) { _, url in
+            let response = try await send("\(url)/v1/chat/completions", body: Self.body)
+            #expect(response.status >= 500 && response.body.contains("store is unavailable"), "\(response.status) \(response.body)")
+        }
+        // Redis back: the same gateway kind recovers without a restart.
+        try server.start()
+        try await withTestGateway(Self.config(redisPort: server.port)) { _, url in
+            let response = try await send("\(url)/v1/chat/completions", body: Self.body)
+            #expect(response.status == 200)
+        }
+    }
+
+    @Test func storedAnswersAreVersionedAndCheckedWhenRead() {
+        let now = ContinuousClock.now
+        let wall: Int64 = 1_790_000_000_000
+        let response = ChatResponse(id: "x", model: "m", choices: [ChatChoice(content: [.text("hi")], stopReason: .endTurn)],
+                                    usage: Usage(inputTokens: 3, outputTokens: 1))
+        let answer = CachedAnswer(tenant: "t", model: "m", response: response, raw: nil, cost: NanoUSD(42), storedAt: now,
+                                  expiresAt: now + .seconds(60))
+        let bytes = CachedAnswerCoding.encode(answer, now: now, wallNow: wall)
+        let back = CachedAnswerCoding.decode(bytes, now: now, wallNow: wall + 1000)
+        #expect(back?.tenant == "t" && back?.cost == NanoUSD(42) && back?.completion.usage.inputTokens == 3)
+        let content = try? back?.completion.canonicalResponse().choices.first?.content
+        #expect(content == [.text("hi")])
+        // Expired, another version, truncated, or a header out of range: a miss.
+        #expect(CachedAnswerCoding.decode(bytes, now: now, wallNow: wall + 61_000) == nil)
+        var other = bytes
+        other[3] = UInt8(ascii: "2")
+        #expect(CachedAnswerCoding.decode(other, now: now, wallNow: wall) == nil)
+        #expect(CachedAnswerCoding.decode(Array(bytes.prefix(20)), now: now, wallNow: wall) == nil)
+        #expect(CachedAnswerCoding.decode(Array("SYC1\u{0}\u{0}\u{0}\u{2}{}".utf8), now: now, wallNow: wall) == nil)
+    }
+}
+
+@Suite struct RedisExactCacheTests {
+    @Test func putThenLookup() async throws {
+        let server = try RedisServerProcess()
+        let client = RedisClient(configuration: server.configuration(), group: .singletonMultiThreadedEventLoopGroup)
+        let failures = NIOLockedValueBoxCounter()
+        let store = RedisExactCache(client: client, keyPrefix: "t:", onWriteFailure: { failures.add() })
+        let now = ContinuousClock.now
+        let response = ChatResponse(id: "x", model: "m", choices: [ChatChoice(content: [.text("hi")], stopReason: .endTurn)],
+                                    usage: Usage(inputTokens: 3, outputTokens: 1))
+        store.put("k1", CachedAnswer(tenant: "t", model: "m", response: response, raw: nil, cost: NanoUSD(1), storedAt: now,
+                                     expiresAt: now + .seconds(60)))
+        var found: CachedAnswer?
+        for _ in 0..<50 where found == nil {
+            found = try await store.lookup("k1", tenant: "t", now: .now)
+            if found == nil { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(found?.tenant == "t", "write failures: \(failures.value)")
+        #expect(try await store.lookup("k1", tenant: "other", now: .now) == nil, "another tenant's key")
+        #expect(try await store.removeAll(tenant: "t") == 1)
+        #expect(try await store.lookup("k1", tenant: "t", now: .now) == nil)
+        await client.close()
+    }
+}
+
+final class NIOLockedValueBoxCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var count = 0
+    func add() { lock.lock(); count += 1; lock.unlock() }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return count }
+}

@@ -157,7 +157,7 @@ let package = Package(
             name: "switchyard",
             dependencies: [
                 "Caching", "Server", "SwitchyardCore", "SwitchyardModels", "MockProvider", "Embeddings", "Providers", "LoadTest",
-                "Routing",
+                "Routing", "Redis", "Stores",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

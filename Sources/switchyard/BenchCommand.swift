@@ -10,7 +10,10 @@ import NIOCore
 import NIOHTTP1
 import NIOSSL
 import Providers
+import NIOPosix
+import Redis
 import Routing
+import Stores
 
 #if canImport(Glibc)
 import Glibc
@@ -20,7 +23,8 @@ import Musl
 
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Benchmarks (commands, not tests).", subcommands: [UpstreamClientFloor.self, EmbeddingsBench.self, RouterBench.self, VerifierBench.self])
+        abstract: "Benchmarks (commands, not tests).", subcommands: [UpstreamClientFloor.self, EmbeddingsBench.self, RouterBench.self, VerifierBench.self,
+                                                   ExactStoreBench.self])
 }
 
 /// Measures what an upstream HTTP client alone costs, posting a small chat request in a closed loop with no server
@@ -239,5 +243,76 @@ struct VerifierBench: ParsableCommand {
         }
         print(String(format: "verifier lookups=%d candidates=%d rules_us_per_lookup=%.2f rules_and_learned_us_per_lookup=%.2f "
                      + "added_us=%.2f ratio=%.2f", lookups, candidates, rules, learned, learned - rules, learned / max(rules, 1e-9)))
+    }
+}
+
+/// What an exact-cache hit costs through the Redis store against the in-memory one: the same answer looked up
+/// `lookups` times in each, one at a time (each Redis lookup is one GET round trip on loopback). Starts its own
+/// redis-server on a free port unless `--redis-port` names a running one.
+struct ExactStoreBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "exact-store")
+
+    @Option(help: "Lookups to time in each store.") var lookups = 20_000
+    @Option(help: "A running redis-server's port on 127.0.0.1 (default: start one).") var redisPort: Int?
+    @Option(help: "Answer size in bytes.") var answerBytes = 2000
+
+    func run() async throws {
+        var server: Process?
+        let port: Int
+        if let redisPort {
+            port = redisPort
+        } else {
+            guard let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].first(where: FileManager.default.isExecutableFile) else {
+                throw ValidationError("redis-server is not installed (scripts/redis.sh install), or pass --redis-port")
+            }
+            let probe = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
+            port = probe.localAddress?.port ?? 0
+            try await probe.close()
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            server = process
+            try await Task.sleep(for: .milliseconds(300))
+        }
+        defer {
+            if let server {
+                kill(server.processIdentifier, SIGKILL)
+                server.waitUntilExit()
+            }
+        }
+        let client = RedisClient(configuration: RedisConfiguration(port: port, poolSize: 1), group: MultiThreadedEventLoopGroup.singleton)
+        let redis = RedisExactCache(client: client, keyPrefix: "bench:")
+        let memory = InMemoryExactCache(maxEntries: 1000, maxBytes: 1 << 26)
+        let text = String(repeating: "word ", count: max(answerBytes / 5, 1))
+        let body = #"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"\#(text)"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":400,"total_tokens":410}}"#
+        let now = ContinuousClock.now
+        let answer = CachedAnswer(tenant: "bench", model: "gpt-4o-mini",
+                                  completion: Completion(usage: Usage(inputTokens: 10, outputTokens: 400),
+                                                         raw: (.openAI, ByteBuffer(string: body))),
+                                  cost: NanoUSD(1000), storedAt: now, expiresAt: now + .seconds(3600))
+        memory.put("key", answer)
+        redis.put("key", answer)
+        try await Task.sleep(for: .milliseconds(100))
+        func percentiles(_ store: any ExactCacheStore) async throws -> (p50: Double, p99: Double) {
+            var samples: [Double] = []
+            samples.reserveCapacity(lookups)
+            for _ in 0..<1000 { _ = try await store.lookup("key", tenant: "bench", now: .now) }
+            for _ in 0..<lookups {
+                let started = ContinuousClock.now
+                guard try await store.lookup("key", tenant: "bench", now: .now) != nil else { throw ValidationError("a lookup missed") }
+                samples.append((ContinuousClock.now - started).inSeconds * 1e6)
+            }
+            samples.sort()
+            return (samples[samples.count / 2], samples[min(samples.count - 1, samples.count * 99 / 100)])
+        }
+        let inMemory = try await percentiles(memory)
+        let shared = try await percentiles(redis)
+        await client.close()
+        print(String(format: "exact-store lookups=%d answer_bytes=%d memory_p50_us=%.1f memory_p99_us=%.1f redis_p50_us=%.1f "
+                     + "redis_p99_us=%.1f added_p50_us=%.1f added_p99_us=%.1f", lookups, body.utf8.count, inMemory.p50, inMemory.p99,
+                     shared.p50, shared.p99, shared.p50 - inMemory.p50, shared.p99 - inMemory.p99))
     }
 }

@@ -28,7 +28,7 @@ struct CacheAdminHandler: Sendable {
     /// SHA-256 of `SWITCHYARD_ADMIN_KEY`; without it `DELETE /v1/cache` is refused.
     let adminKeyHash: String?
     let recorder: any CacheRecorder
-    let savings: SavingsLedger
+    let savings: any SavingsStore
     /// Where a verdict becomes a label for the learned verifier's threshold (nil: no calibration).
     var calibration: SemanticCalibration? = nil
 
@@ -96,7 +96,7 @@ struct CacheAdminHandler: Sendable {
     /// `GET /v1/usage/savings?from=UNIX&to=UNIX` (default: the last 24 hours): what the exact cache, the semantic
     /// cache and the provider's prompt cache saved, per tenant and kind. A caller sees its own tenant; the admin key
     /// sees every tenant (or `?tenant=NAME`).
-    func savingsReport(_ request: EdgeRequest) -> EdgeResponse {
+    func savingsReport(_ request: EdgeRequest) async -> EdgeResponse {
         let requestID = ChatHandler.makeRequestID()
         let credential = ChatHandler.credential(request)
         let tenant: String?
@@ -128,7 +128,14 @@ struct CacheAdminHandler: Sendable {
             return ErrorRenderer.response(for: GatewayError(.invalidRequest, "from must not be after to", param: "from"),
                                           format: .openAI, requestID: requestID)
         }
-        let totals = savings.totals(from: from, to: to, tenant: tenant)
+        let totals: [String: [SavingsLedger.Kind: SavingsLedger.Total]]
+        do {
+            totals = try await savings.totals(from: from, to: to, tenant: tenant)
+        } catch {
+            recorder.stateFailed(seam: "savings")
+            return ErrorRenderer.response(for: GatewayError(.overloaded, "the savings store is unavailable: \(error)"),
+                                          format: .openAI, requestID: requestID)
+        }
         let tenants: [JSONValue] = totals.keys.sorted().map { name in
             var entry: [String: JSONValue] = ["tenant": .string(name)]
             var sum = NanoUSD.zero

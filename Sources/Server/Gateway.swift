@@ -57,7 +57,24 @@ public struct Gateway: Sendable {
 ///   - embeddings: Whether `/v1/embeddings` is served from an on-device model.
 public func buildGateway(config: GatewayConfig, logger: Logger, environment: [String: String],
                          embeddings: EmbeddingsSetting = .disabled) throws -> Gateway {
-    let metrics = GatewayMetrics(models: Array(config.models.keys) + Array(config.routes.keys), providers: config.providers.keys)
+    // Shared state: the embedded default keeps it here; `state.backend: redis` shares it between instances.
+    var redis: RedisClient?
+    if config.state.backend == .redis {
+        let state = config.state
+        redis = RedisClient(configuration: RedisConfiguration(
+            host: state.host, port: state.port, username: state.username, password: state.password, database: state.database,
+            connectTimeout: .nanoseconds(state.connectTimeout.nanoseconds), commandTimeout: .nanoseconds(state.commandTimeout.nanoseconds),
+            poolSize: state.poolSize), group: MultiThreadedEventLoopGroup.singleton)
+        logger.info("shared state in redis", metadata: ["switchyard.redis": "\(state.host):\(state.port)/\(state.database)"])
+    }
+    // Its write failures are counted in the metrics it feeds, which exist only once it does.
+    let savingsFailures = Locked<(@Sendable () -> Void)?>(nil)
+    let savings: any SavingsStore = redis.map { client in
+        RedisSavingsStore(client: client, keyPrefix: config.state.keyPrefix, onFailure: { savingsFailures.withLock { $0 }?() })
+    } ?? SavingsLedger()
+    let metrics = GatewayMetrics(models: Array(config.models.keys) + Array(config.routes.keys), providers: config.providers.keys,
+                                 savings: savings)
+    savingsFailures.withLock { $0 = { [metrics] in metrics.stateFailed(seam: "savings_write") } }
     let httpClient = HTTPClientService(providers: Array(config.providers.values), anomalies: metrics)
     try httpClient.prepareTLS(for: Array(config.providers.values))
     let listening = ReadySignal<Int>()
@@ -112,19 +129,10 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         break
     }
     let exactCache = InMemoryExactCache(maxEntries: config.cache.maxEntries, maxBytes: config.cache.maxBytes)
-    // Shared state: the embedded default keeps it here; `state.backend: redis` shares it between instances.
     var exactStore: any ExactCacheStore = exactCache
-    var redis: RedisClient?
-    if config.state.backend == .redis {
-        let state = config.state
-        let client = RedisClient(configuration: RedisConfiguration(
-            host: state.host, port: state.port, username: state.username, password: state.password, database: state.database,
-            connectTimeout: .nanoseconds(state.connectTimeout.nanoseconds), commandTimeout: .nanoseconds(state.commandTimeout.nanoseconds),
-            poolSize: state.poolSize), group: MultiThreadedEventLoopGroup.singleton)
-        redis = client
-        exactStore = RedisExactCache(client: client, keyPrefix: state.keyPrefix,
+    if let client = redis {
+        exactStore = RedisExactCache(client: client, keyPrefix: config.state.keyPrefix,
                                      onWriteFailure: { [metrics] in metrics.stateFailed(seam: "exact_cache_write") })
-        logger.info("shared state in redis", metadata: ["switchyard.redis": "\(state.host):\(state.port)/\(state.database)"])
     }
     let background = BackgroundWork()
     services.append(background)
@@ -174,7 +182,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         case (.GET, "/v1/models"): return modelsResponse(config)
         case (.POST, "/v1/cache/feedback"): return cacheAdmin.feedback(request)
         case (.DELETE, "/v1/cache"): return await cacheAdmin.clear(request)
-        case (.GET, "/v1/usage/savings"): return cacheAdmin.savingsReport(request)
+        case (.GET, "/v1/usage/savings"): return await cacheAdmin.savingsReport(request)
         case (.GET, "/healthz"): return EdgeResponse(status: .ok, body: .buffer(healthy))
         case (.GET, "/readyz"):
             let ready = !draining.withLock { $0 } && (!hasMock || mockURL.value != nil)

@@ -67,10 +67,10 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
     /// Requests waiting for an upstream connection, per configured provider; set when `/metrics` is rendered.
     let poolWaiters: [String: Gauge]
     /// Savings per tenant and kind over time, for `GET /v1/usage/savings`.
-    public let savings: SavingsLedger
+    public let savings: any SavingsStore
 
     public init(models modelNames: some Sequence<String>, providers: some Sequence<String> = [String](),
-                savings: SavingsLedger = SavingsLedger()) {
+                savings: any SavingsStore = SavingsLedger()) {
         self.savings = savings
         let registry = PrometheusCollectorRegistry()
         let names = Set(modelNames).union(["other"])
@@ -147,7 +147,7 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
         falseHits = total("semantic_cache_false_hits", "Semantic hits reported wrong through POST /v1/cache/feedback.")
         let stateErrorDescriptor = MetricNameDescriptor(namespace: "switchyard", metricName: "state_errors", unitName: "total",
                                                         helpText: "Shared-state store failures, by seam (bypassed when failing open).")
-        stateErrors = Dictionary(uniqueKeysWithValues: ["exact_cache", "exact_cache_write"].map { seam in
+        stateErrors = Dictionary(uniqueKeysWithValues: ["exact_cache", "exact_cache_write", "savings", "savings_write"].map { seam in
             (seam, registry.makeCounter(descriptor: stateErrorDescriptor, labels: [("seam", seam)]))
         })
         shadowChecks = total("semantic_cache_shadow_checks",

@@ -6,9 +6,19 @@ import Musl
 import Darwin
 #endif
 
+/// Where savings are kept: in this process (`SavingsLedger`) or shared by every instance (Redis).
+public protocol SavingsStore: Sendable {
+    /// Counts one request's saving; never blocks (a shared store writes in the background).
+    func record(tenant: String, kind: SavingsLedger.Kind, saved: NanoUSD)
+    /// Totals per tenant and kind between `from` and `to` (Unix seconds, inclusive at minute granularity).
+    func totals(from: Int64, to: Int64, tenant: String?) async throws -> [String: [SavingsLedger.Kind: SavingsLedger.Total]]
+    /// Unix seconds now.
+    var now: Int64 { get }
+}
+
 /// What the caches saved, per tenant and kind, in one-minute buckets for the last `retention`: the data behind
 /// `GET /v1/usage/savings`. In memory (the embedded default); totals since start are also Prometheus counters.
-public final class SavingsLedger: Sendable {
+public final class SavingsLedger: SavingsStore {
     /// How a request saved money.
     public enum Kind: String, Sendable, CaseIterable {
         /// Served by the exact cache: the whole answer's list price.

@@ -51,8 +51,45 @@ import Testing
                 #expect(cleared.status == 200 && !cleared.body.contains(#""deleted":0"#), "\(cleared.body)")
                 let after = try await send("\(a)/v1/chat/completions", body: Self.body)
                 #expect(after.header("x-switchyard-cache") == "miss")
+                // The hit through B saved money; every instance reports the same savings (written in the background).
+                let admin = [("authorization", "Bearer admin-secret")]
+                var reports: [String] = []
+                for _ in 0..<50 {
+                    reports = []
+                    for url in [a, b] {
+                        let report = try await send("\(url)/v1/usage/savings", method: "GET", headers: admin, contentType: nil)
+                        reports.append(report.body)
+                    }
+                    if reports[0].contains(#""exact":{"requests":1"#) || reports[0].contains(#""requests":1,"saved_usd""#) { break }
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                #expect(reports.count == 2 && reports[0].contains("anonymous"), "\(reports)")
+                let tenants = reports.map { try? JSONValue.parse($0)["tenants"] }
+                #expect(tenants[0] != nil && tenants[0] == tenants[1], "\(reports)")
             }
         }
+    }
+
+    @Test func savingsAreKeptPerTenantMinuteAndKindInRedis() async throws {
+        let server = try RedisServerProcess()
+        let client = RedisClient(configuration: server.configuration(), group: .singletonMultiThreadedEventLoopGroup)
+        let clock = NIOLockedValueBoxCounter()
+        let base: Int64 = 1_790_000_000 / 86400 * 86400 + 86340  // a minute before midnight (UTC)
+        let store = RedisSavingsStore(client: client, keyPrefix: "s:", now: { base + Int64(clock.value) * 60 })
+        store.record(tenant: "a", kind: .exact, saved: NanoUSD(100))
+        store.record(tenant: "a", kind: .exact, saved: NanoUSD(50))
+        store.record(tenant: "b", kind: .semantic, saved: NanoUSD(7))
+        clock.add()  // the next minute, on the next day
+        store.record(tenant: "a", kind: .promptCache, saved: NanoUSD(-3))
+        try await Task.sleep(for: .milliseconds(200))
+        let all = try await store.totals(from: base - 60, to: base + 120, tenant: nil)
+        #expect(all["a"]?[.exact] == SavingsLedger.Total(requests: 2, saved: NanoUSD(150)))
+        #expect(all["a"]?[.promptCache] == SavingsLedger.Total(requests: 1, saved: NanoUSD(-3)))
+        #expect(all["b"]?[.semantic] == SavingsLedger.Total(requests: 1, saved: NanoUSD(7)))
+        // One tenant, and one minute only.
+        let first = try await store.totals(from: base, to: base + 59, tenant: "a")
+        #expect(first.keys.sorted() == ["a"] && first["a"]?[.promptCache] == nil && first["a"]?[.exact]?.requests == 2)
+        await client.close()
     }
 
     @Test func aStoreThatIsDownIsBypassedOrRefusesByPolicy() async throws {

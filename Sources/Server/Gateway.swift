@@ -174,6 +174,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                                               maxBodyBytes: config.maxBodyBytes)
 
     let healthy = ByteBuffer(string: "ok\n")
+    let sharedState = redis
     let routes: EdgeResponder = { request in
         switch (request.method, request.path) {
         case (.POST, "/v1/chat/completions"): return await handler.handle(request, format: .openAI)
@@ -185,9 +186,16 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         case (.GET, "/v1/usage/savings"): return await cacheAdmin.savingsReport(request)
         case (.GET, "/healthz"): return EdgeResponse(status: .ok, body: .buffer(healthy))
         case (.GET, "/readyz"):
-            let ready = !draining.withLock { $0 } && (!hasMock || mockURL.value != nil)
-            return EdgeResponse(status: ready ? .ok : .serviceUnavailable,
-                                body: .buffer(ByteBuffer(string: ready ? "ready\n" : "not ready\n")))
+            var ready = !draining.withLock { $0 } && (!hasMock || mockURL.value != nil)
+            var text = ready ? "ready\n" : "not ready\n"
+            // The shared store, asked now (within its command timeout): down, it makes the instance unready only when
+            // the caches fail closed (failing open, the instance still answers, from the model).
+            if let sharedState {
+                let reachable = (try? await sharedState.send(["PING"])) != nil
+                if !reachable && config.state.caches == .failClosed { ready = false }
+                text = (ready ? "ready\n" : "not ready\n") + "state: redis \(reachable ? "reachable" : "unreachable")\n"
+            }
+            return EdgeResponse(status: ready ? .ok : .serviceUnavailable, body: .buffer(ByteBuffer(string: text)))
         case (.GET, "/metrics"):
             return EdgeResponse(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                                 body: .buffer(ByteBuffer(bytes: metrics.render(poolWaiters: httpClient.transports.client.waiters()))))

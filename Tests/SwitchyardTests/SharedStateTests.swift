@@ -100,18 +100,34 @@ import Testing
             let response = try await send("\(url)/v1/chat/completions", body: Self.body)
             #expect(response.status == 200, "fail open: the model answers")
             #expect(ContinuousClock.now - started < .seconds(2))
+            let ready = try await send("\(url)/readyz", method: "GET", contentType: nil)
+            #expect(ready.status == 200 && ready.body.contains("redis unreachable"), "failing open, still ready: \(ready.body)")
             let metrics = try await send("\(url)/metrics", method: "GET", contentType: nil).body
             #expect(metrics.contains(#"switchyard_state_errors_total{seam="exact_cache"} 1"#), "\(metrics.split(separator: "\n").filter { $0.contains("state_errors") })")
         }
         try await withTestGateway(Self.config(redisPort: server.port, policy: .failClosed)) { _, url in
             let response = try await send("\(url)/v1/chat/completions", body: Self.body)
             #expect(response.status >= 500 && response.body.contains("store is unavailable"), "\(response.status) \(response.body)")
+            let ready = try await send("\(url)/readyz", method: "GET", contentType: nil)
+            #expect(ready.status == 503, "failing closed, not ready: \(ready.body)")
         }
-        // Redis back: the same gateway kind recovers without a restart.
-        try server.start()
+        // Redis back while a gateway runs: it recovers by itself (reconnect after backoff) and caches again.
         try await withTestGateway(Self.config(redisPort: server.port)) { _, url in
-            let response = try await send("\(url)/v1/chat/completions", body: Self.body)
-            #expect(response.status == 200)
+            #expect(try await send("\(url)/v1/chat/completions", body: Self.body).status == 200)
+            try server.start()
+            var reachable = false
+            for _ in 0..<120 where !reachable {
+                reachable = try await send("\(url)/readyz", method: "GET", contentType: nil).body.contains("redis reachable")
+                if !reachable { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            #expect(reachable, "reconnected within 6 s")
+            _ = try await send("\(url)/v1/chat/completions", body: Self.body)
+            var hit = false
+            for _ in 0..<50 where !hit {
+                hit = try await send("\(url)/v1/chat/completions", body: Self.body).header("x-switchyard-cache") == "hit-exact"
+                if !hit { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(hit, "caching again through redis")
         }
     }
 

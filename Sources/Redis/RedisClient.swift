@@ -53,6 +53,7 @@ public struct RedisScript: Sendable, Hashable {
 public final class RedisClient: Sendable {
     public let configuration: RedisConfiguration
     private let group: any EventLoopGroup
+    var eventLoopGroup: any EventLoopGroup { group }
     private let onPush: (@Sendable ([RESPValue]) -> Void)?
 
     private enum Slot: Sendable {
@@ -193,5 +194,64 @@ public final class RedisClient: Sendable {
             if let stale { stale.channel.close(promise: nil) }
         }
         return promise.futureResult
+    }
+}
+
+/// A kept subscription: see `RedisClient.subscribe`. Cancelling it closes its connection and ends it.
+public final class RedisSubscription: Sendable {
+    private let task: NIOLockedValueBox<Task<Void, Never>?>
+    private let connection: NIOLockedValueBox<RedisConnection?>
+
+    init(task: NIOLockedValueBox<Task<Void, Never>?>, connection: NIOLockedValueBox<RedisConnection?>) {
+        self.task = task
+        self.connection = connection
+    }
+
+    public func cancel() async {
+        task.withLockedValue { $0?.cancel() }
+        await connection.withLockedValue { $0 }?.close()
+        await task.withLockedValue { $0 }?.value
+    }
+}
+
+extension RedisClient {
+    /// Subscribes to `channels` on a connection of its own (RESP3 push messages) and keeps the subscription: after
+    /// a disconnect it reconnects, with backoff, and subscribes again, then calls `onSubscribed` — each time, the
+    /// first included. Pub/Sub keeps nothing for a subscriber that was away, so a caller that must not miss a message
+    /// catches up in `onSubscribed` (from a stream or the data itself). Messages are delivered on the connection's
+    /// event loop, in order: `onMessage` must return quickly.
+    public func subscribe(_ channels: [String], onSubscribed: @escaping @Sendable () async -> Void = {},
+                          onMessage: @escaping @Sendable (_ channel: String, _ payload: [UInt8]) -> Void) -> RedisSubscription {
+        let configuration = self.configuration, group = self.eventLoopGroup
+        let current = NIOLockedValueBox<RedisConnection?>(nil)
+        let holder = NIOLockedValueBox<Task<Void, Never>?>(nil)
+        let task = Task {
+            var backoff = ReconnectBackoff()
+            while !Task.isCancelled {
+                do {
+                    let connection = try await RedisConnection.connect(configuration, on: group.next()) { items in
+                        guard items.count == 3, items[0].string?.lowercased() == "message", let channel = items[1].string,
+                              let payload = items[2].bytes else { return }
+                        onMessage(channel, payload)
+                    }
+                    current.withLockedValue { $0 = connection }
+                    if Task.isCancelled {
+                        await connection.close()
+                        return
+                    }
+                    _ = try await connection.subscribe(channels)
+                    backoff.succeeded()
+                    await onSubscribed()
+                    await connection.closed()
+                } catch {
+                    // Refused, timed out or cut: try again after the backoff.
+                }
+                backoff.failed(at: .now(), random: Double.random(in: 0..<1))
+                let wait = max((backoff.notBefore - NIODeadline.now()).nanoseconds, 1_000_000)
+                try? await Task.sleep(nanoseconds: UInt64(wait))
+            }
+        }
+        holder.withLockedValue { $0 = task }
+        return RedisSubscription(task: holder, connection: current)
     }
 }

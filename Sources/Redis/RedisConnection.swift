@@ -201,8 +201,35 @@ public final class RedisConnection: Sendable {
         }
     }
 
+    /// SUBSCRIBE to `channels` on this connection (RESP3: messages arrive as pushes, to the `onPush` it was
+    /// opened with, while the connection still answers other commands). Returns the confirmations, one per channel.
+    public func subscribe(_ channels: [String]) async throws(RedisError) -> [RESPValue] {
+        guard protocolVersion == 3 else { throw .handshakeFailed("Pub/Sub needs RESP3 (HELLO 3)") }
+        guard !channels.isEmpty else { return [] }
+        let eventLoop = channel.eventLoop
+        let promise = eventLoop.makePromise(of: [RESPValue].self)
+        let handler = self.handler, timeout = configuration.commandTimeout, channel = self.channel
+        let command: [RedisArgument] = ["SUBSCRIBE"] + channels.map { .string($0) }
+        eventLoop.execute {
+            // SUBSCRIBE answers with one push per channel and no ordinary reply.
+            handler.value.enqueue([command], promise: promise, context: channel, timeout: timeout, pushReplies: channels.count)
+        }
+        do {
+            return try await promise.futureResult.get()
+        } catch let error as RedisError {
+            throw error
+        } catch {
+            throw .connectionClosed
+        }
+    }
+
     public func close() async {
         try? await channel.close()
+    }
+
+    /// Completes when the connection closes, for whatever reason.
+    public func closed() async {
+        try? await channel.closeFuture.get()
     }
 }
 
@@ -214,10 +241,16 @@ final class RedisChannelHandler: ChannelInboundHandler {
     /// Commands written whose replies have not all come: a batch (a pipeline) fulfils one promise.
     private struct Waiting {
         var remaining: Int
+        /// Replies that come as push messages (SUBSCRIBE and its kin confirm each channel with one, in RESP3).
+        var pushReplies = 0
+        /// Commands in the batch, counted against `maximumPending` until it completes.
+        var commands = 0
         var replies: [RESPValue]
         var promise: EventLoopPromise<[RESPValue]>
         var timeout: Scheduled<Void>?
     }
+
+    static let confirmations: Set<String> = ["subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe"]
 
     private var parser: RESPParser
     private var waiting = CircularBuffer<Waiting>()
@@ -243,7 +276,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
     }
 
     func enqueue(_ commands: [[RedisArgument]], promise: EventLoopPromise<[RESPValue]>, context channel: any Channel,
-                 timeout: TimeAmount) {
+                 timeout: TimeAmount, pushReplies: Int = 0) {
         guard let context, failure == nil, channel.isActive else {
             promise.fail(failure ?? .connectionClosed)
             return
@@ -259,7 +292,8 @@ final class RedisChannelHandler: ChannelInboundHandler {
             guard let self else { return }
             self.fail(.timeout)
         }
-        waiting.append(Waiting(remaining: commands.count, replies: [], promise: promise, timeout: scheduled))
+        waiting.append(Waiting(remaining: pushReplies > 0 ? pushReplies : commands.count, pushReplies: pushReplies,
+                               commands: commands.count, replies: [], promise: promise, timeout: scheduled))
         pendingCommands += commands.count
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
     }
@@ -269,8 +303,14 @@ final class RedisChannelHandler: ChannelInboundHandler {
         do {
             while let value = try parser.next() {
                 if case .push(let items) = value {
-                    onPush?(items)
-                    continue
+                    // A subscription's confirmation answers the command that asked for it; anything else is a message.
+                    let kind = items.first?.string?.lowercased() ?? ""
+                    if Self.confirmations.contains(kind), let head = waiting.first, head.pushReplies > 0 {
+                        waiting[waiting.startIndex].pushReplies -= 1
+                    } else {
+                        onPush?(items)
+                        continue
+                    }
                 }
                 guard !waiting.isEmpty else {
                     // A reply nobody asked for: the replies no longer line up with the commands.
@@ -279,9 +319,9 @@ final class RedisChannelHandler: ChannelInboundHandler {
                 }
                 waiting[waiting.startIndex].replies.append(value)
                 waiting[waiting.startIndex].remaining -= 1
-                pendingCommands -= 1
                 if waiting[waiting.startIndex].remaining == 0 {
                     let done = waiting.removeFirst()
+                    pendingCommands -= done.commands
                     done.timeout?.cancel()
                     done.promise.succeed(done.replies)
                 }

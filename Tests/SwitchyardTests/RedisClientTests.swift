@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import NIOConcurrencyHelpers
 import NIOPosix
 import Redis
 import Testing
@@ -171,6 +172,59 @@ final class RedisServerProcess: @unchecked Sendable {
         // ends, and the new connection's command waits for that within its own timeout).
         try await Task.sleep(for: .milliseconds(900))
         #expect(try await client.send(["PING"]) == .simpleString("PONG"))
+    }
+
+    @Test func aSubscriptionReceivesMessagesAndResubscribesAfterTheServerComesBack() async throws {
+        let server = try RedisServerProcess()
+        let client = RedisClient(configuration: server.configuration { $0.connectTimeout = .milliseconds(300) }, group: group)
+        let received = NIOLockedValueBox<[String]>([])
+        let subscribed = NIOLockedValueBox(0)
+        let subscription = client.subscribe(["events"], onSubscribed: { subscribed.withLockedValue { $0 += 1 } }) { channel, payload in
+            received.withLockedValue { $0.append("\(channel):\(String(decoding: payload, as: UTF8.self))") }
+        }
+        func waitFor(_ condition: @Sendable () -> Bool) async throws -> Bool {
+            for _ in 0..<200 {
+                if condition() { return true }
+                try await Task.sleep(for: .milliseconds(25))
+            }
+            return false
+        }
+        #expect(try await waitFor { subscribed.withLockedValue { $0 } == 1 })
+        // The subscribed connection still answers its confirmation in order; a publish reaches it.
+        #expect(try await client.send(["PUBLISH", "events", "one"]) == .integer(1))
+        #expect(try await client.send(["PUBLISH", "other", "ignored"]) == .integer(0))
+        #expect(try await waitFor { received.withLockedValue { $0 } == ["events:one"] })
+        // The server dies and comes back: the subscription is made again, and says so.
+        server.stop()
+        try server.start()
+        #expect(try await waitFor { subscribed.withLockedValue { $0 } == 2 }, "resubscribed within 5 s")
+        var delivered = false
+        for _ in 0..<50 where !delivered {
+            delivered = (try? await client.send(["PUBLISH", "events", "two"])) == .integer(1)
+            if !delivered { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(try await waitFor { received.withLockedValue { $0 }.last == "events:two" })
+        await subscription.cancel()
+        #expect(try await client.send(["PUBLISH", "events", "three"]) == .integer(0), "cancelled: nobody listens")
+        await client.close()
+    }
+
+    @Test func streamsWithConsumerGroupsWorkThroughTheClient() async throws {
+        let server = try RedisServerProcess()
+        let client = RedisClient(configuration: server.configuration(), group: group)
+        try await client.send(["XGROUP", "CREATE", "{q}jobs", "workers", "$", "MKSTREAM"])
+        let id = try await client.send(["XADD", "{q}jobs", "MAXLEN", "~", "10000", "*", "job", "j1"]).string
+        #expect(id?.contains("-") == true)
+        // A consumer reads it and dies before XACK; another claims it after the idle time.
+        let read = try await client.send(["XREADGROUP", "GROUP", "workers", "a", "COUNT", "10", "STREAMS", "{q}jobs", ">"])
+        // RESP3: a map from stream name to its entries.
+        let entries = read.pairs?.first?.value.elements ?? []
+        #expect(entries.count == 1 && entries.first?.elements?.first?.string == id)
+        try await Task.sleep(for: .milliseconds(60))
+        let claimed = try await client.send(["XAUTOCLAIM", "{q}jobs", "workers", "b", "50", "0", "COUNT", "10"])
+        #expect(claimed.elements?[1].elements?.first?.elements?.first?.string == id)
+        #expect(try await client.send(["XACK", "{q}jobs", "workers", .string(id ?? "")]) == .integer(1))
+        await client.close()
     }
 
     @Test func aServerGoneFailsFastAndComingBackRecovers() async throws {

@@ -186,6 +186,8 @@ let package = Package(
             dependencies: [
                 "Redis", "Caching", "SwitchyardCore",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strict
         ),

@@ -23,7 +23,7 @@ struct BatcherEmbedder: TextEmbedder {
 /// `POST /v1/cache/feedback` and `DELETE /v1/cache`.
 struct CacheAdminHandler: Sendable {
     let exact: any ExactCacheStore
-    let semantic: InMemorySemanticCache
+    let semantic: any SemanticCacheStore
     let auth: AuthStage
     /// SHA-256 of `SWITCHYARD_ADMIN_KEY`; without it `DELETE /v1/cache` is refused.
     let adminKeyHash: String?

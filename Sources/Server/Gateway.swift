@@ -138,6 +138,15 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     services.append(background)
     let semanticCache = InMemorySemanticCache(maxEntries: config.cache.semanticMaxEntries, maxBytes: config.cache.semanticMaxBytes,
                                               annThreshold: config.cache.semanticANNThreshold)
+    // Shared: every instance searches its own index, kept in step through a Redis stream.
+    var semanticStore: any SemanticCacheStore = semanticCache
+    if let client = redis {
+        let replicated = ReplicatedSemanticCache(local: semanticCache, client: client, keyPrefix: config.state.keyPrefix,
+                                                 maximumLength: 2 * config.cache.semanticMaxEntries,
+                                                 onFailure: { [metrics] in metrics.stateFailed(seam: "semantic_write") })
+        semanticStore = replicated
+        services.append(SemanticReplication(cache: replicated))
+    }
     if config.cache.semanticEnabled && batcher == nil {
         logger.notice("semantic cache off: no embedding model", metadata: ["switchyard.reason": "\(unavailable)"])
     }
@@ -162,12 +171,12 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                                                          calibration: calibration)
     }
     let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics, exactCache: exactStore,
-                                         semanticCache: semanticCache, embedder: batcher.map { BatcherEmbedder(batcher: $0) },
+                                         semanticCache: semanticStore, embedder: batcher.map { BatcherEmbedder(batcher: $0) },
                                          classifier: classifier, background: background, learned: learned)
     let draining = Locked(false)
     let hasMock = mock != nil
     let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger)
-    let cacheAdmin = CacheAdminHandler(exact: exactStore, semantic: semanticCache, auth: AuthStage(keys: config.keys),
+    let cacheAdmin = CacheAdminHandler(exact: exactStore, semantic: semanticStore, auth: AuthStage(keys: config.keys),
                                        adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex),
                                        recorder: metrics, savings: metrics.savings, calibration: learned?.calibration)
     let embeddingsHandler = EmbeddingsHandler(batcher: batcher, unavailableReason: unavailable, auth: AuthStage(keys: config.keys),
@@ -226,6 +235,15 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     return Gateway(config: config, metrics: metrics, mock: mock, listening: listening, mockURL: mockURL,
                    exactCache: exactCache, semanticCache: semanticCache, services: services, logger: logger,
                    upstreamWaiters: { [client = httpClient.transports.client] in client.waiters() })
+}
+
+/// Replays the shared semantic cache's stream into this instance's index until shutdown.
+struct SemanticReplication: Service {
+    let cache: ReplicatedSemanticCache
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await cache.replicate() }
+    }
 }
 
 /// Closes the shared-state connections at shutdown (after the server drained: it comes before it in the group).

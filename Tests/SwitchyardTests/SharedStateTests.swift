@@ -1,4 +1,5 @@
 import Caching
+import Embeddings
 import Foundation
 import NIOCore
 import NIOPosix
@@ -68,6 +69,71 @@ import Testing
                 #expect(tenants[0] != nil && tenants[0] == tenants[1], "\(reports)")
             }
         }
+    }
+
+    @Test func aSemanticEntryWrittenThroughOneInstanceIsFoundThroughAnotherAndRemovedFromBoth() async throws {
+        let server = try RedisServerProcess()
+        var shared = Self.config(redisPort: server.port)
+        // Only the semantic cache, so that a hit through B can only come from A's entry, replicated.
+        shared.cache.exactEnabled = false
+        let config = shared
+        let embeddings = EmbeddingsSetting.model(directory: ModelStore().modelDirectory)
+        try await withTestGateway(config, embeddings: embeddings) { _, a in
+            try await withTestGateway(config, embeddings: embeddings) { gatewayB, b in
+                let first = try await send("\(a)/v1/chat/completions", body: Self.body)
+                #expect(first.status == 200 && first.header("x-switchyard-cache") != "hit-semantic")
+                let written = ContinuousClock.now
+                var hit: TestResponse?
+                for _ in 0..<200 where hit == nil {
+                    if gatewayB.semanticCache.count > 0 {
+                        let response = try await send("\(b)/v1/chat/completions", body: Self.body)
+                        if response.header("x-switchyard-cache") == "hit-semantic" { hit = response }
+                    } else {
+                        try await Task.sleep(for: .milliseconds(5))
+                    }
+                }
+                #expect(hit != nil, "replicated to B")
+                #expect(ContinuousClock.now - written < .seconds(2))
+                // An instance started now catches up from the stream.
+                try await withTestGateway(config, embeddings: embeddings) { gatewayC, _ in
+                    var caughtUp = false
+                    for _ in 0..<200 where !caughtUp {
+                        caughtUp = gatewayC.semanticCache.count == 1
+                        if !caughtUp { try await Task.sleep(for: .milliseconds(10)) }
+                    }
+                    #expect(caughtUp, "a new instance replays what was written before it started")
+                }
+                // Feedback through B removes it for A too.
+                guard let entry = hit?.header("x-switchyard-cache-entry") else { return }
+                let feedback = try await send("\(b)/v1/cache/feedback", body: #"{"entry_id":"\#(entry)","verdict":"bad"}"#)
+                #expect(feedback.status == 200, "\(feedback.body)")
+                var gone = false
+                for _ in 0..<100 where !gone {
+                    gone = try await send("\(a)/v1/chat/completions", body: Self.body).header("x-switchyard-cache") != "hit-semantic"
+                    if !gone { try await Task.sleep(for: .milliseconds(20)) }
+                }
+                #expect(gone, "removed through B, gone for A")
+            }
+        }
+    }
+
+    @Test func semanticEntriesAreVersionedAndCheckedWhenRead() {
+        let now = ContinuousClock.now
+        let wall: Int64 = 1_790_000_000_000
+        let response = ChatResponse(id: "x", model: "m", choices: [ChatChoice(content: [.text("hi")], stopReason: .endTurn)],
+                                    usage: Usage(inputTokens: 3, outputTokens: 1))
+        let answer = CachedAnswer(tenant: "t", model: "m", response: response, raw: nil, cost: NanoUSD(42), storedAt: now,
+                                  expiresAt: now + .seconds(60))
+        let entry = SemanticEntry(id: "sc_1", namespace: "ns", text: "What?", vector: [0.6, -0.8, 0], answer: answer)
+        let bytes = SemanticEntryCoding.encode(entry, now: now, wallNow: wall)
+        let back = SemanticEntryCoding.decode(bytes, now: now, wallNow: wall)
+        #expect(back?.id == "sc_1" && back?.namespace == "ns" && back?.text == "What?" && back?.vector == [0.6, -0.8, 0])
+        var nan = bytes
+        let vectorStart = bytes.count - CachedAnswerCoding.encode(answer, now: now, wallNow: wall).count - 12
+        nan[vectorStart..<(vectorStart + 4)] = [0, 0, 0xC0, 0x7F]  // a NaN
+        #expect(SemanticEntryCoding.decode(nan, now: now, wallNow: wall) == nil)
+        #expect(SemanticEntryCoding.decode(Array(bytes.prefix(30)), now: now, wallNow: wall) == nil)
+        #expect(SemanticEntryCoding.decode(bytes, now: now, wallNow: wall + 120_000) == nil, "expired")
     }
 
     @Test func savingsAreKeptPerTenantMinuteAndKindInRedis() async throws {

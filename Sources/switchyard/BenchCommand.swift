@@ -24,7 +24,7 @@ import Musl
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks (commands, not tests).", subcommands: [UpstreamClientFloor.self, EmbeddingsBench.self, RouterBench.self, VerifierBench.self,
-                                                   ExactStoreBench.self])
+                                                   ExactStoreBench.self, ReplicationBench.self])
 }
 
 /// Measures what an upstream HTTP client alone costs, posting a small chat request in a closed loop with no server
@@ -257,32 +257,8 @@ struct ExactStoreBench: AsyncParsableCommand {
     @Option(help: "Answer size in bytes.") var answerBytes = 2000
 
     func run() async throws {
-        var server: Process?
-        let port: Int
-        if let redisPort {
-            port = redisPort
-        } else {
-            guard let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].first(where: FileManager.default.isExecutableFile) else {
-                throw ValidationError("redis-server is not installed (scripts/redis.sh install), or pass --redis-port")
-            }
-            let probe = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
-            port = probe.localAddress?.port ?? 0
-            try await probe.close()
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"]
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            server = process
-            try await Task.sleep(for: .milliseconds(300))
-        }
-        defer {
-            if let server {
-                kill(server.processIdentifier, SIGKILL)
-                server.waitUntilExit()
-            }
-        }
+        let (port, server) = try await BenchRedis.start(redisPort)
+        defer { BenchRedis.stop(server) }
         let client = RedisClient(configuration: RedisConfiguration(port: port, poolSize: 1), group: MultiThreadedEventLoopGroup.singleton)
         let redis = RedisExactCache(client: client, keyPrefix: "bench:")
         let memory = InMemoryExactCache(maxEntries: 1000, maxBytes: 1 << 26)
@@ -314,5 +290,85 @@ struct ExactStoreBench: AsyncParsableCommand {
         print(String(format: "exact-store lookups=%d answer_bytes=%d memory_p50_us=%.1f memory_p99_us=%.1f redis_p50_us=%.1f "
                      + "redis_p99_us=%.1f added_p50_us=%.1f added_p99_us=%.1f", lookups, body.utf8.count, inMemory.p50, inMemory.p99,
                      shared.p50, shared.p99, shared.p50 - inMemory.p50, shared.p99 - inMemory.p99))
+    }
+}
+
+/// A redis-server for a benchmark: the one on `port`, or one started on a free loopback port.
+enum BenchRedis {
+    static func start(_ port: Int?) async throws -> (Int, Process?) {
+        if let port { return (port, nil) }
+        guard let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].first(where: FileManager.default.isExecutableFile) else {
+            throw ValidationError("redis-server is not installed (scripts/redis.sh install), or pass --redis-port")
+        }
+        let probe = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
+        let free = probe.localAddress?.port ?? 0
+        try await probe.close()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["--port", String(free), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        try await Task.sleep(for: .milliseconds(300))
+        return (free, process)
+    }
+
+    static func stop(_ process: Process?) {
+        guard let process else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+}
+
+/// How long a semantic entry written through one instance takes to reach another's index, under a steady write
+/// rate: two replicated caches on one redis-server (as two gateways would have), `rate` inserts a second through the
+/// first for `seconds`, and the lag of each entry the second applies (write to application, wall clock).
+struct ReplicationBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "semantic-replication")
+
+    @Option(help: "Inserts a second through the writing instance.") var rate = 1000
+    @Option(help: "How long to write.") var seconds = 5
+    @Option(help: "A running redis-server's port on 127.0.0.1 (default: start one).") var redisPort: Int?
+
+    func run() async throws {
+        let (port, server) = try await BenchRedis.start(redisPort)
+        defer { BenchRedis.stop(server) }
+        let configuration = RedisConfiguration(port: port, poolSize: 2)
+        let writerClient = RedisClient(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton)
+        let readerClient = RedisClient(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton)
+        let prefix = "bench\(UInt32.random(in: 0...UInt32.max)):"
+        let writer = ReplicatedSemanticCache(local: InMemorySemanticCache(maxEntries: 100_000, maxBytes: 1 << 30, annThreshold: 1 << 30),
+                                             client: writerClient, keyPrefix: prefix, maximumLength: 200_000)
+        let reader = ReplicatedSemanticCache(local: InMemorySemanticCache(maxEntries: 100_000, maxBytes: 1 << 30, annThreshold: 1 << 30),
+                                             client: readerClient, keyPrefix: prefix, maximumLength: 200_000)
+        let replication = Task { await reader.replicate() }
+        try await Task.sleep(for: .milliseconds(200))
+        let now = ContinuousClock.now
+        let answer = CachedAnswer(tenant: "bench", model: "gpt-4o-mini",
+                                  completion: Completion(usage: Usage(inputTokens: 10, outputTokens: 100),
+                                                         raw: (.openAI, ByteBuffer(string: String(repeating: "x", count: 1500)))),
+                                  cost: NanoUSD(1000), storedAt: now, expiresAt: now + .seconds(3600))
+        let total = rate * seconds
+        let started = ContinuousClock.now
+        for index in 0..<total {
+            // Paced: each insert at its scheduled time.
+            let due = started + .nanoseconds(Int64(index) * 1_000_000_000 / Int64(max(rate, 1)))
+            if due > .now { try await Task.sleep(until: due) }
+            var vector = [Float](repeating: 0, count: 384)
+            vector[index % 384] = 1
+            writer.insert(SemanticEntry(id: "sc_\(index)", namespace: "ns\(index % 16)", text: "question \(index)", vector: vector,
+                                        answer: answer))
+        }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while reader.replication.applied < total, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        replication.cancel()
+        _ = await replication.value
+        let (applied, lags) = reader.replication
+        let sorted = lags.sorted()
+        func percentile(_ p: Double) -> Int64 { sorted.isEmpty ? -1 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] }
+        print("semantic-replication rate=\(rate)/s seconds=\(seconds) written=\(total) applied=\(applied) lag_ms_p50=\(percentile(0.5)) "
+              + "lag_ms_p99=\(percentile(0.99)) lag_ms_max=\(sorted.last ?? -1) (the last \(sorted.count) entries)")
+        await writerClient.close()
+        await readerClient.close()
     }
 }

@@ -1,6 +1,4 @@
 public import Caching
-import Foundation
-import NIOConcurrencyHelpers
 public import Redis
 import SwitchyardCore
 
@@ -14,25 +12,17 @@ public final class RedisExactCache: ExactCacheStore {
     /// Answers larger than this are not shared (they still answer the request that made them).
     public let maximumEntryBytes: Int
     /// Writes in flight at once; past it a write is dropped (and counted), never queued without bound.
-    public let maximumWrites: Int
-    private let writes = NIOLockedValueBox(0)
-    private let onWriteFailure: @Sendable () -> Void
+    private let writes: BackgroundWrites
 
     public init(client: RedisClient, keyPrefix: String, maximumEntryBytes: Int = 4 << 20, maximumWrites: Int = 1024,
                 onWriteFailure: @escaping @Sendable () -> Void = {}) {
         self.client = client
         prefix = keyPrefix
         self.maximumEntryBytes = maximumEntryBytes
-        self.maximumWrites = maximumWrites
-        self.onWriteFailure = onWriteFailure
+        writes = BackgroundWrites(maximum: maximumWrites, onFailure: onWriteFailure)
     }
 
-    /// Unix milliseconds now.
-    static func wallNow() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
-
-    func tenantTag(_ tenant: String) -> String {
-        String(KeyHash.sha256Hex(bytes: Array(tenant.utf8)).prefix(16))
-    }
+    func tenantTag(_ tenant: String) -> String { SharedState.tenantTag(tenant) }
 
     func redisKey(_ key: String, tenant: String) -> String {
         "\(prefix)exact:{\(tenantTag(tenant))}:\(key)"
@@ -41,34 +31,16 @@ public final class RedisExactCache: ExactCacheStore {
     public func lookup(_ key: String, tenant: String, now: ContinuousClock.Instant) async throws -> CachedAnswer? {
         let reply = try await client.send(["GET", .string(redisKey(key, tenant: tenant))])
         guard let bytes = reply.bytes else { return nil }
-        return CachedAnswerCoding.decode(bytes, now: now, wallNow: Self.wallNow())
+        return CachedAnswerCoding.decode(bytes, now: now, wallNow: SharedState.wallNow())
     }
 
     public func put(_ key: String, _ answer: CachedAnswer) {
         let now = ContinuousClock.now
         let ttl = CachedAnswerCoding.milliseconds(answer.expiresAt - now)
         guard ttl > 0 else { return }
-        let bytes = CachedAnswerCoding.encode(answer, now: now, wallNow: Self.wallNow())
+        let bytes = CachedAnswerCoding.encode(answer, now: now, wallNow: SharedState.wallNow())
         guard bytes.count <= maximumEntryBytes else { return }
-        let admitted = writes.withLockedValue { count in
-            guard count < maximumWrites else { return false }
-            count += 1
-            return true
-        }
-        guard admitted else {
-            onWriteFailure()
-            return
-        }
-        let command: [RedisArgument] = ["SET", .string(redisKey(key, tenant: answer.tenant)), .bytes(bytes), "PX", .integer(ttl)]
-        let client = self.client, writes = self.writes, onWriteFailure = self.onWriteFailure
-        Task {
-            do {
-                try await client.send(command)
-            } catch {
-                onWriteFailure()
-            }
-            writes.withLockedValue { $0 -= 1 }
-        }
+        writes.submit([["SET", .string(redisKey(key, tenant: answer.tenant)), .bytes(bytes), "PX", .integer(ttl)]], through: client)
     }
 
     /// Every key of `tenant` (or of every tenant), found with SCAN and removed with UNLINK, a thousand at a time.

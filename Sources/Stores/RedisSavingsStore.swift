@@ -1,4 +1,3 @@
-import NIOConcurrencyHelpers
 public import Redis
 public import SwitchyardCore
 
@@ -15,9 +14,7 @@ public final class RedisSavingsStore: SavingsStore {
     let retentionDays: Int64
     /// Tenants a report reads at most (the most recently active first).
     public let maximumTenants: Int
-    public let maximumWrites: Int
-    private let writes = NIOLockedValueBox(0)
-    private let onFailure: @Sendable () -> Void
+    private let writes: BackgroundWrites
     private let clock: @Sendable () -> Int64
 
     public init(client: RedisClient, keyPrefix: String, retentionDays: Int64 = 8, maximumTenants: Int = 10_000,
@@ -27,16 +24,13 @@ public final class RedisSavingsStore: SavingsStore {
         prefix = keyPrefix
         self.retentionDays = max(1, retentionDays)
         self.maximumTenants = maximumTenants
-        self.maximumWrites = maximumWrites
-        self.onFailure = onFailure
+        writes = BackgroundWrites(maximum: maximumWrites, onFailure: onFailure)
         clock = now
     }
 
     public var now: Int64 { clock() }
 
-    func tag(_ tenant: String) -> String {
-        String(KeyHash.sha256Hex(bytes: Array(tenant.utf8)).prefix(16))
-    }
+    func tag(_ tenant: String) -> String { SharedState.tenantTag(tenant) }
 
     func dayKey(_ tag: String, day: Int64) -> String { "\(prefix)savings:{\(tag)}:\(day)" }
 
@@ -45,15 +39,6 @@ public final class RedisSavingsStore: SavingsStore {
         let day = minute / 1440
         let tag = tag(tenant)
         let key = dayKey(tag, day: day)
-        let admitted = writes.withLockedValue { count in
-            guard count < maximumWrites else { return false }
-            count += 1
-            return true
-        }
-        guard admitted else {
-            onFailure()
-            return
-        }
         let commands: [[RedisArgument]] = [
             ["HINCRBY", .string(key), .string("\(minute):\(kind.rawValue):r"), "1"],
             ["HINCRBY", .string(key), .string("\(minute):\(kind.rawValue):s"), .integer(saved.value)],
@@ -61,16 +46,7 @@ public final class RedisSavingsStore: SavingsStore {
             ["ZADD", .string("\(prefix)savings:tenants"), .integer(minute), .string(tag)],
             ["HSET", .string("\(prefix)savings:names"), .string(tag), .string(tenant)],
         ]
-        let client = self.client, writes = self.writes, onFailure = self.onFailure
-        Task {
-            do {
-                let replies = try await client.pipeline(commands)
-                if replies.contains(where: { if case .error = $0 { true } else { false } }) { onFailure() }
-            } catch {
-                onFailure()
-            }
-            writes.withLockedValue { $0 -= 1 }
-        }
+        writes.submit(commands, through: client)
     }
 
     public func totals(from: Int64, to: Int64, tenant: String?) async throws -> [String: [SavingsLedger.Kind: SavingsLedger.Total]] {

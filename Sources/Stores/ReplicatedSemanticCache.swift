@@ -20,9 +20,7 @@ public final class ReplicatedSemanticCache: SemanticCacheStore {
     let maximumLength: Int
     /// The only vector size accepted from the stream (the encoder's): another would not compare.
     let dimensions: Int
-    public let maximumWrites: Int
-    private let writes = NIOLockedValueBox(0)
-    private let onFailure: @Sendable () -> Void
+    private let writes: BackgroundWrites
     /// Entries applied from other instances, and the time from their write to their application (for the lag).
     private let applied = NIOLockedValueBox<(count: Int, lagMilliseconds: [Int64])>((0, []))
 
@@ -34,11 +32,8 @@ public final class ReplicatedSemanticCache: SemanticCacheStore {
         origin = UUID().uuidString
         self.maximumLength = max(1000, maximumLength)
         self.dimensions = dimensions
-        self.maximumWrites = maximumWrites
-        self.onFailure = onFailure
+        writes = BackgroundWrites(maximum: maximumWrites, onFailure: onFailure)
     }
-
-    static func wallNow() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
 
     public func nearest(_ vector: [Float], namespace: String, minimum: Float, limit: Int, now: ContinuousClock.Instant) -> [SemanticMatch] {
         local.nearest(vector, namespace: namespace, minimum: minimum, limit: limit, now: now)
@@ -48,7 +43,7 @@ public final class ReplicatedSemanticCache: SemanticCacheStore {
 
     public func insert(_ entry: SemanticEntry) {
         local.insert(entry)
-        let data = SemanticEntryCoding.encode(entry, now: .now, wallNow: Self.wallNow())
+        let data = SemanticEntryCoding.encode(entry, now: .now, wallNow: SharedState.wallNow())
         publish(["op", "insert", "data", .bytes(data)])
     }
 
@@ -66,26 +61,8 @@ public final class ReplicatedSemanticCache: SemanticCacheStore {
 
     /// Appends a record in the background, at most `maximumWrites` at once (past that it is dropped and counted).
     func publish(_ fields: [RedisArgument]) {
-        let admitted = writes.withLockedValue { count in
-            guard count < maximumWrites else { return false }
-            count += 1
-            return true
-        }
-        guard admitted else {
-            onFailure()
-            return
-        }
-        let command: [RedisArgument] = ["XADD", .string(stream), "MAXLEN", "~", .integer(maximumLength), "*",
-                                        "origin", .string(origin), "ms", .integer(Self.wallNow())] + fields
-        let client = self.client, writes = self.writes, onFailure = self.onFailure
-        Task {
-            do {
-                try await client.send(command)
-            } catch {
-                onFailure()
-            }
-            writes.withLockedValue { $0 -= 1 }
-        }
+        writes.submit([["XADD", .string(stream), "MAXLEN", "~", .integer(maximumLength), "*",
+                        "origin", .string(origin), "ms", .integer(SharedState.wallNow())] + fields], through: client)
     }
 
     /// Applies one record of the stream (another instance's; this one's own were applied when made).
@@ -94,11 +71,11 @@ public final class ReplicatedSemanticCache: SemanticCacheStore {
         switch op {
         case "insert":
             guard let data = fields["data"]?.bytes,
-                  let entry = SemanticEntryCoding.decode(data, now: .now, wallNow: Self.wallNow()),
+                  let entry = SemanticEntryCoding.decode(data, now: .now, wallNow: SharedState.wallNow()),
                   entry.vector.count == dimensions
             else { return }
             local.insert(entry)
-            let lag = fields["ms"]?.string.flatMap { Int64($0) }.map { Self.wallNow() - $0 }
+            let lag = fields["ms"]?.string.flatMap { Int64($0) }.map { SharedState.wallNow() - $0 }
             applied.withLockedValue { state in
                 state.count += 1
                 if let lag {

@@ -182,15 +182,13 @@ public final class RedisConnection: Sendable {
         try await sendRaw(commands)
     }
 
-    func sendRaw(_ commands: [[RedisArgument]]) async throws(RedisError) -> [RESPValue] {
+    func sendRaw(_ commands: [[RedisArgument]], pushReplies: Int = 0) async throws(RedisError) -> [RESPValue] {
         guard !commands.isEmpty else { return [] }
         let eventLoop = channel.eventLoop
         let promise = eventLoop.makePromise(of: [RESPValue].self)
-        let handler = self.handler
-        let timeout = configuration.commandTimeout
-        let channel = self.channel
+        let handler = self.handler, timeout = configuration.commandTimeout, channel = self.channel
         eventLoop.execute {
-            handler.value.enqueue(commands, promise: promise, context: channel, timeout: timeout)
+            handler.value.enqueue(commands, promise: promise, context: channel, timeout: timeout, pushReplies: pushReplies)
         }
         do {
             return try await promise.futureResult.get()
@@ -206,21 +204,8 @@ public final class RedisConnection: Sendable {
     public func subscribe(_ channels: [String]) async throws(RedisError) -> [RESPValue] {
         guard protocolVersion == 3 else { throw .handshakeFailed("Pub/Sub needs RESP3 (HELLO 3)") }
         guard !channels.isEmpty else { return [] }
-        let eventLoop = channel.eventLoop
-        let promise = eventLoop.makePromise(of: [RESPValue].self)
-        let handler = self.handler, timeout = configuration.commandTimeout, channel = self.channel
-        let command: [RedisArgument] = ["SUBSCRIBE"] + channels.map { .string($0) }
-        eventLoop.execute {
-            // SUBSCRIBE answers with one push per channel and no ordinary reply.
-            handler.value.enqueue([command], promise: promise, context: channel, timeout: timeout, pushReplies: channels.count)
-        }
-        do {
-            return try await promise.futureResult.get()
-        } catch let error as RedisError {
-            throw error
-        } catch {
-            throw .connectionClosed
-        }
+        // SUBSCRIBE answers with one push per channel and no ordinary reply.
+        return try await sendRaw([["SUBSCRIBE"] + channels.map { .string($0) }], pushReplies: channels.count)
     }
 
     public func close() async {

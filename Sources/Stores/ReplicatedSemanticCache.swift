@@ -105,6 +105,8 @@ public final class ReplicatedSemanticCache: SemanticCacheStore {
         var configuration = client.configuration
         // A blocked read waits up to a second; its reply may take that long.
         configuration.commandTimeout = .seconds(3)
+        // A record is one entry (answers over 4 MiB are not shared): a larger bulk is not one of ours.
+        configuration.limits.bulk = 64 << 20
         while !Task.isCancelled {
             do {
                 let connection = try await RedisConnection.connect(configuration, on: MultiThreadedEventLoopGroupProvider.next())

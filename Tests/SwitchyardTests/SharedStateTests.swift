@@ -120,10 +120,7 @@ import Testing
     @Test func semanticEntriesAreVersionedAndCheckedWhenRead() {
         let now = ContinuousClock.now
         let wall: Int64 = 1_790_000_000_000
-        let response = ChatResponse(id: "x", model: "m", choices: [ChatChoice(content: [.text("hi")], stopReason: .endTurn)],
-                                    usage: Usage(inputTokens: 3, outputTokens: 1))
-        let answer = CachedAnswer(tenant: "t", model: "m", response: response, raw: nil, cost: NanoUSD(42), storedAt: now,
-                                  expiresAt: now + .seconds(60))
+        let answer = Self.answer(now: now)
         let entry = SemanticEntry(id: "sc_1", namespace: "ns", text: "What?", vector: [0.6, -0.8, 0], answer: answer)
         let bytes = SemanticEntryCoding.encode(entry, now: now, wallNow: wall)
         let back = SemanticEntryCoding.decode(bytes, now: now, wallNow: wall)
@@ -197,13 +194,18 @@ import Testing
         }
     }
 
+    /// A small answer ("hi") stored at `now` for 60 s.
+    static func answer(now: ContinuousClock.Instant) -> CachedAnswer {
+        let response = ChatResponse(id: "x", model: "m", choices: [ChatChoice(content: [.text("hi")], stopReason: .endTurn)],
+                                    usage: Usage(inputTokens: 3, outputTokens: 1))
+        return CachedAnswer(tenant: "t", model: "m", response: response, raw: nil, cost: NanoUSD(42), storedAt: now,
+                            expiresAt: now + .seconds(60))
+    }
+
     @Test func storedAnswersAreVersionedAndCheckedWhenRead() {
         let now = ContinuousClock.now
         let wall: Int64 = 1_790_000_000_000
-        let response = ChatResponse(id: "x", model: "m", choices: [ChatChoice(content: [.text("hi")], stopReason: .endTurn)],
-                                    usage: Usage(inputTokens: 3, outputTokens: 1))
-        let answer = CachedAnswer(tenant: "t", model: "m", response: response, raw: nil, cost: NanoUSD(42), storedAt: now,
-                                  expiresAt: now + .seconds(60))
+        let answer = Self.answer(now: now)
         let bytes = CachedAnswerCoding.encode(answer, now: now, wallNow: wall)
         let back = CachedAnswerCoding.decode(bytes, now: now, wallNow: wall + 1000)
         #expect(back?.tenant == "t" && back?.cost == NanoUSD(42) && back?.completion.usage.inputTokens == 3)
@@ -225,11 +227,7 @@ import Testing
         let client = RedisClient(configuration: server.configuration(), group: .singletonMultiThreadedEventLoopGroup)
         let failures = NIOLockedValueBoxCounter()
         let store = RedisExactCache(client: client, keyPrefix: "t:", onWriteFailure: { failures.add() })
-        let now = ContinuousClock.now
-        let response = ChatResponse(id: "x", model: "m", choices: [ChatChoice(content: [.text("hi")], stopReason: .endTurn)],
-                                    usage: Usage(inputTokens: 3, outputTokens: 1))
-        store.put("k1", CachedAnswer(tenant: "t", model: "m", response: response, raw: nil, cost: NanoUSD(1), storedAt: now,
-                                     expiresAt: now + .seconds(60)))
+        store.put("k1", SharedStateTests.answer(now: .now))
         var found: CachedAnswer?
         for _ in 0..<50 where found == nil {
             found = try await store.lookup("k1", tenant: "t", now: .now)

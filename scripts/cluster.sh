@@ -8,7 +8,8 @@
 #   scripts/cluster.sh stop DIR        # everything it started (SIGTERM, then SIGKILL after 30 s)
 #
 # DIR receives the configurations, the logs and cluster.env (URLs, ports, pids) for the tests and benchmarks.
-# SWITCHYARD_BIN picks the binary (default: the debug build); MOCK_LATENCY_SCALE the mock's latency (default 0.2).
+# SWITCHYARD_BIN picks the binary (default: the debug build), MOCK_LATENCY_SCALE the mock's latency (default 0.2),
+# SERVE_ARGS extra options for the instances started (for example --no-embeddings).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -134,7 +135,8 @@ start_instance() {
     local dir=$1 port index
     port=$(free_port)
     index=$(( $(wc -w <<<"$INSTANCE_PORTS") + 1 ))
-    "$BIN" serve --config "$dir/gateway.yaml" --port "$port" --log-level "${LOG_LEVEL:-warning}" \
+    # shellcheck disable=SC2086 # SERVE_ARGS: extra options, word by word (for example --no-embeddings)
+    "$BIN" serve --config "$dir/gateway.yaml" --port "$port" --log-level "${LOG_LEVEL:-warning}" ${SERVE_ARGS:-} \
         >>"$dir/instance-$index.log" 2>&1 &
     INSTANCE_PIDS="${INSTANCE_PIDS:+$INSTANCE_PIDS }$!"
     INSTANCE_PORTS="${INSTANCE_PORTS:+$INSTANCE_PORTS }$port"

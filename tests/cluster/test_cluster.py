@@ -247,7 +247,7 @@ class Drain(unittest.TestCase):
             result = load_result(process, path)
             report("SIGTERM", result)
             self.assertEqual(result["errors"], {}, result["errors_per_second"])
-            self.assertGreater(result["succeeded"], 100)
+            self.assertGreater(result["succeeded"], 50)
             # The others kept serving after it left.
             self.assertGreater(sum(result["completed_per_second"][5:]), 0)
         finally:

@@ -1,5 +1,7 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 /// Why a command did not get its reply.
 public enum RedisError: Error, Sendable, Hashable, CustomStringConvertible {
@@ -20,6 +22,8 @@ public enum RedisError: Error, Sendable, Hashable, CustomStringConvertible {
     case overloaded
     /// Every connection of the pool is down and reconnecting (after backoff).
     case unavailable
+    /// TLS failed: the server's certificate was not trusted or did not name the host, or the session broke.
+    case tlsFailed(String)
 
     public var description: String {
         switch self {
@@ -31,6 +35,7 @@ public enum RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         case .server(let error): "redis: \(error.message)"
         case .overloaded: "redis: too many commands waiting on one connection"
         case .unavailable: "redis: no connection available"
+        case .tlsFailed(let reason): "redis: TLS: \(reason)"
         }
     }
 
@@ -45,6 +50,7 @@ public enum RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         case .server: "server_error"
         case .overloaded: "overloaded"
         case .unavailable: "unavailable"
+        case .tlsFailed: "tls_failed"
         }
     }
 }
@@ -66,11 +72,13 @@ public struct RedisConfiguration: Sendable, Hashable {
     public var poolSize: Int
     public var clientName: String?
     public var limits: RESPParser.Limits
+    /// TLS (`rediss://`); `nil`: plain TCP.
+    public var tls: RedisTLS?
 
     public init(host: String = "127.0.0.1", port: Int = 6379, username: String? = nil, password: String? = nil,
                 database: Int = 0, connectTimeout: TimeAmount = .seconds(2), commandTimeout: TimeAmount = .seconds(2),
                 maximumPending: Int = 10_000, poolSize: Int = 4, clientName: String? = "switchyard",
-                limits: RESPParser.Limits = .init()) {
+                limits: RESPParser.Limits = .init(), tls: RedisTLS? = nil) {
         self.host = host
         self.port = port
         self.username = username
@@ -82,6 +90,42 @@ public struct RedisConfiguration: Sendable, Hashable {
         self.poolSize = poolSize
         self.clientName = clientName
         self.limits = limits
+        self.tls = tls
+    }
+}
+
+/// TLS to a Redis server: the server's certificate must chain to `caFile`'s roots (the system's when `nil`) and name
+/// the host (the address itself when the host is an IP literal, which gets no SNI).
+public struct RedisTLS: Sendable, Hashable {
+    public var caFile: String?
+
+    public init(caFile: String? = nil) {
+        self.caFile = caFile
+    }
+
+    /// The client context for these settings, made once (loading roots costs milliseconds) and kept. Keyed by
+    /// configuration only, so the map is as small as the configuration.
+    func context() throws(RedisError) -> NIOSSLContext {
+        if let made = Self.contexts.withLockedValue({ $0[self] }) { return made }
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        if let caFile { configuration.trustRoots = .file(caFile) }
+        let made: NIOSSLContext
+        do {
+            made = try NIOSSLContext(configuration: configuration)
+        } catch {
+            throw .tlsFailed("cannot use the trust roots\(caFile.map { " in \($0)" } ?? ""): \(error)")
+        }
+        return Self.contexts.withLockedValue { map in
+            if let raced = map[self] { return raced }
+            map[self] = made
+            return made
+        }
+    }
+
+    private static let contexts = NIOLockedValueBox([RedisTLS: NIOSSLContext]())
+
+    static func isIPAddress(_ host: String) -> Bool {
+        host.contains(":") || (!host.isEmpty && host.allSatisfy { $0.isNumber || $0 == "." })
     }
 }
 
@@ -108,12 +152,18 @@ public final class RedisConnection: Sendable {
     /// SELECT when a database is configured. Push messages (RESP3 Pub/Sub) go to `onPush`, on the event loop.
     public static func connect(_ configuration: RedisConfiguration, on eventLoop: any EventLoop,
                                onPush: (@Sendable ([RESPValue]) -> Void)? = nil) async throws(RedisError) -> RedisConnection {
+        let tlsContext = try configuration.tls?.context()
+        let serverName = RedisTLS.isIPAddress(configuration.host) ? nil : configuration.host
         let handlerPromise = eventLoop.makePromise(of: NIOLoopBound<RedisChannelHandler>.self)
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // The handshake runs under HELLO's command timeout: HELLO is written once it completes.
+                    if let tlsContext {
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tlsContext, serverHostname: serverName))
+                    }
                     let handler = RedisChannelHandler(limits: configuration.limits, maximumPending: configuration.maximumPending,
                                                       onPush: onPush)
                     try channel.pipeline.syncOperations.addHandler(handler)
@@ -322,7 +372,8 @@ final class RedisChannelHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        fail(.connectionClosed)
+        // The TLS handler reports a refused certificate here, before the close: say so rather than "closed".
+        fail(error is NIOSSLError || error is NIOSSLExtraError || error is BoringSSLError ? .tlsFailed("\(error)") : .connectionClosed)
     }
 
     /// Fails every waiting command and closes the connection.

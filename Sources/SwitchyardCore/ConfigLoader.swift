@@ -240,11 +240,13 @@ public enum ConfigLoader {
             state.backend = value
         }
         if let url = try reader.string("url") {
-            // redis://host[:port][/db]; credentials come from the environment, never from the file.
-            guard url.hasPrefix("redis://") else {
-                throw ConfigError(path: reader.child("url"), "must be redis://host[:port][/database] (rediss:// is not supported yet)")
+            // redis://host[:port][/db], or rediss:// for TLS; credentials come from the environment, never the file.
+            let scheme = ["redis://", "rediss://"].first { url.hasPrefix($0) }
+            guard let scheme else {
+                throw ConfigError(path: reader.child("url"), "must be redis://host[:port][/database] or rediss://… (TLS)")
             }
-            var rest = Substring(url.dropFirst("redis://".count))
+            state.tls = scheme == "rediss://"
+            var rest = Substring(url.dropFirst(scheme.count))
             guard !rest.contains("@") else {
                 throw ConfigError(path: reader.child("url"), "must not hold credentials: name them with username_env and password_env")
             }
@@ -267,6 +269,13 @@ public enum ConfigLoader {
                 }
                 state.port = port
             }
+        }
+        if let caFile = try reader.string("tls_ca_file") {
+            guard state.tls else { throw ConfigError(path: reader.child("tls_ca_file"), "needs a rediss:// url") }
+            guard FileManager.default.isReadableFile(atPath: caFile) else {
+                throw ConfigError(path: reader.child("tls_ca_file"), "cannot read '\(caFile)'")
+            }
+            state.tlsCAFile = caFile
         }
         if let prefix = try reader.string("key_prefix") {
             guard prefix.utf8.count <= 128, !prefix.contains(where: { $0.isWhitespace || $0 == "{" || $0 == "}" }) else {

@@ -296,6 +296,9 @@ public struct StateSettings: Sendable, Hashable {
     public var host = "127.0.0.1"
     public var port = 6379
     public var database = 0
+    /// TLS (`rediss://`), with these trust roots (a PEM file; the system's when `nil`).
+    public var tls = false
+    public var tlsCAFile: String?
     /// Put before every key, so that several deployments can share one server.
     public var keyPrefix = "switchyard:"
     /// Credentials, read from the environment variables the file names (never written in the file).

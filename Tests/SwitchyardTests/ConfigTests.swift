@@ -127,10 +127,19 @@ import Testing
         #expect(config.state.caches == .failClosed && config.state.commandTimeout == .milliseconds(250) && config.state.poolSize == 8)
         #expect(try ConfigLoader.parse(yaml: "providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}", environment: env)
             .state.backend == .memory)
+        #expect(!config.state.tls)
+        let tls = try ConfigLoader.parse(yaml: """
+            providers: {m: {kind: mock}}
+            models: {gpt-4o: {provider: m}}
+            state: {backend: redis, url: "rediss://cache.internal:6380", tls_ca_file: \(RedisServerProcess.tlsFixtures.appendingPathComponent("ca.pem").path)}
+            """, environment: env).state
+        #expect(tls.tls && tls.host == "cache.internal" && tls.port == 6380 && tls.tlsCAFile?.hasSuffix("ca.pem") == true)
         for (state, path, message) in [
             ("{backend: etcd}", "state.backend", "'memory' or 'redis'"),
             ("{url: \"redis://user:pw@host\"}", "state.url", "credentials"),
-            ("{url: \"rediss://host\"}", "state.url", "redis://"),
+            ("{url: \"http://host\"}", "state.url", "rediss://"),
+            ("{url: \"redis://host\", tls_ca_file: /etc/hostname}", "state.tls_ca_file", "rediss://"),
+            ("{url: \"rediss://host\", tls_ca_file: /no/such/file.pem}", "state.tls_ca_file", "cannot read"),
             ("{url: \"redis://host:99999\"}", "state.url", "port"),
             ("{url: \"redis://host/99\"}", "state.url", "database"),
             ("{password_env: NOT_SET}", "state.password_env", "not set"),

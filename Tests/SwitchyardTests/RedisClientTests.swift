@@ -30,11 +30,21 @@ final class RedisServerProcess: @unchecked Sendable {
         return port
     }
 
-    init(port: Int? = nil, arguments: [String] = []) throws {
-        self.port = try port ?? Self.freePort()
+    /// The test CA and the certificate it signed for `localhost` and 127.0.0.1 (the HTTPS upstream tests' too).
+    static let tlsFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/tls")
+
+    /// - Parameter tls: Serve TLS only, on `port`, with the fixtures' certificate.
+    init(port: Int? = nil, arguments: [String] = [], tls: Bool = false) throws {
+        let port = try port ?? Self.freePort()
+        self.port = port
+        let tlsArguments = ["--tls-port", String(port), "--port", "0",
+                            "--tls-cert-file", Self.tlsFixtures.appendingPathComponent("server.pem").path,
+                            "--tls-key-file", Self.tlsFixtures.appendingPathComponent("server.key").path,
+                            "--tls-ca-cert-file", Self.tlsFixtures.appendingPathComponent("ca.pem").path,
+                            "--tls-auth-clients", "no"]
         folder = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-redis-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        self.arguments = arguments
+        self.arguments = (tls ? tlsArguments : []) + arguments
         try start()
     }
 
@@ -153,6 +163,56 @@ final class RedisServerProcess: @unchecked Sendable {
         let right = RedisClient(configuration: server.configuration { $0.password = "s3cret" }, group: group)
         #expect(try await right.send(["PING"]) == .simpleString("PONG"))
         await right.close()
+    }
+
+    @Test func tlsWithTheServersCertificateTrustedAndRefusedOtherwise() async throws {
+        // Also on 127.0.0.2, an address the certificate does not name.
+        let server = try RedisServerProcess(arguments: ["--bind", "127.0.0.1", "127.0.0.2"], tls: true)
+        let ca = RedisServerProcess.tlsFixtures.appendingPathComponent("ca.pem").path
+        // By address (checked against the certificate's IP entry) and by name (SNI, checked against its DNS entry).
+        for host in ["127.0.0.1", "localhost"] {
+            let client = RedisClient(configuration: server.configuration { $0.host = host; $0.tls = RedisTLS(caFile: ca) }, group: group)
+            #expect(try await client.send(["SET", "k", "v"]) == .simpleString("OK"))
+            #expect(try await client.send(["GET", "k"]).string == "v")
+            let replies = try await client.pipeline((0..<100).map { _ in ["INCR", "n"] })
+            #expect(replies.last == .integer(host == "localhost" ? 200 : 100))
+            await client.close()
+        }
+        // The system's roots do not include the test CA: refused, and said to be TLS.
+        let untrusted = RedisClient(configuration: server.configuration { $0.tls = RedisTLS() }, group: group)
+        do {
+            try await untrusted.send(["PING"])
+            Issue.record("a certificate from an unknown CA was accepted")
+        } catch {
+            #expect(error.code == "tls_failed", "\(error)")
+        }
+        await untrusted.close()
+        // A name the certificate does not hold.
+        let wrongName = RedisClient(configuration: server.configuration { $0.host = "127.0.0.2"; $0.tls = RedisTLS(caFile: ca) }, group: group)
+        do {
+            try await wrongName.send(["PING"])
+            Issue.record("a certificate for another address was accepted")
+        } catch {
+            #expect(error.code == "tls_failed", "\(error)")
+        }
+        await wrongName.close()
+        // Plain RESP to the TLS port fails within the timeouts rather than hanging.
+        let plain = RedisClient(configuration: server.configuration { $0.commandTimeout = .milliseconds(500) }, group: group)
+        let started = ContinuousClock.now
+        await #expect(throws: RedisError.self) { try await plain.send(["PING"]) }
+        #expect(ContinuousClock.now - started < .seconds(3))
+        await plain.close()
+        // A CA file that is not PEM: a TLS error on connect, not a crash.
+        let bogus = server.folder.appendingPathComponent("bogus.pem")
+        try Data("not a certificate".utf8).write(to: bogus)
+        let broken = RedisClient(configuration: server.configuration { $0.tls = RedisTLS(caFile: bogus.path) }, group: group)
+        do {
+            try await broken.send(["PING"])
+            Issue.record("a bogus CA file was accepted")
+        } catch {
+            #expect(error.code == "tls_failed" || error.code == "connect_failed", "\(error)")
+        }
+        await broken.close()
     }
 
     @Test func aSlowReplyTimesOutAndTheNextCommandReconnects() async throws {

@@ -71,6 +71,26 @@ import Testing
         }
     }
 
+    @Test func instancesShareTheirCacheOverTLS() async throws {
+        let server = try RedisServerProcess(tls: true)
+        var tls = Self.config(redisPort: server.port)
+        tls.state.tls = true
+        tls.state.tlsCAFile = RedisServerProcess.tlsFixtures.appendingPathComponent("ca.pem").path
+        let config = tls
+        try await withTestGateway(config) { _, a in
+            try await withTestGateway(config) { _, b in
+                #expect(try await send("\(a)/readyz", method: "GET", contentType: nil).status == 200)
+                #expect(try await send("\(a)/v1/chat/completions", body: Self.body).header("x-switchyard-cache") == "miss")
+                var hit = false
+                for _ in 0..<50 where !hit {
+                    hit = try await send("\(b)/v1/chat/completions", body: Self.body).header("x-switchyard-cache") == "hit-exact"
+                    if !hit { try await Task.sleep(for: .milliseconds(20)) }
+                }
+                #expect(hit)
+            }
+        }
+    }
+
     @Test func aSemanticEntryWrittenThroughOneInstanceIsFoundThroughAnotherAndRemovedFromBoth() async throws {
         let server = try RedisServerProcess()
         var shared = Self.config(redisPort: server.port)

@@ -50,10 +50,9 @@ public struct RedisScript: Sendable, Hashable {
 /// connection died reconnects on next use, after its backoff. Nothing waits longer than the connect timeout for a
 /// connection, or the command timeout for a reply: with the server down every call fails fast with
 /// `.unavailable` or `.connectFailed`, and the caller's failure policy decides (a cache bypasses itself).
-public final class RedisClient: Sendable {
-    public let configuration: RedisConfiguration
+final class RedisNodePool: Sendable {
+    let configuration: RedisConfiguration
     private let group: any EventLoopGroup
-    var eventLoopGroup: any EventLoopGroup { group }
     private let onPush: (@Sendable ([RESPValue]) -> Void)?
 
     private enum Slot: Sendable {
@@ -70,40 +69,25 @@ public final class RedisClient: Sendable {
 
     private let state: NIOLockedValueBox<State>
 
-    public init(configuration: RedisConfiguration, group: any EventLoopGroup,
-                onPush: (@Sendable ([RESPValue]) -> Void)? = nil) {
+    init(configuration: RedisConfiguration, group: any EventLoopGroup, onPush: (@Sendable ([RESPValue]) -> Void)? = nil) {
         self.configuration = configuration
         self.group = group
         self.onPush = onPush
         state = NIOLockedValueBox(State(slots: Array(repeating: .empty(ReconnectBackoff()), count: max(configuration.poolSize, 1))))
     }
 
-    /// One command; an error reply is thrown as `.server`.
-    @discardableResult
-    public func send(_ arguments: [RedisArgument]) async throws(RedisError) -> RESPValue {
-        try await connection().send(arguments)
-    }
-
     /// Commands written together on one connection and answered in order (error replies in place).
-    public func pipeline(_ commands: [[RedisArgument]]) async throws(RedisError) -> [RESPValue] {
+    func pipeline(_ commands: [[RedisArgument]]) async throws(RedisError) -> [RESPValue] {
         try await connection().pipeline(commands)
     }
 
-    /// Runs `script` with `keys` and `arguments`: EVALSHA, and on NOSCRIPT, SCRIPT LOAD then EVALSHA again.
-    @discardableResult
-    public func evaluate(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument]) async throws(RedisError) -> RESPValue {
-        let command: [RedisArgument] = ["EVALSHA", .string(script.sha1), .integer(keys.count)] + keys + arguments
-        let connection = try await connection()
-        do {
-            return try await connection.send(command)
-        } catch .server(let error) where error.code == "NOSCRIPT" {
-            try await connection.send(["SCRIPT", "LOAD", .string(script.source)])
-            return try await connection.send(command)
-        }
+    /// One command, its error reply in place.
+    func reply(_ arguments: [RedisArgument]) async throws(RedisError) -> RESPValue {
+        try await pipeline([arguments]).first ?? .null
     }
 
     /// Closes every connection; later calls fail with `.unavailable`.
-    public func close() async {
+    func close() async {
         let connections: [RedisConnection] = state.withLockedValue { state in
             state.closed = true
             let open = state.slots.compactMap { slot -> RedisConnection? in

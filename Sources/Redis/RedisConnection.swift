@@ -74,11 +74,13 @@ public struct RedisConfiguration: Sendable, Hashable {
     public var limits: RESPParser.Limits
     /// TLS (`rediss://`); `nil`: plain TCP.
     public var tls: RedisTLS?
+    /// A Redis Cluster: `host:port` is one node (the seed); commands go to the node serving their key's slot.
+    public var cluster: Bool
 
     public init(host: String = "127.0.0.1", port: Int = 6379, username: String? = nil, password: String? = nil,
                 database: Int = 0, connectTimeout: TimeAmount = .seconds(2), commandTimeout: TimeAmount = .seconds(2),
                 maximumPending: Int = 10_000, poolSize: Int = 4, clientName: String? = "switchyard",
-                limits: RESPParser.Limits = .init(), tls: RedisTLS? = nil) {
+                limits: RESPParser.Limits = .init(), tls: RedisTLS? = nil, cluster: Bool = false) {
         self.host = host
         self.port = port
         self.username = username
@@ -91,6 +93,7 @@ public struct RedisConfiguration: Sendable, Hashable {
         self.clientName = clientName
         self.limits = limits
         self.tls = tls
+        self.cluster = cluster
     }
 }
 

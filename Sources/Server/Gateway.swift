@@ -64,8 +64,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         redis = RedisClient(configuration: RedisConfiguration(
             host: state.host, port: state.port, username: state.username, password: state.password, database: state.database,
             connectTimeout: .nanoseconds(state.connectTimeout.nanoseconds), commandTimeout: .nanoseconds(state.commandTimeout.nanoseconds),
-            poolSize: state.poolSize, tls: state.tls ? RedisTLS(caFile: state.tlsCAFile) : nil), group: MultiThreadedEventLoopGroup.singleton)
-        logger.info("shared state in redis", metadata: ["switchyard.redis": "\(state.tls ? "rediss" : "redis")://\(state.host):\(state.port)/\(state.database)"])
+            poolSize: state.poolSize, tls: state.tls ? RedisTLS(caFile: state.tlsCAFile) : nil, cluster: state.cluster), group: MultiThreadedEventLoopGroup.singleton)
+        logger.info("shared state in redis", metadata: ["switchyard.redis": "\(state.tls ? "rediss" : "redis")://\(state.host):\(state.port)/\(state.database)\(state.cluster ? " (cluster)" : "")"])
     }
     // Its write failures are counted in the metrics it feeds, which exist only once it does.
     let savingsFailures = Locked<(@Sendable () -> Void)?>(nil)

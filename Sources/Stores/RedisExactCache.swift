@@ -43,22 +43,17 @@ public final class RedisExactCache: ExactCacheStore {
         writes.submit([["SET", .string(redisKey(key, tenant: answer.tenant)), .bytes(bytes), "PX", .integer(ttl)]], through: client)
     }
 
-    /// Every key of `tenant` (or of every tenant), found with SCAN and removed with UNLINK, a thousand at a time.
+    /// Every key of `tenant` (or of every tenant), found with SCAN (on every primary of a cluster) and removed with
+    /// UNLINK, a thousand at a time: one UNLINK per key, pipelined, since the keys of several tenants live in
+    /// different slots.
     public func removeAll(tenant: String?) async throws -> Int {
         let pattern = tenant.map { "\(prefix)exact:{\(tenantTag($0))}:*" } ?? "\(prefix)exact:*"
-        var cursor = "0"
         var removed = 0
-        repeat {
-            let reply = try await client.send(["SCAN", .string(cursor), "MATCH", .string(pattern), "COUNT", "1000"])
-            guard let parts = reply.elements, parts.count == 2, let next = parts[0].string, let keys = parts[1].elements else {
-                throw RedisError.protocolViolation(.badValue)
-            }
-            cursor = next
-            let names = keys.compactMap(\.bytes)
-            if !names.isEmpty {
-                removed += Int(try await client.send(["UNLINK"] + names.map { .bytes($0) }).integer ?? 0)
-            }
-        } while cursor != "0"
+        let client = self.client
+        try await client.scan(matching: pattern) { (names: [[UInt8]]) throws(RedisError) in
+            let replies = try await client.pipeline(names.map { ["UNLINK", .bytes($0)] })
+            removed += replies.reduce(0) { $0 + Int($1.integer ?? 0) }
+        }
         return removed
     }
 }

@@ -102,16 +102,19 @@ public final class ReplicatedSemanticCache: SemanticCacheStore {
     public func replicate() async {
         var last = "0-0"
         var backoff = ReconnectBackoff()
-        var configuration = client.configuration
-        // A blocked read waits up to a second; its reply may take that long.
-        configuration.commandTimeout = .seconds(3)
-        // A record is one entry (answers over 4 MiB are not shared): a larger bulk is not one of ours.
-        configuration.limits.bulk = 64 << 20
+        var failed = false
         while !Task.isCancelled {
             do {
+                // In a cluster, the node serving the stream's slot (asked again after a failure: it may have moved).
+                var configuration = try await client.configuration(forKey: stream, refresh: failed)
+                // A blocked read waits up to a second; its reply may take that long.
+                configuration.commandTimeout = .seconds(3)
+                // A record is one entry (answers over 4 MiB are not shared): a larger bulk is not one of ours.
+                configuration.limits.bulk = 64 << 20
                 let connection = try await RedisConnection.connect(configuration, on: MultiThreadedEventLoopGroupProvider.next())
                 defer { Task { await connection.close() } }
                 backoff.succeeded()
+                failed = false
                 // A blocked read ends at once when the task is cancelled (shutdown), not when its block times out.
                 try await withTaskCancellationHandler {
                     try await readRecords(connection, from: &last)
@@ -119,6 +122,7 @@ public final class ReplicatedSemanticCache: SemanticCacheStore {
                     connection.channel.close(promise: nil)
                 }
             } catch {
+                failed = true
                 backoff.failed(at: .now(), random: Double.random(in: 0..<1))
                 let wait = max((backoff.notBefore - NIODeadline.now()).nanoseconds, 1_000_000)
                 try? await Task.sleep(nanoseconds: UInt64(wait))

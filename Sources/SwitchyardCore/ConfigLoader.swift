@@ -277,6 +277,10 @@ public enum ConfigLoader {
             }
             state.tlsCAFile = caFile
         }
+        state.cluster = try reader.bool("cluster") ?? false
+        if state.cluster && state.database != 0 {
+            throw ConfigError(path: reader.child("url"), "a Redis Cluster has only database 0")
+        }
         if let prefix = try reader.string("key_prefix") {
             guard prefix.utf8.count <= 128, !prefix.contains(where: { $0.isWhitespace || $0 == "{" || $0 == "}" }) else {
                 throw ConfigError(path: reader.child("key_prefix"), "must be at most 128 bytes, without spaces or braces")

@@ -299,6 +299,8 @@ public struct StateSettings: Sendable, Hashable {
     /// TLS (`rediss://`), with these trust roots (a PEM file; the system's when `nil`).
     public var tls = false
     public var tlsCAFile: String?
+    /// A Redis Cluster: the url names one node, the others are found from it.
+    public var cluster = false
     /// Put before every key, so that several deployments can share one server.
     public var keyPrefix = "switchyard:"
     /// Credentials, read from the environment variables the file names (never written in the file).

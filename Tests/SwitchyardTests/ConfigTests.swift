@@ -138,6 +138,8 @@ import Testing
             ("{backend: etcd}", "state.backend", "'memory' or 'redis'"),
             ("{url: \"redis://user:pw@host\"}", "state.url", "credentials"),
             ("{url: \"http://host\"}", "state.url", "rediss://"),
+            ("{url: \"redis://host/2\", cluster: true}", "state.url", "only database 0"),
+            ("{cluster: maybe}", "state.cluster", "true or false"),
             ("{url: \"redis://host\", tls_ca_file: /etc/hostname}", "state.tls_ca_file", "rediss://"),
             ("{url: \"rediss://host\", tls_ca_file: /no/such/file.pem}", "state.tls_ca_file", "cannot read"),
             ("{url: \"redis://host:99999\"}", "state.url", "port"),

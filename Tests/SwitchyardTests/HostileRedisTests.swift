@@ -1,7 +1,8 @@
 import Caching
+import Foundation
 import NIOCore
 import NIOPosix
-import Redis
+@testable import Redis
 @testable import Stores
 import SwitchyardCore
 import SwitchyardModels
@@ -18,6 +19,8 @@ final class HostileRedisServer: @unchecked Sendable {
         case hugeBulk
         /// Answers the handshake, then every command with bytes that are not RESP.
         case garbage
+        /// A cluster node that owns every slot and redirects every command to itself (MOVED, or ASK).
+        case redirectsForever(ask: Bool)
     }
 
     final class Handler: ChannelInboundHandler, @unchecked Sendable {
@@ -36,6 +39,20 @@ final class HostileRedisServer: @unchecked Sendable {
             case .unsolicited: reply = "%0\r\n+surprise\r\n"
             case .hugeBulk: reply = "$999999999999\r\n"
             case .garbage: reply = reads == 1 ? "%0\r\n" : "\u{1}\u{2}not resp\r\n"
+            case .redirectsForever(let ask):
+                let port = context.channel.localAddress?.port ?? 0
+                // One reply per command of the read (a pipeline may bring several): each command is `*N` then its
+                // arguments as bulk strings, so its name is the line after its first `$` line.
+                let lines = String(buffer: unwrapInboundIn(data)).components(separatedBy: "\r\n")
+                let names = lines.indices.filter { lines[$0].hasPrefix("*") && $0 + 2 < lines.count }.map { lines[$0 + 2].uppercased() }
+                reply = names.map { name in
+                    switch name {
+                    case "HELLO": "%0\r\n"
+                    case "CLUSTER": "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:\(port)\r\n"
+                    case "ASKING": "+OK\r\n"
+                    default: "-\(ask ? "ASK" : "MOVED") 12182 127.0.0.1:\(port)\r\n"
+                    }
+                }.joined()
             }
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: reply)), promise: nil)
         }
@@ -67,6 +84,28 @@ final class HostileRedisServer: @unchecked Sendable {
             await #expect(throws: RedisError.self, "\(behaviour)") { try await client.send(["GET", "k"]) }
         }
         #expect(ContinuousClock.now - started < .seconds(3), "\(behaviour): no call waited past its timeouts")
+        await client.close()
+        await server.close()
+    }
+
+    @Test(arguments: [false, true])
+    func aClusterNodeThatRedirectsForeverEndsTheCallAfterBoundedRedirects(ask: Bool) async throws {
+        let server = try await HostileRedisServer(.redirectsForever(ask: ask))
+        let client = RedisClient(configuration: RedisConfiguration(port: server.port, connectTimeout: .milliseconds(300),
+                                                                   commandTimeout: .milliseconds(300), poolSize: 1, cluster: true),
+                                 group: MultiThreadedEventLoopGroup.singleton)
+        let started = ContinuousClock.now
+        do {
+            try await client.send(["GET", "k"])
+            Issue.record("a redirect loop answered")
+        } catch {
+            #expect(error.code == "server_error", "\(error)")
+        }
+        let pipelined = try await client.pipeline([["GET", "a"], ["GET", "b"]])
+        #expect(pipelined.allSatisfy { if case .error = $0 { true } else { false } })
+        let followed = client.redirects
+        #expect((ask ? followed.ask : followed.moved) == 3 * RedisClient.maximumRedirects + 3, "\(followed)")
+        #expect(ContinuousClock.now - started < .seconds(3))
         await client.close()
         await server.close()
     }

@@ -71,6 +71,45 @@ import Testing
         }
     }
 
+    /// Calls per command since the server started (`INFO commandstats`), e.g. `["get": 3]`.
+    static func commandCalls(_ server: RedisServerProcess) async throws -> [String: Int] {
+        let connection = try await RedisConnection.connect(server.configuration(), on: MultiThreadedEventLoopGroup.singleton.next())
+        defer { Task { await connection.close() } }
+        let info = try await connection.send(["INFO", "commandstats"]).string ?? ""
+        var calls: [String: Int] = [:]
+        for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("cmdstat_") {
+            let name = line.dropFirst("cmdstat_".count).prefix { $0 != ":" }
+            if let field = line.split(separator: ",").first?.split(separator: "=").last, let count = Int(field) {
+                calls[String(name)] = count
+            }
+        }
+        return calls
+    }
+
+    @Test func anExactHitThroughRedisIsOneGetOnTheRequestPath() async throws {
+        let server = try RedisServerProcess()
+        var shared = Self.config(redisPort: server.port)
+        shared.cache.semanticEnabled = false
+        let config = shared
+        try await withTestGateway(config) { _, a in
+            #expect(try await send("\(a)/v1/chat/completions", body: Self.body).header("x-switchyard-cache") == "miss")
+            try await Task.sleep(for: .milliseconds(200))
+            let before = try await Self.commandCalls(server)
+            for _ in 0..<10 {
+                #expect(try await send("\(a)/v1/chat/completions", body: Self.body).header("x-switchyard-cache") == "hit-exact")
+            }
+            // The savings of the hits are written in the background; let them land before counting.
+            try await Task.sleep(for: .milliseconds(300))
+            let after = try await Self.commandCalls(server)
+            let delta = after.compactMapValues { $0 }.reduce(into: [String: Int]()) { $0[$1.key] = $1.value - (before[$1.key] ?? 0) }
+                .filter { $0.value != 0 && $0.key != "info" && $0.key != "hello" && $0.key != "client|setname" }
+            #expect(delta["get"] == 10, "\(delta)")
+            // Everything else is the savings ledger's background writes: no other command per hit.
+            let ledger: Set<String> = ["hincrby", "pexpire", "zadd", "hset", "expire"]
+            #expect(Set(delta.keys).subtracting(["get"]).isSubset(of: ledger), "\(delta)")
+        }
+    }
+
     @Test func instancesShareTheirCacheOverTLS() async throws {
         let server = try RedisServerProcess(tls: true)
         var tls = Self.config(redisPort: server.port)

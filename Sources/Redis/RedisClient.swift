@@ -1,6 +1,7 @@
 import Crypto
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 
 /// When a connection slot may try to connect again: exponential backoff with full jitter, from `base` up to
 /// `maximum`, reset by a success. A value type with time and randomness passed in.
@@ -109,9 +110,22 @@ final class RedisNodePool: Sendable {
             case fail(RedisError)
         }
         let now = NIODeadline.now()
+        // A caller running on an event loop (a request's task) is best served by a connection of that loop: the
+        // command is written and its reply resumes the caller without a hop to another thread.
+        let current = MultiThreadedEventLoopGroup.currentEventLoop
         let choice: Choice = state.withLockedValue { state in
             guard !state.closed else { return .fail(.unavailable) }
             let count = state.slots.count
+            if let current {
+                for offset in 0..<count {
+                    let index = (state.next + offset) % count
+                    if case .connected(let connection, _) = state.slots[index], connection.isActive,
+                       connection.channel.eventLoop === current {
+                        state.next = (index + 1) % count
+                        return .use(connection)
+                    }
+                }
+            }
             var connecting: EventLoopFuture<RedisConnection>?
             for offset in 0..<count {
                 let index = (state.next + offset) % count

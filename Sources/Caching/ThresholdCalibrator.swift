@@ -71,7 +71,7 @@ public struct ThresholdCalibrator: Sendable, Hashable {
     }
 
     private func step(of similarity: Double) -> Int {
-        min(Int(((similarity - settings.floor) / settings.step + 1e-9).rounded(.down)), right.count - 1)
+        Self.stepIndex(of: similarity, settings: settings, steps: right.count) ?? 0
     }
 
     /// A label: whether the candidate at `similarity` had the right answer. Labels under `floor` say nothing about
@@ -84,6 +84,35 @@ public struct ThresholdCalibrator: Sendable, Hashable {
     }
 
     public var labels: Int { right.reduce(0, &+) &+ wrong.reduce(0, &+) }
+
+    /// The labels and observations per step: what instances sharing a calibration add up.
+    public var counts: CalibrationCounts { CalibrationCounts(right: right, wrong: wrong, seen: seen) }
+
+    /// Takes `counts` as its own (totals shared by several instances) and recomputes the threshold. Counts of another
+    /// shape (other settings) are refused; negative ones count as zero.
+    @discardableResult
+    public mutating func replace(counts: CalibrationCounts) -> Bool {
+        guard counts.right.count == right.count, counts.wrong.count == right.count, counts.seen.count == right.count else {
+            return false
+        }
+        right = counts.right.map { max($0, 0) }
+        wrong = counts.wrong.map { max($0, 0) }
+        seen = counts.seen.map { max($0, 0) }
+        threshold = calibrated()
+        return true
+    }
+
+    /// The step a score falls in (nil under the floor, or not finite): what `counts` index.
+    public func stepIndex(of similarity: Double) -> Int? {
+        Self.stepIndex(of: similarity, settings: settings, steps: right.count)
+    }
+
+    static func stepIndex(of similarity: Double, settings: Settings, steps: Int) -> Int? {
+        guard similarity.isFinite, similarity >= settings.floor, steps > 0 else { return nil }
+        return min(Int(((similarity - settings.floor) / settings.step + 1e-9).rounded(.down)), steps - 1)
+    }
+
+    public var stepCount: Int { right.count }
 
     /// The lower bound of a precision of `right` out of `total` (Wilson score interval, one-sided).
     public static func lowerBound(right: Int, total: Int, z: Double) -> Double {
@@ -211,6 +240,32 @@ extension ThresholdCalibrator {
 
 /// Calibrators per namespace (a namespace is one tenant's: calibration never crosses tenants), bounded: past
 /// `maximumNamespaces` the least recently labelled one is forgotten and starts again from the base threshold.
+/// Labels (right, wrong) and observed scores per step of a calibrator.
+public struct CalibrationCounts: Sendable, Hashable {
+    public var right: [Int]
+    public var wrong: [Int]
+    public var seen: [Int]
+
+    public init(right: [Int], wrong: [Int], seen: [Int]) {
+        self.right = right
+        self.wrong = wrong
+        self.seen = seen
+    }
+
+    public init(steps: Int) {
+        self.init(right: Array(repeating: 0, count: steps), wrong: Array(repeating: 0, count: steps),
+                  seen: Array(repeating: 0, count: steps))
+    }
+
+    public var isEmpty: Bool { !(right + wrong + seen).contains { $0 != 0 } }
+
+    /// Element-wise sum (same shape; a shorter one adds what it has).
+    public static func + (lhs: CalibrationCounts, rhs: CalibrationCounts) -> CalibrationCounts {
+        func add(_ a: [Int], _ b: [Int]) -> [Int] { a.indices.map { $0 < b.count ? a[$0] &+ b[$0] : a[$0] } }
+        return CalibrationCounts(right: add(lhs.right, rhs.right), wrong: add(lhs.wrong, rhs.wrong), seen: add(lhs.seen, rhs.seen))
+    }
+}
+
 public struct CalibratorTable: Sendable {
     public let settings: ThresholdCalibrator.Settings
     public let maximumNamespaces: Int
@@ -242,6 +297,23 @@ public struct CalibratorTable: Sendable {
         calibrators[namespace, default: ThresholdCalibrator(settings: settings)].record(similarity: similarity, correct: correct)
         recency.touch(namespace)
     }
+
+    /// Replaces a namespace's counts with `counts` (the totals of every instance), creating it when they hold labels.
+    public mutating func replace(namespace: String, counts: CalibrationCounts) {
+        guard calibrators[namespace] != nil || counts.right.contains(where: { $0 > 0 }) || counts.wrong.contains(where: { $0 > 0 }) else {
+            return
+        }
+        if calibrators[namespace] == nil, calibrators.count >= maximumNamespaces, let oldest = recency.removeOldest() {
+            calibrators[oldest] = nil
+        }
+        var calibrator = calibrators[namespace] ?? ThresholdCalibrator(settings: settings)
+        guard calibrator.replace(counts: counts) else { return }
+        calibrators[namespace] = calibrator
+        recency.touch(namespace)
+    }
+
+    /// Whether a namespace has calibration state (labels).
+    public func contains(_ namespace: String) -> Bool { calibrators[namespace] != nil }
 }
 
 /// Keys in order of their last use, oldest first out, in amortised O(1): a touch appends a stamped entry, and
@@ -295,15 +367,65 @@ public final class SemanticCalibration: Sendable {
         /// Entry id → the calibration key and score of its latest hit, oldest forgotten first past `maximumHits`.
         var hits: [String: (key: String, score: Double)] = [:]
         var recency = RecencyQueue()
+        /// When shared: what this instance added since its last flush, per key (at most `maximumKeys` keys).
+        var pending: [String: CalibrationCounts] = [:]
     }
 
     private let state: Locked<State>
     let maximumHits: Int
+    let maximumKeys: Int
+    /// Whether the counts are shared with other instances (`takePending` and `apply` then carry them).
+    public let shared: Bool
+    /// Called when an entry is served through calibration (to remember it where other instances' feedback finds it).
+    private let onServed: (@Sendable (_ entryID: String, _ key: String, _ score: Double) -> Void)?
+    public let steps: Int
 
-    public init(settings: ThresholdCalibrator.Settings, maximumKeys: Int = 100_000, maximumHits: Int = 100_000) {
+    public init(settings: ThresholdCalibrator.Settings, maximumKeys: Int = 100_000, maximumHits: Int = 100_000,
+                shared: Bool = false, onServed: (@Sendable (_ entryID: String, _ key: String, _ score: Double) -> Void)? = nil) {
         state = Locked(State(table: CalibratorTable(settings: settings, maximumNamespaces: maximumKeys)))
         self.maximumHits = max(1, maximumHits)
+        self.maximumKeys = max(1, maximumKeys)
+        self.shared = shared
+        self.onServed = onServed
+        steps = ThresholdCalibrator(settings: settings).stepCount
     }
+
+    /// Adds to the pending deltas of `key` (shared calibration only; a full map drops the event, as the table would).
+    private func pend(_ state: inout State, key: String, score: Double, change: (inout CalibrationCounts, Int) -> Void) {
+        guard shared, let index = ThresholdCalibrator.stepIndex(of: score, settings: state.table.settings, steps: steps) else { return }
+        guard state.pending[key] != nil || state.pending.count < maximumKeys else { return }
+        change(&state.pending[key, default: CalibrationCounts(steps: steps)], index)
+    }
+
+    /// The deltas since the last call, emptied: for the shared store.
+    public func takePending() -> [String: CalibrationCounts] {
+        state.withLock { state in
+            defer { state.pending = [:] }
+            return state.pending
+        }
+    }
+
+    /// Deltas that could not be written: kept for the next flush.
+    public func restorePending(_ deltas: [String: CalibrationCounts]) {
+        state.withLock { state in
+            for (key, counts) in deltas where state.pending[key] != nil || state.pending.count < maximumKeys {
+                state.pending[key] = (state.pending[key] ?? CalibrationCounts(steps: steps)) + counts
+            }
+        }
+    }
+
+    /// Totals read from the shared store: each key's counts become them, plus what is pending here (added since the
+    /// flush those totals include).
+    public func apply(totals: [String: CalibrationCounts]) {
+        state.withLock { state in
+            for (key, counts) in totals {
+                state.table.replace(namespace: key, counts: state.pending[key].map { counts + $0 } ?? counts)
+            }
+        }
+    }
+
+    /// Whether `key` has calibration state here.
+    public func knows(_ key: String) -> Bool { state.withLock { $0.table.contains(key) } }
 
     /// The serving threshold of `key` (a tenant's model: calibration never crosses tenants).
     public func threshold(for key: String) -> Double {
@@ -312,13 +434,23 @@ public final class SemanticCalibration: Sendable {
 
     /// A label: the candidate at `score` was (or was not) a right answer.
     public func record(key: String, score: Double, correct: Bool) {
-        state.withLock { $0.table.record(namespace: key, similarity: score, correct: correct) }
+        state.withLock { state in
+            state.table.record(namespace: key, similarity: score, correct: correct)
+            pend(&state, key: key, score: score) { counts, index in
+                if correct { counts.right[index] &+= 1 } else { counts.wrong[index] &+= 1 }
+            }
+        }
     }
 
     /// A lookup's best candidate scored `score`, served or not: what a threshold would serve, for the modelled
     /// estimate.
     public func observe(key: String, score: Double) {
-        state.withLock { $0.table.observe(namespace: key, similarity: score) }
+        state.withLock { state in
+            // Only keys with labels keep observations (here, or, shared, at another instance: known after a sync).
+            guard state.table.settings.modelled, state.table.contains(key) else { return }
+            state.table.observe(namespace: key, similarity: score)
+            pend(&state, key: key, score: score) { counts, index in counts.seen[index] &+= 1 }
+        }
     }
 
     /// Remembers the score an entry was served at, for feedback on it.
@@ -329,6 +461,15 @@ public final class SemanticCalibration: Sendable {
             }
             state.hits[entryID] = (key, score)
             state.recency.touch(entryID)
+        }
+        onServed?(entryID, key, score)
+    }
+
+    /// Forgets an entry's hit here (its feedback was taken through the shared store).
+    public func forget(entryID: String) {
+        state.withLock { state in
+            state.hits[entryID] = nil
+            state.recency.remove(entryID)
         }
     }
 
@@ -341,6 +482,9 @@ public final class SemanticCalibration: Sendable {
             state.hits[entryID] = nil
             state.recency.remove(entryID)
             state.table.record(namespace: hit.key, similarity: hit.score, correct: correct)
+            pend(&state, key: hit.key, score: hit.score) { counts, index in
+                if correct { counts.right[index] &+= 1 } else { counts.wrong[index] &+= 1 }
+            }
             return true
         }
     }

@@ -5,6 +5,7 @@ import HTTPTypes
 import NIOCore
 import NIOHTTP1
 import Stages
+import Stores
 import SwitchyardCore
 import SwitchyardModels
 
@@ -31,10 +32,12 @@ struct CacheAdminHandler: Sendable {
     let savings: any SavingsStore
     /// Where a verdict becomes a label for the learned verifier's threshold (nil: no calibration).
     var calibration: SemanticCalibration? = nil
+    /// The same, shared by every instance (feedback through any of them labels a hit served by another).
+    var sharedCalibration: SharedCalibration? = nil
 
     /// `{"entry_id": "sc_…", "verdict": "bad" | "good"}`: a bad verdict removes the entry and counts a false hit.
     /// Only the tenant the entry belongs to can judge it.
-    func feedback(_ request: EdgeRequest) -> EdgeResponse {
+    func feedback(_ request: EdgeRequest) async -> EdgeResponse {
         let requestID = ChatHandler.makeRequestID()
         do {
             let caller = try auth.authenticate(ChatHandler.credential(request))
@@ -48,9 +51,12 @@ struct CacheAdminHandler: Sendable {
             }
             var removed = false
             // A label for the threshold that served it (known only for hits the learned verifier judged).
-            if calibration?.feedback(entryID: id, tenant: caller.tenant, correct: verdict == "good") == true {
-                recorder.calibrationLabelled(source: .feedback)
+            let labelled = if let sharedCalibration {
+                await sharedCalibration.feedback(entryID: id, tenant: caller.tenant, correct: verdict == "good")
+            } else {
+                calibration?.feedback(entryID: id, tenant: caller.tenant, correct: verdict == "good") == true
             }
+            if labelled { recorder.calibrationLabelled(source: .feedback) }
             if verdict == "bad" {
                 if let entry = semantic.remove(id: id) {
                     if entry.answer.tenant != caller.tenant {
@@ -63,7 +69,8 @@ struct CacheAdminHandler: Sendable {
                     throw GatewayError(.notFound, "no cache entry '\(id)'")
                 }
             }
-            return json200(["entry_id": .string(id), "verdict": .string(verdict), "removed": .bool(removed)], requestID)
+            return json200(["entry_id": .string(id), "verdict": .string(verdict), "removed": .bool(removed),
+                            "labelled": .bool(labelled)], requestID)
         } catch {
             return ErrorRenderer.response(for: error as? GatewayError ?? GatewayError(.internalError, "internal error"),
                                           format: .openAI, requestID: requestID)

@@ -160,13 +160,25 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         }
     }
     var learned: SemanticCacheStage.LearnedVerification?
+    var sharedCalibration: SharedCalibration?
     if config.cache.semanticEnabled, config.cache.semanticLearnedVerifier, let batcher {
         let verifier = try config.cache.semanticVerifierFile.map { path throws(VerifierFileError) in try PairVerifier.load(path: path) }
             ?? PairVerifier.bundled()
-        let calibration = config.cache.semanticCalibrate
-            ? SemanticCalibration(settings: PairVerifier.calibrationSettings(base: verifier.threshold,
-                                                                             targetPrecision: config.cache.semanticTargetPrecision))
-            : nil
+        let settings = PairVerifier.calibrationSettings(base: verifier.threshold, targetPrecision: config.cache.semanticTargetPrecision)
+        var calibration: SemanticCalibration?
+        if config.cache.semanticCalibrate, let client = redis {
+            // Shared: labels from every instance set the threshold every instance serves at.
+            let failed: @Sendable () -> Void = { [metrics] in metrics.stateFailed(seam: "calibration_write") }
+            let local = SemanticCalibration(settings: settings, shared: true,
+                                            onServed: SharedCalibration.hitRecorder(client: client, keyPrefix: config.state.keyPrefix,
+                                                                                    onWriteFailure: failed))
+            let shared = SharedCalibration(calibration: local, client: client, keyPrefix: config.state.keyPrefix, onWriteFailure: failed)
+            services.append(CalibrationSync(shared: shared))
+            sharedCalibration = shared
+            calibration = local
+        } else if config.cache.semanticCalibrate {
+            calibration = SemanticCalibration(settings: settings)
+        }
         learned = SemanticCacheStage.LearnedVerification(verifier: verifier, words: EncoderWordVectors(encoder: batcher.encoder),
                                                          calibration: calibration)
     }
@@ -178,7 +190,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger)
     let cacheAdmin = CacheAdminHandler(exact: exactStore, semantic: semanticStore, auth: AuthStage(keys: config.keys),
                                        adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex),
-                                       recorder: metrics, savings: metrics.savings, calibration: learned?.calibration)
+                                       recorder: metrics, savings: metrics.savings, calibration: learned?.calibration,
+                                       sharedCalibration: sharedCalibration)
     let embeddingsHandler = EmbeddingsHandler(batcher: batcher, unavailableReason: unavailable, auth: AuthStage(keys: config.keys),
                                               maxBodyBytes: config.maxBodyBytes)
 
@@ -190,7 +203,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         case (.POST, "/v1/messages"): return await handler.handle(request, format: .anthropic)
         case (.POST, "/v1/embeddings"): return await embeddingsHandler.handle(request)
         case (.GET, "/v1/models"): return modelsResponse(config)
-        case (.POST, "/v1/cache/feedback"): return cacheAdmin.feedback(request)
+        case (.POST, "/v1/cache/feedback"): return await cacheAdmin.feedback(request)
         case (.DELETE, "/v1/cache"): return await cacheAdmin.clear(request)
         case (.GET, "/v1/usage/savings"): return await cacheAdmin.savingsReport(request)
         case (.GET, "/healthz"): return EdgeResponse(status: .ok, body: .buffer(healthy))
@@ -243,6 +256,15 @@ struct SemanticReplication: Service {
 
     func run() async throws {
         await cancelWhenGracefulShutdown { await cache.replicate() }
+    }
+}
+
+/// Writes this instance's calibration labels to the shared store and reads everyone's back, until shutdown.
+struct CalibrationSync: Service {
+    let shared: SharedCalibration
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await shared.run() }
     }
 }
 

@@ -4,7 +4,7 @@
 # nginx from Debian's packages when missing.
 #
 #   scripts/cluster.sh start DIR [N]   # redis-server (appendonly), the mock provider, N instances (default 3), nginx
-#   scripts/cluster.sh add DIR         # one more instance, added to nginx (reloaded without dropping a connection)
+#   scripts/cluster.sh add DIR [PORT]  # one more instance, added to nginx (reloaded without dropping a connection)
 #   scripts/cluster.sh stop DIR        # everything it started (SIGTERM, then SIGKILL after 30 s)
 #
 # DIR receives the configurations, the logs and cluster.env (URLs, ports, pids) for the tests and benchmarks.
@@ -132,8 +132,8 @@ EOF
 }
 
 start_instance() {
-    local dir=$1 port index
-    port=$(free_port)
+    local dir=$1 port=${2:-} index
+    [ -n "$port" ] || port=$(free_port)
     index=$(( $(wc -w <<<"$INSTANCE_PORTS") + 1 ))
     # shellcheck disable=SC2086 # SERVE_ARGS: extra options, word by word (for example --no-embeddings)
     "$BIN" serve --config "$dir/gateway.yaml" --port "$port" --log-level "${LOG_LEVEL:-warning}" ${SERVE_ARGS:-} \
@@ -177,11 +177,11 @@ add() {
     local dir; dir=$(cd "$1" && pwd)
     # shellcheck disable=SC1091
     source "$dir/cluster.env"
-    start_instance "$dir"
+    start_instance "$dir" "${2:-}"
     write_env "$dir"
     wait_ready "http://127.0.0.1:$NEW_PORT/readyz" 120
     write_nginx_config "$dir"
-    "$(nginx_bin)" -p "$dir" -c "$dir/nginx.conf" -s reload
+    "$(nginx_bin)" -p "$dir" -c "$dir/nginx.conf" -s reload 2>>"$dir/nginx-error.log"
     echo "$NEW_PORT"
 }
 
@@ -205,7 +205,7 @@ stop() {
 
 case "${1:-}" in
 start) start "${2:?usage: $0 start DIR [N]}" "${3:-3}" ;;
-add) add "${2:?usage: $0 add DIR}" ;;
+add) add "${2:?usage: $0 add DIR [PORT]}" "${3:-}" ;;
 stop) stop "${2:?usage: $0 stop DIR}" ;;
-*) echo "usage: $0 start DIR [N] | add DIR | stop DIR" >&2; exit 2 ;;
+*) echo "usage: $0 start DIR [N] | add DIR [PORT] | stop DIR" >&2; exit 2 ;;
 esac

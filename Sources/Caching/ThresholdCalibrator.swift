@@ -397,6 +397,12 @@ public final class SemanticCalibration: Sendable {
         change(&state.pending[key, default: CalibrationCounts(steps: steps)], index)
     }
 
+    private func pendLabel(_ state: inout State, key: String, score: Double, correct: Bool) {
+        pend(&state, key: key, score: score) { counts, index in
+            if correct { counts.right[index] &+= 1 } else { counts.wrong[index] &+= 1 }
+        }
+    }
+
     /// The deltas since the last call, emptied: for the shared store.
     public func takePending() -> [String: CalibrationCounts] {
         state.withLock { state in
@@ -436,9 +442,7 @@ public final class SemanticCalibration: Sendable {
     public func record(key: String, score: Double, correct: Bool) {
         state.withLock { state in
             state.table.record(namespace: key, similarity: score, correct: correct)
-            pend(&state, key: key, score: score) { counts, index in
-                if correct { counts.right[index] &+= 1 } else { counts.wrong[index] &+= 1 }
-            }
+            pendLabel(&state, key: key, score: score, correct: correct)
         }
     }
 
@@ -482,9 +486,7 @@ public final class SemanticCalibration: Sendable {
             state.hits[entryID] = nil
             state.recency.remove(entryID)
             state.table.record(namespace: hit.key, similarity: hit.score, correct: correct)
-            pend(&state, key: hit.key, score: hit.score) { counts, index in
-                if correct { counts.right[index] &+= 1 } else { counts.wrong[index] &+= 1 }
-            }
+            pendLabel(&state, key: hit.key, score: hit.score, correct: correct)
             return true
         }
     }

@@ -104,6 +104,12 @@ import Testing
         ] {
             #expect(SharedCalibration.decode(hash(bad), shape: shape) == nil, "\(bad)")
         }
+        // Registry scores (Unix ms) as RESP3 doubles or RESP2 strings; anything not a sane time is skipped.
+        #expect(SharedCalibration.score(.double(1_796_000_000_000)) == 1_796_000_000_000)
+        #expect(SharedCalibration.score(.bulkString(Array("1796000000000".utf8))) == 1_796_000_000_000)
+        for bad: RESPValue in [.double(.nan), .double(.infinity), .double(-1), .double(1e20), .bulkString(Array("x".utf8)), .null] {
+            #expect(SharedCalibration.score(bad) == nil, "\(bad)")
+        }
     }
 
     @Test func gatewaysShareTheLearnedVerifiersFeedback() async throws {

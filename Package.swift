@@ -214,11 +214,17 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .target(
+            // Rate limits: the algorithms (pure, time passed in), reserve and settle over every limit of a request.
+            name: "Limits",
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "SwitchyardTests",
             dependencies: [
                 "SwitchyardModels", "ServerSentEvents", "SwitchyardCore", "Stages", "Providers", "Server",
                 "MockProvider", "SwitchyardTestKit", "Embeddings", "LoadTest", "HTTPEdge", "Caching", "Routing", "Redis", "Stores",
+                "Limits",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

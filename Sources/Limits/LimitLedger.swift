@@ -1,0 +1,215 @@
+import Synchronization
+
+/// What one limit counts against, for one scope value (a user, a tenant's model, …): its algorithm and bound.
+public enum LimitRule: Sendable, Hashable {
+    /// A smooth rate: `limit` units per `period` nanoseconds (GCRA).
+    case rate(limit: Int64, period: Int64)
+    /// An exact quota per UTC day or month.
+    case quota(limit: Int64, calendar: CalendarPeriod)
+    /// At most `limit` in flight; a permit expires `ttl` nanoseconds after it was taken or renewed.
+    case concurrent(limit: Int, ttl: Int64)
+}
+
+/// One limit a request must pass: which counter (its name and scope value, e.g. "free-rpm" / "user=alice"), its rule,
+/// and the units this request reserves (1 for requests and permits; the token or nano-USD estimate otherwise).
+public struct LimitDemand: Sendable, Hashable {
+    public var counter: String
+    public var rule: LimitRule
+    public var units: Int64
+
+    public init(counter: String, rule: LimitRule, units: Int64) {
+        self.counter = counter
+        self.rule = rule
+        self.units = max(units, 0)
+    }
+}
+
+/// The state of one counter, whichever its rule.
+enum CounterState: Sendable, Hashable {
+    case rate(GCRA)
+    case quota(CalendarQuota)
+    case concurrent(Leases)
+
+    init(_ rule: LimitRule) {
+        switch rule {
+        case .rate(let limit, let period): self = .rate(GCRA(limit: limit, period: period))
+        case .quota(let limit, let calendar): self = .quota(CalendarQuota(limit: limit, calendar: calendar))
+        case .concurrent(let limit, _): self = .concurrent(Leases(limit: limit))
+        }
+    }
+
+    /// Whether it holds nothing a fresh state would not (so dropping it loses nothing).
+    func isIdle(now: Int64) -> Bool {
+        switch self {
+        case .rate(let gcra): gcra.tat <= now
+        case .quota(let quota): quota.remaining(now: now) == quota.limit
+        case .concurrent(let leases): leases.available(now: now) == leases.limit
+        }
+    }
+}
+
+/// The outcome of reserving a request's demands, all or nothing.
+public enum LimitDecision: Sendable, Hashable {
+    /// Every limit admitted it. Per demand, in order: what is left and when all of it is free again (ns).
+    case admitted(Reservation)
+    /// A limit refused (the first, in order); nothing was reserved. `retryIn`: when the same request would pass that
+    /// limit (ns; nil: never, it asks for more than the limit allows); the honest `retry-after`.
+    case refused(index: Int, retryIn: Int64?, remaining: Int64, resetIn: Int64)
+}
+
+/// What was reserved, to settle or release later: the demands, the period each quota counted in, the lease id.
+public struct Reservation: Sendable, Hashable {
+    public let demands: [LimitDemand]
+    public let lease: UInt64
+    /// Per demand: the quota period it was counted in (nil for other rules).
+    let periods: [Int64?]
+    /// Per demand: units left after this reservation and nanoseconds until the counter is wholly free.
+    public let remaining: [Int64]
+    public let resetIn: [Int64]
+}
+
+/// Every counter in this process, under one short lock: a request's limits are checked and reserved together, so a
+/// refusal by one reserves nothing in the others and no two requests can both take the last unit. The in-memory
+/// backend (the embedded default); the Redis one does the same in one script.
+///
+/// Bounded at `maximumCounters`: past it, counters that hold nothing a fresh one would not are dropped first (losslessly),
+/// then the least recently used, whose users then get one window's allowance again.
+public final class LimitLedger: Sendable {
+    private struct State: Sendable {
+        var counters: [String: CounterState] = [:]
+        var touched: [String: UInt64] = [:]
+        var clock: UInt64 = 0
+    }
+
+    private let state = Mutex(State())
+    public let maximumCounters: Int
+
+    public init(maximumCounters: Int = 200_000) {
+        self.maximumCounters = max(maximumCounters, 1)
+    }
+
+    public var count: Int { state.withLock { $0.counters.count } }
+
+    /// Reserves every demand, or none. `lease` identifies this request's concurrency permits.
+    public func reserve(_ demands: [LimitDemand], lease: UInt64, now: Int64) -> LimitDecision {
+        state.withLock { state in
+            var remaining: [Int64] = [], resets: [Int64] = [], periods: [Int64?] = []
+            // Read through what this reservation already took: two demands on one counter both count.
+            var updated: [String: CounterState] = [:]
+            for (index, demand) in demands.enumerated() {
+                var counter = (updated[demand.counter] ?? state.counters[demand.counter]).flatMap { Self.matching($0, demand.rule) }
+                    ?? CounterState(demand.rule)
+                switch (counter, demand.rule) {
+                case (.rate(var gcra), _):
+                    switch gcra.reserve(demand.units, now: now) {
+                    case .admitted(let left, let reset):
+                        remaining.append(left); resets.append(reset); periods.append(nil)
+                    case .refused(let retry, let left, let reset):
+                        return .refused(index: index, retryIn: retry, remaining: left, resetIn: reset)
+                    }
+                    counter = .rate(gcra)
+                case (.quota(var quota), _):
+                    switch quota.reserve(demand.units, now: now) {
+                    case .admitted(let left, let reset):
+                        remaining.append(left); resets.append(reset); periods.append(quota.periodIndex)
+                    case .refused(let retry, let left, let reset):
+                        return .refused(index: index, retryIn: retry, remaining: left, resetIn: reset)
+                    }
+                    counter = .quota(quota)
+                case (.concurrent(var leases), .concurrent(_, let ttl)):
+                    guard leases.acquire(lease, now: now, ttl: ttl) else {
+                        return .refused(index: index, retryIn: leases.earliestExpiry(now: now), remaining: 0,
+                                        resetIn: leases.earliestExpiry(now: now) ?? 0)
+                    }
+                    remaining.append(Int64(leases.available(now: now))); resets.append(0); periods.append(nil)
+                    counter = .concurrent(leases)
+                case (.concurrent, _):
+                    // Not reachable: `matching` gives a counter of the demand's own rule.
+                    remaining.append(0); resets.append(0); periods.append(nil)
+                }
+                updated[demand.counter] = counter
+            }
+            for (name, counter) in updated { Self.store(&state, name, counter, now: now, limit: maximumCounters) }
+            return .admitted(Reservation(demands: demands, lease: lease, periods: periods, remaining: remaining, resetIn: resets))
+        }
+    }
+
+    /// Settles a reservation with the real units per demand (`actual[i]` for `demands[i]`; a missing one keeps what
+    /// was reserved) and releases its permits. Call exactly once per admitted reservation, on every path.
+    public func settle(_ reservation: Reservation, actual: [Int64?], now: Int64) {
+        state.withLock { state in
+            for (index, demand) in reservation.demands.enumerated() {
+                guard var counter = state.counters[demand.counter] else { continue }
+                let used = index < actual.count ? actual[index].map { max($0, 0) } ?? demand.units : demand.units
+                let delta = used > demand.units ? used - demand.units : -(demand.units - used)
+                switch counter {
+                case .rate(var gcra):
+                    gcra.adjust(by: delta, now: now)
+                    counter = .rate(gcra)
+                case .quota(var quota):
+                    quota.adjust(by: delta, reservedIn: index < reservation.periods.count ? reservation.periods[index] ?? .min : .min, now: now)
+                    counter = .quota(quota)
+                case .concurrent(var leases):
+                    leases.release(reservation.lease)
+                    counter = .concurrent(leases)
+                }
+                state.counters[demand.counter] = counter
+            }
+        }
+    }
+
+    /// Gives a reservation back whole (the request never reached the model): `settle` with zero units.
+    public func release(_ reservation: Reservation, now: Int64) {
+        settle(reservation, actual: reservation.demands.map { _ in 0 }, now: now)
+    }
+
+    /// Keeps a long request's permits (a stream) from expiring.
+    public func renew(_ reservation: Reservation, now: Int64) {
+        state.withLock { state in
+            for demand in reservation.demands {
+                guard case .concurrent(_, let ttl) = demand.rule, case .concurrent(var leases)? = state.counters[demand.counter] else {
+                    continue
+                }
+                _ = leases.renew(reservation.lease, now: now, ttl: ttl)
+                state.counters[demand.counter] = .concurrent(leases)
+            }
+        }
+    }
+
+    /// Units left on a counter now (nil: never used, so its whole limit).
+    public func remaining(_ counter: String, now: Int64) -> Int64? {
+        state.withLock { state in
+            switch state.counters[counter] {
+            case .rate(let gcra): gcra.remaining(now: now)
+            case .quota(let quota): quota.remaining(now: now)
+            case .concurrent(let leases): Int64(leases.available(now: now))
+            case nil: nil
+            }
+        }
+    }
+
+    /// A stored state whose rule changed (a configuration reload) starts again.
+    private static func matching(_ state: CounterState, _ rule: LimitRule) -> CounterState? {
+        switch (state, rule) {
+        case (.rate(let gcra), .rate(let limit, let period)) where gcra.limit == max(limit, 1) && gcra.period == max(period, 1): state
+        case (.quota(let quota), .quota(let limit, let calendar)) where quota.limit == max(limit, 0) && quota.calendar == calendar: state
+        case (.concurrent(let leases), .concurrent(let limit, _)) where leases.limit == max(limit, 0): state
+        default: nil
+        }
+    }
+
+    private static func store(_ state: inout State, _ name: String, _ counter: CounterState, now: Int64, limit: Int) {
+        if state.counters[name] == nil, state.counters.count >= limit {
+            // Full: drop every counter a fresh one would equal; if none, the least recently used.
+            let idle = state.counters.filter { $0.value.isIdle(now: now) }.keys
+            for key in idle { state.counters[key] = nil; state.touched[key] = nil }
+            if state.counters.count >= limit, let oldest = state.touched.min(by: { $0.value < $1.value })?.key {
+                state.counters[oldest] = nil
+                state.touched[oldest] = nil
+            }
+        }
+        state.clock &+= 1
+        state.counters[name] = counter
+        state.touched[name] = state.clock
+    }
+}

@@ -225,6 +225,7 @@ public enum ConfigLoader {
                 config.keys.append(APIKeyEntry(sha256: hash, caller: caller))
             }
         }
+        config.limits = try parseLimits(top)
         try top.finish()
         return config
     }

@@ -186,6 +186,8 @@ public struct GatewayConfig: Sendable {
     }
     /// Empty: open access (each distinct key is its own tenant and user).
     public var keys: [APIKeyEntry]
+    /// Rate limits, quotas and concurrency limits (`limits:` and the `tiers:` presets), checked at start.
+    public var limits: [LimitDefinition] = []
     /// Latency multiplier for the built-in mock provider (1 = realistic, 0 = instant).
     public var mockLatencyScale: Double
     /// Limits, fault rates and length trace of the built-in mock provider (YAML `mock:`).

@@ -155,6 +155,60 @@ import Testing
         }
     }
 
+    @Test func limitsAndTierPresetsAreReadAndCheckedWithKeyPaths() throws {
+        let base = "providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\n"
+        let config = try ConfigLoader.parse(yaml: base + """
+            limits:
+              - {name: paid-tokens, total_tokens: 200000, per: minute, scope: [tier, model], when: {tier: [paid, trial]}}
+              - {name: inflight, concurrent: 10, scope: [tenant]}
+              - {name: monthly-spend, spend_usd: "250.50", per: month, scope: [tenant], counts: all_requests}
+              - {name: expensive, requests: 5, per: hour, scope: [feature, user], when: {feature: report, model: gpt-4o}}
+            tiers:
+              free: [{requests: 20, per: minute}]
+              paid: [{requests: 100, per: minute}, {output_tokens: 50000, per: day}]
+            """, environment: env)
+        let byName = Dictionary(uniqueKeysWithValues: config.limits.map { ($0.name, $0) })
+        #expect(config.limits.count == 7)
+        #expect(byName["paid-tokens"] == LimitDefinition(name: "paid-tokens", measure: .totalTokens, amount: 200_000, window: .minute,
+                                                         scope: [.model, .tier], when: [.tier: ["paid", "trial"]]))
+        #expect(byName["inflight"]?.window == nil && byName["inflight"]?.amount == 10)
+        #expect(byName["monthly-spend"]?.amount == 250_500_000_000 && byName["monthly-spend"]?.countsAllRequests == true)
+        #expect(byName["expensive"]?.scope == [.user, .feature] && byName["expensive"]?.when[.model] == ["gpt-4o"])
+        #expect(byName["tier-free-requests-minute"] == LimitDefinition(name: "tier-free-requests-minute", measure: .requests, amount: 20,
+                                                                       window: .minute, scope: [.user], when: [.tier: ["free"]]))
+        #expect(byName["tier-paid-output_tokens-day"]?.window == .day)
+        #expect(try ConfigLoader.parse(yaml: base, environment: env).limits.isEmpty)
+        for (limits, path, message) in [
+            ("limits: [{requests: 5, per: minute}]", "limits[0].name", "required"),
+            ("limits: [{name: \"a b\", requests: 5, per: minute}]", "limits[0].name", "letters"),
+            ("limits: [{name: a, requests: 5, per: minute}, {name: a, requests: 6, per: hour}]", "limits[1].name", "duplicate"),
+            ("limits: [{name: a, per: minute}]", "limits[0]", "must set one of"),
+            ("limits: [{name: a, requests: 5, total_tokens: 9, per: minute}]", "limits[0].total_tokens", "one thing"),
+            ("limits: [{name: a, requests: 0, per: minute}]", "limits[0].requests", "between"),
+            ("limits: [{name: a, requests: -3, per: minute}]", "limits[0].requests", "between"),
+            ("limits: [{name: a, requests: 99999999999999999999, per: minute}]", "limits[0].requests", "integer"),
+            ("limits: [{name: a, requests: 5}]", "limits[0].per", "required"),
+            ("limits: [{name: a, requests: 5, per: fortnight}]", "limits[0].per", "one of"),
+            ("limits: [{name: a, concurrent: 5, per: minute}]", "limits[0].per", "no window"),
+            ("limits: [{name: a, spend_usd: \"-1\", per: day}]", "limits[0].spend_usd", "above 0"),
+            ("limits: [{name: a, spend_usd: \"0\", per: day}]", "limits[0].spend_usd", "above 0"),
+            ("limits: [{name: a, requests: 5, per: day, scope: [galaxy]}]", "limits[0].scope[0]", "one of"),
+            ("limits: [{name: a, requests: 5, per: day, scope: [user, user]}]", "limits[0].scope[1]", "twice"),
+            ("limits: [{name: a, requests: 5, per: day, scope: []}]", "limits[0].scope", "at least one"),
+            ("limits: [{name: a, requests: 5, per: day, when: {user: x}}]", "limits[0].when.user", "unknown key"),
+            ("limits: [{name: a, requests: 5, per: day, when: {tier: []}}]", "limits[0].when.tier", "at least one"),
+            ("limits: [{name: a, requests: 5, per: day, counts: some}]", "limits[0].counts", "all_requests"),
+            ("limits: [{name: a, requests: 5, per: day, colour: red}]", "limits[0].colour", "unknown key"),
+            ("tiers: {free: [{requests: 5}]}", "tiers.free[0].per", "required"),
+            ("tiers: {free: [{requests: 5, per: minute}, {requests: 9, per: minute}]}", "tiers.free[1]", "second requests limit"),
+            ("tiers: {free: [{requests: 5, per: minute, scope: [tenant]}]}", "tiers.free[0].scope", "unknown key"),
+        ] {
+            let error = error(base + limits)
+            #expect(error?.path == path, "\(limits): \(String(describing: error))")
+            #expect(error?.message.contains(message) == true, "\(limits): \(String(describing: error))")
+        }
+    }
+
     @Test func theMockSectionIsRead() throws {
         let config = try ConfigLoader.parse(yaml: """
             providers: {m: {kind: mock}}

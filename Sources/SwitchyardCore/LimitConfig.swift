@@ -1,0 +1,190 @@
+import Yams
+
+/// One configured limit: what it counts, how much, over which window, for which scope, and which requests it applies to.
+public struct LimitDefinition: Sendable, Hashable {
+    public enum Measure: String, Sendable, Hashable, CaseIterable {
+        case requests
+        case inputTokens = "input_tokens"
+        case outputTokens = "output_tokens"
+        case totalTokens = "total_tokens"
+        case concurrent
+        /// Nano-USD (configured as `spend_usd`).
+        case spend = "spend_usd"
+    }
+
+    /// Second, minute and hour are smooth rates; day and month are exact quotas per UTC calendar period.
+    public enum Window: String, Sendable, Hashable, CaseIterable {
+        case second, minute, hour, day, month
+
+        public var isCalendar: Bool { self == .day || self == .month }
+
+        /// Nanoseconds, for the rates.
+        public var nanoseconds: Int64 {
+            switch self {
+            case .second: 1_000_000_000
+            case .minute: 60_000_000_000
+            case .hour: 3_600_000_000_000
+            case .day: 86_400_000_000_000
+            case .month: 2_678_400_000_000_000
+            }
+        }
+    }
+
+    /// What a limit is kept per: each distinct combination of these has its own counter.
+    public enum Dimension: String, Sendable, Hashable, CaseIterable, Comparable {
+        case key, tenant, user, tier, feature, model
+
+        public static func < (lhs: Dimension, rhs: Dimension) -> Bool {
+            (allCases.firstIndex(of: lhs) ?? 0) < (allCases.firstIndex(of: rhs) ?? 0)
+        }
+    }
+
+    public var name: String
+    public var measure: Measure
+    /// Units per window (requests, tokens, nano-USD), or permits at once for `concurrent`.
+    public var amount: Int64
+    /// nil for `concurrent`.
+    public var window: Window?
+    /// Sorted, without repeats.
+    public var scope: [Dimension]
+    /// Only requests whose caller or model has one of these values (tier, feature, model); empty: every request.
+    public var when: [Dimension: Set<String>]
+    /// Whether cache hits count too (by default only requests that reach a model do).
+    public var countsAllRequests: Bool
+
+    public init(name: String, measure: Measure, amount: Int64, window: Window?, scope: [Dimension] = [.tenant],
+                when: [Dimension: Set<String>] = [:], countsAllRequests: Bool = false) {
+        self.name = name
+        self.measure = measure
+        self.amount = amount
+        self.window = window
+        self.scope = Array(Set(scope)).sorted()
+        self.when = when
+        self.countsAllRequests = countsAllRequests
+    }
+}
+
+extension ConfigLoader {
+    /// Most limits in one file: each request checks every one that applies.
+    static let maximumLimits = 256
+    /// A rate's amount: past this a limit means nothing (and its arithmetic would lose precision).
+    static let maximumAmount: Int64 = 1_000_000_000_000_000
+
+    /// `limits:` (a list of definitions) and `tiers:` (presets: per tier, a list of `{MEASURE: N, per: WINDOW}`,
+    /// each a limit per user of that tier).
+    static func parseLimits(_ top: MappingReader) throws(ConfigError) -> [LimitDefinition] {
+        var limits: [LimitDefinition] = []
+        if let list = try top.sequence("limits") {
+            for (offset, node) in list.enumerated() {
+                let reader = try MappingReader(node, path: "limits[\(offset)]")
+                let name = try reader.requiredString("name")
+                guard name.utf8.count <= 64, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
+                    throw ConfigError(path: reader.child("name"), "must be 1 to 64 letters, digits, '-' or '_'")
+                }
+                guard !limits.contains(where: { $0.name == name }) else { throw ConfigError(path: reader.child("name"), "duplicate limit '\(name)'") }
+                var limit = try parseLimitBody(reader, name: name)
+                if let scope = try reader.sequence("scope") {
+                    var dimensions: [LimitDefinition.Dimension] = []
+                    for (index, item) in scope.enumerated() {
+                        guard let text = item.scalar?.string, let dimension = LimitDefinition.Dimension(rawValue: text) else {
+                            throw ConfigError(path: "\(reader.child("scope"))[\(index)]",
+                                              "must be one of \(LimitDefinition.Dimension.allCases.map(\.rawValue).joined(separator: ", "))")
+                        }
+                        guard !dimensions.contains(dimension) else {
+                            throw ConfigError(path: "\(reader.child("scope"))[\(index)]", "'\(text)' is named twice")
+                        }
+                        dimensions.append(dimension)
+                    }
+                    guard !dimensions.isEmpty else { throw ConfigError(path: reader.child("scope"), "must name at least one of key, tenant, user, tier, feature, model") }
+                    limit.scope = dimensions.sorted()
+                }
+                if let when = try reader.mapping("when") {
+                    for dimension in [LimitDefinition.Dimension.tier, .feature, .model] {
+                        guard let values = try stringList(when, dimension.rawValue) else { continue }
+                        limit.when[dimension] = Set(values)
+                    }
+                    try when.finish()
+                }
+                if let counts = try reader.string("counts") {
+                    guard ["model_requests", "all_requests"].contains(counts) else {
+                        throw ConfigError(path: reader.child("counts"), "must be 'model_requests' (the default: cache hits are free) or 'all_requests'")
+                    }
+                    limit.countsAllRequests = counts == "all_requests"
+                }
+                try reader.finish()
+                limits.append(limit)
+            }
+        }
+        if let tiers = try top.mapping("tiers") {
+            for tier in tiers.keys {
+                guard let list = try tiers.sequence(tier) else { continue }
+                for (offset, node) in list.enumerated() {
+                    let reader = try MappingReader(node, path: "\(tiers.child(tier))[\(offset)]")
+                    var limit = try parseLimitBody(reader, name: "")
+                    limit.name = "tier-\(tier)-\(limit.measure.rawValue)-\(limit.window?.rawValue ?? "at-once")"
+                    guard !limits.contains(where: { $0.name == limit.name }) else {
+                        throw ConfigError(path: reader.path, "a second \(limit.measure.rawValue) limit per \(limit.window?.rawValue ?? "request") for tier '\(tier)'")
+                    }
+                    limit.scope = [.user]
+                    limit.when = [.tier: [tier]]
+                    try reader.finish()
+                    limits.append(limit)
+                }
+            }
+            try tiers.finish()
+        }
+        guard limits.count <= maximumLimits else { throw ConfigError(path: "limits", "at most \(maximumLimits) limits") }
+        return limits
+    }
+
+    /// The measure (exactly one of its keys, with its amount) and the window of a limit.
+    private static func parseLimitBody(_ reader: MappingReader, name: String) throws(ConfigError) -> LimitDefinition {
+        var found: (LimitDefinition.Measure, Int64)?
+        for measure in LimitDefinition.Measure.allCases where reader.has(measure.rawValue) {
+            if let found {
+                throw ConfigError(path: reader.child(measure.rawValue), "a limit counts one thing: \(found.0.rawValue) is already set")
+            }
+            let amount: Int64
+            if measure == .spend {
+                let text = try reader.string(measure.rawValue) ?? ""
+                guard let spend = NanoUSD(usd: text), spend.value > 0, spend.value <= maximumAmount else {
+                    throw ConfigError(path: reader.child(measure.rawValue), "must be an amount of USD above 0 (a decimal string, e.g. \"25.00\"), got '\(text)'")
+                }
+                amount = spend.value
+            } else {
+                let maximum = measure == .concurrent ? 1_000_000 : Int(maximumAmount)
+                guard let value = try reader.int(measure.rawValue, in: 1...maximum) else { continue }
+                amount = Int64(value)
+            }
+            found = (measure, amount)
+        }
+        guard let (measure, amount) = found else {
+            throw ConfigError(path: reader.path, "must set one of \(LimitDefinition.Measure.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        var window: LimitDefinition.Window?
+        if let per = try reader.string("per") {
+            guard measure != .concurrent else { throw ConfigError(path: reader.child("per"), "a concurrency limit has no window") }
+            guard let value = LimitDefinition.Window(rawValue: per) else {
+                throw ConfigError(path: reader.child("per"), "must be one of \(LimitDefinition.Window.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            window = value
+        } else if measure != .concurrent {
+            throw ConfigError(path: reader.child("per"), "is required: second, minute, hour, day or month")
+        }
+        return LimitDefinition(name: name, measure: measure, amount: amount, window: window)
+    }
+
+    /// A string or a list of strings.
+    private static func stringList(_ reader: MappingReader, _ key: String) throws(ConfigError) -> [String]? {
+        if let items = try? reader.sequence(key) {
+            var values: [String] = []
+            for (index, item) in items.enumerated() {
+                guard let text = item.scalar?.string, !text.isEmpty else { throw ConfigError(path: "\(reader.child(key))[\(index)]", "expected a name") }
+                values.append(text)
+            }
+            guard !values.isEmpty else { throw ConfigError(path: reader.child(key), "must name at least one") }
+            return values
+        }
+        return try reader.string(key).map { [$0] }
+    }
+}

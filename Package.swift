@@ -185,6 +185,7 @@ let package = Package(
             // The Redis implementations of the state seams.
             name: "Stores",
             dependencies: [
+                "Limits",
                 "Redis", "Caching", "SwitchyardCore",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -16,11 +16,15 @@ public struct LimitDemand: Sendable, Hashable {
     public var counter: String
     public var rule: LimitRule
     public var units: Int64
+    /// Which counters live together (one Redis Cluster slot: a request's counters of one tenant are reserved in one
+    /// script); empty: the counter alone.
+    public var shard: String
 
-    public init(counter: String, rule: LimitRule, units: Int64) {
+    public init(counter: String, rule: LimitRule, units: Int64, shard: String = "") {
         self.counter = counter
         self.rule = rule
         self.units = max(units, 0)
+        self.shard = shard
     }
 }
 
@@ -57,15 +61,32 @@ public enum LimitDecision: Sendable, Hashable {
     case refused(index: Int, retryIn: Int64?, remaining: Int64, resetIn: Int64)
 }
 
+/// Where the counters live: this process (`LimitLedger`), or Redis, shared by every instance. Each reservation
+/// is settled exactly once, on every path (the caller's duty; the permits it holds expire by themselves otherwise).
+public protocol LimitStore: Sendable {
+    /// Reserves every demand, or none. `lease` identifies this request's concurrency permits.
+    func reserve(_ demands: [LimitDemand], lease: UInt64, now: Int64) async throws -> LimitDecision
+    /// The real units per demand (nil: as reserved); gives back the permits.
+    func settle(_ reservation: Reservation, actual: [Int64?], now: Int64) async throws
+}
+
 /// What was reserved, to settle or release later: the demands, the period each quota counted in, the lease id.
 public struct Reservation: Sendable, Hashable {
     public let demands: [LimitDemand]
     public let lease: UInt64
     /// Per demand: the quota period it was counted in (nil for other rules).
-    let periods: [Int64?]
+    public let periods: [Int64?]
     /// Per demand: units left after this reservation and nanoseconds until the counter is wholly free.
     public let remaining: [Int64]
     public let resetIn: [Int64]
+
+    public init(demands: [LimitDemand], lease: UInt64, periods: [Int64?], remaining: [Int64], resetIn: [Int64]) {
+        self.demands = demands
+        self.lease = lease
+        self.periods = periods
+        self.remaining = remaining
+        self.resetIn = resetIn
+    }
 }
 
 /// Every counter in this process, under one short lock: a request's limits are checked and reserved together, so a
@@ -74,7 +95,7 @@ public struct Reservation: Sendable, Hashable {
 ///
 /// Bounded at `maximumCounters`: past it, counters that hold nothing a fresh one would not are dropped first (losslessly),
 /// then the least recently used, whose users then get one window's allowance again.
-public final class LimitLedger: Sendable {
+public final class LimitLedger: LimitStore {
     private struct State: Sendable {
         var counters: [String: CounterState] = [:]
         var touched: [String: UInt64] = [:]

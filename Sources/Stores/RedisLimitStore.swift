@@ -1,0 +1,205 @@
+import Limits
+import Redis
+import SwitchyardCore
+
+/// Rate limits, quotas and concurrency permits in Redis, shared by every instance: one script checks every limit of
+/// a request and reserves them all or none (one round trip), another settles. Times are microseconds in Redis (Lua
+/// numbers are doubles: nanoseconds since 1970 would lose their last digits).
+///
+/// Keys are `<prefix>limit:{<shard hash>}:<counter hash>` (a quota's with `:q<period>`), expiring when they would
+/// hold nothing a fresh counter would not. On a Cluster, the demands of one request are grouped by shard (one slot
+/// each), reserved in a fixed order, and the groups already reserved are given back when a later one refuses, so no
+/// limit is ever exceeded.
+public final class RedisLimitStore: LimitStore {
+    private let client: RedisClient
+    private let prefix: String
+
+    public init(client: RedisClient, keyPrefix: String) {
+        self.client = client
+        prefix = keyPrefix
+    }
+
+    /// A counter's key; a quota's names its period (`period`: the one it was reserved in; default: now's).
+    func key(_ demand: LimitDemand, now: Int64, period: Int64? = nil) -> String {
+        let shard = KeyHash.sha256Hex(bytes: Array((demand.shard.isEmpty ? demand.counter : demand.shard).utf8)).prefix(16)
+        let counter = KeyHash.sha256Hex(bytes: Array(demand.counter.utf8)).prefix(16)
+        if case .quota(_, let calendar) = demand.rule {
+            return "\(prefix)limit:{\(shard)}:\(counter):q\(period ?? calendar.period(containing: now).index)"
+        }
+        return "\(prefix)limit:{\(shard)}:\(counter)"
+    }
+
+    static func microseconds(_ nanoseconds: Int64) -> Int64 { nanoseconds / 1000 }
+
+    /// Per demand: kind, limit, parameter (period or ttl in µs, or a quota period's end in µs), units.
+    private func arguments(_ demands: [LimitDemand], units: [Int64], now: Int64) -> [RedisArgument] {
+        var arguments: [RedisArgument] = []
+        for (demand, count) in zip(demands, units) {
+            switch demand.rule {
+            case .rate(let limit, let period):
+                arguments += ["r", .integer(max(limit, 1)), .integer(max(Self.microseconds(period), 1)), .integer(count)]
+            case .quota(let limit, let calendar):
+                arguments += ["q", .integer(max(limit, 0)), .integer(Self.microseconds(calendar.period(containing: now).end)), .integer(count)]
+            case .concurrent(let limit, let ttl):
+                arguments += ["c", .integer(max(limit, 0)), .integer(max(Self.microseconds(ttl), 1)), .integer(count)]
+            }
+        }
+        return arguments
+    }
+
+    public func reserve(_ demands: [LimitDemand], lease: UInt64, now: Int64) async throws -> LimitDecision {
+        guard !demands.isEmpty else {
+            return .admitted(Reservation(demands: [], lease: lease, periods: [], remaining: [], resetIn: []))
+        }
+        // One group on a single server; per shard, in a fixed order, on a Cluster.
+        let groups: [[Int]] = client.configuration.cluster
+            ? Dictionary(grouping: demands.indices) { demands[$0].shard.isEmpty ? demands[$0].counter : demands[$0].shard }
+                .sorted { $0.key < $1.key }.map(\.value)
+            : [Array(demands.indices)]
+        var remaining = [Int64](repeating: 0, count: demands.count), resets = remaining
+        var reserved: [[Int]] = []
+        for group in groups {
+            let part = group.map { demands[$0] }
+            let reply = try await client.evaluate(Self.reserveScript, keys: part.map { .string(key($0, now: now)) },
+                                                  arguments: [.integer(Self.microseconds(now)), .string(String(lease))]
+                                                      + arguments(part, units: part.map(\.units), now: now))
+            guard let values = reply.elements?.compactMap(\.integer), values.first == 1 || values.first == 0 else {
+                throw RedisError.protocolViolation(.badValue)
+            }
+            if values[0] == 0, values.count == 5 {
+                // Refused: give back what earlier groups took.
+                for done in reserved {
+                    let back = done.map { demands[$0] }
+                    _ = try? await settleGroup(back, actual: back.map { _ in 0 }, lease: lease, now: now)
+                }
+                let index = group.indices.contains(Int(values[1])) ? group[Int(values[1])] : group[0]
+                return .refused(index: index, retryIn: values[2] < 0 ? nil : values[2] * 1000, remaining: max(values[3], 0),
+                                resetIn: max(values[4], 0) * 1000)
+            }
+            guard values.count == 1 + 2 * part.count else { throw RedisError.protocolViolation(.badValue) }
+            for (offset, index) in group.enumerated() {
+                remaining[index] = max(values[1 + 2 * offset], 0)
+                resets[index] = max(values[2 + 2 * offset], 0) * 1000
+            }
+            reserved.append(group)
+        }
+        let periods: [Int64?] = demands.map { demand in
+            if case .quota(_, let calendar) = demand.rule { return calendar.period(containing: now).index }
+            return nil
+        }
+        return .admitted(Reservation(demands: demands, lease: lease, periods: periods, remaining: remaining, resetIn: resets))
+    }
+
+    public func settle(_ reservation: Reservation, actual: [Int64?], now: Int64) async throws {
+        let demands = reservation.demands
+        guard !demands.isEmpty else { return }
+        let used = demands.indices.map { index in index < actual.count ? actual[index].map { max($0, 0) } ?? demands[index].units : demands[index].units }
+        let groups: [[Int]] = client.configuration.cluster
+            ? Dictionary(grouping: demands.indices) { demands[$0].shard.isEmpty ? demands[$0].counter : demands[$0].shard }.map(\.value)
+            : [Array(demands.indices)]
+        for group in groups {
+            // A quota settles in the period it was reserved in (its key names the period).
+            try await settleGroup(group.map { demands[$0] }, actual: group.map { used[$0] }, lease: reservation.lease, now: now,
+                                  periods: group.map { reservation.periods.indices.contains($0) ? reservation.periods[$0] : nil })
+        }
+    }
+
+    private func settleGroup(_ demands: [LimitDemand], actual: [Int64], lease: UInt64, now: Int64, periods: [Int64?] = []) async throws {
+        let keys: [RedisArgument] = demands.enumerated().map { offset, demand in
+            .string(key(demand, now: now, period: periods.indices.contains(offset) ? periods[offset] : nil))
+        }
+        let deltas = zip(demands, actual).map { demand, used in used - demand.units }
+        try await client.evaluate(Self.settleScript, keys: keys,
+                                  arguments: [.integer(Self.microseconds(now)), .string(String(lease))] + arguments(demands, units: deltas, now: now))
+    }
+
+    /// KEYS: one per demand. ARGV: now (µs), lease id, then per demand kind, limit, parameter, units.
+    /// Returns {1, remaining, reset (µs), …} or {0, index (0-based), retry (µs, -1 never), remaining, reset (µs)}.
+    static let reserveScript = RedisScript("""
+        local now = tonumber(ARGV[1])
+        local lease = ARGV[2]
+        local n = #KEYS
+        local tats, used, writes, result = {}, {}, {}, {1}
+        for i = 1, n do
+          local b = 2 + (i - 1) * 4
+          local kind, limit, param, units = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+          local key = KEYS[i]
+          if kind == 'r' then
+            local interval = param / limit
+            local tat = tats[key] or tonumber(redis.call('GET', key) or '0')
+            local start = math.max(tat, now)
+            local freeNow = math.floor(math.max(0, param - (start - now)) / interval + 1e-6)
+            if units > limit then return {0, i - 1, -1, freeNow, math.max(tat - now, 0)} end
+            local ahead = start + units * interval - now
+            if ahead > param + 1e-6 then return {0, i - 1, math.ceil(ahead - param), freeNow, math.max(tat - now, 0)} end
+            tats[key] = now + ahead
+            writes[#writes + 1] = {'r', key, now + ahead, ahead}
+            result[#result + 1] = math.floor((param - ahead) / interval + 1e-6)
+            result[#result + 1] = math.ceil(ahead)
+          elseif kind == 'q' then
+            local current = used[key] or tonumber(redis.call('GET', key) or '0')
+            local left = math.max(limit - current, 0)
+            if units > limit then return {0, i - 1, -1, left, param - now} end
+            if units > left then return {0, i - 1, param - now, left, param - now} end
+            used[key] = current + units
+            writes[#writes + 1] = {'q', key, units, param}
+            result[#result + 1] = left - units
+            result[#result + 1] = param - now
+          else
+            redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+            local held = redis.call('ZSCORE', key, lease)
+            local count = redis.call('ZCARD', key)
+            if not held and count >= limit then
+              local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+              local retry = first[2] and math.max(tonumber(first[2]) - now, 0) or -1
+              return {0, i - 1, retry, 0, math.max(retry, 0)}
+            end
+            writes[#writes + 1] = {'c', key, now + param, param}
+            result[#result + 1] = limit - count - (held and 0 or 1)
+            result[#result + 1] = 0
+          end
+        end
+        for _, w in ipairs(writes) do
+          if w[1] == 'r' then
+            redis.call('SET', w[2], string.format('%.0f', w[3]), 'PX', math.ceil(w[4] / 1000) + 1000)
+          elseif w[1] == 'q' then
+            redis.call('INCRBY', w[2], w[3])
+            redis.call('PEXPIREAT', w[2], math.ceil(w[4] / 1000) + 60000)
+          else
+            redis.call('ZADD', w[2], w[3], lease)
+            redis.call('PEXPIRE', w[2], math.ceil(w[4] / 1000) + 1000)
+          end
+        end
+        return result
+        """)
+
+    /// KEYS and ARGV as for the reservation; units are the differences (actual − reserved). Gives back permits.
+    static let settleScript = RedisScript("""
+        local now = tonumber(ARGV[1])
+        local lease = ARGV[2]
+        for i = 1, #KEYS do
+          local b = 2 + (i - 1) * 4
+          local kind, limit, param, delta = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+          local key = KEYS[i]
+          if kind == 'r' then
+            local tat = tonumber(redis.call('GET', key) or '0')
+            local interval = param / limit
+            if delta > 0 then tat = math.max(tat, now) + delta * interval
+            elseif delta < 0 then tat = math.max(now, tat + delta * interval) end
+            if tat > now then
+              redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+            else
+              redis.call('DEL', key)
+            end
+          elseif kind == 'q' then
+            if delta ~= 0 and redis.call('EXISTS', key) == 1 then
+              local value = math.max(tonumber(redis.call('GET', key) or '0') + delta, 0)
+              redis.call('SET', key, string.format('%.0f', value), 'KEEPTTL')
+            end
+          else
+            redis.call('ZREM', key, lease)
+          end
+        end
+        return 1
+        """)
+}

@@ -218,6 +218,7 @@ let package = Package(
         .target(
             // Rate limits: the algorithms (pure, time passed in), reserve and settle over every limit of a request.
             name: "Limits",
+            dependencies: ["SwitchyardCore"],
             swiftSettings: strict
         ),
         .testTarget(

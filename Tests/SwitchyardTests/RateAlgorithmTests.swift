@@ -1,4 +1,5 @@
 @testable import Limits
+import SwitchyardCore
 import Testing
 
 /// The limiter algorithms alone, with a fake clock (Unix nanoseconds passed in).
@@ -251,3 +252,52 @@ import Testing
     }
 }
 
+
+/// From configured limits to the counters a request must pass.
+@Suite struct LimitPlannerTests {
+    static let alice = Caller(tenant: "acme", user: "alice", tier: "free", feature: "chat", keyID: "k1")
+
+    @Test func eachApplicableLimitGivesOneDemandWithItsUnits() {
+        let planner = LimitPlanner(definitions: [
+            LimitDefinition(name: "rpm", measure: .requests, amount: 20, window: .minute, scope: [.user], when: [.tier: ["free"]]),
+            LimitDefinition(name: "paid-rpm", measure: .requests, amount: 100, window: .minute, scope: [.user], when: [.tier: ["paid"]]),
+            LimitDefinition(name: "tpm", measure: .totalTokens, amount: 100_000, window: .minute, scope: [.tier, .model]),
+            LimitDefinition(name: "out-day", measure: .outputTokens, amount: 50_000, window: .day, scope: [.tenant]),
+            LimitDefinition(name: "spend", measure: .spend, amount: 5_000_000_000, window: .month, scope: [.tenant], countsAllRequests: true),
+            LimitDefinition(name: "inflight", measure: .concurrent, amount: 4, window: nil, scope: [.key]),
+            LimitDefinition(name: "reports", measure: .requests, amount: 5, window: .hour, scope: [.feature, .user], when: [.feature: ["report"]]),
+        ])
+        let estimate = LimitPlanner.Estimate(inputTokens: 1200, outputTokens: 512, spend: NanoUSD(4_000))
+        let demands = planner.demands(caller: Self.alice, model: "gpt-4o", estimate: estimate)
+        #expect(demands.map(\.counter) == ["rpm|tenant=acme|user=alice", "tpm|tier=free|model=gpt-4o", "out-day|tenant=acme",
+                                          "spend|tenant=acme", "inflight|key=k1|tenant=acme"])
+        let byName = Dictionary(uniqueKeysWithValues: demands.map { (String($0.counter.prefix { $0 != "|" }), $0) })
+        #expect(Set(byName.keys) == ["rpm", "tpm", "out-day", "spend", "inflight"], "the paid and report limits do not apply")
+        #expect(byName["rpm"]?.rule == .rate(limit: 20, period: 60_000_000_000) && byName["rpm"]?.units == 1)
+        #expect(byName["tpm"]?.units == 1712 && byName["tpm"]?.shard == "", "a tier's counter spans tenants: its own shard")
+        #expect(byName["out-day"]?.rule == .quota(limit: 50_000, calendar: .day) && byName["out-day"]?.units == 512)
+        #expect(byName["spend"]?.rule == .quota(limit: 5_000_000_000, calendar: .month) && byName["spend"]?.units == 4_000)
+        #expect(byName["inflight"]?.rule == .concurrent(limit: 4, ttl: planner.permitTTL) && byName["inflight"]?.units == 1)
+        #expect(byName["rpm"]?.shard == "tenant=acme" && byName["inflight"]?.shard == "tenant=acme")
+        // A cache hit counts only where the limit says all requests.
+        #expect(planner.demands(caller: Self.alice, model: "gpt-4o", estimate: estimate, cacheHit: true).map { $0.counter.prefix { $0 != "|" } }
+            == ["spend"])
+    }
+
+    @Test func scopesNeverMeetAcrossTenantsOrThroughCraftedNames() {
+        let planner = LimitPlanner(definitions: [LimitDefinition(name: "rpm", measure: .requests, amount: 20, window: .minute, scope: [.user])])
+        let estimate = LimitPlanner.Estimate(inputTokens: 0, outputTokens: 0, spend: .zero)
+        let same = planner.demands(caller: Caller(tenant: "a", user: "u", keyID: "k"), model: "m", estimate: estimate)
+        let other = planner.demands(caller: Caller(tenant: "b", user: "u", keyID: "k"), model: "m", estimate: estimate)
+        #expect(same[0].counter != other[0].counter, "the same user name in two tenants")
+        // A user named to look like another scope cannot reach its counter.
+        let crafted = planner.demands(caller: Caller(tenant: "a|user=u", user: "x", keyID: "k"), model: "m", estimate: estimate)
+        let plain = planner.demands(caller: Caller(tenant: "a", user: "u|tenant=a|user=x", keyID: "k"), model: "m", estimate: estimate)
+        #expect(Set([same[0].counter, crafted[0].counter, plain[0].counter]).count == 3)
+        #expect(LimitPlanner.escape("a%|=b") == "a%25%7C%3Db")
+        // Negative estimates reserve nothing; huge ones saturate.
+        let huge = LimitPlanner(definitions: [LimitDefinition(name: "t", measure: .totalTokens, amount: 10, window: .second)])
+        #expect(huge.demands(caller: Self.alice, model: "m", estimate: .init(inputTokens: .max, outputTokens: .max, spend: .zero))[0].units == .max)
+        #expect(huge.demands(caller: Self.alice, model: "m", estimate: .init(inputTokens: -5, outputTokens: -5, spend: .zero))[0].units == 0)
+    }
+}

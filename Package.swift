@@ -97,7 +97,8 @@ let package = Package(
         ),
         .target(
             name: "Stages",
-            dependencies: ["SwitchyardCore", "SwitchyardModels", "Caching", "Routing", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "Limits","SwitchyardCore", "SwitchyardModels", "Caching", "Routing", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         .target(
@@ -130,7 +131,7 @@ let package = Package(
             name: "Server",
             dependencies: [
                 "SwitchyardCore", "SwitchyardModels", "ServerSentEvents", "Providers", "Stages", "MockProvider", "Embeddings",
-                "HTTPEdge", "Caching", "Routing", "Redis", "Stores",
+                "HTTPEdge", "Caching", "Routing", "Redis", "Stores", "Limits",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

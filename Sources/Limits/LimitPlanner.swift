@@ -28,7 +28,14 @@ public struct LimitPlanner: Sendable {
     }
 
     public func demands(caller: Caller, model: String, estimate: Estimate, cacheHit: Bool = false) -> [LimitDemand] {
-        definitions.compactMap { definition in
+        plan(caller: caller, model: model, estimate: estimate, cacheHit: cacheHit).map(\.demand)
+    }
+
+    /// The demands with the definitions they come from (to settle each by its measure, and to name a refusal).
+    public func plan(caller: Caller, model: String, estimate: Estimate, cacheHit: Bool = false)
+        -> [(demand: LimitDemand, definition: LimitDefinition)]
+    {
+        definitions.compactMap { definition -> (demand: LimitDemand, definition: LimitDefinition)? in
             guard !cacheHit || definition.countsAllRequests else { return nil }
             for (dimension, values) in definition.when where !values.contains(Self.value(of: dimension, caller: caller, model: model)) {
                 return nil
@@ -52,7 +59,18 @@ public struct LimitPlanner: Sendable {
             case .spend: max(estimate.spend.value, 0)
             }
             let (counter, shard) = Self.counter(definition, caller: caller, model: model)
-            return LimitDemand(counter: counter, rule: rule, units: units, shard: shard)
+            return (LimitDemand(counter: counter, rule: rule, units: units, shard: shard), definition)
+        }
+    }
+
+    /// What a demand of `measure` really used, once the answer is known.
+    public static func actual(_ measure: LimitDefinition.Measure, inputTokens: Int64, outputTokens: Int64, spend: NanoUSD) -> Int64 {
+        switch measure {
+        case .requests, .concurrent: 1
+        case .inputTokens: max(inputTokens, 0)
+        case .outputTokens: max(outputTokens, 0)
+        case .totalTokens: max(inputTokens, 0) > .max - max(outputTokens, 0) ? .max : max(inputTokens, 0) + max(outputTokens, 0)
+        case .spend: max(spend.value, 0)
         }
     }
 

@@ -1,5 +1,6 @@
 import HTTPEdge
 import HTTPTypes
+import Limits
 public import Logging
 import MockProvider
 import NIOCore
@@ -182,9 +183,11 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         learned = SemanticCacheStage.LearnedVerification(verifier: verifier, words: EncoderWordVectors(encoder: batcher.encoder),
                                                          calibration: calibration)
     }
+    // Limits: shared by every instance through Redis, or this process's.
+    let limitStore: any LimitStore = redis.map { RedisLimitStore(client: $0, keyPrefix: config.state.keyPrefix) } ?? LimitLedger()
     let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics, exactCache: exactStore,
                                          semanticCache: semanticStore, embedder: batcher.map { BatcherEmbedder(batcher: $0) },
-                                         classifier: classifier, background: background, learned: learned)
+                                         classifier: classifier, background: background, learned: learned, limits: limitStore)
     let draining = Locked(false)
     let hasMock = mock != nil
     let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger)

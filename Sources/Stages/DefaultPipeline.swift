@@ -1,11 +1,13 @@
 public import Caching
 public import Routing
+public import Limits
 public import SwitchyardCore
 import SwitchyardModels
 
 /// The one place the order of the stages is written.
 public enum DefaultPipeline {
-    /// Auth → Route (resolve) → ExactCache → SemanticCache → Routing → PromptCache → CostAccounting → ProviderCall.
+    /// Auth → Route (resolve) → ExactCache → SemanticCache → Routing → RateLimit → PromptCache → CostAccounting →
+    /// ProviderCall.
     ///
     /// The caches sit after name resolution so that unknown models are refused before any lookup; their key is the
     /// name the client asked for (a route's name, not the model it picks). The routing decision comes after them,
@@ -14,9 +16,15 @@ public enum DefaultPipeline {
                              recorder: any CostRecorder & CacheRecorder, exactCache: any ExactCacheStore,
                              semanticCache: any SemanticCacheStore, embedder: (any TextEmbedder)?,
                              classifier: ComplexityClassifier? = nil, background: (any BackgroundWorkQueue)? = nil,
-                             learned: SemanticCacheStage.LearnedVerification? = nil) -> Pipeline
+                             learned: SemanticCacheStage.LearnedVerification? = nil,
+                             limits: (any LimitStore)? = nil) -> Pipeline
     {
         let call = ProviderCall(providers: providers)
+        // Only with limits configured: without them a request pays nothing for the stage.
+        let limitStage: [any GatewayStage] = config.limits.isEmpty ? [] : [
+            RateLimitStage(planner: LimitPlanner(definitions: config.limits), store: limits ?? LimitLedger(),
+                           failClosed: config.state.limits == .failClosed),
+        ]
         return Pipeline(
             stages: [
                 AuthStage(keys: config.keys),
@@ -29,6 +37,7 @@ public enum DefaultPipeline {
                              logprobModels: Set(config.models.values.filter { model in
                                  config.providers[model.provider]?.kind.format(forUpstreamModel: model.upstreamModel) == .openAI
                              }.map(\.name))),
+            ] + limitStage + [
                 PromptCacheStage(providers: config.providers),
                 CostAccountingStage(recorder: recorder),
             ],

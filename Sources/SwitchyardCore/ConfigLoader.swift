@@ -299,11 +299,13 @@ public enum ConfigLoader {
         if let seconds = try reader.double("connect_timeout_seconds", in: 0.01...60) { state.connectTimeout = .milliseconds(Int64(seconds * 1000)) }
         if let seconds = try reader.double("command_timeout_seconds", in: 0.01...60) { state.commandTimeout = .milliseconds(Int64(seconds * 1000)) }
         state.poolSize = try reader.int("pool_size", in: 1...256) ?? state.poolSize
-        if let policy = try reader.string("caches") {
+        for (key, assign) in [("caches", { (value: StateSettings.FailurePolicy) in state.caches = value }),
+                              ("limits", { (value: StateSettings.FailurePolicy) in state.limits = value })] {
+            guard let policy = try reader.string(key) else { continue }
             guard let value = StateSettings.FailurePolicy(rawValue: policy) else {
-                throw ConfigError(path: reader.child("caches"), "must be 'fail_open' or 'fail_closed'")
+                throw ConfigError(path: reader.child(key), "must be 'fail_open' or 'fail_closed'")
             }
-            state.caches = value
+            assign(value)
         }
         try reader.finish()
         return state

@@ -313,6 +313,8 @@ public struct StateSettings: Sendable, Hashable {
     public var poolSize = 4
     /// The caches' policy.
     public var caches = FailurePolicy.failOpen
+    /// The rate limits' policy: `fail_open` lets requests through uncounted while the store is down.
+    public var limits = FailurePolicy.failOpen
 
     public init() {}
 }

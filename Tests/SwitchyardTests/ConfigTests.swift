@@ -147,6 +147,7 @@ import Testing
             ("{password_env: NOT_SET}", "state.password_env", "not set"),
             ("{key_prefix: \"a b\"}", "state.key_prefix", "spaces"),
             ("{caches: maybe}", "state.caches", "fail_open"),
+            ("{limits: sometimes}", "state.limits", "fail_open"),
             ("{pool_size: 0}", "state.pool_size", "between"),
         ] {
             let error = error("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nstate: \(state)")

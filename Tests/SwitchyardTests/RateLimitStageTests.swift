@@ -1,0 +1,68 @@
+import Foundation
+import Limits
+import SwitchyardCore
+import SwitchyardTestKit
+import Testing
+
+/// Limits through the gateway: reserved before the call, refused with the limit named and an honest retry-after,
+/// settled with the real usage (completions, streams), given back on errors; cache hits are free.
+@Suite(.serialized) struct RateLimitStageTests {
+    static func body(_ text: String, maxTokens: Int = 50, stream: Bool = false, model: String = "gpt-4o-mini") -> String {
+        #"{"model":"\#(model)","max_tokens":\#(maxTokens),"stream":\#(stream),"messages":[{"role":"user","content":"\#(text)"}]}"#
+    }
+
+    @Test func requestsPastALimitAreRefusedWithTheLimitNamedAndCacheHitsAreFree() async throws {
+        var config = TestConfigs.embedded()
+        config.limits = [LimitDefinition(name: "per-user", measure: .requests, amount: 2, window: .minute, scope: [.user])]
+        try await withTestGateway(config) { _, url in
+            #expect(try await send("\(url)/v1/chat/completions", body: Self.body("one")).status == 200)
+            // The same question again is an exact hit: not counted.
+            let hit = try await send("\(url)/v1/chat/completions", body: Self.body("one"))
+            #expect(hit.status == 200 && hit.header("x-switchyard-cache") == "hit-exact")
+            #expect(try await send("\(url)/v1/chat/completions", body: Self.body("two")).status == 200)
+            let refused = try await send("\(url)/v1/chat/completions", body: Self.body("three"))
+            #expect(refused.status == 429)
+            #expect(refused.body.contains("per-user") && refused.body.contains("2 requests per minute per user"), "\(refused.body)")
+            // Two spent at once of 2 a minute: one is back 30 s later.
+            let retry = Int(refused.header("retry-after") ?? "") ?? 0
+            #expect((29...31).contains(retry), "retry-after \(retry)")
+            // In the Anthropic envelope for an Anthropic client; another user is not affected.
+            let anthropic = try await send("\(url)/v1/messages", body: Self.body("four"), headers: [("anthropic-version", "2023-06-01")])
+            #expect(anthropic.status == 429 && anthropic.body.contains(#""type":"error""#), "\(anthropic.body)")
+            let other = try await send("\(url)/v1/chat/completions", body: Self.body("five"), headers: [("authorization", "Bearer someone-else")])
+            #expect(other.status == 200)
+        }
+    }
+
+    @Test func tokensAreSettledWithTheRealUsageForCompletionsAndStreams() async throws {
+        var config = TestConfigs.embedded()
+        // 5,000 tokens a minute; each request reserves its prompt plus 4,000, and uses far less.
+        config.limits = [LimitDefinition(name: "tokens", measure: .totalTokens, amount: 5_000, window: .minute, scope: [.tenant])]
+        config.cache.exactEnabled = false
+        config.cache.semanticEnabled = false
+        try await withTestGateway(config) { _, url in
+            for index in 0..<4 {
+                let stream = index % 2 == 1
+                let response = try await send("\(url)/v1/chat/completions", body: Self.body("question \(index)", maxTokens: 4000, stream: stream))
+                #expect(response.status == 200, "request \(index): \(response.body.prefix(200))")
+                // Settled off the request path: a moment for it.
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            // A reservation past the whole limit is refused for good.
+            let huge = try await send("\(url)/v1/chat/completions", body: Self.body("huge", maxTokens: 6000))
+            #expect(huge.status == 429 && huge.body.contains("needs more than"), "\(huge.body)")
+        }
+    }
+
+    @Test func aFailedRequestGivesItsReservationBack() async throws {
+        var config = TestConfigs.withFaults(["500"])
+        config.limits = [LimitDefinition(name: "one", measure: .requests, amount: 1, window: .minute, scope: [.tenant])]
+        try await withTestGateway(config) { _, url in
+            let failed = try await send("\(url)/v1/chat/completions", body: Self.body("fails", model: "gpt-4o-mini-500"))
+            #expect(failed.status >= 500)
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(try await send("\(url)/v1/chat/completions", body: Self.body("works")).status == 200)
+            #expect(try await send("\(url)/v1/chat/completions", body: Self.body("refused")).status == 429)
+        }
+    }
+}

@@ -20,15 +20,21 @@ public enum DefaultPipeline {
                              limits: (any LimitStore)? = nil) -> Pipeline
     {
         let call = ProviderCall(providers: providers)
-        // Only with limits configured: without them a request pays nothing for the stage.
-        let limitStage: [any GatewayStage] = config.limits.isEmpty ? [] : [
-            RateLimitStage(planner: LimitPlanner(definitions: config.limits), store: limits ?? LimitLedger(),
-                           failClosed: config.state.limits == .failClosed),
-        ]
+        // Only with limits configured: without them a request pays nothing for the stage. Limits that count every
+        // request sit before the caches (their model is the name asked for); the others after the routing decision,
+        // so hits are free and a model-scoped limit sees the model chosen.
+        let store = limits ?? LimitLedger()
+        let stage = { (definitions: [LimitDefinition]) -> [any GatewayStage] in
+            definitions.isEmpty ? [] : [RateLimitStage(planner: LimitPlanner(definitions: definitions), store: store,
+                                                       failClosed: config.state.limits == .failClosed)]
+        }
+        let everyRequest = stage(config.limits.filter(\.countsAllRequests))
+        let limitStage = stage(config.limits.filter { !$0.countsAllRequests })
         return Pipeline(
             stages: [
                 AuthStage(keys: config.keys),
                 RouteStage(models: config.models, routes: config.routes),
+            ] + everyRequest + [
                 ExactCacheStage(store: exactCache, settings: config.cache, recorder: recorder,
                                 failClosed: config.state.caches == .failClosed),
                 SemanticCacheStage(store: semanticCache, embedder: embedder, settings: config.cache, recorder: recorder,

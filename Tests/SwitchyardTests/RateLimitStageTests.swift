@@ -34,6 +34,17 @@ import Testing
         }
     }
 
+    @Test func aLimitThatCountsAllRequestsCountsCacheHitsToo() async throws {
+        var config = TestConfigs.embedded()
+        config.limits = [LimitDefinition(name: "all", measure: .requests, amount: 2, window: .minute, scope: [.user], countsAllRequests: true)]
+        try await withTestGateway(config) { _, url in
+            #expect(try await send("\(url)/v1/chat/completions", body: Self.body("same")).status == 200)
+            let hit = try await send("\(url)/v1/chat/completions", body: Self.body("same"))
+            #expect(hit.status == 200 && hit.header("x-switchyard-cache") == "hit-exact")
+            #expect(try await send("\(url)/v1/chat/completions", body: Self.body("same")).status == 429)
+        }
+    }
+
     @Test func tokensAreSettledWithTheRealUsageForCompletionsAndStreams() async throws {
         var config = TestConfigs.embedded()
         // 5,000 tokens a minute; each request reserves its prompt plus 4,000, and uses far less.

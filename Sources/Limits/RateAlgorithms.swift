@@ -122,7 +122,7 @@ public enum CalendarPeriod: String, Sendable, Hashable, CaseIterable {
 
     /// Year, month (1–12) and day of a count of days since 1970-01-01 (proleptic Gregorian; Howard Hinnant's
     /// `civil_from_days`).
-    static func civil(fromDays days: Int64) -> (Int64, Int64, Int64) {
+    public static func civil(fromDays days: Int64) -> (Int64, Int64, Int64) {
         let z = days + 719_468
         let era = (z >= 0 ? z : z - 146_096) / 146_097
         let dayOfEra = z - era * 146_097

@@ -260,6 +260,7 @@ struct ChatHandler: Sendable {
         Self.addModelHeaders(completion.routing, requested: chat.model, to: &headers)
         if let cost = completion.cost { headers.append(HTTPField(name: .switchyardCost, value: cost.usdString)) }
         Self.addCacheHeaders(completion.cache, to: &headers)
+        if let limits = completion.limits { ErrorRenderer.addRateLimitHeaders(limits, format: format, to: &headers) }
         let body: ByteBuffer
         if let raw = completion.raw, raw.format == format {
             body = raw.body
@@ -282,6 +283,7 @@ struct ChatHandler: Sendable {
         var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .requestID: requestID]
         Self.addModelHeaders(stream.routing, requested: chat.model, to: &headers)
         Self.addCacheHeaders(stream.cache, to: &headers)
+        if let limits = stream.limits { ErrorRenderer.addRateLimitHeaders(limits, format: format, to: &headers) }
         let metrics = self.metrics
         let upstreamWait = stream.upstreamTimeToFirstEvent
         let encoder = StreamEncoder(clientFormat: format, upstreamFormat: stream.isSynthesized ? nil : stream.format, model: chat.model,

@@ -1,3 +1,5 @@
+import Foundation
+import Limits
 import HTTPTypes
 import HTTPEdge
 import NIOCore
@@ -71,9 +73,52 @@ public enum ErrorRenderer {
             let seconds = max(1, (retryAfter.nanoseconds / 1_000_000_000) + (retryAfter.nanoseconds % 1_000_000_000 > 0 ? 1 : 0))
             headers[.retryAfter] = String(seconds)
         }
+        if let limits = error.limits { addRateLimitHeaders(limits, format: format, to: &headers) }
         let bytes = body(for: error, format: format, requestID: requestID).serialized()
         return EdgeResponse(status: .init(code: status(for: error, format: format)), headers: headers,
                             body: .buffer(ByteBuffer(bytes: bytes)))
+    }
+
+    /// The API's own rate-limit headers: OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (reset as
+    /// a duration, "1s", "6m0s"), Anthropic's `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` (reset
+    /// as an RFC 3339 time).
+    static func addRateLimitHeaders(_ status: LimitStatus, format: APIFormat, to headers: inout HTTPFields,
+                                    now: Double = Date().timeIntervalSince1970) {
+        for (kind, counter) in [("requests", status.requests), ("tokens", status.tokens)] {
+            guard let counter else { continue }
+            let fields: [(String, String)] = switch format {
+            case .openAI:
+                [("x-ratelimit-limit-\(kind)", String(counter.limit)), ("x-ratelimit-remaining-\(kind)", String(counter.remaining)),
+                 ("x-ratelimit-reset-\(kind)", openAIDuration(counter.resetIn))]
+            case .anthropic:
+                [("anthropic-ratelimit-\(kind)-limit", String(counter.limit)), ("anthropic-ratelimit-\(kind)-remaining", String(counter.remaining)),
+                 ("anthropic-ratelimit-\(kind)-reset", rfc3339(now + Double(max(counter.resetIn, 0)) / 1e9))]
+            }
+            for (name, value) in fields {
+                if let field = HTTPField.Name(name) { headers.append(HTTPField(name: field, value: value)) }
+            }
+        }
+    }
+
+    /// "350ms", "1s", "6m0s", "1h2m3s" (OpenAI's style), rounded up to what a client may wait.
+    static func openAIDuration(_ nanoseconds: Int64) -> String {
+        let nanoseconds = max(nanoseconds, 0)
+        if nanoseconds < 1_000_000_000 { return "\((nanoseconds + 999_999) / 1_000_000)ms" }
+        let seconds = nanoseconds / 1_000_000_000 + (nanoseconds % 1_000_000_000 > 0 ? 1 : 0)
+        let hours = seconds / 3600, minutes = seconds % 3600 / 60, rest = seconds % 60
+        if hours > 0 { return "\(hours)h\(minutes)m\(rest)s" }
+        if minutes > 0 { return "\(minutes)m\(rest)s" }
+        return "\(rest)s"
+    }
+
+    static func rfc3339(_ unixSeconds: Double) -> String {
+        // Up to the last second of year 9999 (and a NaN as 1970): the conversion cannot trap.
+        let seconds = unixSeconds.isNaN ? 0 : Int64(min(max(unixSeconds.rounded(.up), 0), 253_402_300_799))
+        let days = seconds >= 0 ? seconds / 86400 : (seconds + 1) / 86400 - 1
+        let (year, month, day) = CalendarPeriod.civil(fromDays: days)
+        let inDay = seconds - days * 86400
+        func two(_ value: Int64) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        return "\(year)-\(two(month))-\(two(day))T\(two(inDay / 3600)):\(two(inDay % 3600 / 60)):\(two(inDay % 60))Z"
     }
 
     /// The event that ends a failed stream, so that a cut stream never looks like a clean finish.

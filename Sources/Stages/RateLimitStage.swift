@@ -50,16 +50,25 @@ public struct RateLimitStage: GatewayStage {
             return try await next(request, context)
         }
         switch decision {
-        case .refused(let index, let retryIn, _, _):
+        case .refused(let index, let retryIn, let left, let resetIn):
             let definition = plan[index].definition
             let window = definition.window.map { "per \($0.rawValue)" } ?? "at once"
             let scope = definition.scope.map(\.rawValue).joined(separator: " and ")
             let message = retryIn == nil
                 ? "this request needs more than the limit '\(definition.name)' (\(definition.amount) \(definition.measure.rawValue) \(window) per \(scope)) allows"
                 : "rate limit '\(definition.name)' reached: \(definition.amount) \(definition.measure.rawValue) \(window) per \(scope)"
-            throw GatewayError(.rateLimited, message, retryAfter: retryIn.map { .nanoseconds($0) } ?? .seconds(60))
+            var error = GatewayError(.rateLimited, message, retryAfter: retryIn.map { .nanoseconds($0) } ?? .seconds(60))
+            var status = LimitStatus()
+            status.consider(definition.measure, .init(limit: definition.amount, remaining: left, resetIn: resetIn))
+            error.limits = status
+            throw error
         case .admitted(let reservation):
             let measures = plan.map(\.definition.measure)
+            var status = LimitStatus()
+            for (offset, entry) in plan.enumerated() where offset < reservation.remaining.count {
+                status.consider(entry.definition.measure, .init(limit: entry.definition.amount, remaining: reservation.remaining[offset],
+                                                                resetIn: reservation.resetIn[offset]))
+            }
             let response: GatewayResponse
             do {
                 response = try await next(request, context)
@@ -69,11 +78,14 @@ public struct RateLimitStage: GatewayStage {
                 throw error
             }
             switch response {
-            case .completion(let completion):
+            case .completion(var completion):
+                completion.limits = status
                 let usage = completion.usage
                 settle(reservation, measures: measures, input: Int64(usage.inputTokens + usage.cacheReadTokens + usage.cacheWriteTokens),
                        output: Int64(usage.outputTokens), spend: completion.cost ?? route.price.cost(of: usage), requests: true)
-            case .stream(let stream):
+                return .completion(completion)
+            case .stream(var stream):
+                stream.limits = status
                 let price = route.price
                 stream.lifecycle.onTermination { [weak lifecycle = stream.lifecycle] outcome, reported in
                     let (usage, _) = CostAccountingStage.streamUsage(reported, outcome: outcome, request: request,
@@ -81,8 +93,8 @@ public struct RateLimitStage: GatewayStage {
                     self.settle(reservation, measures: measures, input: Int64(usage.inputTokens + usage.cacheReadTokens + usage.cacheWriteTokens),
                                 output: Int64(usage.outputTokens), spend: price.cost(of: usage), requests: true)
                 }
+                return .stream(stream)
             }
-            return response
         }
     }
 

@@ -115,6 +115,8 @@ public struct ChatStream: AsyncSequence, Sendable {
     public var cache: CacheOutcome?
     /// What the routing stage decided (`nil` for an explicit model name and for cache hits).
     public var routing: RoutingOutcome?
+    /// The tightest rate limits that applied (`nil` without limits).
+    public var limits: LimitStatus?
     /// Whether the events were made by the gateway (a cache replay) rather than relayed from an upstream: they
     /// carry no raw bytes, and the client's encoder must open and close the stream itself.
     public private(set) var isSynthesized = false

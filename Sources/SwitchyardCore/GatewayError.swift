@@ -26,6 +26,8 @@ public struct GatewayError: Error, Sendable, CustomStringConvertible, Hashable {
     public var upstreamStatus: Int?
     /// The key path of the offending field, for invalid requests.
     public var param: String?
+    /// For a rate-limit refusal: the limits' state, for the API's rate-limit headers.
+    public var limits: LimitStatus?
 
     public init(_ code: Code, _ message: String, retryAfter: Duration? = nil, upstreamStatus: Int? = nil,
                 param: String? = nil) {

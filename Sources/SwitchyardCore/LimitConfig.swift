@@ -64,6 +64,43 @@ public struct LimitDefinition: Sendable, Hashable {
     }
 }
 
+/// The tightest limits that applied to a request, for the API's own rate-limit headers: of the request limits and
+/// of the token limits, the one with the least left.
+public struct LimitStatus: Sendable, Hashable {
+    public struct Counter: Sendable, Hashable {
+        public var limit: Int64
+        public var remaining: Int64
+        /// Nanoseconds until the whole limit is free again.
+        public var resetIn: Int64
+
+        public init(limit: Int64, remaining: Int64, resetIn: Int64) {
+            self.limit = limit
+            self.remaining = remaining
+            self.resetIn = resetIn
+        }
+    }
+
+    public var requests: Counter?
+    public var tokens: Counter?
+
+    public init(requests: Counter? = nil, tokens: Counter? = nil) {
+        self.requests = requests
+        self.tokens = tokens
+    }
+
+    /// Keeps `counter` for its kind when it has less left than the one kept.
+    public mutating func consider(_ measure: LimitDefinition.Measure, _ counter: Counter) {
+        switch measure {
+        case .requests:
+            if requests.map({ counter.remaining < $0.remaining }) ?? true { requests = counter }
+        case .inputTokens, .outputTokens, .totalTokens:
+            if tokens.map({ counter.remaining < $0.remaining }) ?? true { tokens = counter }
+        case .concurrent, .spend:
+            break
+        }
+    }
+}
+
 extension ConfigLoader {
     /// Most limits in one file: each request checks every one that applies.
     static let maximumLimits = 256

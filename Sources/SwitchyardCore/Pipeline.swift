@@ -142,6 +142,8 @@ public struct Completion: Sendable {
     public var cache: CacheOutcome?
     /// What the routing stage decided (`nil` for an explicit model name and for cache hits).
     public var routing: RoutingOutcome?
+    /// The tightest rate limits that applied (`nil` without limits).
+    public var limits: LimitStatus?
 
     /// A completion decoded in full.
     public init(response: ChatResponse, raw: (format: APIFormat, body: ByteBuffer)? = nil, cost: NanoUSD? = nil,

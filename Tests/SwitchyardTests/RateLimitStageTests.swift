@@ -1,5 +1,6 @@
 import Foundation
 import Limits
+@testable import Server
 import SwitchyardCore
 import SwitchyardTestKit
 import Testing
@@ -15,7 +16,10 @@ import Testing
         var config = TestConfigs.embedded()
         config.limits = [LimitDefinition(name: "per-user", measure: .requests, amount: 2, window: .minute, scope: [.user])]
         try await withTestGateway(config) { _, url in
-            #expect(try await send("\(url)/v1/chat/completions", body: Self.body("one")).status == 200)
+            let first = try await send("\(url)/v1/chat/completions", body: Self.body("one"))
+            #expect(first.status == 200)
+            #expect(first.header("x-ratelimit-limit-requests") == "2" && first.header("x-ratelimit-remaining-requests") == "1")
+            #expect(first.header("x-ratelimit-reset-requests") == "30s", "\(String(describing: first.header("x-ratelimit-reset-requests")))")
             // The same question again is an exact hit: not counted.
             let hit = try await send("\(url)/v1/chat/completions", body: Self.body("one"))
             #expect(hit.status == 200 && hit.header("x-switchyard-cache") == "hit-exact")
@@ -29,6 +33,11 @@ import Testing
             // In the Anthropic envelope for an Anthropic client; another user is not affected.
             let anthropic = try await send("\(url)/v1/messages", body: Self.body("four"), headers: [("anthropic-version", "2023-06-01")])
             #expect(anthropic.status == 429 && anthropic.body.contains(#""type":"error""#), "\(anthropic.body)")
+            #expect(anthropic.header("anthropic-ratelimit-requests-limit") == "2")
+            #expect(anthropic.header("anthropic-ratelimit-requests-remaining") == "0")
+            #expect(anthropic.header("anthropic-ratelimit-requests-reset")?.hasSuffix("Z") == true)
+            #expect(anthropic.header("x-ratelimit-limit-requests") == nil, "each API its own headers")
+            #expect(refused.header("x-ratelimit-remaining-requests") == "0")
             let other = try await send("\(url)/v1/chat/completions", body: Self.body("five"), headers: [("authorization", "Bearer someone-else")])
             #expect(other.status == 200)
         }
@@ -56,6 +65,8 @@ import Testing
                 let stream = index % 2 == 1
                 let response = try await send("\(url)/v1/chat/completions", body: Self.body("question \(index)", maxTokens: 4000, stream: stream))
                 #expect(response.status == 200, "request \(index): \(response.body.prefix(200))")
+                #expect(response.header("x-ratelimit-limit-tokens") == "5000")
+                #expect(Int(response.header("x-ratelimit-remaining-tokens") ?? "") ?? 5000 < 1000, "4,000 and the prompt reserved")
                 // Settled off the request path: a moment for it.
                 try await Task.sleep(for: .milliseconds(100))
             }
@@ -75,5 +86,18 @@ import Testing
             #expect(try await send("\(url)/v1/chat/completions", body: Self.body("works")).status == 200)
             #expect(try await send("\(url)/v1/chat/completions", body: Self.body("refused")).status == 429)
         }
+    }
+
+    @Test func resetTimesAreWrittenAsEachAPIWritesThem() {
+        #expect(ErrorRenderer.openAIDuration(350_000_000) == "350ms")
+        #expect(ErrorRenderer.openAIDuration(1) == "1ms" && ErrorRenderer.openAIDuration(0) == "0ms" && ErrorRenderer.openAIDuration(-5) == "0ms")
+        #expect(ErrorRenderer.openAIDuration(1_000_000_000) == "1s")
+        #expect(ErrorRenderer.openAIDuration(360_000_000_000) == "6m0s")
+        #expect(ErrorRenderer.openAIDuration(3_723_500_000_000) == "1h2m4s")
+        #expect(ErrorRenderer.openAIDuration(.max).hasSuffix("s"))
+        #expect(ErrorRenderer.rfc3339(1_796_083_200) == "2026-12-01T00:00:00Z")
+        #expect(ErrorRenderer.rfc3339(1_709_251_199.2) == "2024-02-29T23:59:59Z" || ErrorRenderer.rfc3339(1_709_251_199.2) == "2024-03-01T00:00:00Z")
+        #expect(ErrorRenderer.rfc3339(951_782_400) == "2000-02-29T00:00:00Z")
+        #expect(ErrorRenderer.rfc3339(.infinity) == "9999-12-31T23:59:59Z" && ErrorRenderer.rfc3339(.nan) == "1970-01-01T00:00:00Z")
     }
 }

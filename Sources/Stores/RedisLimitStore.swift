@@ -31,6 +31,12 @@ public final class RedisLimitStore: LimitStore {
 
     static func microseconds(_ nanoseconds: Int64) -> Int64 { nanoseconds / 1000 }
 
+    /// A script's microseconds as nanoseconds, never negative, saturating: the reply is the server's to choose.
+    static func nanoseconds(_ microseconds: Int64) -> Int64 {
+        let (value, overflow) = max(microseconds, 0).multipliedReportingOverflow(by: 1000)
+        return overflow ? .max : value
+    }
+
     /// Per demand: kind, limit, parameter (period or ttl in µs, or a quota period's end in µs), units.
     private func arguments(_ demands: [LimitDemand], units: [Int64], now: Int64) -> [RedisArgument] {
         var arguments: [RedisArgument] = []
@@ -73,13 +79,13 @@ public final class RedisLimitStore: LimitStore {
                     _ = try? await settleGroup(back, actual: back.map { _ in 0 }, lease: lease, now: now)
                 }
                 let index = group.indices.contains(Int(values[1])) ? group[Int(values[1])] : group[0]
-                return .refused(index: index, retryIn: values[2] < 0 ? nil : values[2] * 1000, remaining: max(values[3], 0),
-                                resetIn: max(values[4], 0) * 1000)
+                return .refused(index: index, retryIn: values[2] < 0 ? nil : Self.nanoseconds(values[2]), remaining: max(values[3], 0),
+                                resetIn: Self.nanoseconds(values[4]))
             }
             guard values.count == 1 + 2 * part.count else { throw RedisError.protocolViolation(.badValue) }
             for (offset, index) in group.enumerated() {
                 remaining[index] = max(values[1 + 2 * offset], 0)
-                resets[index] = max(values[2 + 2 * offset], 0) * 1000
+                resets[index] = Self.nanoseconds(values[2 + 2 * offset])
             }
             reserved.append(group)
         }

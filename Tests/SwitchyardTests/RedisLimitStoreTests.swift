@@ -53,6 +53,11 @@ import Testing
         if case .refused(_, let retry, _, _) = try await store.reserve([huge], lease: 20, now: Self.now) { #expect(retry == nil) }
     }
 
+    @Test func timesFromTheServerCannotOverflow() {
+        #expect(RedisLimitStore.nanoseconds(3) == 3000)
+        #expect(RedisLimitStore.nanoseconds(.max) == .max && RedisLimitStore.nanoseconds(.min) == 0 && RedisLimitStore.nanoseconds(-1) == 0)
+    }
+
     @Test func theInMemoryLedgerPassesTheSharedChecks() async throws {
         try await reserveAndSettle(LimitLedger())
     }

@@ -68,6 +68,19 @@ public protocol LimitStore: Sendable {
     func reserve(_ demands: [LimitDemand], lease: UInt64, now: Int64) async throws -> LimitDecision
     /// The real units per demand (nil: as reserved); gives back the permits.
     func settle(_ reservation: Reservation, actual: [Int64?], now: Int64) async throws
+    /// Units each demand's counter has left now (its whole limit when never used), reserving nothing.
+    func remaining(_ demands: [LimitDemand], now: Int64) async throws -> [Int64]
+}
+
+extension LimitRule {
+    /// The whole allowance: what an unused counter has left.
+    public var capacity: Int64 {
+        switch self {
+        case .rate(let limit, _): max(limit, 1)
+        case .quota(let limit, _): max(limit, 0)
+        case .concurrent(let limit, _): Int64(max(limit, 0))
+        }
+    }
 }
 
 /// What was reserved, to settle or release later: the demands, the period each quota counted in, the lease id.
@@ -193,6 +206,20 @@ public final class LimitLedger: LimitStore {
                 }
                 _ = leases.renew(reservation.lease, now: now, ttl: ttl)
                 state.counters[demand.counter] = .concurrent(leases)
+            }
+        }
+    }
+
+    public func remaining(_ demands: [LimitDemand], now: Int64) -> [Int64] {
+        demands.map { demand in
+            state.withLock { state in
+                state.counters[demand.counter].flatMap { Self.matching($0, demand.rule) }.map { counter -> Int64 in
+                    switch counter {
+                    case .rate(let gcra): gcra.remaining(now: now)
+                    case .quota(let quota): quota.remaining(now: now)
+                    case .concurrent(let leases): Int64(leases.available(now: now))
+                    }
+                } ?? demand.rule.capacity
             }
         }
     }

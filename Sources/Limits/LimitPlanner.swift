@@ -74,7 +74,7 @@ public struct LimitPlanner: Sendable {
         }
     }
 
-    static func value(of dimension: LimitDefinition.Dimension, caller: Caller, model: String) -> String {
+    public static func value(of dimension: LimitDefinition.Dimension, caller: Caller, model: String) -> String {
         switch dimension {
         case .key: caller.keyID
         case .tenant: caller.tenant

@@ -195,6 +195,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                                        adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex),
                                        recorder: metrics, savings: metrics.savings, calibration: learned?.calibration,
                                        sharedCalibration: sharedCalibration)
+    let limitsHandler = LimitsHandler(planner: LimitPlanner(definitions: config.limits), store: limitStore, auth: AuthStage(keys: config.keys),
+                                      adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex))
     let embeddingsHandler = EmbeddingsHandler(batcher: batcher, unavailableReason: unavailable, auth: AuthStage(keys: config.keys),
                                               maxBodyBytes: config.maxBodyBytes)
 
@@ -209,6 +211,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         case (.POST, "/v1/cache/feedback"): return await cacheAdmin.feedback(request)
         case (.DELETE, "/v1/cache"): return await cacheAdmin.clear(request)
         case (.GET, "/v1/usage/savings"): return await cacheAdmin.savingsReport(request)
+        case (.GET, "/v1/limits"): return await limitsHandler.report(request)
         case (.GET, "/healthz"): return EdgeResponse(status: .ok, body: .buffer(healthy))
         case (.GET, "/readyz"):
             var ready = !draining.withLock { $0 } && (!hasMock || mockURL.value != nil)
@@ -295,7 +298,7 @@ struct DrainWatcher: Service {
 /// the path belongs to, never an empty body.
 func unrouted(_ request: EdgeRequest) -> EdgeResponse {
     let known: Set<Substring> = ["/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/models", "/healthz", "/readyz",
-                                 "/metrics", "/v1/cache", "/v1/cache/feedback", "/v1/usage/savings"]
+                                 "/metrics", "/v1/cache", "/v1/cache/feedback", "/v1/usage/savings", "/v1/limits"]
     let format: APIFormat = request.path.hasPrefix("/v1/messages") ? .anthropic : .openAI
     let wrongMethod = known.contains(request.path)
     let error = GatewayError(wrongMethod ? .invalidRequest : .notFound, "no endpoint \(request.method.rawValue) \(request.path)")

@@ -96,6 +96,32 @@ public final class RedisLimitStore: LimitStore {
         return .admitted(Reservation(demands: demands, lease: lease, periods: periods, remaining: remaining, resetIn: resets))
     }
 
+    public func remaining(_ demands: [LimitDemand], now: Int64) async throws -> [Int64] {
+        guard !demands.isEmpty else { return [] }
+        let commands: [[RedisArgument]] = demands.map { demand in
+            if case .concurrent = demand.rule {
+                return ["ZCOUNT", .string(key(demand, now: now)), .string("(\(Self.microseconds(now))"), "+inf"]
+            }
+            return ["GET", .string(key(demand, now: now))]
+        }
+        let replies = try await client.pipeline(commands)
+        return zip(demands, replies).map { demand, reply in
+            switch demand.rule {
+            case .rate(let limit, let period):
+                // The TAT in µs, as the script stores it; anything else is an unused counter.
+                guard let text = reply.string, let micros = Double(text), micros.isFinite, micros >= 0, micros < 9e15 else {
+                    return demand.rule.capacity
+                }
+                return GCRA(limit: limit, period: period, tat: Self.nanoseconds(Int64(micros))).remaining(now: now)
+            case .quota(let limit, _):
+                let used = reply.string.flatMap { Int64($0) } ?? 0
+                return max(limit - max(used, 0), 0)
+            case .concurrent(let limit, _):
+                return max(Int64(limit) - max(reply.integer ?? 0, 0), 0)
+            }
+        }
+    }
+
     public func settle(_ reservation: Reservation, actual: [Int64?], now: Int64) async throws {
         let demands = reservation.demands
         guard !demands.isEmpty else { return }

@@ -40,6 +40,30 @@ import Testing
             #expect(refused.header("x-ratelimit-remaining-requests") == "0")
             let other = try await send("\(url)/v1/chat/completions", body: Self.body("five"), headers: [("authorization", "Bearer someone-else")])
             #expect(other.status == 200)
+            // GET /v1/limits: the caller's own, with what is left now.
+            let mine = try await send("\(url)/v1/limits", method: "GET", headers: [("authorization", "Bearer someone-else")], contentType: nil)
+            #expect(mine.status == 200 && mine.body.contains(#""name":"per-user""#) && mine.body.contains(#""remaining":1"#), "\(mine.body)")
+        }
+    }
+
+    @Test func theAdminSeesAnyonesLimitsAndACallerOnlyItsOwn() async throws {
+        var config = TestConfigs.embedded()
+        config.limits = [LimitDefinition(name: "per-user", measure: .requests, amount: 5, window: .minute, scope: [.user]),
+                         LimitDefinition(name: "per-model", measure: .requests, amount: 9, window: .minute, scope: [.model])]
+        try await withTestGateway(config, environment: ["SWITCHYARD_ADMIN_KEY": "admin-secret"]) { _, url in
+            let auth = [("authorization", "Bearer alice")]
+            #expect(try await send("\(url)/v1/chat/completions", body: Self.body("hello"), headers: auth).status == 200)
+            let admin = [("authorization", "Bearer admin-secret")]
+            let missing = try await send("\(url)/v1/limits", method: "GET", headers: admin, contentType: nil)
+            #expect(missing.status == 400 && missing.body.contains("tenant"), "\(missing.body)")
+            // Her own: 4 of 5 left; the per-model limit only when a model is named.
+            let mine = try await send("\(url)/v1/limits", method: "GET", headers: auth, contentType: nil)
+            #expect(mine.body.contains(#""remaining":4"#) && !mine.body.contains("per-model"), "\(mine.body)")
+            let withModel = try await send("\(url)/v1/limits?model=gpt-4o-mini", method: "GET", headers: auth, contentType: nil)
+            #expect(withModel.body.contains("per-model") && withModel.body.contains(#""remaining":8"#), "\(withModel.body)")
+            let someone = try await send("\(url)/v1/limits?tenant=nobody", method: "GET", headers: admin, contentType: nil)
+            #expect(someone.status == 200 && someone.body.contains(#""remaining":5"#), "\(someone.body)")
+            #expect(try await send("\(url)/v1/limits", method: "POST", body: "{}").status == 405)
         }
     }
 

@@ -1,3 +1,4 @@
+import Foundation
 import Synchronization
 
 /// What one limit counts against, for one scope value (a user, a tenant's model, …): its algorithm and bound.
@@ -70,6 +71,11 @@ public protocol LimitStore: Sendable {
     func settle(_ reservation: Reservation, actual: [Int64?], now: Int64) async throws
     /// Units each demand's counter has left now (its whole limit when never used), reserving nothing.
     func remaining(_ demands: [LimitDemand], now: Int64) async throws -> [Int64]
+}
+
+/// Unix nanoseconds now: limits shared by instances count in wall-clock time.
+public func wallClockNanoseconds() -> Int64 {
+    Int64((Date().timeIntervalSince1970 * 1e9).rounded())
 }
 
 extension LimitRule {

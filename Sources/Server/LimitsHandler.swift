@@ -41,7 +41,7 @@ struct LimitsHandler: Sendable {
             .filter { model != nil || (!$0.definition.scope.contains(.model) && $0.definition.when[.model] == nil) }
         let remaining: [Int64]
         do {
-            remaining = try await store.remaining(plan.map(\.demand), now: Int64((Date().timeIntervalSince1970 * 1e9).rounded()))
+            remaining = try await store.remaining(plan.map(\.demand), now: wallClockNanoseconds())
         } catch {
             return ErrorRenderer.response(for: GatewayError(.overloaded, "the rate limits' store is unavailable", retryAfter: .seconds(1)),
                                           format: .openAI, requestID: requestID)

@@ -23,7 +23,7 @@ public struct RateLimitStage: GatewayStage {
     private let leases = LeaseNumbers()
 
     public init(planner: LimitPlanner, store: any LimitStore, defaultOutputTokens: Int64 = 4096, failClosed: Bool = false,
-                clock: @escaping @Sendable () -> Int64 = { Int64((Date().timeIntervalSince1970 * 1e9).rounded()) }) {
+                clock: @escaping @Sendable () -> Int64 = wallClockNanoseconds) {
         self.planner = planner
         self.store = store
         self.defaultOutputTokens = max(defaultOutputTokens, 1)

@@ -53,15 +53,18 @@ public final class RedisLimitStore: LimitStore {
         return arguments
     }
 
+    /// Demand indices per script: all of them on a single server; per shard (one slot), in a fixed order, on a Cluster.
+    private func groups(_ demands: [LimitDemand]) -> [[Int]] {
+        guard client.configuration.cluster else { return [Array(demands.indices)] }
+        return Dictionary(grouping: demands.indices) { demands[$0].shard.isEmpty ? demands[$0].counter : demands[$0].shard }
+            .sorted { $0.key < $1.key }.map(\.value)
+    }
+
     public func reserve(_ demands: [LimitDemand], lease: UInt64, now: Int64) async throws -> LimitDecision {
         guard !demands.isEmpty else {
             return .admitted(Reservation(demands: [], lease: lease, periods: [], remaining: [], resetIn: []))
         }
-        // One group on a single server; per shard, in a fixed order, on a Cluster.
-        let groups: [[Int]] = client.configuration.cluster
-            ? Dictionary(grouping: demands.indices) { demands[$0].shard.isEmpty ? demands[$0].counter : demands[$0].shard }
-                .sorted { $0.key < $1.key }.map(\.value)
-            : [Array(demands.indices)]
+        let groups = groups(demands)
         var remaining = [Int64](repeating: 0, count: demands.count), resets = remaining
         var reserved: [[Int]] = []
         for group in groups {
@@ -126,9 +129,7 @@ public final class RedisLimitStore: LimitStore {
         let demands = reservation.demands
         guard !demands.isEmpty else { return }
         let used = demands.indices.map { index in index < actual.count ? actual[index].map { max($0, 0) } ?? demands[index].units : demands[index].units }
-        let groups: [[Int]] = client.configuration.cluster
-            ? Dictionary(grouping: demands.indices) { demands[$0].shard.isEmpty ? demands[$0].counter : demands[$0].shard }.map(\.value)
-            : [Array(demands.indices)]
+        let groups = groups(demands)
         for group in groups {
             // A quota settles in the period it was reserved in (its key names the period).
             try await settleGroup(group.map { demands[$0] }, actual: group.map { used[$0] }, lease: reservation.lease, now: now,

@@ -249,6 +249,11 @@ import Testing
         let huge = LimitDemand(counter: "x", rule: .quota(limit: 10, calendar: .month), units: .max)
         if case .refused(_, let retry, _, _) = ledger.reserve([huge], lease: 0, now: Self.now) { #expect(retry == nil) } else { Issue.record("admitted") }
         #expect(LimitDemand(counter: "x", rule: Self.perMinute, units: -5).units == 0)
+        // Reading what is left (GET /v1/limits, with names from a query string) creates no counters.
+        let before = ledger.count
+        let names = (0..<1000).map { LimitDemand(counter: "probe-\($0)-" + String(repeating: "x", count: 500), rule: Self.perMinute, units: 1) }
+        #expect(ledger.remaining(names, now: Self.now).allSatisfy { $0 == 20 })
+        #expect(ledger.count == before)
     }
 }
 

@@ -29,13 +29,17 @@ public enum CachedAnswerCoding {
             body = []
         }
         let usage = answer.completion.usage
-        let header: JSONValue = .object([
+        var fields: [String: JSONValue] = [
             "tenant": .string(answer.tenant), "model": .string(answer.model), "cost": .int(answer.cost.value),
             "stored_ms": .int(wallNow - milliseconds(now - answer.storedAt)),
             "expires_ms": .int(wallNow + milliseconds(answer.expiresAt - now)),
             "format": .string(format.rawValue),
             "usage": .array([usage.inputTokens, usage.outputTokens, usage.cacheReadTokens, usage.cacheWriteTokens].map { .int(Int64($0)) }),
-        ])
+        ]
+        // Optional, so that a version without it reads the entry as one that expires at `expires_ms` (a miss once
+        // stale), and this version reads older entries as kept no longer than their TTL.
+        if answer.retainedUntil > answer.expiresAt { fields["retain_ms"] = .int(wallNow + milliseconds(answer.retainedUntil - now)) }
+        let header: JSONValue = .object(fields)
         let headerBytes = header.serialized()
         var bytes = magic
         bytes.reserveCapacity(8 + headerBytes.count + body.count)
@@ -46,7 +50,7 @@ public enum CachedAnswerCoding {
         return bytes
     }
 
-    /// The answer in `bytes`, or nil when they are not a version-1 entry, are malformed, or have expired by `wallNow`.
+    /// The answer in `bytes`, or nil when they are not a version-1 entry, are malformed, or are no longer kept by `wallNow`.
     public static func decode(_ bytes: [UInt8], now: ContinuousClock.Instant, wallNow: Int64) -> CachedAnswer? {
         guard bytes.count >= 8, Array(bytes[0..<4]) == magic else { return nil }
         let length = Int(bytes[4]) << 24 | Int(bytes[5]) << 16 | Int(bytes[6]) << 8 | Int(bytes[7])
@@ -59,9 +63,13 @@ public enum CachedAnswerCoding {
               let counts = header["usage"]?.arrayValue?.compactMap(\.intValue), counts.count == 4,
               counts.allSatisfy({ (0...Int64(Usage.maximumTokens)).contains($0) })
         else { return nil }
-        // An entry from a clock far off, or one already expired, is a miss.
+        // An entry from a clock far off, or one no longer kept, is a miss; one past its TTL but kept (for a
+        // degradation policy's stale answers) is returned with its expiry in the past.
         let day: Int64 = 86_400_000
-        guard expires > wallNow, expires - wallNow <= 366 * day, stored <= wallNow + day, wallNow - stored <= 366 * day else {
+        let retain = header["retain_ms"]?.intValue ?? expires
+        guard retain >= expires, retain > wallNow, retain - wallNow <= 366 * day, expires - wallNow <= 366 * day,
+              stored <= wallNow + day, wallNow - stored <= 366 * day
+        else {
             return nil
         }
         let body = ByteBuffer(bytes: bytes[(8 + length)...])
@@ -69,7 +77,7 @@ public enum CachedAnswerCoding {
                           cacheWriteTokens: Int(counts[3]))
         return CachedAnswer(tenant: tenant, model: model, completion: Completion(usage: usage, raw: (format, body)),
                             cost: NanoUSD(cost), storedAt: now - .milliseconds(wallNow - stored),
-                            expiresAt: now + .milliseconds(expires - wallNow))
+                            expiresAt: now + .milliseconds(expires - wallNow), retainedUntil: now + .milliseconds(retain - wallNow))
     }
 
     /// Whole milliseconds of `duration`, saturating far from overflow.

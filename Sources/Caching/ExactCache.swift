@@ -40,10 +40,13 @@ public struct CachedAnswer: Sendable {
     /// What the answer cost when it was made, at list prices: what each hit saves.
     public var cost: NanoUSD
     public var storedAt: ContinuousClock.Instant
+    /// The end of its TTL: a hit only before it.
     public var expiresAt: ContinuousClock.Instant
+    /// How long the store keeps it: past `expiresAt` only for a degradation policy's stale answers.
+    public var retainedUntil: ContinuousClock.Instant
 
     public init(tenant: String, model: String, completion: Completion, cost: NanoUSD, storedAt: ContinuousClock.Instant,
-                expiresAt: ContinuousClock.Instant) {
+                expiresAt: ContinuousClock.Instant, retainedUntil: ContinuousClock.Instant? = nil) {
         self.tenant = tenant
         self.model = model
         self.completion = completion
@@ -52,12 +55,14 @@ public struct CachedAnswer: Sendable {
         self.cost = cost
         self.storedAt = storedAt
         self.expiresAt = expiresAt
+        self.retainedUntil = max(retainedUntil ?? expiresAt, expiresAt)
     }
 
     public init(tenant: String, model: String, response: ChatResponse, raw: (format: APIFormat, body: ByteBuffer)?,
-                cost: NanoUSD, storedAt: ContinuousClock.Instant, expiresAt: ContinuousClock.Instant) {
+                cost: NanoUSD, storedAt: ContinuousClock.Instant, expiresAt: ContinuousClock.Instant,
+                retainedUntil: ContinuousClock.Instant? = nil) {
         self.init(tenant: tenant, model: model, completion: Completion(response: response, raw: raw), cost: cost,
-                  storedAt: storedAt, expiresAt: expiresAt)
+                  storedAt: storedAt, expiresAt: expiresAt, retainedUntil: retainedUntil)
     }
 
     /// The canonical answer (decoded from the stored bytes when only they were kept); `nil` if they do not decode.
@@ -82,7 +87,8 @@ public struct CachedAnswer: Sendable {
 /// Where exact-cache answers live. The in-memory store is the embedded default; a shared store (Redis) lets every
 /// gateway instance see the same answers.
 public protocol ExactCacheStore: Sendable {
-    /// The answer stored under `key` (which `tenant`'s request made), if any and not expired.
+    /// The answer stored under `key` (which `tenant`'s request made), if any and still kept: possibly past its TTL
+    /// (`expiresAt`) when it was stored with a longer `retainedUntil`, so the caller checks freshness.
     func lookup(_ key: String, tenant: String, now: ContinuousClock.Instant) async throws -> CachedAnswer?
     /// Stores `answer` without delaying anyone: a shared store writes in the background, a bounded number at a time.
     func put(_ key: String, _ answer: CachedAnswer)
@@ -96,7 +102,7 @@ extension InMemoryExactCache {
     }
 }
 
-/// An in-process LRU store bounded by entries and bytes; expired entries are dropped when met.
+/// An in-process LRU store bounded by entries and bytes; entries no longer kept are dropped when met.
 public final class InMemoryExactCache: ExactCacheStore {
     private final class Node {
         let key: String
@@ -158,7 +164,7 @@ public final class InMemoryExactCache: ExactCacheStore {
     public func get(_ key: String, now: ContinuousClock.Instant) -> CachedAnswer? {
         state.withLock { box -> CachedAnswer? in
             guard let node = box.value.nodes[key] else { return nil }
-            guard node.answer.expiresAt > now else {
+            guard node.answer.retainedUntil > now else {
                 box.value.remove(node)
                 return nil
             }

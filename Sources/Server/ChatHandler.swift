@@ -222,8 +222,9 @@ struct ChatHandler: Sendable {
 
     /// `x-switchyard-model`: the model that served (for a route, the one its rule chose; for a cache hit, the name
     /// asked for), and `x-switchyard-route` for a routed answer.
-    static func addModelHeaders(_ routing: RoutingOutcome?, requested: String, to headers: inout HTTPFields) {
-        headers.append(HTTPField(name: .switchyardModel, value: routing?.model.name ?? requested))
+    /// `downgradedTo`: the model a degradation step chose after the limits refused the one decided.
+    static func addModelHeaders(_ routing: RoutingOutcome?, requested: String, downgradedTo: String? = nil, to headers: inout HTTPFields) {
+        headers.append(HTTPField(name: .switchyardModel, value: downgradedTo ?? routing?.model.name ?? requested))
         if let routing { headers.append(HTTPField(name: .switchyardRoute, value: routing.header)) }
         if let complexity = routing?.complexity {
             headers.append(HTTPField(name: .switchyardComplexity, value: String((complexity * 1000).rounded() / 1000)))
@@ -257,7 +258,7 @@ struct ChatHandler: Sendable {
         headers.reserveCapacity(8)
         headers.append(HTTPField(name: .contentType, value: "application/json"))
         headers.append(HTTPField(name: .requestID, value: requestID))
-        Self.addModelHeaders(completion.routing, requested: chat.model, to: &headers)
+        Self.addModelHeaders(completion.routing, requested: chat.model, downgradedTo: completion.limits?.servedModel, to: &headers)
         if let cost = completion.cost { headers.append(HTTPField(name: .switchyardCost, value: cost.usdString)) }
         Self.addCacheHeaders(completion.cache, to: &headers)
         if let limits = completion.limits { ErrorRenderer.addRateLimitHeaders(limits, format: format, to: &headers) }
@@ -281,7 +282,7 @@ struct ChatHandler: Sendable {
                       started: ContinuousClock.Instant, logger: RequestLogger) -> EdgeResponse
     {
         var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .requestID: requestID]
-        Self.addModelHeaders(stream.routing, requested: chat.model, to: &headers)
+        Self.addModelHeaders(stream.routing, requested: chat.model, downgradedTo: stream.limits?.servedModel, to: &headers)
         Self.addCacheHeaders(stream.cache, to: &headers)
         if let limits = stream.limits { ErrorRenderer.addRateLimitHeaders(limits, format: format, to: &headers) }
         let metrics = self.metrics

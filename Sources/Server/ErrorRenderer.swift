@@ -98,6 +98,7 @@ public enum ErrorRenderer {
                 if let field = HTTPField.Name(name) { headers.append(HTTPField(name: field, value: value)) }
             }
         }
+        if let degraded = status.degraded { headers.append(HTTPField(name: .switchyardDegraded, value: degraded.rawValue)) }
     }
 
     /// "350ms", "1s", "6m0s", "1h2m3s" (OpenAI's style), rounded up to what a client may wait.
@@ -141,5 +142,6 @@ extension HTTPField.Name {
     static let switchyardCache = HTTPField.Name("x-switchyard-cache")!
     static let switchyardCacheSimilarity = HTTPField.Name("x-switchyard-cache-similarity")!
     static let switchyardCacheEntry = HTTPField.Name("x-switchyard-cache-entry")!
+    static let switchyardDegraded = HTTPField.Name("x-switchyard-degraded")!
     static let apiKey = HTTPField.Name("x-api-key")!
 }

@@ -8,7 +8,7 @@ import SwitchyardModels
 ///
 /// Handles are created up front (or once per new HTTP status) and found by array index (or, for model names and
 /// rare statuses, a small dictionary), so recording a request costs no registry lookup and almost no hashing.
-public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyRecorder {
+public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyRecorder, LimitRecorder {
     /// The registry `GET /metrics` renders. One per gateway, so tests never share state.
     public let registry: PrometheusCollectorRegistry
 
@@ -57,6 +57,9 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
     /// Shared-state store failures by seam (each bypassed or refused by its failure policy).
     let stateErrors: [String: Counter]
     let shadowChecks: Counter
+    /// 429s by limit name (configured, so bounded); answers by degradation kind.
+    let limitRefusals: [String: Counter]
+    let degradations: [Degradation: Counter]
     let shadowDisagreements: Counter
     let calibrationLabels: [CalibrationLabelSource: Counter]
     let promptCacheSaved: Counter
@@ -70,7 +73,7 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
     public let savings: any SavingsStore
 
     public init(models modelNames: some Sequence<String>, providers: some Sequence<String> = [String](),
-                savings: any SavingsStore = SavingsLedger()) {
+                savings: any SavingsStore = SavingsLedger(), limits limitNames: some Sequence<String> = [String]()) {
         self.savings = savings
         let registry = PrometheusCollectorRegistry()
         let names = Set(modelNames).union(["other"])
@@ -147,8 +150,17 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
         falseHits = total("semantic_cache_false_hits", "Semantic hits reported wrong through POST /v1/cache/feedback.")
         let stateErrorDescriptor = MetricNameDescriptor(namespace: "switchyard", metricName: "state_errors", unitName: "total",
                                                         helpText: "Shared-state store failures, by seam (bypassed when failing open).")
-        stateErrors = Dictionary(uniqueKeysWithValues: ["exact_cache", "exact_cache_write", "savings", "savings_write", "semantic_write"].map { seam in
+        stateErrors = Dictionary(uniqueKeysWithValues: ["exact_cache", "exact_cache_write", "savings", "savings_write", "semantic_write", "limits"].map { seam in
             (seam, registry.makeCounter(descriptor: stateErrorDescriptor, labels: [("seam", seam)]))
+        })
+        let refused = MetricNameDescriptor(namespace: "switchyard", metricName: "rate_limited", unitName: "total",
+                                           helpText: "Requests refused with a 429 by a rate limit (after every degradation step), by limit.")
+        limitRefusals = Dictionary(Set(limitNames).map { name in (name, registry.makeCounter(descriptor: refused, labels: [("limit", name)])) },
+                                   uniquingKeysWith: { first, _ in first })
+        let degraded = MetricNameDescriptor(namespace: "switchyard", metricName: "degraded", unitName: "total",
+                                            helpText: "Requests a rate limit refused that a degradation step answered, by kind.")
+        degradations = Dictionary(uniqueKeysWithValues: Degradation.allCases.map { kind in
+            (kind, registry.makeCounter(descriptor: degraded, labels: [("kind", kind.rawValue)]))
         })
         shadowChecks = total("semantic_cache_shadow_checks",
                              "Semantic hits also answered by the model in the background to measure false hits.")
@@ -281,6 +293,18 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
 
     public func stateFailed(seam: String) {
         stateErrors[seam]?.increment()
+    }
+
+    public func limitRefused(_ name: String) {
+        limitRefusals[name]?.increment()
+    }
+
+    public func degraded(_ kind: Degradation) {
+        degradations[kind]?.increment()
+    }
+
+    public func limitStoreFailed() {
+        stateErrors["limits"]?.increment()
     }
 
     /// The Prometheus text exposition.

@@ -24,8 +24,11 @@ enum CacheSupport {
 
     /// Passes `response` on, storing it through `store` when it is complete: a whole answer at once, a stream only
     /// when it ends cleanly (never one that was cut, failed or abandoned). Errors never reach here (they are thrown).
-    static func storing(_ response: GatewayResponse, ttl: Duration, tenant: String, model: String, price: ModelPrice?,
-                        outcome: CacheOutcome?, store: @escaping @Sendable (CachedAnswer) -> Void) -> GatewayResponse {
+    /// `retention`: how long past its TTL the store keeps the answer (for a degradation policy's stale answers).
+    static func storing(_ response: GatewayResponse, ttl: Duration, retention: Duration = .zero, tenant: String, model: String,
+                        price: ModelPrice?, outcome: CacheOutcome?, store: @escaping @Sendable (CachedAnswer) -> Void)
+        -> GatewayResponse
+    {
         // An answer a later cache served is not stored again: removing a bad semantic entry must remove it for good.
         let served: Bool = switch response {
         case .completion(let completion): completion.cache.map { $0.status == .hitExact || $0.status == .hitSemantic } ?? false
@@ -38,7 +41,7 @@ enum CacheSupport {
             if ttl > .zero, completion.response != nil || completion.raw != nil {
                 let now = ContinuousClock.now
                 store(CachedAnswer(tenant: tenant, model: model, completion: completion, cost: completion.cost ?? .zero,
-                                   storedAt: now, expiresAt: now + ttl))
+                                   storedAt: now, expiresAt: now + ttl, retainedUntil: now + ttl + retention))
             }
             if let outcome { completion.cache = outcome }
             return .completion(completion)
@@ -54,7 +57,8 @@ enum CacheSupport {
                 // A routed answer is priced at the model that served it.
                 let price = routedPrice ?? price
                 store(CachedAnswer(tenant: tenant, model: model, response: response, raw: nil,
-                                   cost: price?.cost(of: response.usage) ?? .zero, storedAt: now, expiresAt: now + ttl))
+                                   cost: price?.cost(of: response.usage) ?? .zero, storedAt: now, expiresAt: now + ttl,
+                                   retainedUntil: now + ttl + retention))
             }
             return .stream(stream)
         }

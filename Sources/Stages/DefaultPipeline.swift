@@ -23,22 +23,28 @@ public enum DefaultPipeline {
         // Only with limits configured: without them a request pays nothing for the stage. Limits that count every
         // request sit before the caches (their model is the name asked for); the others after the routing decision,
         // so hits are free and a model-scoped limit sees the model chosen.
+        // Degradation applies to the limits after the caches: those before them count cache hits too, so a cached
+        // answer would not relieve them.
         let store = limits ?? LimitLedger()
-        let stage = { (definitions: [LimitDefinition]) -> [any GatewayStage] in
+        let stage = { (definitions: [LimitDefinition], policies: [DegradePolicy]) -> [any GatewayStage] in
             definitions.isEmpty ? [] : [RateLimitStage(planner: LimitPlanner(definitions: definitions), store: store,
-                                                       failClosed: config.state.limits == .failClosed)]
+                                                       failClosed: config.state.limits == .failClosed, policies: policies,
+                                                       models: config.models, recorder: recorder as? any LimitRecorder)]
         }
-        let everyRequest = stage(config.limits.filter(\.countsAllRequests))
-        let limitStage = stage(config.limits.filter { !$0.countsAllRequests })
+        let everyRequest = stage(config.limits.filter(\.countsAllRequests), [])
+        let limitStage = stage(config.limits.filter { !$0.countsAllRequests }, config.degrade)
+        let degrades = !limitStage.isEmpty && !config.degrade.isEmpty
         return Pipeline(
             stages: [
                 AuthStage(keys: config.keys),
                 RouteStage(models: config.models, routes: config.routes),
             ] + everyRequest + [
                 ExactCacheStage(store: exactCache, settings: config.cache, recorder: recorder,
-                                failClosed: config.state.caches == .failClosed),
+                                failClosed: config.state.caches == .failClosed,
+                                staleRetention: degrades ? DegradePolicy.staleRetention(config.degrade) : .zero),
                 SemanticCacheStage(store: semanticCache, embedder: embedder, settings: config.cache, recorder: recorder,
-                                   background: background, learned: learned),
+                                   background: background, learned: learned,
+                                   offersLooserMatches: degrades && DegradePolicy.usesLooserSemantic(config.degrade)),
                 RoutingStage(models: config.models, classifier: classifier, embedder: embedder,
                              logprobModels: Set(config.models.values.filter { model in
                                  config.providers[model.provider]?.kind.format(forUpstreamModel: model.upstreamModel) == .openAI

@@ -13,88 +13,193 @@ import Synchronization
 /// After the caches and the routing decision: hits are free (not counted), and model-scoped limits see the model
 /// chosen.
 public struct RateLimitStage: GatewayStage {
+    /// A degradation step the job queue provides: accepts the request as a background job (its answer says so), or
+    /// nil when it cannot.
+    public typealias QueueStep = @Sendable (ChatRequest, GatewayContext) async throws -> GatewayResponse?
+
     let planner: LimitPlanner
     let store: any LimitStore
     let defaultOutputTokens: Int64
     /// Whether a failing store refuses the request (`fail_closed`) or lets it through uncounted.
     let failClosed: Bool
+    /// Per tier and feature, what to try before a 429 (the first policy for the caller applies).
+    let policies: [DegradePolicy]
+    /// The models a downgrade step may name.
+    let models: [String: ModelRoute]
+    let queue: QueueStep?
+    let recorder: (any LimitRecorder)?
     let clock: @Sendable () -> Int64
     private let leaseBase: UInt64
     private let leases = LeaseNumbers()
 
     public init(planner: LimitPlanner, store: any LimitStore, defaultOutputTokens: Int64 = 4096, failClosed: Bool = false,
-                clock: @escaping @Sendable () -> Int64 = wallClockNanoseconds) {
+                policies: [DegradePolicy] = [], models: [String: ModelRoute] = [:], queue: QueueStep? = nil,
+                recorder: (any LimitRecorder)? = nil, clock: @escaping @Sendable () -> Int64 = wallClockNanoseconds) {
         self.planner = planner
         self.store = store
         self.defaultOutputTokens = max(defaultOutputTokens, 1)
         self.failClosed = failClosed
+        self.policies = policies
+        self.models = models
+        self.queue = queue
+        self.recorder = recorder
         self.clock = clock
         leaseBase = UInt64.random(in: 0..<(1 << 40)) << 20
     }
 
+    typealias Plan = [(demand: LimitDemand, definition: LimitDefinition)]
+
     public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
         let caller = try context.requireCaller()
         let route = try context.requireRoute()
-        let input = Int64(request.estimatedInputTokens)
-        let output = request.maxTokens.map { Int64($0) } ?? defaultOutputTokens
-        let spend = route.price.cost(of: Usage(inputTokens: Int(clamping: input), outputTokens: Int(clamping: output)))
-        let plan = planner.plan(caller: caller, model: route.name,
-                                estimate: .init(inputTokens: input, outputTokens: output, spend: spend))
+        let plan = self.plan(request, caller: caller, model: route)
         guard !plan.isEmpty else { return try await next(request, context) }
         let lease = leaseBase &+ leases.next()
         let decision: LimitDecision
         do {
             decision = try await store.reserve(plan.map(\.demand), lease: lease, now: clock())
         } catch {
+            recorder?.limitStoreFailed()
             if failClosed { throw GatewayError(.overloaded, "the rate limits' store is unavailable", retryAfter: .seconds(1)) }
             return try await next(request, context)
         }
         switch decision {
         case .refused(let index, let retryIn, let left, let resetIn):
-            let definition = plan[index].definition
-            let window = definition.window.map { "per \($0.rawValue)" } ?? "at once"
-            let scope = definition.scope.map(\.rawValue).joined(separator: " and ")
-            let message = retryIn == nil
-                ? "this request needs more than the limit '\(definition.name)' (\(definition.amount) \(definition.measure.rawValue) \(window) per \(scope)) allows"
-                : "rate limit '\(definition.name)' reached: \(definition.amount) \(definition.measure.rawValue) \(window) per \(scope)"
-            var error = GatewayError(.rateLimited, message, retryAfter: retryIn.map { .nanoseconds($0) } ?? .seconds(60))
-            var status = LimitStatus()
-            status.consider(definition.measure, .init(limit: definition.amount, remaining: left, resetIn: resetIn))
-            error.limits = status
+            let error = refusal(plan[index].definition, retryIn: retryIn, remaining: left, resetIn: resetIn)
+            if let policy = policies.first(where: { $0.applies(to: caller) }),
+               let answer = try await degrade(request, context: context, policy: policy, refused: error, next: next)
+            {
+                return answer
+            }
+            recorder?.limitRefused(plan[index].definition.name)
             throw error
         case .admitted(let reservation):
-            let measures = plan.map(\.definition.measure)
-            var status = LimitStatus()
-            for (offset, entry) in plan.enumerated() where offset < reservation.remaining.count {
-                status.consider(entry.definition.measure, .init(limit: entry.definition.amount, remaining: reservation.remaining[offset],
-                                                                resetIn: reservation.resetIn[offset]))
-            }
-            let response: GatewayResponse
-            do {
-                response = try await next(request, context)
-            } catch {
-                // Failed before an answer: nothing used (the permits come back too).
-                settle(reservation, measures: measures, input: 0, output: 0, spend: .zero, requests: false)
-                throw error
-            }
-            switch response {
-            case .completion(var completion):
-                completion.limits = status
-                let usage = completion.usage
-                settle(reservation, measures: measures, input: Int64(usage.inputTokens + usage.cacheReadTokens + usage.cacheWriteTokens),
-                       output: Int64(usage.outputTokens), spend: completion.cost ?? route.price.cost(of: usage), requests: true)
-                return .completion(completion)
-            case .stream(var stream):
-                stream.limits = status
-                let price = route.price
-                stream.lifecycle.onTermination { [weak lifecycle = stream.lifecycle] outcome, reported in
-                    let (usage, _) = CostAccountingStage.streamUsage(reported, outcome: outcome, request: request,
-                                                                     observedOutputTokens: lifecycle?.estimatedOutputTokens ?? 0)
-                    self.settle(reservation, measures: measures, input: Int64(usage.inputTokens + usage.cacheReadTokens + usage.cacheWriteTokens),
-                                output: Int64(usage.outputTokens), spend: price.cost(of: usage), requests: true)
+            return try await proceed(request, context: context, plan: plan, reservation: reservation, price: route.price, next: next)
+        }
+    }
+
+    /// What `request` reserves from each limit that applies to it when `model` answers it.
+    func plan(_ request: ChatRequest, caller: Caller, model: ModelRoute) -> Plan {
+        let input = Int64(request.estimatedInputTokens)
+        let output = request.maxTokens.map { Int64($0) } ?? defaultOutputTokens
+        let spend = model.price.cost(of: Usage(inputTokens: Int(clamping: input), outputTokens: Int(clamping: output)))
+        return planner.plan(caller: caller, model: model.name, estimate: .init(inputTokens: input, outputTokens: output, spend: spend))
+    }
+
+    /// The 429 for a refusal by `definition`: the limit's name, amount, window and scope (never whose counter it was).
+    func refusal(_ definition: LimitDefinition, retryIn: Int64?, remaining: Int64, resetIn: Int64) -> GatewayError {
+        let window = definition.window.map { "per \($0.rawValue)" } ?? "at once"
+        let scope = definition.scope.map(\.rawValue).joined(separator: " and ")
+        let message = retryIn == nil
+            ? "this request needs more than the limit '\(definition.name)' (\(definition.amount) \(definition.measure.rawValue) \(window) per \(scope)) allows"
+            : "rate limit '\(definition.name)' reached: \(definition.amount) \(definition.measure.rawValue) \(window) per \(scope)"
+        var error = GatewayError(.rateLimited, message, retryAfter: retryIn.map { .nanoseconds($0) } ?? .seconds(60))
+        var status = LimitStatus()
+        status.consider(definition.measure, .init(limit: definition.amount, remaining: remaining, resetIn: resetIn))
+        error.limits = status
+        return error
+    }
+
+    /// The policy's steps in order; the first that answers wins. `nil`: none did (the caller gets the 429).
+    func degrade(_ request: ChatRequest, context: GatewayContext, policy: DegradePolicy, refused: GatewayError,
+                 next: @escaping Next) async throws -> GatewayResponse? {
+        let status = refused.limits ?? LimitStatus()
+        for step in policy.steps {
+            switch step {
+            case .cache(let staleFor, let threshold):
+                if let staleFor, let stale = context.fallbacks.stale, ContinuousClock.now < stale.expiredAt + staleFor,
+                   let answer = stale.replay()
+                {
+                    return marked(answer, status, .cacheStale)
                 }
-                return .stream(stream)
+                if let threshold, let semantic = context.fallbacks.semantic {
+                    // A failing search is a step that did not answer, not an error of the request.
+                    if let answer = try? await semantic(threshold) { return marked(answer, status, .cacheSemantic) }
+                }
+            case .downgrade(let names):
+                let route = try context.requireRoute()
+                let caller = try context.requireCaller()
+                // Down the list from the model refused (or from its top when that model is not on it).
+                let start = names.firstIndex(of: route.name).map { $0 + 1 } ?? 0
+                for name in names[start...] where name != route.name {
+                    guard let target = models[name] else { continue }
+                    let plan = self.plan(request, caller: caller, model: target)
+                    var downgraded = context
+                    downgraded.route = target
+                    // An original body names the refused model: the provider renders the request again.
+                    downgraded.original = nil
+                    guard !plan.isEmpty else { return marked(try await next(request, downgraded), nil, .downgrade, servedBy: name) }
+                    let decision: LimitDecision
+                    do {
+                        decision = try await store.reserve(plan.map(\.demand), lease: leaseBase &+ leases.next(), now: clock())
+                    } catch {
+                        recorder?.limitStoreFailed()
+                        continue
+                    }
+                    guard case .admitted(let reservation) = decision else { continue }
+                    let answer = try await proceed(request, context: downgraded, plan: plan, reservation: reservation,
+                                                   price: target.price, next: next)
+                    return marked(answer, nil, .downgrade, servedBy: name)
+                }
+            case .queue:
+                if let queue, let answer = try await queue(request, context) { return marked(answer, status, .queued) }
             }
+        }
+        return nil
+    }
+
+    /// `answer` saying it was degraded, and how; `status`: the refused limit's headers (nil: keep the answer's own).
+    func marked(_ answer: GatewayResponse, _ status: LimitStatus?, _ kind: Degradation, servedBy model: String? = nil) -> GatewayResponse {
+        recorder?.degraded(kind)
+        switch answer {
+        case .completion(var completion):
+            var limits = status ?? completion.limits ?? LimitStatus()
+            limits.degraded = kind
+            limits.servedModel = model
+            completion.limits = limits
+            return .completion(completion)
+        case .stream(var stream):
+            var limits = status ?? stream.limits ?? LimitStatus()
+            limits.degraded = kind
+            limits.servedModel = model
+            stream.limits = limits
+            return .stream(stream)
+        }
+    }
+
+    /// Calls the model under an admitted reservation and settles it with what the answer used, however it ends.
+    func proceed(_ request: ChatRequest, context: GatewayContext, plan: Plan, reservation: Reservation, price: ModelPrice,
+                 next: @escaping Next) async throws -> GatewayResponse {
+        let measures = plan.map(\.definition.measure)
+        var status = LimitStatus()
+        for (offset, entry) in plan.enumerated() where offset < reservation.remaining.count {
+            status.consider(entry.definition.measure, .init(limit: entry.definition.amount, remaining: reservation.remaining[offset],
+                                                            resetIn: reservation.resetIn[offset]))
+        }
+        let response: GatewayResponse
+        do {
+            response = try await next(request, context)
+        } catch {
+            // Failed before an answer: nothing used (the permits come back too).
+            settle(reservation, measures: measures, input: 0, output: 0, spend: .zero, requests: false)
+            throw error
+        }
+        switch response {
+        case .completion(var completion):
+            completion.limits = status
+            let usage = completion.usage
+            settle(reservation, measures: measures, input: Int64(usage.inputTokens + usage.cacheReadTokens + usage.cacheWriteTokens),
+                   output: Int64(usage.outputTokens), spend: completion.cost ?? price.cost(of: usage), requests: true)
+            return .completion(completion)
+        case .stream(var stream):
+            stream.limits = status
+            stream.lifecycle.onTermination { [weak lifecycle = stream.lifecycle] outcome, reported in
+                let (usage, _) = CostAccountingStage.streamUsage(reported, outcome: outcome, request: request,
+                                                                 observedOutputTokens: lifecycle?.estimatedOutputTokens ?? 0)
+                self.settle(reservation, measures: measures, input: Int64(usage.inputTokens + usage.cacheReadTokens + usage.cacheWriteTokens),
+                            output: Int64(usage.outputTokens), spend: price.cost(of: usage), requests: true)
+            }
+            return .stream(stream)
         }
     }
 

@@ -37,12 +37,17 @@ public struct SemanticCacheStage: GatewayStage {
         }
     }
 
+    /// Whether a miss offers the limits' degradation policy a lookup at a looser threshold (some policy has one).
+    let offersLooserMatches: Bool
+
     /// Namespaces larger than this are searched on the thread pool, not the event loop.
     static let inlineSearchEntries = 256
 
     public init(store: any SemanticCacheStore, embedder: (any TextEmbedder)?, settings: CacheSettings,
-                recorder: any CacheRecorder, background: (any BackgroundWorkQueue)? = nil, learned: LearnedVerification? = nil) {
+                recorder: any CacheRecorder, background: (any BackgroundWorkQueue)? = nil, learned: LearnedVerification? = nil,
+                offersLooserMatches: Bool = false) {
         self.learned = learned
+        self.offersLooserMatches = offersLooserMatches
         self.store = store
         self.embedder = embedder
         self.settings = settings
@@ -110,6 +115,15 @@ public struct SemanticCacheStage: GatewayStage {
             nearMiss = refused
         }
         recorder.cache(.semantic, .miss, model: request.model, saved: .zero, caller: plan.caller)
+        if offersLooserMatches, !context.cacheDirectives.skipLookup {
+            // Searched again only if the limits refuse the request and a degradation step asks.
+            let stage = self, asked = request, current = context
+            context.fallbacks.semantic = { floor in
+                let candidates = try await stage.nearest(vector, request: asked, plan: plan, floor: floor)
+                    .filter { Double($0.match.similarity) >= floor }
+                return stage.replay(asked, context: current, plan: plan, candidates: candidates, embedder: embedder, next: next).0
+            }
+        }
         return store(try await next(request, context), request: request, context: context, plan: plan, vector: vector,
                      nearMiss: nearMiss, embedder: embedder)
     }
@@ -125,10 +139,12 @@ public struct SemanticCacheStage: GatewayStage {
 
     /// The stored questions nearest to `vector` in the request's namespace, verified; a large namespace, and every
     /// lookup the learned verifier judges, run on the thread pool.
-    func nearest(_ vector: [Float], request: ChatRequest, plan: Plan) async throws -> [Candidate] {
+    /// `floor`: a looser cosine floor than the cache's own (a degradation step), verification unchanged.
+    func nearest(_ vector: [Float], request: ChatRequest, plan: Plan, floor: Double? = nil) async throws -> [Candidate] {
         let store = self.store
         let learned = self.learned
-        let minimum = Float(learned.map { $0.verifier.minimumSimilarity } ?? settings.semanticThreshold(for: request.model))
+        let own = learned.map { $0.verifier.minimumSimilarity } ?? settings.semanticThreshold(for: request.model)
+        let minimum = Float(min(own, floor ?? own))
         let namespace = plan.namespace, question = plan.question, tenant = plan.caller.tenant
         let rules = settings.semanticVerify
         let search: @Sendable () -> [Candidate] = {

@@ -36,7 +36,7 @@ public final class RedisExactCache: ExactCacheStore {
 
     public func put(_ key: String, _ answer: CachedAnswer) {
         let now = ContinuousClock.now
-        let ttl = CachedAnswerCoding.milliseconds(answer.expiresAt - now)
+        let ttl = CachedAnswerCoding.milliseconds(answer.retainedUntil - now)
         guard ttl > 0 else { return }
         let bytes = CachedAnswerCoding.encode(answer, now: now, wallNow: SharedState.wallNow())
         guard bytes.count <= maximumEntryBytes else { return }

@@ -226,6 +226,7 @@ public enum ConfigLoader {
             }
         }
         config.limits = try parseLimits(top)
+        config.degrade = try parseDegrade(top, models: Set(config.models.keys))
         try top.finish()
         return config
     }

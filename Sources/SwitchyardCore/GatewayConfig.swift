@@ -188,6 +188,8 @@ public struct GatewayConfig: Sendable {
     public var keys: [APIKeyEntry]
     /// Rate limits, quotas and concurrency limits (`limits:` and the `tiers:` presets), checked at start.
     public var limits: [LimitDefinition] = []
+    /// What happens, per tier and feature, when the limits refuse a request (`degrade:`).
+    public var degrade: [DegradePolicy] = []
     /// Latency multiplier for the built-in mock provider (1 = realistic, 0 = instant).
     public var mockLatencyScale: Double
     /// Limits, fault rates and length trace of the built-in mock provider (YAML `mock:`).

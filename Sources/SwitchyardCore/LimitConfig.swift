@@ -64,6 +64,67 @@ public struct LimitDefinition: Sendable, Hashable {
     }
 }
 
+/// What to do, in order, when a request's limits refuse it, for the callers it applies to (`degrade:`): each step
+/// is tried until one answers; after the last, the 429.
+public struct DegradePolicy: Sendable, Hashable {
+    public enum Step: Sendable, Hashable {
+        /// Serve from the caches: an exact answer past its TTL by at most `staleFor`, or a semantic match at or above
+        /// `semanticThreshold` (looser than the cache's own), still verified.
+        case cache(staleFor: Duration?, semanticThreshold: Double?)
+        /// Try the reservation again against each of these models in turn (their own limits apply) and answer with
+        /// the first admitted.
+        case downgrade([String])
+        /// Accept the request as a background job (the queue issue provides it; until then refused at load).
+        case queue
+    }
+
+    /// Only callers whose tier and feature are among these (a missing dimension matches every caller).
+    public var when: [LimitDefinition.Dimension: Set<String>]
+    public var steps: [Step]
+
+    public init(when: [LimitDefinition.Dimension: Set<String>] = [:], steps: [Step]) {
+        self.when = when
+        self.steps = steps
+    }
+
+    /// Whether the policy is for `caller`.
+    public func applies(to caller: Caller) -> Bool {
+        for (dimension, values) in when {
+            let value: String = switch dimension {
+            case .tier: caller.tier
+            case .feature: caller.feature
+            default: ""
+            }
+            if !values.contains(value) { return false }
+        }
+        return true
+    }
+
+    /// The longest `stale_for` of any policy: how long the exact cache keeps an answer past its TTL.
+    public static func staleRetention(_ policies: [DegradePolicy]) -> Duration {
+        policies.flatMap(\.steps).reduce(.zero) { longest, step in
+            if case .cache(let staleFor?, _) = step { return max(longest, staleFor) }
+            return longest
+        }
+    }
+
+    /// Whether any policy serves semantic matches at a looser threshold.
+    public static func usesLooserSemantic(_ policies: [DegradePolicy]) -> Bool {
+        policies.flatMap(\.steps).contains { step in
+            if case .cache(_, _?) = step { return true }
+            return false
+        }
+    }
+}
+
+/// What a degraded answer was (`x-switchyard-degraded`).
+public enum Degradation: String, Sendable, Hashable, CaseIterable {
+    case cacheStale = "cache-stale"
+    case cacheSemantic = "cache-semantic"
+    case downgrade
+    case queued
+}
+
 /// The tightest limits that applied to a request, for the API's own rate-limit headers: of the request limits and
 /// of the token limits, the one with the least left.
 public struct LimitStatus: Sendable, Hashable {
@@ -82,10 +143,15 @@ public struct LimitStatus: Sendable, Hashable {
 
     public var requests: Counter?
     public var tokens: Counter?
+    /// Set when the limits refused the request and a degradation step answered it.
+    public var degraded: Degradation?
+    /// The model a downgrade step chose (`x-switchyard-model`).
+    public var servedModel: String?
 
-    public init(requests: Counter? = nil, tokens: Counter? = nil) {
+    public init(requests: Counter? = nil, tokens: Counter? = nil, degraded: Degradation? = nil) {
         self.requests = requests
         self.tokens = tokens
+        self.degraded = degraded
     }
 
     /// Keeps `counter` for its kind when it has less left than the one kept.
@@ -174,6 +240,63 @@ extension ConfigLoader {
         return limits
     }
 
+    /// `degrade:` a list of `{when: {tier:, feature:}, steps: [...]}`, each step one of `cache: {stale_for_seconds,
+    /// semantic_threshold}`, `downgrade: MODEL or [MODELS]`, `queue`.
+    static func parseDegrade(_ top: MappingReader, models: Set<String>) throws(ConfigError) -> [DegradePolicy] {
+        guard let list = try top.sequence("degrade") else { return [] }
+        guard list.count <= 64 else { throw ConfigError(path: "degrade", "at most 64 policies") }
+        var policies: [DegradePolicy] = []
+        for (offset, node) in list.enumerated() {
+            let reader = try MappingReader(node, path: "degrade[\(offset)]")
+            var policy = DegradePolicy(steps: [])
+            if let when = try reader.mapping("when") {
+                for dimension in [LimitDefinition.Dimension.tier, .feature] {
+                    guard let values = try stringList(when, dimension.rawValue) else { continue }
+                    policy.when[dimension] = Set(values)
+                }
+                try when.finish()
+            }
+            guard let steps = try reader.sequence("steps"), !steps.isEmpty else {
+                throw ConfigError(path: reader.child("steps"), "is required: a list of cache, downgrade and queue steps")
+            }
+            for (index, step) in steps.enumerated() {
+                let path = "\(reader.child("steps"))[\(index)]"
+                if step.scalar?.string == "queue" || (try? MappingReader(step, path: path))?.has("queue") == true {
+                    throw ConfigError(path: path, "'queue' needs the job queue, which this version does not have yet")
+                }
+                let item = try MappingReader(step, path: path)
+                guard item.keys.count == 1, let kind = item.keys.first else {
+                    throw ConfigError(path: path, "a step is one of cache, downgrade, queue")
+                }
+                switch kind {
+                case "cache":
+                    guard let cache = try item.mapping("cache") else { throw ConfigError(path: item.child("cache"), "expected a mapping") }
+                    let stale = try cache.double("stale_for_seconds", in: 0...(30 * 86400)).map { Duration.milliseconds(Int64($0 * 1000)) }
+                    let threshold = try cache.double("semantic_threshold", in: 0.5...1)
+                    try cache.finish()
+                    guard stale != nil || threshold != nil else {
+                        throw ConfigError(path: item.child("cache"), "set stale_for_seconds, semantic_threshold or both")
+                    }
+                    policy.steps.append(.cache(staleFor: stale, semanticThreshold: threshold))
+                case "downgrade":
+                    let targets = try stringList(item, "downgrade") ?? []
+                    for (position, target) in targets.enumerated() where !models.contains(target) {
+                        throw ConfigError(path: targets.count == 1 ? item.child("downgrade") : "\(item.child("downgrade"))[\(position)]",
+                                          "unknown model '\(target)' (a downgrade names models)")
+                    }
+                    guard !targets.isEmpty else { throw ConfigError(path: item.child("downgrade"), "must name at least one model") }
+                    policy.steps.append(.downgrade(targets))
+                default:
+                    throw ConfigError(path: item.child(kind), "unknown step: one of cache, downgrade, queue")
+                }
+                try item.finish()
+            }
+            try reader.finish()
+            policies.append(policy)
+        }
+        return policies
+    }
+
     /// The measure (exactly one of its keys, with its amount) and the window of a limit.
     private static func parseLimitBody(_ reader: MappingReader, name: String) throws(ConfigError) -> LimitDefinition {
         var found: (LimitDefinition.Measure, Int64)?
@@ -224,4 +347,14 @@ extension ConfigLoader {
         }
         return try reader.string(key).map { [$0] }
     }
+}
+
+/// Where the limits' outcomes go (metrics). Must not block: called on the request path.
+public protocol LimitRecorder: Sendable {
+    /// A request refused with a 429 by the limit named (after every degradation step failed).
+    func limitRefused(_ name: String)
+    /// A refused request answered by a degradation step.
+    func degraded(_ kind: Degradation)
+    /// The limits' store failed (the request went through uncounted, or was refused when failing closed).
+    func limitStoreFailed()
 }

@@ -21,6 +21,7 @@ public struct GatewayContext: Sendable {
         var questionEmbedding: QuestionEmbedding?
         var cacheDirectives = CacheDirectives()
         var original: ClientOriginal?
+        var fallbacks = CacheFallbacks()
     }
 
     /// Mutated only when uniquely referenced (`update`), so sharing it between tasks is safe.
@@ -104,6 +105,13 @@ public struct GatewayContext: Sendable {
     public var original: ClientOriginal? {
         get { storage.fields.original }
         set { update { $0.original = newValue } }
+    }
+
+    /// What the caches can still answer with if the limits refuse the request (set by the cache stages on a miss,
+    /// used only by a degradation policy).
+    public var fallbacks: CacheFallbacks {
+        get { storage.fields.fallbacks }
+        set { update { $0.fallbacks = newValue } }
     }
 
     public init(requestID: String, logger: Logger, clientFormat: APIFormat, credential: String? = nil,
@@ -261,4 +269,25 @@ public struct QuestionEmbedding: Sendable, Hashable {
         self.text = text
         self.vector = vector
     }
+}
+
+/// The answers a cache miss can still offer a request the limits refuse: an exact answer past its TTL, and a semantic
+/// lookup at a looser threshold. Built lazily: nothing is decoded or searched unless a degradation step asks.
+public struct CacheFallbacks: Sendable {
+    /// An exact answer past its TTL, still kept: when its TTL ended, and its replay for the request.
+    public struct Stale: Sendable {
+        public var expiredAt: ContinuousClock.Instant
+        public var replay: @Sendable () -> GatewayResponse?
+
+        public init(expiredAt: ContinuousClock.Instant, replay: @escaping @Sendable () -> GatewayResponse?) {
+            self.expiredAt = expiredAt
+            self.replay = replay
+        }
+    }
+
+    public var stale: Stale?
+    /// The best stored answer at or above a cosine similarity, verified as usual; nil when none.
+    public var semantic: (@Sendable (Double) async throws -> GatewayResponse?)?
+
+    public init() {}
 }

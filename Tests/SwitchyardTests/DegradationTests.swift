@@ -20,8 +20,10 @@ import Testing
         return Int(Double(found.split(separator: " ").last ?? "") ?? -1)
     }
 
-    @Test func aStaleExactAnswerIsServedOnlyWhenRefusedAndOnlyWithinStaleFor() async throws {
-        var config = TestConfigs.embedded()
+    @Test(arguments: [false, true]) func aStaleExactAnswerIsServedOnlyWhenRefusedAndOnlyWithinStaleFor(redis: Bool) async throws {
+        // In Redis the answer is kept (PX) for its TTL plus the longest stale_for, and its TTL travels in the entry.
+        let server = redis ? try RedisServerProcess() : nil
+        var config = server.map { SharedStateTests.config(redisPort: $0.port) } ?? TestConfigs.embedded()
         config.cache.semanticEnabled = false
         config.cache.ttl = .milliseconds(300)
         config.limits = [LimitDefinition(name: "per-user", measure: .requests, amount: 2, window: .minute, scope: [.user])]

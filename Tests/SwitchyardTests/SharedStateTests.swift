@@ -278,6 +278,27 @@ import Testing
         #expect(CachedAnswerCoding.decode(Array(bytes.prefix(20)), now: now, wallNow: wall) == nil)
         #expect(CachedAnswerCoding.decode(Array("SYC1\u{0}\u{0}\u{0}\u{2}{}".utf8), now: now, wallNow: wall) == nil)
     }
+
+    @Test func anAnswerKeptPastItsTTLReadsBackAsStaleUntilItsRetentionEnds() {
+        let now = ContinuousClock.now
+        let wall: Int64 = 1_790_000_000_000
+        var answer = Self.answer(now: now)
+        answer.retainedUntil = answer.expiresAt + .seconds(60)
+        let bytes = CachedAnswerCoding.encode(answer, now: now, wallNow: wall)
+        // Past the TTL, within the retention: returned, with its expiry in the past (the caller decides).
+        let stale = CachedAnswerCoding.decode(bytes, now: now, wallNow: wall + 90_000)
+        #expect(stale != nil)
+        #expect(stale.map { $0.expiresAt < now && $0.retainedUntil > now } == true)
+        #expect(CachedAnswerCoding.decode(bytes, now: now, wallNow: wall + 121_000) == nil)
+        // A retention shorter than the TTL (a hostile or broken writer) is refused rather than trusted.
+        func entry(retain: Int64) -> [UInt8] {
+            let header = Array(#"{"tenant":"t","model":"m","cost":1,"stored_ms":\#(wall),"expires_ms":\#(wall + 60_000),"retain_ms":\#(retain),"format":"openai","usage":[1,1,0,0]}"#.utf8)
+            let length = UInt32(header.count)
+            return Array("SYC1".utf8) + [UInt8(length >> 24), UInt8((length >> 16) & 0xFF), UInt8((length >> 8) & 0xFF), UInt8(length & 0xFF)] + header
+        }
+        #expect(CachedAnswerCoding.decode(entry(retain: wall + 120_000), now: now, wallNow: wall + 90_000) != nil)
+        #expect(CachedAnswerCoding.decode(entry(retain: wall + 1), now: now, wallNow: wall) == nil)
+    }
 }
 
 @Suite struct RedisExactCacheTests {

@@ -1,7 +1,11 @@
+import AsyncHTTPClient
 import Foundation
+import NIOCore
+import NIOHTTP1
 import Limits
 @testable import Server
 import SwitchyardCore
+import SwitchyardModels
 import SwitchyardTestKit
 import Testing
 
@@ -109,6 +113,93 @@ import Testing
             try await Task.sleep(for: .milliseconds(100))
             #expect(try await send("\(url)/v1/chat/completions", body: Self.body("works")).status == 200)
             #expect(try await send("\(url)/v1/chat/completions", body: Self.body("refused")).status == 429)
+        }
+    }
+
+    /// What `GET /v1/limits` says is left of the limit named (the anonymous embedded caller's).
+    static func remaining(_ url: String, _ name: String) async throws -> Int64? {
+        let body = try await send("\(url)/v1/limits?model=gpt-4o-mini", method: "GET", contentType: nil).body
+        guard let limits = try JSONValue.parse(Array(body.utf8))["limits"]?.arrayValue else { return nil }
+        return limits.first { $0["name"]?.stringValue == name }?["remaining"]?.intValue
+    }
+
+    @Test func everyFailureGivesThePermitBackAndSettlesOnlyWhatWasUsed() async throws {
+        let faults = ["500", "503", "timeout", "disconnect-mid-stream", "error-in-stream", "malformed-json"]
+        var config = TestConfigs.withFaults(faults, timeouts: ProviderTimeouts(connect: .seconds(2), total: .milliseconds(800),
+                                                                             firstToken: .milliseconds(500), idle: .milliseconds(500)))
+        config.cache.exactEnabled = false
+        config.cache.semanticEnabled = false
+        // One request in flight at a time: a permit that leaked refuses every request after it.
+        config.limits = [LimitDefinition(name: "inflight", measure: .concurrent, amount: 1, window: nil, scope: [.tenant]),
+                         LimitDefinition(name: "tokens", measure: .totalTokens, amount: 1_000_000, window: .hour, scope: [.tenant])]
+        try await withTestGateway(config) { _, url in
+            var reserved: Int64 = 0
+            for fault in faults {
+                // Those two cut streams only (a whole answer is unaffected).
+                for stream in ["disconnect-mid-stream", "error-in-stream"].contains(fault) ? [true] : [false, true] {
+                    let failed = try await send("\(url)/v1/chat/completions",
+                                                body: Self.body("fault \(fault) \(stream)", maxTokens: 5000, stream: stream, model: "gpt-4o-mini-\(fault)"))
+                    #expect(failed.status != 200 || failed.body.contains("error"), "\(fault) stream \(stream): \(failed.status)")
+                    reserved += 5000
+                    // The permit is back as soon as the failure is settled (off the request path: a moment).
+                    var next = 0
+                    for _ in 0..<50 {
+                        next = try await send("\(url)/v1/chat/completions", body: Self.body("after \(fault) \(stream)", maxTokens: 20)).status
+                        if next == 200 { break }
+                        try await Task.sleep(for: .milliseconds(20))
+                    }
+                    #expect(next == 200, "after \(fault) (stream \(stream)) the permit did not come back")
+                }
+            }
+            try await Task.sleep(for: .milliseconds(100))
+            // 50,000 tokens were reserved for the failures; what stays counted is what was used (prompts and what
+            // streamed before a cut, and the successful requests of 20 tokens each), far less.
+            let left = try await Self.remaining(url, "tokens") ?? 0
+            #expect(1_000_000 - left < 5_000, "\(1_000_000 - left) tokens still counted of \(reserved) reserved")
+            #expect(try await Self.remaining(url, "inflight") == 1)
+        }
+    }
+
+    @Test func aClientThatGoesAwayMidStreamGivesThePermitBack() async throws {
+        var config = TestConfigs.embedded()
+        config.mockLatencyScale = 1
+        config.cache.exactEnabled = false
+        config.cache.semanticEnabled = false
+        config.limits = [LimitDefinition(name: "inflight", measure: .concurrent, amount: 1, window: nil, scope: [.tenant]),
+                         LimitDefinition(name: "tokens", measure: .totalTokens, amount: 1_000_000, window: .hour, scope: [.tenant])]
+        try await withTestGateway(config) { _, url in
+            let reader = Task {
+                var request = HTTPClientRequest(url: "\(url)/v1/chat/completions")
+                request.method = .POST
+                request.headers.add(name: "content-type", value: "application/json")
+                request.body = .bytes(ByteBuffer(string: Self.body("a long story please", maxTokens: 2000, stream: true)))
+                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+                var chunks = 0
+                for try await _ in response.body {
+                    chunks += 1
+                    // Reading on until cancelled: the client goes away mid-stream.
+                }
+                return chunks
+            }
+            // While it streams, the one permit is taken.
+            var refused = false
+            for _ in 0..<100 where !refused {
+                refused = try await send("\(url)/v1/chat/completions", body: Self.body("meanwhile", maxTokens: 20)).status == 429
+                if !refused { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(refused, "the stream never held its permit")
+            reader.cancel()
+            _ = await reader.result
+            var next = 0
+            for _ in 0..<100 {
+                next = try await send("\(url)/v1/chat/completions", body: Self.body("after", maxTokens: 20)).status
+                if next == 200 { break }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(next == 200, "the abandoned stream kept its permit")
+            // Settled with what streamed before the client left, not the 2,000 reserved.
+            let used = 1_000_000 - (try await Self.remaining(url, "tokens") ?? 0)
+            #expect(used > 0 && used < 2_000, "\(used) tokens counted")
         }
     }
 

@@ -71,6 +71,9 @@ public protocol LimitStore: Sendable {
     func settle(_ reservation: Reservation, actual: [Int64?], now: Int64) async throws
     /// Units each demand's counter has left now (its whole limit when never used), reserving nothing.
     func remaining(_ demands: [LimitDemand], now: Int64) async throws -> [Int64]
+    /// Extends the reservation's concurrency permits by their lease time from `now` (a long stream keeps its
+    /// permits; a crashed instance stops renewing, and its permits expire).
+    func renew(_ reservation: Reservation, now: Int64) async throws
 }
 
 /// Unix nanoseconds now: limits shared by instances count in wall-clock time.

@@ -238,11 +238,12 @@ public struct Leases: Sendable, Hashable {
         held[id] = nil
     }
 
-    /// Extends a held lease (a long stream); false when it had expired (and was given to no one: it is taken again
-    /// only when a permit is free).
+    /// Extends a held lease (a long stream); false when it is no longer held.
     public mutating func renew(_ id: UInt64, now: Int64, ttl: Int64) -> Bool {
         expire(now: now)
-        guard held[id] != nil else { return acquire(id, now: now, ttl: ttl) }
+        // Only a permit still held: one released (or expired, its holder presumed gone) is not taken again, so a
+        // renewal that races the release cannot leak a permit.
+        guard held[id] != nil else { return false }
         held[id] = now > .max - max(ttl, 0) ? .max : now + max(ttl, 0)
         return true
     }

@@ -193,13 +193,30 @@ public struct RateLimitStage: GatewayStage {
             return .completion(completion)
         case .stream(var stream):
             stream.limits = status
+            let renewal = renewingPermits(reservation)
             stream.lifecycle.onTermination { [weak lifecycle = stream.lifecycle] outcome, reported in
+                renewal?.cancel()
                 let (usage, _) = CostAccountingStage.streamUsage(reported, outcome: outcome, request: request,
                                                                  observedOutputTokens: lifecycle?.estimatedOutputTokens ?? 0)
                 self.settle(reservation, measures: measures, input: Int64(usage.inputTokens + usage.cacheReadTokens + usage.cacheWriteTokens),
                             output: Int64(usage.outputTokens), spend: price.cost(of: usage), requests: true)
             }
             return .stream(stream)
+        }
+    }
+
+    /// While a stream runs, its concurrency permits are renewed three times per lease time, so a stream longer
+    /// than the lease keeps them; nil when the reservation holds none.
+    private func renewingPermits(_ reservation: Reservation) -> Task<Void, Never>? {
+        guard reservation.demands.contains(where: { if case .concurrent = $0.rule { true } else { false } }) else { return nil }
+        let store = self.store, clock = self.clock
+        let period = Duration.nanoseconds(max(planner.permitTTL / 3, 1_000_000))
+        return Task {
+            while true {
+                do { try await Task.sleep(for: period) } catch { return }
+                // A failed renewal is tried again next period; the lease outlives two of them.
+                try? await store.renew(reservation, now: clock())
+            }
         }
     }
 

@@ -125,6 +125,22 @@ public final class RedisLimitStore: LimitStore {
         }
     }
 
+    /// One `ZADD XX` per permit (only a permit still held is extended), pipelined: each names one key, so a
+    /// cluster sends each to its slot's node.
+    public func renew(_ reservation: Reservation, now: Int64) async throws {
+        let commands: [[RedisArgument]] = reservation.demands.compactMap { demand in
+            guard case .concurrent(_, let ttl) = demand.rule else { return nil }
+            let key = RedisArgument.string(key(demand, now: now))
+            return ["ZADD", key, "XX", .integer(Self.microseconds(now) &+ Self.microseconds(ttl)), .string(String(reservation.lease))]
+        }
+        guard !commands.isEmpty else { return }
+        let ttls: [[RedisArgument]] = reservation.demands.compactMap { demand in
+            guard case .concurrent(_, let ttl) = demand.rule else { return nil }
+            return ["PEXPIRE", .string(key(demand, now: now)), .integer(ttl / 1_000_000 &+ 1000), "GT"]
+        }
+        _ = try await client.pipeline(commands + ttls)
+    }
+
     public func settle(_ reservation: Reservation, actual: [Int64?], now: Int64) async throws {
         let demands = reservation.demands
         guard !demands.isEmpty else { return }

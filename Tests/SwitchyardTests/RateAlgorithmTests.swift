@@ -142,11 +142,13 @@ import Testing
         #expect(!taken6)
         let taken7 = leases.acquire(4, now: 20, ttl: 10)
         #expect(taken7, "lease 2 expired at 20")
-        // Renewing an expired lease takes a free permit again; none is left after it.
+        // Renewing a lease no longer held (expired or released) does not take a permit again.
         let taken8 = leases.renew(3, now: 21, ttl: 10)
-        #expect(taken8)
+        #expect(!taken8)
+        let renewed = leases.renew(4, now: 21, ttl: 10)
+        #expect(renewed && leases.available(now: 21) == 1)
         let taken9 = leases.acquire(5, now: 21, ttl: 1)
-        #expect(!taken9)
+        #expect(taken9)
         #expect(leases.available(now: 100) == 2)
         var zero = Leases(limit: 0)
         let taken10 = zero.acquire(1, now: 0, ttl: .max)

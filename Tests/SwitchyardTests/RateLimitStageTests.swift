@@ -3,8 +3,10 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import Limits
+import Logging
 @testable import Server
 import SwitchyardCore
+import Stages
 import SwitchyardModels
 import SwitchyardTestKit
 import Testing
@@ -168,26 +170,26 @@ import Testing
         config.limits = [LimitDefinition(name: "inflight", measure: .concurrent, amount: 1, window: nil, scope: [.tenant]),
                          LimitDefinition(name: "tokens", measure: .totalTokens, amount: 1_000_000, window: .hour, scope: [.tenant])]
         try await withTestGateway(config) { _, url in
+            let streaming = Locked(false)
             let reader = Task {
                 var request = HTTPClientRequest(url: "\(url)/v1/chat/completions")
                 request.method = .POST
                 request.headers.add(name: "content-type", value: "application/json")
                 request.body = .bytes(ByteBuffer(string: Self.body("a long story please", maxTokens: 2000, stream: true)))
                 let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+                #expect(response.status == .ok)
                 var chunks = 0
                 for try await _ in response.body {
                     chunks += 1
+                    streaming.withLock { $0 = true }
                     // Reading on until cancelled: the client goes away mid-stream.
                 }
                 return chunks
             }
+            for _ in 0..<500 where !streaming.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(streaming.withLock { $0 }, "the stream never started")
             // While it streams, the one permit is taken.
-            var refused = false
-            for _ in 0..<100 where !refused {
-                refused = try await send("\(url)/v1/chat/completions", body: Self.body("meanwhile", maxTokens: 20)).status == 429
-                if !refused { try await Task.sleep(for: .milliseconds(20)) }
-            }
-            #expect(refused, "the stream never held its permit")
+            #expect(try await send("\(url)/v1/chat/completions", body: Self.body("meanwhile", maxTokens: 20)).status == 429)
             reader.cancel()
             _ = await reader.result
             var next = 0
@@ -201,6 +203,41 @@ import Testing
             let used = 1_000_000 - (try await Self.remaining(url, "tokens") ?? 0)
             #expect(used > 0 && used < 2_000, "\(used) tokens counted")
         }
+    }
+
+    @Test func aStreamLongerThanThePermitsLeaseKeepsItsPermitUntilItEnds() async throws {
+        // The stage alone, on a fake clock: the lease is 300 ms of it, renewed every 100 ms of real time.
+        let ledger = LimitLedger()
+        let planner = LimitPlanner(definitions: [LimitDefinition(name: "inflight", measure: .concurrent, amount: 1, window: nil,
+                                                                 scope: [.tenant])], permitTTL: 300_000_000)
+        let now = Locked<Int64>(1_000_000_000_000)
+        let stage = RateLimitStage(planner: planner, store: ledger, clock: { now.withLock { $0 } })
+        var context = GatewayContext(requestID: "r", logger: Logger(label: "t"), clientFormat: .openAI)
+        context.caller = Caller(tenant: "t", user: "u", keyID: "k")
+        context.route = TestConfigs.embedded().models["gpt-4o-mini"]
+        let request = ChatRequest(model: "gpt-4o-mini", messages: [ChatMessage(role: .user, content: [.text("hi")])], maxTokens: 10,
+                                  stream: true, sourceFormat: .openAI)
+        let response = try await stage.handle(request, context: context) { _, _ in
+            .stream(ChatStream(format: .openAI, next: { nil }))
+        }
+        guard case .stream(let stream) = response else {
+            Issue.record("not a stream")
+            return
+        }
+        let counter = planner.plan(caller: context.caller!, model: "gpt-4o-mini",
+                                   estimate: .init(inputTokens: 1, outputTokens: 1, spend: .zero))[0].demand.counter
+        // Two lease times pass on the clock, renewed as they go: still held.
+        for _ in 0..<6 {
+            now.withLock { $0 += 100_000_000 }
+            try await Task.sleep(for: .milliseconds(120))
+        }
+        #expect(ledger.remaining(counter, now: now.withLock { $0 }) == 0, "the permit expired under a running stream")
+        stream.lifecycle.end(.completed)
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(ledger.remaining(counter, now: now.withLock { $0 }) == 1, "released when the stream ended")
+        // No renewal after the end takes it again.
+        try await Task.sleep(for: .milliseconds(250))
+        #expect(ledger.remaining(counter, now: now.withLock { $0 }) == 1)
     }
 
     @Test func resetTimesAreWrittenAsEachAPIWritesThem() {

@@ -50,7 +50,16 @@ import Testing
         #expect(try await store.remaining([permit], now: Self.now) == [0])
         try await store.settle(a, actual: [], now: Self.now)
         #expect(admitted(try await store.reserve([permit], lease: 12, now: Self.now)) != nil)
-        #expect(admitted(try await store.reserve([permit], lease: 13, now: Self.now + 31 * Self.second)) != nil, "leases 11 and 12 expired")
+        let c = try #require(admitted(try await store.reserve([permit], lease: 13, now: Self.now + 31 * Self.second)), "leases 11 and 12 expired")
+        // Renewed (a long stream), lease 13 outlives its first 30 s; once given back, a late renewal does not take it.
+        try await store.renew(c, now: Self.now + 50 * Self.second)
+        let d = try #require(admitted(try await store.reserve([permit], lease: 14, now: Self.now + 70 * Self.second)))
+        #expect(admitted(try await store.reserve([permit], lease: 15, now: Self.now + 70 * Self.second)) == nil, "lease 13 was not renewed")
+        try await store.settle(c, actual: [], now: Self.now + 71 * Self.second)
+        try await store.renew(c, now: Self.now + 71 * Self.second)
+        #expect(admitted(try await store.reserve([permit], lease: 16, now: Self.now + 71 * Self.second)) != nil, "a renewal took a released permit")
+        #expect(try await store.remaining([permit], now: Self.now + 71 * Self.second) == [0])
+        try await store.settle(d, actual: [], now: Self.now + 72 * Self.second)
         // More than a limit allows: refused for good.
         let huge = LimitDemand(counter: "rpm/user=b", rule: .rate(limit: 20, period: 60 * Self.second), units: 21)
         if case .refused(_, let retry, _, _) = try await store.reserve([huge], lease: 20, now: Self.now) { #expect(retry == nil) }

@@ -220,3 +220,70 @@ class DrainTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
+
+
+class LimitTests(unittest.TestCase):
+    """Rate limits as the official SDKs see them: each API's own headers on answers, its RateLimitError with an
+    accurate retry-after on refusal, and a downgrade that answers instead (tests/e2e/limits.yaml)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.gateway = Gateway("--config", os.path.join(HERE, "limits.yaml"))
+        cls.openai = openai.OpenAI(base_url=cls.gateway.url + "/v1", api_key="sk-e2e-limits-openai", max_retries=0)
+        cls.anthropic = anthropic.Anthropic(base_url=cls.gateway.url, api_key="sk-e2e-limits-anthropic", max_retries=0)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gateway.stop()
+
+    def test_openai_headers_refusal_and_downgrade(self):
+        raw = self.openai.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": "one"}])
+        self.assertEqual(raw.headers["x-ratelimit-limit-requests"], "3")
+        self.assertEqual(raw.headers["x-ratelimit-remaining-requests"], "2")
+        self.assertEqual(raw.headers["x-ratelimit-reset-requests"], "20s")
+        self.assertEqual(raw.headers["x-ratelimit-limit-tokens"], "100000")
+        self.assertLess(int(raw.headers["x-ratelimit-remaining-tokens"]), 100000)
+        self.assertNotIn("anthropic-ratelimit-requests-limit", raw.headers)
+        self.assertTrue(raw.parse().choices[0].message.content)
+        # The strong model's own limit (1 a minute) is spent by the first call: the second is downgraded.
+        self.openai.chat.completions.create(model="gpt-4o", max_tokens=10, messages=[{"role": "user", "content": "two"}])
+        raw = self.openai.chat.completions.with_raw_response.create(
+            model="gpt-4o", max_tokens=10, messages=[{"role": "user", "content": "three"}])
+        self.assertEqual(raw.headers["x-switchyard-degraded"], "downgrade")
+        self.assertEqual(raw.headers["x-switchyard-model"], "gpt-4o-mini")
+        self.assertTrue(raw.parse().choices[0].message.content)
+        # Three requests a minute per user: the fourth is the SDK's RateLimitError, naming the limit.
+        with self.assertRaises(openai.RateLimitError) as limited:
+            self.openai.chat.completions.create(model="gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": "four"}])
+        error = limited.exception
+        self.assertEqual(error.status_code, 429)
+        self.assertIn("per-user", error.message)
+        self.assertEqual(error.type, "rate_limit_error")
+        retry = int(error.response.headers["retry-after"])
+        self.assertTrue(15 <= retry <= 21, retry)
+        self.assertEqual(error.response.headers["x-ratelimit-remaining-requests"], "0")
+
+    def test_anthropic_headers_refusal_and_streams(self):
+        raw = self.anthropic.messages.with_raw_response.create(
+            model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "one"}])
+        self.assertEqual(raw.headers["anthropic-ratelimit-requests-limit"], "3")
+        self.assertEqual(raw.headers["anthropic-ratelimit-requests-remaining"], "2")
+        self.assertRegex(raw.headers["anthropic-ratelimit-requests-reset"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        self.assertEqual(raw.headers["anthropic-ratelimit-tokens-limit"], "100000")
+        self.assertNotIn("x-ratelimit-limit-requests", raw.headers)
+        self.assertTrue(raw.parse().content[0].text)
+        # A stream carries them too, and settles when it ends.
+        with self.anthropic.messages.stream(model="claude-haiku-4-5", max_tokens=20,
+                                            messages=[{"role": "user", "content": "two"}]) as stream:
+            self.assertEqual(stream.response.headers["anthropic-ratelimit-requests-remaining"], "1")
+            self.assertTrue(stream.get_final_text())
+        self.anthropic.messages.create(model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "three"}])
+        with self.assertRaises(anthropic.RateLimitError) as limited:
+            self.anthropic.messages.create(model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "four"}])
+        error = limited.exception
+        self.assertEqual(error.status_code, 429)
+        self.assertEqual(error.body["error"]["type"], "rate_limit_error")
+        self.assertIn("per-user", error.body["error"]["message"])
+        self.assertTrue(15 <= int(error.response.headers["retry-after"]) <= 21)
+        self.assertEqual(error.response.headers["anthropic-ratelimit-requests-remaining"], "0")

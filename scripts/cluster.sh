@@ -9,7 +9,8 @@
 #
 # DIR receives the configurations, the logs and cluster.env (URLs, ports, pids) for the tests and benchmarks.
 # SWITCHYARD_BIN picks the binary (default: the debug build), MOCK_LATENCY_SCALE the mock's latency (default 0.2),
-# SERVE_ARGS extra options for the instances started (for example --no-embeddings).
+# SERVE_ARGS extra options for the instances started (for example --no-embeddings), GATEWAY_EXTRA a file appended
+# to the instances' configuration (keys, limits, degradation: no providers or models).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -56,12 +57,17 @@ providers:
   mock: {kind: openai-compatible, base_url: "http://127.0.0.1:$MOCK_PORT"}
 models:
   gpt-4o-mini: {provider: mock}
+  gpt-4o: {provider: mock}
   claude-haiku-4-5: {provider: mock}
+  claude-sonnet-4-5: {provider: mock}
+  claude-opus-4-1: {provider: mock}
 state:
   backend: redis
   url: "redis://127.0.0.1:$REDIS_PORT/0"
   key_prefix: "switchyard:"
 EOF
+    # Keys, limits, degradation and cache settings for a scenario (loadtests/*.limits.yaml).
+    if [ -n "${GATEWAY_EXTRA:-}" ]; then cat "$GATEWAY_EXTRA" >>"$dir/gateway.yaml"; fi
 }
 
 write_nginx_config() {

@@ -52,6 +52,8 @@ public struct CachedAnswer: Sendable {
         self.completion = completion
         self.completion.cost = nil
         self.completion.cache = nil
+        // The limits of the request that made it are that caller's, not a later one's.
+        self.completion.limits = nil
         self.cost = cost
         self.storedAt = storedAt
         self.expiresAt = expiresAt

@@ -51,6 +51,12 @@ public struct LoadReport: Sendable {
         if !s.cache.isEmpty {
             lines.append("cache: " + s.cache.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         }
+        for (name, group) in s.groups.sorted(by: { $0.key < $1.key }) {
+            let degraded = group.degraded.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+            lines.append("\(plan.groupHeader ?? "group") \(name): \(group.total) answered: \(group.served) served (\(group.cacheHits) from a cache), "
+                         + "\(group.degraded.values.reduce(0, +)) degraded\(degraded.isEmpty ? "" : " (\(degraded))"), \(group.refused) refused (429), "
+                         + "\(group.failed) failed")
+        }
         lines.append(String(format: "cost: $%.6f in total, $%.6f per request; at %d requests a day: $%.2f a day, $%.2f a month",
                             Double(s.costNanoUSD) / 1e9, costPerRequest, dailyVolume, costPerRequest * Double(dailyVolume),
                             costPerRequest * Double(dailyVolume) * 30))
@@ -74,6 +80,11 @@ public struct LoadReport: Sendable {
             "p50_ms_per_second": .array(s.secondLatencies.map { .double(ms($0, 50)) }),
             "p99_ms_per_second": .array(s.secondLatencies.map { .double(ms($0, 99)) }),
             "generator_cpu_share_of_one_core": .double(cpuShare),
+            "groups": .object(s.groups.mapValues { group in
+                ["served": .int(Int64(group.served)), "cache_hits": .int(Int64(group.cacheHits)),
+                 "degraded": .object(group.degraded.mapValues { .int(Int64($0)) }), "refused": .int(Int64(group.refused)),
+                 "failed": .int(Int64(group.failed))]
+            }),
         ]
         self.text = lines.joined(separator: "\n")
         self.json = json

@@ -34,6 +34,8 @@ public struct LoadPlan: Sendable {
     public var headers: [(String, String)]
     /// Header sets taken in turn, one per request (a mix of users, tiers, features, priorities).
     public var headerMix: [[(String, String)]] = []
+    /// A header of the mix whose value groups the report (served, degraded, refused per group).
+    public var groupHeader: String?
     public var timeout: Duration
     /// How long requests still in flight when the planned duration ends may take to finish; then they are cancelled
     /// and counted as `unfinished`, so a run always ends near its planned time.
@@ -140,8 +142,12 @@ public struct LoadRunner: Sendable {
         }
         if plan.api == .anthropic { headers.add(name: "anthropic-version", value: "2023-06-01") }
         for (name, value) in plan.headers { headers.add(name: name, value: value) }
+        var group: String?
         if !plan.headerMix.isEmpty {
-            for (name, value) in plan.headerMix[index % plan.headerMix.count] { headers.add(name: name, value: value) }
+            for (name, value) in plan.headerMix[index % plan.headerMix.count] {
+                headers.add(name: name, value: value)
+                if name == plan.groupHeader { group = value }
+            }
         }
         let path = endpoint.basePath + (plan.api == .anthropic ? "/v1/messages" : "/v1/chat/completions")
         let request = UpstreamRequest(endpoint: endpoint, target: path, headers: headers, body: ByteBuffer(bytes: body.serialized()))
@@ -150,12 +156,13 @@ public struct LoadRunner: Sendable {
             let response = try await transports.execute(request, deadline: .now() + .nanoseconds(plan.timeout.nanoseconds),
                                                          streaming: plan.stream, maximumBodyBytes: 16 << 20)
             let cache = response.headers.first(name: "x-switchyard-cache")
+            let degraded = response.headers.first(name: "x-switchyard-degraded")
             guard response.status == .ok else {
-                statistics.record(second: second(), latency: .now - intended, error: Self.errorClass(Int(response.status.code)))
+                statistics.record(second: second(), latency: .now - intended, error: Self.errorClass(Int(response.status.code)), group: group)
                 return
             }
             if let stream = response.stream {
-                let text = try await readStream(stream, intended: intended, second: second, cache: cache)
+                let text = try await readStream(stream, intended: intended, second: second, cache: cache, group: group, degraded: degraded)
                 if let recorded = plan.prompts.recorded { statistics.grade(recorded.grade(prompt: prompt.text, answer: text)) }
                 return
             }
@@ -172,25 +179,25 @@ public struct LoadRunner: Sendable {
             statistics.record(second: second(), latency: latency, outputTokens: output,
                               tokensPerSecond: latency > .zero ? Double(output) / latency.inSeconds : nil, cache: cache,
                               costUSD: response.headers.first(name: "x-switchyard-cost-usd").flatMap(Double.init)
-                                  ?? listPrice(input: input, output: output))
+                                  ?? listPrice(input: input, output: output), group: group, degraded: degraded)
         } catch let error as UpstreamTransportError {
             let kind = Task.isCancelled ? "unfinished"
                 : error == .deadlineExceeded || error == .connectTimeout ? "timeout" : "transport"
-            statistics.record(second: second(), latency: .now - intended, error: kind)
+            statistics.record(second: second(), latency: .now - intended, error: kind, group: group)
         } catch {
             if Task.isCancelled {
-                statistics.record(second: second(), latency: .now - intended, error: "unfinished")
+                statistics.record(second: second(), latency: .now - intended, error: "unfinished", group: group)
                 return
             }
-            statistics.record(second: second(), latency: .now - intended, error: "stream-cut")
+            statistics.record(second: second(), latency: .now - intended, error: "stream-cut", group: group)
         }
     }
 
     /// Reads a stream to its end: TTFT at the first text, output tokens from the final usage.
     /// - Returns: The answer's text.
     @discardableResult
-    func readStream(_ stream: any UpstreamBodyStream, intended: ContinuousClock.Instant, second: () -> Int, cache: String?)
-        async throws -> String
+    func readStream(_ stream: any UpstreamBodyStream, intended: ContinuousClock.Instant, second: () -> Int, cache: String?,
+                    group: String? = nil, degraded: String? = nil) async throws -> String
     {
         var answer = ""
         var decoder = SSEDecoder(maximumEventSize: 4 << 20)
@@ -220,7 +227,7 @@ public struct LoadRunner: Sendable {
         statistics.record(second: second(), latency: end - intended, timeToFirstToken: firstToken.map { $0 - intended },
                           outputTokens: output,
                           tokensPerSecond: generation > .zero && output > 1 ? Double(output - 1) / generation.inSeconds : nil,
-                          cache: cache, costUSD: listPrice(input: input, output: output))
+                          cache: cache, costUSD: listPrice(input: input, output: output), group: group, degraded: degraded)
         return answer
     }
 
@@ -256,6 +263,8 @@ public struct PromptSource: Sendable {
     public var questions: QuestionPool?
     public var repeatShare = 0.0
     public var paraphraseShare = 0.0
+    /// Each prompt is only its question (a support chat's short messages), not a body of the drawn length.
+    public var questionsOnly = false
     static let words = """
         account balance transfer card payment limit refund charge statement branch loan rate fee app login password \
         verify identity address change report fraud dispute pending declined travel notice currency exchange deposit
@@ -291,6 +300,7 @@ public struct PromptSource: Sendable {
             return (recorded.prompts[index % recorded.prompts.count].prompt, 1024)
         }
         let parts = self.parts(index)
+        if questionsOnly, let asked = parts.question, let questions { return (questions.texts[asked], parts.maxTokens) }
         let question = parts.question.map { "\nQuestion: " + questions!.texts[$0] } ?? ""
         return (parts.body + question, parts.maxTokens)
     }

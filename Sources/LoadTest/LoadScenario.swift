@@ -9,10 +9,13 @@ import Foundation
 ///
 /// Keys: `name`, `description`, `url`, `api`, `model`, `stream`, `duration` (seconds), the pattern as `rate` (with
 /// `ramp_from`), `steps` (a list of `{rate, seconds}`) or `users` (with `think_ms`), `trace`, `repeat_share`,
-/// `paraphrase_share`, `header_mix` (a list of header maps, one per request in turn), `daily_volume`,
-/// `input_price`, `output_price`, `mock` (the gateway's `mock:` section), `mock_latency_scale`, and
-/// `recorded_prompts: gsm8k` (with `routing_data`, default ../../shared/data/routing): the prompts are GSM8K's, the
-/// in-process mock answers them with their recorded answers, and the report grades what was served.
+/// `paraphrase_share`, `questions_only` (each prompt is just its question), `header_mix` (a list of header maps, one
+/// per request in turn), `daily_volume`, `input_price`, `output_price`, `mock` (the gateway's `mock:` section),
+/// `mock_latency_scale`, `gateway_config` (a gateway configuration file for the in-process gateway instead of the
+/// embedded default), `group_header` (a header of the mix whose value groups the report: served, degraded and
+/// refused per group), and `recorded_prompts: gsm8k` (with `routing_data`, default ../../shared/data/routing): the
+/// prompts are GSM8K's, the in-process mock answers them with their recorded answers, and the report grades what
+/// was served.
 public struct LoadScenario: Sendable {
     public var name: String
     public var description: String
@@ -40,7 +43,7 @@ public struct LoadScenario: Sendable {
         }
         let known: Set<String> = ["name", "description", "url", "api", "model", "stream", "duration", "rate", "ramp_from", "steps",
                                   "users", "think_ms", "trace", "repeat_share", "paraphrase_share", "questions", "header_mix",
-                                  "daily_volume", "input_price", "output_price", "drain_grace_seconds", "mock", "mock_latency_scale", "recorded_prompts", "routing_data", "compare_models", "routes", "caches"]
+                                  "daily_volume", "input_price", "output_price", "drain_grace_seconds", "mock", "mock_latency_scale", "recorded_prompts", "routing_data", "compare_models", "routes", "caches", "gateway_config", "group_header", "questions_only"]
         // Relative paths in a scenario are relative to the scenario file, wherever the tool is started from.
         let directory = file.contains("/") ? String(file[..<file.lastIndex(of: "/")!]) : "."
         func resolve(_ path: String) -> String { path.hasPrefix("/") ? path : directory + "/" + path }
@@ -98,6 +101,7 @@ public struct LoadScenario: Sendable {
             prompts.questions = try QuestionPool.banking77(path: resolve(string("questions") ?? "../../shared/data/cache/banking77_test.csv"))
             prompts.repeatShare = repeats
             prompts.paraphraseShare = paraphrases
+            prompts.questionsOnly = values["questions_only"]?.bool ?? false
         }
         if let set = string("recorded_prompts") {
             // The GSM8K prompts in turn, the mock answering each with its recorded answer for the model's tier.
@@ -111,6 +115,24 @@ public struct LoadScenario: Sendable {
             mock.answers = data
         }
         compareModels = (values["compare_models"]?.sequence ?? []).compactMap(\.string)
+        if let path = string("gateway_config") {
+            // The in-process gateway from a configuration file (keys with tiers, limits, degradation) instead of the
+            // embedded default; the scenario's mock settings still apply.
+            // A file without providers (limits, keys, degradation: what scripts/cluster.sh also appends to its
+            // instances' configuration) runs on the built-in mock and the default catalog.
+            guard var text = try? String(contentsOfFile: resolve(path), encoding: .utf8) else {
+                throw LoadError("\(file): gateway_config: cannot read \(resolve(path))")
+            }
+            if (try? Yams.compose(yaml: text))??.mapping?["providers"] == nil {
+                text = "providers: {mock: {kind: mock}}\nmodels:\n"
+                    + DefaultCatalog.models.map { "  \($0.name): {provider: mock}\n" }.joined() + text
+            }
+            do {
+                gateway = try ConfigLoader.parse(yaml: text, environment: [:])
+            } catch {
+                throw LoadError("\(file): gateway_config \(path): \(error)")
+            }
+        }
         if let section = values["routes"] {
             do {
                 try ConfigLoader.parseRoutesSection(yaml: try Yams.serialize(node: section), path: "routes", into: &gateway)
@@ -129,6 +151,7 @@ public struct LoadScenario: Sendable {
         plan = LoadPlan(baseURL: url ?? "http://127.0.0.1:0", api: api, model: string("model") ?? "gpt-4o-mini",
                         stream: values["stream"]?.bool ?? false, pattern: pattern, prompts: prompts)
         plan.headerMix = headerMix
+        plan.groupHeader = string("group_header")
         if let input = try number("input_price"), let output = try number("output_price") { plan.prices = (input, output) }
         if let grace = try number("drain_grace_seconds") { plan.drainGrace = .milliseconds(Int64(grace * 1000)) }
     }

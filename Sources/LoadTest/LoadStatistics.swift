@@ -38,6 +38,23 @@ public final class LoadStatistics: Sendable {
         public var secondLatencies: [Histogram<UInt64>] = []
 
         public var errorCount: Int { errors.values.reduce(0, +) }
+        /// Per value of the plan's group header (a tier, say): what was served, degraded and refused.
+        public var groups: [String: Group] = [:]
+    }
+
+    /// What one group of requests got.
+    public struct Group: Sendable, Hashable {
+        /// Answered (200) without degradation, cache hits included.
+        public var served = 0
+        public var cacheHits = 0
+        /// Answered after a limit refused them, by `x-switchyard-degraded` kind.
+        public var degraded: [String: Int] = [:]
+        /// 429s.
+        public var refused = 0
+        /// Any other failure.
+        public var failed = 0
+
+        public var total: Int { served + degraded.values.reduce(0, +) + refused + failed }
     }
 
     private let state = Mutex(Snapshot())
@@ -61,9 +78,24 @@ public final class LoadStatistics: Sendable {
     /// - Parameters:
     ///   - second: The elapsed second of the run it finished in.
     ///   - error: Its error class, or nil on success.
+    ///   - group: The request's group (the plan's group header's value), if it has one.
+    ///   - degraded: The answer's `x-switchyard-degraded`.
     public func record(second: Int, latency: Duration, timeToFirstToken: Duration? = nil, outputTokens: Int = 0,
-                       tokensPerSecond: Double? = nil, error: String? = nil, cache: String? = nil, costUSD: Double? = nil) {
+                       tokensPerSecond: Double? = nil, error: String? = nil, cache: String? = nil, costUSD: Double? = nil,
+                       group: String? = nil, degraded: String? = nil) {
         state.withLock { s in
+            if let group {
+                if error == "429" {
+                    s.groups[group, default: Group()].refused += 1
+                } else if error != nil {
+                    s.groups[group, default: Group()].failed += 1
+                } else if let degraded {
+                    s.groups[group, default: Group()].degraded[degraded, default: 0] += 1
+                } else {
+                    s.groups[group, default: Group()].served += 1
+                    if cache?.hasPrefix("hit") == true { s.groups[group, default: Group()].cacheHits += 1 }
+                }
+            }
             while s.completedPerSecond.count <= second {
                 s.completedPerSecond.append(0)
                 s.errorsPerSecond.append(0)

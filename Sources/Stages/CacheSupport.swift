@@ -30,9 +30,12 @@ enum CacheSupport {
         -> GatewayResponse
     {
         // An answer a later cache served is not stored again: removing a bad semantic entry must remove it for good.
+        // Nor is a degraded one: a cheaper model's answer must not become the cached answer for the model asked.
         let served: Bool = switch response {
-        case .completion(let completion): completion.cache.map { $0.status == .hitExact || $0.status == .hitSemantic } ?? false
-        case .stream(let stream): stream.cache.map { $0.status == .hitExact || $0.status == .hitSemantic } ?? false
+        case .completion(let completion):
+            completion.cache.map { $0.status == .hitExact || $0.status == .hitSemantic } ?? false || completion.limits?.degraded != nil
+        case .stream(let stream):
+            stream.cache.map { $0.status == .hitExact || $0.status == .hitSemantic } ?? false || stream.limits?.degraded != nil
         }
         let ttl = served ? .zero : ttl
         switch response {

@@ -127,6 +127,29 @@ import Testing
         }
     }
 
+    @Test func aDowngradedAnswerIsNotCachedAndACachedAnswerCarriesNoOnesLimits() async throws {
+        var config = TestConfigs.embedded()
+        config.cache.semanticEnabled = false
+        config.limits = [LimitDefinition(name: "strong", measure: .requests, amount: 1, window: .minute, scope: [.user],
+                                         when: [.model: ["gpt-4o"]])]
+        config.degrade = [DegradePolicy(steps: [.downgrade(["gpt-4o-mini"])])]
+        try await withTestGateway(config) { _, url in
+            let alice = [("authorization", "Bearer alice")]
+            #expect(try await send("\(url)/v1/chat/completions", body: Self.body("first", model: "gpt-4o"), headers: alice).status == 200)
+            let downgraded = try await send("\(url)/v1/chat/completions", body: Self.body("the same question", model: "gpt-4o"), headers: alice)
+            #expect(downgraded.header("x-switchyard-degraded") == "downgrade")
+            try await Task.sleep(for: .milliseconds(100))
+            // Asked again by alice: not a cached copy of the cheaper model's answer, so downgraded again.
+            let again = try await send("\(url)/v1/chat/completions", body: Self.body("the same question", model: "gpt-4o"), headers: alice)
+            #expect(again.header("x-switchyard-cache") == "miss" && again.header("x-switchyard-degraded") == "downgrade", "\(again.headers)")
+            // Her first answer is cached: its hit is not counted, and carries no rate-limit headers of the request
+            // that made it (with a shared tenant, those would be another user's).
+            let hit = try await send("\(url)/v1/chat/completions", body: Self.body("first", model: "gpt-4o"), headers: alice)
+            #expect(hit.header("x-switchyard-cache") == "hit-exact")
+            #expect(hit.header("x-ratelimit-remaining-requests") == nil && hit.header("x-switchyard-degraded") == nil, "\(hit.headers)")
+        }
+    }
+
     @Test func aDowngradeWhoseLimitsAlsoRefuseEndsInThe429() async throws {
         var config = TestConfigs.embedded()
         config.cache.exactEnabled = false

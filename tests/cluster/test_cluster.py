@@ -30,9 +30,15 @@ KEY = "sk-cluster-test"
 
 
 class Cluster:
-    def __init__(self, instances=3):
+    def __init__(self, instances=3, extra=None):
+        """`extra`: configuration appended to every instance's (keys, limits), as scripts/cluster.sh's GATEWAY_EXTRA."""
         self.dir = tempfile.mkdtemp(prefix="switchyard-cluster-")
         env = dict(os.environ, SWITCHYARD_BIN=BIN)
+        if extra:
+            path = os.path.join(self.dir, "extra.yaml")
+            with open(path, "w") as file:
+                file.write(extra)
+            env["GATEWAY_EXTRA"] = path
         try:
             subprocess.run([CLUSTER, "start", self.dir, str(instances)], check=True, env=env, timeout=300,
                            stdout=subprocess.DEVNULL)
@@ -62,8 +68,8 @@ class Cluster:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def chat(base, content, headers=None, timeout=30):
-    body = json.dumps({"model": "gpt-4o-mini", "max_tokens": 20,
+def chat(base, content, headers=None, timeout=30, max_tokens=20):
+    body = json.dumps({"model": "gpt-4o-mini", "max_tokens": max_tokens,
                        "messages": [{"role": "user", "content": content}]}).encode()
     request = urllib.request.Request(base + "/v1/chat/completions", data=body, method="POST",
                                      headers={"authorization": f"Bearer {KEY}", "content-type": "application/json",
@@ -244,6 +250,59 @@ class SharedState(unittest.TestCase):
                                                 messages=[{"role": "user", "content": "Through nginx?"}])
         text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
         self.assertTrue(text)
+
+
+class LimitsAcrossInstances(unittest.TestCase):
+    """Limits kept in Redis hold for the instances together: N admitted of a limit of N, whichever instance each
+    request reaches, with settlement giving back what a reservation did not use."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = Cluster(extra="""
+cache: {exact: {enabled: false}, semantic: {enabled: false}}
+limits:
+  - {name: across, requests: 60, per: hour, scope: [tenant], when: {feature: [requests-test]}}
+  - {name: across-tokens, total_tokens: 30000, per: hour, scope: [tenant], when: {feature: [tokens-test]}}
+""")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.stop()
+
+    def hammer(self, feature, count, max_tokens, workers=60):
+        """`count` requests, `workers` at a time, in turn through each instance; their statuses and usages."""
+        instances = self.cluster.instances
+
+        def one(index):
+            try:
+                status, _, body = chat(instances[index % len(instances)], f"Request {index} of the {feature} burst",
+                                       headers={"x-switchyard-feature": feature}, max_tokens=max_tokens)
+                return status, body.get("usage", {})
+            except urllib.error.HTTPError as error:
+                return error.code, {}
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(one, range(count)))
+
+    def test_exactly_the_limit_is_admitted_through_three_instances(self):
+        results = self.hammer("requests-test", 300, 10)
+        statuses = [status for status, _ in results]
+        self.assertEqual(statuses.count(200), 60, statuses)
+        self.assertEqual(statuses.count(429), 240)
+
+    def test_a_token_limit_is_not_exceeded_through_three_instances(self):
+        # Each reserves its prompt estimate plus 500 and uses less; ten at a time, so the answers' real usage (not
+        # the reservations in flight) fills the limit. Kept per instance, three times the limit would be used.
+        results = self.hammer("tokens-test", 600, 500, workers=10)
+        used = sum(usage.get("total_tokens", 0) for status, usage in results if status == 200)
+        admitted = sum(1 for status, _ in results if status == 200)
+        self.assertGreater(admitted, 0)
+        self.assertLess(admitted, 600)
+        self.assertGreater(used, 30000 * 0.8, "the limit was never approached: the test shows nothing")
+        # The estimate of an input is its bytes / 4; the mock counts words and punctuation, a little more here: the
+        # limit is exceeded at most by that difference over the requests admitted.
+        self.assertLessEqual(used, 30000 + admitted * 8, f"{used} tokens used by {admitted} answers")
+        print(f"\n  tokens: {admitted} admitted of 600, {used} tokens used of a 30,000 limit")
 
 
 class Drain(unittest.TestCase):

@@ -7,7 +7,7 @@ import SwitchyardModels
 
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Evaluations on the shared data (commands, not tests).", subcommands: [SemanticCacheEval.self, RouterEval.self])
+        abstract: "Evaluations on the shared data (commands, not tests).", subcommands: [SemanticCacheEval.self, RouterEval.self, TokenEstimateEval.self])
 }
 
 /// Measures the semantic cache on Banking77: precision, recall and false-hit rate of labelled pairs by threshold, and

@@ -43,6 +43,15 @@ enum CounterState: Sendable, Hashable {
         }
     }
 
+    /// Runs `body` on the permits in place: the payload is moved out before it is changed, so a dictionary's
+    /// leases are not copied whole on every request (through `Dictionary`'s in-place subscript, the only reference).
+    mutating func withLeases(_ body: (inout Leases) -> Void) {
+        guard case .concurrent(var leases) = self else { return }
+        self = .rate(GCRA(limit: 1, period: 1))
+        body(&leases)
+        self = .concurrent(leases)
+    }
+
     /// Whether it holds nothing a fresh state would not (so dropping it loses nothing).
     func isIdle(now: Int64) -> Bool {
         switch self {
@@ -74,6 +83,15 @@ public protocol LimitStore: Sendable {
     /// Extends the reservation's concurrency permits by their lease time from `now` (a long stream keeps its
     /// permits; a crashed instance stops renewing, and its permits expire).
     func renew(_ reservation: Reservation, now: Int64) async throws
+    /// Settles without making the caller wait for the store (and without failing it: a settlement that fails is
+    /// lost, and the reservation stands as made).
+    func settleInBackground(_ reservation: Reservation, actual: [Int64?], now: Int64)
+}
+
+extension LimitStore {
+    public func settleInBackground(_ reservation: Reservation, actual: [Int64?], now: Int64) {
+        Task { try? await settle(reservation, actual: actual, now: now) }
+    }
 }
 
 /// Unix nanoseconds now: limits shared by instances count in wall-clock time.
@@ -137,13 +155,19 @@ public final class LimitLedger: LimitStore {
     public func reserve(_ demands: [LimitDemand], lease: UInt64, now: Int64) -> LimitDecision {
         state.withLock { state in
             var remaining: [Int64] = [], resets: [Int64] = [], periods: [Int64?] = []
-            // Read through what this reservation already took: two demands on one counter both count.
-            var updated: [String: CounterState] = [:]
+            remaining.reserveCapacity(demands.count)
+            resets.reserveCapacity(demands.count)
+            periods.reserveCapacity(demands.count)
+            // Checked first, changed only once every demand passed. Rates and quotas are small values, worked on as
+            // copies; permits are checked without being taken (taken in place below). Read through what this
+            // reservation already took: two demands on one counter both count.
+            var pending: [(name: String, counter: CounterState)] = []
             for (index, demand) in demands.enumerated() {
-                var counter = (updated[demand.counter] ?? state.counters[demand.counter]).flatMap { Self.matching($0, demand.rule) }
+                let earlier = pending.lastIndex { $0.name == demand.counter }.map { pending[$0].counter }
+                var counter = (earlier ?? state.counters[demand.counter]).flatMap { Self.matching($0, demand.rule) }
                     ?? CounterState(demand.rule)
-                switch (counter, demand.rule) {
-                case (.rate(var gcra), _):
+                switch counter {
+                case .rate(var gcra):
                     switch gcra.reserve(demand.units, now: now) {
                     case .admitted(let left, let reset):
                         remaining.append(left); resets.append(reset); periods.append(nil)
@@ -151,7 +175,7 @@ public final class LimitLedger: LimitStore {
                         return .refused(index: index, retryIn: retry, remaining: left, resetIn: reset)
                     }
                     counter = .rate(gcra)
-                case (.quota(var quota), _):
+                case .quota(var quota):
                     switch quota.reserve(demand.units, now: now) {
                     case .admitted(let left, let reset):
                         remaining.append(left); resets.append(reset); periods.append(quota.periodIndex)
@@ -159,20 +183,30 @@ public final class LimitLedger: LimitStore {
                         return .refused(index: index, retryIn: retry, remaining: left, resetIn: reset)
                     }
                     counter = .quota(quota)
-                case (.concurrent(var leases), .concurrent(_, let ttl)):
-                    guard leases.acquire(lease, now: now, ttl: ttl) else {
+                case .concurrent(let leases):
+                    guard leases.canAcquire(lease, now: now) else {
                         return .refused(index: index, retryIn: leases.earliestExpiry(now: now), remaining: 0,
                                         resetIn: leases.earliestExpiry(now: now) ?? 0)
                     }
-                    remaining.append(Int64(leases.available(now: now))); resets.append(0); periods.append(nil)
-                    counter = .concurrent(leases)
-                case (.concurrent, _):
-                    // Not reachable: `matching` gives a counter of the demand's own rule.
-                    remaining.append(0); resets.append(0); periods.append(nil)
+                    remaining.append(Int64(leases.available(now: now) - (leases.held[lease] == nil ? 1 : 0)))
+                    resets.append(0); periods.append(nil)
                 }
-                updated[demand.counter] = counter
+                pending.append((demand.counter, counter))
             }
-            for (name, counter) in updated { Self.store(&state, name, counter, now: now, limit: maximumCounters) }
+            for (offset, entry) in pending.enumerated() {
+                guard case .concurrent(_, let ttl) = demands[offset].rule else {
+                    Self.store(&state, entry.name, entry.counter, now: now, limit: maximumCounters)
+                    continue
+                }
+                if state.counters[entry.name].flatMap({ Self.matching($0, demands[offset].rule) }) != nil {
+                    state.counters[entry.name]?.withLeases { _ = $0.acquire(lease, now: now, ttl: ttl) }
+                    Self.touch(&state, entry.name)
+                } else {
+                    var fresh = CounterState(demands[offset].rule)
+                    fresh.withLeases { _ = $0.acquire(lease, now: now, ttl: ttl) }
+                    Self.store(&state, entry.name, fresh, now: now, limit: maximumCounters)
+                }
+            }
             return .admitted(Reservation(demands: demands, lease: lease, periods: periods, remaining: remaining, resetIn: resets))
         }
     }
@@ -182,23 +216,26 @@ public final class LimitLedger: LimitStore {
     public func settle(_ reservation: Reservation, actual: [Int64?], now: Int64) {
         state.withLock { state in
             for (index, demand) in reservation.demands.enumerated() {
-                guard var counter = state.counters[demand.counter] else { continue }
+                guard let counter = state.counters[demand.counter] else { continue }
                 let used = index < actual.count ? actual[index].map { max($0, 0) } ?? demand.units : demand.units
                 let delta = used > demand.units ? used - demand.units : -(demand.units - used)
                 switch counter {
                 case .rate(var gcra):
                     gcra.adjust(by: delta, now: now)
-                    counter = .rate(gcra)
+                    state.counters[demand.counter] = .rate(gcra)
                 case .quota(var quota):
                     quota.adjust(by: delta, reservedIn: index < reservation.periods.count ? reservation.periods[index] ?? .min : .min, now: now)
-                    counter = .quota(quota)
-                case .concurrent(var leases):
-                    leases.release(reservation.lease)
-                    counter = .concurrent(leases)
+                    state.counters[demand.counter] = .quota(quota)
+                case .concurrent:
+                    state.counters[demand.counter]?.withLeases { $0.release(reservation.lease) }
                 }
-                state.counters[demand.counter] = counter
             }
         }
+    }
+
+    /// In memory a settlement is a short lock: done at once, without a task.
+    public func settleInBackground(_ reservation: Reservation, actual: [Int64?], now: Int64) {
+        settle(reservation, actual: actual, now: now)
     }
 
     /// Gives a reservation back whole (the request never reached the model): `settle` with zero units.
@@ -210,11 +247,8 @@ public final class LimitLedger: LimitStore {
     public func renew(_ reservation: Reservation, now: Int64) {
         state.withLock { state in
             for demand in reservation.demands {
-                guard case .concurrent(_, let ttl) = demand.rule, case .concurrent(var leases)? = state.counters[demand.counter] else {
-                    continue
-                }
-                _ = leases.renew(reservation.lease, now: now, ttl: ttl)
-                state.counters[demand.counter] = .concurrent(leases)
+                guard case .concurrent(_, let ttl) = demand.rule else { continue }
+                state.counters[demand.counter]?.withLeases { _ = $0.renew(reservation.lease, now: now, ttl: ttl) }
             }
         }
     }
@@ -255,18 +289,25 @@ public final class LimitLedger: LimitStore {
         }
     }
 
+    private static func touch(_ state: inout State, _ name: String) {
+        state.clock &+= 1
+        state.touched[name] = state.clock
+    }
+
     private static func store(_ state: inout State, _ name: String, _ counter: CounterState, now: Int64, limit: Int) {
         if state.counters[name] == nil, state.counters.count >= limit {
-            // Full: drop every counter a fresh one would equal; if none, the least recently used.
+            // Full: drop every counter a fresh one would equal; if that frees less than a sixteenth, also the least
+            // recently used down to fifteen sixteenths, so that the scan is paid once per many new counters, not
+            // by each (callers choose the number of counters: one each would make every request a full scan).
             let idle = state.counters.filter { $0.value.isIdle(now: now) }.keys
             for key in idle { state.counters[key] = nil; state.touched[key] = nil }
-            if state.counters.count >= limit, let oldest = state.touched.min(by: { $0.value < $1.value })?.key {
-                state.counters[oldest] = nil
-                state.touched[oldest] = nil
+            let target = limit - max(limit / 16, 1)
+            if state.counters.count > target {
+                let oldest = state.touched.sorted { $0.value < $1.value }.prefix(state.counters.count - target)
+                for (key, _) in oldest { state.counters[key] = nil; state.touched[key] = nil }
             }
         }
-        state.clock &+= 1
         state.counters[name] = counter
-        state.touched[name] = state.clock
+        touch(&state, name)
     }
 }

@@ -8,9 +8,38 @@ public struct LimitPlanner: Sendable {
     /// How long a concurrency permit lives without being renewed (a crashed instance's permits come back then).
     public let permitTTL: Int64
 
+    /// What does not depend on the request, worked out once per definition (on the request path only the scope's
+    /// values are read and appended).
+    struct Prepared: Sendable {
+        var rule: LimitRule
+        /// The escaped name.
+        var name: String
+        /// The scope in counter order, the tenant added for a user or key scope, with `|dimension=` written.
+        var dimensions: [(LimitDefinition.Dimension, prefix: String)]
+        var perTenant: Bool
+        var when: [(LimitDefinition.Dimension, Set<String>)]
+    }
+
+    let prepared: [Prepared]
+
     public init(definitions: [LimitDefinition], permitTTL: Int64 = 600_000_000_000) {
         self.definitions = definitions
-        self.permitTTL = max(permitTTL, 1)
+        let permitTTL = max(permitTTL, 1)
+        self.permitTTL = permitTTL
+        prepared = definitions.map { definition in
+            var dimensions = definition.scope
+            let perTenant = dimensions.contains(.tenant) || dimensions.contains(.user) || dimensions.contains(.key)
+            if perTenant && !dimensions.contains(.tenant) { dimensions.insert(.tenant, at: 0) }
+            let rule: LimitRule = switch definition.window {
+            case nil: .concurrent(limit: Int(clamping: definition.amount), ttl: permitTTL)
+            case .day?: .quota(limit: definition.amount, calendar: .day)
+            case .month?: .quota(limit: definition.amount, calendar: .month)
+            case let window?: .rate(limit: definition.amount, period: window.nanoseconds)
+            }
+            return Prepared(rule: rule, name: Self.escape(definition.name),
+                            dimensions: dimensions.sorted().map { ($0, "|\($0.rawValue)=") }, perTenant: perTenant,
+                            when: definition.when.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
+        }
     }
 
     /// What a request is expected to use before it runs: the prompt estimate, `max_tokens` (or a per-model default),
@@ -35,22 +64,11 @@ public struct LimitPlanner: Sendable {
     public func plan(caller: Caller, model: String, estimate: Estimate, cacheHit: Bool = false)
         -> [(demand: LimitDemand, definition: LimitDefinition)]
     {
-        definitions.compactMap { definition -> (demand: LimitDemand, definition: LimitDefinition)? in
-            guard !cacheHit || definition.countsAllRequests else { return nil }
-            for (dimension, values) in definition.when where !values.contains(Self.value(of: dimension, caller: caller, model: model)) {
-                return nil
-            }
-            let rule: LimitRule
-            switch definition.window {
-            case nil:
-                rule = .concurrent(limit: Int(clamping: definition.amount), ttl: permitTTL)
-            case .day?:
-                rule = .quota(limit: definition.amount, calendar: .day)
-            case .month?:
-                rule = .quota(limit: definition.amount, calendar: .month)
-            case let window?:
-                rule = .rate(limit: definition.amount, period: window.nanoseconds)
-            }
+        var plan: [(demand: LimitDemand, definition: LimitDefinition)] = []
+        for (index, definition) in definitions.enumerated() {
+            guard !cacheHit || definition.countsAllRequests else { continue }
+            let prepared = self.prepared[index]
+            guard prepared.when.allSatisfy({ $0.1.contains(Self.value(of: $0.0, caller: caller, model: model)) }) else { continue }
             let units: Int64 = switch definition.measure {
             case .requests, .concurrent: 1
             case .inputTokens: estimate.inputTokens
@@ -58,9 +76,10 @@ public struct LimitPlanner: Sendable {
             case .totalTokens: estimate.inputTokens > .max - estimate.outputTokens ? .max : estimate.inputTokens + estimate.outputTokens
             case .spend: max(estimate.spend.value, 0)
             }
-            let (counter, shard) = Self.counter(definition, caller: caller, model: model)
-            return (LimitDemand(counter: counter, rule: rule, units: units, shard: shard), definition)
+            let (counter, shard) = Self.counter(prepared, caller: caller, model: model)
+            plan.append((LimitDemand(counter: counter, rule: prepared.rule, units: units, shard: shard), definition))
         }
+        return plan
     }
 
     /// What a demand of `measure` really used, once the answer is known.
@@ -88,18 +107,20 @@ public struct LimitPlanner: Sendable {
     /// `name|dimension=value|…`, values escaped so no two scopes share a counter. A user or key is one tenant's, so
     /// the tenant is part of their counter (never shared across tenants) and their counters live together (the
     /// tenant is the shard); a limit over tiers, features or models alone is a counter of its own.
-    static func counter(_ definition: LimitDefinition, caller: Caller, model: String) -> (String, String) {
-        var dimensions = definition.scope
-        let perTenant = dimensions.contains(.tenant) || dimensions.contains(.user) || dimensions.contains(.key)
-        if perTenant && !dimensions.contains(.tenant) { dimensions.insert(.tenant, at: 0) }
-        var name = escape(definition.name)
-        for dimension in dimensions.sorted() {
-            name += "|\(dimension.rawValue)=\(escape(value(of: dimension, caller: caller, model: model)))"
+    static func counter(_ prepared: Prepared, caller: Caller, model: String) -> (String, String) {
+        var name = prepared.name
+        for (dimension, prefix) in prepared.dimensions {
+            name += prefix
+            name += escape(value(of: dimension, caller: caller, model: model))
         }
-        return (name, perTenant ? "tenant=" + escape(caller.tenant) : "")
+        return (name, prepared.perTenant ? "tenant=" + escape(caller.tenant) : "")
     }
 
     static func escape(_ text: String) -> String {
+        // Almost every value has none of the three: returned as it is, without building a copy.
+        guard text.utf8.contains(where: { $0 == UInt8(ascii: "%") || $0 == UInt8(ascii: "|") || $0 == UInt8(ascii: "=") }) else {
+            return text
+        }
         var out = ""
         for character in text {
             switch character {

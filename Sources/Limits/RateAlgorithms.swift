@@ -212,30 +212,48 @@ public struct Leases: Sendable, Hashable {
     public let limit: Int
     /// Lease id → expiry (Unix nanoseconds).
     public private(set) var held: [UInt64: Int64] = [:]
+    /// No lease expires before this (a lease released or renewed since may have moved it later): the held leases
+    /// are scanned for expired ones only once it has passed, so each operation is O(1) amortized, not O(held).
+    private var earliest: Int64 = .max
 
     public init(limit: Int) {
         self.limit = max(limit, 0)
     }
 
     private mutating func expire(now: Int64) {
-        if held.values.contains(where: { $0 <= now }) { held = held.filter { $0.value > now } }
+        guard earliest <= now else { return }
+        held = held.filter { $0.value > now }
+        earliest = held.values.min() ?? .max
+    }
+
+    private mutating func hold(_ id: UInt64, now: Int64, ttl: Int64) {
+        let expiry = now > .max - max(ttl, 0) ? .max : now + max(ttl, 0)
+        held[id] = expiry
+        earliest = min(earliest, expiry)
+    }
+
+    /// Whether `acquire` would succeed now, without taking anything.
+    public func canAcquire(_ id: UInt64, now: Int64) -> Bool {
+        held[id] != nil || available(now: now) > 0
     }
 
     /// Takes a permit for `id` until `now + ttl` when fewer than `limit` are held; false otherwise.
     public mutating func acquire(_ id: UInt64, now: Int64, ttl: Int64) -> Bool {
         expire(now: now)
         guard held[id] != nil || held.count < limit else { return false }
-        held[id] = now > .max - max(ttl, 0) ? .max : now + max(ttl, 0)
+        hold(id, now: now, ttl: ttl)
         return true
     }
 
-    /// Whether `id` could be acquired now, without taking it.
+    /// Permits free now.
     public func available(now: Int64) -> Int {
-        max(limit - held.values.filter { $0 > now }.count, 0)
+        let active = earliest > now ? held.count : held.values.filter { $0 > now }.count
+        return max(limit - active, 0)
     }
 
     public mutating func release(_ id: UInt64) {
         held[id] = nil
+        if held.isEmpty { earliest = .max }
     }
 
     /// Extends a held lease (a long stream); false when it is no longer held.
@@ -244,7 +262,7 @@ public struct Leases: Sendable, Hashable {
         // Only a permit still held: one released (or expired, its holder presumed gone) is not taken again, so a
         // renewal that races the release cannot leak a permit.
         guard held[id] != nil else { return false }
-        held[id] = now > .max - max(ttl, 0) ? .max : now + max(ttl, 0)
+        hold(id, now: now, ttl: ttl)
         return true
     }
 

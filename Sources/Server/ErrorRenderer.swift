@@ -84,22 +84,24 @@ public enum ErrorRenderer {
     /// as an RFC 3339 time).
     static func addRateLimitHeaders(_ status: LimitStatus, format: APIFormat, to headers: inout HTTPFields,
                                     now: Double = Date().timeIntervalSince1970) {
-        for (kind, counter) in [("requests", status.requests), ("tokens", status.tokens)] {
+        for (kind, counter) in [(0, status.requests), (1, status.tokens)] {
             guard let counter else { continue }
-            let fields: [(String, String)] = switch format {
-            case .openAI:
-                [("x-ratelimit-limit-\(kind)", String(counter.limit)), ("x-ratelimit-remaining-\(kind)", String(counter.remaining)),
-                 ("x-ratelimit-reset-\(kind)", openAIDuration(counter.resetIn))]
-            case .anthropic:
-                [("anthropic-ratelimit-\(kind)-limit", String(counter.limit)), ("anthropic-ratelimit-\(kind)-remaining", String(counter.remaining)),
-                 ("anthropic-ratelimit-\(kind)-reset", rfc3339(now + Double(max(counter.resetIn, 0)) / 1e9))]
-            }
-            for (name, value) in fields {
-                if let field = HTTPField.Name(name) { headers.append(HTTPField(name: field, value: value)) }
-            }
+            let names = rateLimitNames[format == .openAI ? kind : 2 + kind]
+            headers.append(HTTPField(name: names[0], value: String(counter.limit)))
+            headers.append(HTTPField(name: names[1], value: String(counter.remaining)))
+            headers.append(HTTPField(name: names[2], value: format == .openAI
+                    ? openAIDuration(counter.resetIn) : rfc3339(now + Double(max(counter.resetIn, 0)) / 1e9)))
         }
         if let degraded = status.degraded { headers.append(HTTPField(name: .switchyardDegraded, value: degraded.rawValue)) }
     }
+
+    /// limit, remaining, reset: OpenAI's for requests and tokens, then Anthropic's (made once, not per answer).
+    static let rateLimitNames: [[HTTPField.Name]] = [
+        ["x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"],
+        ["x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"],
+        ["anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset"],
+        ["anthropic-ratelimit-tokens-limit", "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset"],
+    ].map { $0.map { HTTPField.Name($0)! } }
 
     /// "350ms", "1s", "6m0s", "1h2m3s" (OpenAI's style), rounded up to what a client may wait.
     static func openAIDuration(_ nanoseconds: Int64) -> String {

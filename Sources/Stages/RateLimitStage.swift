@@ -227,8 +227,7 @@ public struct RateLimitStage: GatewayStage {
             if !requests, measure == .requests { return 0 }
             return LimitPlanner.actual(measure, inputTokens: input, outputTokens: output, spend: spend)
         }
-        let store = self.store, now = clock()
-        Task { try? await store.settle(reservation, actual: actual, now: now) }
+        store.settleInBackground(reservation, actual: actual, now: clock())
     }
 }
 

@@ -150,6 +150,14 @@ import Testing
         let taken9 = leases.acquire(5, now: 21, ttl: 1)
         #expect(taken9)
         #expect(leases.available(now: 100) == 2)
+        // Many held, released out of order, one left to expire: still exactly counted.
+        var many = Leases(limit: 1000)
+        for id in 0..<1000 { _ = many.acquire(UInt64(id), now: 0, ttl: id == 500 ? 10 : 1000) }
+        #expect(!many.canAcquire(5000, now: 5))
+        for id in 0..<400 { many.release(UInt64(id)) }
+        #expect(many.available(now: 5) == 400 && many.available(now: 11) == 401)
+        let again = many.acquire(5000, now: 11, ttl: 1000)
+        #expect(again && many.available(now: 11) == 400 && many.held[500] == nil)
         var zero = Leases(limit: 0)
         let taken10 = zero.acquire(1, now: 0, ttl: .max)
         #expect(!taken10)
@@ -237,6 +245,11 @@ import Testing
             _ = ledger.reserve([LimitDemand(counter: "rpm/user=\(user)", rule: Self.perMinute, units: 1)], lease: 0, now: Self.now)
         }
         #expect(ledger.count <= 100)
+        // None idle (all used this minute): the least recently used go in a batch (a sixteenth), so the next new
+        // counters find room without another scan; the most recent stay.
+        #expect(ledger.count > 90)
+        #expect(ledger.remaining("rpm/user=999", now: Self.now) == 19)
+        #expect(ledger.remaining("rpm/user=0", now: Self.now) == nil)
         // Idle counters go first: a minute later every one is idle, and the newest survive.
         _ = ledger.reserve([LimitDemand(counter: "rpm/user=late", rule: Self.perMinute, units: 20)], lease: 0, now: Self.now + 61 * Self.second)
         #expect(ledger.count == 1)

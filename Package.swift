@@ -158,8 +158,9 @@ let package = Package(
             name: "switchyard",
             dependencies: [
                 "Caching", "Server", "SwitchyardCore", "SwitchyardModels", "MockProvider", "Embeddings", "Providers", "LoadTest",
-                "Routing", "Redis", "Stores",
+                "Routing", "Redis", "Stores", "Limits", "Stages",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

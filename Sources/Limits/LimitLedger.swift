@@ -52,6 +52,21 @@ enum CounterState: Sendable, Hashable {
         self = .concurrent(leases)
     }
 
+    /// A settlement: `delta` more or fewer units than reserved (a quota only in the period it was reserved in), or
+    /// the lease's permit back.
+    mutating func settle(delta: Int64, period: Int64, lease: UInt64, now: Int64) {
+        switch self {
+        case .rate(var gcra):
+            gcra.adjust(by: delta, now: now)
+            self = .rate(gcra)
+        case .quota(var quota):
+            quota.adjust(by: delta, reservedIn: period, now: now)
+            self = .quota(quota)
+        case .concurrent:
+            withLeases { $0.release(lease) }
+        }
+    }
+
     /// Whether it holds nothing a fresh state would not (so dropping it loses nothing).
     func isIdle(now: Int64) -> Bool {
         switch self {
@@ -136,9 +151,14 @@ public struct Reservation: Sendable, Hashable {
 /// Bounded at `maximumCounters`: past it, counters that hold nothing a fresh one would not are dropped first (losslessly),
 /// then the least recently used, whose users then get one window's allowance again.
 public final class LimitLedger: LimitStore {
+    /// A counter and when it was last used (its place in the eviction order), in one entry: one hash per lookup.
+    private struct Entry: Sendable {
+        var counter: CounterState
+        var touched: UInt64
+    }
+
     private struct State: Sendable {
-        var counters: [String: CounterState] = [:]
-        var touched: [String: UInt64] = [:]
+        var counters: [String: Entry] = [:]
         var clock: UInt64 = 0
     }
 
@@ -159,12 +179,14 @@ public final class LimitLedger: LimitStore {
             resets.reserveCapacity(demands.count)
             periods.reserveCapacity(demands.count)
             // Checked first, changed only once every demand passed. Rates and quotas are small values, worked on as
-            // copies; permits are checked without being taken (taken in place below). Read through what this
-            // reservation already took: two demands on one counter both count.
-            var pending: [(name: String, counter: CounterState)] = []
+            // copies; permits are checked without being taken, and taken in place below (no copy of them is kept
+            // here: a second reference would make the change copy every lease). Read through what this reservation
+            // already took: two demands on one counter both count.
+            var pending: [CounterState?] = []
+            pending.reserveCapacity(demands.count)
             for (index, demand) in demands.enumerated() {
-                let earlier = pending.lastIndex { $0.name == demand.counter }.map { pending[$0].counter }
-                var counter = (earlier ?? state.counters[demand.counter]).flatMap { Self.matching($0, demand.rule) }
+                let earlier = index == 0 ? nil : demands[..<index].lastIndex { $0.counter == demand.counter }.flatMap { pending[$0] }
+                let counter = (earlier ?? state.counters[demand.counter]?.counter).flatMap { Self.matching($0, demand.rule) }
                     ?? CounterState(demand.rule)
                 switch counter {
                 case .rate(var gcra):
@@ -174,7 +196,7 @@ public final class LimitLedger: LimitStore {
                     case .refused(let retry, let left, let reset):
                         return .refused(index: index, retryIn: retry, remaining: left, resetIn: reset)
                     }
-                    counter = .rate(gcra)
+                    pending.append(.rate(gcra))
                 case .quota(var quota):
                     switch quota.reserve(demand.units, now: now) {
                     case .admitted(let left, let reset):
@@ -182,7 +204,7 @@ public final class LimitLedger: LimitStore {
                     case .refused(let retry, let left, let reset):
                         return .refused(index: index, retryIn: retry, remaining: left, resetIn: reset)
                     }
-                    counter = .quota(quota)
+                    pending.append(.quota(quota))
                 case .concurrent(let leases):
                     guard leases.canAcquire(lease, now: now) else {
                         return .refused(index: index, retryIn: leases.earliestExpiry(now: now), remaining: 0,
@@ -190,21 +212,23 @@ public final class LimitLedger: LimitStore {
                     }
                     remaining.append(Int64(leases.available(now: now) - (leases.held[lease] == nil ? 1 : 0)))
                     resets.append(0); periods.append(nil)
+                    pending.append(nil)
                 }
-                pending.append((demand.counter, counter))
             }
-            for (offset, entry) in pending.enumerated() {
-                guard case .concurrent(_, let ttl) = demands[offset].rule else {
-                    Self.store(&state, entry.name, entry.counter, now: now, limit: maximumCounters)
+            state.clock &+= 1
+            let clock = state.clock
+            for (offset, demand) in demands.enumerated() {
+                if let counter = pending[offset] {
+                    Self.store(&state, demand.counter, counter, now: now, limit: maximumCounters)
                     continue
                 }
-                if state.counters[entry.name].flatMap({ Self.matching($0, demands[offset].rule) }) != nil {
-                    state.counters[entry.name]?.withLeases { _ = $0.acquire(lease, now: now, ttl: ttl) }
-                    Self.touch(&state, entry.name)
+                guard case .concurrent(_, let ttl) = demand.rule else { continue }
+                if Self.acquire(&state.counters[demand.counter], rule: demand.rule, lease: lease, now: now, ttl: ttl, clock: clock) {
+                    continue
                 } else {
-                    var fresh = CounterState(demands[offset].rule)
+                    var fresh = CounterState(demand.rule)
                     fresh.withLeases { _ = $0.acquire(lease, now: now, ttl: ttl) }
-                    Self.store(&state, entry.name, fresh, now: now, limit: maximumCounters)
+                    Self.store(&state, demand.counter, fresh, now: now, limit: maximumCounters)
                 }
             }
             return .admitted(Reservation(demands: demands, lease: lease, periods: periods, remaining: remaining, resetIn: resets))
@@ -216,19 +240,11 @@ public final class LimitLedger: LimitStore {
     public func settle(_ reservation: Reservation, actual: [Int64?], now: Int64) {
         state.withLock { state in
             for (index, demand) in reservation.demands.enumerated() {
-                guard let counter = state.counters[demand.counter] else { continue }
                 let used = index < actual.count ? actual[index].map { max($0, 0) } ?? demand.units : demand.units
                 let delta = used > demand.units ? used - demand.units : -(demand.units - used)
-                switch counter {
-                case .rate(var gcra):
-                    gcra.adjust(by: delta, now: now)
-                    state.counters[demand.counter] = .rate(gcra)
-                case .quota(var quota):
-                    quota.adjust(by: delta, reservedIn: index < reservation.periods.count ? reservation.periods[index] ?? .min : .min, now: now)
-                    state.counters[demand.counter] = .quota(quota)
-                case .concurrent:
-                    state.counters[demand.counter]?.withLeases { $0.release(reservation.lease) }
-                }
+                let period = index < reservation.periods.count ? reservation.periods[index] ?? .min : .min
+                // In place, through the dictionary's own storage: one lookup.
+                state.counters[demand.counter]?.counter.settle(delta: delta, period: period, lease: reservation.lease, now: now)
             }
         }
     }
@@ -248,7 +264,7 @@ public final class LimitLedger: LimitStore {
         state.withLock { state in
             for demand in reservation.demands {
                 guard case .concurrent(_, let ttl) = demand.rule else { continue }
-                state.counters[demand.counter]?.withLeases { _ = $0.renew(reservation.lease, now: now, ttl: ttl) }
+                state.counters[demand.counter]?.counter.withLeases { _ = $0.renew(reservation.lease, now: now, ttl: ttl) }
             }
         }
     }
@@ -256,7 +272,7 @@ public final class LimitLedger: LimitStore {
     public func remaining(_ demands: [LimitDemand], now: Int64) -> [Int64] {
         demands.map { demand in
             state.withLock { state in
-                state.counters[demand.counter].flatMap { Self.matching($0, demand.rule) }.map { counter -> Int64 in
+                state.counters[demand.counter].flatMap { Self.matching($0.counter, demand.rule) }.map { counter -> Int64 in
                     switch counter {
                     case .rate(let gcra): gcra.remaining(now: now)
                     case .quota(let quota): quota.remaining(now: now)
@@ -270,13 +286,22 @@ public final class LimitLedger: LimitStore {
     /// Units left on a counter now (nil: never used, so its whole limit).
     public func remaining(_ counter: String, now: Int64) -> Int64? {
         state.withLock { state in
-            switch state.counters[counter] {
+            switch state.counters[counter]?.counter {
             case .rate(let gcra): gcra.remaining(now: now)
             case .quota(let quota): quota.remaining(now: now)
             case .concurrent(let leases): Int64(leases.available(now: now))
             case nil: nil
             }
         }
+    }
+
+    /// Takes the permit in a stored counter of `rule`, in place (through the dictionary's own storage: one lookup,
+    /// and the leases are not copied); false when there is none to take it in.
+    private static func acquire(_ entry: inout Entry?, rule: LimitRule, lease: UInt64, now: Int64, ttl: Int64, clock: UInt64) -> Bool {
+        guard entry.map({ matching($0.counter, rule) != nil }) == true else { return false }
+        entry?.counter.withLeases { _ = $0.acquire(lease, now: now, ttl: ttl) }
+        entry?.touched = clock
+        return true
     }
 
     /// A stored state whose rule changed (a configuration reload) starts again.
@@ -289,25 +314,19 @@ public final class LimitLedger: LimitStore {
         }
     }
 
-    private static func touch(_ state: inout State, _ name: String) {
-        state.clock &+= 1
-        state.touched[name] = state.clock
-    }
-
     private static func store(_ state: inout State, _ name: String, _ counter: CounterState, now: Int64, limit: Int) {
-        if state.counters[name] == nil, state.counters.count >= limit {
-            // Full: drop every counter a fresh one would equal; if that frees less than a sixteenth, also the least
-            // recently used down to fifteen sixteenths, so that the scan is paid once per many new counters, not
-            // by each (callers choose the number of counters: one each would make every request a full scan).
-            let idle = state.counters.filter { $0.value.isIdle(now: now) }.keys
-            for key in idle { state.counters[key] = nil; state.touched[key] = nil }
+        if state.counters.count >= limit, state.counters[name] == nil {
+            // Full: drop every counter a fresh one would equal; if that leaves more than fifteen sixteenths, also the
+            // least recently used down to them, so that the scan is paid once per many new counters, not by each
+            // (callers choose the number of counters: one each would make every request a full scan).
+            let idle = state.counters.filter { $0.value.counter.isIdle(now: now) }.keys
+            for key in idle { state.counters[key] = nil }
             let target = limit - max(limit / 16, 1)
             if state.counters.count > target {
-                let oldest = state.touched.sorted { $0.value < $1.value }.prefix(state.counters.count - target)
-                for (key, _) in oldest { state.counters[key] = nil; state.touched[key] = nil }
+                let oldest = state.counters.sorted { $0.value.touched < $1.value.touched }.prefix(state.counters.count - target)
+                for (key, _) in oldest { state.counters[key] = nil }
             }
         }
-        state.counters[name] = counter
-        touch(&state, name)
+        state.counters[name] = Entry(counter: counter, touched: state.clock)
     }
 }

@@ -64,7 +64,18 @@ public struct LimitPlanner: Sendable {
     public func plan(caller: Caller, model: String, estimate: Estimate, cacheHit: Bool = false)
         -> [(demand: LimitDemand, definition: LimitDefinition)]
     {
-        var plan: [(demand: LimitDemand, definition: LimitDefinition)] = []
+        let plan = demandsAndSources(caller: caller, model: model, estimate: estimate, cacheHit: cacheHit)
+        return zip(plan.demands, plan.sources).map { ($0, definitions[$1]) }
+    }
+
+    /// The request path's form of `plan`: the demands, and the index in `definitions` of each one's definition
+    /// (two arrays, without a copy of each definition).
+    public func demandsAndSources(caller: Caller, model: String, estimate: Estimate, cacheHit: Bool = false)
+        -> (demands: [LimitDemand], sources: [Int])
+    {
+        var demands: [LimitDemand] = []
+        var sources: [Int] = []
+        var tenantShard: String?
         for (index, definition) in definitions.enumerated() {
             guard !cacheHit || definition.countsAllRequests else { continue }
             let prepared = self.prepared[index]
@@ -76,10 +87,17 @@ public struct LimitPlanner: Sendable {
             case .totalTokens: estimate.inputTokens > .max - estimate.outputTokens ? .max : estimate.inputTokens + estimate.outputTokens
             case .spend: max(estimate.spend.value, 0)
             }
-            let (counter, shard) = Self.counter(prepared, caller: caller, model: model)
-            plan.append((LimitDemand(counter: counter, rule: prepared.rule, units: units, shard: shard), definition))
+            // The tenant's shard is the same for each of its limits: built once.
+            if prepared.perTenant && tenantShard == nil { tenantShard = "tenant=" + Self.escape(caller.tenant) }
+            if demands.isEmpty {
+                demands.reserveCapacity(definitions.count - index)
+                sources.reserveCapacity(definitions.count - index)
+            }
+            demands.append(LimitDemand(counter: Self.counter(prepared, caller: caller, model: model), rule: prepared.rule, units: units,
+                                       shard: prepared.perTenant ? tenantShard ?? "" : ""))
+            sources.append(index)
         }
-        return plan
+        return (demands, sources)
     }
 
     /// What a demand of `measure` really used, once the answer is known.
@@ -107,13 +125,13 @@ public struct LimitPlanner: Sendable {
     /// `name|dimension=value|…`, values escaped so no two scopes share a counter. A user or key is one tenant's, so
     /// the tenant is part of their counter (never shared across tenants) and their counters live together (the
     /// tenant is the shard); a limit over tiers, features or models alone is a counter of its own.
-    static func counter(_ prepared: Prepared, caller: Caller, model: String) -> (String, String) {
+    static func counter(_ prepared: Prepared, caller: Caller, model: String) -> String {
         var name = prepared.name
         for (dimension, prefix) in prepared.dimensions {
             name += prefix
             name += escape(value(of: dimension, caller: caller, model: model))
         }
-        return (name, prepared.perTenant ? "tenant=" + escape(caller.tenant) : "")
+        return name
     }
 
     static func escape(_ text: String) -> String {

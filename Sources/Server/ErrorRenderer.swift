@@ -82,7 +82,7 @@ public enum ErrorRenderer {
     /// The API's own rate-limit headers: OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (reset as
     /// a duration, "1s", "6m0s"), Anthropic's `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` (reset
     /// as an RFC 3339 time).
-    static func addRateLimitHeaders(_ status: LimitStatus, format: APIFormat, to headers: inout HTTPFields,
+    public static func addRateLimitHeaders(_ status: LimitStatus, format: APIFormat, to headers: inout HTTPFields,
                                     now: Double = Date().timeIntervalSince1970) {
         for (kind, counter) in [(0, status.requests), (1, status.tokens)] {
             guard let counter else { continue }

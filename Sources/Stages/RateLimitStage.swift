@@ -12,7 +12,10 @@ import Synchronization
 ///
 /// After the caches and the routing decision: hits are free (not counted), and model-scoped limits see the model
 /// chosen.
-public struct RateLimitStage: GatewayStage {
+///
+/// A class: the stream hooks and background settlements capture it, and a struct of this many fields would be
+/// copied (each field retained) every time.
+public final class RateLimitStage: GatewayStage {
     /// A degradation step the job queue provides: accepts the request as a background job (its answer says so), or
     /// nil when it cannot.
     public typealias QueueStep = @Sendable (ChatRequest, GatewayContext) async throws -> GatewayResponse?
@@ -29,6 +32,8 @@ public struct RateLimitStage: GatewayStage {
     let queue: QueueStep?
     let recorder: (any LimitRecorder)?
     let clock: @Sendable () -> Int64
+    /// The store when it is the in-memory ledger: reserved without an `await` (a short lock needs no suspension).
+    private let ledger: LimitLedger?
     private let leaseBase: UInt64
     private let leases = LeaseNumbers()
 
@@ -44,20 +49,27 @@ public struct RateLimitStage: GatewayStage {
         self.queue = queue
         self.recorder = recorder
         self.clock = clock
+        ledger = store as? LimitLedger
         leaseBase = UInt64.random(in: 0..<(1 << 40)) << 20
     }
 
-    typealias Plan = [(demand: LimitDemand, definition: LimitDefinition)]
+    typealias Plan = (demands: [LimitDemand], sources: [Int])
+
+    func definition(_ plan: Plan, _ offset: Int) -> LimitDefinition { planner.definitions[plan.sources[offset]] }
 
     public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
         let caller = try context.requireCaller()
         let route = try context.requireRoute()
         let plan = self.plan(request, caller: caller, model: route)
-        guard !plan.isEmpty else { return try await next(request, context) }
+        guard !plan.demands.isEmpty else { return try await next(request, context) }
         let lease = leaseBase &+ leases.next()
         let decision: LimitDecision
         do {
-            decision = try await store.reserve(plan.map(\.demand), lease: lease, now: clock())
+            if let ledger {
+                decision = ledger.reserve(plan.demands, lease: lease, now: clock())
+            } else {
+                decision = try await store.reserve(plan.demands, lease: lease, now: clock())
+            }
         } catch {
             recorder?.limitStoreFailed()
             if failClosed { throw GatewayError(.overloaded, "the rate limits' store is unavailable", retryAfter: .seconds(1)) }
@@ -65,13 +77,13 @@ public struct RateLimitStage: GatewayStage {
         }
         switch decision {
         case .refused(let index, let retryIn, let left, let resetIn):
-            let error = refusal(plan[index].definition, retryIn: retryIn, remaining: left, resetIn: resetIn)
+            let error = refusal(definition(plan, index), retryIn: retryIn, remaining: left, resetIn: resetIn)
             if let policy = policies.first(where: { $0.applies(to: caller) }),
                let answer = try await degrade(request, context: context, policy: policy, refused: error, next: next)
             {
                 return answer
             }
-            recorder?.limitRefused(plan[index].definition.name)
+            recorder?.limitRefused(definition(plan, index).name)
             throw error
         case .admitted(let reservation):
             return try await proceed(request, context: context, plan: plan, reservation: reservation, price: route.price, next: next)
@@ -83,7 +95,7 @@ public struct RateLimitStage: GatewayStage {
         let input = Int64(request.estimatedInputTokens)
         let output = request.maxTokens.map { Int64($0) } ?? defaultOutputTokens
         let spend = model.price.cost(of: Usage(inputTokens: Int(clamping: input), outputTokens: Int(clamping: output)))
-        return planner.plan(caller: caller, model: model.name, estimate: .init(inputTokens: input, outputTokens: output, spend: spend))
+        return planner.demandsAndSources(caller: caller, model: model.name, estimate: .init(inputTokens: input, outputTokens: output, spend: spend))
     }
 
     /// The 429 for a refusal by `definition`: the limit's name, amount, window and scope (never whose counter it was).
@@ -128,10 +140,10 @@ public struct RateLimitStage: GatewayStage {
                     downgraded.route = target
                     // An original body names the refused model: the provider renders the request again.
                     downgraded.original = nil
-                    guard !plan.isEmpty else { return marked(try await next(request, downgraded), nil, .downgrade, servedBy: name) }
+                    guard !plan.demands.isEmpty else { return marked(try await next(request, downgraded), nil, .downgrade, servedBy: name) }
                     let decision: LimitDecision
                     do {
-                        decision = try await store.reserve(plan.map(\.demand), lease: leaseBase &+ leases.next(), now: clock())
+                        decision = try await store.reserve(plan.demands, lease: leaseBase &+ leases.next(), now: clock())
                     } catch {
                         recorder?.limitStoreFailed()
                         continue
@@ -170,11 +182,12 @@ public struct RateLimitStage: GatewayStage {
     /// Calls the model under an admitted reservation and settles it with what the answer used, however it ends.
     func proceed(_ request: ChatRequest, context: GatewayContext, plan: Plan, reservation: Reservation, price: ModelPrice,
                  next: @escaping Next) async throws -> GatewayResponse {
-        let measures = plan.map(\.definition.measure)
+        let measures = plan.sources.map { planner.definitions[$0].measure }
         var status = LimitStatus()
-        for (offset, entry) in plan.enumerated() where offset < reservation.remaining.count {
-            status.consider(entry.definition.measure, .init(limit: entry.definition.amount, remaining: reservation.remaining[offset],
-                                                            resetIn: reservation.resetIn[offset]))
+        for (offset, source) in plan.sources.enumerated() where offset < reservation.remaining.count {
+            let definition = planner.definitions[source]
+            status.consider(definition.measure, .init(limit: definition.amount, remaining: reservation.remaining[offset],
+                                                      resetIn: reservation.resetIn[offset]))
         }
         let response: GatewayResponse
         do {

@@ -145,7 +145,14 @@ public final class RedisLimitStore: LimitStore {
         let demands = reservation.demands
         guard !demands.isEmpty else { return }
         let used = demands.indices.map { index in index < actual.count ? actual[index].map { max($0, 0) } ?? demands[index].units : demands[index].units }
-        let groups = groups(demands)
+        // Only what changes: a rate or quota that used what it reserved (a request counter, say) needs no write, and
+        // a reservation with nothing else to settle needs no round trip.
+        let changing = demands.indices.filter { index in
+            if case .concurrent = demands[index].rule { return true }
+            return used[index] != demands[index].units
+        }
+        guard !changing.isEmpty else { return }
+        let groups = groups(demands).map { $0.filter(changing.contains) }.filter { !$0.isEmpty }
         for group in groups {
             // A quota settles in the period it was reserved in (its key names the period).
             try await settleGroup(group.map { demands[$0] }, actual: group.map { used[$0] }, lease: reservation.lease, now: now,

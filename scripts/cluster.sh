@@ -66,7 +66,7 @@ state:
   url: "redis://127.0.0.1:$REDIS_PORT/0"
   key_prefix: "switchyard:"
 EOF
-    # Keys, limits, degradation and cache settings for a scenario (loadtests/*.limits.yaml).
+    # Keys, limits, degradation and cache settings for a scenario (loadtests/gateway/*.yaml).
     if [ -n "${GATEWAY_EXTRA:-}" ]; then cat "$GATEWAY_EXTRA" >>"$dir/gateway.yaml"; fi
 }
 

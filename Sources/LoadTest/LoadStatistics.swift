@@ -55,6 +55,14 @@ public final class LoadStatistics: Sendable {
         public var failed = 0
 
         public var total: Int { served + degraded.values.reduce(0, +) + refused + failed }
+
+        public init(served: Int = 0, cacheHits: Int = 0, degraded: [String: Int] = [:], refused: Int = 0, failed: Int = 0) {
+            self.served = served
+            self.cacheHits = cacheHits
+            self.degraded = degraded
+            self.refused = refused
+            self.failed = failed
+        }
     }
 
     private let state = Mutex(Snapshot())

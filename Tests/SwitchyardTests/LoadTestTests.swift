@@ -139,6 +139,21 @@ import Testing
 }
 
 extension LoadTestTests {
+    @Test func requestsAreCountedPerGroupAsServedDegradedOrRefused() {
+        let statistics = LoadStatistics()
+        statistics.record(second: 0, latency: .milliseconds(1), cache: "miss", group: "free")
+        statistics.record(second: 0, latency: .milliseconds(1), cache: "hit-exact", group: "free")
+        statistics.record(second: 0, latency: .milliseconds(1), cache: "hit-exact", group: "free", degraded: "cache-stale")
+        statistics.record(second: 1, latency: .milliseconds(1), error: "429", group: "free")
+        statistics.record(second: 1, latency: .milliseconds(1), error: "5xx", group: "paid")
+        statistics.record(second: 1, latency: .milliseconds(1), group: "paid", degraded: "downgrade")
+        statistics.record(second: 1, latency: .milliseconds(1))
+        let groups = statistics.snapshot.groups
+        #expect(groups["free"] == LoadStatistics.Group(served: 2, cacheHits: 1, degraded: ["cache-stale": 1], refused: 1, failed: 0))
+        #expect(groups["paid"] == LoadStatistics.Group(served: 0, cacheHits: 0, degraded: ["downgrade": 1], refused: 0, failed: 1))
+        #expect(groups.count == 2 && groups["free"]?.total == 4)
+    }
+
     /// Every scenario in loadtests/ parses, and the cache scenario's repeats and paraphrases come in their shares.
     @Test func theShippedScenariosParse() throws {
         let directory = EmbeddingsTests.projectRoot.appendingPathComponent("loadtests").path
@@ -150,6 +165,12 @@ extension LoadTestTests {
             let scenario = try LoadScenario(yaml: text, file: directory + "/" + file)
             #expect(!scenario.name.isEmpty, "\(file)")
         }
+        // The tiers scenario's gateway: the built-in mock, its keys, three limits and two degradation policies.
+        let tiers = try LoadScenario(yaml: try String(contentsOfFile: directory + "/user-tiers.yaml", encoding: .utf8),
+                                     file: directory + "/user-tiers.yaml")
+        #expect(tiers.gateway.keys.count == 8 && tiers.gateway.limits.count == 3 && tiers.gateway.degrade.count == 2)
+        #expect(tiers.gateway.models["gpt-4o"] != nil && tiers.plan.groupHeader == "x-load-tier" && tiers.plan.headerMix.count == 20)
+        #expect(tiers.plan.prompts.questionsOnly)
         let cache = try LoadScenario(yaml: try String(contentsOfFile: directory + "/cache-hits.yaml", encoding: .utf8),
                                      file: directory + "/cache-hits.yaml")
         let kinds = (0..<2000).map { cache.plan.prompts.kind($0) }

@@ -163,18 +163,18 @@ public final class RateLimitStage: GatewayStage {
     /// `answer` saying it was degraded, and how; `status`: the refused limit's headers (nil: keep the answer's own).
     func marked(_ answer: GatewayResponse, _ status: LimitStatus?, _ kind: Degradation, servedBy model: String? = nil) -> GatewayResponse {
         recorder?.degraded(kind)
+        func saying(_ own: LimitStatus?) -> LimitStatus {
+            var limits = status ?? own ?? LimitStatus()
+            limits.degraded = kind
+            limits.servedModel = model
+            return limits
+        }
         switch answer {
         case .completion(var completion):
-            var limits = status ?? completion.limits ?? LimitStatus()
-            limits.degraded = kind
-            limits.servedModel = model
-            completion.limits = limits
+            completion.limits = saying(completion.limits)
             return .completion(completion)
         case .stream(var stream):
-            var limits = status ?? stream.limits ?? LimitStatus()
-            limits.degraded = kind
-            limits.servedModel = model
-            stream.limits = limits
+            stream.limits = saying(stream.limits)
             return .stream(stream)
         }
     }

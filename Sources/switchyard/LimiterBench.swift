@@ -87,33 +87,26 @@ struct LimiterBench: AsyncParsableCommand {
         }
 
         var rows: [(String, Int, (cpu: Double, p50: Double), (cpu: Double, p50: Double))] = []
-        let ledger = LimitLedger()
-        let memoryOn = RateLimitStage(planner: LimitPlanner(definitions: applying), store: ledger)
-        let memoryOff = RateLimitStage(planner: LimitPlanner(definitions: elsewhere), store: ledger)
-        for tasks in [1, 32] {
-            // Off, on, off, on: the means of two each, so that a drift in the machine's speed hits both.
-            var off: [(cpu: Double, p50: Double)] = [], on: [(cpu: Double, p50: Double)] = []
-            for _ in 0..<2 {
-                off.append(try await measure(memoryOff, count: requests, tasks: tasks))
-                on.append(try await measure(memoryOn, count: requests, tasks: tasks))
+        /// The stage on `store` with its limits applying and not, one task and 32 at once.
+        func compare(_ name: String, _ store: any LimitStore, count: Int) async throws {
+            let on = RateLimitStage(planner: LimitPlanner(definitions: applying), store: store)
+            let off = RateLimitStage(planner: LimitPlanner(definitions: elsewhere), store: store)
+            for tasks in [1, 32] {
+                // Off, on, off, on: the means of two each, so that a drift in the machine's speed hits both.
+                var offRuns: [(cpu: Double, p50: Double)] = [], onRuns: [(cpu: Double, p50: Double)] = []
+                for _ in 0..<2 {
+                    offRuns.append(try await measure(off, count: count, tasks: tasks))
+                    onRuns.append(try await measure(on, count: count, tasks: tasks))
+                }
+                rows.append((name, tasks, Self.mean(offRuns), Self.mean(onRuns)))
             }
-            rows.append(("memory", tasks, Self.mean(off), Self.mean(on)))
         }
+        try await compare("memory", LimitLedger(), count: requests)
         if !memoryOnly {
             let (port, server) = try await BenchRedis.start(redisPort)
             defer { BenchRedis.stop(server) }
             let client = RedisClient(configuration: RedisConfiguration(port: port, poolSize: 4), group: MultiThreadedEventLoopGroup.singleton)
-            let store = RedisLimitStore(client: client, keyPrefix: "bench:")
-            let redisOn = RateLimitStage(planner: LimitPlanner(definitions: applying), store: store)
-            let redisOff = RateLimitStage(planner: LimitPlanner(definitions: elsewhere), store: store)
-            for tasks in [1, 32] {
-                var off: [(cpu: Double, p50: Double)] = [], on: [(cpu: Double, p50: Double)] = []
-                for _ in 0..<2 {
-                    off.append(try await measure(redisOff, count: redisRequests, tasks: tasks))
-                    on.append(try await measure(redisOn, count: redisRequests, tasks: tasks))
-                }
-                rows.append(("redis", tasks, Self.mean(off), Self.mean(on)))
-            }
+            try await compare("redis", RedisLimitStore(client: client, keyPrefix: "bench:"), count: redisRequests)
             await client.close()
         }
         print("| limits in | tasks | CPU/request off | CPU/request on | added CPU | p50 off | p50 on | added p50 |")

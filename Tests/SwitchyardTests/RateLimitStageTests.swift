@@ -118,6 +118,18 @@ import Testing
         }
     }
 
+    /// A small request's status, asked again every 20 ms for up to two seconds until it is a 200 (a permit comes
+    /// back when its request is settled, just after the answer).
+    static func statusOnceAdmitted(_ url: String, _ text: String) async throws -> Int {
+        var status = 0
+        for _ in 0..<100 {
+            status = try await send("\(url)/v1/chat/completions", body: Self.body(text, maxTokens: 20)).status
+            if status == 200 { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return status
+    }
+
     /// What `GET /v1/limits` says is left of the limit named (the anonymous embedded caller's).
     static func remaining(_ url: String, _ name: String) async throws -> Int64? {
         let body = try await send("\(url)/v1/limits?model=gpt-4o-mini", method: "GET", contentType: nil).body
@@ -144,13 +156,8 @@ import Testing
                     #expect(failed.status != 200 || failed.body.contains("error"), "\(fault) stream \(stream): \(failed.status)")
                     reserved += 5000
                     // The permit is back as soon as the failure is settled (off the request path: a moment).
-                    var next = 0
-                    for _ in 0..<50 {
-                        next = try await send("\(url)/v1/chat/completions", body: Self.body("after \(fault) \(stream)", maxTokens: 20)).status
-                        if next == 200 { break }
-                        try await Task.sleep(for: .milliseconds(20))
-                    }
-                    #expect(next == 200, "after \(fault) (stream \(stream)) the permit did not come back")
+                    #expect(try await Self.statusOnceAdmitted(url, "after \(fault) \(stream)") == 200,
+                            "after \(fault) (stream \(stream)) the permit did not come back")
                 }
             }
             try await Task.sleep(for: .milliseconds(100))
@@ -192,13 +199,7 @@ import Testing
             #expect(try await send("\(url)/v1/chat/completions", body: Self.body("meanwhile", maxTokens: 20)).status == 429)
             reader.cancel()
             _ = await reader.result
-            var next = 0
-            for _ in 0..<100 {
-                next = try await send("\(url)/v1/chat/completions", body: Self.body("after", maxTokens: 20)).status
-                if next == 200 { break }
-                try await Task.sleep(for: .milliseconds(20))
-            }
-            #expect(next == 200, "the abandoned stream kept its permit")
+            #expect(try await Self.statusOnceAdmitted(url, "after") == 200, "the abandoned stream kept its permit")
             // Settled with what streamed before the client left, not the 2,000 reserved.
             let used = 1_000_000 - (try await Self.remaining(url, "tokens") ?? 0)
             #expect(used > 0 && used < 2_000, "\(used) tokens counted")

@@ -9,7 +9,9 @@ import Testing
 /// Cluster slots.
 @Suite(.serialized) struct RedisLimitStoreTests {
     static let second = RateAlgorithmTests.second
-    static let now = RateAlgorithmTests.start
+    /// Midnight (UTC) of today, really: Redis expires a quota's key at its period's real end (PEXPIREAT), so a fixed
+    /// date in the past would see every quota key expire at once.
+    static let now = wallClockNanoseconds() / (86_400 * second) * (86_400 * second)
     let group = MultiThreadedEventLoopGroup.singleton
 
     func admitted(_ decision: LimitDecision) -> Reservation? {

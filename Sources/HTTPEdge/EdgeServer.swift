@@ -743,7 +743,8 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
                       http10: Bool = false, progress: WriteProgress = WriteProgress()) async -> Bool {
         switch response.body {
         case .buffer(let body):
-            var buffer = channel.allocator.buffer(capacity: 256 + body.readableBytes)
+            // Sized for the head as well (about 40 bytes a field), so that it is not copied to grow.
+            var buffer = channel.allocator.buffer(capacity: 128 + 48 * response.headers.count + body.readableBytes)
             HTTPFraming.writeHead(response.status, response.headers, contentLength: body.readableBytes, keepAlive: keepAlive,
                                   into: &buffer)
             buffer.writeImmutableBuffer(body)

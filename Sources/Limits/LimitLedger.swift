@@ -115,6 +115,10 @@ public func wallClockNanoseconds() -> Int64 {
 }
 
 extension LimitRule {
+    public var isConcurrent: Bool {
+        if case .concurrent = self { true } else { false }
+    }
+
     /// The whole allowance: what an unused counter has left.
     public var capacity: Int64 {
         switch self {
@@ -134,13 +138,18 @@ public struct Reservation: Sendable, Hashable {
     /// Per demand: units left after this reservation and nanoseconds until the counter is wholly free.
     public let remaining: [Int64]
     public let resetIn: [Int64]
+    /// Per demand, where the store keeps its counter (the Redis key), when the store names them: the settlement and
+    /// renewals reuse them instead of deriving them again. Empty for the in-memory ledger.
+    public let storeKeys: [String]
 
-    public init(demands: [LimitDemand], lease: UInt64, periods: [Int64?], remaining: [Int64], resetIn: [Int64]) {
+    public init(demands: [LimitDemand], lease: UInt64, periods: [Int64?], remaining: [Int64], resetIn: [Int64],
+                storeKeys: [String] = []) {
         self.demands = demands
         self.lease = lease
         self.periods = periods
         self.remaining = remaining
         self.resetIn = resetIn
+        self.storeKeys = storeKeys
     }
 }
 
@@ -184,9 +193,14 @@ public final class LimitLedger: LimitStore {
             // already took: two demands on one counter both count.
             var pending: [CounterState?] = []
             pending.reserveCapacity(demands.count)
+            // Where each stored counter is: written back through its position below, without hashing its name again.
+            var slots: [Dictionary<String, Entry>.Index?] = []
+            slots.reserveCapacity(demands.count)
             for (index, demand) in demands.enumerated() {
                 let earlier = index == 0 ? nil : demands[..<index].lastIndex { $0.counter == demand.counter }.flatMap { pending[$0] }
-                let counter = (earlier ?? state.counters[demand.counter]?.counter).flatMap { Self.matching($0, demand.rule) }
+                let slot = state.counters.index(forKey: demand.counter)
+                slots.append(slot)
+                let counter = (earlier ?? slot.map { state.counters.values[$0].counter }).flatMap { Self.matching($0, demand.rule) }
                     ?? CounterState(demand.rule)
                 switch counter {
                 case .rate(var gcra):
@@ -217,18 +231,36 @@ public final class LimitLedger: LimitStore {
             }
             state.clock &+= 1
             let clock = state.clock
+            // Stored counters first, in place (their positions stay valid while nothing is added), then the new ones
+            // (an insertion may move every entry, or evict).
+            var added = false
             for (offset, demand) in demands.enumerated() {
-                if let counter = pending[offset] {
-                    Self.store(&state, demand.counter, counter, now: now, limit: maximumCounters)
+                guard let slot = slots[offset] else {
+                    added = true
                     continue
                 }
-                guard case .concurrent(_, let ttl) = demand.rule else { continue }
-                if Self.acquire(&state.counters[demand.counter], rule: demand.rule, lease: lease, now: now, ttl: ttl, clock: clock) {
-                    continue
-                } else {
-                    var fresh = CounterState(demand.rule)
-                    fresh.withLeases { _ = $0.acquire(lease, now: now, ttl: ttl) }
-                    Self.store(&state, demand.counter, fresh, now: now, limit: maximumCounters)
+                if let counter = pending[offset] {
+                    state.counters.values[slot] = Entry(counter: counter, touched: clock)
+                } else if case .concurrent(_, let ttl) = demand.rule {
+                    if Self.matching(state.counters.values[slot].counter, demand.rule) == nil {
+                        state.counters.values[slot].counter = CounterState(demand.rule)
+                    }
+                    state.counters.values[slot].counter.withLeases { _ = $0.acquire(lease, now: now, ttl: ttl) }
+                    state.counters.values[slot].touched = clock
+                }
+            }
+            if added {
+                for (offset, demand) in demands.enumerated() where slots[offset] == nil {
+                    if let counter = pending[offset] {
+                        Self.store(&state, demand.counter, counter, now: now, limit: maximumCounters)
+                        continue
+                    }
+                    guard case .concurrent(_, let ttl) = demand.rule else { continue }
+                    if !Self.acquire(&state.counters[demand.counter], rule: demand.rule, lease: lease, now: now, ttl: ttl, clock: clock) {
+                        var fresh = CounterState(demand.rule)
+                        fresh.withLeases { _ = $0.acquire(lease, now: now, ttl: ttl) }
+                        Self.store(&state, demand.counter, fresh, now: now, limit: maximumCounters)
+                    }
                 }
             }
             return .admitted(Reservation(demands: demands, lease: lease, periods: periods, remaining: remaining, resetIn: resets))
@@ -242,6 +274,8 @@ public final class LimitLedger: LimitStore {
             for (index, demand) in reservation.demands.enumerated() {
                 let used = index < actual.count ? actual[index].map { max($0, 0) } ?? demand.units : demand.units
                 let delta = used > demand.units ? used - demand.units : -(demand.units - used)
+                // A rate or quota that used what it reserved (a request counter, say) has nothing to settle.
+                if delta == 0, !demand.rule.isConcurrent { continue }
                 let period = index < reservation.periods.count ? reservation.periods[index] ?? .min : .min
                 // In place, through the dictionary's own storage: one lookup.
                 state.counters[demand.counter]?.counter.settle(delta: delta, period: period, lease: reservation.lease, now: now)

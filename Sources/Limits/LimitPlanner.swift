@@ -126,7 +126,14 @@ public struct LimitPlanner: Sendable {
     /// the tenant is part of their counter (never shared across tenants) and their counters live together (the
     /// tenant is the shard); a limit over tiers, features or models alone is a counter of its own.
     static func counter(_ prepared: Prepared, caller: Caller, model: String) -> String {
-        var name = prepared.name
+        // Sized first (the values are read twice: cheap, they are stored strings): appended piece by piece, the
+        // string's storage would grow two or three times per counter.
+        let length = prepared.dimensions.reduce(prepared.name.utf8.count) { length, dimension in
+            length + dimension.prefix.utf8.count + escape(value(of: dimension.0, caller: caller, model: model)).utf8.count
+        }
+        var name = ""
+        name.reserveCapacity(length)
+        name += prepared.name
         for (dimension, prefix) in prepared.dimensions {
             name += prefix
             name += escape(value(of: dimension, caller: caller, model: model))

@@ -272,31 +272,61 @@ public struct RESPParser: Sendable {
 public enum RESPCommand {
     public static func encode(_ arguments: [RedisArgument], into buffer: inout ByteBuffer) {
         buffer.writeInteger(UInt8(ascii: "*"))
-        buffer.writeString(String(arguments.count))
+        writeDecimal(Int64(arguments.count), into: &buffer)
         buffer.writeStaticString("\r\n")
         for argument in arguments {
             buffer.writeInteger(UInt8(ascii: "$"))
             switch argument {
             case .string(let text):
-                buffer.writeString(String(text.utf8.count))
+                writeDecimal(Int64(text.utf8.count), into: &buffer)
                 buffer.writeStaticString("\r\n")
                 buffer.writeString(text)
             case .bytes(let bytes):
-                buffer.writeString(String(bytes.count))
+                writeDecimal(Int64(bytes.count), into: &buffer)
                 buffer.writeStaticString("\r\n")
                 buffer.writeBytes(bytes)
+            case .number(let value):
+                writeDecimal(Int64(decimalDigits(value)), into: &buffer)
+                buffer.writeStaticString("\r\n")
+                writeDecimal(value, into: &buffer)
             }
             buffer.writeStaticString("\r\n")
         }
     }
+
+    /// `value` in decimal, written digit by digit: a command's lengths and numbers without a string each.
+    static func writeDecimal(_ value: Int64, into buffer: inout ByteBuffer) {
+        if value < 0 { buffer.writeInteger(UInt8(ascii: "-")) }
+        // The magnitude, so that Int64.min has one too.
+        var rest = value.magnitude
+        var divisor: UInt64 = 1
+        while rest / divisor >= 10 { divisor *= 10 }
+        while divisor > 0 {
+            buffer.writeInteger(UInt8(ascii: "0") + UInt8(rest / divisor))
+            rest %= divisor
+            divisor /= 10
+        }
+    }
+
+    /// How many bytes `writeDecimal` writes for `value`.
+    static func decimalDigits(_ value: Int64) -> Int {
+        var rest = value.magnitude, count = value < 0 ? 2 : 1
+        while rest >= 10 {
+            rest /= 10
+            count += 1
+        }
+        return count
+    }
 }
 
-/// One argument of a command: text or binary-safe bytes.
+/// One argument of a command: text, binary-safe bytes, or an integer (sent as its decimal text; `integer(_:)`
+/// clamps to the range of `Int64`).
 public enum RedisArgument: Sendable, Hashable, ExpressibleByStringLiteral, ExpressibleByIntegerLiteral {
     case string(String)
     case bytes([UInt8])
+    case number(Int64)
 
     public init(stringLiteral value: String) { self = .string(value) }
-    public init(integerLiteral value: Int) { self = .string(String(value)) }
-    public static func integer(_ value: some BinaryInteger) -> RedisArgument { .string(String(value)) }
+    public init(integerLiteral value: Int) { self = .number(Int64(value)) }
+    public static func integer(_ value: some BinaryInteger) -> RedisArgument { .number(Int64(clamping: value)) }
 }

@@ -101,6 +101,27 @@ final class RedisNodePool: Sendable {
         for connection in connections { await connection.close() }
     }
 
+    /// A connected connection, without waiting: the caller's event loop's when there is one; nil when none is
+    /// connected now.
+    func readyConnection() -> RedisConnection? {
+        let current = MultiThreadedEventLoopGroup.currentEventLoop
+        return state.withLockedValue { state -> RedisConnection? in
+            guard !state.closed else { return nil }
+            var any: (RedisConnection, Int)?
+            for offset in 0..<state.slots.count {
+                let index = (state.next + offset) % state.slots.count
+                guard case .connected(let connection, _) = state.slots[index], connection.isActive else { continue }
+                if current == nil || connection.channel.eventLoop === current {
+                    state.next = (index + 1) % state.slots.count
+                    return connection
+                }
+                any = any ?? (connection, index)
+            }
+            if let (_, index) = any { state.next = (index + 1) % state.slots.count }
+            return any?.0
+        }
+    }
+
     /// A live connection: the next connected slot, or one (re)connecting now; `.unavailable` when every slot is
     /// waiting out its backoff.
     func connection() async throws(RedisError) -> RedisConnection {

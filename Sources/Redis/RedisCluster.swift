@@ -63,6 +63,7 @@ enum RedisCommandKey {
         switch argument {
         case .string(let string): Array(string.utf8)
         case .bytes(let bytes): bytes
+        case .number(let value): Array(String(value).utf8)
         }
     }
 }
@@ -273,6 +274,36 @@ public final class RedisClient: Sendable {
             let node = try await node(for: command)
             _ = try await pool(node).pipeline([["SCRIPT", "LOAD", .string(script.source)]])
             return try await send(command)
+        }
+    }
+
+    /// `evaluate` without a task waiting for the reply (a write off the request path): written at once on a
+    /// connection of the caller's event loop when one is connected; through `evaluate` in a task otherwise (a
+    /// cluster, no connection yet, or NOSCRIPT). `done` gets the reply, an error reply as `.server`.
+    public func evaluateDetached(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument],
+                                 done: @escaping @Sendable (Result<RESPValue, RedisError>) -> Void) {
+        @Sendable func inTask() {
+            Task {
+                do throws(RedisError) {
+                    done(.success(try await evaluate(script, keys: keys, arguments: arguments)))
+                } catch {
+                    done(.failure(error))
+                }
+            }
+        }
+        guard cluster == nil, let connection = seed.readyConnection() else { return inTask() }
+        let command: [RedisArgument] = ["EVALSHA", .string(script.sha1), .integer(keys.count)] + keys + arguments
+        connection.sendDetached([command]) { result in
+            switch result {
+            case .success(let replies):
+                switch replies.first {
+                case .error(let error)? where error.code == "NOSCRIPT": inTask()
+                case .error(let error)?: done(.failure(.server(error)))
+                case let reply: done(.success(reply ?? .null))
+                }
+            case .failure(let error):
+                done(.failure(error))
+            }
         }
     }
 

@@ -237,18 +237,35 @@ public final class RedisConnection: Sendable {
 
     func sendRaw(_ commands: [[RedisArgument]], pushReplies: Int = 0) async throws(RedisError) -> [RESPValue] {
         guard !commands.isEmpty else { return [] }
-        let eventLoop = channel.eventLoop
-        let promise = eventLoop.makePromise(of: [RESPValue].self)
-        let handler = self.handler, timeout = configuration.commandTimeout, channel = self.channel
-        eventLoop.execute {
-            handler.value.enqueue(commands, promise: promise, context: channel, timeout: timeout, pushReplies: pushReplies)
-        }
+        let promise = channel.eventLoop.makePromise(of: [RESPValue].self)
+        submit(commands, promise: promise, pushReplies: pushReplies)
         do {
             return try await promise.futureResult.get()
         } catch let error as RedisError {
             throw error
         } catch {
             throw .connectionClosed
+        }
+    }
+
+    /// Commands whose replies nobody awaits (a write off the request path): `done` gets them, or the error.
+    func sendDetached(_ commands: [[RedisArgument]], done: @escaping @Sendable (Result<[RESPValue], RedisError>) -> Void) {
+        let promise = channel.eventLoop.makePromise(of: [RESPValue].self)
+        promise.futureResult.whenComplete { result in done(result.mapError { $0 as? RedisError ?? .connectionClosed }) }
+        submit(commands, promise: promise)
+    }
+
+    /// Queues `commands` on the connection's event loop: at once when called there (a request's task on its loop),
+    /// else through the loop's task queue.
+    private func submit(_ commands: [[RedisArgument]], promise: EventLoopPromise<[RESPValue]>, pushReplies: Int = 0) {
+        let eventLoop = channel.eventLoop
+        let handler = self.handler, timeout = configuration.commandTimeout, channel = self.channel
+        if eventLoop.inEventLoop {
+            handler.value.enqueue(commands, promise: promise, context: channel, timeout: timeout, pushReplies: pushReplies)
+            return
+        }
+        eventLoop.execute {
+            handler.value.enqueue(commands, promise: promise, context: channel, timeout: timeout, pushReplies: pushReplies)
         }
     }
 

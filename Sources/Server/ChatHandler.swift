@@ -255,7 +255,8 @@ struct ChatHandler: Sendable {
         throws(GatewayError) -> EdgeResponse
     {
         var headers = HTTPFields()
-        headers.reserveCapacity(8)
+        // Room for the rate-limit headers too, when they come: a full storage would be copied to grow.
+        headers.reserveCapacity(completion.limits == nil ? 8 : 15)
         headers.append(HTTPField(name: .contentType, value: "application/json"))
         headers.append(HTTPField(name: .requestID, value: requestID))
         Self.addModelHeaders(completion.routing, requested: chat.model, downgradedTo: completion.limits?.servedModel, to: &headers)

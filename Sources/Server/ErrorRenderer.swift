@@ -84,14 +84,17 @@ public enum ErrorRenderer {
     /// as an RFC 3339 time).
     public static func addRateLimitHeaders(_ status: LimitStatus, format: APIFormat, to headers: inout HTTPFields,
                                     now: Double = Date().timeIntervalSince1970) {
-        for (kind, counter) in [(0, status.requests), (1, status.tokens)] {
-            guard let counter else { continue }
+        func add(_ counter: LimitStatus.Counter?, _ kind: Int) {
+            guard let counter else { return }
             let names = rateLimitNames[format == .openAI ? kind : 2 + kind]
             headers.append(HTTPField(name: names[0], value: String(counter.limit)))
             headers.append(HTTPField(name: names[1], value: String(counter.remaining)))
             headers.append(HTTPField(name: names[2], value: format == .openAI
                     ? openAIDuration(counter.resetIn) : rfc3339(now + Double(max(counter.resetIn, 0)) / 1e9)))
         }
+        // Two calls, not a loop over an array literal: that array would be allocated on every answer.
+        add(status.requests, 0)
+        add(status.tokens, 1)
         if let degraded = status.degraded { headers.append(HTTPField(name: .switchyardDegraded, value: degraded.rawValue)) }
     }
 

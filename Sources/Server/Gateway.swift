@@ -184,7 +184,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                                                          calibration: calibration)
     }
     // Limits: shared by every instance through Redis, or this process's.
-    let limitStore: any LimitStore = redis.map { RedisLimitStore(client: $0, keyPrefix: config.state.keyPrefix) } ?? LimitLedger()
+    let limitStore: any LimitStore = redis.map { RedisLimitStore(client: $0, keyPrefix: config.state.keyPrefix,
+                                                                     onSettleFailure: { [metrics] in metrics.stateFailed(seam: "limits_settle") }) } ?? LimitLedger()
     let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics, exactCache: exactStore,
                                          semanticCache: semanticStore, embedder: batcher.map { BatcherEmbedder(batcher: $0) },
                                          classifier: classifier, background: background, learned: learned, limits: limitStore)

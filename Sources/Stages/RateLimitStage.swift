@@ -221,7 +221,7 @@ public final class RateLimitStage: GatewayStage {
     /// While a stream runs, its concurrency permits are renewed three times per lease time, so a stream longer
     /// than the lease keeps them; nil when the reservation holds none.
     private func renewingPermits(_ reservation: Reservation) -> Task<Void, Never>? {
-        guard reservation.demands.contains(where: { if case .concurrent = $0.rule { true } else { false } }) else { return nil }
+        guard reservation.demands.contains(where: \.rule.isConcurrent) else { return nil }
         let store = self.store, clock = self.clock
         let period = Duration.nanoseconds(max(planner.permitTTL / 3, 1_000_000))
         return Task {

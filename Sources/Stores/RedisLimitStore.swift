@@ -1,6 +1,7 @@
 import Limits
 import Redis
 import SwitchyardCore
+import Synchronization
 
 /// Rate limits, quotas and concurrency permits in Redis, shared by every instance: one script checks every limit of
 /// a request and reserves them all or none (one round trip), another settles. Times are microseconds in Redis (Lua
@@ -13,20 +14,48 @@ import SwitchyardCore
 public final class RedisLimitStore: LimitStore {
     private let client: RedisClient
     private let prefix: String
+    /// Settlements sent and not yet answered: bounded, past it one is dropped (its permits then expire by themselves).
+    private let settling = Atomic<Int>(0)
+    static let maximumSettling = 10_000
+    private let onSettleFailure: @Sendable () -> Void
 
-    public init(client: RedisClient, keyPrefix: String) {
+    public init(client: RedisClient, keyPrefix: String, onSettleFailure: @escaping @Sendable () -> Void = {}) {
         self.client = client
         prefix = keyPrefix
+        self.onSettleFailure = onSettleFailure
     }
 
     /// A counter's key; a quota's names its period (`period`: the one it was reserved in; default: now's).
     func key(_ demand: LimitDemand, now: Int64, period: Int64? = nil) -> String {
-        let shard = KeyHash.sha256Hex(bytes: Array((demand.shard.isEmpty ? demand.counter : demand.shard).utf8)).prefix(16)
-        let counter = KeyHash.sha256Hex(bytes: Array(demand.counter.utf8)).prefix(16)
-        if case .quota(_, let calendar) = demand.rule {
-            return "\(prefix)limit:{\(shard)}:\(counter):q\(period ?? calendar.period(containing: now).index)"
+        keys([demand], now: now, periods: [period])[0]
+    }
+
+    /// The demands' keys, each shard hashed once (a request's counters of one tenant share theirs).
+    func keys(_ demands: [LimitDemand], now: Int64, periods: [Int64?] = []) -> [String] {
+        var shards: [String: Substring] = [:]
+        return demands.enumerated().map { offset, demand in
+            let counter = KeyHash.sha256Hex(bytes: Array(demand.counter.utf8)).prefix(16)
+            let shard: Substring
+            if demand.shard.isEmpty {
+                shard = counter
+            } else if let known = shards[demand.shard] {
+                shard = known
+            } else {
+                shard = KeyHash.sha256Hex(bytes: Array(demand.shard.utf8)).prefix(16)
+                shards[demand.shard] = shard
+            }
+            if case .quota(_, let calendar) = demand.rule {
+                let period = periods.indices.contains(offset) ? periods[offset] : nil
+                return "\(prefix)limit:{\(shard)}:\(counter):q\(period ?? calendar.period(containing: now).index)"
+            }
+            return "\(prefix)limit:{\(shard)}:\(counter)"
         }
-        return "\(prefix)limit:{\(shard)}:\(counter)"
+    }
+
+    /// The reservation's keys: those it was reserved under, or derived again for one made elsewhere.
+    private func keys(of reservation: Reservation, now: Int64) -> [String] {
+        reservation.storeKeys.count == reservation.demands.count
+            ? reservation.storeKeys : keys(reservation.demands, now: now, periods: reservation.periods)
     }
 
     static func microseconds(_ nanoseconds: Int64) -> Int64 { nanoseconds / 1000 }
@@ -65,11 +94,12 @@ public final class RedisLimitStore: LimitStore {
             return .admitted(Reservation(demands: [], lease: lease, periods: [], remaining: [], resetIn: []))
         }
         let groups = groups(demands)
+        let keys = keys(demands, now: now)
         var remaining = [Int64](repeating: 0, count: demands.count), resets = remaining
         var reserved: [[Int]] = []
         for group in groups {
             let part = group.map { demands[$0] }
-            let reply = try await client.evaluate(Self.reserveScript, keys: part.map { .string(key($0, now: now)) },
+            let reply = try await client.evaluate(Self.reserveScript, keys: group.map { .string(keys[$0]) },
                                                   arguments: [.integer(Self.microseconds(now)), .string(String(lease))]
                                                       + arguments(part, units: part.map(\.units), now: now))
             guard let values = reply.elements?.compactMap(\.integer), values.first == 1 || values.first == 0 else {
@@ -79,7 +109,8 @@ public final class RedisLimitStore: LimitStore {
                 // Refused: give back what earlier groups took.
                 for done in reserved {
                     let back = done.map { demands[$0] }
-                    _ = try? await settleGroup(back, actual: back.map { _ in 0 }, lease: lease, now: now)
+                    _ = try? await client.evaluate(Self.settleScript, keys: done.map { .string(keys[$0]) },
+                                                   arguments: settleArguments(back, actual: back.map { _ in 0 }, lease: lease, now: now))
                 }
                 let index = group.indices.contains(Int(values[1])) ? group[Int(values[1])] : group[0]
                 return .refused(index: index, retryIn: values[2] < 0 ? nil : Self.nanoseconds(values[2]), remaining: max(values[3], 0),
@@ -96,7 +127,8 @@ public final class RedisLimitStore: LimitStore {
             if case .quota(_, let calendar) = demand.rule { return calendar.period(containing: now).index }
             return nil
         }
-        return .admitted(Reservation(demands: demands, lease: lease, periods: periods, remaining: remaining, resetIn: resets))
+        return .admitted(Reservation(demands: demands, lease: lease, periods: periods, remaining: remaining, resetIn: resets,
+                                     storeKeys: keys))
     }
 
     public func remaining(_ demands: [LimitDemand], now: Int64) async throws -> [Int64] {
@@ -128,45 +160,60 @@ public final class RedisLimitStore: LimitStore {
     /// One `ZADD XX` per permit (only a permit still held is extended), pipelined: each names one key, so a
     /// cluster sends each to its slot's node.
     public func renew(_ reservation: Reservation, now: Int64) async throws {
-        let commands: [[RedisArgument]] = reservation.demands.compactMap { demand in
-            guard case .concurrent(_, let ttl) = demand.rule else { return nil }
-            let key = RedisArgument.string(key(demand, now: now))
-            return ["ZADD", key, "XX", .integer(Self.microseconds(now) &+ Self.microseconds(ttl)), .string(String(reservation.lease))]
+        let keys = keys(of: reservation, now: now)
+        let permits = reservation.demands.indices.compactMap { index -> (key: RedisArgument, ttl: Int64)? in
+            guard case .concurrent(_, let ttl) = reservation.demands[index].rule else { return nil }
+            return (.string(keys[index]), ttl)
         }
-        guard !commands.isEmpty else { return }
-        let ttls: [[RedisArgument]] = reservation.demands.compactMap { demand in
-            guard case .concurrent(_, let ttl) = demand.rule else { return nil }
-            return ["PEXPIRE", .string(key(demand, now: now)), .integer(ttl / 1_000_000 &+ 1000), "GT"]
+        guard !permits.isEmpty else { return }
+        let commands: [[RedisArgument]] = permits.map { permit in
+            ["ZADD", permit.key, "XX", .integer(Self.microseconds(now) &+ Self.microseconds(permit.ttl)), .string(String(reservation.lease))]
         }
+        let ttls: [[RedisArgument]] = permits.map { permit in ["PEXPIRE", permit.key, .integer(permit.ttl / 1_000_000 &+ 1000), "GT"] }
         _ = try await client.pipeline(commands + ttls)
     }
 
     public func settle(_ reservation: Reservation, actual: [Int64?], now: Int64) async throws {
-        let demands = reservation.demands
-        guard !demands.isEmpty else { return }
-        let used = demands.indices.map { index in index < actual.count ? actual[index].map { max($0, 0) } ?? demands[index].units : demands[index].units }
-        // Only what changes: a rate or quota that used what it reserved (a request counter, say) needs no write, and
-        // a reservation with nothing else to settle needs no round trip.
-        let changing = demands.indices.filter { index in
-            if case .concurrent = demands[index].rule { return true }
-            return used[index] != demands[index].units
-        }
-        guard !changing.isEmpty else { return }
-        let groups = groups(demands).map { $0.filter(changing.contains) }.filter { !$0.isEmpty }
-        for group in groups {
-            // A quota settles in the period it was reserved in (its key names the period).
-            try await settleGroup(group.map { demands[$0] }, actual: group.map { used[$0] }, lease: reservation.lease, now: now,
-                                  periods: group.map { reservation.periods.indices.contains($0) ? reservation.periods[$0] : nil })
+        for script in settlements(reservation, actual: actual, now: now) {
+            try await client.evaluate(Self.settleScript, keys: script.keys, arguments: script.arguments)
         }
     }
 
-    private func settleGroup(_ demands: [LimitDemand], actual: [Int64], lease: UInt64, now: Int64, periods: [Int64?] = []) async throws {
-        let keys: [RedisArgument] = demands.enumerated().map { offset, demand in
-            .string(key(demand, now: now, period: periods.indices.contains(offset) ? periods[offset] : nil))
+    /// Sent without a task waiting for each reply; bounded (`maximumSettling`), a failure counted.
+    public func settleInBackground(_ reservation: Reservation, actual: [Int64?], now: Int64) {
+        for script in settlements(reservation, actual: actual, now: now) {
+            guard settling.add(1, ordering: .relaxed).newValue <= Self.maximumSettling else {
+                settling.subtract(1, ordering: .relaxed)
+                onSettleFailure()
+                continue
+            }
+            client.evaluateDetached(Self.settleScript, keys: script.keys, arguments: script.arguments) { [self] result in
+                settling.subtract(1, ordering: .relaxed)
+                if case .failure = result { onSettleFailure() }
+            }
         }
+    }
+
+    /// The scripts that settle `reservation`: one per shard group with something to change.
+    private func settlements(_ reservation: Reservation, actual: [Int64?], now: Int64) -> [(keys: [RedisArgument], arguments: [RedisArgument])] {
+        let demands = reservation.demands
+        guard !demands.isEmpty else { return [] }
+        let used = demands.indices.map { index in index < actual.count ? actual[index].map { max($0, 0) } ?? demands[index].units : demands[index].units }
+        // Only what changes: a rate or quota that used what it reserved (a request counter, say) needs no write, and
+        // a reservation with nothing else to settle needs no round trip.
+        let changing = demands.indices.filter { index in demands[index].rule.isConcurrent || used[index] != demands[index].units }
+        guard !changing.isEmpty else { return [] }
+        // A quota settles in the period it was reserved in (its key names the period).
+        let keys = keys(of: reservation, now: now)
+        return groups(demands).map { $0.filter(changing.contains) }.filter { !$0.isEmpty }.map { group in
+            (group.map { .string(keys[$0]) },
+             settleArguments(group.map { demands[$0] }, actual: group.map { used[$0] }, lease: reservation.lease, now: now))
+        }
+    }
+
+    private func settleArguments(_ demands: [LimitDemand], actual: [Int64], lease: UInt64, now: Int64) -> [RedisArgument] {
         let deltas = zip(demands, actual).map { demand, used in used - demand.units }
-        try await client.evaluate(Self.settleScript, keys: keys,
-                                  arguments: [.integer(Self.microseconds(now)), .string(String(lease))] + arguments(demands, units: deltas, now: now))
+        return [.integer(Self.microseconds(now)), .string(String(lease))] + arguments(demands, units: deltas, now: now)
     }
 
     /// KEYS: one per demand. ARGV: now (µs), lease id, then per demand kind, limit, parameter, units.
@@ -202,16 +249,16 @@ public final class RedisLimitStore: LimitStore {
             result[#result + 1] = left - units
             result[#result + 1] = param - now
           else
-            redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-            local held = redis.call('ZSCORE', key, lease)
-            local count = redis.call('ZCARD', key)
-            if not held and count >= limit then
-              local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+            -- Live permits only (expired ones are swept by settlements); whether this lease holds one is asked only
+            -- when the limit is reached (a lease is new per request, so it almost never does).
+            local count = redis.call('ZCOUNT', key, '(' .. ARGV[1], '+inf')
+            if count >= limit and tonumber(redis.call('ZSCORE', key, lease) or '0') <= now then
+              local first = redis.call('ZRANGEBYSCORE', key, '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
               local retry = first[2] and math.max(tonumber(first[2]) - now, 0) or -1
               return {0, i - 1, retry, 0, math.max(retry, 0)}
             end
-            writes[#writes + 1] = {'c', key, now + param, param}
-            result[#result + 1] = limit - count - (held and 0 or 1)
+            writes[#writes + 1] = {'c', key, now + param, param, #result + 1, limit - count}
+            result[#result + 1] = 0
             result[#result + 1] = 0
           end
         end
@@ -222,7 +269,8 @@ public final class RedisLimitStore: LimitStore {
             redis.call('INCRBY', w[2], w[3])
             redis.call('PEXPIREAT', w[2], math.ceil(w[4] / 1000) + 60000)
           else
-            redis.call('ZADD', w[2], w[3], lease)
+            -- Left: the limit less the live permits, less this one unless it was already held.
+            result[w[5]] = w[6] - redis.call('ZADD', w[2], w[3], lease)
             redis.call('PEXPIRE', w[2], math.ceil(w[4] / 1000) + 1000)
           end
         end
@@ -254,6 +302,7 @@ public final class RedisLimitStore: LimitStore {
             end
           else
             redis.call('ZREM', key, lease)
+            redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
           end
         end
         return 1

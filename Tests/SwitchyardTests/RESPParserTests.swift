@@ -1,5 +1,5 @@
 import NIOCore
-import Redis
+@testable import Redis
 import Testing
 
 /// The RESP3 parser: every type, every split, and hostile bytes refused with an error rather than a trap or a hang.
@@ -44,6 +44,22 @@ import Testing
         }
         // One byte at a time.
         #expect(try Self.parseAll(Self.wire.map { [$0] }) == Self.values)
+    }
+
+    /// Commands as RESP arrays of bulk strings; numbers as their decimal text, the extremes included.
+    @Test func commandsEncodeNumbersAsDecimalText() {
+        var buffer = ByteBuffer()
+        RESPCommand.encode(["SET", "k\r\n", .integer(0), .integer(-42), .integer(Int64.min), .integer(Int64.max), .bytes([0, 255]),
+                            .integer(UInt64.max)], into: &buffer)
+        let expected = "*8\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$1\r\n0\r\n$3\r\n-42\r\n$20\r\n-9223372036854775808\r\n"
+            + "$19\r\n9223372036854775807\r\n$2\r\n\u{0}\u{FF}\r\n$19\r\n9223372036854775807\r\n"
+        #expect(buffer.readableBytesView.elementsEqual(Array(expected.unicodeScalars.map { UInt8($0.value) })))
+        for value: Int64 in [0, 9, 10, 99, 100, -1, -10, 1_000_000, .max, .min] {
+            var digits = ByteBuffer()
+            RESPCommand.writeDecimal(value, into: &digits)
+            #expect(digits.readString(length: digits.readableBytes) == String(value))
+            #expect(RESPCommand.decimalDigits(value) == String(value).utf8.count)
+        }
     }
 
     @Test func aValueIsNotReturnedBeforeItsLastByte() throws {

@@ -47,7 +47,8 @@ import Testing
         // Permits: two at once, given back by settling, and one whose holder vanished expires.
         let permit = LimitDemand(counter: "inflight/tenant=t", rule: .concurrent(limit: 2, ttl: 30 * Self.second), units: 1, shard: "t")
         let a = try #require(admitted(try await store.reserve([permit], lease: 10, now: Self.now)))
-        #expect(admitted(try await store.reserve([permit], lease: 11, now: Self.now)) != nil)
+        #expect(a.remaining == [1])
+        #expect(admitted(try await store.reserve([permit], lease: 11, now: Self.now))?.remaining == [0])
         #expect(admitted(try await store.reserve([permit], lease: 12, now: Self.now)) == nil)
         #expect(try await store.remaining([permit], now: Self.now) == [0])
         try await store.settle(a, actual: [], now: Self.now)
@@ -62,6 +63,17 @@ import Testing
         #expect(admitted(try await store.reserve([permit], lease: 16, now: Self.now + 71 * Self.second)) != nil, "a renewal took a released permit")
         #expect(try await store.remaining([permit], now: Self.now + 71 * Self.second) == [0])
         try await store.settle(d, actual: [], now: Self.now + 72 * Self.second)
+        // Settled in the background (Redis: sent without a task waiting for the reply): the permit comes back.
+        let e = try #require(admitted(try await store.reserve([permit], lease: 17, now: Self.now + 72 * Self.second)))
+        #expect(e.remaining == [0])
+        #expect(admitted(try await store.reserve([permit], lease: 18, now: Self.now + 72 * Self.second)) == nil)
+        store.settleInBackground(e, actual: [], now: Self.now + 72 * Self.second)
+        var back = false
+        for _ in 0..<200 where !back {
+            back = try await store.remaining([permit], now: Self.now + 72 * Self.second) == [1]
+            if !back { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(back, "the background settlement gave the permit back")
         // More than a limit allows: refused for good.
         let huge = LimitDemand(counter: "rpm/user=b", rule: .rate(limit: 20, period: 60 * Self.second), units: 21)
         if case .refused(_, let retry, _, _) = try await store.reserve([huge], lease: 20, now: Self.now) { #expect(retry == nil) }

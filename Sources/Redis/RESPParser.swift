@@ -270,42 +270,67 @@ public struct RESPParser: Sendable {
 
 /// Commands on the wire: an array of bulk strings, which every Redis version reads.
 public enum RESPCommand {
+    /// The command as an array of bulk strings, sized first and written in one go (written piece by piece, each of
+    /// a script's twenty-odd arguments would pay the buffer's checks several times).
     public static func encode(_ arguments: [RedisArgument], into buffer: inout ByteBuffer) {
-        buffer.writeInteger(UInt8(ascii: "*"))
-        writeDecimal(Int64(arguments.count), into: &buffer)
-        buffer.writeStaticString("\r\n")
+        var size = 3 + decimalDigits(Int64(arguments.count))
         for argument in arguments {
-            buffer.writeInteger(UInt8(ascii: "$"))
-            switch argument {
-            case .string(let text):
-                writeDecimal(Int64(text.utf8.count), into: &buffer)
-                buffer.writeStaticString("\r\n")
-                buffer.writeString(text)
-            case .bytes(let bytes):
-                writeDecimal(Int64(bytes.count), into: &buffer)
-                buffer.writeStaticString("\r\n")
-                buffer.writeBytes(bytes)
-            case .number(let value):
-                writeDecimal(Int64(decimalDigits(value)), into: &buffer)
-                buffer.writeStaticString("\r\n")
-                writeDecimal(value, into: &buffer)
+            let length = argument.encodedCount
+            size += 5 + decimalDigits(Int64(length)) + length
+        }
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { raw in
+            var at = 0
+            func put(_ byte: UInt8) {
+                raw[at] = byte
+                at += 1
             }
-            buffer.writeStaticString("\r\n")
+            func put(_ bytes: UnsafeRawBufferPointer) {
+                guard let base = bytes.baseAddress, let target = raw.baseAddress, bytes.count > 0 else { return }
+                target.advanced(by: at).copyMemory(from: base, byteCount: bytes.count)
+                at += bytes.count
+            }
+            func putDecimal(_ value: Int64) {
+                at += writeDecimal(value, into: UnsafeMutableRawBufferPointer(rebasing: raw[at...]))
+            }
+            func putLine() {
+                put(UInt8(ascii: "\r"))
+                put(UInt8(ascii: "\n"))
+            }
+            put(UInt8(ascii: "*"))
+            putDecimal(Int64(arguments.count))
+            putLine()
+            for argument in arguments {
+                put(UInt8(ascii: "$"))
+                putDecimal(Int64(argument.encodedCount))
+                putLine()
+                switch argument {
+                case .string(var text): text.withUTF8 { put(UnsafeRawBufferPointer($0)) }
+                case .bytes(let bytes): bytes.withUnsafeBytes { put($0) }
+                case .number(let value): putDecimal(value)
+                }
+                putLine()
+            }
+            return at
         }
     }
 
-    /// `value` in decimal, written digit by digit: a command's lengths and numbers without a string each.
-    static func writeDecimal(_ value: Int64, into buffer: inout ByteBuffer) {
-        if value < 0 { buffer.writeInteger(UInt8(ascii: "-")) }
-        // The magnitude, so that Int64.min has one too.
+    /// `value` in decimal at the start of `out` (which has room: 20 bytes take any Int64); returns the bytes written.
+    static func writeDecimal(_ value: Int64, into out: UnsafeMutableRawBufferPointer) -> Int {
+        let count = decimalDigits(value)
+        // The magnitude, so that Int64.min has one too; digits from the last.
         var rest = value.magnitude
-        var divisor: UInt64 = 1
-        while rest / divisor >= 10 { divisor *= 10 }
-        while divisor > 0 {
-            buffer.writeInteger(UInt8(ascii: "0") + UInt8(rest / divisor))
-            rest %= divisor
-            divisor /= 10
-        }
+        var at = count
+        repeat {
+            at -= 1
+            out[at] = UInt8(ascii: "0") + UInt8(rest % 10)
+            rest /= 10
+        } while rest > 0
+        if value < 0 { out[0] = UInt8(ascii: "-") }
+        return count
+    }
+
+    static func writeDecimal(_ value: Int64, into buffer: inout ByteBuffer) {
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 20) { writeDecimal(value, into: $0) }
     }
 
     /// How many bytes `writeDecimal` writes for `value`.
@@ -329,4 +354,13 @@ public enum RedisArgument: Sendable, Hashable, ExpressibleByStringLiteral, Expre
     public init(stringLiteral value: String) { self = .string(value) }
     public init(integerLiteral value: Int) { self = .number(Int64(value)) }
     public static func integer(_ value: some BinaryInteger) -> RedisArgument { .number(Int64(clamping: value)) }
+
+    /// The bytes of its bulk string.
+    var encodedCount: Int {
+        switch self {
+        case .string(let text): text.utf8.count
+        case .bytes(let bytes): bytes.count
+        case .number(let value): RESPCommand.decimalDigits(value)
+        }
+    }
 }

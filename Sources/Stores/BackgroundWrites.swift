@@ -46,6 +46,6 @@ enum SharedState {
 
     /// A tenant as a Redis hash tag (`{…}` in a key): one tenant's keys share a Cluster slot, and keys carry no name.
     static func tenantTag(_ tenant: String) -> String {
-        String(KeyHash.sha256Hex(bytes: Array(tenant.utf8)).prefix(16))
+        KeyHash.sha256Hex(tenant, characters: 16)
     }
 }

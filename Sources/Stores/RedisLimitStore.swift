@@ -32,16 +32,16 @@ public final class RedisLimitStore: LimitStore {
 
     /// The demands' keys, each shard hashed once (a request's counters of one tenant share theirs).
     func keys(_ demands: [LimitDemand], now: Int64, periods: [Int64?] = []) -> [String] {
-        var shards: [String: Substring] = [:]
+        var shards: [String: String] = [:]
         return demands.enumerated().map { offset, demand in
-            let counter = KeyHash.sha256Hex(bytes: Array(demand.counter.utf8)).prefix(16)
-            let shard: Substring
+            let counter = KeyHash.sha256Hex(demand.counter, characters: 16)
+            let shard: String
             if demand.shard.isEmpty {
                 shard = counter
             } else if let known = shards[demand.shard] {
                 shard = known
             } else {
-                shard = KeyHash.sha256Hex(bytes: Array(demand.shard.utf8)).prefix(16)
+                shard = KeyHash.sha256Hex(demand.shard, characters: 16)
                 shards[demand.shard] = shard
             }
             if case .quota(_, let calendar) = demand.rule {

@@ -54,7 +54,7 @@ public final class SharedCalibration: Sendable {
 
     func hashKey(_ key: String) -> String {
         let tenant = key.split(separator: "\u{0}", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
-        return "\(prefix)calib:{\(SharedState.tenantTag(tenant))}:\(KeyHash.sha256Hex(bytes: Array(key.utf8)).prefix(16))"
+        return "\(prefix)calib:{\(SharedState.tenantTag(tenant))}:\(KeyHash.sha256Hex(key, characters: 16))"
     }
 
     var registry: String { "\(prefix)calib:changed" }

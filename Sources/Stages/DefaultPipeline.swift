@@ -26,10 +26,20 @@ public enum DefaultPipeline {
         // Degradation applies to the limits after the caches: those before them count cache hits too, so a cached
         // answer would not relieve them.
         let store = limits ?? LimitLedger()
+        let routing = RoutingStage(models: config.models, classifier: classifier, embedder: embedder,
+                                   logprobModels: Set(config.models.values.filter { model in
+                                       config.providers[model.provider]?.kind.format(forUpstreamModel: model.upstreamModel) == .openAI
+                                   }.map(\.name)))
+        let routes = config.routes
+        let routeChoice: RateLimitStage.RouteChoice = { name, request, context in
+            guard let route = routes[name] else { return nil }
+            return try await routing.downgradeChoice(route, request: request, context: context)
+        }
         let stage = { (definitions: [LimitDefinition], policies: [DegradePolicy]) -> [any GatewayStage] in
             definitions.isEmpty ? [] : [RateLimitStage(planner: LimitPlanner(definitions: definitions), store: store,
                                                        failClosed: config.state.limits == .failClosed, policies: policies,
-                                                       models: config.models, recorder: recorder as? any LimitRecorder)]
+                                                       models: config.models, routeChoice: routeChoice,
+                                                       recorder: recorder as? any LimitRecorder)]
         }
         let everyRequest = stage(config.limits.filter(\.countsAllRequests), [])
         let limitStage = stage(config.limits.filter { !$0.countsAllRequests }, config.degrade)
@@ -45,10 +55,7 @@ public enum DefaultPipeline {
                 SemanticCacheStage(store: semanticCache, embedder: embedder, settings: config.cache, recorder: recorder,
                                    background: background, learned: learned,
                                    offersLooserMatches: degrades && DegradePolicy.usesLooserSemantic(config.degrade)),
-                RoutingStage(models: config.models, classifier: classifier, embedder: embedder,
-                             logprobModels: Set(config.models.values.filter { model in
-                                 config.providers[model.provider]?.kind.format(forUpstreamModel: model.upstreamModel) == .openAI
-                             }.map(\.name))),
+                routing,
             ] + limitStage + [
                 PromptCacheStage(providers: config.providers),
                 CostAccountingStage(recorder: recorder),

@@ -19,6 +19,10 @@ public final class RateLimitStage: GatewayStage {
     /// A degradation step the job queue provides: accepts the request as a background job (its answer says so), or
     /// nil when it cannot.
     public typealias QueueStep = @Sendable (ChatRequest, GatewayContext) async throws -> GatewayResponse?
+    /// What a downgrade to the route of this name would send the request to (the request as it would go, the context
+    /// with the model chosen, the model's name); nil when no route has the name.
+    public typealias RouteChoice = @Sendable (String, ChatRequest, GatewayContext) async throws
+        -> (request: ChatRequest, context: GatewayContext, model: String)?
 
     let planner: LimitPlanner
     let store: any LimitStore
@@ -30,6 +34,7 @@ public final class RateLimitStage: GatewayStage {
     /// The models a downgrade step may name.
     let models: [String: ModelRoute]
     let queue: QueueStep?
+    let routeChoice: RouteChoice?
     let recorder: (any LimitRecorder)?
     let clock: @Sendable () -> Int64
     /// The store when it is the in-memory ledger: reserved without an `await` (a short lock needs no suspension).
@@ -39,7 +44,8 @@ public final class RateLimitStage: GatewayStage {
 
     public init(planner: LimitPlanner, store: any LimitStore, defaultOutputTokens: Int64 = 4096, failClosed: Bool = false,
                 policies: [DegradePolicy] = [], models: [String: ModelRoute] = [:], queue: QueueStep? = nil,
-                recorder: (any LimitRecorder)? = nil, clock: @escaping @Sendable () -> Int64 = wallClockNanoseconds) {
+                routeChoice: RouteChoice? = nil, recorder: (any LimitRecorder)? = nil,
+                clock: @escaping @Sendable () -> Int64 = wallClockNanoseconds) {
         self.planner = planner
         self.store = store
         self.defaultOutputTokens = max(defaultOutputTokens, 1)
@@ -47,6 +53,7 @@ public final class RateLimitStage: GatewayStage {
         self.policies = policies
         self.models = models
         self.queue = queue
+        self.routeChoice = routeChoice
         self.recorder = recorder
         self.clock = clock
         ledger = store as? LimitLedger
@@ -131,16 +138,29 @@ public final class RateLimitStage: GatewayStage {
             case .downgrade(let names):
                 let route = try context.requireRoute()
                 let caller = try context.requireCaller()
-                // Down the list from the model refused (or from its top when that model is not on it).
-                let start = names.firstIndex(of: route.name).map { $0 + 1 } ?? 0
-                for name in names[start...] where name != route.name {
-                    guard let target = models[name] else { continue }
-                    let plan = self.plan(request, caller: caller, model: target)
+                // Down the list from the model or route refused (or from its top when neither is on it).
+                let asked = context.routeConfig?.name
+                let start = names.firstIndex { $0 == route.name || $0 == asked }.map { $0 + 1 } ?? 0
+                for name in names[start...] where name != route.name && name != asked {
+                    var downgradedRequest = request
                     var downgraded = context
-                    downgraded.route = target
+                    let served: String
+                    if let target = models[name] {
+                        downgraded.route = target
+                        served = name
+                    } else if let choice = try await routeChoice?(name, request, context) {
+                        (downgradedRequest, downgraded, served) = choice
+                    } else {
+                        continue
+                    }
+                    // A route that chooses the model refused relieves nothing.
+                    guard let target = downgraded.route, target.name != route.name else { continue }
+                    let plan = self.plan(downgradedRequest, caller: caller, model: target)
                     // An original body names the refused model: the provider renders the request again.
                     downgraded.original = nil
-                    guard !plan.demands.isEmpty else { return marked(try await next(request, downgraded), nil, .downgrade, servedBy: name) }
+                    guard !plan.demands.isEmpty else {
+                        return marked(try await next(downgradedRequest, downgraded), nil, .downgrade, servedBy: served)
+                    }
                     let decision: LimitDecision
                     do {
                         decision = try await store.reserve(plan.demands, lease: leaseBase &+ leases.next(), now: clock())
@@ -149,9 +169,9 @@ public final class RateLimitStage: GatewayStage {
                         continue
                     }
                     guard case .admitted(let reservation) = decision else { continue }
-                    let answer = try await proceed(request, context: downgraded, plan: plan, reservation: reservation,
+                    let answer = try await proceed(downgradedRequest, context: downgraded, plan: plan, reservation: reservation,
                                                    price: target.price, next: next)
-                    return marked(answer, nil, .downgrade, servedBy: name)
+                    return marked(answer, nil, .downgrade, servedBy: served)
                 }
             case .queue:
                 if let queue, let answer = try await queue(request, context) { return marked(answer, status, .queued) }

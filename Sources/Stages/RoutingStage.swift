@@ -59,6 +59,23 @@ public struct RoutingStage: GatewayStage {
         return classifier.percentile(of: score)
     }
 
+    /// What `route` would send `request` to when a refused request is downgraded to it: its rule for the request,
+    /// with a cascade's cheap model (a downgrade asks for less, not for an escalation). The request as it goes on,
+    /// the context with that model, and the model's name.
+    public func downgradeChoice(_ route: RouteConfig, request: ChatRequest, context: GatewayContext) async throws(GatewayError)
+        -> (request: ChatRequest, context: GatewayContext, model: String)
+    {
+        var rule = try rule(route, request: request, context: context)
+        var complexity: Double?
+        switch rule.target {
+        case .cascade(let cheap, _, _): rule.target = .model(cheap)
+        case .complexity: complexity = await percentile(request, context: context)
+        case .model: break
+        }
+        let (routed, routedContext, outcome) = try decide(request, route: route, rule: rule, complexity: complexity, context: context)
+        return (routed, routedContext, outcome.decision)
+    }
+
     /// The request as it goes on (its `max_tokens` limited), the context with the chosen model, and the decision.
     @inline(never)
     func decide(_ request: ChatRequest, route: RouteConfig, rule: RouteRule, complexity: Double?, context: GatewayContext)

@@ -226,7 +226,7 @@ public enum ConfigLoader {
             }
         }
         config.limits = try parseLimits(top)
-        config.degrade = try parseDegrade(top, models: Set(config.models.keys))
+        config.degrade = try parseDegrade(top, models: Set(config.models.keys), routes: Set(config.routes.keys))
         try top.finish()
         return config
     }

@@ -71,8 +71,8 @@ public struct DegradePolicy: Sendable, Hashable {
         /// Serve from the caches: an exact answer past its TTL by at most `staleFor`, or a semantic match at or above
         /// `semanticThreshold` (looser than the cache's own), still verified.
         case cache(staleFor: Duration?, semanticThreshold: Double?)
-        /// Try the reservation again against each of these models in turn (their own limits apply) and answer with
-        /// the first admitted.
+        /// Try the reservation again against each of these models or routes in turn (their own limits apply: a
+        /// route's, those of the model its rules choose for the request) and answer with the first admitted.
         case downgrade([String])
         /// Accept the request as a background job (the queue issue provides it; until then refused at load).
         case queue
@@ -241,8 +241,8 @@ extension ConfigLoader {
     }
 
     /// `degrade:` a list of `{when: {tier:, feature:}, steps: [...]}`, each step one of `cache: {stale_for_seconds,
-    /// semantic_threshold}`, `downgrade: MODEL or [MODELS]`, `queue`.
-    static func parseDegrade(_ top: MappingReader, models: Set<String>) throws(ConfigError) -> [DegradePolicy] {
+    /// semantic_threshold}`, `downgrade: NAME or [NAMES]` (models or routes), `queue`.
+    static func parseDegrade(_ top: MappingReader, models: Set<String>, routes: Set<String> = []) throws(ConfigError) -> [DegradePolicy] {
         guard let list = try top.sequence("degrade") else { return [] }
         guard list.count <= 64 else { throw ConfigError(path: "degrade", "at most 64 policies") }
         var policies: [DegradePolicy] = []
@@ -280,11 +280,11 @@ extension ConfigLoader {
                     policy.steps.append(.cache(staleFor: stale, semanticThreshold: threshold))
                 case "downgrade":
                     let targets = try stringList(item, "downgrade") ?? []
-                    for (position, target) in targets.enumerated() where !models.contains(target) {
+                    for (position, target) in targets.enumerated() where !models.contains(target) && !routes.contains(target) {
                         throw ConfigError(path: targets.count == 1 ? item.child("downgrade") : "\(item.child("downgrade"))[\(position)]",
-                                          "unknown model '\(target)' (a downgrade names models)")
+                                          "unknown model or route '\(target)'")
                     }
-                    guard !targets.isEmpty else { throw ConfigError(path: item.child("downgrade"), "must name at least one model") }
+                    guard !targets.isEmpty else { throw ConfigError(path: item.child("downgrade"), "must name at least one model or route") }
                     policy.steps.append(.downgrade(targets))
                 default:
                     throw ConfigError(path: item.child(kind), "unknown step: one of cache, downgrade, queue")

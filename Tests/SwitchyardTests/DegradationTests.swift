@@ -127,6 +127,37 @@ import Testing
         }
     }
 
+    @Test func aDowngradeToARouteAnswersWithTheModelItsRulesChoose() async throws {
+        var config = TestConfigs.embedded()
+        config.cache.exactEnabled = false
+        config.cache.semanticEnabled = false
+        config.limits = [LimitDefinition(name: "opus", measure: .requests, amount: 1, window: .minute, scope: [.user],
+                                         when: [.model: ["claude-opus-4-1"]])]
+        // The route's rule limits the output too: the downgraded request goes as the route would send it.
+        config.routes["budget"] = RouteConfig(name: "budget", rules: [
+            RouteRule(name: "long", match: RuleMatch(promptTokens: 4000...Int.max), target: .model("claude-opus-4-1")),
+            RouteRule(name: "short", target: .model("claude-haiku-4-5"), maxTokens: OutputLimit(defaultTokens: 4, cap: 4)),
+        ])
+        config.degrade = [DegradePolicy(steps: [.downgrade(["claude-opus-4-1", "budget"])])]
+        try await withTestGateway(config) { _, url in
+            let anthropic = [("anthropic-version", "2023-06-01")]
+            let first = try await send("\(url)/v1/messages", body: Self.body("one", model: "claude-opus-4-1"), headers: anthropic)
+            #expect(first.status == 200 && first.header("x-switchyard-model") == "claude-opus-4-1")
+            let second = try await send("\(url)/v1/messages", body: Self.body("two", model: "claude-opus-4-1"), headers: anthropic)
+            #expect(second.status == 200 && second.header("x-switchyard-degraded") == "downgrade", "\(second.body)")
+            #expect(second.header("x-switchyard-model") == "claude-haiku-4-5")
+            func outputTokens(_ body: String) throws -> Int {
+                let usage = try #require(try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])["usage"] as? [String: Any]
+                return try #require(usage?["output_tokens"] as? Int)
+            }
+            #expect(try outputTokens(first.body) > 4 && outputTokens(second.body) <= 4, "the route's cap applied")
+            // A long prompt: the route would choose the refused model, which relieves nothing; the 429.
+            let long = String(repeating: "many words in a long prompt ", count: 800)
+            let third = try await send("\(url)/v1/messages", body: Self.body(long, model: "claude-opus-4-1"), headers: anthropic)
+            #expect(third.status == 429, "\(third.status) \(third.headers)")
+        }
+    }
+
     @Test func aDowngradedAnswerIsNotCachedAndACachedAnswerCarriesNoOnesLimits() async throws {
         var config = TestConfigs.embedded()
         config.cache.semanticEnabled = false
@@ -184,6 +215,9 @@ import Testing
         #expect(good.degrade[0].steps == [.cache(staleFor: .seconds(600), semanticThreshold: 0.85),
                                           .downgrade(["claude-sonnet-4-5", "claude-haiku-4-5"])])
         #expect(DegradePolicy.staleRetention(good.degrade) == .seconds(600))
+        // A downgrade may name a route.
+        let routed = try load("routes: {budget: {rules: [{model: claude-haiku-4-5}]}}\ndegrade:\n  - steps: [{downgrade: [budget, gpt-4o-mini]}]")
+        #expect(routed.degrade[0].steps == [.downgrade(["budget", "gpt-4o-mini"])])
         for (yaml, path) in [
             ("degrade:\n  - steps: [queue]", "degrade[0].steps[0]"),
             ("degrade:\n  - steps: []", "degrade[0].steps"),

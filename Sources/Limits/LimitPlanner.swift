@@ -12,34 +12,53 @@ public struct LimitPlanner: Sendable {
     /// values are read and appended).
     struct Prepared: Sendable {
         var rule: LimitRule
+        var measure: LimitDefinition.Measure
+        var countsAllRequests: Bool
         /// The escaped name.
         var name: String
         /// The scope in counter order, the tenant added for a user or key scope, with `|dimension=` written.
         var dimensions: [(LimitDefinition.Dimension, prefix: String)]
+        /// The same number for definitions of the same scope: a request's scope part is built once for them.
+        var scopeID: Int
         var perTenant: Bool
+        /// The filters other than the model's (that one is applied through `byModel`).
         var when: [(LimitDefinition.Dimension, Set<String>)]
     }
 
     let prepared: [Prepared]
+    /// For each model a filter names, the definitions that may apply to it (in order); any other model: `unfiltered`.
+    /// One lookup per request instead of one per definition.
+    let byModel: [String: [Int]]
+    let unfiltered: [Int]
 
     public init(definitions: [LimitDefinition], permitTTL: Int64 = 600_000_000_000) {
         self.definitions = definitions
         let permitTTL = max(permitTTL, 1)
         self.permitTTL = permitTTL
+        var scopes: [[LimitDefinition.Dimension]] = []
         prepared = definitions.map { definition in
             var dimensions = definition.scope
             let perTenant = dimensions.contains(.tenant) || dimensions.contains(.user) || dimensions.contains(.key)
             if perTenant && !dimensions.contains(.tenant) { dimensions.insert(.tenant, at: 0) }
+            dimensions.sort()
             let rule: LimitRule = switch definition.window {
             case nil: .concurrent(limit: Int(clamping: definition.amount), ttl: permitTTL)
             case .day?: .quota(limit: definition.amount, calendar: .day)
             case .month?: .quota(limit: definition.amount, calendar: .month)
             case let window?: .rate(limit: definition.amount, period: window.nanoseconds)
             }
-            return Prepared(rule: rule, name: Self.escape(definition.name),
-                            dimensions: dimensions.sorted().map { ($0, "|\($0.rawValue)=") }, perTenant: perTenant,
-                            when: definition.when.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
+            let scopeID = scopes.firstIndex(of: dimensions) ?? scopes.count
+            if scopeID == scopes.count { scopes.append(dimensions) }
+            return Prepared(rule: rule, measure: definition.measure, countsAllRequests: definition.countsAllRequests,
+                            name: Self.escape(definition.name), dimensions: dimensions.map { ($0, "|\($0.rawValue)=") },
+                            scopeID: scopeID, perTenant: perTenant,
+                            when: definition.when.filter { $0.key != .model }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
         }
+        unfiltered = definitions.indices.filter { definitions[$0].when[.model] == nil }
+        let named = Set(definitions.flatMap { $0.when[.model] ?? [] })
+        byModel = Dictionary(uniqueKeysWithValues: named.map { model in
+            (model, definitions.indices.filter { definitions[$0].when[.model]?.contains(model) ?? true })
+        })
     }
 
     /// What a request is expected to use before it runs: the prompt estimate, `max_tokens` (or a per-model default),
@@ -73,28 +92,38 @@ public struct LimitPlanner: Sendable {
     public func demandsAndSources(caller: Caller, model: String, estimate: Estimate, cacheHit: Bool = false)
         -> (demands: [LimitDemand], sources: [Int])
     {
+        let candidates = byModel[model] ?? unfiltered
         var demands: [LimitDemand] = []
         var sources: [Int] = []
         var tenantShard: String?
-        for (index, definition) in definitions.enumerated() {
-            guard !cacheHit || definition.countsAllRequests else { continue }
-            let prepared = self.prepared[index]
-            guard prepared.when.allSatisfy({ $0.1.contains(Self.value(of: $0.0, caller: caller, model: model)) }) else { continue }
-            let units: Int64 = switch definition.measure {
+        // The scope part last built, for the next definition of the same scope (limits of one scope are usually
+        // written together: requests and tokens per user).
+        var lastScope = (id: -1, text: "")
+        for index in candidates {
+            guard !cacheHit || prepared[index].countsAllRequests else { continue }
+            guard prepared[index].when.allSatisfy({ $0.1.contains(Self.value(of: $0.0, caller: caller, model: model)) }) else { continue }
+            let units: Int64 = switch prepared[index].measure {
             case .requests, .concurrent: 1
             case .inputTokens: estimate.inputTokens
             case .outputTokens: estimate.outputTokens
             case .totalTokens: estimate.inputTokens > .max - estimate.outputTokens ? .max : estimate.inputTokens + estimate.outputTokens
             case .spend: max(estimate.spend.value, 0)
             }
+            let perTenant = prepared[index].perTenant
             // The tenant's shard is the same for each of its limits: built once.
-            if prepared.perTenant && tenantShard == nil { tenantShard = "tenant=" + Self.escape(caller.tenant) }
+            if perTenant && tenantShard == nil { tenantShard = "tenant=" + Self.escape(caller.tenant) }
             if demands.isEmpty {
-                demands.reserveCapacity(definitions.count - index)
-                sources.reserveCapacity(definitions.count - index)
+                demands.reserveCapacity(candidates.count)
+                sources.reserveCapacity(candidates.count)
             }
-            demands.append(LimitDemand(counter: Self.counter(prepared, caller: caller, model: model), rule: prepared.rule, units: units,
-                                       shard: prepared.perTenant ? tenantShard ?? "" : ""))
+            if lastScope.id != prepared[index].scopeID {
+                lastScope = (prepared[index].scopeID, Self.scope(prepared[index], caller: caller, model: model))
+            }
+            var counter = ""
+            counter.reserveCapacity(prepared[index].name.utf8.count + lastScope.text.utf8.count)
+            counter += prepared[index].name
+            counter += lastScope.text
+            demands.append(LimitDemand(counter: counter, rule: prepared[index].rule, units: units, shard: perTenant ? tenantShard ?? "" : ""))
             sources.append(index)
         }
         return (demands, sources)
@@ -122,23 +151,23 @@ public struct LimitPlanner: Sendable {
         }
     }
 
-    /// `name|dimension=value|…`, values escaped so no two scopes share a counter. A user or key is one tenant's, so
-    /// the tenant is part of their counter (never shared across tenants) and their counters live together (the
-    /// tenant is the shard); a limit over tiers, features or models alone is a counter of its own.
-    static func counter(_ prepared: Prepared, caller: Caller, model: String) -> String {
+    /// `|dimension=value|…`, the counter's name after the limit's (`name|dimension=value|…`), values escaped so no
+    /// two scopes share a counter. A user or key is one tenant's, so the tenant is part of their counter (never
+    /// shared across tenants) and their counters live together (the tenant is the shard); a limit over tiers,
+    /// features or models alone is a counter of its own.
+    static func scope(_ prepared: Prepared, caller: Caller, model: String) -> String {
         // Sized first (the values are read twice: cheap, they are stored strings): appended piece by piece, the
-        // string's storage would grow two or three times per counter.
-        let length = prepared.dimensions.reduce(prepared.name.utf8.count) { length, dimension in
+        // string's storage would grow two or three times.
+        let length = prepared.dimensions.reduce(0) { length, dimension in
             length + dimension.prefix.utf8.count + escape(value(of: dimension.0, caller: caller, model: model)).utf8.count
         }
-        var name = ""
-        name.reserveCapacity(length)
-        name += prepared.name
+        var text = ""
+        text.reserveCapacity(length)
         for (dimension, prefix) in prepared.dimensions {
-            name += prefix
-            name += escape(value(of: dimension, caller: caller, model: model))
+            text += prefix
+            text += escape(value(of: dimension, caller: caller, model: model))
         }
-        return name
+        return text
     }
 
     static func escape(_ text: String) -> String {

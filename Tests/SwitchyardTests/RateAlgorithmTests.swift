@@ -304,6 +304,26 @@ import Testing
             == ["spend"])
     }
 
+    @Test func modelFiltersSelectTheirLimitsInOrderAndScopesAreBuiltPerLimit() {
+        let planner = LimitPlanner(definitions: [
+            LimitDefinition(name: "all", measure: .requests, amount: 9, window: .minute, scope: [.user]),
+            LimitDefinition(name: "opus", measure: .requests, amount: 1, window: .minute, scope: [.user], when: [.model: ["opus"]]),
+            LimitDefinition(name: "tier", measure: .requests, amount: 5, window: .minute, scope: [.tier]),
+            LimitDefinition(name: "big", measure: .totalTokens, amount: 5, window: .minute, scope: [.user],
+                            when: [.model: ["opus", "sonnet"], .tier: ["free"]]),
+            LimitDefinition(name: "none", measure: .requests, amount: 5, window: .minute, scope: [.user], when: [.model: []]),
+        ])
+        let estimate = LimitPlanner.Estimate(inputTokens: 1, outputTokens: 1, spend: .zero)
+        func names(_ model: String, _ caller: Caller = Self.alice) -> [String] {
+            planner.demands(caller: caller, model: model, estimate: estimate).map(\.counter)
+        }
+        #expect(names("opus") == ["all|tenant=acme|user=alice", "opus|tenant=acme|user=alice", "tier|tier=free", "big|tenant=acme|user=alice"])
+        #expect(names("sonnet") == ["all|tenant=acme|user=alice", "tier|tier=free", "big|tenant=acme|user=alice"])
+        #expect(names("haiku") == ["all|tenant=acme|user=alice", "tier|tier=free"])
+        let paid = Caller(tenant: "acme", user: "bob", tier: "paid", keyID: "k2")
+        #expect(names("opus", paid) == ["all|tenant=acme|user=bob", "opus|tenant=acme|user=bob", "tier|tier=paid"])
+    }
+
     @Test func scopesNeverMeetAcrossTenantsOrThroughCraftedNames() {
         let planner = LimitPlanner(definitions: [LimitDefinition(name: "rpm", measure: .requests, amount: 20, window: .minute, scope: [.user])])
         let estimate = LimitPlanner.Estimate(inputTokens: 0, outputTokens: 0, spend: .zero)

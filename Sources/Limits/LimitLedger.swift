@@ -197,8 +197,11 @@ public final class LimitLedger: LimitStore {
             var slots: [Dictionary<String, Entry>.Index?] = []
             slots.reserveCapacity(demands.count)
             for (index, demand) in demands.enumerated() {
-                let earlier = index == 0 ? nil : demands[..<index].lastIndex { $0.counter == demand.counter }.flatMap { pending[$0] }
                 let slot = state.counters.index(forKey: demand.counter)
+                // Two demands on one stored counter have one position (compared without comparing names).
+                let earlier = index == 0 ? nil : (0..<index).last {
+                    slots[$0] == slot && (slot != nil || demands[$0].counter == demand.counter)
+                }.flatMap { pending[$0] }
                 slots.append(slot)
                 let counter = (earlier ?? slot.map { state.counters.values[$0].counter }).flatMap { Self.matching($0, demand.rule) }
                     ?? CounterState(demand.rule)

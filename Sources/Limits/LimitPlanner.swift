@@ -18,8 +18,6 @@ public struct LimitPlanner: Sendable {
         var name: String
         /// The scope in counter order, the tenant added for a user or key scope, with `|dimension=` written.
         var dimensions: [(LimitDefinition.Dimension, prefix: String)]
-        /// The same number for definitions of the same scope: a request's scope part is built once for them.
-        var scopeID: Int
         var perTenant: Bool
         /// The filters other than the model's (that one is applied through `byModel`).
         var when: [(LimitDefinition.Dimension, Set<String>)]
@@ -35,7 +33,6 @@ public struct LimitPlanner: Sendable {
         self.definitions = definitions
         let permitTTL = max(permitTTL, 1)
         self.permitTTL = permitTTL
-        var scopes: [[LimitDefinition.Dimension]] = []
         prepared = definitions.map { definition in
             var dimensions = definition.scope
             let perTenant = dimensions.contains(.tenant) || dimensions.contains(.user) || dimensions.contains(.key)
@@ -47,11 +44,9 @@ public struct LimitPlanner: Sendable {
             case .month?: .quota(limit: definition.amount, calendar: .month)
             case let window?: .rate(limit: definition.amount, period: window.nanoseconds)
             }
-            let scopeID = scopes.firstIndex(of: dimensions) ?? scopes.count
-            if scopeID == scopes.count { scopes.append(dimensions) }
             return Prepared(rule: rule, measure: definition.measure, countsAllRequests: definition.countsAllRequests,
                             name: Self.escape(definition.name), dimensions: dimensions.map { ($0, "|\($0.rawValue)=") },
-                            scopeID: scopeID, perTenant: perTenant,
+                            perTenant: perTenant,
                             when: definition.when.filter { $0.key != .model }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
         }
         unfiltered = definitions.indices.filter { definitions[$0].when[.model] == nil }
@@ -96,9 +91,6 @@ public struct LimitPlanner: Sendable {
         var demands: [LimitDemand] = []
         var sources: [Int] = []
         var tenantShard: String?
-        // The scope part last built, for the next definition of the same scope (limits of one scope are usually
-        // written together: requests and tokens per user).
-        var lastScope = (id: -1, text: "")
         for index in candidates {
             guard !cacheHit || prepared[index].countsAllRequests else { continue }
             guard prepared[index].when.allSatisfy({ $0.1.contains(Self.value(of: $0.0, caller: caller, model: model)) }) else { continue }
@@ -116,14 +108,8 @@ public struct LimitPlanner: Sendable {
                 demands.reserveCapacity(candidates.count)
                 sources.reserveCapacity(candidates.count)
             }
-            if lastScope.id != prepared[index].scopeID {
-                lastScope = (prepared[index].scopeID, Self.scope(prepared[index], caller: caller, model: model))
-            }
-            var counter = ""
-            counter.reserveCapacity(prepared[index].name.utf8.count + lastScope.text.utf8.count)
-            counter += prepared[index].name
-            counter += lastScope.text
-            demands.append(LimitDemand(counter: counter, rule: prepared[index].rule, units: units, shard: perTenant ? tenantShard ?? "" : ""))
+            demands.append(LimitDemand(counter: Self.counter(prepared[index], caller: caller, model: model), rule: prepared[index].rule,
+                                       units: units, shard: perTenant ? tenantShard ?? "" : ""))
             sources.append(index)
         }
         return (demands, sources)
@@ -151,30 +137,31 @@ public struct LimitPlanner: Sendable {
         }
     }
 
-    /// `|dimension=value|…`, the counter's name after the limit's (`name|dimension=value|…`), values escaped so no
-    /// two scopes share a counter. A user or key is one tenant's, so the tenant is part of their counter (never
-    /// shared across tenants) and their counters live together (the tenant is the shard); a limit over tiers,
-    /// features or models alone is a counter of its own.
-    static func scope(_ prepared: Prepared, caller: Caller, model: String) -> String {
-        // Sized first (the values are read twice: cheap, they are stored strings): appended piece by piece, the
-        // string's storage would grow two or three times.
-        let length = prepared.dimensions.reduce(0) { length, dimension in
-            length + dimension.prefix.utf8.count + escape(value(of: dimension.0, caller: caller, model: model)).utf8.count
+    /// `name|dimension=value|…`, values escaped so no two scopes share a counter. A user or key is one tenant's, so
+    /// the tenant is part of their counter (never shared across tenants) and their counters live together (the
+    /// tenant is the shard); a limit over tiers, features or models alone is a counter of its own.
+    static func counter(_ prepared: Prepared, caller: Caller, model: String) -> String {
+        // Sized for the values as they are (escaping is rare and only grows it then): appended piece by piece, the
+        // string's storage would grow two or three times per counter.
+        let length = prepared.dimensions.reduce(prepared.name.utf8.count) { length, dimension in
+            length + dimension.prefix.utf8.count + value(of: dimension.0, caller: caller, model: model).utf8.count
         }
-        var text = ""
-        text.reserveCapacity(length)
+        var name = ""
+        name.reserveCapacity(length)
+        name += prepared.name
         for (dimension, prefix) in prepared.dimensions {
-            text += prefix
-            text += escape(value(of: dimension, caller: caller, model: model))
+            name += prefix
+            name += escape(value(of: dimension, caller: caller, model: model))
         }
-        return text
+        return name
     }
 
     static func escape(_ text: String) -> String {
-        // Almost every value has none of the three: returned as it is, without building a copy.
-        guard text.utf8.contains(where: { $0 == UInt8(ascii: "%") || $0 == UInt8(ascii: "|") || $0 == UInt8(ascii: "=") }) else {
-            return text
-        }
+        // Almost every value has none of the three: returned as it is, without building a copy (scanned as raw
+        // bytes where the string has them contiguous, as native strings do).
+        func special(_ byte: UInt8) -> Bool { byte == UInt8(ascii: "%") || byte == UInt8(ascii: "|") || byte == UInt8(ascii: "=") }
+        let found = text.utf8.withContiguousStorageIfAvailable { $0.contains(where: special) } ?? text.utf8.contains(where: special)
+        guard found else { return text }
         var out = ""
         for character in text {
             switch character {

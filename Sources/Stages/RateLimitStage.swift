@@ -217,7 +217,7 @@ public final class RateLimitStage: GatewayStage {
             settle(reservation, measures: measures, input: 0, output: 0, spend: .zero, requests: false)
             throw error
         }
-        switch response {
+        switch consume response {
         case .completion(var completion):
             completion.limits = status
             let usage = completion.usage

@@ -68,16 +68,24 @@ public enum PairVerifierTraining {
 
     /// Sentences with one content word replaced by its nearest other word of `vocabulary` (by input vector,
     /// excluding the word's own inflections), at most `limit`, one per sentence, taking sentences in order.
-    public static func substitutions(of sentences: [String], vocabulary: [String], words: any WordVectors, limit: Int)
+    ///
+    /// With `intents` (one per sentence), a replacement must also be used for other intents than the word: the
+    /// share of their uses in common intents (the overlap of their intent histograms) at most `maximumOverlap`. Two
+    /// words of one kind that the data uses for different things ("debit" / "credit") are a contrast; two used
+    /// for the same things are synonyms, and a synonym is no negative.
+    public static func substitutions(of sentences: [String], intents: [String]? = nil, maximumOverlap: Double = 1,
+                                     vocabulary: [String], words: any WordVectors, limit: Int)
         -> [(original: String, substituted: String)]
     {
         let vectors = vocabulary.map { words.vector(ofWord: $0) }
+        let histograms = intents.map { intentHistograms(of: sentences, intents: $0, vocabulary: vocabulary) } ?? [:]
         var nearest: [String: String] = [:]
         func neighbour(of word: String) -> String? {
             if let known = nearest[word] { return known.isEmpty ? nil : known }
             guard let index = vocabulary.firstIndex(of: word) else { return nil }
             var best: (Float, Int)?
-            for other in vocabulary.indices where other != index && !inflection(vocabulary[other], of: word) {
+            for other in vocabulary.indices where other != index && !inflection(vocabulary[other], of: word)
+                && (histograms.isEmpty || overlap(histograms[word], histograms[vocabulary[other]]) <= maximumOverlap) {
                 let similarity = InMemorySemanticCache.dot(vectors[index], vectors[other])
                 if let current = best, similarity <= current.0 { continue }
                 best = (similarity, other)
@@ -100,6 +108,27 @@ public enum PairVerifierTraining {
             result.append((sentence, substituted))
         }
         return result
+    }
+
+    /// Per vocabulary word, the share of its sentences in each intent.
+    static func intentHistograms(of sentences: [String], intents: [String], vocabulary: [String]) -> [String: [String: Double]] {
+        let known = Set(vocabulary)
+        var counts: [String: [String: Double]] = [:]
+        for (sentence, intent) in zip(sentences, intents) {
+            for word in Set(SemanticGuard.tokens(sentence).map { $0.text.lowercased() }) where known.contains(word) {
+                counts[word, default: [:]][intent, default: 0] += 1
+            }
+        }
+        return counts.mapValues { histogram in
+            let total = histogram.values.reduce(0, +)
+            return histogram.mapValues { $0 / max(total, 1) }
+        }
+    }
+
+    /// The overlap of two intent histograms, 0 (no intent in common) to 1 (the same use); 1 when either is unknown.
+    static func overlap(_ a: [String: Double]?, _ b: [String: Double]?) -> Double {
+        guard let a, let b else { return 1 }
+        return a.reduce(0) { sum, entry in sum + min(entry.value, b[entry.key] ?? 0) }
     }
 
     /// `text` with the first occurrence of `word` replaced.

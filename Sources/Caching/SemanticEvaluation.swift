@@ -125,6 +125,9 @@ public enum SemanticEvaluation {
         public var threshold: Double
         public var calibration: Calibration?
         public var candidates = 5
+        /// With a verifier: a candidate the guard passes at this cosine or more is served whatever the verifier says
+        /// (the rules' own serving, which the verifier then extends below it); nil: the verifier decides alone.
+        public var rulesFloor: Double?
 
         public init(minimumSimilarity: Double, guardChecks: Bool, verifier: PairVerifier? = nil, threshold: Double,
                     calibration: Calibration? = nil) {
@@ -228,7 +231,7 @@ public enum SemanticEvaluation {
                 } else {
                     value = Double(similarity)
                 }
-                if value >= threshold {
+                if value >= threshold || policy.rulesFloor.map({ Double(similarity) >= $0 }) == true {
                     served = (entry, value)
                     break
                 }

@@ -184,7 +184,10 @@ public struct SemanticCacheStage: GatewayStage {
                 recorder.semanticRejected(rejection.rawValue)
                 continue
             }
-            if let threshold, let probability = candidate.probability, probability < threshold {
+            // `rules_or_learned`: what the rules serve on their own stays served; the verifier adds below it.
+            let servedByRules = settings.semanticLearnedExtendsRules
+                && Double(match.similarity) >= settings.semanticThreshold(for: request.model)
+            if !servedByRules, let threshold, let probability = candidate.probability, probability < threshold {
                 recorder.semanticRejected("learned")
                 if nearMiss == nil { nearMiss = candidate }
                 continue

@@ -104,6 +104,10 @@ public struct CacheSettings: Sendable, Hashable {
     /// candidate is considered from the verifier's own cosine floor and served on its probability, calibrated per
     /// tenant and model; `threshold` applies only without it.
     public var semanticLearnedVerifier = false
+    /// With the learned verifier, whether what the rules serve on their own (at `threshold`) stays served and the
+    /// verifier adds the candidates below it that it accepts (YAML `verifier: rules_or_learned`); otherwise the
+    /// verifier decides every candidate (`verifier: learned`).
+    public var semanticLearnedExtendsRules = false
     /// The verifier's file (YAML `verifier_file`); nil: the one bundled with the gateway.
     public var semanticVerifierFile: String?
     /// Whether labels (shadow checks, near misses compared with the model's answer, feedback) move the served

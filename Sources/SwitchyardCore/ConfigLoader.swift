@@ -126,10 +126,11 @@ public enum ConfigLoader {
                 config.cache.semanticThreshold = try semantic.double("threshold", in: 0.5...1) ?? config.cache.semanticThreshold
                 config.cache.semanticVerify = try semantic.bool("verify") ?? true
                 if let verifier = try semantic.string("verifier") {
-                    guard ["learned", "rules"].contains(verifier) else {
-                        throw ConfigError(path: semantic.child("verifier"), "must be 'learned' or 'rules'")
+                    guard ["learned", "rules", "rules_or_learned"].contains(verifier) else {
+                        throw ConfigError(path: semantic.child("verifier"), "must be 'rules', 'learned' or 'rules_or_learned'")
                     }
-                    config.cache.semanticLearnedVerifier = verifier == "learned"
+                    config.cache.semanticLearnedVerifier = verifier != "rules"
+                    config.cache.semanticLearnedExtendsRules = verifier == "rules_or_learned"
                 }
                 if let file = try semantic.string("verifier_file") {
                     guard FileManager.default.isReadableFile(atPath: file) else {

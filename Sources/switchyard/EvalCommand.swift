@@ -126,6 +126,12 @@ struct SemanticCacheEval: ParsableCommand {
             row("learned verifier", SemanticEvaluation.Policy(minimumSimilarity: learned.minimumSimilarity, guardChecks: true,
                                                              verifier: learned, threshold: level))
         }
+        for level in [0.92, 0.94, learned.threshold] {
+            var union = SemanticEvaluation.Policy(minimumSimilarity: learned.minimumSimilarity, guardChecks: true, verifier: learned,
+                                                  threshold: level)
+            union.rulesFloor = 0.94
+            row("rules at 0.94, or learned", union)
+        }
         // How the verifier's probability relates to being right on this stream (every hit it would serve from 0.5):
         // what the modelled calibration assumes is a shift of its logit.
         let open = SemanticEvaluation.replay(verifiedQueries, policy: SemanticEvaluation.Policy(
@@ -146,10 +152,12 @@ struct SemanticCacheEval: ParsableCommand {
             for rate in shadowRates.split(separator: ",").compactMap({ Double($0.trimmingCharacters(in: .whitespaces)) }) {
                 var settings = PairVerifier.calibrationSettings(base: learned.threshold, targetPrecision: targetPrecision)
                 settings.z = z
-                row(String(format: "learned + calibration at %.0f%% shadow, z %.3g", rate * 100, z),
-                    SemanticEvaluation.Policy(minimumSimilarity: learned.minimumSimilarity, guardChecks: true, verifier: learned,
-                                              threshold: learned.threshold,
-                                              calibration: SemanticEvaluation.Calibration(settings: settings, shadowRate: rate)))
+                var policy = SemanticEvaluation.Policy(minimumSimilarity: learned.minimumSimilarity, guardChecks: true, verifier: learned,
+                                                       threshold: learned.threshold,
+                                                       calibration: SemanticEvaluation.Calibration(settings: settings, shadowRate: rate))
+                row(String(format: "learned + calibration at %.0f%% shadow, z %.3g", rate * 100, z), policy)
+                policy.rulesFloor = 0.94
+                row(String(format: "rules at 0.94, or learned + calibration at %.0f%% shadow, z %.3g", rate * 100, z), policy)
             }
         }
         let adversarial = SemanticGuard.adversarialExamples
@@ -181,6 +189,7 @@ struct SemanticCacheEval: ParsableCommand {
             let a = embedAll(firstTexts), b = embedAll(secondTexts)
             var kinds: [String: (pairs: Int, close: Int, served: Int)] = [:]
             var servedPairs: [String] = []
+            var unionServed = 0
             var learnedKinds: [String: (candidates: Int, served: Int)] = [:]
             var learnedServedPairs: [String] = []
             for index in rows.indices {
@@ -197,6 +206,7 @@ struct SemanticCacheEval: ParsableCommand {
                     && SemanticGuard.check(secondTexts[index], against: firstTexts[index]) == nil
                     && max(learned.probability(query: pairA, candidate: pairB, words: words),
                            learned.probability(query: pairB, candidate: pairA, words: words)) >= learned.threshold
+                if served || learnedServed { unionServed += 1 }
                 if candidate { learnedKinds[kind, default: (0, 0)].candidates += 1 }
                 if learnedServed {
                     learnedKinds[kind, default: (0, 0)].served += 1
@@ -234,6 +244,9 @@ struct SemanticCacheEval: ParsableCommand {
             let learnedTotal = learnedKinds.values.reduce((0, 0)) { ($0.0 + $1.candidates, $0.1 + $1.served) }
             print("| all | \(rows.count) | \(learnedTotal.0) | \(learnedTotal.1) (\(String(format: "%.1f", 100 * Double(rows.count - learnedTotal.1) / Double(max(rows.count, 1))))% of all pairs refused) |")
             for pair in learnedServedPairs { print("served: \(pair)") }
+            print("Rules at \(servingThreshold), or the learned verifier: \(unionServed) served "
+                  + "(\(String(format: "%.1f", 100 * Double(rows.count - unionServed) / Double(max(rows.count, 1))))% of all pairs refused)")
+            report.append(["set": "adversarial_set_rules_or_learned", "served": .int(Int64(unionServed))])
         }
         // GPTCache paraphrases the verifier never trained on (the odd pairs): the share of those at cosine 0.90 or
         // more that are still served.
@@ -255,13 +268,14 @@ struct SemanticCacheEval: ParsableCommand {
                     let probability = learned.probability(query: .init(text: pair.0, vector: vectors[2 * index]),
                                                           candidate: .init(text: pair.1, vector: vectors[2 * index + 1]), words: words)
                     if probability < learned.threshold {
-                        print(String(format: "training refusal learned %.3f: %@ / %@", probability, pair.0, pair.1))
+                        print(String(format: "training refusal learned %.3f (cosine %.3f): %@ / %@", probability,
+                                     InMemorySemanticCache.dot(vectors[2 * index], vectors[2 * index + 1]), pair.0, pair.1))
                     }
                 }
             }
         }
         let paraphraseVectors = embedAll(heldOut.flatMap { [$0.0, $0.1] })
-        var close = 0, servedByRules = 0, servedByLearned = 0
+        var close = 0, servedByRules = 0, servedByLearned = 0, servedByUnion = 0
         var rejectedBy: [String: Int] = [:]
         for (index, pair) in heldOut.enumerated() {
             let va = paraphraseVectors[2 * index], vb = paraphraseVectors[2 * index + 1]
@@ -271,17 +285,19 @@ struct SemanticCacheEval: ParsableCommand {
             let rules = rejection == nil
             if let rejection { rejectedBy[rejection.rawValue, default: 0] += 1 }
             if rules { servedByRules += 1 }
-            if rules, learned.probability(query: PairVerifier.PairText(text: pair.0, vector: va),
-                                          candidate: PairVerifier.PairText(text: pair.1, vector: vb), words: words) >= learned.threshold {
-                servedByLearned += 1
-            }
+            let learnedServes = learned.probability(query: PairVerifier.PairText(text: pair.0, vector: va),
+                                                    candidate: PairVerifier.PairText(text: pair.1, vector: vb), words: words) >= learned.threshold
+            if rules, learnedServes { servedByLearned += 1 }
+            if rules, learnedServes || Double(InMemorySemanticCache.dot(va, vb)) >= Double(servingThreshold) { servedByUnion += 1 }
         }
         print("\nGPTCache paraphrases held out from training: \(heldOut.count) pairs, \(close) at cosine ≥ 0.90; served: "
               + "rules \(servedByRules) (\(String(format: "%.1f", 100 * Double(servedByRules) / Double(max(close, 1))))%), "
-              + "rules + learned verifier \(servedByLearned) (\(String(format: "%.1f", 100 * Double(servedByLearned) / Double(max(close, 1))))%)")
+              + "rules + learned verifier \(servedByLearned) (\(String(format: "%.1f", 100 * Double(servedByLearned) / Double(max(close, 1))))%), "
+              + "rules at \(servingThreshold) or learned \(servedByUnion) (\(String(format: "%.1f", 100 * Double(servedByUnion) / Double(max(close, 1))))%)")
         print("refused by the rules, by reason: " + rejectedBy.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         report.append(["set": "gptcache_held_out", "pairs": .int(Int64(heldOut.count)), "close": .int(Int64(close)),
-                       "served_rules": .int(Int64(servedByRules)), "served_learned": .int(Int64(servedByLearned))])
+                       "served_rules": .int(Int64(servedByRules)), "served_learned": .int(Int64(servedByLearned)),
+                       "served_rules_or_learned": .int(Int64(servedByUnion))])
         if let json {
             try Data(JSONValue.array(report).serialized()).write(to: URL(fileURLWithPath: json))
         }

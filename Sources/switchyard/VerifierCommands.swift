@@ -82,6 +82,8 @@ struct TrainVerifier: ParsableCommand {
     var drop = ""
     @Option(help: "Pairs less similar than this are not trained on.") var pairMinimum = 0.60
     @Option(help: "Generated one-word substitutions (negatives).") var substitutions = 3000
+    @Option(help: "A substitute's uses may share at most this share of intents with the word's (1: any word, synonyms too).")
+    var contrastOverlap = 1.0
     @Option(help: "How many times each GPTCache positive counts (general-domain rephrasings are few beside Banking77's).")
     var paraphraseWeight = 10
     @Option(help: "Discriminant directions whose cosine is a feature (0: none).") var rank = 64
@@ -140,9 +142,12 @@ struct TrainVerifier: ParsableCommand {
             add(fitTexts[pair.first], loaded.fit[pair.first].text, fitTexts[pair.second], loaded.fit[pair.second].text,
                 pair.positive, "neighbours")
         }
-        let banking = loaded.fit.filter { $0.source == "banking77" }.map(\.text)
+        let bankingTexts = loaded.fit.filter { $0.source == "banking77" }
+        let banking = bankingTexts.map(\.text)
         let vocabulary = PairVerifierTraining.vocabulary(of: banking, minimumCount: 3)
-        let substituted = PairVerifierTraining.substitutions(of: banking, vocabulary: vocabulary, words: words, limit: substitutions)
+        let substituted = PairVerifierTraining.substitutions(of: banking, intents: contrastOverlap < 1 ? bankingTexts.map { $0.intent ?? "" } : nil,
+                                                             maximumOverlap: contrastOverlap, vocabulary: vocabulary, words: words,
+                                                             limit: substitutions)
         let substitutedVectors = CachedEmbeddings.embed(substituted.map(\.substituted), encoder: encoder, root: store.root,
                                                         label: "verifier-substitutions")
         let originals = Dictionary(zip(loaded.fit.map(\.text), loaded.fit.map(\.vector)), uniquingKeysWith: { a, _ in a })
@@ -172,6 +177,7 @@ struct TrainVerifier: ParsableCommand {
             "target_precision": .double(targetPrecision), "l2": .double(l2), "iterations": .int(Int64(iterations)),
             "neighbours": .int(Int64(neighbours)), "data_sha256": .string(dataHash),
             "paraphrase_weight": .int(Int64(paraphraseWeight)), "rank": .int(Int64(rank)), "substitutions": .int(Int64(substitutions)),
+            "contrast_overlap": .double(contrastOverlap),
             "sources": "banking77_train.csv (4/5 fit, 1/5 validation), clinc150 train (every 5th, negatives only), gptcache even pairs, substitutions",
         ]
         let verifier = PairVerifierTraining.fit(rows: rows, labels: labels, generated: generated, validation: validation, projection: projection, targetPrecision: targetPrecision,

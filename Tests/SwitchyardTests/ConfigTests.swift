@@ -90,7 +90,7 @@ import Testing
         ("providers: {o: {kind: openai-compatible, base_url: 'https://h:1', tls_ca_file: /etc/hostname}}\nmodels: {x: {provider: o, price: {input: 1, output: 1}}}",
          "providers.o.tls_ca_file", "not a readable PEM"),
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {semantic: {verifier: neural}}",
-         "cache.semantic.verifier", "'learned' or 'rules'"),
+         "cache.semantic.verifier", "'rules', 'learned' or 'rules_or_learned'"),
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {semantic: {verifier_file: /nonexistent/v.json}}",
          "cache.semantic.verifier_file", "cannot read"),
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {semantic: {target_precision: 1.5}}",
@@ -110,7 +110,14 @@ import Testing
             models: {gpt-4o: {provider: m}}
             cache: {semantic: {verifier: learned, calibrate: false, target_precision: 0.995}}
             """, environment: env)
-        #expect(config.cache.semanticLearnedVerifier && !config.cache.semanticCalibrate)
+        #expect(config.cache.semanticLearnedVerifier && !config.cache.semanticCalibrate && !config.cache.semanticLearnedExtendsRules)
+        let extending = try ConfigLoader.parse(yaml: "providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\n"
+                                                   + "cache: {semantic: {verifier: rules_or_learned}}", environment: env)
+        #expect(extending.cache.semanticLearnedVerifier && extending.cache.semanticLearnedExtendsRules)
+        #expect(throws: ConfigError.self) {
+            try ConfigLoader.parse(yaml: "providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {semantic: {verifier: both}}",
+                                   environment: env)
+        }
         #expect(config.cache.semanticTargetPrecision == 0.995 && config.cache.semanticVerifierFile == nil)
         #expect(try !ConfigLoader.parse(yaml: "providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}", environment: env).cache.semanticLearnedVerifier)
     }

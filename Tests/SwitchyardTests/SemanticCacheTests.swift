@@ -270,6 +270,25 @@ import Testing
         }
     }
 
+    /// `rules_or_learned`: what the rules serve at the threshold stays served though the verifier would refuse it
+    /// (a general-domain rewording, far from its training), and a replaced word is still refused.
+    @Test func rulesOrLearnedKeepsWhatTheRulesServe() async throws {
+        for extends in [false, true] {
+            var config = TestConfigs.embedded()
+            config.cache.semanticLearnedVerifier = true
+            config.cache.semanticLearnedExtendsRules = extends
+            try await withTestGateway(config, embeddings: .model(directory: ModelStore().modelDirectory)) { _, url in
+                _ = try await send("\(url)/v1/chat/completions", body: Self.body("Apache Beam is a library for parallel data processing."))
+                let reworded = try await send("\(url)/v1/chat/completions",
+                                              body: Self.body("Apache Beam provides a framework for parallel data processing."))
+                #expect(reworded.header("x-switchyard-cache") == (extends ? "hit-semantic" : "miss"), "extends: \(extends)")
+                _ = try await send("\(url)/v1/chat/completions", body: Self.body("How do I activate my debit card?"))
+                let replaced = try await send("\(url)/v1/chat/completions", body: Self.body("How do I activate my credit card?"))
+                #expect(replaced.header("x-switchyard-cache") == "miss", "extends: \(extends)")
+            }
+        }
+    }
+
     /// A candidate the learned verifier refuses is labelled for free once the model has answered: its answer is
     /// compared with the refused one in the background, and the label reaches the calibration.
     @Test func aNearMissBecomesACalibrationLabel() async throws {

@@ -94,6 +94,18 @@ import Testing
         }
     }
 
+    /// Two Anthropic requests for opus, whose limit admits one: the first served by opus, the second downgraded to
+    /// `model`.
+    static func opusTwice(_ url: String, downgradedTo model: String) async throws -> (first: TestResponse, second: TestResponse) {
+        let anthropic = [("anthropic-version", "2023-06-01")]
+        let first = try await send("\(url)/v1/messages", body: Self.body("one", model: "claude-opus-4-1"), headers: anthropic)
+        #expect(first.status == 200 && first.header("x-switchyard-model") == "claude-opus-4-1")
+        let second = try await send("\(url)/v1/messages", body: Self.body("two", model: "claude-opus-4-1"), headers: anthropic)
+        #expect(second.status == 200 && second.header("x-switchyard-degraded") == "downgrade", "\(second.body)")
+        #expect(second.header("x-switchyard-model") == model)
+        return (first, second)
+    }
+
     @Test func aDowngradeAnswersWithTheFirstCheaperModelItsOwnLimitsAdmit() async throws {
         var config = TestConfigs.embedded()
         config.cache.exactEnabled = false
@@ -106,11 +118,7 @@ import Testing
                                                 .downgrade(["claude-opus-4-1", "claude-sonnet-4-5", "claude-haiku-4-5"])])]
         try await withTestGateway(config) { _, url in
             let anthropic = [("anthropic-version", "2023-06-01")]
-            let first = try await send("\(url)/v1/messages", body: Self.body("one", model: "claude-opus-4-1"), headers: anthropic)
-            #expect(first.status == 200 && first.header("x-switchyard-model") == "claude-opus-4-1")
-            let second = try await send("\(url)/v1/messages", body: Self.body("two", model: "claude-opus-4-1"), headers: anthropic)
-            #expect(second.status == 200 && second.header("x-switchyard-degraded") == "downgrade", "\(second.body)")
-            #expect(second.header("x-switchyard-model") == "claude-sonnet-4-5")
+            let (first, second) = try await Self.opusTwice(url, downgradedTo: "claude-sonnet-4-5")
             // Sonnet's own limit applied: its headers are on the answer.
             #expect(second.header("anthropic-ratelimit-requests-limit") == "1" && second.header("anthropic-ratelimit-requests-remaining") == "0")
             // Priced at the model that served.
@@ -141,11 +149,7 @@ import Testing
         config.degrade = [DegradePolicy(steps: [.downgrade(["claude-opus-4-1", "budget"])])]
         try await withTestGateway(config) { _, url in
             let anthropic = [("anthropic-version", "2023-06-01")]
-            let first = try await send("\(url)/v1/messages", body: Self.body("one", model: "claude-opus-4-1"), headers: anthropic)
-            #expect(first.status == 200 && first.header("x-switchyard-model") == "claude-opus-4-1")
-            let second = try await send("\(url)/v1/messages", body: Self.body("two", model: "claude-opus-4-1"), headers: anthropic)
-            #expect(second.status == 200 && second.header("x-switchyard-degraded") == "downgrade", "\(second.body)")
-            #expect(second.header("x-switchyard-model") == "claude-haiku-4-5")
+            let (first, second) = try await Self.opusTwice(url, downgradedTo: "claude-haiku-4-5")
             func outputTokens(_ body: String) throws -> Int {
                 let usage = try #require(try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])["usage"] as? [String: Any]
                 return try #require(usage?["output_tokens"] as? Int)

@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import Redis
 @testable import Stores
+import Synchronization
 import Testing
 
 /// The limits in Redis behave as the in-memory ledger does, hold exactly across instances, and roll back across
@@ -92,6 +93,24 @@ import Testing
         let server = try RedisServerProcess()
         let client = RedisClient(configuration: server.configuration(), group: group)
         try await reserveAndSettle(RedisLimitStore(client: client, keyPrefix: "t:"))
+        await client.close()
+    }
+
+    /// A settlement in the background against a server that went away fails, is counted, and leaves nothing
+    /// waiting (the command timeout or the refused connection ends it).
+    @Test func aBackgroundSettlementThatCannotReachRedisIsCountedAndEnds() async throws {
+        let server = try RedisServerProcess()
+        let client = RedisClient(configuration: server.configuration { $0.commandTimeout = .milliseconds(500) }, group: group)
+        let failures = Mutex(0)
+        let store = RedisLimitStore(client: client, keyPrefix: "t:", onSettleFailure: { failures.withLock { $0 += 1 } })
+        let permit = LimitDemand(counter: "inflight/tenant=t", rule: .concurrent(limit: 2, ttl: 30 * Self.second), units: 1, shard: "t")
+        let reservation = try #require(admitted(try await store.reserve([permit], lease: 1, now: Self.now)))
+        server.stop()
+        store.settleInBackground(reservation, actual: [], now: Self.now)
+        store.settleInBackground(reservation, actual: [], now: Self.now)
+        let started = ContinuousClock.now
+        while failures.withLock({ $0 }) < 2, ContinuousClock.now - started < .seconds(5) { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(failures.withLock { $0 } == 2, "both failed settlements counted")
         await client.close()
     }
 

@@ -329,10 +329,6 @@ public enum RESPCommand {
         return count
     }
 
-    static func writeDecimal(_ value: Int64, into buffer: inout ByteBuffer) {
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 20) { writeDecimal(value, into: $0) }
-    }
-
     /// How many bytes `writeDecimal` writes for `value`.
     static func decimalDigits(_ value: Int64) -> Int {
         var rest = value.magnitude, count = value < 0 ? 2 : 1

@@ -25,12 +25,8 @@ public final class RedisLimitStore: LimitStore {
         self.onSettleFailure = onSettleFailure
     }
 
-    /// A counter's key; a quota's names its period (`period`: the one it was reserved in; default: now's).
-    func key(_ demand: LimitDemand, now: Int64, period: Int64? = nil) -> String {
-        keys([demand], now: now, periods: [period])[0]
-    }
-
-    /// The demands' keys, each shard hashed once (a request's counters of one tenant share theirs).
+    /// The demands' keys, each shard hashed once (a request's counters of one tenant share theirs); a quota's names
+    /// its period (`periods`: the one each was reserved in; default: now's).
     func keys(_ demands: [LimitDemand], now: Int64, periods: [Int64?] = []) -> [String] {
         var shards: [String: String] = [:]
         return demands.enumerated().map { offset, demand in
@@ -133,11 +129,11 @@ public final class RedisLimitStore: LimitStore {
 
     public func remaining(_ demands: [LimitDemand], now: Int64) async throws -> [Int64] {
         guard !demands.isEmpty else { return [] }
-        let commands: [[RedisArgument]] = demands.map { demand in
+        let commands: [[RedisArgument]] = zip(demands, keys(demands, now: now)).map { demand, key in
             if case .concurrent = demand.rule {
-                return ["ZCOUNT", .string(key(demand, now: now)), .string("(\(Self.microseconds(now))"), "+inf"]
+                return ["ZCOUNT", .string(key), .string("(\(Self.microseconds(now))"), "+inf"]
             }
-            return ["GET", .string(key(demand, now: now))]
+            return ["GET", .string(key)]
         }
         let replies = try await client.pipeline(commands)
         return zip(demands, replies).map { demand, reply in

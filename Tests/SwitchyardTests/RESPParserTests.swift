@@ -56,7 +56,7 @@ import Testing
         #expect(buffer.readableBytesView.elementsEqual(Array(expected.unicodeScalars.map { UInt8($0.value) })))
         for value: Int64 in [0, 9, 10, 99, 100, -1, -10, 1_000_000, .max, .min] {
             var digits = ByteBuffer()
-            RESPCommand.writeDecimal(value, into: &digits)
+            digits.writeWithUnsafeMutableBytes(minimumWritableBytes: 20) { RESPCommand.writeDecimal(value, into: $0) }
             #expect(digits.readString(length: digits.readableBytes) == String(value))
             #expect(RESPCommand.decimalDigits(value) == String(value).utf8.count)
         }

@@ -176,6 +176,49 @@ import Testing
         }
     }
 
+    @Test func aReplicaThatLosesItsConnectionGoesOnFromTheLastRecordItApplied() async throws {
+        let server = try RedisServerProcess()
+        let configuration = RedisConfiguration(port: server.port, connectTimeout: .milliseconds(300), commandTimeout: .milliseconds(300))
+        let writerClient = RedisClient(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton)
+        let readerClient = RedisClient(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton)
+        let admin = RedisClient(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton)
+        func cache(_ client: RedisClient) -> ReplicatedSemanticCache {
+            ReplicatedSemanticCache(local: InMemorySemanticCache(maxEntries: 100, maxBytes: 1 << 20, annThreshold: 1000), client: client,
+                                    keyPrefix: "test:", maximumLength: 1000, dimensions: 3)
+        }
+        let writer = cache(writerClient), reader = cache(readerClient)
+        let answer = Self.answer(now: .now)
+        func write(_ index: Int) {
+            writer.insert(SemanticEntry(id: "sc_\(index)", namespace: "ns", text: "q\(index)", vector: [1, Float(index), 0], answer: answer))
+        }
+        func waitUntil(_ count: Int) async throws -> Bool {
+            for _ in 0..<300 {
+                if reader.replication.applied >= count { return true }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            return false
+        }
+        let replication = Task { await reader.replicate() }
+        write(0)
+        write(1)
+        #expect(try await waitUntil(2))
+        // Every connection but the admin's is closed: the reader's blocked XREAD among them.
+        let killed = try await admin.send(["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+        #expect((killed.integer ?? 0) >= 1, "\(killed)")
+        // Written while the reader reconnects (its backoff is at least 50 ms): caught up after it, each record once.
+        write(2)
+        write(3)
+        #expect(try await waitUntil(4))
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(reader.replication.applied == 4, "no record applied twice")
+        #expect(reader.local.count == 4)
+        replication.cancel()
+        _ = await replication.value
+        await writerClient.close()
+        await readerClient.close()
+        await admin.close()
+    }
+
     @Test func semanticEntriesAreVersionedAndCheckedWhenRead() {
         let now = ContinuousClock.now
         let wall: Int64 = 1_790_000_000_000

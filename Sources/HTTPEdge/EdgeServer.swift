@@ -54,11 +54,16 @@ public struct EdgeResponse: Sendable {
 
     public var status: HTTPResponse.Status
     public var headers: HTTPFields
+    /// Header lines already written (`name: value\r\n` each), sent after `headers`: for fields a hot path renders
+    /// itself. Each `HTTPField` of `headers` carries names every thread shares, whose reference counts the cores then
+    /// pass back and forth.
+    public var headerLines: ByteBuffer?
     public var body: Body
 
-    public init(status: HTTPResponse.Status, headers: HTTPFields = [:], body: Body = .buffer(ByteBuffer())) {
+    public init(status: HTTPResponse.Status, headers: HTTPFields = [:], headerLines: ByteBuffer? = nil, body: Body = .buffer(ByteBuffer())) {
         self.status = status
         self.headers = headers
+        self.headerLines = headerLines
         self.body = body
     }
 }
@@ -744,9 +749,10 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
         switch response.body {
         case .buffer(let body):
             // Sized for the head as well (about 40 bytes a field), so that it is not copied to grow.
-            var buffer = channel.allocator.buffer(capacity: 128 + 48 * response.headers.count + body.readableBytes)
-            HTTPFraming.writeHead(response.status, response.headers, contentLength: body.readableBytes, keepAlive: keepAlive,
-                                  into: &buffer)
+            var buffer = channel.allocator.buffer(capacity: 128 + 48 * response.headers.count + (response.headerLines?.readableBytes ?? 0)
+                                                  + body.readableBytes)
+            HTTPFraming.writeHead(response.status, response.headers, lines: response.headerLines, contentLength: body.readableBytes,
+                                  keepAlive: keepAlive, into: &buffer)
             buffer.writeImmutableBuffer(body)
             if keepAlive {
                 flusher.write(buffer, to: channel)
@@ -760,8 +766,8 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
             let reusable = keepAlive && chunked
             do {
                 var head = channel.allocator.buffer(capacity: 256)
-                HTTPFraming.writeHead(response.status, response.headers, contentLength: nil, keepAlive: reusable,
-                                      chunked: chunked, into: &head)
+                HTTPFraming.writeHead(response.status, response.headers, lines: response.headerLines, contentLength: nil,
+                                      keepAlive: reusable, chunked: chunked, into: &head)
                 try await channel.writeAndFlush(head)
                 try await produce(EdgeBodyWriter(channel: channel, chunked: chunked, progress: progress))
                 if chunked { try await channel.writeAndFlush(ByteBuffer(staticString: "0\r\n\r\n")) }
@@ -777,8 +783,8 @@ final class EdgeChannelHandler: ChannelDuplexHandler, RemovableChannelHandler {
 /// HTTP/1.1 response framing.
 enum HTTPFraming {
     /// - Parameter chunked: Without a `contentLength`, whether the body is chunked (else it runs until the close).
-    static func writeHead(_ status: HTTPResponse.Status, _ headers: HTTPFields, contentLength: Int?, keepAlive: Bool,
-                          chunked: Bool = true, into buffer: inout ByteBuffer) {
+    static func writeHead(_ status: HTTPResponse.Status, _ headers: HTTPFields, lines: ByteBuffer? = nil, contentLength: Int?,
+                          keepAlive: Bool, chunked: Bool = true, into buffer: inout ByteBuffer) {
         if status == .ok {
             buffer.writeStaticString("HTTP/1.1 200 OK\r\n")
         } else {
@@ -794,6 +800,7 @@ enum HTTPFraming {
             buffer.writeString(field.value)
             buffer.writeStaticString("\r\n")
         }
+        if let lines { buffer.writeImmutableBuffer(lines) }
         if let contentLength {
             buffer.writeStaticString("content-length: ")
             buffer.writeString(String(contentLength))

@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardCore
 import Synchronization
 
 /// What one limit counts against, for one scope value (a user, a tenant's model, …): its algorithm and bound.
@@ -11,22 +12,138 @@ public enum LimitRule: Sendable, Hashable {
     case concurrent(limit: Int, ttl: Int64)
 }
 
-/// One limit a request must pass: which counter (its name and scope value, e.g. "free-rpm" / "user=alice"), its rule,
-/// and the units this request reserves (1 for requests and permits; the token or nano-USD estimate otherwise).
+/// Which counter a demand counts against: a limit's name and the values of its scope. Compared and hashed field by
+/// field, so a request builds no string for it; `text` writes it out (`name|dimension=value|…`, values escaped so no
+/// two scopes share a name) for the stores that name their counters.
+public struct CounterKey: Sendable, Hashable {
+    /// The limit's escaped name, or a whole counter's name given as text (`init(_:)`).
+    public let name: String
+    /// Which dimensions are in the scope: bit i for `LimitDefinition.Dimension.allCases[i]`. Part of the identity,
+    /// so two scopes with the same values never meet.
+    let dimensions: UInt8
+    /// Each dimension's value when it is in the scope (as the caller has it, unescaped), empty otherwise.
+    let key: String, tenant: String, user: String, tier: String, feature: String, model: String
+
+    /// A counter named by its text alone, living in `shard` (empty: alone).
+    public init(_ text: String, shard: String = "") {
+        // No dimension is set: `tenant` holds the shard as given.
+        self.init(name: text, dimensions: 0, tenant: shard)
+    }
+
+    init(name: String, dimensions: UInt8, key: String = "", tenant: String = "", user: String = "", tier: String = "",
+         feature: String = "", model: String = "") {
+        self.name = name
+        self.dimensions = dimensions
+        self.key = key
+        self.tenant = tenant
+        self.user = user
+        self.tier = tier
+        self.feature = feature
+        self.model = model
+    }
+
+    /// The name, the dimensions and the values in the scope: the others are empty (equal keys hash alike).
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(name)
+        hasher.combine(dimensions)
+        if dimensions == 0 {
+            hasher.combine(tenant)
+            return
+        }
+        if dimensions & 1 != 0 { hasher.combine(key) }
+        if dimensions & 2 != 0 { hasher.combine(tenant) }
+        if dimensions & 4 != 0 { hasher.combine(user) }
+        if dimensions & 8 != 0 { hasher.combine(tier) }
+        if dimensions & 16 != 0 { hasher.combine(feature) }
+        if dimensions & 32 != 0 { hasher.combine(model) }
+    }
+
+    static func bit(_ dimension: LimitDefinition.Dimension) -> UInt8 {
+        switch dimension {
+        case .key: 1
+        case .tenant: 2
+        case .user: 4
+        case .tier: 8
+        case .feature: 16
+        case .model: 32
+        }
+    }
+
+    func value(_ dimension: LimitDefinition.Dimension) -> String {
+        switch dimension {
+        case .key: key
+        case .tenant: tenant
+        case .user: user
+        case .tier: tier
+        case .feature: feature
+        case .model: model
+        }
+    }
+
+    /// `name|dimension=value|…`, the dimensions in their declared order.
+    public var text: String {
+        var text = name
+        for dimension in LimitDefinition.Dimension.allCases where dimensions & Self.bit(dimension) != 0 {
+            text += "|\(dimension.rawValue)=" + Self.escape(value(dimension))
+        }
+        return text
+    }
+
+    /// Which counters live together: a scope with the tenant in it is that tenant's (`tenant=<tenant>`); empty: the
+    /// counter alone.
+    public var tenantShard: String {
+        if dimensions == 0 { return tenant }
+        return dimensions & Self.bit(.tenant) != 0 ? "tenant=" + Self.escape(tenant) : ""
+    }
+
+    /// `%`, `|` and `=` written as `%25`, `%7C`, `%3D` (the separators of `text`).
+    public static func escape(_ text: String) -> String {
+        // Almost every value has none of the three: returned as it is, without building a copy (scanned as raw
+        // bytes where the string has them contiguous, as native strings do).
+        func special(_ byte: UInt8) -> Bool { byte == UInt8(ascii: "%") || byte == UInt8(ascii: "|") || byte == UInt8(ascii: "=") }
+        let found = text.utf8.withContiguousStorageIfAvailable { $0.contains(where: special) } ?? text.utf8.contains(where: special)
+        guard found else { return text }
+        var out = ""
+        for character in text {
+            switch character {
+            case "%": out += "%25"
+            case "|": out += "%7C"
+            case "=": out += "%3D"
+            default: out.append(character)
+            }
+        }
+        return out
+    }
+}
+
+/// One limit a request must pass: which counter (its limit's name and scope values, e.g. "free-rpm" / user alice),
+/// its rule, and the units this request reserves (1 for requests and permits; the token or nano-USD estimate
+/// otherwise).
 public struct LimitDemand: Sendable, Hashable {
-    public var counter: String
+    public var key: CounterKey
     public var rule: LimitRule
     public var units: Int64
-    /// Which counters live together (one Redis Cluster slot: a request's counters of one tenant are reserved in one
-    /// script); empty: the counter alone.
-    public var shard: String
+    /// The index of the definition it comes from, in its planner's `definitions` (0 when made by hand).
+    public var source: Int
 
     public init(counter: String, rule: LimitRule, units: Int64, shard: String = "") {
-        self.counter = counter
+        self.init(key: CounterKey(counter, shard: shard), rule: rule, units: units)
+    }
+
+    /// Large (a key of several strings): read it in place (`demands[i].key`), not as a copy, on hot paths.
+    public init(key: CounterKey, rule: LimitRule, units: Int64, source: Int = 0) {
+        self.key = key
         self.rule = rule
         self.units = max(units, 0)
-        self.shard = shard
+        self.source = source
     }
+
+    /// The counter's name written out (what a store that names counters keys it by).
+    public var counter: String { key.text }
+
+    /// Which counters live together (one Redis Cluster slot: a request's counters of one tenant are reserved in one
+    /// script); empty: the counter alone.
+    public var shard: String { key.tenantShard }
 }
 
 /// The state of one counter, whichever its rule.
@@ -129,28 +246,55 @@ extension LimitRule {
     }
 }
 
-/// What was reserved, to settle or release later: the demands, the period each quota counted in, the lease id.
+/// What one demand of a reservation was granted.
+public struct Grant: Sendable, Hashable {
+    /// Units left after this reservation.
+    public var remaining: Int64
+    /// Nanoseconds until the counter is wholly free.
+    public var resetIn: Int64
+    /// The quota period it was counted in (nil for other rules).
+    public var period: Int64?
+
+    public init(remaining: Int64, resetIn: Int64, period: Int64?) {
+        self.remaining = remaining
+        self.resetIn = resetIn
+        self.period = period
+    }
+}
+
+/// What was reserved, to settle or release later: the demands, what each was granted, the lease id.
 public struct Reservation: Sendable, Hashable {
     public let demands: [LimitDemand]
     public let lease: UInt64
-    /// Per demand: the quota period it was counted in (nil for other rules).
-    public let periods: [Int64?]
-    /// Per demand: units left after this reservation and nanoseconds until the counter is wholly free.
-    public let remaining: [Int64]
-    public let resetIn: [Int64]
+    /// Per demand, in order.
+    public let grants: [Grant]
     /// Per demand, where the store keeps its counter (the Redis key), when the store names them: the settlement and
     /// renewals reuse them instead of deriving them again. Empty for the in-memory ledger.
     public let storeKeys: [String]
 
-    public init(demands: [LimitDemand], lease: UInt64, periods: [Int64?], remaining: [Int64], resetIn: [Int64],
-                storeKeys: [String] = []) {
+    public init(demands: [LimitDemand], lease: UInt64, grants: [Grant], storeKeys: [String] = []) {
         self.demands = demands
         self.lease = lease
-        self.periods = periods
-        self.remaining = remaining
-        self.resetIn = resetIn
+        self.grants = grants
         self.storeKeys = storeKeys
     }
+
+    public init(demands: [LimitDemand], lease: UInt64, periods: [Int64?], remaining: [Int64], resetIn: [Int64],
+                storeKeys: [String] = []) {
+        let grants = demands.indices.map { index in
+            Grant(remaining: remaining.indices.contains(index) ? remaining[index] : 0,
+                  resetIn: resetIn.indices.contains(index) ? resetIn[index] : 0,
+                  period: periods.indices.contains(index) ? periods[index] : nil)
+        }
+        self.init(demands: demands, lease: lease, grants: grants, storeKeys: storeKeys)
+    }
+
+    /// Per demand: the quota period it was counted in (nil for other rules).
+    public var periods: [Int64?] { grants.map(\.period) }
+    /// Per demand: units left after this reservation.
+    public var remaining: [Int64] { grants.map(\.remaining) }
+    /// Per demand: nanoseconds until its counter is wholly free.
+    public var resetIn: [Int64] { grants.map(\.resetIn) }
 }
 
 /// Every counter in this process, under one short lock: a request's limits are checked and reserved together, so a
@@ -159,6 +303,9 @@ public struct Reservation: Sendable, Hashable {
 ///
 /// Bounded at `maximumCounters`: past it, counters that hold nothing a fresh one would not are dropped first (losslessly),
 /// then the least recently used, whose users then get one window's allowance again.
+///
+/// Counters are values in the dictionary, worked on in place under the lock: as references (kept by a reservation
+/// for its settlement) every request would retain and release objects that both event loops' threads share.
 public final class LimitLedger: LimitStore {
     /// A counter and when it was last used (its place in the eviction order), in one entry: one hash per lookup.
     private struct Entry: Sendable {
@@ -167,7 +314,7 @@ public final class LimitLedger: LimitStore {
     }
 
     private struct State: Sendable {
-        var counters: [String: Entry] = [:]
+        var counters: [CounterKey: Entry] = [:]
         var clock: UInt64 = 0
     }
 
@@ -183,53 +330,45 @@ public final class LimitLedger: LimitStore {
     /// Reserves every demand, or none. `lease` identifies this request's concurrency permits.
     public func reserve(_ demands: [LimitDemand], lease: UInt64, now: Int64) -> LimitDecision {
         state.withLock { state in
-            var remaining: [Int64] = [], resets: [Int64] = [], periods: [Int64?] = []
-            remaining.reserveCapacity(demands.count)
-            resets.reserveCapacity(demands.count)
-            periods.reserveCapacity(demands.count)
+            var grants: [Grant] = []
+            grants.reserveCapacity(demands.count)
             // Checked first, changed only once every demand passed. Rates and quotas are small values, worked on as
             // copies; permits are checked without being taken, and taken in place below (no copy of them is kept
             // here: a second reference would make the change copy every lease). Read through what this reservation
-            // already took: two demands on one counter both count.
-            var pending: [CounterState?] = []
+            // already took: two demands on one counter both count. Each stored counter's position is kept, to write
+            // it back without hashing its key again.
+            var pending: [(slot: Dictionary<CounterKey, Entry>.Index?, counter: CounterState?)] = []
             pending.reserveCapacity(demands.count)
-            // Where each stored counter is: written back through its position below, without hashing its name again.
-            var slots: [Dictionary<String, Entry>.Index?] = []
-            slots.reserveCapacity(demands.count)
-            for (index, demand) in demands.enumerated() {
-                let slot = state.counters.index(forKey: demand.counter)
-                // Two demands on one stored counter have one position (compared without comparing names).
+            // By index, each demand read in place: a copy of one would retain every string of its key.
+            for index in demands.indices {
+                let slot = state.counters.index(forKey: demands[index].key)
+                // Two demands on one stored counter have one position; on a new one, one key.
                 let earlier = index == 0 ? nil : (0..<index).last {
-                    slots[$0] == slot && (slot != nil || demands[$0].counter == demand.counter)
-                }.flatMap { pending[$0] }
-                slots.append(slot)
-                let counter = (earlier ?? slot.map { state.counters.values[$0].counter }).flatMap { Self.matching($0, demand.rule) }
-                    ?? CounterState(demand.rule)
+                    pending[$0].slot == slot && (slot != nil || demands[$0].key == demands[index].key)
+                }.flatMap { pending[$0].counter }
+                let rule = demands[index].rule, units = demands[index].units
+                let counter = (earlier ?? slot.map { state.counters.values[$0].counter }).flatMap { Self.matching($0, rule) }
+                    ?? CounterState(rule)
                 switch counter {
                 case .rate(var gcra):
-                    switch gcra.reserve(demand.units, now: now) {
-                    case .admitted(let left, let reset):
-                        remaining.append(left); resets.append(reset); periods.append(nil)
-                    case .refused(let retry, let left, let reset):
-                        return .refused(index: index, retryIn: retry, remaining: left, resetIn: reset)
+                    switch gcra.reserve(units, now: now) {
+                    case .admitted(let left, let reset): grants.append(Grant(remaining: left, resetIn: reset, period: nil))
+                    case .refused(let retry, let left, let reset): return .refused(index: index, retryIn: retry, remaining: left, resetIn: reset)
                     }
-                    pending.append(.rate(gcra))
+                    pending.append((slot, .rate(gcra)))
                 case .quota(var quota):
-                    switch quota.reserve(demand.units, now: now) {
-                    case .admitted(let left, let reset):
-                        remaining.append(left); resets.append(reset); periods.append(quota.periodIndex)
-                    case .refused(let retry, let left, let reset):
-                        return .refused(index: index, retryIn: retry, remaining: left, resetIn: reset)
+                    switch quota.reserve(units, now: now) {
+                    case .admitted(let left, let reset): grants.append(Grant(remaining: left, resetIn: reset, period: quota.periodIndex))
+                    case .refused(let retry, let left, let reset): return .refused(index: index, retryIn: retry, remaining: left, resetIn: reset)
                     }
-                    pending.append(.quota(quota))
+                    pending.append((slot, .quota(quota)))
                 case .concurrent(let leases):
                     guard leases.canAcquire(lease, now: now) else {
                         return .refused(index: index, retryIn: leases.earliestExpiry(now: now), remaining: 0,
                                         resetIn: leases.earliestExpiry(now: now) ?? 0)
                     }
-                    remaining.append(Int64(leases.available(now: now) - (leases.held[lease] == nil ? 1 : 0)))
-                    resets.append(0); periods.append(nil)
-                    pending.append(nil)
+                    grants.append(Grant(remaining: Int64(leases.available(now: now) - (leases.held[lease] == nil ? 1 : 0)), resetIn: 0, period: nil))
+                    pending.append((slot, nil))
                 }
             }
             state.clock &+= 1
@@ -237,36 +376,37 @@ public final class LimitLedger: LimitStore {
             // Stored counters first, in place (their positions stay valid while nothing is added), then the new ones
             // (an insertion may move every entry, or evict).
             var added = false
-            for (offset, demand) in demands.enumerated() {
-                guard let slot = slots[offset] else {
+            for offset in demands.indices {
+                guard let slot = pending[offset].slot else {
                     added = true
                     continue
                 }
-                if let counter = pending[offset] {
-                    state.counters.values[slot] = Entry(counter: counter, touched: clock)
-                } else if case .concurrent(_, let ttl) = demand.rule {
-                    if Self.matching(state.counters.values[slot].counter, demand.rule) == nil {
-                        state.counters.values[slot].counter = CounterState(demand.rule)
-                    }
-                    state.counters.values[slot].counter.withLeases { _ = $0.acquire(lease, now: now, ttl: ttl) }
-                    state.counters.values[slot].touched = clock
-                }
+                Self.take(pending[offset].counter, demands[offset].rule, in: &state.counters.values[slot], lease: lease, now: now, clock: clock)
             }
             if added {
-                for (offset, demand) in demands.enumerated() where slots[offset] == nil {
-                    if let counter = pending[offset] {
-                        Self.store(&state, demand.counter, counter, now: now, limit: maximumCounters)
-                        continue
+                for offset in demands.indices where pending[offset].slot == nil {
+                    let key = demands[offset].key, rule = demands[offset].rule
+                    // A second demand on a new counter finds the entry the first made.
+                    if state.counters[key] == nil {
+                        Self.store(&state, key, Entry(counter: CounterState(rule), touched: clock), now: now, limit: maximumCounters)
                     }
-                    guard case .concurrent(_, let ttl) = demand.rule else { continue }
-                    if !Self.acquire(&state.counters[demand.counter], rule: demand.rule, lease: lease, now: now, ttl: ttl, clock: clock) {
-                        var fresh = CounterState(demand.rule)
-                        fresh.withLeases { _ = $0.acquire(lease, now: now, ttl: ttl) }
-                        Self.store(&state, demand.counter, fresh, now: now, limit: maximumCounters)
+                    if let index = state.counters.index(forKey: key) {
+                        Self.take(pending[offset].counter, rule, in: &state.counters.values[index], lease: lease, now: now, clock: clock)
                     }
                 }
             }
-            return .admitted(Reservation(demands: demands, lease: lease, periods: periods, remaining: remaining, resetIn: resets))
+            return .admitted(Reservation(demands: demands, lease: lease, grants: grants))
+        }
+    }
+
+    /// Writes a checked rate or quota into its entry, or takes the permit there (in place: the leases are not copied).
+    private static func take(_ pending: CounterState?, _ rule: LimitRule, in entry: inout Entry, lease: UInt64, now: Int64, clock: UInt64) {
+        entry.touched = clock
+        if let pending {
+            entry.counter = pending
+        } else if case .concurrent(_, let ttl) = rule {
+            if matching(entry.counter, rule) == nil { entry.counter = CounterState(rule) }
+            entry.counter.withLeases { _ = $0.acquire(lease, now: now, ttl: ttl) }
         }
     }
 
@@ -274,14 +414,15 @@ public final class LimitLedger: LimitStore {
     /// was reserved) and releases its permits. Call exactly once per admitted reservation, on every path.
     public func settle(_ reservation: Reservation, actual: [Int64?], now: Int64) {
         state.withLock { state in
-            for (index, demand) in reservation.demands.enumerated() {
-                let used = index < actual.count ? actual[index].map { max($0, 0) } ?? demand.units : demand.units
-                let delta = used > demand.units ? used - demand.units : -(demand.units - used)
+            for index in reservation.demands.indices {
+                let units = reservation.demands[index].units
+                let used = index < actual.count ? actual[index].map { max($0, 0) } ?? units : units
+                let delta = used > units ? used - units : -(units - used)
                 // A rate or quota that used what it reserved (a request counter, say) has nothing to settle.
-                if delta == 0, !demand.rule.isConcurrent { continue }
-                let period = index < reservation.periods.count ? reservation.periods[index] ?? .min : .min
+                if delta == 0, !reservation.demands[index].rule.isConcurrent { continue }
+                let period = index < reservation.grants.count ? reservation.grants[index].period ?? .min : .min
                 // In place, through the dictionary's own storage: one lookup.
-                state.counters[demand.counter]?.counter.settle(delta: delta, period: period, lease: reservation.lease, now: now)
+                state.counters[reservation.demands[index].key]?.counter.settle(delta: delta, period: period, lease: reservation.lease, now: now)
             }
         }
     }
@@ -299,9 +440,9 @@ public final class LimitLedger: LimitStore {
     /// Keeps a long request's permits (a stream) from expiring.
     public func renew(_ reservation: Reservation, now: Int64) {
         state.withLock { state in
-            for demand in reservation.demands {
-                guard case .concurrent(_, let ttl) = demand.rule else { continue }
-                state.counters[demand.counter]?.counter.withLeases { _ = $0.renew(reservation.lease, now: now, ttl: ttl) }
+            for index in reservation.demands.indices {
+                guard case .concurrent(_, let ttl) = reservation.demands[index].rule else { continue }
+                state.counters[reservation.demands[index].key]?.counter.withLeases { _ = $0.renew(reservation.lease, now: now, ttl: ttl) }
             }
         }
     }
@@ -309,36 +450,28 @@ public final class LimitLedger: LimitStore {
     public func remaining(_ demands: [LimitDemand], now: Int64) -> [Int64] {
         demands.map { demand in
             state.withLock { state in
-                state.counters[demand.counter].flatMap { Self.matching($0.counter, demand.rule) }.map { counter -> Int64 in
-                    switch counter {
-                    case .rate(let gcra): gcra.remaining(now: now)
-                    case .quota(let quota): quota.remaining(now: now)
-                    case .concurrent(let leases): Int64(leases.available(now: now))
-                    }
-                } ?? demand.rule.capacity
+                state.counters[demand.key].flatMap { Self.matching($0.counter, demand.rule) }.map { Self.remaining($0, now: now) }
+                    ?? demand.rule.capacity
             }
         }
     }
 
     /// Units left on a counter now (nil: never used, so its whole limit).
-    public func remaining(_ counter: String, now: Int64) -> Int64? {
-        state.withLock { state in
-            switch state.counters[counter]?.counter {
-            case .rate(let gcra): gcra.remaining(now: now)
-            case .quota(let quota): quota.remaining(now: now)
-            case .concurrent(let leases): Int64(leases.available(now: now))
-            case nil: nil
-            }
-        }
+    public func remaining(_ key: CounterKey, now: Int64) -> Int64? {
+        state.withLock { state in state.counters[key].map { Self.remaining($0.counter, now: now) } }
     }
 
-    /// Takes the permit in a stored counter of `rule`, in place (through the dictionary's own storage: one lookup,
-    /// and the leases are not copied); false when there is none to take it in.
-    private static func acquire(_ entry: inout Entry?, rule: LimitRule, lease: UInt64, now: Int64, ttl: Int64, clock: UInt64) -> Bool {
-        guard entry.map({ matching($0.counter, rule) != nil }) == true else { return false }
-        entry?.counter.withLeases { _ = $0.acquire(lease, now: now, ttl: ttl) }
-        entry?.touched = clock
-        return true
+    /// Units left on the counter named by `counter` alone (`CounterKey(_:)`).
+    public func remaining(_ counter: String, now: Int64) -> Int64? {
+        remaining(CounterKey(counter), now: now)
+    }
+
+    private static func remaining(_ counter: CounterState, now: Int64) -> Int64 {
+        switch counter {
+        case .rate(let gcra): gcra.remaining(now: now)
+        case .quota(let quota): quota.remaining(now: now)
+        case .concurrent(let leases): Int64(leases.available(now: now))
+        }
     }
 
     /// A stored state whose rule changed (a configuration reload) starts again.
@@ -351,8 +484,8 @@ public final class LimitLedger: LimitStore {
         }
     }
 
-    private static func store(_ state: inout State, _ name: String, _ counter: CounterState, now: Int64, limit: Int) {
-        if state.counters.count >= limit, state.counters[name] == nil {
+    private static func store(_ state: inout State, _ key: CounterKey, _ entry: Entry, now: Int64, limit: Int) {
+        if state.counters.count >= limit {
             // Full: drop every counter a fresh one would equal; if that leaves more than fifteen sixteenths, also the
             // least recently used down to them, so that the scan is paid once per many new counters, not by each
             // (callers choose the number of counters: one each would make every request a full scan).
@@ -364,6 +497,6 @@ public final class LimitLedger: LimitStore {
                 for (key, _) in oldest { state.counters[key] = nil }
             }
         }
-        state.counters[name] = Entry(counter: counter, touched: state.clock)
+        state.counters[key] = entry
     }
 }

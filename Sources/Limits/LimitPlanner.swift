@@ -16,9 +16,8 @@ public struct LimitPlanner: Sendable {
         var countsAllRequests: Bool
         /// The escaped name.
         var name: String
-        /// The scope in counter order, the tenant added for a user or key scope, with `|dimension=` written.
-        var dimensions: [(LimitDefinition.Dimension, prefix: String)]
-        var perTenant: Bool
+        /// The scope's dimensions (`CounterKey`'s bits), the tenant added for a user or key scope.
+        var dimensions: UInt8
         /// The filters other than the model's (that one is applied through `byModel`).
         var when: [(LimitDefinition.Dimension, Set<String>)]
     }
@@ -36,8 +35,7 @@ public struct LimitPlanner: Sendable {
         prepared = definitions.map { definition in
             var dimensions = definition.scope
             let perTenant = dimensions.contains(.tenant) || dimensions.contains(.user) || dimensions.contains(.key)
-            if perTenant && !dimensions.contains(.tenant) { dimensions.insert(.tenant, at: 0) }
-            dimensions.sort()
+            if perTenant && !dimensions.contains(.tenant) { dimensions.append(.tenant) }
             let rule: LimitRule = switch definition.window {
             case nil: .concurrent(limit: Int(clamping: definition.amount), ttl: permitTTL)
             case .day?: .quota(limit: definition.amount, calendar: .day)
@@ -45,8 +43,7 @@ public struct LimitPlanner: Sendable {
             case let window?: .rate(limit: definition.amount, period: window.nanoseconds)
             }
             return Prepared(rule: rule, measure: definition.measure, countsAllRequests: definition.countsAllRequests,
-                            name: Self.escape(definition.name), dimensions: dimensions.map { ($0, "|\($0.rawValue)=") },
-                            perTenant: perTenant,
+                            name: CounterKey.escape(definition.name), dimensions: dimensions.reduce(0) { $0 | CounterKey.bit($1) },
                             when: definition.when.filter { $0.key != .model }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
         }
         unfiltered = definitions.indices.filter { definitions[$0].when[.model] == nil }
@@ -78,19 +75,14 @@ public struct LimitPlanner: Sendable {
     public func plan(caller: Caller, model: String, estimate: Estimate, cacheHit: Bool = false)
         -> [(demand: LimitDemand, definition: LimitDefinition)]
     {
-        let plan = demandsAndSources(caller: caller, model: model, estimate: estimate, cacheHit: cacheHit)
-        return zip(plan.demands, plan.sources).map { ($0, definitions[$1]) }
+        requestDemands(caller: caller, model: model, estimate: estimate, cacheHit: cacheHit).map { ($0, definitions[$0.source]) }
     }
 
-    /// The request path's form of `plan`: the demands, and the index in `definitions` of each one's definition
-    /// (two arrays, without a copy of each definition).
-    public func demandsAndSources(caller: Caller, model: String, estimate: Estimate, cacheHit: Bool = false)
-        -> (demands: [LimitDemand], sources: [Int])
-    {
+    /// The request path's form of `plan`: each demand names its definition by its index in `definitions` (`source`),
+    /// without a copy of it.
+    public func requestDemands(caller: Caller, model: String, estimate: Estimate, cacheHit: Bool = false) -> [LimitDemand] {
         let candidates = byModel[model] ?? unfiltered
         var demands: [LimitDemand] = []
-        var sources: [Int] = []
-        var tenantShard: String?
         for index in candidates {
             guard !cacheHit || prepared[index].countsAllRequests else { continue }
             guard prepared[index].when.allSatisfy({ $0.1.contains(Self.value(of: $0.0, caller: caller, model: model)) }) else { continue }
@@ -101,18 +93,11 @@ public struct LimitPlanner: Sendable {
             case .totalTokens: estimate.inputTokens > .max - estimate.outputTokens ? .max : estimate.inputTokens + estimate.outputTokens
             case .spend: max(estimate.spend.value, 0)
             }
-            let perTenant = prepared[index].perTenant
-            // The tenant's shard is the same for each of its limits: built once.
-            if perTenant && tenantShard == nil { tenantShard = "tenant=" + Self.escape(caller.tenant) }
-            if demands.isEmpty {
-                demands.reserveCapacity(candidates.count)
-                sources.reserveCapacity(candidates.count)
-            }
-            demands.append(LimitDemand(counter: Self.counter(prepared[index], caller: caller, model: model), rule: prepared[index].rule,
-                                       units: units, shard: perTenant ? tenantShard ?? "" : ""))
-            sources.append(index)
+            if demands.isEmpty { demands.reserveCapacity(candidates.count) }
+            demands.append(LimitDemand(key: Self.key(name: prepared[index].name, dimensions: prepared[index].dimensions, caller: caller, model: model),
+                                       rule: prepared[index].rule, units: units, source: index))
         }
-        return (demands, sources)
+        return demands
     }
 
     /// What a demand of `measure` really used, once the answer is known.
@@ -137,40 +122,16 @@ public struct LimitPlanner: Sendable {
         }
     }
 
-    /// `name|dimension=value|…`, values escaped so no two scopes share a counter. A user or key is one tenant's, so
-    /// the tenant is part of their counter (never shared across tenants) and their counters live together (the
-    /// tenant is the shard); a limit over tiers, features or models alone is a counter of its own.
-    static func counter(_ prepared: Prepared, caller: Caller, model: String) -> String {
-        // Sized for the values as they are (escaping is rare and only grows it then): appended piece by piece, the
-        // string's storage would grow two or three times per counter.
-        let length = prepared.dimensions.reduce(prepared.name.utf8.count) { length, dimension in
-            length + dimension.prefix.utf8.count + value(of: dimension.0, caller: caller, model: model).utf8.count
-        }
-        var name = ""
-        name.reserveCapacity(length)
-        name += prepared.name
-        for (dimension, prefix) in prepared.dimensions {
-            name += prefix
-            name += escape(value(of: dimension, caller: caller, model: model))
-        }
-        return name
+    /// The counter of a limit named `name` over `dimensions`, for this caller and model. A user or key is one
+    /// tenant's, so the tenant is part of their counter (never shared across tenants) and their counters live
+    /// together (the tenant is the shard); a limit over tiers, features or models alone is a counter of its own.
+    /// Built from the caller's strings as they are: nothing is written out on the request path.
+    static func key(name: String, dimensions: UInt8, caller: Caller, model: String) -> CounterKey {
+        func has(_ dimension: LimitDefinition.Dimension) -> Bool { dimensions & CounterKey.bit(dimension) != 0 }
+        return CounterKey(name: name, dimensions: dimensions, key: has(.key) ? caller.keyID : "", tenant: has(.tenant) ? caller.tenant : "",
+                          user: has(.user) ? caller.user : "", tier: has(.tier) ? caller.tier : "",
+                          feature: has(.feature) ? caller.feature : "", model: has(.model) ? model : "")
     }
 
-    static func escape(_ text: String) -> String {
-        // Almost every value has none of the three: returned as it is, without building a copy (scanned as raw
-        // bytes where the string has them contiguous, as native strings do).
-        func special(_ byte: UInt8) -> Bool { byte == UInt8(ascii: "%") || byte == UInt8(ascii: "|") || byte == UInt8(ascii: "=") }
-        let found = text.utf8.withContiguousStorageIfAvailable { $0.contains(where: special) } ?? text.utf8.contains(where: special)
-        guard found else { return text }
-        var out = ""
-        for character in text {
-            switch character {
-            case "%": out += "%25"
-            case "|": out += "%7C"
-            case "=": out += "%3D"
-            default: out.append(character)
-            }
-        }
-        return out
-    }
+    static func escape(_ text: String) -> String { CounterKey.escape(text) }
 }

@@ -255,14 +255,13 @@ struct ChatHandler: Sendable {
         throws(GatewayError) -> EdgeResponse
     {
         var headers = HTTPFields()
-        // Room for the rate-limit headers too, when they come: a full storage would be copied to grow.
-        headers.reserveCapacity(completion.limits == nil ? 8 : 15)
+        headers.reserveCapacity(9)
         headers.append(HTTPField(name: .contentType, value: "application/json"))
         headers.append(HTTPField(name: .requestID, value: requestID))
         Self.addModelHeaders(completion.routing, requested: chat.model, downgradedTo: completion.limits?.servedModel, to: &headers)
         if let cost = completion.cost { headers.append(HTTPField(name: .switchyardCost, value: cost.usdString)) }
         Self.addCacheHeaders(completion.cache, to: &headers)
-        if let limits = completion.limits { ErrorRenderer.addRateLimitHeaders(limits, format: format, to: &headers) }
+        ErrorRenderer.addDegradedHeader(completion.limits, to: &headers)
         let body: ByteBuffer
         if let raw = completion.raw, raw.format == format {
             body = raw.body
@@ -274,7 +273,8 @@ struct ChatHandler: Sendable {
             }
             body = ByteBuffer(bytes: json.serialized())
         }
-        return EdgeResponse(status: .ok, headers: headers, body: .buffer(body))
+        return EdgeResponse(status: .ok, headers: headers,
+                            headerLines: completion.limits.flatMap { ErrorRenderer.rateLimitHeaderLines($0, format: format) }, body: .buffer(body))
     }
 
     // MARK: Streams
@@ -285,12 +285,13 @@ struct ChatHandler: Sendable {
         var headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .requestID: requestID]
         Self.addModelHeaders(stream.routing, requested: chat.model, downgradedTo: stream.limits?.servedModel, to: &headers)
         Self.addCacheHeaders(stream.cache, to: &headers)
-        if let limits = stream.limits { ErrorRenderer.addRateLimitHeaders(limits, format: format, to: &headers) }
+        ErrorRenderer.addDegradedHeader(stream.limits, to: &headers)
+        let headerLines = stream.limits.flatMap { ErrorRenderer.rateLimitHeaderLines($0, format: format) }
         let metrics = self.metrics
         let upstreamWait = stream.upstreamTimeToFirstEvent
         let encoder = StreamEncoder(clientFormat: format, upstreamFormat: stream.isSynthesized ? nil : stream.format, model: chat.model,
                                     includeUsage: chat.streamIncludeUsage, requestID: requestID)
-        return EdgeResponse(status: .ok, headers: headers, body: .stream { writer in
+        return EdgeResponse(status: .ok, headers: headers, headerLines: headerLines, body: .stream { writer in
             var encoder = encoder
             var iterator = stream.makeAsyncIterator()
             var firstWritten = false

@@ -73,38 +73,59 @@ public enum ErrorRenderer {
             let seconds = max(1, (retryAfter.nanoseconds / 1_000_000_000) + (retryAfter.nanoseconds % 1_000_000_000 > 0 ? 1 : 0))
             headers[.retryAfter] = String(seconds)
         }
-        if let limits = error.limits { addRateLimitHeaders(limits, format: format, to: &headers) }
+        addDegradedHeader(error.limits, to: &headers)
         let bytes = body(for: error, format: format, requestID: requestID).serialized()
         return EdgeResponse(status: .init(code: status(for: error, format: format)), headers: headers,
-                            body: .buffer(ByteBuffer(bytes: bytes)))
+                            headerLines: error.limits.flatMap { rateLimitHeaderLines($0, format: format) }, body: .buffer(ByteBuffer(bytes: bytes)))
     }
 
     /// The API's own rate-limit headers: OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (reset as
     /// a duration, "1s", "6m0s"), Anthropic's `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` (reset
-    /// as an RFC 3339 time).
-    public static func addRateLimitHeaders(_ status: LimitStatus, format: APIFormat, to headers: inout HTTPFields,
-                                    now: Double = Date().timeIntervalSince1970) {
-        func add(_ counter: LimitStatus.Counter?, _ kind: Int) {
-            guard let counter else { return }
-            let names = rateLimitNames[format == .openAI ? kind : 2 + kind]
-            headers.append(HTTPField(name: names[0], value: String(counter.limit)))
-            headers.append(HTTPField(name: names[1], value: String(counter.remaining)))
-            headers.append(HTTPField(name: names[2], value: format == .openAI
-                    ? openAIDuration(counter.resetIn) : rfc3339(now + Double(max(counter.resetIn, 0)) / 1e9)))
+    /// as an RFC 3339 time), written as header lines (`EdgeResponse.headerLines`): the names are static text, with no
+    /// reference count for the threads to share. Nil when no limit applied.
+    public static func rateLimitHeaderLines(_ status: LimitStatus, format: APIFormat, now: Double = Date().timeIntervalSince1970) -> ByteBuffer? {
+        guard status.requests != nil || status.tokens != nil else { return nil }
+        var lines = ByteBuffer()
+        lines.reserveCapacity(360)
+        func line(_ name: StaticString, _ value: String) {
+            lines.writeStaticString(name)
+            lines.writeStaticString(": ")
+            lines.writeString(value)
+            lines.writeStaticString("\r\n")
         }
-        // Two calls, not a loop over an array literal: that array would be allocated on every answer.
-        add(status.requests, 0)
-        add(status.tokens, 1)
-        if let degraded = status.degraded { headers.append(HTTPField(name: .switchyardDegraded, value: degraded.rawValue)) }
+        func reset(_ counter: LimitStatus.Counter) -> String {
+            format == .openAI ? openAIDuration(counter.resetIn) : rfc3339(now + Double(max(counter.resetIn, 0)) / 1e9)
+        }
+        // Each name written out: a table of them would be an array to retain on every answer.
+        if let counter = status.requests {
+            if format == .openAI {
+                line("x-ratelimit-limit-requests", String(counter.limit))
+                line("x-ratelimit-remaining-requests", String(counter.remaining))
+                line("x-ratelimit-reset-requests", reset(counter))
+            } else {
+                line("anthropic-ratelimit-requests-limit", String(counter.limit))
+                line("anthropic-ratelimit-requests-remaining", String(counter.remaining))
+                line("anthropic-ratelimit-requests-reset", reset(counter))
+            }
+        }
+        if let counter = status.tokens {
+            if format == .openAI {
+                line("x-ratelimit-limit-tokens", String(counter.limit))
+                line("x-ratelimit-remaining-tokens", String(counter.remaining))
+                line("x-ratelimit-reset-tokens", reset(counter))
+            } else {
+                line("anthropic-ratelimit-tokens-limit", String(counter.limit))
+                line("anthropic-ratelimit-tokens-remaining", String(counter.remaining))
+                line("anthropic-ratelimit-tokens-reset", reset(counter))
+            }
+        }
+        return lines
     }
 
-    /// limit, remaining, reset: OpenAI's for requests and tokens, then Anthropic's (made once, not per answer).
-    static let rateLimitNames: [[HTTPField.Name]] = [
-        ["x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"],
-        ["x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"],
-        ["anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset"],
-        ["anthropic-ratelimit-tokens-limit", "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset"],
-    ].map { $0.map { HTTPField.Name($0)! } }
+    /// `x-switchyard-degraded`, when the limits refused and a degradation step answered.
+    static func addDegradedHeader(_ status: LimitStatus?, to headers: inout HTTPFields) {
+        if let degraded = status?.degraded { headers.append(HTTPField(name: .switchyardDegraded, value: degraded.rawValue)) }
+    }
 
     /// "350ms", "1s", "6m0s", "1h2m3s" (OpenAI's style), rounded up to what a client may wait.
     static func openAIDuration(_ nanoseconds: Int64) -> String {

@@ -60,22 +60,20 @@ public final class RateLimitStage: GatewayStage {
         leaseBase = UInt64.random(in: 0..<(1 << 40)) << 20
     }
 
-    typealias Plan = (demands: [LimitDemand], sources: [Int])
-
-    func definition(_ plan: Plan, _ offset: Int) -> LimitDefinition { planner.definitions[plan.sources[offset]] }
+    func definition(_ plan: [LimitDemand], _ offset: Int) -> LimitDefinition { planner.definitions[plan[offset].source] }
 
     public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
         let caller = try context.requireCaller()
         let route = try context.requireRoute()
         let plan = self.plan(request, caller: caller, model: route)
-        guard !plan.demands.isEmpty else { return try await next(request, context) }
+        guard !plan.isEmpty else { return try await next(request, context) }
         let lease = leaseBase &+ leases.next()
         let decision: LimitDecision
         do {
             if let ledger {
-                decision = ledger.reserve(plan.demands, lease: lease, now: clock())
+                decision = ledger.reserve(plan, lease: lease, now: clock())
             } else {
-                decision = try await store.reserve(plan.demands, lease: lease, now: clock())
+                decision = try await store.reserve(plan, lease: lease, now: clock())
             }
         } catch {
             recorder?.limitStoreFailed()
@@ -93,16 +91,16 @@ public final class RateLimitStage: GatewayStage {
             recorder?.limitRefused(definition(plan, index).name)
             throw error
         case .admitted(let reservation):
-            return try await proceed(request, context: context, plan: plan, reservation: reservation, price: route.price, next: next)
+            return try await proceed(request, context: context, reservation: reservation, price: route.price, next: next)
         }
     }
 
     /// What `request` reserves from each limit that applies to it when `model` answers it.
-    func plan(_ request: ChatRequest, caller: Caller, model: ModelRoute) -> Plan {
+    func plan(_ request: ChatRequest, caller: Caller, model: ModelRoute) -> [LimitDemand] {
         let input = Int64(request.estimatedInputTokens)
         let output = request.maxTokens.map { Int64($0) } ?? defaultOutputTokens
         let spend = model.price.cost(of: Usage(inputTokens: Int(clamping: input), outputTokens: Int(clamping: output)))
-        return planner.demandsAndSources(caller: caller, model: model.name, estimate: .init(inputTokens: input, outputTokens: output, spend: spend))
+        return planner.requestDemands(caller: caller, model: model.name, estimate: .init(inputTokens: input, outputTokens: output, spend: spend))
     }
 
     /// The 429 for a refusal by `definition`: the limit's name, amount, window and scope (never whose counter it was).
@@ -158,19 +156,19 @@ public final class RateLimitStage: GatewayStage {
                     let plan = self.plan(downgradedRequest, caller: caller, model: target)
                     // An original body names the refused model: the provider renders the request again.
                     downgraded.original = nil
-                    guard !plan.demands.isEmpty else {
+                    guard !plan.isEmpty else {
                         return marked(try await next(downgradedRequest, downgraded), nil, .downgrade, servedBy: served)
                     }
                     let decision: LimitDecision
                     do {
-                        decision = try await store.reserve(plan.demands, lease: leaseBase &+ leases.next(), now: clock())
+                        decision = try await store.reserve(plan, lease: leaseBase &+ leases.next(), now: clock())
                     } catch {
                         recorder?.limitStoreFailed()
                         continue
                     }
                     guard case .admitted(let reservation) = decision else { continue }
-                    let answer = try await proceed(downgradedRequest, context: downgraded, plan: plan, reservation: reservation,
-                                                   price: target.price, next: next)
+                    let answer = try await proceed(downgradedRequest, context: downgraded, reservation: reservation, price: target.price,
+                                                   next: next)
                     return marked(answer, nil, .downgrade, servedBy: served)
                 }
             case .queue:
@@ -200,28 +198,29 @@ public final class RateLimitStage: GatewayStage {
     }
 
     /// Calls the model under an admitted reservation and settles it with what the answer used, however it ends.
-    func proceed(_ request: ChatRequest, context: GatewayContext, plan: Plan, reservation: Reservation, price: ModelPrice,
+    func proceed(_ request: ChatRequest, context: GatewayContext, reservation: Reservation, price: ModelPrice,
                  next: @escaping Next) async throws -> GatewayResponse {
-        let measures = plan.sources.map { planner.definitions[$0].measure }
         var status = LimitStatus()
-        for (offset, source) in plan.sources.enumerated() where offset < reservation.remaining.count {
-            let definition = planner.definitions[source]
-            status.consider(definition.measure, .init(limit: definition.amount, remaining: reservation.remaining[offset],
-                                                      resetIn: reservation.resetIn[offset]))
+        // By index and field by field: a copy of a demand or a definition would retain each of its strings.
+        for index in reservation.demands.indices where index < reservation.grants.count {
+            let source = reservation.demands[index].source
+            status.consider(planner.definitions[source].measure,
+                            .init(limit: planner.definitions[source].amount, remaining: reservation.grants[index].remaining,
+                                  resetIn: reservation.grants[index].resetIn))
         }
         let response: GatewayResponse
         do {
             response = try await next(request, context)
         } catch {
             // Failed before an answer: nothing used (the permits come back too).
-            settle(reservation, measures: measures, input: 0, output: 0, spend: .zero, requests: false)
+            settle(reservation, input: 0, output: 0, spend: .zero, requests: false)
             throw error
         }
         switch consume response {
         case .completion(var completion):
             completion.limits = status
             let usage = completion.usage
-            settle(reservation, measures: measures, input: Int64(usage.inputTokens + usage.cacheReadTokens + usage.cacheWriteTokens),
+            settle(reservation, input: Int64(usage.inputTokens + usage.cacheReadTokens + usage.cacheWriteTokens),
                    output: Int64(usage.outputTokens), spend: completion.cost ?? price.cost(of: usage), requests: true)
             return .completion(completion)
         case .stream(var stream):
@@ -231,7 +230,7 @@ public final class RateLimitStage: GatewayStage {
                 renewal?.cancel()
                 let (usage, _) = CostAccountingStage.streamUsage(reported, outcome: outcome, request: request,
                                                                  observedOutputTokens: lifecycle?.estimatedOutputTokens ?? 0)
-                self.settle(reservation, measures: measures, input: Int64(usage.inputTokens + usage.cacheReadTokens + usage.cacheWriteTokens),
+                self.settle(reservation, input: Int64(usage.inputTokens + usage.cacheReadTokens + usage.cacheWriteTokens),
                             output: Int64(usage.outputTokens), spend: price.cost(of: usage), requests: true)
             }
             return .stream(stream)
@@ -254,9 +253,9 @@ public final class RateLimitStage: GatewayStage {
     }
 
     /// Off the request path: the answer does not wait for the store.
-    private func settle(_ reservation: Reservation, measures: [LimitDefinition.Measure], input: Int64, output: Int64,
-                        spend: NanoUSD, requests: Bool) {
-        let actual: [Int64?] = measures.map { measure in
+    private func settle(_ reservation: Reservation, input: Int64, output: Int64, spend: NanoUSD, requests: Bool) {
+        let actual: [Int64?] = reservation.demands.indices.map { index in
+            let measure = planner.definitions[reservation.demands[index].source].measure
             if !requests, measure == .requests { return 0 }
             return LimitPlanner.actual(measure, inputTokens: input, outputTokens: output, spend: spend)
         }

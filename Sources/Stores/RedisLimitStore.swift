@@ -31,14 +31,15 @@ public final class RedisLimitStore: LimitStore {
         var shards: [String: String] = [:]
         return demands.enumerated().map { offset, demand in
             let counter = KeyHash.sha256Hex(demand.counter, characters: 16)
+            let name = demand.shard
             let shard: String
-            if demand.shard.isEmpty {
+            if name.isEmpty {
                 shard = counter
-            } else if let known = shards[demand.shard] {
+            } else if let known = shards[name] {
                 shard = known
             } else {
-                shard = KeyHash.sha256Hex(demand.shard, characters: 16)
-                shards[demand.shard] = shard
+                shard = KeyHash.sha256Hex(name, characters: 16)
+                shards[name] = shard
             }
             if case .quota(_, let calendar) = demand.rule {
                 let period = periods.indices.contains(offset) ? periods[offset] : nil
@@ -81,7 +82,10 @@ public final class RedisLimitStore: LimitStore {
     /// Demand indices per script: all of them on a single server; per shard (one slot), in a fixed order, on a Cluster.
     private func groups(_ demands: [LimitDemand]) -> [[Int]] {
         guard client.configuration.cluster else { return [Array(demands.indices)] }
-        return Dictionary(grouping: demands.indices) { demands[$0].shard.isEmpty ? demands[$0].counter : demands[$0].shard }
+        return Dictionary(grouping: demands.indices) { index in
+            let shard = demands[index].shard
+            return shard.isEmpty ? demands[index].counter : shard
+        }
             .sorted { $0.key < $1.key }.map(\.value)
     }
 

@@ -54,10 +54,7 @@ struct LimiterBench: AsyncParsableCommand {
         /// One request through `stage`, and its headers rendered as the handler does.
         @Sendable func one(_ stage: RateLimitStage) async throws {
             guard case .completion(let completion) = try await stage.handle(request, context: context, next: next) else { return }
-            if let limits = completion.limits {
-                var headers = HTTPFields()
-                ErrorRenderer.addRateLimitHeaders(limits, format: .openAI, to: &headers)
-            }
+            if let limits = completion.limits { _ = ErrorRenderer.rateLimitHeaderLines(limits, format: .openAI) }
         }
         /// CPU microseconds per request over `count` requests, `tasks` at a time, and the p50 wait of one.
         func measure(_ stage: RateLimitStage, count: Int, tasks: Int) async throws -> (cpu: Double, p50: Double) {

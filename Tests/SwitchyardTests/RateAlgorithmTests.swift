@@ -195,6 +195,22 @@ import Testing
         // Two demands on one counter both count.
         let double = ledger.reserve([user, user], lease: 3, now: Self.now)
         if case .admitted(let reservation) = double { #expect(reservation.remaining == [18, 17]) } else { Issue.record("\(double)") }
+        // On a new counter too: over its limit together, refused and nothing stored; within it, one counter holds both,
+        // and settling gives both back to it.
+        let pair = LimitDemand(counter: "pair", rule: .rate(limit: 3, period: 60 * Self.second), units: 2)
+        guard case .refused(1, _, _, _) = ledger.reserve([pair, pair], lease: 4, now: Self.now) else {
+            Issue.record("two demands of 2 admitted by a limit of 3")
+            return
+        }
+        #expect(ledger.remaining("pair", now: Self.now) == nil)
+        let fresh = LimitDemand(counter: "fresh", rule: .rate(limit: 4, period: 60 * Self.second), units: 2)
+        guard case .admitted(let both) = ledger.reserve([fresh, fresh], lease: 5, now: Self.now) else {
+            Issue.record("two demands of 2 refused by a limit of 4")
+            return
+        }
+        #expect(both.remaining == [2, 0] && ledger.remaining("fresh", now: Self.now) == 0)
+        ledger.settle(both, actual: [0, 0], now: Self.now)
+        #expect(ledger.remaining("fresh", now: Self.now) == 4)
     }
 
     @Test func concurrentCallersGetExactlyTheLimit() async {
@@ -334,6 +350,13 @@ import Testing
         let crafted = planner.demands(caller: Caller(tenant: "a|user=u", user: "x", keyID: "k"), model: "m", estimate: estimate)
         let plain = planner.demands(caller: Caller(tenant: "a", user: "u|tenant=a|user=x", keyID: "k"), model: "m", estimate: estimate)
         #expect(Set([same[0].counter, crafted[0].counter, plain[0].counter]).count == 3)
+        // The ledger's keys (compared field by field, never written out) keep them apart too, and the limit's scope is
+        // part of them: a per-tenant limit of the same name and tenant is another counter.
+        #expect(Set([same[0].key, other[0].key, crafted[0].key, plain[0].key]).count == 4)
+        let perTenant = LimitPlanner(definitions: [LimitDefinition(name: "rpm", measure: .requests, amount: 20, window: .minute, scope: [.tenant])])
+        let tenantKey = perTenant.demands(caller: Caller(tenant: "a", user: "u", keyID: "k"), model: "m", estimate: estimate)[0]
+        #expect(tenantKey.key != same[0].key && tenantKey.counter == "rpm|tenant=a" && tenantKey.shard == "tenant=a" && same[0].shard == "tenant=a")
+        #expect(crafted[0].shard == "tenant=a%7Cuser%3Du")
         #expect(LimitPlanner.escape("a%|=b") == "a%25%7C%3Db")
         // Negative estimates reserve nothing; huge ones saturate.
         let huge = LimitPlanner(definitions: [LimitDefinition(name: "t", measure: .totalTokens, amount: 10, window: .second)])

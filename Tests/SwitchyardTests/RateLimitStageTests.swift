@@ -226,7 +226,7 @@ import Testing
             return
         }
         let counter = planner.plan(caller: context.caller!, model: "gpt-4o-mini",
-                                   estimate: .init(inputTokens: 1, outputTokens: 1, spend: .zero))[0].demand.counter
+                                   estimate: .init(inputTokens: 1, outputTokens: 1, spend: .zero))[0].demand.key
         // Two lease times pass on the clock, renewed as they go: still held.
         for _ in 0..<6 {
             now.withLock { $0 += 100_000_000 }

@@ -85,39 +85,27 @@ public enum ErrorRenderer {
     /// reference count for the threads to share. Nil when no limit applied.
     public static func rateLimitHeaderLines(_ status: LimitStatus, format: APIFormat, now: Double = Date().timeIntervalSince1970) -> ByteBuffer? {
         guard status.requests != nil || status.tokens != nil else { return nil }
-        var lines = ByteBuffer()
-        lines.reserveCapacity(360)
+        var lines = ByteBufferAllocator().buffer(capacity: 360)
         func line(_ name: StaticString, _ value: String) {
             lines.writeStaticString(name)
             lines.writeStaticString(": ")
             lines.writeString(value)
             lines.writeStaticString("\r\n")
         }
-        func reset(_ counter: LimitStatus.Counter) -> String {
-            format == .openAI ? openAIDuration(counter.resetIn) : rfc3339(now + Double(max(counter.resetIn, 0)) / 1e9)
+        func counter(_ counter: LimitStatus.Counter?, _ limit: StaticString, _ remaining: StaticString, _ reset: StaticString) {
+            guard let counter else { return }
+            line(limit, String(counter.limit))
+            line(remaining, String(counter.remaining))
+            line(reset, format == .openAI ? openAIDuration(counter.resetIn) : rfc3339(now + Double(max(counter.resetIn, 0)) / 1e9))
         }
         // Each name written out: a table of them would be an array to retain on every answer.
-        if let counter = status.requests {
-            if format == .openAI {
-                line("x-ratelimit-limit-requests", String(counter.limit))
-                line("x-ratelimit-remaining-requests", String(counter.remaining))
-                line("x-ratelimit-reset-requests", reset(counter))
-            } else {
-                line("anthropic-ratelimit-requests-limit", String(counter.limit))
-                line("anthropic-ratelimit-requests-remaining", String(counter.remaining))
-                line("anthropic-ratelimit-requests-reset", reset(counter))
-            }
-        }
-        if let counter = status.tokens {
-            if format == .openAI {
-                line("x-ratelimit-limit-tokens", String(counter.limit))
-                line("x-ratelimit-remaining-tokens", String(counter.remaining))
-                line("x-ratelimit-reset-tokens", reset(counter))
-            } else {
-                line("anthropic-ratelimit-tokens-limit", String(counter.limit))
-                line("anthropic-ratelimit-tokens-remaining", String(counter.remaining))
-                line("anthropic-ratelimit-tokens-reset", reset(counter))
-            }
+        if format == .openAI {
+            counter(status.requests, "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
+            counter(status.tokens, "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
+        } else {
+            counter(status.requests, "anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining",
+                    "anthropic-ratelimit-requests-reset")
+            counter(status.tokens, "anthropic-ratelimit-tokens-limit", "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset")
         }
         return lines
     }

@@ -132,6 +132,4 @@ public struct LimitPlanner: Sendable {
                           user: has(.user) ? caller.user : "", tier: has(.tier) ? caller.tier : "",
                           feature: has(.feature) ? caller.feature : "", model: has(.model) ? model : "")
     }
-
-    static func escape(_ text: String) -> String { CounterKey.escape(text) }
 }

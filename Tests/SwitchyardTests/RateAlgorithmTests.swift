@@ -357,7 +357,7 @@ import Testing
         let tenantKey = perTenant.demands(caller: Caller(tenant: "a", user: "u", keyID: "k"), model: "m", estimate: estimate)[0]
         #expect(tenantKey.key != same[0].key && tenantKey.counter == "rpm|tenant=a" && tenantKey.shard == "tenant=a" && same[0].shard == "tenant=a")
         #expect(crafted[0].shard == "tenant=a%7Cuser%3Du")
-        #expect(LimitPlanner.escape("a%|=b") == "a%25%7C%3Db")
+        #expect(CounterKey.escape("a%|=b") == "a%25%7C%3Db")
         // Negative estimates reserve nothing; huge ones saturate.
         let huge = LimitPlanner(definitions: [LimitDefinition(name: "t", measure: .totalTokens, amount: 10, window: .second)])
         #expect(huge.demands(caller: Self.alice, model: "m", estimate: .init(inputTokens: .max, outputTokens: .max, spend: .zero))[0].units == .max)

@@ -128,6 +128,10 @@ public enum SemanticEvaluation {
         /// With a verifier: a candidate the guard passes at this cosine or more is served whatever the verifier says
         /// (the rules' own serving, which the verifier then extends below it); nil: the verifier decides alone.
         public var rulesFloor: Double?
+        /// With a verifier: a candidate the guard passes at `cosine` or more is served at the verifier's probability
+        /// `probability` or more (two verdicts agreeing), below the threshold, while the calibration keeps the band
+        /// open; nil: no such band.
+        public var agreement: (cosine: Double, probability: Double)?
 
         public init(minimumSimilarity: Double, guardChecks: Bool, verifier: PairVerifier? = nil, threshold: Double,
                     calibration: Calibration? = nil) {
@@ -231,7 +235,10 @@ public enum SemanticEvaluation {
                 } else {
                     value = Double(similarity)
                 }
-                if value >= threshold || policy.rulesFloor.map({ Double(similarity) >= $0 }) == true {
+                if value >= threshold || policy.rulesFloor.map({ Double(similarity) >= $0 }) == true
+                    || policy.agreement.map({ Double(similarity) >= $0.cosine && value >= $0.probability
+                        && calibrator?.agreementOpen(from: $0.probability) != false }) == true
+                {
                     served = (entry, value)
                     break
                 }

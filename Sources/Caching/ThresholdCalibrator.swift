@@ -171,6 +171,23 @@ public struct ThresholdCalibrator: Sendable, Hashable {
 }
 
 extension ThresholdCalibrator {
+    /// Whether candidates scoring from `score` up to the threshold may still be served where a second verdict agrees
+    /// with them (the agreement band of `rules_or_learned`): not once the threshold has risen above its base, nor
+    /// while the labels in that range show on their own, at the calibration's confidence, a precision under the
+    /// target (one wrong answer among a few closes it). Open while no label says otherwise.
+    public func agreementOpen(from score: Double) -> Bool {
+        guard threshold <= settings.base else { return false }
+        guard let low = stepIndex(of: max(score, settings.floor)) else { return true }
+        var r = 0, w = 0
+        for index in low..<max(low, index(ofThreshold: threshold)) {
+            r = r &+ right[index]
+            w = w &+ wrong[index]
+        }
+        return Self.upperBound(right: r, total: r + w, z: settings.z) >= settings.targetPrecision
+    }
+}
+
+extension ThresholdCalibrator {
     /// The modelled estimate. The verifier's probability p says how likely a candidate is right, but on the
     /// training data's scale, not this namespace's: here P(right | p) = σ(logit p + δ), one shift δ fitted to the
     /// labels (maximum likelihood with a weak normal prior N(0, 2²), so that labels all right give a finite shift),
@@ -279,6 +296,11 @@ public struct CalibratorTable: Sendable {
 
     public func threshold(for namespace: String) -> Double {
         calibrators[namespace]?.threshold ?? settings.base
+    }
+
+    /// `ThresholdCalibrator.agreementOpen(from:)` for `namespace` (open without labels).
+    public func agreementOpen(for namespace: String, from score: Double) -> Bool {
+        calibrators[namespace]?.agreementOpen(from: score) ?? true
     }
 
     public var count: Int { calibrators.count }
@@ -436,6 +458,11 @@ public final class SemanticCalibration: Sendable {
     /// The serving threshold of `key` (a tenant's model: calibration never crosses tenants).
     public func threshold(for key: String) -> Double {
         state.withLock { $0.table.threshold(for: key) }
+    }
+
+    /// The serving threshold of `key`, and whether its agreement band from `score` is open (`agreementOpen`).
+    public func threshold(for key: String, agreementFrom score: Double) -> (threshold: Double, agreementOpen: Bool) {
+        state.withLock { ($0.table.threshold(for: key), $0.table.agreementOpen(for: key, from: score)) }
     }
 
     /// A label: the candidate at `score` was (or was not) a right answer.

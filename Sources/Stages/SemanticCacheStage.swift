@@ -174,7 +174,17 @@ public struct SemanticCacheStage: GatewayStage {
     func replay(_ request: ChatRequest, context: GatewayContext, plan: Plan, candidates: [Candidate], embedder: any TextEmbedder,
                 next: @escaping Next) -> (GatewayResponse?, nearMiss: Candidate?) {
         let key = SemanticCalibration.key(tenant: plan.caller.tenant, model: request.model)
-        let threshold = learned.map { $0.calibration?.threshold(for: key) ?? $0.verifier.threshold }
+        // `rules_or_learned`'s agreement band: the rules pass it and the verifier leans to it, though below its
+        // threshold (closed where this namespace's labels say otherwise).
+        let agreement = settings.semanticLearnedExtendsRules && settings.semanticVerify && settings.semanticAgreementCosine < 1
+            ? settings.semanticAgreementProbability : nil
+        let (threshold, agreementOpen): (Double?, Bool) = {
+            guard let learned else { return (nil, false) }
+            guard let calibration = learned.calibration else { return (learned.verifier.threshold, agreement != nil) }
+            guard let agreement else { return (calibration.threshold(for: key), false) }
+            let calibrated = calibration.threshold(for: key, agreementFrom: agreement)
+            return (calibrated.threshold, calibrated.agreementOpen)
+        }()
         var nearMiss: Candidate?
         for candidate in candidates {
             let match = candidate.match
@@ -187,7 +197,9 @@ public struct SemanticCacheStage: GatewayStage {
             // `rules_or_learned`: what the rules serve on their own stays served; the verifier adds below it.
             let servedByRules = settings.semanticLearnedExtendsRules
                 && Double(match.similarity) >= settings.semanticThreshold(for: request.model)
-            if !servedByRules, let threshold, let probability = candidate.probability, probability < threshold {
+            let agreed = agreementOpen && Double(match.similarity) >= settings.semanticAgreementCosine
+                && candidate.probability.map { $0 >= settings.semanticAgreementProbability } == true
+            if !servedByRules, !agreed, let threshold, let probability = candidate.probability, probability < threshold {
                 recorder.semanticRejected("learned")
                 if nearMiss == nil { nearMiss = candidate }
                 continue

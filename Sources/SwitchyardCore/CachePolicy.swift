@@ -108,6 +108,14 @@ public struct CacheSettings: Sendable, Hashable {
     /// verifier adds the candidates below it that it accepts (YAML `verifier: rules_or_learned`); otherwise the
     /// verifier decides every candidate (`verifier: learned`).
     public var semanticLearnedExtendsRules = false
+    /// With `rules_or_learned`: a candidate the rules pass at this cosine or more is also served when the verifier's
+    /// probability is at least `semanticAgreementProbability`, below its threshold — two verdicts agreeing (YAML
+    /// `agreement_cosine`; 1 turns the band off). Closed in a namespace whose labels there show a precision under
+    /// the target, or whose threshold rose above the starting one.
+    public var semanticAgreementCosine = 0.90
+    /// The verifier's probability the agreement band asks for (YAML `agreement_probability`): more likely right than
+    /// wrong, where the rules find no difference.
+    public var semanticAgreementProbability = 0.5
     /// The verifier's file (YAML `verifier_file`); nil: the one bundled with the gateway.
     public var semanticVerifierFile: String?
     /// Whether labels (shadow checks, near misses compared with the model's answer, feedback) move the served

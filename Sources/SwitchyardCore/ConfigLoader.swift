@@ -138,6 +138,10 @@ public enum ConfigLoader {
                     }
                     config.cache.semanticVerifierFile = file
                 }
+                config.cache.semanticAgreementCosine = try semantic.double("agreement_cosine", in: 0.5...1)
+                    ?? config.cache.semanticAgreementCosine
+                config.cache.semanticAgreementProbability = try semantic.double("agreement_probability", in: 0...1)
+                    ?? config.cache.semanticAgreementProbability
                 config.cache.semanticCalibrate = try semantic.bool("calibrate") ?? true
                 config.cache.semanticTargetPrecision = try semantic.double("target_precision", in: 0.5...0.9999)
                     ?? config.cache.semanticTargetPrecision

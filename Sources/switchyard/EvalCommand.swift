@@ -3,6 +3,7 @@ import Caching
 import Embeddings
 import Foundation
 import Server
+import SwitchyardCore
 import SwitchyardModels
 
 struct Eval: ParsableCommand {
@@ -27,6 +28,18 @@ struct SemanticCacheEval: ParsableCommand {
     @Option(help: "The calibration's precision target.") var targetPrecision = 0.99
     @Flag(help: "Also list the GPTCache training pairs (the even ones) at cosine ≥ 0.90 that the rules refuse, with the reason.")
     var listTrainingRefusals = false
+    @Option(help: "The agreement band of rules_or_learned reported: COSINE,PROBABILITY (a candidate the rules pass at that cosine or more is served at that probability or more); default: the gateway's; 'off': none.")
+    var agreementBand: String?
+
+    var agreement: (cosine: Double, probability: Double)? {
+        guard let agreementBand else {
+            let defaults = CacheSettings()
+            return (defaults.semanticAgreementCosine, defaults.semanticAgreementProbability)
+        }
+        let parts = agreementBand.split(separator: ",").compactMap { Double($0) }
+        guard parts.count == 2, parts.allSatisfy(\.isFinite) else { return nil }
+        return (parts[0], parts[1])
+    }
 
     func run() throws {
         let store = ModelStore(root: dir)
@@ -131,6 +144,10 @@ struct SemanticCacheEval: ParsableCommand {
                                                   threshold: level)
             union.rulesFloor = 0.94
             row("rules at 0.94, or learned", union)
+            if let agreement {
+                union.agreement = agreement
+                row(String(format: "rules at 0.94, rules and learned ≥ %.2f from %.2f, or learned", agreement.probability, agreement.cosine), union)
+            }
         }
         // How the verifier's probability relates to being right on this stream (every hit it would serve from 0.5):
         // what the modelled calibration assumes is a shift of its logit.
@@ -158,6 +175,11 @@ struct SemanticCacheEval: ParsableCommand {
                 row(String(format: "learned + calibration at %.0f%% shadow, z %.3g", rate * 100, z), policy)
                 policy.rulesFloor = 0.94
                 row(String(format: "rules at 0.94, or learned + calibration at %.0f%% shadow, z %.3g", rate * 100, z), policy)
+                if let agreement {
+                    policy.agreement = agreement
+                    row(String(format: "rules at 0.94, rules and learned ≥ %.2f from %.2f, or learned + calibration at %.0f%% shadow, z %.3g",
+                               agreement.probability, agreement.cosine, rate * 100, z), policy)
+                }
             }
         }
         let adversarial = SemanticGuard.adversarialExamples
@@ -189,7 +211,7 @@ struct SemanticCacheEval: ParsableCommand {
             let a = embedAll(firstTexts), b = embedAll(secondTexts)
             var kinds: [String: (pairs: Int, close: Int, served: Int)] = [:]
             var servedPairs: [String] = []
-            var unionServed = 0
+            var unionServed = 0, agreementServed = 0
             var learnedKinds: [String: (candidates: Int, served: Int)] = [:]
             var learnedServedPairs: [String] = []
             for index in rows.indices {
@@ -202,11 +224,20 @@ struct SemanticCacheEval: ParsableCommand {
                 let pairA = PairVerifier.PairText(text: firstTexts[index], vector: a[index])
                 let pairB = PairVerifier.PairText(text: secondTexts[index], vector: b[index])
                 let candidate = Double(similarity) >= learned.minimumSimilarity
-                let learnedServed = candidate && SemanticGuard.check(firstTexts[index], against: secondTexts[index]) == nil
+                let rulesPass = SemanticGuard.check(firstTexts[index], against: secondTexts[index]) == nil
                     && SemanticGuard.check(secondTexts[index], against: firstTexts[index]) == nil
-                    && max(learned.probability(query: pairA, candidate: pairB, words: words),
-                           learned.probability(query: pairB, candidate: pairA, words: words)) >= learned.threshold
+                let probability = max(learned.probability(query: pairA, candidate: pairB, words: words),
+                                      learned.probability(query: pairB, candidate: pairA, words: words))
+                let learnedServed = candidate && rulesPass && probability >= learned.threshold
                 if served || learnedServed { unionServed += 1 }
+                if let agreement, served || learnedServed
+                    || (rulesPass && Double(similarity) >= agreement.cosine && probability >= agreement.probability)
+                {
+                    agreementServed += 1
+                    if !(served || learnedServed) {
+                        print("served in the agreement band: \(kind): \(firstTexts[index]) / \(secondTexts[index]) (\(String(format: "%.4f, %.3f", similarity, probability)))")
+                    }
+                }
                 if candidate { learnedKinds[kind, default: (0, 0)].candidates += 1 }
                 if learnedServed {
                     learnedKinds[kind, default: (0, 0)].served += 1
@@ -247,6 +278,11 @@ struct SemanticCacheEval: ParsableCommand {
             print("Rules at \(servingThreshold), or the learned verifier: \(unionServed) served "
                   + "(\(String(format: "%.1f", 100 * Double(rows.count - unionServed) / Double(max(rows.count, 1))))% of all pairs refused)")
             report.append(["set": "adversarial_set_rules_or_learned", "served": .int(Int64(unionServed))])
+            if let agreement {
+                print(String(format: "The same, with the agreement band (the rules and learned ≥ %.2f from cosine %.2f): %d served",
+                             agreement.probability, agreement.cosine, agreementServed))
+                report.append(["set": "adversarial_set_agreement", "served": .int(Int64(agreementServed))])
+            }
         }
         // GPTCache paraphrases the verifier never trained on (the odd pairs): the share of those at cosine 0.90 or
         // more that are still served.
@@ -275,7 +311,7 @@ struct SemanticCacheEval: ParsableCommand {
             }
         }
         let paraphraseVectors = embedAll(heldOut.flatMap { [$0.0, $0.1] })
-        var close = 0, servedByRules = 0, servedByLearned = 0, servedByUnion = 0
+        var close = 0, servedByRules = 0, servedByLearned = 0, servedByUnion = 0, servedByAgreement = 0
         var rejectedBy: [String: Int] = [:]
         for (index, pair) in heldOut.enumerated() {
             let va = paraphraseVectors[2 * index], vb = paraphraseVectors[2 * index + 1]
@@ -285,15 +321,24 @@ struct SemanticCacheEval: ParsableCommand {
             let rules = rejection == nil
             if let rejection { rejectedBy[rejection.rawValue, default: 0] += 1 }
             if rules { servedByRules += 1 }
-            let learnedServes = learned.probability(query: PairVerifier.PairText(text: pair.0, vector: va),
-                                                    candidate: PairVerifier.PairText(text: pair.1, vector: vb), words: words) >= learned.threshold
+            let probability = learned.probability(query: PairVerifier.PairText(text: pair.0, vector: va),
+                                                  candidate: PairVerifier.PairText(text: pair.1, vector: vb), words: words)
+            let learnedServes = probability >= learned.threshold
             if rules, learnedServes { servedByLearned += 1 }
-            if rules, learnedServes || Double(InMemorySemanticCache.dot(va, vb)) >= Double(servingThreshold) { servedByUnion += 1 }
+            let union = rules && (learnedServes || Double(InMemorySemanticCache.dot(va, vb)) >= Double(servingThreshold))
+            if union { servedByUnion += 1 }
+            if let agreement, union || (rules && Double(InMemorySemanticCache.dot(va, vb)) >= agreement.cosine
+                                          && probability >= agreement.probability) { servedByAgreement += 1 }
         }
         print("\nGPTCache paraphrases held out from training: \(heldOut.count) pairs, \(close) at cosine ≥ 0.90; served: "
               + "rules \(servedByRules) (\(String(format: "%.1f", 100 * Double(servedByRules) / Double(max(close, 1))))%), "
               + "rules + learned verifier \(servedByLearned) (\(String(format: "%.1f", 100 * Double(servedByLearned) / Double(max(close, 1))))%), "
               + "rules at \(servingThreshold) or learned \(servedByUnion) (\(String(format: "%.1f", 100 * Double(servedByUnion) / Double(max(close, 1))))%)")
+        if let agreement {
+            print(String(format: "with the agreement band (the rules and learned ≥ %.2f from cosine %.2f): %d (%.1f%%)", agreement.probability,
+                         agreement.cosine, servedByAgreement, 100 * Double(servedByAgreement) / Double(max(close, 1))))
+            report.append(["set": "gptcache_held_out_agreement", "served": .int(Int64(servedByAgreement))])
+        }
         print("refused by the rules, by reason: " + rejectedBy.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         report.append(["set": "gptcache_held_out", "pairs": .int(Int64(heldOut.count)), "close": .int(Int64(close)),
                        "served_rules": .int(Int64(servedByRules)), "served_learned": .int(Int64(servedByLearned)),

@@ -97,6 +97,10 @@ import Testing
          "cache.semantic.target_precision", "between"),
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {semantic: {target_precision: .nan}}",
          "cache.semantic.target_precision", "between"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {semantic: {agreement_cosine: 0.2}}",
+         "cache.semantic.agreement_cosine", "between"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {semantic: {agreement_probability: -1}}",
+         "cache.semantic.agreement_probability", "between"),
     ])
     func badFilesNameTheKeyPath(_ testCase: (String, String, String)) {
         let error = error(testCase.0)
@@ -114,6 +118,11 @@ import Testing
         let extending = try ConfigLoader.parse(yaml: "providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\n"
                                                    + "cache: {semantic: {verifier: rules_or_learned}}", environment: env)
         #expect(extending.cache.semanticLearnedVerifier && extending.cache.semanticLearnedExtendsRules)
+        #expect(extending.cache.semanticAgreementCosine == 0.90 && extending.cache.semanticAgreementProbability == 0.5)
+        let band = try ConfigLoader.parse(yaml: "providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\n"
+                                              + "cache: {semantic: {verifier: rules_or_learned, agreement_cosine: 1, agreement_probability: 0.8}}",
+                                          environment: env)
+        #expect(band.cache.semanticAgreementCosine == 1 && band.cache.semanticAgreementProbability == 0.8)
         #expect(throws: ConfigError.self) {
             try ConfigLoader.parse(yaml: "providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {semantic: {verifier: both}}",
                                    environment: env)

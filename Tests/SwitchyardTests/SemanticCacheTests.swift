@@ -289,6 +289,42 @@ import Testing
         }
     }
 
+    /// `rules_or_learned`'s agreement band: a rewording at cosine 0.90–0.94 that the rules pass and the verifier
+    /// leans to (below its threshold) is served; without the band it is not; after a false hit there is reported, the
+    /// band closes for that tenant and model (the same rewording in another conversation is refused), not for another
+    /// tenant.
+    @Test func theAgreementBandServesWhatBothVerdictsLeanToAndClosesOnAFalseHit() async throws {
+        let stored = "The `filter` method retrieves records from a table.", asked = "The `filter` method selects records from a table."
+        for band in [false, true] {
+            var config = TestConfigs.embedded()
+            config.cache.semanticLearnedVerifier = true
+            config.cache.semanticLearnedExtendsRules = true
+            if !band { config.cache.semanticAgreementCosine = 1 }
+            try await withTestGateway(config, embeddings: .model(directory: ModelStore().modelDirectory)) { _, url in
+                let key = [("authorization", "Bearer tenant-a")]
+                _ = try await send("\(url)/v1/chat/completions", body: Self.body(stored), headers: key)
+                let hit = try await send("\(url)/v1/chat/completions", body: Self.body(asked), headers: key)
+                #expect(hit.header("x-switchyard-cache") == (band ? "hit-semantic" : "miss"), "band: \(band)")
+                let similarity = hit.header("x-switchyard-cache-similarity").flatMap(Double.init) ?? 0
+                guard band else { return }
+                #expect(similarity >= 0.90 && similarity < 0.94, "in the band, under the rules' own threshold: \(similarity)")
+                let entry = try #require(hit.header("x-switchyard-cache-entry"))
+                let feedback = try await send("\(url)/v1/cache/feedback", body: #"{"entry_id":"\#(entry)","verdict":"bad"}"#, headers: key)
+                #expect(feedback.status == 200)
+                func airline(_ question: String) -> String {
+                    Self.body(question).replacingOccurrences(of: "a bank's", with: "an airline's")
+                }
+                _ = try await send("\(url)/v1/chat/completions", body: airline(stored), headers: key)
+                let after = try await send("\(url)/v1/chat/completions", body: airline(asked), headers: key)
+                #expect(after.header("x-switchyard-cache") == "miss")
+                let b = [("authorization", "Bearer tenant-b")]
+                _ = try await send("\(url)/v1/chat/completions", body: airline(stored), headers: b)
+                let other = try await send("\(url)/v1/chat/completions", body: airline(asked), headers: b)
+                #expect(other.header("x-switchyard-cache") == "hit-semantic")
+            }
+        }
+    }
+
     /// A candidate the learned verifier refuses is labelled for free once the model has answered: its answer is
     /// compared with the refused one in the background, and the label reaches the calibration.
     @Test func aNearMissBecomesACalibrationLabel() async throws {

@@ -43,6 +43,33 @@ import Testing
         #expect(ThresholdCalibrator.upperBound(right: 0, total: 0, z: 1.645) == 1)
     }
 
+    /// The agreement band (`rules_or_learned`): open without labels, closed by a wrong answer in its range among
+    /// few right ones (not by one below it, nor by one among hundreds of right ones), and closed once the threshold
+    /// has risen above its base.
+    @Test func theAgreementBandClosesOnWrongLabelsInItsRange() {
+        let settings = PairVerifier.calibrationSettings(base: 0.966, targetPrecision: 0.99)
+        var calibrator = ThresholdCalibrator(settings: settings)
+        #expect(calibrator.agreementOpen(from: 0.5))
+        calibrator.record(similarity: 0.45, correct: false)
+        calibrator.record(similarity: 0.98, correct: true)
+        #expect(calibrator.agreementOpen(from: 0.5), "a label under the band, or above the threshold, says nothing of it")
+        calibrator.record(similarity: 0.8, correct: false)
+        #expect(!calibrator.agreementOpen(from: 0.5))
+        #expect(calibrator.agreementOpen(from: 0.85), "a band that starts above the wrong label")
+        var many = ThresholdCalibrator(settings: settings)
+        for index in 0..<800 { many.record(similarity: 0.6 + Double(index % 30) * 0.01, correct: true) }
+        many.record(similarity: 0.8, correct: false)
+        #expect(many.agreementOpen(from: 0.5), "one wrong among 800 right bounds the precision above 0.99")
+        var tightened = ThresholdCalibrator(settings: settings)
+        for _ in 0..<5 { tightened.record(similarity: 0.97, correct: true) }
+        tightened.record(similarity: 0.975, correct: false)
+        #expect(tightened.threshold > 0.966)
+        #expect(!tightened.agreementOpen(from: 0.5))
+        var table = CalibratorTable(settings: settings)
+        table.record(namespace: "a", similarity: 0.7, correct: false)
+        #expect(!table.agreementOpen(for: "a", from: 0.5) && table.agreementOpen(for: "b", from: 0.5))
+    }
+
     @Test func namespacesAreCalibratedApartAndTheTableIsBounded() {
         var table = CalibratorTable(maximumNamespaces: 3)
         for _ in 0..<10 { table.record(namespace: "tenant-a|ctx", similarity: 0.951, correct: true) }

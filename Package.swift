@@ -218,6 +218,11 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            // Deployments' resilience: retry and backoff, circuit breakers, replica balancing (pure, time passed in).
+            name: "Admission",
+            swiftSettings: strict
+        ),
+        .target(
             // Rate limits: the algorithms (pure, time passed in), reserve and settle over every limit of a request.
             name: "Limits",
             dependencies: ["SwitchyardCore"],
@@ -228,7 +233,7 @@ let package = Package(
             dependencies: [
                 "SwitchyardModels", "ServerSentEvents", "SwitchyardCore", "Stages", "Providers", "Server",
                 "MockProvider", "SwitchyardTestKit", "Embeddings", "LoadTest", "HTTPEdge", "Caching", "Routing", "Redis", "Stores",
-                "Limits",
+                "Limits", "Admission",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

@@ -98,7 +98,8 @@ let package = Package(
         .target(
             name: "Stages",
             dependencies: [
-                "Limits","SwitchyardCore", "SwitchyardModels", "Caching", "Routing", .product(name: "Logging", package: "swift-log")],
+                "Limits", "Admission", "SwitchyardCore", "SwitchyardModels", "Caching", "Routing",
+                .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         .target(

@@ -74,7 +74,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         RedisSavingsStore(client: client, keyPrefix: config.state.keyPrefix, onFailure: { savingsFailures.withLock { $0 }?() })
     } ?? SavingsLedger()
     let metrics = GatewayMetrics(models: Array(config.models.keys) + Array(config.routes.keys), providers: config.providers.keys,
-                                 savings: savings, limits: config.limits.map(\.name))
+                                 savings: savings, limits: config.limits.map(\.name),
+                                 deployments: (Array(config.models.values) + config.deployments.values.joined()).map(AttemptsStage.deploymentID))
     savingsFailures.withLock { $0 = { [metrics] in metrics.stateFailed(seam: "savings_write") } }
     let httpClient = HTTPClientService(providers: Array(config.providers.values), anomalies: metrics)
     try httpClient.prepareTLS(for: Array(config.providers.values))

@@ -8,7 +8,7 @@ import SwitchyardModels
 ///
 /// Handles are created up front (or once per new HTTP status) and found by array index (or, for model names and
 /// rare statuses, a small dictionary), so recording a request costs no registry lookup and almost no hashing.
-public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyRecorder, LimitRecorder {
+public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyRecorder, LimitRecorder, AttemptRecorder {
     /// The registry `GET /metrics` renders. One per gateway, so tests never share state.
     public let registry: PrometheusCollectorRegistry
 
@@ -69,11 +69,16 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
     let anomalies: [Counter]
     /// Requests waiting for an upstream connection, per configured provider; set when `/metrics` is rendered.
     let poolWaiters: [String: Gauge]
+    let retries: [String: Counter]
+    let fallbacks: [String: Counter]
+    /// Per deployment: 0 closed, 1 open, 2 half-open.
+    let breakers: [String: Gauge]
     /// Savings per tenant and kind over time, for `GET /v1/usage/savings`.
     public let savings: any SavingsStore
 
     public init(models modelNames: some Sequence<String>, providers: some Sequence<String> = [String](),
-                savings: any SavingsStore = SavingsLedger(), limits limitNames: some Sequence<String> = [String]()) {
+                savings: any SavingsStore = SavingsLedger(), limits limitNames: some Sequence<String> = [String](),
+                deployments: some Sequence<String> = [String]()) {
         self.savings = savings
         let registry = PrometheusCollectorRegistry()
         let names = Set(modelNames).union(["other"])
@@ -185,6 +190,15 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
         poolWaiters = Dictionary(uniqueKeysWithValues: Set(providers).map {
             ($0, registry.makeGauge(descriptor: waiters, labels: [("provider", $0)]))
         })
+        let retried = MetricNameDescriptor(namespace: "switchyard", metricName: "upstream_retries", unitName: "total",
+                                           helpText: "Attempts made again on the same deployment after a retryable failure, by provider.")
+        retries = Dictionary(uniqueKeysWithValues: Set(providers).map { ($0, registry.makeCounter(descriptor: retried, labels: [("provider", $0)])) })
+        let fellBack = MetricNameDescriptor(namespace: "switchyard", metricName: "upstream_fallbacks", unitName: "total",
+                                            helpText: "Requests that moved on to their model's next deployment or fallback model, by model asked for.")
+        fallbacks = Dictionary(uniqueKeysWithValues: names.map { ($0, registry.makeCounter(descriptor: fellBack, labels: [("model", $0)])) })
+        let circuit = MetricNameDescriptor(namespace: "switchyard", metricName: "circuit", unitName: "state",
+                                           helpText: "Each deployment's circuit breaker: 0 closed, 1 open, 2 half-open.")
+        breakers = Dictionary(uniqueKeysWithValues: Set(deployments).map { ($0, registry.makeGauge(descriptor: circuit, labels: [("deployment", $0)])) })
         (self.durations, self.overheads, self.errors, self.timeToFirstToken, self.models) = (durations, overheads, errors, ttft, models)
         self.registry = registry
     }
@@ -305,6 +319,18 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
 
     public func limitStoreFailed() {
         stateErrors["limits"]?.increment()
+    }
+
+    public func upstreamRetried(provider: String) {
+        retries[provider]?.increment()
+    }
+
+    public func upstreamFellBack(model: String) {
+        (fallbacks[model] ?? fallbacks["other"])?.increment()
+    }
+
+    public func breakerChanged(deployment: String, to state: String) {
+        breakers[deployment]?.set(Int64(state == "open" ? 1 : state == "half_open" ? 2 : 0))
     }
 
     /// The Prometheus text exposition.

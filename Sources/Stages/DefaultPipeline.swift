@@ -6,8 +6,8 @@ import SwitchyardModels
 
 /// The one place the order of the stages is written.
 public enum DefaultPipeline {
-    /// Auth → Route (resolve) → ExactCache → SemanticCache → Routing → RateLimit → PromptCache → CostAccounting →
-    /// ProviderCall.
+    /// Auth → Route (resolve) → ExactCache → SemanticCache → Routing → RateLimit → Attempts → PromptCache →
+    /// CostAccounting → ProviderCall.
     ///
     /// The caches sit after name resolution so that unknown models are refused before any lookup; their key is the
     /// name the client asked for (a route's name, not the model it picks). The routing decision comes after them,
@@ -44,6 +44,11 @@ public enum DefaultPipeline {
         let everyRequest = stage(config.limits.filter(\.countsAllRequests), [])
         let limitStage = stage(config.limits.filter { !$0.countsAllRequests }, config.degrade)
         let degrades = !limitStage.isEmpty && !config.degrade.isEmpty
+        // Only with retries, fallbacks, other deployments or breakers configured: otherwise a request pays nothing.
+        let attempts: [any GatewayStage] = AttemptsStage.isNeeded(config)
+            ? [AttemptsStage(models: config.models, deployments: config.deployments, fallbacks: config.fallbacks,
+                             settings: AttemptsStage.Settings(config.resilience), recorder: recorder as? any AttemptRecorder)]
+            : []
         return Pipeline(
             stages: [
                 AuthStage(keys: config.keys),
@@ -56,7 +61,7 @@ public enum DefaultPipeline {
                                    background: background, learned: learned,
                                    offersLooserMatches: degrades && DegradePolicy.usesLooserSemantic(config.degrade)),
                 routing,
-            ] + limitStage + [
+            ] + limitStage + attempts + [
                 PromptCacheStage(providers: config.providers),
                 CostAccountingStage(recorder: recorder),
             ],

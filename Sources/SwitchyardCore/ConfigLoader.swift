@@ -194,11 +194,32 @@ public enum ConfigLoader {
             if let exact = try reader.bool("exact_cache"), !exact { config.cache.exactOff.insert(name) }
             if let threshold = try reader.double("semantic_threshold", in: 0.5...1) { config.cache.modelSemanticThreshold[name] = threshold }
             if let semantic = try reader.bool("semantic_cache"), !semantic { config.cache.semanticOff.insert(name) }
+            if let deployments = try reader.sequence("deployments") {
+                for (index, node) in deployments.enumerated() {
+                    let item = try MappingReader(node, path: "\(reader.child("deployments"))[\(index)]")
+                    let other = try item.requiredString("provider")
+                    guard config.providers[other] != nil else {
+                        throw ConfigError(path: item.child("provider"), "unknown provider '\(other)'")
+                    }
+                    config.deployments[name, default: []].append(
+                        ModelRoute(name: name, provider: other, upstreamModel: try item.string("upstream_model") ?? upstream,
+                                   price: price, autoPromptCache: autoPromptCache))
+                    try item.finish()
+                }
+            }
+            if let fallbacks = try stringList(reader, "fallbacks") { config.fallbacks[name] = fallbacks }
             try reader.finish()
             config.models[name] = ModelRoute(name: name, provider: provider, upstreamModel: upstream, price: price,
                                              autoPromptCache: autoPromptCache)
         }
         guard !config.models.isEmpty else { throw ConfigError(path: "models", "must name at least one model") }
+        for (name, fallbacks) in config.fallbacks {
+            for (index, fallback) in fallbacks.enumerated() where config.models[fallback] == nil || fallback == name {
+                throw ConfigError(path: fallbacks.count == 1 ? "models.\(name).fallbacks" : "models.\(name).fallbacks[\(index)]",
+                                  fallback == name ? "a model cannot fall back to itself" : "unknown model '\(fallback)'")
+            }
+        }
+        if let resilience = try top.mapping("resilience") { config.resilience = try parseResilience(resilience) }
         if let routes = try top.mapping("routes") { try parseRoutes(routes, config: &config) }
         if let routing = try top.mapping("routing") {
             if let file = try routing.string("classifier_file") {

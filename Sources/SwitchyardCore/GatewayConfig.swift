@@ -170,6 +170,13 @@ public struct GatewayConfig: Sendable {
     public var edge = EdgeLimits()
     public var providers: [String: ProviderConfig]
     public var models: [String: ModelRoute]
+    /// Per model, the deployments that serve it besides its own provider, tried in order after it (YAML
+    /// `deployments:` on a model: another key, another endpoint of the same model).
+    public var deployments: [String: [ModelRoute]] = [:]
+    /// Per model, the models tried when all its deployments fail (YAML `fallbacks:`), in order.
+    public var fallbacks: [String: [String]] = [:]
+    /// Retries and circuit breakers (YAML `resilience:`).
+    public var resilience = ResilienceSettings()
     /// Public names that are routes (disjoint from `models`).
     public var routes: [String: RouteConfig] = [:]
     /// The complexity classifier's file (YAML `routing.classifier_file`); `nil`: the one shipped with the gateway.

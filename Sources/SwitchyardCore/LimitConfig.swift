@@ -335,7 +335,7 @@ extension ConfigLoader {
     }
 
     /// A string or a list of strings.
-    private static func stringList(_ reader: MappingReader, _ key: String) throws(ConfigError) -> [String]? {
+    static func stringList(_ reader: MappingReader, _ key: String) throws(ConfigError) -> [String]? {
         if let items = try? reader.sequence(key) {
             var values: [String] = []
             for (index, item) in items.enumerated() {

@@ -1,0 +1,187 @@
+public import Admission
+public import SwitchyardCore
+import SwitchyardModels
+import Synchronization
+
+/// Stage 8: the request goes to its model's deployments, then to its fallback models', in order; each candidate is
+/// retried on retryable failures with backoff (full jitter, `retry-after` honoured) while its breaker lets it and
+/// the retry budget lasts. The rest of the pipeline (prompt cache, pricing, the call) runs once per attempt, with
+/// the candidate as the route, so each attempt is priced at its own model's price and recorded as such.
+///
+/// Never after the first byte: a stream is returned by the provider once its first event arrived and nothing has
+/// reached the client yet; a failure after that is the stream's, not an attempt's. When every attempt fails, one
+/// error names them all (deployment and message; the messages never carry secrets or upstream bodies).
+public final class AttemptsStage: GatewayStage {
+    public struct Settings: Sendable {
+        public var retry: RetryPolicy
+        /// Nanoseconds after the request entered the stage past which no retry or fallback starts.
+        public var budget: Int64
+        public var breaker: CircuitBreaker.Settings?
+
+        public init(retry: RetryPolicy = RetryPolicy(maximumAttempts: 1), budget: Int64 = 30_000_000_000,
+                    breaker: CircuitBreaker.Settings? = nil) {
+            self.retry = retry
+            self.budget = max(budget, 0)
+            self.breaker = breaker
+        }
+
+        public init(_ resilience: ResilienceSettings) {
+            self.init(retry: RetryPolicy(maximumAttempts: resilience.maxAttempts, base: resilience.backoffBase.nanoseconds,
+                                         cap: resilience.backoffCap.nanoseconds, maximumRetryAfter: resilience.maxRetryAfter.nanoseconds),
+                      budget: resilience.budget.nanoseconds,
+                      breaker: resilience.breaker.map { breaker in
+                          CircuitBreaker.Settings(window: breaker.window.nanoseconds, buckets: 10, failureRatio: breaker.failureRatio,
+                                                  minimumAttempts: breaker.minimumAttempts, openFor: breaker.openFor.nanoseconds,
+                                                  probes: breaker.probes)
+                      })
+        }
+    }
+
+    /// Per model, the candidates after the model itself: its other deployments, then each fallback model's.
+    let chains: [String: [ModelRoute]]
+    let settings: Settings
+    /// Per deployment (`Self.deploymentID`), bounded by the configuration.
+    private let breakers: Mutex<[String: CircuitBreaker]>
+    let recorder: (any AttemptRecorder)?
+    let clock: @Sendable () -> Int64
+    /// A random number in [0, 1): the jitter.
+    let unit: @Sendable () -> Double
+    let sleep: @Sendable (Int64) async throws -> Void
+
+    public init(models: [String: ModelRoute], deployments: [String: [ModelRoute]], fallbacks: [String: [String]],
+                settings: Settings, recorder: (any AttemptRecorder)? = nil,
+                clock: @escaping @Sendable () -> Int64 = AttemptsStage.monotonicNanoseconds,
+                unit: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) },
+                sleep: @escaping @Sendable (Int64) async throws -> Void = { try await Task.sleep(for: .nanoseconds($0)) }) {
+        var chains: [String: [ModelRoute]] = [:]
+        for name in models.keys {
+            var chain = deployments[name] ?? []
+            for fallback in fallbacks[name] ?? [] {
+                guard let route = models[fallback] else { continue }
+                chain.append(route)
+                chain += deployments[fallback] ?? []
+            }
+            if !chain.isEmpty { chains[name] = chain }
+        }
+        self.chains = chains
+        self.settings = settings
+        var breakers: [String: CircuitBreaker] = [:]
+        if let breaker = settings.breaker {
+            for route in Array(models.values) + deployments.values.joined() { breakers[Self.deploymentID(route)] = CircuitBreaker(settings: breaker) }
+        }
+        self.breakers = Mutex(breakers)
+        self.recorder = recorder
+        self.clock = clock
+        self.unit = unit
+        self.sleep = sleep
+    }
+
+    /// Whether the stage changes anything for this configuration (otherwise it is left out of the pipeline).
+    public static func isNeeded(_ config: GatewayConfig) -> Bool {
+        config.resilience.maxAttempts > 1 || config.resilience.breaker != nil
+            || config.deployments.values.contains { !$0.isEmpty } || config.fallbacks.values.contains { !$0.isEmpty }
+    }
+
+    public static func deploymentID(_ route: ModelRoute) -> String { route.provider + "/" + route.upstreamModel }
+
+    public static let monotonicNanoseconds: @Sendable () -> Int64 = {
+        let origin = ContinuousClock.now
+        return { (ContinuousClock.now - origin).nanoseconds }
+    }()
+
+    /// Each deployment's breaker state (for `GET /v1/deployments` and tests).
+    public func breakerStates() -> [String: CircuitBreaker.State] {
+        breakers.withLock { $0.mapValues(\.state) }
+    }
+
+    public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
+        let route = try context.requireRoute()
+        let chain = chains[route.name] ?? []
+        let (deadline, overflow) = clock().addingReportingOverflow(settings.budget)
+        var attempts: [String] = []
+        var last: GatewayError?
+        for position in 0...chain.count {
+            let candidate = position == 0 ? route : chain[position - 1]
+            let id = Self.deploymentID(candidate)
+            if position > 0 {
+                guard overflow || clock() < deadline else { break }
+                recorder?.upstreamFellBack(model: route.name)
+            }
+            var retry = RetryState(policy: settings.retry, deadline: overflow ? nil : deadline)
+            while true {
+                guard allow(id) else {
+                    attempts.append("\(id): circuit open")
+                    break
+                }
+                var attempt = context
+                if position > 0 {
+                    attempt.route = candidate
+                    // The client's body names another model or is shaped for another provider: rendered again.
+                    attempt.original = nil
+                }
+                do {
+                    let response = try await next(request, attempt)
+                    report(id, success: true)
+                    return response
+                } catch let error as GatewayError {
+                    let failure = Self.classify(error)
+                    // An invalid request says nothing of the deployment's health.
+                    if failure != .request { report(id, success: false) }
+                    attempts.append("\(id): \(error.message)")
+                    last = error
+                    if failure == .request || Task.isCancelled { throw error }
+                    let retryAfter = error.retryAfter.map { max($0.nanoseconds, 0) }
+                    guard case .retry(let after) = retry.afterFailure(failure, retryAfter: retryAfter, now: clock(), unit: unit()) else {
+                        break
+                    }
+                    recorder?.upstreamRetried(provider: candidate.provider)
+                    try await sleep(after)
+                }
+            }
+        }
+        guard let last else {
+            throw GatewayError(.overloaded, "no deployment of '\(route.name)' is available (\(attempts.joined(separator: "; ")))",
+                               retryAfter: .seconds(1))
+        }
+        // One attempt: its own error, as without this stage.
+        if attempts.count == 1 { throw last }
+        throw GatewayError(last.code, "\(attempts.count) attempts failed: " + attempts.joined(separator: "; "),
+                           retryAfter: last.retryAfter, upstreamStatus: last.upstreamStatus)
+    }
+
+    /// How an upstream error bears on trying again.
+    static func classify(_ error: GatewayError) -> AttemptFailure {
+        switch error.code {
+        case .rateLimited, .overloaded, .upstreamTimeout, .upstreamError: .retryable
+        case .modelNotFound, .unauthenticated, .permissionDenied, .notFound: .deployment
+        case .invalidRequest, .payloadTooLarge, .unsupportedMediaType, .internalError: .request
+        }
+    }
+
+    private func allow(_ id: String) -> Bool {
+        guard settings.breaker != nil else { return true }
+        let now = clock()
+        let (allowed, change) = breakers.withLock { breakers -> (Bool, String?) in
+            guard var breaker = breakers[id] else { return (true, nil) }
+            let before = breaker.state.name
+            let allowed = breaker.allow(now: now)
+            breakers[id] = breaker
+            return (allowed, breaker.state.name == before ? nil : breaker.state.name)
+        }
+        if let change { recorder?.breakerChanged(deployment: id, to: change) }
+        return allowed
+    }
+
+    private func report(_ id: String, success: Bool) {
+        guard settings.breaker != nil else { return }
+        let now = clock()
+        let change = breakers.withLock { breakers -> String? in
+            guard var breaker = breakers[id] else { return nil }
+            let before = breaker.state.name
+            breaker.record(success: success, now: now)
+            breakers[id] = breaker
+            return breaker.state.name == before ? nil : breaker.state.name
+        }
+        if let change { recorder?.breakerChanged(deployment: id, to: change) }
+    }
+}

@@ -1,0 +1,69 @@
+/// Retries, fallbacks and circuit breakers (YAML `resilience:` and, per model, `deployments:` and `fallbacks:`).
+///
+/// Retries are off by default (one attempt): the official OpenAI and Anthropic SDKs already retry 429s and 5xx
+/// twice with backoff, and a gateway retrying beneath them multiplies the attempts and the client's wait. The
+/// breaker is off until configured, too; fallbacks exist only where a model names them.
+public struct ResilienceSettings: Sendable, Hashable {
+    /// Attempts on one deployment, the first included.
+    public var maxAttempts = 1
+    public var backoffBase: Duration = .milliseconds(100)
+    public var backoffCap: Duration = .seconds(5)
+    /// A `retry-after` longer than this is not waited for: the next candidate is tried.
+    public var maxRetryAfter: Duration = .seconds(10)
+    /// No retry or fallback starts later than this after the request arrived.
+    public var budget: Duration = .seconds(30)
+    public var breaker: Breaker?
+
+    public struct Breaker: Sendable, Hashable {
+        public var window: Duration = .seconds(10)
+        public var failureRatio = 0.5
+        public var minimumAttempts = 20
+        public var openFor: Duration = .seconds(30)
+        public var probes = 3
+
+        public init() {}
+    }
+
+    public init() {}
+}
+
+extension ConfigLoader {
+    /// `resilience: {retries: {max_attempts, base_ms, cap_ms, max_retry_after_seconds, budget_seconds},
+    /// breaker: {window_seconds, failure_ratio, minimum_attempts, open_seconds, probes}}`.
+    static func parseResilience(_ reader: MappingReader) throws(ConfigError) -> ResilienceSettings {
+        var settings = ResilienceSettings()
+        func duration(_ reader: MappingReader, _ key: String, scale: Double, in range: ClosedRange<Double>) throws(ConfigError) -> Duration? {
+            try reader.double(key, in: range).map { Duration.nanoseconds(Int64(($0 * scale).rounded())) }
+        }
+        if let retries = try reader.mapping("retries") {
+            settings.maxAttempts = try retries.int("max_attempts", in: 1...10) ?? settings.maxAttempts
+            settings.backoffBase = try duration(retries, "base_ms", scale: 1e6, in: 0...60_000) ?? settings.backoffBase
+            settings.backoffCap = try duration(retries, "cap_ms", scale: 1e6, in: 0...600_000) ?? settings.backoffCap
+            settings.maxRetryAfter = try duration(retries, "max_retry_after_seconds", scale: 1e9, in: 0...3600) ?? settings.maxRetryAfter
+            settings.budget = try duration(retries, "budget_seconds", scale: 1e9, in: 0...3600) ?? settings.budget
+            try retries.finish()
+        }
+        if let breaker = try reader.mapping("breaker") {
+            var value = ResilienceSettings.Breaker()
+            value.window = try duration(breaker, "window_seconds", scale: 1e9, in: 0.1...3600) ?? value.window
+            value.failureRatio = try breaker.double("failure_ratio", in: 0.01...1) ?? value.failureRatio
+            value.minimumAttempts = try breaker.int("minimum_attempts", in: 1...1_000_000) ?? value.minimumAttempts
+            value.openFor = try duration(breaker, "open_seconds", scale: 1e9, in: 0...86400) ?? value.openFor
+            value.probes = try breaker.int("probes", in: 1...1000) ?? value.probes
+            try breaker.finish()
+            settings.breaker = value
+        }
+        try reader.finish()
+        return settings
+    }
+}
+
+/// What the attempts stage reports to metrics.
+public protocol AttemptRecorder: Sendable {
+    /// The same deployment is tried again after a retryable failure.
+    func upstreamRetried(provider: String)
+    /// The next candidate (another deployment or a fallback model) is tried for a request to `model`.
+    func upstreamFellBack(model: String)
+    /// A deployment's breaker changed state (`closed`, `open`, `half_open`).
+    func breakerChanged(deployment: String, to state: String)
+}

@@ -1,4 +1,5 @@
 public import Admission
+public import Limits
 public import SwitchyardCore
 import SwitchyardModels
 import Synchronization
@@ -47,9 +48,17 @@ public final class AttemptsStage: GatewayStage {
     /// A random number in [0, 1): the jitter.
     let unit: @Sendable () -> Double
     let sleep: @Sendable (Int64) async throws -> Void
+    /// Per deployment, the provider limits kept in `store` (shared by every instance when it is Redis).
+    let budgets: [String: DeploymentBudget]
+    let store: (any LimitStore)?
+    /// The output a request without `max_tokens` is counted for.
+    let defaultOutputTokens: Int64
+    let wallClock: @Sendable () -> Int64
 
     public init(models: [String: ModelRoute], deployments: [String: [ModelRoute]], fallbacks: [String: [String]],
-                settings: Settings, recorder: (any AttemptRecorder)? = nil,
+                settings: Settings, budgets: [String: DeploymentBudget] = [:], store: (any LimitStore)? = nil,
+                defaultOutputTokens: Int64 = 4096, recorder: (any AttemptRecorder)? = nil,
+                wallClock: @escaping @Sendable () -> Int64 = wallClockNanoseconds,
                 clock: @escaping @Sendable () -> Int64 = AttemptsStage.monotonicNanoseconds,
                 unit: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) },
                 sleep: @escaping @Sendable (Int64) async throws -> Void = { try await Task.sleep(for: .nanoseconds($0)) }) {
@@ -71,6 +80,10 @@ public final class AttemptsStage: GatewayStage {
         }
         self.breakers = Mutex(breakers)
         self.recorder = recorder
+        self.budgets = budgets.filter { !$0.value.isEmpty }
+        self.store = store
+        self.defaultOutputTokens = max(defaultOutputTokens, 1)
+        self.wallClock = wallClock
         self.clock = clock
         self.unit = unit
         self.sleep = sleep
@@ -78,11 +91,11 @@ public final class AttemptsStage: GatewayStage {
 
     /// Whether the stage changes anything for this configuration (otherwise it is left out of the pipeline).
     public static func isNeeded(_ config: GatewayConfig) -> Bool {
-        config.resilience.maxAttempts > 1 || config.resilience.breaker != nil
+        config.resilience.maxAttempts > 1 || config.resilience.breaker != nil || !config.budgets.isEmpty
             || config.deployments.values.contains { !$0.isEmpty } || config.fallbacks.values.contains { !$0.isEmpty }
     }
 
-    public static func deploymentID(_ route: ModelRoute) -> String { route.provider + "/" + route.upstreamModel }
+    public static func deploymentID(_ route: ModelRoute) -> String { route.deploymentID }
 
     public static let monotonicNanoseconds: @Sendable () -> Int64 = {
         let origin = ContinuousClock.now
@@ -108,9 +121,24 @@ public final class AttemptsStage: GatewayStage {
                 recorder?.upstreamFellBack(model: route.name)
             }
             var retry = RetryState(policy: settings.retry, deadline: overflow ? nil : deadline)
-            while true {
+            attempting: while true {
                 guard allow(id) else {
                     attempts.append("\(id): circuit open")
+                    break
+                }
+                let reservation: Reservation?
+                do {
+                    switch try await reserveBudget(id, request: request, deadline: overflow ? .max : deadline,
+                                                   moreCandidates: position < chain.count) {
+                    case .reserved(let taken): reservation = taken
+                    case .uncounted: reservation = nil
+                    case .spent:
+                        attempts.append("\(id): its budget is spent")
+                        break attempting
+                    }
+                } catch let error as GatewayError {
+                    attempts.append("\(id): \(error.message)")
+                    last = error
                     break
                 }
                 var attempt = context
@@ -122,6 +150,7 @@ public final class AttemptsStage: GatewayStage {
                 do {
                     let response = try await next(request, attempt)
                     report(id, success: true)
+                    if let reservation, case .completion(let completion) = response { correct(reservation, request: request, usage: completion.usage) }
                     return response
                 } catch let error as GatewayError {
                     let failure = Self.classify(error)
@@ -147,6 +176,75 @@ public final class AttemptsStage: GatewayStage {
         if attempts.count == 1 { throw last }
         throw GatewayError(last.code, "\(attempts.count) attempts failed: " + attempts.joined(separator: "; "),
                            retryAfter: last.retryAfter, upstreamStatus: last.upstreamStatus)
+    }
+
+    /// What an attempt on a deployment takes from its budget: a request, and the tokens a provider counts when it
+    /// arrives (the prompt, estimated, plus `max_tokens`).
+    func demands(_ budget: DeploymentBudget, id: String, request: ChatRequest) -> [LimitDemand] {
+        let input = Int64(request.estimatedInputTokens)
+        let output = request.maxTokens.map { Int64(max($0, 0)) } ?? defaultOutputTokens
+        var demands: [LimitDemand] = []
+        func add(_ name: String, _ limit: Int?, _ units: Int64) {
+            guard let limit else { return }
+            // One shard: a deployment's counters are reserved together, in one Redis slot.
+            demands.append(LimitDemand(counter: "deployment|\(id)|\(name)", rule: .rate(limit: Int64(limit), period: 60_000_000_000),
+                                       units: units, shard: "deployment|\(id)"))
+        }
+        add("rpm", budget.requestsPerMinute, 1)
+        add("tpm", budget.tokensPerMinute, input &+ output)
+        add("input_tpm", budget.inputTokensPerMinute, input)
+        add("output_tpm", budget.outputTokensPerMinute, output)
+        return demands
+    }
+
+    /// Takes the attempt's share of the deployment's budget. When it is spent: `.spent` when another candidate may
+    /// take the request; otherwise the wait for room, within the deadline, or a 429 naming the budget. A failing store
+    /// lets the attempt through uncounted (the provider still has its own limits).
+    enum BudgetOutcome {
+        case reserved(Reservation)
+        /// No budget, or its store failed.
+        case uncounted
+        /// Spent, and another candidate may take the request.
+        case spent
+    }
+
+    func reserveBudget(_ id: String, request: ChatRequest, deadline: Int64, moreCandidates: Bool) async throws -> BudgetOutcome {
+        guard let budget = budgets[id], let store else { return .uncounted }
+        let demands = demands(budget, id: id, request: request)
+        while true {
+            let decision: LimitDecision
+            do {
+                decision = try await store.reserve(demands, lease: 0, now: wallClock())
+            } catch {
+                recorder?.budgetStoreFailed()
+                return .uncounted
+            }
+            switch decision {
+            case .admitted(let reservation):
+                return .reserved(reservation)
+            case .refused(let index, let retryIn, _, _):
+                if moreCandidates { return .spent }
+                let name = demands[index].counter.split(separator: "|").last.map(String.init) ?? "budget"
+                let (start, overflow) = clock().addingReportingOverflow(retryIn ?? .max)
+                guard let retryIn, !overflow, start < deadline else {
+                    throw GatewayError(.rateLimited, "the \(name) budget of deployment '\(id)' is spent",
+                                       retryAfter: retryIn.map { .nanoseconds($0) } ?? .seconds(60))
+                }
+                try await sleep(retryIn)
+            }
+        }
+    }
+
+    /// A prompt larger than estimated: the budget is charged the difference, as the provider counted it. Nothing is
+    /// given back (a provider counts `max_tokens` when the request arrives, however short the answer).
+    func correct(_ reservation: Reservation, request: ChatRequest, usage: Usage) {
+        guard let store else { return }
+        let extra = Int64(usage.inputTokens + usage.cacheReadTokens + usage.cacheWriteTokens) - Int64(request.estimatedInputTokens)
+        guard extra > 0 else { return }
+        let actual: [Int64?] = reservation.demands.map { demand in
+            demand.counter.hasSuffix("|tpm") || demand.counter.hasSuffix("|input_tpm") ? demand.units &+ extra : nil
+        }
+        store.settleInBackground(reservation, actual: actual, now: wallClock())
     }
 
     /// How an upstream error bears on trying again.

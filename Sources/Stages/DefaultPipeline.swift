@@ -47,7 +47,8 @@ public enum DefaultPipeline {
         // Only with retries, fallbacks, other deployments or breakers configured: otherwise a request pays nothing.
         let attempts: [any GatewayStage] = AttemptsStage.isNeeded(config)
             ? [AttemptsStage(models: config.models, deployments: config.deployments, fallbacks: config.fallbacks,
-                             settings: AttemptsStage.Settings(config.resilience), recorder: recorder as? any AttemptRecorder)]
+                             settings: AttemptsStage.Settings(config.resilience), budgets: config.budgets, store: store,
+                             recorder: recorder as? any AttemptRecorder)]
             : []
         return Pipeline(
             stages: [

@@ -201,13 +201,15 @@ public enum ConfigLoader {
                     guard config.providers[other] != nil else {
                         throw ConfigError(path: item.child("provider"), "unknown provider '\(other)'")
                     }
-                    config.deployments[name, default: []].append(
-                        ModelRoute(name: name, provider: other, upstreamModel: try item.string("upstream_model") ?? upstream,
-                                   price: price, autoPromptCache: autoPromptCache))
+                    let deployment = ModelRoute(name: name, provider: other, upstreamModel: try item.string("upstream_model") ?? upstream,
+                                                price: price, autoPromptCache: autoPromptCache)
+                    if let budget = try parseBudget(item) { config.budgets[deployment.deploymentID] = budget }
+                    config.deployments[name, default: []].append(deployment)
                     try item.finish()
                 }
             }
             if let fallbacks = try stringList(reader, "fallbacks") { config.fallbacks[name] = fallbacks }
+            if let budget = try parseBudget(reader) { config.budgets[provider + "/" + upstream] = budget }
             try reader.finish()
             config.models[name] = ModelRoute(name: name, provider: provider, upstreamModel: upstream, price: price,
                                              autoPromptCache: autoPromptCache)

@@ -175,6 +175,8 @@ public struct GatewayConfig: Sendable {
     public var deployments: [String: [ModelRoute]] = [:]
     /// Per model, the models tried when all its deployments fail (YAML `fallbacks:`), in order.
     public var fallbacks: [String: [String]] = [:]
+    /// Per deployment (`ModelRoute.deploymentID`), the provider limits the gateway keeps (YAML `budget:`).
+    public var budgets: [String: DeploymentBudget] = [:]
     /// Retries and circuit breakers (YAML `resilience:`).
     public var resilience = ResilienceSettings()
     /// Public names that are routes (disjoint from `models`).

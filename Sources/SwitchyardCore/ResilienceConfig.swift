@@ -27,7 +27,46 @@ public struct ResilienceSettings: Sendable, Hashable {
     public init() {}
 }
 
+/// A deployment's provider limits, kept by the gateway so the provider never has to refuse (YAML `budget:` on a
+/// model or on one of its deployments: `rpm`, `tpm`, `input_tpm`, `output_tpm`). Tokens are counted as the
+/// providers count them when a request arrives: the prompt plus `max_tokens`.
+public struct DeploymentBudget: Sendable, Hashable {
+    public var requestsPerMinute: Int?
+    /// Prompt plus output tokens (OpenAI's TPM).
+    public var tokensPerMinute: Int?
+    /// Anthropic's separate input and output limits.
+    public var inputTokensPerMinute: Int?
+    public var outputTokensPerMinute: Int?
+
+    public init(requestsPerMinute: Int? = nil, tokensPerMinute: Int? = nil, inputTokensPerMinute: Int? = nil,
+                outputTokensPerMinute: Int? = nil) {
+        self.requestsPerMinute = requestsPerMinute
+        self.tokensPerMinute = tokensPerMinute
+        self.inputTokensPerMinute = inputTokensPerMinute
+        self.outputTokensPerMinute = outputTokensPerMinute
+    }
+
+    public var isEmpty: Bool { self == DeploymentBudget() }
+}
+
+extension ModelRoute {
+    /// The deployment it names: a provider and the model there (what budgets and breakers are kept for).
+    public var deploymentID: String { provider + "/" + upstreamModel }
+}
+
 extension ConfigLoader {
+    /// `budget: {rpm, tpm, input_tpm, output_tpm}`; nil when absent.
+    static func parseBudget(_ reader: MappingReader) throws(ConfigError) -> DeploymentBudget? {
+        guard let budget = try reader.mapping("budget") else { return nil }
+        let value = DeploymentBudget(requestsPerMinute: try budget.int("rpm", in: 1...100_000_000),
+                                     tokensPerMinute: try budget.int("tpm", in: 1...100_000_000_000),
+                                     inputTokensPerMinute: try budget.int("input_tpm", in: 1...100_000_000_000),
+                                     outputTokensPerMinute: try budget.int("output_tpm", in: 1...100_000_000_000))
+        try budget.finish()
+        guard !value.isEmpty else { throw ConfigError(path: budget.path, "set at least one of rpm, tpm, input_tpm, output_tpm") }
+        return value
+    }
+
     /// `resilience: {retries: {max_attempts, base_ms, cap_ms, max_retry_after_seconds, budget_seconds},
     /// breaker: {window_seconds, failure_ratio, minimum_attempts, open_seconds, probes}}`.
     static func parseResilience(_ reader: MappingReader) throws(ConfigError) -> ResilienceSettings {
@@ -66,4 +105,6 @@ public protocol AttemptRecorder: Sendable {
     func upstreamFellBack(model: String)
     /// A deployment's breaker changed state (`closed`, `open`, `half_open`).
     func breakerChanged(deployment: String, to state: String)
+    /// The store of the deployments' budgets failed: the attempt went through uncounted.
+    func budgetStoreFailed()
 }

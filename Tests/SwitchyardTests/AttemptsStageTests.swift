@@ -1,4 +1,5 @@
 import Admission
+import Limits
 import Logging
 import NIOCore
 import Stages
@@ -116,6 +117,27 @@ import Testing
         #expect(script.sleeps.withLock { $0 }.isEmpty)
     }
 
+    @Test func aSpentBudgetSendsTheRequestToTheNextDeploymentOrWaitsForRoom() async throws {
+        let script = Script([])
+        let wall = Locked<Int64>(1_000_000_000_000)
+        let stage = AttemptsStage(
+            models: ["gpt-4o": Self.primary], deployments: ["gpt-4o": [Self.second]], fallbacks: [:],
+            settings: .init(retry: RetryPolicy(maximumAttempts: 1), budget: 90_000_000_000),
+            budgets: [Self.primary.deploymentID: DeploymentBudget(requestsPerMinute: 2),
+                      Self.second.deploymentID: DeploymentBudget(requestsPerMinute: 1)],
+            store: LimitLedger(), wallClock: { wall.withLock { $0 } }, clock: { script.now.withLock { $0 } }, unit: { 0.5 },
+            sleep: { delay in
+                script.sleeps.withLock { $0.append(delay) }
+                script.now.withLock { $0 += delay }
+                wall.withLock { $0 += delay }
+            })
+        for _ in 0..<4 { _ = try await Self.run(stage, script) }
+        // Two on the first deployment, the third on the second; the fourth finds both spent and waits on the last
+        // candidate for its next unit (60 s at 1 a minute), within the 90 s budget.
+        #expect(script.routes.withLock { $0 } == ["openai-a/gpt-4o", "openai-a/gpt-4o", "openai-b/gpt-4o", "openai-b/gpt-4o"])
+        #expect(script.sleeps.withLock { $0 } == [60_000_000_000])
+    }
+
     @Test func anOpenBreakerSendsRequestsToTheNextCandidateUntilItsProbesSucceed() async throws {
         let breaker = CircuitBreaker.Settings(window: 10_000_000_000, buckets: 10, failureRatio: 0.5, minimumAttempts: 2,
                                               openFor: 5_000_000_000, probes: 1)
@@ -179,7 +201,8 @@ import Testing
         let config = try ConfigLoader.parse(yaml: """
             providers: {a: {kind: mock}, b: {kind: mock}}
             models:
-              gpt-4o: {provider: a, deployments: [{provider: b, upstream_model: gpt-4o-2024-08-06}], fallbacks: [gpt-4o-mini]}
+              gpt-4o: {provider: a, budget: {rpm: 500, tpm: 30000}, fallbacks: [gpt-4o-mini],
+                       deployments: [{provider: b, upstream_model: gpt-4o-2024-08-06, budget: {input_tpm: 1000, output_tpm: 200}}]}
               gpt-4o-mini: {provider: b}
             resilience:
               retries: {max_attempts: 3, base_ms: 50, cap_ms: 2000, max_retry_after_seconds: 5, budget_seconds: 20}
@@ -188,6 +211,8 @@ import Testing
         #expect(config.deployments["gpt-4o"]?.map(\.provider) == ["b"])
         #expect(config.deployments["gpt-4o"]?.first?.upstreamModel == "gpt-4o-2024-08-06")
         #expect(config.fallbacks["gpt-4o"] == ["gpt-4o-mini"])
+        #expect(config.budgets["a/gpt-4o"] == DeploymentBudget(requestsPerMinute: 500, tokensPerMinute: 30000))
+        #expect(config.budgets["b/gpt-4o-2024-08-06"] == DeploymentBudget(inputTokensPerMinute: 1000, outputTokensPerMinute: 200))
         #expect(config.resilience.maxAttempts == 3 && config.resilience.backoffBase == .milliseconds(50))
         #expect(config.resilience.budget == .seconds(20) && config.resilience.breaker?.probes == 2)
         #expect(config.resilience.breaker?.failureRatio == 0.4 && config.resilience.breaker?.openFor == .seconds(15))
@@ -202,6 +227,9 @@ import Testing
             ("models: {gpt-4o-mini: {provider: a}}\nresilience: {retries: {max_attempts: 0}}", "resilience.retries.max_attempts"),
             ("models: {gpt-4o-mini: {provider: a}}\nresilience: {breaker: {failure_ratio: 2}}", "resilience.breaker.failure_ratio"),
             ("models: {gpt-4o-mini: {provider: a}}\nresilience: {retry: {}}", "resilience.retry"),
+            ("models: {gpt-4o-mini: {provider: a, budget: {}}}", "models.gpt-4o-mini.budget"),
+            ("models: {gpt-4o-mini: {provider: a, budget: {rpm: 0}}}", "models.gpt-4o-mini.budget.rpm"),
+            ("models: {gpt-4o-mini: {provider: a, budget: {rps: 3}}}", "models.gpt-4o-mini.budget.rps"),
         ]
         for refusal in refusals {
             #expect(Self.refusedPath("providers: {a: {kind: mock}}\n" + refusal.0) == refusal.1, "\(refusal.0)")

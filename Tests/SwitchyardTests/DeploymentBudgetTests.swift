@@ -1,0 +1,63 @@
+import Stages
+import SwitchyardCore
+import SwitchyardTestKit
+import Testing
+
+/// A deployment's budgets (requests and tokens per minute) are kept by the gateway, so the provider never has to
+/// refuse: against the mock's own limits, the same requests without the budget get the mock's 429s.
+@Suite struct DeploymentBudgetTests {
+    static func body(_ text: String, maxTokens: Int = 20) -> String {
+        #"{"model":"gpt-4o-mini","max_tokens":\#(maxTokens),"messages":[{"role":"user","content":"\#(text)"}]}"#
+    }
+
+    static func config(budget: DeploymentBudget?, mockRPM: Int? = nil, mockTPM: Int? = nil) -> GatewayConfig {
+        var config = TestConfigs.embedded()
+        config.mock.requestsPerMinute = mockRPM
+        config.mock.tokensPerMinute = mockTPM
+        config.cache.exactEnabled = false
+        config.cache.semanticEnabled = false
+        if let budget, let model = config.models["gpt-4o-mini"] {
+            config.budgets[AttemptsStage.deploymentID(model)] = budget
+            config.resilience.budget = .milliseconds(200)
+        }
+        return config
+    }
+
+    /// Sends the bodies one after another: the statuses, and how many refusals came from the provider itself.
+    static func run(_ config: GatewayConfig, _ bodies: [String]) async throws -> (statuses: [Int], upstream429: Int, messages: [String]) {
+        try await withTestGateway(config) { _, url in
+            var statuses: [Int] = [], upstream = 0, messages: [String] = []
+            for body in bodies {
+                let response = try await send("\(url)/v1/chat/completions", body: body)
+                statuses.append(response.status)
+                if response.body.contains("is rate limiting") { upstream += 1 }
+                if response.status != 200 { messages.append(response.body + " retry-after: \(response.header("retry-after") ?? "none")") }
+            }
+            return (statuses, upstream, messages)
+        }
+    }
+
+    @Test func aRequestsBudgetKeepsTheProviderFromRefusing() async throws {
+        let bodies = (0..<8).map { Self.body("question \($0)") }
+        let without = try await Self.run(Self.config(budget: nil, mockRPM: 5), bodies)
+        #expect(without.statuses == [200, 200, 200, 200, 200, 429, 429, 429])
+        #expect(without.upstream429 == 3, "the control: the mock refuses past its limit")
+        let with = try await Self.run(Self.config(budget: DeploymentBudget(requestsPerMinute: 5), mockRPM: 5), bodies)
+        #expect(with.statuses == [200, 200, 200, 200, 200, 429, 429, 429])
+        #expect(with.upstream429 == 0, "\(with.messages)")
+        #expect(with.messages.allSatisfy { $0.contains("budget") && $0.contains("mock/gpt-4o-mini") }, "\(with.messages)")
+        // The next unit is back in 12 s (5 a minute): the retry-after says so.
+        #expect(with.messages.allSatisfy { $0.hasSuffix("retry-after: 12") || $0.hasSuffix("retry-after: 11") }, "\(with.messages)")
+    }
+
+    @Test func aTokensBudgetCountsThePromptAndMaxTokensAsTheProviderDoes() async throws {
+        // 1,000 tokens a minute, 300 asked per request: three fit, the fourth would not.
+        let bodies = (0..<6).map { Self.body("question \($0)", maxTokens: 300) }
+        let without = try await Self.run(Self.config(budget: nil, mockTPM: 1000), bodies)
+        #expect(without.statuses == [200, 200, 200, 429, 429, 429])
+        #expect(without.upstream429 == 3)
+        let with = try await Self.run(Self.config(budget: DeploymentBudget(tokensPerMinute: 1000), mockTPM: 1000), bodies)
+        #expect(with.statuses == [200, 200, 200, 429, 429, 429])
+        #expect(with.upstream429 == 0, "\(with.messages)")
+    }
+}

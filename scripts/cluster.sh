@@ -9,6 +9,7 @@
 #
 # DIR receives the configurations, the logs and cluster.env (URLs, ports, pids) for the tests and benchmarks.
 # SWITCHYARD_BIN picks the binary (default: the debug build), MOCK_LATENCY_SCALE the mock's latency (default 0.2),
+# GATEWAY_MODEL_OPTIONS more options of the gpt-4o-mini model (", budget: {rpm: 60}"), MOCK_ARGS the mock's (--rpm 60),
 # SERVE_ARGS extra options for the instances started (for example --no-embeddings), GATEWAY_EXTRA a file appended
 # to the instances' configuration (keys, limits, degradation: no providers or models).
 set -euo pipefail
@@ -56,7 +57,7 @@ drain_timeout_seconds: 30
 providers:
   mock: {kind: openai-compatible, base_url: "http://127.0.0.1:$MOCK_PORT"}
 models:
-  gpt-4o-mini: {provider: mock}
+  gpt-4o-mini: {provider: mock${GATEWAY_MODEL_OPTIONS:-}}
   gpt-4o: {provider: mock}
   claude-haiku-4-5: {provider: mock}
   claude-sonnet-4-5: {provider: mock}
@@ -162,7 +163,8 @@ start() {
         --daemonize no --logfile "$dir/redis.log" >/dev/null 2>&1 &
     REDIS_PID=$!
     MOCK_PORT=$(free_port)
-    "$BIN" mock --port "$MOCK_PORT" --no-auth --latency-scale "${MOCK_LATENCY_SCALE:-0.2}" --log-level warning \
+    # shellcheck disable=SC2086 # MOCK_ARGS: extra options, word by word (for example --rpm 60)
+    "$BIN" mock --port "$MOCK_PORT" --no-auth --latency-scale "${MOCK_LATENCY_SCALE:-0.2}" --log-level warning ${MOCK_ARGS:-} \
         >>"$dir/mock.log" 2>&1 &
     MOCK_PID=$!
     NGINX_PORT=$(free_port)

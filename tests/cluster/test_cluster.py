@@ -30,10 +30,11 @@ KEY = "sk-cluster-test"
 
 
 class Cluster:
-    def __init__(self, instances=3, extra=None):
-        """`extra`: configuration appended to every instance's (keys, limits), as scripts/cluster.sh's GATEWAY_EXTRA."""
+    def __init__(self, instances=3, extra=None, model_options="", mock_args=""):
+        """`extra`: configuration appended to every instance's (keys, limits), as scripts/cluster.sh's GATEWAY_EXTRA;
+        `model_options` and `mock_args` as its GATEWAY_MODEL_OPTIONS and MOCK_ARGS."""
         self.dir = tempfile.mkdtemp(prefix="switchyard-cluster-")
-        env = dict(os.environ, SWITCHYARD_BIN=BIN)
+        env = dict(os.environ, SWITCHYARD_BIN=BIN, GATEWAY_MODEL_OPTIONS=model_options, MOCK_ARGS=mock_args)
         if extra:
             path = os.path.join(self.dir, "extra.yaml")
             with open(path, "w") as file:
@@ -305,6 +306,43 @@ limits:
         # limit is exceeded at most by that difference over the requests admitted.
         self.assertLessEqual(used, 30000 + admitted * 8, f"{used} tokens used by {admitted} answers")
         print(f"\n  tokens: {admitted} admitted of 600, {used} tokens used of a 30,000 limit")
+
+
+class BudgetsAcrossInstances(unittest.TestCase):
+    """A deployment's budget kept in Redis holds for the instances together: the mock, limited to 60 requests a
+    minute, never refuses, and exactly its 60 are sent whichever instance each request reaches."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = Cluster(extra="cache: {exact: {enabled: false}, semantic: {enabled: false}}\n"
+                                    "resilience: {retries: {budget_seconds: 0.5}}\n",
+                              model_options=", budget: {rpm: 60}", mock_args="--rpm 60")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.stop()
+
+    def test_three_instances_together_never_cause_a_provider_429(self):
+        instances = self.cluster.instances
+
+        def one(index):
+            try:
+                status, _, _ = chat(instances[index % len(instances)], f"Budget request {index}")
+                return status, ""
+            except urllib.error.HTTPError as error:
+                return error.code, error.read().decode(errors="replace")
+
+        started = time.time()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=30) as pool:
+            results = list(pool.map(one, range(150)))
+        elapsed = time.time() - started
+        statuses = [status for status, _ in results]
+        # 60 at once, then one a second comes back while the burst lasts.
+        self.assertGreaterEqual(statuses.count(200), 60, statuses)
+        self.assertLessEqual(statuses.count(200), 60 + int(elapsed) + 1, f"{statuses} in {elapsed:.1f} s")
+        self.assertEqual(statuses.count(200) + statuses.count(429), 150, statuses)
+        upstream = [body for status, body in results if status == 429 and "budget" not in body]
+        self.assertEqual(upstream, [], "refusals that did not come from the gateway's budget")
 
 
 class Drain(unittest.TestCase):

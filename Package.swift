@@ -132,7 +132,7 @@ let package = Package(
             name: "Server",
             dependencies: [
                 "SwitchyardCore", "SwitchyardModels", "ServerSentEvents", "Providers", "Stages", "MockProvider", "Embeddings",
-                "HTTPEdge", "Caching", "Routing", "Redis", "Stores", "Limits",
+                "HTTPEdge", "Caching", "Routing", "Redis", "Stores", "Limits", "Admission",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

@@ -187,9 +187,11 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     // Limits: shared by every instance through Redis, or this process's.
     let limitStore: any LimitStore = redis.map { RedisLimitStore(client: $0, keyPrefix: config.state.keyPrefix,
                                                                      onSettleFailure: { [metrics] in metrics.stateFailed(seam: "limits_settle") }) } ?? LimitLedger()
+    let attempts = DefaultPipeline.attemptsStage(config, store: limitStore, recorder: metrics)
     let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics, exactCache: exactStore,
                                          semanticCache: semanticStore, embedder: batcher.map { BatcherEmbedder(batcher: $0) },
-                                         classifier: classifier, background: background, learned: learned, limits: limitStore)
+                                         classifier: classifier, background: background, learned: learned, limits: limitStore,
+                                         attempts: attempts)
     let draining = Locked(false)
     let hasMock = mock != nil
     let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger)
@@ -199,6 +201,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                                        sharedCalibration: sharedCalibration)
     let limitsHandler = LimitsHandler(planner: LimitPlanner(definitions: config.limits), store: limitStore, auth: AuthStage(keys: config.keys),
                                       adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex))
+    let deploymentsHandler = DeploymentsHandler(config: config, attempts: attempts, store: limitStore,
+                                                adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex))
     let embeddingsHandler = EmbeddingsHandler(batcher: batcher, unavailableReason: unavailable, auth: AuthStage(keys: config.keys),
                                               maxBodyBytes: config.maxBodyBytes)
 
@@ -214,6 +218,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         case (.DELETE, "/v1/cache"): return await cacheAdmin.clear(request)
         case (.GET, "/v1/usage/savings"): return await cacheAdmin.savingsReport(request)
         case (.GET, "/v1/limits"): return await limitsHandler.report(request)
+        case (.GET, "/v1/deployments"): return await deploymentsHandler.report(request)
         case (.GET, "/healthz"): return EdgeResponse(status: .ok, body: .buffer(healthy))
         case (.GET, "/readyz"):
             var ready = !draining.withLock { $0 } && (!hasMock || mockURL.value != nil)
@@ -300,7 +305,8 @@ struct DrainWatcher: Service {
 /// the path belongs to, never an empty body.
 func unrouted(_ request: EdgeRequest) -> EdgeResponse {
     let known: Set<Substring> = ["/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/models", "/healthz", "/readyz",
-                                 "/metrics", "/v1/cache", "/v1/cache/feedback", "/v1/usage/savings", "/v1/limits"]
+                                 "/metrics", "/v1/cache", "/v1/cache/feedback", "/v1/usage/savings", "/v1/limits",
+                                 "/v1/deployments"]
     let format: APIFormat = request.path.hasPrefix("/v1/messages") ? .anthropic : .openAI
     let wrongMethod = known.contains(request.path)
     let error = GatewayError(wrongMethod ? .invalidRequest : .notFound, "no endpoint \(request.method.rawValue) \(request.path)")

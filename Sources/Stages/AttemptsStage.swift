@@ -181,8 +181,12 @@ public final class AttemptsStage: GatewayStage {
     /// What an attempt on a deployment takes from its budget: a request, and the tokens a provider counts when it
     /// arrives (the prompt, estimated, plus `max_tokens`).
     func demands(_ budget: DeploymentBudget, id: String, request: ChatRequest) -> [LimitDemand] {
-        let input = Int64(request.estimatedInputTokens)
-        let output = request.maxTokens.map { Int64(max($0, 0)) } ?? defaultOutputTokens
+        demands(budget, id: id, inputTokens: Int64(request.estimatedInputTokens),
+                outputTokens: request.maxTokens.map { Int64(max($0, 0)) } ?? defaultOutputTokens)
+    }
+
+    /// The budget's counters, taking these units.
+    public func demands(_ budget: DeploymentBudget, id: String, inputTokens input: Int64, outputTokens output: Int64) -> [LimitDemand] {
         var demands: [LimitDemand] = []
         func add(_ name: String, _ limit: Int?, _ units: Int64) {
             guard let limit else { return }

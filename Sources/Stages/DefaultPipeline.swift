@@ -6,6 +6,15 @@ import SwitchyardModels
 
 /// The one place the order of the stages is written.
 public enum DefaultPipeline {
+    /// The attempts stage for `config`, or nil when it has nothing to do (one attempt, one deployment, no budget or
+    /// breaker).
+    public static func attemptsStage(_ config: GatewayConfig, store: any LimitStore, recorder: (any AttemptRecorder)?) -> AttemptsStage? {
+        guard AttemptsStage.isNeeded(config) else { return nil }
+        return AttemptsStage(models: config.models, deployments: config.deployments, fallbacks: config.fallbacks,
+                             settings: AttemptsStage.Settings(config.resilience), budgets: config.budgets, store: store,
+                             recorder: recorder)
+    }
+
     /// Auth → Route (resolve) → ExactCache → SemanticCache → Routing → RateLimit → Attempts → PromptCache →
     /// CostAccounting → ProviderCall.
     ///
@@ -17,7 +26,7 @@ public enum DefaultPipeline {
                              semanticCache: any SemanticCacheStore, embedder: (any TextEmbedder)?,
                              classifier: ComplexityClassifier? = nil, background: (any BackgroundWorkQueue)? = nil,
                              learned: SemanticCacheStage.LearnedVerification? = nil,
-                             limits: (any LimitStore)? = nil) -> Pipeline
+                             limits: (any LimitStore)? = nil, attempts: AttemptsStage? = nil) -> Pipeline
     {
         let call = ProviderCall(providers: providers)
         // Only with limits configured: without them a request pays nothing for the stage. Limits that count every
@@ -45,11 +54,8 @@ public enum DefaultPipeline {
         let limitStage = stage(config.limits.filter { !$0.countsAllRequests }, config.degrade)
         let degrades = !limitStage.isEmpty && !config.degrade.isEmpty
         // Only with retries, fallbacks, other deployments or breakers configured: otherwise a request pays nothing.
-        let attempts: [any GatewayStage] = AttemptsStage.isNeeded(config)
-            ? [AttemptsStage(models: config.models, deployments: config.deployments, fallbacks: config.fallbacks,
-                             settings: AttemptsStage.Settings(config.resilience), budgets: config.budgets, store: store,
-                             recorder: recorder as? any AttemptRecorder)]
-            : []
+        let attempts: [any GatewayStage] = (attempts ?? attemptsStage(config, store: store, recorder: recorder as? any AttemptRecorder))
+            .map { [$0] } ?? []
         return Pipeline(
             stages: [
                 AuthStage(keys: config.keys),

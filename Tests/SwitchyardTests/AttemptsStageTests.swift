@@ -75,6 +75,26 @@ import Testing
         #expect(script.sleeps.withLock { $0 } == [50_000_000, 2_000_000_000])
     }
 
+    /// A stream is returned once its first event arrived: a failure after that belongs to the stream (the client
+    /// may have its first bytes already) and is never retried or sent elsewhere.
+    @Test func noRetryAfterTheFirstByteOfAStream() async throws {
+        let script = Script([])
+        let calls = Locked(0)
+        let stage = Self.stage(script)
+        var context = GatewayContext(requestID: "r", logger: Logger(label: "t"), clientFormat: .openAI)
+        context.route = Self.primary
+        let request = ChatRequest(model: "gpt-4o", messages: [ChatMessage(role: .user, content: [.text("hi")])], maxTokens: 10,
+                                  stream: true, sourceFormat: .openAI)
+        let response = try await stage.handle(request, context: context) { _, _ in
+            calls.withLock { $0 += 1 }
+            return .stream(ChatStream(format: .openAI, next: { throw Self.unavailable }))
+        }
+        guard case .stream(let stream) = response else { throw GatewayError(.internalError, "no stream") }
+        await #expect(throws: GatewayError.self) { for try await _ in stream {} }
+        #expect(calls.withLock { $0 } == 1)
+        #expect(script.sleeps.withLock { $0 }.isEmpty)
+    }
+
     @Test func anInvalidRequestIsNeitherRetriedNorFallenBackFrom() async throws {
         let invalid = GatewayError(.invalidRequest, "upstream rejected the request", upstreamStatus: 400)
         let script = Script([invalid])

@@ -1,3 +1,4 @@
+import Foundation
 import Stages
 import SwitchyardCore
 import SwitchyardTestKit
@@ -59,5 +60,22 @@ import Testing
         let with = try await Self.run(Self.config(budget: DeploymentBudget(tokensPerMinute: 1000), mockTPM: 1000), bodies)
         #expect(with.statuses == [200, 200, 200, 429, 429, 429])
         #expect(with.upstream429 == 0, "\(with.messages)")
+    }
+
+    @Test func theAdminSeesEachDeploymentsCircuitAndWhatIsLeftOfItsBudget() async throws {
+        var config = Self.config(budget: DeploymentBudget(requestsPerMinute: 5, tokensPerMinute: 10_000))
+        config.resilience.breaker = ResilienceSettings.Breaker()
+        try await withTestGateway(config, environment: ["SWITCHYARD_ADMIN_KEY": "admin-secret"]) { _, url in
+            for index in 0..<2 { _ = try await send("\(url)/v1/chat/completions", body: Self.body("question \(index)")) }
+            let report = try await send("\(url)/v1/deployments", method: "GET", headers: [("authorization", "Bearer admin-secret")],
+                                        contentType: nil)
+            #expect(report.status == 200)
+            let entry = try #require(report.body.components(separatedBy: #"{"budget""#).first { $0.contains("mock/gpt-4o-mini") })
+            #expect(entry.contains(#""rpm":{"limit":5,"remaining":3}"#) || entry.contains(#""rpm":{"remaining":3,"limit":5}"#), "\(report.body)")
+            #expect(entry.contains(#""circuit":"closed""#), "\(report.body)")
+            #expect(report.body.contains(#""id":"mock/claude-haiku-4-5""#) && report.body.contains(#""budget":null"#))
+            let anyone = try await send("\(url)/v1/deployments", method: "GET", contentType: nil)
+            #expect(anyone.status == 401)
+        }
     }
 }

@@ -136,15 +136,20 @@ public struct HTTPProvider: ProviderClient {
         }
         let collected = response.body
         let duration = ContinuousClock.now - started
+        let remaining = config.readsRateLimitHeaders ? Self.remaining(response.headers) : nil
         do {
+            var completion: Completion
             if dialect.format == context.clientFormat {
                 // Relayed untouched: read only the usage, skipping the rest without building it.
                 let members = try JSONValue.parseMembers(collected.readableBytesView, keys: Self.usageKey)
                 let usage = try members["usage"].map(dialect.parseUsage) ?? Usage()
-                return .completion(Completion(usage: usage, raw: (dialect.format, collected), upstreamDuration: duration))
+                completion = Completion(usage: usage, raw: (dialect.format, collected), upstreamDuration: duration)
+            } else {
+                let parsed = try dialect.parseResponse(try JSONValue.parse(collected.readableBytesView))
+                completion = Completion(response: parsed, raw: (dialect.format, collected), upstreamDuration: duration)
             }
-            let parsed = try dialect.parseResponse(try JSONValue.parse(collected.readableBytesView))
-            return .completion(Completion(response: parsed, raw: (dialect.format, collected), upstreamDuration: duration))
+            completion.providerRemaining = remaining
+            return .completion(completion)
         } catch {
             context.logger.debug("upstream answered malformed JSON", metadata: ["switchyard.provider": "\(config.name)"])
             throw GatewayError(.upstreamError, "upstream '\(config.name)' answered with a malformed body", upstreamStatus: 502)
@@ -253,6 +258,20 @@ public struct HTTPProvider: ProviderClient {
 
     /// `retry-after-ms` or `retry-after` (seconds; an HTTP date is ignored). A value that is not a finite,
     /// non-negative number is ignored, one over a day clamped to a day; both count as an upstream anomaly.
+    /// What the provider's rate-limit headers say is left, in either API's names; nil when they say nothing usable.
+    static func remaining(_ headers: HTTPHeaders) -> ProviderRemaining? {
+        func count(_ names: String...) -> Int64? {
+            for name in names { if let value = headers.first(name: name) { return ProviderRemaining.count(Substring(value)) } }
+            return nil
+        }
+        let remaining = ProviderRemaining(
+            requests: count("x-ratelimit-remaining-requests", "anthropic-ratelimit-requests-remaining"),
+            tokens: count("x-ratelimit-remaining-tokens", "anthropic-ratelimit-tokens-remaining"),
+            inputTokens: count("anthropic-ratelimit-input-tokens-remaining"),
+            outputTokens: count("anthropic-ratelimit-output-tokens-remaining"))
+        return remaining.isEmpty ? nil : remaining
+    }
+
     func retryAfter(_ headers: HTTPHeaders) -> Duration? {
         let (duration, anomalous) = Self.retryAfter(headers)
         if anomalous { anomalies?.upstreamAnomaly(.retryAfter) }

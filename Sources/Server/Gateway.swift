@@ -109,7 +109,11 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     }
 
     var providers: [String: any ProviderClient] = [:]
-    for (name, provider) in config.providers {
+    // A provider one of whose deployments has a budget: its answers' rate-limit headers correct the budget.
+    let budgeted = Set((Array(config.models.values) + config.deployments.values.joined())
+        .filter { config.budgets[$0.deploymentID] != nil }.map(\.provider))
+    for (name, var provider) in config.providers {
+        provider.readsRateLimitHeaders = provider.readsRateLimitHeaders || budgeted.contains(name)
         let mockBase: @Sendable () -> String = { mockURL.value ?? "http://127.0.0.1:0" }
         let baseURL = provider.kind == .mock ? mockBase : nil
         providers[name] = HTTPProvider(config: provider, transports: httpClient.transports, environment: environment, baseURL: baseURL,

@@ -150,7 +150,7 @@ public final class AttemptsStage: GatewayStage {
                 do {
                     let response = try await next(request, attempt)
                     report(id, success: true)
-                    if let reservation, case .completion(let completion) = response { correct(reservation, request: request, usage: completion.usage) }
+                    if let reservation, case .completion(let completion) = response { correct(reservation, request: request, completion: completion) }
                     return response
                 } catch let error as GatewayError {
                     let failure = Self.classify(error)
@@ -239,16 +239,36 @@ public final class AttemptsStage: GatewayStage {
         }
     }
 
-    /// A prompt larger than estimated: the budget is charged the difference, as the provider counted it. Nothing is
-    /// given back (a provider counts `max_tokens` when the request arrives, however short the answer).
-    func correct(_ reservation: Reservation, request: ChatRequest, usage: Usage) {
+    /// The budget is charged what the provider counted beyond the reservation: a prompt larger than estimated,
+    /// and whatever its rate-limit headers say it has left below what the budget has (another client of the same
+    /// key, a budget configured above the real limit). Nothing is given back: a provider counts `max_tokens` when
+    /// the request arrives, however short the answer.
+    func correct(_ reservation: Reservation, request: ChatRequest, completion: Completion) {
         guard let store else { return }
-        let extra = Int64(usage.inputTokens + usage.cacheReadTokens + usage.cacheWriteTokens) - Int64(request.estimatedInputTokens)
-        guard extra > 0 else { return }
-        let actual: [Int64?] = reservation.demands.map { demand in
-            demand.counter.hasSuffix("|tpm") || demand.counter.hasSuffix("|input_tpm") ? demand.units &+ extra : nil
+        let usage = completion.usage
+        let prompt = Int64(usage.inputTokens + usage.cacheReadTokens + usage.cacheWriteTokens) - Int64(request.estimatedInputTokens)
+        let said = completion.providerRemaining
+        var changed = false
+        let actual: [Int64?] = reservation.demands.indices.map { index in
+            let demand = reservation.demands[index]
+            let name = demand.counter.split(separator: "|").last ?? ""
+            let theirs: Int64?
+            var extra: Int64 = 0
+            switch name {
+            case "rpm": theirs = said?.requests
+            case "tpm": theirs = said?.tokens; extra = prompt
+            case "input_tpm": theirs = said?.inputTokens; extra = prompt
+            case "output_tpm": theirs = said?.outputTokens
+            default: theirs = nil
+            }
+            if let theirs, index < reservation.grants.count, reservation.grants[index].remaining > theirs {
+                extra = max(extra, reservation.grants[index].remaining - theirs)
+            }
+            guard extra > 0 else { return nil }
+            changed = true
+            return demand.units &+ extra
         }
-        store.settleInBackground(reservation, actual: actual, now: wallClock())
+        if changed { store.settleInBackground(reservation, actual: actual, now: wallClock()) }
     }
 
     /// How an upstream error bears on trying again.

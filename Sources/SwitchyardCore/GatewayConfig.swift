@@ -69,6 +69,9 @@ public struct ProviderConfig: Sendable, Hashable {
     /// `connection: close` and opens a connection per request: the one mode in which an upstream that sends an answer
     /// too many, late, and does not echo `x-request-id`, cannot hand one request another's answer.
     public var keepAlive = true
+    /// Whether its answers' rate-limit headers are read (the gateway sets it for a provider with a budgeted
+    /// deployment, and corrects the budget from what the provider says is left).
+    public var readsRateLimitHeaders = false
 
     public init(name: String, kind: ProviderKind, baseURL: String, apiKeyEnv: String? = nil,
                 timeouts: ProviderTimeouts = ProviderTimeouts(), poolSize: Int = ProviderConfig.defaultPoolSize, headers: [String: String] = [:]) {

@@ -152,6 +152,8 @@ public struct Completion: Sendable {
     public var routing: RoutingOutcome?
     /// The tightest rate limits that applied (`nil` without limits).
     public var limits: LimitStatus?
+    /// What the provider said is left of its own limits (read only for providers with budgets).
+    public var providerRemaining: ProviderRemaining?
 
     /// A completion decoded in full.
     public init(response: ChatResponse, raw: (format: APIFormat, body: ByteBuffer)? = nil, cost: NanoUSD? = nil,

@@ -49,6 +49,31 @@ public struct DeploymentBudget: Sendable, Hashable {
     public var isEmpty: Bool { self == DeploymentBudget() }
 }
 
+/// What a provider's rate-limit headers say is left (`x-ratelimit-remaining-requests` / `-tokens`,
+/// `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-remaining`); nil where it says nothing.
+public struct ProviderRemaining: Sendable, Hashable {
+    public var requests: Int64?
+    public var tokens: Int64?
+    public var inputTokens: Int64?
+    public var outputTokens: Int64?
+
+    public init(requests: Int64? = nil, tokens: Int64? = nil, inputTokens: Int64? = nil, outputTokens: Int64? = nil) {
+        self.requests = requests
+        self.tokens = tokens
+        self.inputTokens = inputTokens
+        self.outputTokens = outputTokens
+    }
+
+    public var isEmpty: Bool { self == ProviderRemaining() }
+
+    /// A header's count: a plain non-negative integer of at most 12 digits, or nil (never trusted further).
+    public static func count(_ text: Substring) -> Int64? {
+        let trimmed = text.utf8.drop { $0 == 0x20 || $0 == 0x09 }.prefix { $0 != 0x20 && $0 != 0x09 }
+        guard !trimmed.isEmpty, trimmed.count <= 12, trimmed.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
+        return trimmed.reduce(0) { $0 * 10 + Int64($1 - 0x30) }
+    }
+}
+
 extension ModelRoute {
     /// The deployment it names: a provider and the model there (what budgets and breakers are kept for).
     public var deploymentID: String { provider + "/" + upstreamModel }

@@ -78,4 +78,20 @@ import Testing
             #expect(anyone.status == 401)
         }
     }
+
+    /// A budget set above the provider's real limit is brought down by what the provider's headers say is left.
+    @Test func theProvidersRateLimitHeadersCorrectABudgetSetTooHigh() async throws {
+        let bodies = (0..<8).map { Self.body("question \($0)") }
+        let result = try await Self.run(Self.config(budget: DeploymentBudget(requestsPerMinute: 10), mockRPM: 5), bodies)
+        #expect(result.statuses == [200, 200, 200, 200, 200, 429, 429, 429])
+        #expect(result.upstream429 == 0, "\(result.messages)")
+    }
+
+    @Test func rateLimitHeaderCountsAreReadOnlyAsPlainNumbers() {
+        #expect(ProviderRemaining.count("12") == 12 && ProviderRemaining.count(" 7 ") == 7 && ProviderRemaining.count("0") == 0)
+        #expect(ProviderRemaining.count("999999999999") == 999_999_999_999)
+        for hostile in ["", "-1", "1e3", "1.5", "9999999999999", "12abc", "NaN", "0x10", "１２"] {
+            #expect(ProviderRemaining.count(Substring(hostile)) == nil, "\(hostile)")
+        }
+    }
 }

@@ -32,12 +32,16 @@ public struct MockSettings: Sendable {
     public var lengthTrace: MockLengthTrace?
     /// When set, a prompt found here is answered with its recorded answer for the model's tier.
     public var recordedAnswers: MockRecordedAnswers?
+    /// When set, the mock is one self-hosted replica of finite capacity (`ReplicaEngine`): its timing comes from
+    /// the engine, not from the latency model.
+    public var replica: ReplicaEngine.Settings?
 
     public init(host: String = "127.0.0.1", port: Int = 0, models: [MockModel] = MockModel.defaults,
                 latencyScale: Double = 1, requireAPIKey: Bool = true, limits: MockLimits = MockLimits(),
                 faultRates: [MockFault: Double] = [:], seed: UInt64 = 1, lengthTrace: MockLengthTrace? = nil,
-                recordedAnswers: MockRecordedAnswers? = nil) {
+                recordedAnswers: MockRecordedAnswers? = nil, replica: ReplicaEngine.Settings? = nil) {
         self.recordedAnswers = recordedAnswers
+        self.replica = replica
         self.host = host
         self.port = port
         self.models = models
@@ -72,6 +76,7 @@ public final class MockServer: Sendable {
     let models: [String: MockModel]
     let stats = Mutex(MockStats())
     let limiter: MockRateLimiter?
+    let replica: ReplicaGate?
     let promptCache = MockPromptCache()
     let faultDraws: Mutex<SplitMix64>
     let encoder = JSONEncoder()
@@ -80,6 +85,7 @@ public final class MockServer: Sendable {
     public init(settings: MockSettings = MockSettings()) {
         self.settings = settings
         self.limiter = settings.limits.isEmpty ? nil : MockRateLimiter(limits: settings.limits)
+        self.replica = settings.replica.map(ReplicaGate.init)
         self.faultDraws = Mutex(SplitMix64(seed: settings.seed))
         self.models = Dictionary(settings.models.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
@@ -216,12 +222,25 @@ public final class MockServer: Sendable {
         // ten times the latency model.
         if fault == .slow { try await Self.sleep(for: Self.slowStart) }
         let stream = payload["stream"]?.bool ?? false
+        var sequence: UInt64?
+        if let replica {
+            guard let id = replica.submit(promptTokens: plan.promptTokens, outputTokens: plan.outputTokens) else {
+                return try error(.serviceUnavailable, anthropic: anthropic, type: anthropic ? "overloaded_error" : "server_error",
+                                 message: "the replica's queue is full (mock)")
+            }
+            sequence = id
+        }
         if stream {
             let includeUsage = payload["stream_options"]?["include_usage"]?.bool ?? false
             return streamResponse(plan, anthropic: anthropic, includeUsage: includeUsage, scale: scale, fault: fault,
-                                  headers: limitHeaders)
+                                  headers: limitHeaders, sequence: sequence)
         }
-        try await sleep(plan.timeToFirstToken + plan.tokenIntervals().reduce(.zero, +), scale: scale)
+        if let replica, let sequence {
+            defer { replica.remove(sequence) }
+            try await replica.wait(sequence, tokens: plan.outputTokens)
+        } else {
+            try await sleep(plan.timeToFirstToken + plan.tokenIntervals().reduce(.zero, +), scale: scale)
+        }
         if fault == .malformedJSON {
             return EdgeResponse(status: .ok, headers: [.contentType: "application/json"], body: .buffer(ByteBuffer(string: "{\"id\": \"broken")))
         }
@@ -297,7 +316,7 @@ public final class MockServer: Sendable {
     }
 
     func streamResponse(_ plan: MockPlan, anthropic: Bool, includeUsage: Bool, scale: Double, fault: MockFault?,
-                        headers: HTTPFields = [:]) -> EdgeResponse {
+                        headers: HTTPFields = [:], sequence: UInt64? = nil) -> EdgeResponse {
         stats.withLock { $0.streamsStarted += 1 }
         let events = anthropic ? plan.anthropicEvents() : plan.openAIChunks(includeUsage: includeUsage)
         let cutAt = (fault == .disconnectMidStream || fault == .errorInStream || fault == .malformedJSON) ? max(1, events.count / 2) : nil
@@ -307,8 +326,10 @@ public final class MockServer: Sendable {
         return EdgeResponse(
             status: .ok, headers: fields,
             body: .stream { writer in
+                let replica = sequence == nil ? nil : self.replica
+                defer { if let replica, let sequence { replica.remove(sequence) } }
                 do {
-                    try await self.sleep(plan.timeToFirstToken, scale: scale)
+                    if replica == nil { try await self.sleep(plan.timeToFirstToken, scale: scale) }
                     var intervals = plan.tokenIntervals().makeIterator()
                     var tokensSent = 0
                     for (offset, event) in events.enumerated() {
@@ -328,7 +349,11 @@ public final class MockServer: Sendable {
                         }
                         if event.isToken {
                             // The first token comes with the time to first token; each later one after an interval.
-                            if tokensSent > 0 { try await self.sleep(intervals.next() ?? .zero, scale: scale) }
+                            if let replica, let sequence {
+                                try await replica.wait(sequence, tokens: min(tokensSent + 1, plan.outputTokens))
+                            } else if tokensSent > 0 {
+                                try await self.sleep(intervals.next() ?? .zero, scale: scale)
+                            }
                             tokensSent += 1
                         }
                         try await writer.write(Self.sse(event: event.name, json: event.json))
@@ -381,4 +406,52 @@ public enum MockFault: String, Sendable, CaseIterable {
     case disconnectMidStream = "disconnect-mid-stream"
     case malformedJSON = "malformed-json"
     case errorInStream = "error-in-stream"
+}
+
+/// The replica engine behind a lock, for the server's requests: each waits, polling, until the engine has
+/// produced the tokens it is about to send.
+final class ReplicaGate: Sendable {
+    private let engine: Mutex<ReplicaEngine>
+    private let ids = Mutex<UInt64>(0)
+    private let origin = ContinuousClock.now
+
+    init(_ settings: ReplicaEngine.Settings) {
+        engine = Mutex(ReplicaEngine(settings: settings))
+    }
+
+    private var now: Int64 {
+        let (seconds, attoseconds) = (ContinuousClock.now - origin).components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+
+    /// A new request's sequence, or nil when the queue is full.
+    func submit(promptTokens: Int, outputTokens: Int) -> UInt64? {
+        let id = ids.withLock { value -> UInt64 in
+            value &+= 1
+            return value
+        }
+        let now = self.now
+        return engine.withLock { $0.submit(id: id, promptTokens: promptTokens, outputTokens: outputTokens, now: now) } ? id : nil
+    }
+
+    /// Returns once `id` has produced `tokens` output tokens (or all of its own).
+    func wait(_ id: UInt64, tokens: Int) async throws {
+        while true {
+            let now = self.now
+            let ready = engine.withLock { engine -> Bool in
+                engine.advance(to: now)
+                return engine.isFinished(id) || (engine.produced(id) ?? Int.max) >= tokens
+            }
+            if ready { return }
+            try await MockServer.sleep(for: .milliseconds(2))
+        }
+    }
+
+    func remove(_ id: UInt64) {
+        let now = self.now
+        engine.withLock { engine in
+            engine.advance(to: now)
+            engine.remove(id)
+        }
+    }
 }

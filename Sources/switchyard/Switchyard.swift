@@ -128,6 +128,13 @@ struct Mock: AsyncParsableCommand {
     var lengthTrace: String?
     @Option(help: "Answer the GSM8K prompts of this routing data folder with their recorded answers (the weak model's for cheap models, the strong one's for expensive ones).")
     var answers: String?
+    @Flag(help: "Behave as one self-hosted replica of finite capacity (continuous batching: see the README's replica model).")
+    var replica = false
+    @Option(help: "Replica: sequences in flight at once (the rest queue).") var replicaSequences = 8
+    @Option(help: "Replica: prefill throughput, prompt tokens per second.") var replicaPrefill = 8000.0
+    @Option(help: "Replica: decode throughput, output tokens per second shared by the sequences in flight.") var replicaDecode = 600.0
+    @Option(help: "Replica: the most one sequence decodes, tokens per second.") var replicaSequenceRate = 60.0
+    @Option(help: "Replica: requests queued beyond those in flight (503 past it).") var replicaQueue = 512
     @OptionGroup var log: LogOptions
 
     func run() async throws {
@@ -151,7 +158,10 @@ struct Mock: AsyncParsableCommand {
             host: host, port: port, latencyScale: latencyScale, requireAPIKey: !noAuth,
             limits: MockLimits(requestsPerMinute: rpm, tokensPerMinute: tpm), faultRates: rates, seed: seed,
             lengthTrace: try lengthTrace.map { path throws(MockTraceError) in try MockLengthTrace(path: path) },
-            recordedAnswers: recorded))
+            recordedAnswers: recorded,
+            replica: replica ? ReplicaEngine.Settings(maxSequences: replicaSequences, prefillTokensPerSecond: replicaPrefill,
+                                                      decodeTokensPerSecond: replicaDecode, sequenceTokensPerSecond: replicaSequenceRate,
+                                                      maxQueue: replicaQueue) : nil))
         let host = self.host
         let service = server.makeServer(logger: logger) { port in
             print("Switchyard mock provider listening on http://\(host):\(port)")

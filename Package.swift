@@ -69,7 +69,7 @@ let package = Package(
         .target(
             name: "Providers",
             dependencies: [
-                "SwitchyardCore", "SwitchyardModels", "ServerSentEvents", "HTTPEdge",
+                "SwitchyardCore", "SwitchyardModels", "ServerSentEvents", "HTTPEdge", "Admission",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOTLS", package: "swift-nio"),

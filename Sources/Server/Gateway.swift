@@ -1,3 +1,4 @@
+import Admission
 import HTTPEdge
 import HTTPTypes
 import Limits
@@ -78,7 +79,14 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                                  deployments: (Array(config.models.values) + config.deployments.values.joined()).map(AttemptsStage.deploymentID))
     savingsFailures.withLock { $0 = { [metrics] in metrics.stateFailed(seam: "savings_write") } }
     let httpClient = HTTPClientService(providers: Array(config.providers.values), anomalies: metrics)
-    try httpClient.prepareTLS(for: Array(config.providers.values))
+    // Each replica of a group is its own endpoint.
+    try httpClient.prepareTLS(for: config.providers.values.flatMap { provider in
+        provider.replicas.isEmpty ? [provider] : provider.replicas.map { url in
+            var replica = provider
+            replica.baseURL = url
+            return replica
+        }
+    })
     let listening = ReadySignal<Int>()
     let mockURL = ReadySignal<String>()
     var services: [any Service] = [httpClient]
@@ -116,6 +124,16 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         provider.readsRateLimitHeaders = provider.readsRateLimitHeaders || budgeted.contains(name)
         let mockBase: @Sendable () -> String = { mockURL.value ?? "http://127.0.0.1:0" }
         let baseURL = provider.kind == .mock ? mockBase : nil
+        if provider.replicas.count > 1 {
+            let members = provider.replicas.map { url in
+                var replica = provider
+                replica.baseURL = url
+                return HTTPProvider(config: replica, transports: httpClient.transports, environment: environment, anomalies: metrics)
+            }
+            let policy = BalancingPolicy(rawValue: provider.balancing) ?? .leastOutstandingTokens
+            providers[name] = ReplicaGroup(members: members, settings: ReplicaBalancer.Settings(policy: policy))
+            continue
+        }
         providers[name] = HTTPProvider(config: provider, transports: httpClient.transports, environment: environment, baseURL: baseURL,
                                        anomalies: metrics)
     }

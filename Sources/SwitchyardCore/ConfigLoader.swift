@@ -348,7 +348,41 @@ public enum ConfigLoader {
             throw ConfigError(path: reader.child("kind"), "must be one of \(ProviderKind.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         var provider = ProviderConfig(name: name, kind: kind, baseURL: "")
-        if kind != .mock {
+        func checked(_ url: String, path: String) throws(ConfigError) -> String {
+            guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
+                throw ConfigError(path: path, "must start with http:// or https://")
+            }
+            guard UpstreamEndpoint(baseURL: url) != nil else {
+                throw ConfigError(path: path, "is not a valid URL (scheme://host[:port][/path])")
+            }
+            var trimmed = url
+            while trimmed.hasSuffix("/") { trimmed.removeLast() }
+            if trimmed.hasSuffix("/v1") { trimmed.removeLast(3) }
+            return trimmed
+        }
+        if let replicas = try reader.sequence("replicas") {
+            guard kind == .openAICompatible else {
+                throw ConfigError(path: reader.child("replicas"), "is for kind 'openai-compatible' (self-hosted servers)")
+            }
+            guard !reader.has("base_url") else {
+                throw ConfigError(path: reader.child("base_url"), "a replica group has replicas instead of a base_url")
+            }
+            guard (1...256).contains(replicas.count) else {
+                throw ConfigError(path: reader.child("replicas"), "must list 1 to 256 base URLs")
+            }
+            for (index, node) in replicas.enumerated() {
+                let path = "\(reader.child("replicas"))[\(index)]"
+                guard let url = node.scalar?.string else { throw ConfigError(path: path, "expected a URL") }
+                provider.replicas.append(try checked(url, path: path))
+            }
+            provider.baseURL = provider.replicas[0]
+            if let balancing = try reader.string("balancing") {
+                guard ["least_outstanding_tokens", "least_requests", "round_robin"].contains(balancing) else {
+                    throw ConfigError(path: reader.child("balancing"), "must be least_outstanding_tokens, least_requests or round_robin")
+                }
+                provider.balancing = balancing
+            }
+        } else if kind != .mock {
             let defaultURL: String? = switch kind {
             case .openAI: "https://api.openai.com"
             case .anthropic: "https://api.anthropic.com"
@@ -357,16 +391,7 @@ public enum ConfigLoader {
             guard let url = try reader.string("base_url") ?? defaultURL else {
                 throw ConfigError(path: reader.child("base_url"), "is required for kind '\(kindName)'")
             }
-            guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
-                throw ConfigError(path: reader.child("base_url"), "must start with http:// or https://")
-            }
-            guard UpstreamEndpoint(baseURL: url) != nil else {
-                throw ConfigError(path: reader.child("base_url"), "is not a valid URL (scheme://host[:port][/path])")
-            }
-            var trimmed = url
-            while trimmed.hasSuffix("/") { trimmed.removeLast() }
-            if trimmed.hasSuffix("/v1") { trimmed.removeLast(3) }
-            provider.baseURL = trimmed
+            provider.baseURL = try checked(url, path: reader.child("base_url"))
         }
         if reader.has("api_key") {
             throw ConfigError(path: reader.child("api_key"), "keys are never written in the file: use api_key_env: NAME_OF_VARIABLE")

@@ -72,6 +72,12 @@ public struct ProviderConfig: Sendable, Hashable {
     /// Whether its answers' rate-limit headers are read (the gateway sets it for a provider with a budgeted
     /// deployment, and corrects the budget from what the provider says is left).
     public var readsRateLimitHeaders = false
+    /// A group of self-hosted replicas (YAML `replicas: [URL, …]` in place of `base_url`): the base URLs of the same
+    /// server, each request sent to one of them by `balancing`. Empty: the one `baseURL`.
+    public var replicas: [String] = []
+    /// How a replica group chooses (YAML `balancing`): `least_outstanding_tokens` (default), `least_requests`,
+    /// `round_robin`.
+    public var balancing = "least_outstanding_tokens"
 
     public init(name: String, kind: ProviderKind, baseURL: String, apiKeyEnv: String? = nil,
                 timeouts: ProviderTimeouts = ProviderTimeouts(), poolSize: Int = ProviderConfig.defaultPoolSize, headers: [String: String] = [:]) {

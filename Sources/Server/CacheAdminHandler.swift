@@ -78,15 +78,23 @@ struct CacheAdminHandler: Sendable {
     }
 
     /// Removes cached answers of `?tenant=NAME`, or all; needs `Authorization: Bearer <SWITCHYARD_ADMIN_KEY>`.
-    func clear(_ request: EdgeRequest) async -> EdgeResponse {
-        let requestID = ChatHandler.makeRequestID()
+    /// The refusal of a request without the admin key (nil: it has it): 403 when none is configured, 401 otherwise.
+    static func refuseUnlessAdmin(_ request: EdgeRequest, adminKeyHash: String?, endpoint: String, requestID: String) -> EdgeResponse? {
         guard let adminKeyHash else {
             return ErrorRenderer.response(for: GatewayError(.permissionDenied, "no admin key is configured (SWITCHYARD_ADMIN_KEY)"),
                                           format: .openAI, requestID: requestID)
         }
         guard let credential = ChatHandler.credential(request), KeyHash.sha256Hex(credential) == adminKeyHash else {
-            return ErrorRenderer.response(for: GatewayError(.unauthenticated, "DELETE /v1/cache needs the admin key"),
+            return ErrorRenderer.response(for: GatewayError(.unauthenticated, "\(endpoint) needs the admin key"),
                                           format: .openAI, requestID: requestID)
+        }
+        return nil
+    }
+
+    func clear(_ request: EdgeRequest) async -> EdgeResponse {
+        let requestID = ChatHandler.makeRequestID()
+        if let refusal = Self.refuseUnlessAdmin(request, adminKeyHash: adminKeyHash, endpoint: "DELETE /v1/cache", requestID: requestID) {
+            return refusal
         }
         let tenant = Self.query(request.head.uri, "tenant")
         let exactRemoved: Int

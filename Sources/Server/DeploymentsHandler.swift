@@ -18,13 +18,9 @@ struct DeploymentsHandler: Sendable {
 
     func report(_ request: EdgeRequest) async -> EdgeResponse {
         let requestID = ChatHandler.makeRequestID()
-        guard let adminKeyHash else {
-            return ErrorRenderer.response(for: GatewayError(.permissionDenied, "no admin key is configured (SWITCHYARD_ADMIN_KEY)"),
-                                          format: .openAI, requestID: requestID)
-        }
-        guard let credential = ChatHandler.credential(request), KeyHash.sha256Hex(credential) == adminKeyHash else {
-            return ErrorRenderer.response(for: GatewayError(.unauthenticated, "GET /v1/deployments needs the admin key"),
-                                          format: .openAI, requestID: requestID)
+        if let refusal = CacheAdminHandler.refuseUnlessAdmin(request, adminKeyHash: adminKeyHash, endpoint: "GET /v1/deployments",
+                                                             requestID: requestID) {
+            return refusal
         }
         var models: [String: Set<String>] = [:]
         for route in Array(config.models.values) + config.deployments.values.joined() {

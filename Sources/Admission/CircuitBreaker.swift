@@ -110,6 +110,16 @@ public struct CircuitBreaker: Sendable, Hashable {
         }
     }
 
+    /// Another instance opened this deployment's breaker until `until`: this one refuses too, as long (never
+    /// shorter than its own). Returns whether the state changed.
+    public mutating func adoptOpen(until: Int64, now: Int64) -> Bool {
+        guard until > now else { return false }
+        if case .open(let own) = state, own >= until { return false }
+        state = .open(until: until)
+        slices = Array(repeating: Slice(), count: settings.buckets)
+        return true
+    }
+
     /// Successes and failures in the window ending at `now`.
     public func counts(now: Int64) -> (successes: Int, failures: Int) {
         let current = now / sliceLength

@@ -123,11 +123,13 @@ public final class MockServer: Sendable {
             return try json(.ok, .object(["object": "list", "data": .array(data)]))
         case (.GET, "/mock/stats"):
             let snapshot = currentStats
-            return try json(.ok, .object([
+            var fields: [String: MockJSON] = [
                 "requests": .number(Double(snapshot.requests)), "streams_started": .number(Double(snapshot.streamsStarted)),
                 "streams_completed": .number(Double(snapshot.streamsCompleted)),
                 "streams_cancelled": .number(Double(snapshot.streamsCancelled)),
-            ]))
+            ]
+            if let replica { fields.merge(replica.occupancy()) { first, _ in first } }
+            return try json(.ok, .object(fields))
         case (.GET, "/healthz"): return EdgeResponse(status: .ok, body: .buffer(ByteBuffer(string: "ok")))
         default: return try error(.notFound, anthropic: false, type: "not_found_error", message: "no route \(request.path)")
         }
@@ -444,6 +446,18 @@ final class ReplicaGate: Sendable {
             }
             if ready { return }
             try await MockServer.sleep(for: .milliseconds(2))
+        }
+    }
+
+    /// How full the replica has been since it started: sequence-seconds, busy seconds, elapsed seconds, and what
+    /// is running and waiting now.
+    func occupancy() -> [String: MockJSON] {
+        let now = self.now
+        return engine.withLock { engine in
+            engine.advance(to: now)
+            return ["replica_sequence_seconds": .number(engine.sequenceSeconds), "replica_busy_seconds": .number(engine.busySeconds),
+                    "replica_seconds": .number(Double(now) / 1e9), "replica_sequences": .number(Double(engine.settings.maxSequences)),
+                    "replica_running": .number(Double(engine.runningCount)), "replica_waiting": .number(Double(engine.waitingCount))]
         }
     }
 

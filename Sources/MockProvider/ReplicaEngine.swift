@@ -49,6 +49,12 @@ public struct ReplicaEngine: Sendable {
         self.now = now
     }
 
+    /// Seconds of sequences in flight (prefilling or decoding), summed: over elapsed time and `maxSequences`, how
+    /// full the replica was.
+    public private(set) var sequenceSeconds: Double = 0
+    /// Seconds the replica was computing (a prefill or a decode step), not idle.
+    public private(set) var busySeconds: Double = 0
+
     public var runningCount: Int { running.count }
     public var waitingCount: Int { waiting.count - waitingStart }
 
@@ -93,6 +99,7 @@ public struct ReplicaEngine: Sendable {
                 let spent = min(needed, left)
                 running[index].prefill = spent >= needed ? 0 : running[index].prefill - spent * settings.prefillTokensPerSecond
                 if running[index].prefill == 0 { running[index].produced = 1 }
+                account(spent)
                 left -= spent
                 finish()
                 continue
@@ -102,9 +109,15 @@ public struct ReplicaEngine: Sendable {
             let untilNextEnd = running.map { Double($0.output) - $0.produced }.min().map { max($0, 0) / rate } ?? left
             let spent = min(untilNextEnd, left)
             for index in running.indices { running[index].produced += spent * rate }
+            account(spent)
             left -= spent
             finish()
         }
+    }
+
+    private mutating func account(_ seconds: Double) {
+        busySeconds += seconds
+        sequenceSeconds += seconds * Double(running.count)
     }
 
     /// Moves sequences that produced their output to `finished`, and admits waiting ones in their places.

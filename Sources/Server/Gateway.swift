@@ -209,7 +209,10 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     // Limits: shared by every instance through Redis, or this process's.
     let limitStore: any LimitStore = redis.map { RedisLimitStore(client: $0, keyPrefix: config.state.keyPrefix,
                                                                      onSettleFailure: { [metrics] in metrics.stateFailed(seam: "limits_settle") }) } ?? LimitLedger()
-    let attempts = DefaultPipeline.attemptsStage(config, store: limitStore, recorder: metrics)
+    // Breakers: each instance's own, their openings shared through Redis when scaled out.
+    let board: (any BreakerBoard)? = config.resilience.breaker == nil ? nil : redis.map { RedisBreakerBoard(client: $0, keyPrefix: config.state.keyPrefix) }
+    let attempts = DefaultPipeline.attemptsStage(config, store: limitStore, recorder: metrics, board: board)
+    if let attempts, board != nil { services.append(BreakerSync(attempts: attempts)) }
     let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics, exactCache: exactStore,
                                          semanticCache: semanticStore, embedder: batcher.map { BatcherEmbedder(batcher: $0) },
                                          classifier: classifier, background: background, learned: learned, limits: limitStore,
@@ -300,6 +303,22 @@ struct CalibrationSync: Service {
 
     func run() async throws {
         await cancelWhenGracefulShutdown { await shared.run() }
+    }
+}
+
+/// Opens this instance's breakers that other instances opened, reading the shared board every `interval`, until
+/// shutdown.
+struct BreakerSync: Service {
+    let attempts: AttemptsStage
+    static let interval = Duration.milliseconds(250)
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: Self.interval)
+                await attempts.syncBreakers()
+            }
+        }
     }
 }
 

@@ -155,7 +155,7 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
         falseHits = total("semantic_cache_false_hits", "Semantic hits reported wrong through POST /v1/cache/feedback.")
         let stateErrorDescriptor = MetricNameDescriptor(namespace: "switchyard", metricName: "state_errors", unitName: "total",
                                                         helpText: "Shared-state store failures, by seam (bypassed when failing open).")
-        stateErrors = Dictionary(uniqueKeysWithValues: ["exact_cache", "exact_cache_write", "savings", "savings_write", "semantic_write", "calibration_write", "limits", "limits_settle", "budgets"].map { seam in
+        stateErrors = Dictionary(uniqueKeysWithValues: ["exact_cache", "exact_cache_write", "savings", "savings_write", "semantic_write", "calibration_write", "limits", "limits_settle", "budgets", "breakers"].map { seam in
             (seam, registry.makeCounter(descriptor: stateErrorDescriptor, labels: [("seam", seam)]))
         })
         let refused = MetricNameDescriptor(namespace: "switchyard", metricName: "rate_limited", unitName: "total",
@@ -331,6 +331,10 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
 
     public func budgetStoreFailed() {
         stateErrors["budgets"]?.increment()
+    }
+
+    public func breakerBoardFailed() {
+        stateErrors["breakers"]?.increment()
     }
 
     public func breakerChanged(deployment: String, to state: String) {

@@ -54,10 +54,13 @@ public final class AttemptsStage: GatewayStage {
     /// The output a request without `max_tokens` is counted for.
     let defaultOutputTokens: Int64
     let wallClock: @Sendable () -> Int64
+    /// Where the openings of breakers are shared with the other instances (nil: this instance's own only).
+    let board: (any BreakerBoard)?
 
     public init(models: [String: ModelRoute], deployments: [String: [ModelRoute]], fallbacks: [String: [String]],
                 settings: Settings, budgets: [String: DeploymentBudget] = [:], store: (any LimitStore)? = nil,
                 defaultOutputTokens: Int64 = 4096, recorder: (any AttemptRecorder)? = nil,
+                board: (any BreakerBoard)? = nil,
                 wallClock: @escaping @Sendable () -> Int64 = wallClockNanoseconds,
                 clock: @escaping @Sendable () -> Int64 = AttemptsStage.monotonicNanoseconds,
                 unit: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) },
@@ -84,6 +87,7 @@ public final class AttemptsStage: GatewayStage {
         self.store = store
         self.defaultOutputTokens = max(defaultOutputTokens, 1)
         self.wallClock = wallClock
+        self.board = board
         self.clock = clock
         self.unit = unit
         self.sleep = sleep
@@ -127,6 +131,7 @@ public final class AttemptsStage: GatewayStage {
                     break
                 }
                 let reservation: Reservation?
+                let started = wallClock()
                 do {
                     switch try await reserveBudget(id, request: request, deadline: overflow ? .max : deadline,
                                                    moreCandidates: position < chain.count) {
@@ -150,7 +155,7 @@ public final class AttemptsStage: GatewayStage {
                 do {
                     let response = try await next(request, attempt)
                     report(id, success: true)
-                    if let reservation, case .completion(let completion) = response { correct(reservation, request: request, completion: completion) }
+                    if let reservation, case .completion(let completion) = response { correct(reservation, request: request, completion: completion, started: started) }
                     return response
                 } catch let error as GatewayError {
                     let failure = Self.classify(error)
@@ -240,35 +245,52 @@ public final class AttemptsStage: GatewayStage {
     }
 
     /// The budget is charged what the provider counted beyond the reservation: a prompt larger than estimated,
-    /// and whatever its rate-limit headers say it has left below what the budget has (another client of the same
-    /// key, a budget configured above the real limit). Nothing is given back: a provider counts `max_tokens` when
-    /// the request arrives, however short the answer.
-    func correct(_ reservation: Reservation, request: ChatRequest, completion: Completion) {
+    /// and whatever its rate-limit headers say it has left below what the budget has now (another client of the
+    /// same key, a budget configured above the real limit). The comparison is with the budget's count now, not
+    /// with what was left when this attempt reserved: attempts reserved since then and already at the provider are
+    /// in both counts, and those not there yet make the budget the lower one, so nothing is counted twice. What the
+    /// budget refilled since the attempt started is allowed for. Nothing is given back: a provider counts
+    /// `max_tokens` when the request arrives, however short the answer.
+    func correct(_ reservation: Reservation, request: ChatRequest, completion: Completion, started: Int64) {
         guard let store else { return }
         let usage = completion.usage
         let prompt = Int64(usage.inputTokens + usage.cacheReadTokens + usage.cacheWriteTokens) - Int64(request.estimatedInputTokens)
         let said = completion.providerRemaining
-        var changed = false
-        let actual: [Int64?] = reservation.demands.indices.map { index in
-            let demand = reservation.demands[index]
-            let name = demand.counter.split(separator: "|").last ?? ""
-            let theirs: Int64?
-            var extra: Int64 = 0
-            switch name {
-            case "rpm": theirs = said?.requests
-            case "tpm": theirs = said?.tokens; extra = prompt
-            case "input_tpm": theirs = said?.inputTokens; extra = prompt
-            case "output_tpm": theirs = said?.outputTokens
-            default: theirs = nil
+        guard said != nil || prompt > 0 else { return }
+        let demands = reservation.demands
+        let wallClock = wallClock
+        Task {
+            let now = wallClock()
+            let current = said == nil ? nil : try? await store.remaining(demands, now: now)
+            var changed = false
+            let actual: [Int64?] = demands.indices.map { index in
+                let demand = demands[index]
+                let name = demand.counter.split(separator: "|").last ?? ""
+                let theirs: Int64?
+                var extra: Int64 = 0
+                switch name {
+                case "rpm": theirs = said?.requests
+                case "tpm": theirs = said?.tokens; extra = prompt
+                case "input_tpm": theirs = said?.inputTokens; extra = prompt
+                case "output_tpm": theirs = said?.outputTokens
+                default: theirs = nil
+                }
+                if let theirs, let current, index < current.count {
+                    extra = max(extra, current[index] - Self.refilled(demand.rule, since: started, now: now) - theirs)
+                }
+                guard extra > 0 else { return nil }
+                changed = true
+                return demand.units &+ extra
             }
-            if let theirs, index < reservation.grants.count, reservation.grants[index].remaining > theirs {
-                extra = max(extra, reservation.grants[index].remaining - theirs)
-            }
-            guard extra > 0 else { return nil }
-            changed = true
-            return demand.units &+ extra
+            if changed { try? await store.settle(reservation, actual: actual, now: now) }
         }
-        if changed { store.settleInBackground(reservation, actual: actual, now: wallClock()) }
+    }
+
+    /// Whole units a rate counter gains back between two times.
+    static func refilled(_ rule: LimitRule, since start: Int64, now: Int64) -> Int64 {
+        guard case .rate(let limit, let period) = rule, period > 0, now > start else { return 0 }
+        let elapsed = Double(now) - Double(start)
+        return Int64(min(Double(limit) * elapsed / Double(period), 1e15).rounded(.down))
     }
 
     /// How an upstream error bears on trying again.
@@ -283,27 +305,69 @@ public final class AttemptsStage: GatewayStage {
     private func allow(_ id: String) -> Bool {
         guard settings.breaker != nil else { return true }
         let now = clock()
-        let (allowed, change) = breakers.withLock { breakers -> (Bool, String?) in
+        let (allowed, change) = breakers.withLock { breakers -> (Bool, CircuitBreaker.State?) in
             guard var breaker = breakers[id] else { return (true, nil) }
             let before = breaker.state.name
             let allowed = breaker.allow(now: now)
             breakers[id] = breaker
-            return (allowed, breaker.state.name == before ? nil : breaker.state.name)
+            return (allowed, breaker.state.name == before ? nil : breaker.state)
         }
-        if let change { recorder?.breakerChanged(deployment: id, to: change) }
+        if let change { changed(id, to: change, now: now) }
         return allowed
     }
 
     private func report(_ id: String, success: Bool) {
         guard settings.breaker != nil else { return }
         let now = clock()
-        let change = breakers.withLock { breakers -> String? in
+        let change = breakers.withLock { breakers -> CircuitBreaker.State? in
             guard var breaker = breakers[id] else { return nil }
             let before = breaker.state.name
             breaker.record(success: success, now: now)
             breakers[id] = breaker
-            return breaker.state.name == before ? nil : breaker.state.name
+            return breaker.state.name == before ? nil : breaker.state
         }
-        if let change { recorder?.breakerChanged(deployment: id, to: change) }
+        if let change { changed(id, to: change, now: now) }
+    }
+
+    /// This instance's breaker of `id` changed: the metric, and an opening goes on the board for the others.
+    private func changed(_ id: String, to state: CircuitBreaker.State, now: Int64) {
+        recorder?.breakerChanged(deployment: id, to: state.name)
+        guard let board, case .open(let until) = state else { return }
+        let (wallUntil, overflow) = wallClock().addingReportingOverflow(until &- now)
+        let recorder = recorder
+        Task {
+            do {
+                try await board.opened(id, until: overflow ? .max : wallUntil)
+            } catch {
+                recorder?.breakerBoardFailed()
+            }
+        }
+    }
+
+    /// Reads the board and opens the breakers other instances opened, for as long as they did. Run every
+    /// `BreakerSync` interval; a failed read leaves the breakers as they are (each instance still opens its own).
+    public func syncBreakers() async {
+        guard let board, settings.breaker != nil else { return }
+        let wallNow = wallClock()
+        let open: [String: Int64]
+        do {
+            open = try await board.open(now: wallNow)
+        } catch {
+            recorder?.breakerBoardFailed()
+            return
+        }
+        guard !open.isEmpty else { return }
+        let now = clock()
+        let opened = breakers.withLock { breakers -> [String] in
+            var opened: [String] = []
+            for (id, wallUntil) in open {
+                guard var breaker = breakers[id] else { continue }
+                let (until, overflow) = now.addingReportingOverflow(wallUntil &- wallNow)
+                if breaker.adoptOpen(until: overflow ? .max : until, now: now) { opened.append(id) }
+                breakers[id] = breaker
+            }
+            return opened
+        }
+        for id in opened { recorder?.breakerChanged(deployment: id, to: "open") }
     }
 }

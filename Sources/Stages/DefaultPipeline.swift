@@ -8,11 +8,12 @@ import SwitchyardModels
 public enum DefaultPipeline {
     /// The attempts stage for `config`, or nil when it has nothing to do (one attempt, one deployment, no budget or
     /// breaker).
-    public static func attemptsStage(_ config: GatewayConfig, store: any LimitStore, recorder: (any AttemptRecorder)?) -> AttemptsStage? {
+    public static func attemptsStage(_ config: GatewayConfig, store: any LimitStore, recorder: (any AttemptRecorder)?,
+                                     board: (any BreakerBoard)? = nil) -> AttemptsStage? {
         guard AttemptsStage.isNeeded(config) else { return nil }
         return AttemptsStage(models: config.models, deployments: config.deployments, fallbacks: config.fallbacks,
                              settings: AttemptsStage.Settings(config.resilience), budgets: config.budgets, store: store,
-                             recorder: recorder)
+                             recorder: recorder, board: board)
     }
 
     /// Auth → Route (resolve) → ExactCache → SemanticCache → Routing → RateLimit → Attempts → PromptCache →

@@ -132,4 +132,6 @@ public protocol AttemptRecorder: Sendable {
     func breakerChanged(deployment: String, to state: String)
     /// The store of the deployments' budgets failed: the attempt went through uncounted.
     func budgetStoreFailed()
+    /// The board the instances share their breakers' openings on could not be written or read.
+    func breakerBoardFailed()
 }

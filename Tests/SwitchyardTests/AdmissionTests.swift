@@ -102,6 +102,25 @@ struct SeededGenerator: RandomNumberGenerator {
         do { let got1 = failing.allow(now: 16_001 * Self.ms); #expect(got1) }
     }
 
+    @Test func anOpeningFromElsewhereIsAdoptedOnlyWhenItLastsLonger() {
+        var breaker = CircuitBreaker(settings: .init(minimumAttempts: 2, openFor: 10, probes: 1))
+        let over = breaker.adoptOpen(until: 5, now: 5)
+        #expect(!over, "already over")
+        let first = breaker.adoptOpen(until: 20, now: 5)
+        #expect(first && breaker.state == .open(until: 20))
+        let shorter = breaker.adoptOpen(until: 15, now: 6)
+        #expect(!shorter && breaker.state == .open(until: 20), "never shortened")
+        let longer = breaker.adoptOpen(until: 30, now: 6)
+        let early = breaker.allow(now: 29)
+        #expect(longer && !early)
+        let probe = breaker.allow(now: 30)
+        #expect(probe && breaker.state.name == "half_open")
+        // Half-open, a newer opening elsewhere stops the probing.
+        let again = breaker.adoptOpen(until: 50, now: 31)
+        let during = breaker.allow(now: 31)
+        #expect(again && !during)
+    }
+
     @Test func theBreakerWindowSlidesAndNeedsEnoughAttempts() {
         let settings = CircuitBreaker.Settings(window: 10_000 * Self.ms, buckets: 10, failureRatio: 0.5, minimumAttempts: 10)
         var breaker = CircuitBreaker(settings: settings)

@@ -43,13 +43,15 @@ import Testing
         }
     }
 
-    static func stage(_ script: Script, attempts: Int = 3, breaker: CircuitBreaker.Settings? = nil, budget: Int64 = 30_000_000_000)
-        -> AttemptsStage
+    /// `wallOffset`: the wall clock is the script's clock plus this (another instance's monotonic clock starts elsewhere).
+    static func stage(_ script: Script, attempts: Int = 3, breaker: CircuitBreaker.Settings? = nil, budget: Int64 = 30_000_000_000,
+                      board: (any BreakerBoard)? = nil, wallOffset: Int64 = 1_800_000_000_000_000_000) -> AttemptsStage
     {
         AttemptsStage(models: ["gpt-4o": primary, "claude": fallback], deployments: ["gpt-4o": [second]],
                       fallbacks: ["gpt-4o": ["claude"]],
                       settings: .init(retry: RetryPolicy(maximumAttempts: attempts, base: 100_000_000, cap: 1_000_000_000),
                                       budget: budget, breaker: breaker),
+                      board: board, wallClock: { script.now.withLock { $0 } + wallOffset },
                       clock: { script.now.withLock { $0 } }, unit: { 0.5 },
                       sleep: { delay in script.sleeps.withLock { $0.append(delay) }; script.now.withLock { $0 += delay } })
     }
@@ -176,6 +178,48 @@ import Testing
         _ = try await Self.run(stage, script)
         #expect(script.routes.withLock { $0 }.suffix(1) == ["openai-a/gpt-4o"])
         #expect(stage.breakerStates()["openai-a/gpt-4o"] == .closed)
+    }
+
+    /// Instance A's breaker opens; instance B, which never saw a failure, reads the board and refuses the deployment
+    /// for as long as A does (its own monotonic clock starts elsewhere), then probes it itself.
+    @Test func anOpeningIsSharedThroughTheBoardForAsLongAsItLasts() async throws {
+        let breaker = CircuitBreaker.Settings(window: 10_000_000_000, buckets: 10, failureRatio: 0.5, minimumAttempts: 2,
+                                              openFor: 5_000_000_000, probes: 1)
+        let board = InMemoryBreakerBoard()
+        let scriptA = Script([Self.unavailable, nil, Self.unavailable, nil])
+        let a = Self.stage(scriptA, attempts: 1, breaker: breaker, board: board)
+        let scriptB = Script([])
+        scriptB.now.withLock { $0 = 777_000_000_000 }
+        let b = Self.stage(scriptB, attempts: 1, breaker: breaker, board: board, wallOffset: 1_800_000_000_000_000_000 - 777_000_000_000)
+        await b.syncBreakers()
+        #expect(b.breakerStates()["openai-a/gpt-4o"] == .closed, "nothing on the board yet")
+        _ = try await Self.run(a, scriptA)
+        _ = try await Self.run(a, scriptA)
+        #expect(a.breakerStates()["openai-a/gpt-4o"]?.name == "open")
+        // The opening is written in the background.
+        var published: [String: Int64] = [:]
+        for _ in 0..<200 where published.isEmpty {
+            published = try await board.open(now: 1_800_000_000_000_000_000)
+            if published.isEmpty { try await Task.sleep(for: .milliseconds(5)) }
+        }
+        #expect(published == ["openai-a/gpt-4o": 1_800_000_000_000_000_000 + 5_000_000_000])
+        await b.syncBreakers()
+        #expect(b.breakerStates()["openai-a/gpt-4o"] == .open(until: 777_000_000_000 + 5_000_000_000))
+        _ = try await Self.run(b, scriptB)
+        #expect(scriptB.routes.withLock { $0 } == ["openai-b/gpt-4o"], "B never tried the open deployment")
+        // Until A's time is up; then B probes it.
+        scriptB.now.withLock { $0 += 4_900_000_000 }
+        await b.syncBreakers()
+        _ = try await Self.run(b, scriptB)
+        #expect(scriptB.routes.withLock { $0 }.last == "openai-b/gpt-4o")
+        scriptB.now.withLock { $0 += 100_000_000 }
+        _ = try await Self.run(b, scriptB)
+        #expect(scriptB.routes.withLock { $0 }.last == "openai-a/gpt-4o")
+        #expect(b.breakerStates()["openai-a/gpt-4o"] == .closed)
+        // B's own closing does not shorten A's opening, and an expired board entry opens nothing.
+        #expect(a.breakerStates()["openai-a/gpt-4o"]?.name == "open")
+        await b.syncBreakers()
+        #expect(b.breakerStates()["openai-a/gpt-4o"] == .closed)
     }
 }
 

@@ -45,6 +45,19 @@ import Testing
         #expect(engine.produced(1) == nil)
     }
 
+    /// How full it was: two sequences in flight through two prefills (0.1 s each) and a shared decode (9 tokens each
+    /// at 50 a second: 0.18 s), then idle.
+    @Test func occupancyCountsSequencesInFlightAndBusyTime() {
+        let settings = ReplicaEngine.Settings(maxSequences: 2, prefillTokensPerSecond: 1000, decodeTokensPerSecond: 100,
+                                              sequenceTokensPerSecond: 100)
+        var engine = ReplicaEngine(settings: settings)
+        for id: UInt64 in 1...2 { _ = engine.submit(id: id, promptTokens: 100, outputTokens: 10, now: 0) }
+        engine.advance(to: 1000 * Self.ms)
+        #expect(engine.isFinished(1) && engine.isFinished(2))
+        #expect(abs(engine.busySeconds - 0.38) < 1e-6, "\(engine.busySeconds)")
+        #expect(abs(engine.sequenceSeconds - 0.76) < 1e-6, "\(engine.sequenceSeconds)")
+    }
+
     @Test func timeToFirstTokenGrowsWithConcurrencyAsTheModelSays() {
         let settings = ReplicaEngine.Settings(maxSequences: 4, prefillTokensPerSecond: 1000, decodeTokensPerSecond: 100,
                                               sequenceTokensPerSecond: 50)

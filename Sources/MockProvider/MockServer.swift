@@ -26,6 +26,8 @@ public struct MockSettings: Sendable {
     public var limits: MockLimits
     /// The share of requests that get each fault without asking for it by header (drawn from `seed`).
     public var faultRates: [MockFault: Double]
+    /// Windows of time (seconds after the first request) in which a model's requests get other fault rates.
+    public var schedule: [FaultWindow] = []
     /// Seeds the fault draws.
     public var seed: UInt64
     /// When set, every model's answer lengths are drawn from this trace instead of its distribution.
@@ -54,6 +56,27 @@ public struct MockSettings: Sendable {
     }
 }
 
+/// From `start` to `end` seconds after the first request the mock served, requests for `model` (every model when
+/// nil) get `faultRates` instead of the usual rates: an outage (`503: 1`), a 429 storm, a slow spell.
+public struct FaultWindow: Sendable, Hashable {
+    public var start: Double
+    public var end: Double
+    public var model: String?
+    public var faultRates: [MockFault: Double]
+
+    public init(start: Double, end: Double, model: String? = nil, faultRates: [MockFault: Double]) {
+        self.start = start
+        self.end = end
+        self.model = model
+        self.faultRates = faultRates
+    }
+
+    /// The rates for a request for `model` at `elapsed` seconds: the first window that applies, or `usual`.
+    static func rates(_ windows: [FaultWindow], model: String, elapsed: Double, usual: [MockFault: Double]) -> [MockFault: Double] {
+        windows.first { $0.start <= elapsed && elapsed < $0.end && ($0.model == nil || $0.model == model) }?.faultRates ?? usual
+    }
+}
+
 /// Counters the mock keeps, for tests and `GET /mock/stats`.
 public struct MockStats: Sendable, Hashable {
     public var requests = 0
@@ -79,6 +102,8 @@ public final class MockServer: Sendable {
     let replica: ReplicaGate?
     let promptCache = MockPromptCache()
     let faultDraws: Mutex<SplitMix64>
+    /// When the first request came: the schedule's origin.
+    let firstRequest = Mutex<ContinuousClock.Instant?>(nil)
     let encoder = JSONEncoder()
     let decoder = JSONDecoder()
 
@@ -193,7 +218,7 @@ public final class MockServer: Sendable {
         if anthropic, payload["max_tokens"]?.number == nil {
             return try error(.badRequest, anthropic: true, type: "invalid_request_error", message: "max_tokens: Field required")
         }
-        let fault = request.header("x-mock-fault").flatMap(MockFault.init(rawValue:)) ?? drawFault()
+        let fault = request.header("x-mock-fault").flatMap(MockFault.init(rawValue:)) ?? drawFault(model: modelName)
         if let response = try await immediateFault(fault, anthropic: anthropic) { return response }
         let lengthTrace = settings.lengthTrace, recorded = settings.recordedAnswers
         let makePlan: @Sendable () -> MockPlan = {
@@ -306,11 +331,22 @@ public final class MockServer: Sendable {
     }
 
     /// A fault by the configured rates, or none.
-    func drawFault() -> MockFault? {
-        guard !settings.faultRates.isEmpty else { return nil }
+    func drawFault(model: String) -> MockFault? {
+        var rates = settings.faultRates
+        if !settings.schedule.isEmpty {
+            let now = ContinuousClock.now
+            let first = firstRequest.withLock { first in
+                if first == nil { first = now }
+                return first ?? now
+            }
+            let elapsed = (now - first).components
+            rates = FaultWindow.rates(settings.schedule, model: model,
+                                      elapsed: Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18, usual: rates)
+        }
+        guard !rates.isEmpty else { return nil }
         var draw = faultDraws.withLock { $0.nextUniform() }
         for fault in MockFault.allCases {
-            guard let rate = settings.faultRates[fault] else { continue }
+            guard let rate = rates[fault] else { continue }
             if draw <= rate { return fault }
             draw -= rate
         }

@@ -101,14 +101,18 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                 logger.error("mock length trace unusable; using the models' distributions", metadata: ["switchyard.reason": "\(error)"])
             }
         }
-        let rates = Dictionary(uniqueKeysWithValues: config.mock.faultRates.compactMap { name, rate in
-            MockFault(rawValue: name).map { ($0, rate) }
-        })
-        let server = MockServer(settings: MockSettings(
+        func faults(_ rates: [String: Double]) -> [MockFault: Double] {
+            Dictionary(uniqueKeysWithValues: rates.compactMap { name, rate in MockFault(rawValue: name).map { ($0, rate) } })
+        }
+        var settings = MockSettings(
             latencyScale: config.mockLatencyScale, requireAPIKey: false,
             limits: MockLimits(requestsPerMinute: config.mock.requestsPerMinute, tokensPerMinute: config.mock.tokensPerMinute),
-            faultRates: rates, seed: config.mock.seed, lengthTrace: trace,
-            recordedAnswers: try config.mock.answers.map { directory throws(RoutingDataError) in try loadRecordedAnswers(directory: directory) }))
+            faultRates: faults(config.mock.faultRates), seed: config.mock.seed, lengthTrace: trace,
+            recordedAnswers: try config.mock.answers.map { directory throws(RoutingDataError) in try loadRecordedAnswers(directory: directory) })
+        settings.schedule = config.mock.schedule.map {
+            FaultWindow(start: $0.start, end: $0.end, model: $0.model, faultRates: faults($0.faultRates))
+        }
+        let server = MockServer(settings: settings)
         var mockLogger = logger
         mockLogger[metadataKey: "switchyard.component"] = "mock"
         mockLogger.logLevel = max(logger.logLevel, .notice)

@@ -50,21 +50,36 @@ public enum ConfigLoader {
             }
             options.answers = answers
         }
-        if let rates = try mock.mapping("fault_rates") {
-            for name in rates.keys {
-                guard MockOptions.faultNames.contains(name) else {
-                    throw ConfigError(path: rates.child(name),
-                                      "unknown fault (known: \(MockOptions.faultNames.joined(separator: ", ")))")
+        if let rates = try mock.mapping("fault_rates") { options.faultRates = try parseFaultRates(rates) }
+        if let windows = try mock.sequence("schedule") {
+            guard windows.count <= 1000 else { throw ConfigError(path: mock.child("schedule"), "at most 1000 windows") }
+            for (index, node) in windows.enumerated() {
+                let window = try MappingReader(node, path: "\(mock.child("schedule"))[\(index)]")
+                let start = try window.double("from", in: 0...1e7) ?? 0
+                guard let end = try window.double("to", in: 0...1e7), end > start else {
+                    throw ConfigError(path: window.child("to"), "is required, after from (seconds since the first request)")
                 }
-                options.faultRates[name] = try rates.double(name, in: 0...1)
+                let model = try window.string("model")
+                guard let rates = try window.mapping("fault_rates") else { throw ConfigError(path: window.child("fault_rates"), "is required") }
+                options.schedule.append(.init(start: start, end: end, model: model, faultRates: try parseFaultRates(rates)))
+                try window.finish()
             }
-            guard options.faultRates.values.reduce(0, +) <= 1 else {
-                throw ConfigError(path: mock.child("fault_rates"), "the rates add up to more than 1")
-            }
-            try rates.finish()
         }
         try mock.finish()
         return options
+    }
+
+    static func parseFaultRates(_ rates: MappingReader) throws(ConfigError) -> [String: Double] {
+        var result: [String: Double] = [:]
+        for name in rates.keys {
+            guard MockOptions.faultNames.contains(name) else {
+                throw ConfigError(path: rates.child(name), "unknown fault (known: \(MockOptions.faultNames.joined(separator: ", ")))")
+            }
+            result[name] = try rates.double(name, in: 0...1)
+        }
+        guard result.values.reduce(0, +) <= 1 + 1e-9 else { throw ConfigError(path: rates.path, "the rates add up to more than 1") }
+        try rates.finish()
+        return result
     }
 
     /// A `mock:` section on its own (as `switchyard load` scenarios carry it), with `path` naming it in errors.

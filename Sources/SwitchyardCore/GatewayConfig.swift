@@ -293,6 +293,25 @@ public struct MockOptions: Sendable, Hashable {
     /// A folder of routing data (`../shared/data/routing`): the mock answers its GSM8K prompts with the recorded
     /// answers (YAML `mock.answers`).
     public var answers: String?
+    /// Windows of time in which some requests fail otherwise than `faultRates` says (an outage, a 429 storm, a slow
+    /// spell), for load scenarios (YAML `mock.schedule`).
+    public var schedule: [FaultWindow] = []
+
+    /// From `start` to `end` seconds after the first request the mock served, requests for `model` (every model when
+    /// nil) get these fault rates instead of the usual ones.
+    public struct FaultWindow: Sendable, Hashable {
+        public var start: Double
+        public var end: Double
+        public var model: String?
+        public var faultRates: [String: Double]
+
+        public init(start: Double, end: Double, model: String? = nil, faultRates: [String: Double]) {
+            self.start = start
+            self.end = end
+            self.model = model
+            self.faultRates = faultRates
+        }
+    }
 
     public init() {}
 

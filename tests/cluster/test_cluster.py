@@ -27,6 +27,7 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 BIN = os.environ.get("SWITCHYARD_BIN", os.path.join(ROOT, ".build", "debug", "switchyard"))
 CLUSTER = os.path.join(ROOT, "scripts", "cluster.sh")
 KEY = "sk-cluster-test"
+ADMIN_KEY = "sk-cluster-admin"
 
 
 class Cluster:
@@ -34,7 +35,8 @@ class Cluster:
         """`extra`: configuration appended to every instance's (keys, limits), as scripts/cluster.sh's GATEWAY_EXTRA;
         `model_options` and `mock_args` as its GATEWAY_MODEL_OPTIONS and MOCK_ARGS."""
         self.dir = tempfile.mkdtemp(prefix="switchyard-cluster-")
-        env = dict(os.environ, SWITCHYARD_BIN=BIN, GATEWAY_MODEL_OPTIONS=model_options, MOCK_ARGS=mock_args)
+        env = dict(os.environ, SWITCHYARD_BIN=BIN, GATEWAY_MODEL_OPTIONS=model_options, MOCK_ARGS=mock_args,
+                   SWITCHYARD_ADMIN_KEY=ADMIN_KEY)
         if extra:
             path = os.path.join(self.dir, "extra.yaml")
             with open(path, "w") as file:
@@ -59,6 +61,7 @@ class Cluster:
         self.instances = [f"http://127.0.0.1:{port}" for port in values["INSTANCE_PORTS"].split()]
         self.pids = [int(pid) for pid in values["INSTANCE_PIDS"].split()]
         self.redis_port = int(values["REDIS_PORT"])
+        self.mock = f"http://127.0.0.1:{values['MOCK_PORT']}"
         self.redis_pid = int(values["REDIS_PID"])
 
     def stop(self):
@@ -90,8 +93,8 @@ def until_exact_hit(base, question, timeout=3):
         time.sleep(0.02)
 
 
-def get(base, path, timeout=5):
-    request = urllib.request.Request(base + path, headers={"authorization": f"Bearer {KEY}"})
+def get(base, path, timeout=5, admin=False):
+    request = urllib.request.Request(base + path, headers={"authorization": f"Bearer {ADMIN_KEY if admin else KEY}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
@@ -344,6 +347,46 @@ class BudgetsAcrossInstances(unittest.TestCase):
         self.assertEqual(statuses.count(200) + statuses.count(429), 150, statuses)
         upstream = [body for status, body in results if status == 429 and "budget" not in body]
         self.assertEqual(upstream, [], "refusals that did not come from the gateway's budget")
+
+
+class BreakersAcrossInstances(unittest.TestCase):
+    """A deployment that fails opens the breaker of the instance that saw it, and through the shared board every
+    other instance's: they refuse it without sending it a request, and /v1/deployments says so."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = Cluster(extra="cache: {exact: {enabled: false}, semantic: {enabled: false}}\n"
+                                    "resilience: {breaker: {minimum_attempts: 4, failure_ratio: 0.5, open_seconds: 30}}\n",
+                              mock_args="--fault-rate 500=1")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.stop()
+
+    def test_one_instance_opening_a_breaker_opens_it_everywhere(self):
+        first, others = self.cluster.instances[0], self.cluster.instances[1:]
+
+        def status(base, index):
+            try:
+                return chat(base, f"Breaker request {index}")[0], ""
+            except urllib.error.HTTPError as error:
+                return error.code, error.read().decode(errors="replace")
+
+        # The mock fails every request: four failures on the first instance open its breaker.
+        for index in range(4):
+            code, body = status(first, index)
+            self.assertGreaterEqual(code, 500, body)
+        sent = json.loads(urllib.request.urlopen(self.cluster.mock + "/mock/stats", timeout=5).read())["requests"]
+        time.sleep(1)  # the board is read every 250 ms
+        for number, base in enumerate(others):
+            code, body = status(base, 100 + number)
+            self.assertEqual(code, 503, body)
+            self.assertIn("circuit open", body)
+            code, report = get(base, "/v1/deployments", admin=True)
+            self.assertEqual(code, 200, report)
+            self.assertIn('"circuit":"open"', report.decode())
+        after = json.loads(urllib.request.urlopen(self.cluster.mock + "/mock/stats", timeout=5).read())["requests"]
+        self.assertEqual(after, sent, "an instance that had only heard of the opening still sent a request")
 
 
 class Drain(unittest.TestCase):

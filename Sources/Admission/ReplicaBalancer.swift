@@ -2,8 +2,9 @@
 public enum BalancingPolicy: String, Sendable, Hashable, CaseIterable {
     case roundRobin = "round_robin"
     case leastRequests = "least_requests"
-    /// Power of two choices on outstanding tokens: of two replicas drawn at random, the one with fewer tokens
-    /// promised (prompts plus expected outputs of its requests in flight).
+    /// The replica with the fewest outstanding tokens (the prompts not yet read plus the outputs still expected of its
+    /// requests in flight), among all of them or, with `choices`, among that many drawn at random (two: power of two
+    /// choices).
     case leastOutstandingTokens = "least_outstanding_tokens"
 }
 
@@ -20,10 +21,15 @@ public struct ReplicaBalancer: Sendable, Hashable {
         public var ejectAfter: Int
         public var ejectFor: Int64
         public var slowStart: Int64
+        /// Least outstanding tokens: how many replicas drawn at random are compared (nil: every replica). Comparing
+        /// all costs nothing in a small group and never misses the least loaded one; a random pair (power of two
+        /// choices) keeps many balancers with partial views from all picking the same replica.
+        public var choices: Int?
 
         public init(policy: BalancingPolicy = .leastOutstandingTokens, ejectAfter: Int = 5, ejectFor: Int64 = 30_000_000_000,
-                    slowStart: Int64 = 30_000_000_000) {
+                    slowStart: Int64 = 30_000_000_000, choices: Int? = nil) {
             self.policy = policy
+            self.choices = choices.map { max($0, 1) }
             self.ejectAfter = max(ejectAfter, 1)
             self.ejectFor = max(ejectFor, 0)
             self.slowStart = max(slowStart, 0)
@@ -75,15 +81,19 @@ public struct ReplicaBalancer: Sendable, Hashable {
             case .leastRequests:
                 chosen = available.min { load(requests: $0, now: now) < load(requests: $1, now: now) } ?? available[0]
             case .leastOutstandingTokens:
-                if available.count == 1 {
-                    chosen = available[0]
-                } else {
-                    let first = Int.random(in: 0..<available.count, using: &random)
-                    var second = Int.random(in: 0..<(available.count - 1), using: &random)
-                    if second >= first { second += 1 }
-                    let a = available[first], b = available[second]
-                    chosen = load(tokens: a, adding: tokens, now: now) <= load(tokens: b, adding: tokens, now: now) ? a : b
+                var candidates = available
+                if let choices = settings.choices, choices < candidates.count {
+                    // A partial Fisher–Yates shuffle: `choices` distinct replicas drawn at random.
+                    for index in 0..<choices {
+                        candidates.swapAt(index, Int.random(in: index..<candidates.count, using: &random))
+                    }
+                    candidates.removeLast(candidates.count - choices)
                 }
+                // Ties (an idle group) are broken at random, so that every replica gets a share and is seen to work.
+                let loads = candidates.map { load(tokens: $0, adding: tokens, now: now) }
+                let least = loads.min() ?? 0
+                let tied = candidates.indices.filter { loads[$0] == least }
+                chosen = tied.isEmpty ? available[0] : candidates[tied[Int.random(in: 0..<tied.count, using: &random)]]
             }
         }
         replicas[chosen].outstandingTokens &+= tokens
@@ -91,7 +101,14 @@ public struct ReplicaBalancer: Sendable, Hashable {
         return chosen
     }
 
-    /// A request on `replica` ended: its tokens leave the count; a failure that says the replica is unwell (not an
+    /// Part of a request's work on `replica` is done (its prompt was read: the first token came; or some of its
+    /// output was streamed): those tokens leave the count now, and `finished` takes the rest.
+    public mutating func progressed(_ replica: Int, tokens: Int64) {
+        guard replicas.indices.contains(replica) else { return }
+        replicas[replica].outstandingTokens = max(0, replicas[replica].outstandingTokens - max(tokens, 0))
+    }
+
+    /// A request on `replica` ended: its tokens (those not already taken by `progressed`) leave the count; a failure that says the replica is unwell (not an
     /// invalid request) counts toward ejection, a success clears the count.
     public mutating func finished(_ replica: Int, tokens: Int64, success: Bool, now: Int64) {
         guard replicas.indices.contains(replica) else { return }

@@ -7,7 +7,8 @@ import FoundationEssentials
 import Foundation
 #endif
 
-/// Provider-style limits per API key, as the real APIs enforce them: requests per minute and tokens per minute
+/// Provider-style limits per API key and model, as the real APIs enforce them (OpenAI's and Anthropic's limits are
+/// per model): requests per minute and tokens per minute
 /// (prompt tokens plus `max_tokens`, counted when the request arrives), each a token bucket that refills
 /// continuously. A refused request gets 429 with `retry-after` and the provider's rate-limit headers.
 public struct MockLimits: Sendable, Hashable {

@@ -22,7 +22,7 @@ public struct MockSettings: Sendable {
     public var latencyScale: Double
     /// When set, requests without an API key get a 401 like the real APIs.
     public var requireAPIKey: Bool
-    /// Requests and tokens per minute per API key.
+    /// Requests and tokens per minute per API key and model.
     public var limits: MockLimits
     /// The share of requests that get each fault without asking for it by header (drawn from `seed`).
     public var faultRates: [MockFault: Double]
@@ -72,7 +72,7 @@ public struct FaultWindow: Sendable, Hashable {
     }
 
     /// The rates for a request for `model` at `elapsed` seconds: the first window that applies, or `usual`.
-    static func rates(_ windows: [FaultWindow], model: String, elapsed: Double, usual: [MockFault: Double]) -> [MockFault: Double] {
+    public static func rates(_ windows: [FaultWindow], model: String, elapsed: Double, usual: [MockFault: Double]) -> [MockFault: Double] {
         windows.first { $0.start <= elapsed && elapsed < $0.end && ($0.model == nil || $0.model == model) }?.faultRates ?? usual
     }
 }
@@ -90,6 +90,8 @@ public struct MockStats: Sendable, Hashable {
     public var headerNamesSeen: Set<String> = []
     /// Requests refused by the per-key limits.
     public var rateLimited = 0
+    /// Requests that got a fault (asked for by header, drawn from the rates or the schedule).
+    public var faults = 0
 }
 
 /// The mock LLM server: OpenAI Chat Completions and Anthropic Messages, streaming and not, with the real event
@@ -152,6 +154,7 @@ public final class MockServer: Sendable {
                 "requests": .number(Double(snapshot.requests)), "streams_started": .number(Double(snapshot.streamsStarted)),
                 "streams_completed": .number(Double(snapshot.streamsCompleted)),
                 "streams_cancelled": .number(Double(snapshot.streamsCancelled)),
+                "rate_limited": .number(Double(snapshot.rateLimited)), "faults": .number(Double(snapshot.faults)),
             ]
             if let replica { fields.merge(replica.occupancy()) { first, _ in first } }
             return try json(.ok, .object(fields))
@@ -219,6 +222,7 @@ public final class MockServer: Sendable {
             return try error(.badRequest, anthropic: true, type: "invalid_request_error", message: "max_tokens: Field required")
         }
         let fault = request.header("x-mock-fault").flatMap(MockFault.init(rawValue:)) ?? drawFault(model: modelName)
+        if fault != nil { stats.withLock { $0.faults += 1 } }
         if let response = try await immediateFault(fault, anthropic: anthropic) { return response }
         let lengthTrace = settings.lengthTrace, recorded = settings.recordedAnswers
         let makePlan: @Sendable () -> MockPlan = {
@@ -228,7 +232,7 @@ public final class MockServer: Sendable {
         var limitHeaders = HTTPFields()
         if let limiter {
             let requested = payload["max_completion_tokens"]?.boundedInt ?? payload["max_tokens"]?.boundedInt
-            let decision = limiter.admit(key: credential ?? "", tokens: plan.promptTokens + (requested ?? plan.outputTokens))
+            let decision = limiter.admit(key: (credential ?? "") + "\u{0}" + modelName, tokens: plan.promptTokens + (requested ?? plan.outputTokens))
             limitHeaders = limiter.headers(decision, anthropic: anthropic)
             guard decision.allowed else {
                 stats.withLock { $0.rateLimited += 1 }

@@ -53,18 +53,58 @@ public final class ReplicaGroup: ProviderClient {
         case .completion(let completion):
             finished(index, tokens: tokens, success: true, model: model, output: completion.usage.outputTokens)
         case .stream(let stream):
+            // As the stream goes, its work leaves the replica's count: the prompt at the first token (the replica has
+            // read it), then the output, a step at a time, up to what was expected.
+            let prompt = Int64(request.estimatedInputTokens)
+            let progress = Mutex(StreamProgress())
+            stream.lifecycle.onChunks { [self] chunks in
+                let pieces = chunks.reduce(0) { count, chunk in
+                    switch chunk {
+                    case .text, .toolCallArguments: count + 1
+                    default: count
+                    }
+                }
+                guard pieces > 0 else { return }
+                let done = progress.withLock { $0.advance(pieces: pieces, prompt: prompt, expected: expected) }
+                if done > 0 { balancer.withLock { $0.progressed(index, tokens: done) } }
+            }
             stream.lifecycle.onTermination { [self] outcome, reported in
                 let failed = if case .failed = outcome { true } else { false }
                 let completed = if case .completed = outcome { true } else { false }
-                finished(index, tokens: tokens, success: !failed, model: model, output: completed ? reported?.outputTokens : nil)
+                let taken = progress.withLock { $0.taken }
+                finished(index, tokens: tokens - taken, success: !failed, model: model, output: completed ? reported?.outputTokens : nil)
             }
         }
         return response
     }
 
+    /// A stream's work taken from its replica's count so far.
+    struct StreamProgress {
+        var started = false
+        var output: Int64 = 0
+        var taken: Int64 = 0
+        /// Output tokens are taken in steps of this many (one lock of the balancer per step, not per event).
+        static let step: Int64 = 16
+
+        /// `pieces` more events with output arrived: what to take from the count now.
+        mutating func advance(pieces: Int, prompt: Int64, expected: Int64) -> Int64 {
+            var now: Int64 = 0
+            if !started {
+                started = true
+                now += prompt
+            }
+            let before = min(output, expected) / Self.step
+            output += Int64(pieces)
+            let after = min(output, expected) / Self.step
+            now += (after - before) * Self.step
+            taken += now
+            return now
+        }
+    }
+
     private func finished(_ index: Int, tokens: Int64, success: Bool, model: String, output: Int?) {
         let now = clock()
-        balancer.withLock { $0.finished(index, tokens: tokens, success: success, now: now) }
+        balancer.withLock { $0.finished(index, tokens: max(tokens, 0), success: success, now: now) }
         if let output { estimates.withLock { $0[model, default: OutputLengthEstimate()].observe(outputTokens: output) } }
     }
 }

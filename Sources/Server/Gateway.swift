@@ -135,7 +135,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                 return HTTPProvider(config: replica, transports: httpClient.transports, environment: environment, anomalies: metrics)
             }
             let policy = BalancingPolicy(rawValue: provider.balancing) ?? .leastOutstandingTokens
-            providers[name] = ReplicaGroup(members: members, settings: ReplicaBalancer.Settings(policy: policy))
+            providers[name] = ReplicaGroup(members: members, settings: ReplicaBalancer.Settings(policy: policy, choices: provider.balancingChoices))
             continue
         }
         providers[name] = HTTPProvider(config: provider, transports: httpClient.transports, environment: environment, baseURL: baseURL,

@@ -397,6 +397,7 @@ public enum ConfigLoader {
                 }
                 provider.balancing = balancing
             }
+            provider.balancingChoices = try reader.int("balancing_choices", in: 1...256)
         } else if kind != .mock {
             let defaultURL: String? = switch kind {
             case .openAI: "https://api.openai.com"

@@ -78,6 +78,8 @@ public struct ProviderConfig: Sendable, Hashable {
     /// How a replica group chooses (YAML `balancing`): `least_outstanding_tokens` (default), `least_requests`,
     /// `round_robin`.
     public var balancing = "least_outstanding_tokens"
+    /// Least outstanding tokens: how many replicas drawn at random are compared (YAML `balancing_choices`; nil: all).
+    public var balancingChoices: Int?
 
     public init(name: String, kind: ProviderKind, baseURL: String, apiKeyEnv: String? = nil,
                 timeouts: ProviderTimeouts = ProviderTimeouts(), poolSize: Int = ProviderConfig.defaultPoolSize, headers: [String: String] = [:]) {

@@ -4,7 +4,9 @@ import Foundation
 import Histogram
 import LoadTest
 import Logging
+import MockProvider
 import Server
+import Stages
 import Providers
 import SwitchyardCore
 import SwitchyardModels
@@ -80,7 +82,46 @@ struct Load: AsyncParsableCommand {
         defer { server.cancel() }
         plan.baseURL = "http://127.0.0.1:\(await gateway.listening.wait())"
         guard !scenario.compareModels.isEmpty else {
-            try await execute(plan, dailyVolume: scenario.dailyVolume)
+            // A scenario of failures: what the gateway did, second by second, next to what the clients saw.
+            guard AttemptsStage.isNeeded(config) || !config.mock.schedule.isEmpty else {
+                try await execute(plan, dailyVolume: scenario.dailyVolume)
+                return
+            }
+            let timeline = Locked(GatewayTimeline())
+            let sampler = Task {
+                while !Task.isCancelled {
+                    var sample = GatewayTimeline.parse(prometheus: String(decoding: gateway.metrics.render(), as: UTF8.self))
+                    if let stats = gateway.mock?.currentStats {
+                        sample.upstreamRequests = stats.requests
+                        sample.upstreamRateLimited = stats.rateLimited
+                        sample.upstreamFaults = stats.faults
+                    }
+                    timeline.withLock { $0.append(sample) }
+                    try? await Task.sleep(for: .seconds(1))
+                }
+            }
+            let snapshot = try await execute(plan, dailyVolume: scenario.dailyVolume)
+            sampler.cancel()
+            _ = await sampler.value
+            let seen = timeline.withLock { $0 }
+            print("\nwhat the gateway did, second by second:")
+            for line in seen.render() { print(line) }
+            for window in config.mock.schedule {
+                let from = Int(window.start), to = min(Int(window.end.rounded(.up)), snapshot.errorsPerSecond.count)
+                let errors = from < to ? snapshot.errorsPerSecond[from..<to].reduce(0, +) : 0
+                let completed = from < to ? snapshot.completedPerSecond[from..<to].reduce(0, +) : 0
+                func p99(_ range: Range<Int>) -> Double {
+                    let values = range.clamped(to: 0..<snapshot.secondLatencies.count).map {
+                        Double(snapshot.secondLatencies[$0].valueAtPercentile(99)) / 1000
+                    }
+                    return values.max() ?? 0
+                }
+                let rates = window.faultRates.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+                print(String(format: "window %.0f–%.0f s (%@, %@): %d client errors, %d answers; worst per-second p99 %.0f ms inside, %.0f ms before; breaker %@",
+                             window.start, window.end, window.model ?? "every model", rates, errors, completed, p99(from..<to),
+                             p99(max(0, from - 5)..<from),
+                             seen.breakerOpened(after: from).map { "opened \($0) s into it" } ?? "did not open"))
+            }
             return
         }
         // One run per model or route, then quality next to cost.

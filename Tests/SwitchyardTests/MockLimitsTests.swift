@@ -63,6 +63,35 @@ import Testing
         }
     }
 
+    /// A scheduled window: an outage of one model from 0.3 s to 0.6 s after the first request; the other model and
+    /// the times around it answer as usual.
+    @Test func aScheduledOutageFailsOneModelForItsWindowOnly() async throws {
+        let windows = [FaultWindow(start: 0.3, end: 0.6, model: "gpt-4o-mini", faultRates: [.unavailable: 1])]
+        #expect(FaultWindow.rates(windows, model: "gpt-4o-mini", elapsed: 0.29, usual: [:]) == [:])
+        #expect(FaultWindow.rates(windows, model: "gpt-4o-mini", elapsed: 0.3, usual: [:]) == [.unavailable: 1])
+        #expect(FaultWindow.rates(windows, model: "claude-haiku-4-5", elapsed: 0.4, usual: [.serverError: 0.1]) == [.serverError: 0.1])
+        #expect(FaultWindow.rates(windows, model: "gpt-4o-mini", elapsed: 0.6, usual: [:]) == [:])
+        var settings = MockSettings(latencyScale: 0)
+        settings.schedule = windows
+        try await withMock(settings) { url in
+            let started = ContinuousClock.now
+            var timeline: [(Double, Int, Int)] = []
+            while ContinuousClock.now - started < .milliseconds(900) {
+                let openAI = try await send("\(url)/v1/chat/completions", body: Self.openAI, headers: [("authorization", "Bearer s")])
+                let anthropic = try await send("\(url)/v1/messages", body: Self.anthropic, headers: [("x-api-key", "s")])
+                let elapsed = (ContinuousClock.now - started).components
+                timeline.append((Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18, openAI.status, anthropic.status))
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            // Away from the edges (the first request starts the clock a little before `started` is read back).
+            #expect(timeline.filter { $0.0 < 0.25 }.allSatisfy { $0.1 == 200 }, "\(timeline)")
+            #expect(timeline.filter { $0.0 > 0.35 && $0.0 < 0.55 }.allSatisfy { $0.1 == 503 }, "\(timeline)")
+            #expect(timeline.contains { $0.0 > 0.35 && $0.0 < 0.55 }, "\(timeline)")
+            #expect(timeline.filter { $0.0 > 0.65 }.allSatisfy { $0.1 == 200 }, "\(timeline)")
+            #expect(timeline.allSatisfy { $0.2 == 200 }, "the other model is not in the window")
+        }
+    }
+
     @Test func configuredFaultRatesAreDrawnFromTheSeed() async throws {
         let settings = MockSettings(latencyScale: 0, faultRates: [.serverError: 0.3, .rateLimited: 0.2], seed: 9)
         var runs: [[Int]] = []

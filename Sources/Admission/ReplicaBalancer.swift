@@ -46,7 +46,7 @@ public struct ReplicaBalancer: Sendable, Hashable {
         public internal(set) var readmittedAt: Int64?
     }
 
-    public let settings: Settings
+    public var settings: Settings
     public private(set) var replicas: [Replica]
     private var nextRoundRobin = 0
 

@@ -496,6 +496,7 @@ final class ReplicaGate: Sendable {
         return engine.withLock { engine in
             engine.advance(to: now)
             return ["replica_sequence_seconds": .number(engine.sequenceSeconds), "replica_busy_seconds": .number(engine.busySeconds),
+                    "replica_work_seconds": .number(engine.workSeconds),
                     "replica_seconds": .number(Double(now) / 1e9), "replica_sequences": .number(Double(engine.settings.maxSequences)),
                     "replica_running": .number(Double(engine.runningCount)), "replica_waiting": .number(Double(engine.waitingCount))]
         }

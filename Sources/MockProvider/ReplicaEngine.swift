@@ -54,6 +54,9 @@ public struct ReplicaEngine: Sendable {
     public private(set) var sequenceSeconds: Double = 0
     /// Seconds the replica was computing (a prefill or a decode step), not idle.
     public private(set) var busySeconds: Double = 0
+    /// Seconds of its capacity used: a prefill step uses all of it, a decode step the share of the decode throughput
+    /// its sequences take. Over elapsed time: the utilisation.
+    public private(set) var workSeconds: Double = 0
 
     public var runningCount: Int { running.count }
     public var waitingCount: Int { waiting.count - waitingStart }
@@ -99,7 +102,7 @@ public struct ReplicaEngine: Sendable {
                 let spent = min(needed, left)
                 running[index].prefill = spent >= needed ? 0 : running[index].prefill - spent * settings.prefillTokensPerSecond
                 if running[index].prefill == 0 { running[index].produced = 1 }
-                account(spent)
+                account(spent, share: 1)
                 left -= spent
                 finish()
                 continue
@@ -109,14 +112,15 @@ public struct ReplicaEngine: Sendable {
             let untilNextEnd = running.map { Double($0.output) - $0.produced }.min().map { max($0, 0) / rate } ?? left
             let spent = min(untilNextEnd, left)
             for index in running.indices { running[index].produced += spent * rate }
-            account(spent)
+            account(spent, share: min(1, rate * Double(running.count) / settings.decodeTokensPerSecond))
             left -= spent
             finish()
         }
     }
 
-    private mutating func account(_ seconds: Double) {
+    private mutating func account(_ seconds: Double, share: Double) {
         busySeconds += seconds
+        workSeconds += seconds * share
         sequenceSeconds += seconds * Double(running.count)
     }
 

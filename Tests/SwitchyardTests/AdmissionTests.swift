@@ -163,6 +163,45 @@ struct SeededGenerator: RandomNumberGenerator {
         #expect(order == [0, 1, 2, 0, 1, 2])
     }
 
+    /// Comparing every replica always finds the least loaded; two drawn at random (power of two choices) miss it
+    /// whenever neither is it. Work done (a stream's prompt read, output streamed) leaves the count before the end.
+    @Test func allReplicasOrTwoAtRandomAreComparedAndProgressLeavesTheCount() throws {
+        var random = SeededGenerator(state: 3)
+        func loaded(_ settings: ReplicaBalancer.Settings) -> ReplicaBalancer {
+            var balancer = ReplicaBalancer(count: 4, settings: settings)
+            // Replicas hold 3,000, 2,000, 1,000 and 0 tokens (whichever indices they are).
+            for tokens in [3000, 2000, 1000] as [Int64] {
+                let index = balancer.choose(tokens: tokens, now: 0, using: &random)
+                #expect(balancer.replicas[index].outstandingTokens == tokens)
+            }
+            return balancer
+        }
+        var all = loaded(.init())
+        let idle = try #require(all.replicas.firstIndex { $0.outstandingTokens == 0 })
+        for _ in 0..<20 {
+            var copy = all
+            let chosen = copy.choose(tokens: 10, now: 0, using: &random)
+            #expect(chosen == idle)
+        }
+        var missed = 0
+        for _ in 0..<200 {
+            var pairs = loaded(.init())
+            pairs.settings.choices = 2
+            let before = pairs.replicas.map(\.outstandingTokens)
+            let chosen = pairs.choose(tokens: 10, now: 0, using: &random)
+            if before[chosen] != 0 { missed += 1 }
+        }
+        // A pair holds the idle replica with probability 1/2.
+        #expect((60...140).contains(missed), "\(missed) of 200")
+        // Progress: the prompt (900) leaves at the first token, the rest (100) at the end.
+        let index = all.choose(tokens: 1000, now: 0, using: &random)
+        #expect(index == idle && all.replicas[index].outstandingTokens == 1000)
+        all.progressed(index, tokens: 900)
+        #expect(all.replicas[index].outstandingTokens == 100 && all.replicas[index].inFlight == 1)
+        all.finished(index, tokens: 100, success: true, now: 1)
+        #expect(all.replicas[index].outstandingTokens == 0 && all.replicas[index].inFlight == 0)
+    }
+
     @Test func consecutiveFailuresEjectAReplicaWhichComesBackInSlowStart() {
         var random = SeededGenerator(state: 1)
         let settings = ReplicaBalancer.Settings(ejectAfter: 3, ejectFor: 1000 * Self.ms, slowStart: 1000 * Self.ms)

@@ -56,6 +56,13 @@ import Testing
         #expect(engine.isFinished(1) && engine.isFinished(2))
         #expect(abs(engine.busySeconds - 0.38) < 1e-6, "\(engine.busySeconds)")
         #expect(abs(engine.sequenceSeconds - 0.76) < 1e-6, "\(engine.sequenceSeconds)")
+        // The prefills use the whole replica; the decode, two sequences at 50 a second of 100, all of it too.
+        #expect(abs(engine.workSeconds - 0.38) < 1e-6, "\(engine.workSeconds)")
+        var single = ReplicaEngine(settings: settings)
+        _ = single.submit(id: 1, promptTokens: 100, outputTokens: 10, now: 0)
+        single.advance(to: 1000 * Self.ms)
+        // 0.1 s of prefill, then 9 tokens at 100 a second using all 100 of the decode throughput.
+        #expect(abs(single.workSeconds - 0.19) < 1e-6, "\(single.workSeconds)")
     }
 
     @Test func timeToFirstTokenGrowsWithConcurrencyAsTheModelSays() {

@@ -1,3 +1,4 @@
+@testable import Providers
 import SwitchyardCore
 import SwitchyardTestKit
 import Testing
@@ -5,6 +6,17 @@ import Testing
 /// A replica group through the gateway: requests spread over the replicas, and one that keeps failing is ejected
 /// after its fifth failure in a row (the rest go to the other).
 @Suite struct ReplicaGroupTests {
+    /// A stream's work leaves its replica's count as it is done: the prompt at the first event with output, then the
+    /// output in steps of 16 tokens up to the expected length; the end takes what is left.
+    @Test func aStreamsProgressIsTakenFromTheCountInSteps() {
+        var progress = ReplicaGroup.StreamProgress()
+        #expect(progress.advance(pieces: 1, prompt: 900, expected: 100) == 900)
+        #expect(progress.advance(pieces: 14, prompt: 900, expected: 100) == 0, "15 tokens: not a step yet")
+        #expect(progress.advance(pieces: 1, prompt: 900, expected: 100) == 16)
+        #expect(progress.advance(pieces: 200, prompt: 900, expected: 100) == 80, "never past the expected 100 (6 steps)")
+        #expect(progress.taken == 996)
+    }
+
     @Test func requestsSpreadAndAFailingReplicaIsEjected() async throws {
         let healthy = try await HostileUpstream.start { request in [.write(HostileUpstream.completion(request))] }
         let failing = try await HostileUpstream.start { _ in [.write(HostileUpstream.error(503, headers: ""))] }

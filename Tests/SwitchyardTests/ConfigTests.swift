@@ -86,6 +86,8 @@ import Testing
          "mock.schedule[0].fault_rates.418", "unknown fault"),
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nmock: {schedule: [{to: 2}]}", "mock.schedule[0].fault_rates",
          "is required"),
+        ("providers: {v: {kind: openai-compatible, replicas: ['http://127.0.0.1:1', 'http://127.0.0.1:2'], balancing_choices: 0}}\nmodels: {m: {provider: v}}",
+         "providers.v.balancing_choices", "between"),
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {semantic: {threshold: 1.5}}",
          "cache.semantic.threshold", "between"),
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {exact: {enabled: maybe}}", "cache.exact.enabled",

@@ -231,6 +231,21 @@ import Testing
         await admin.close()
     }
 
+    /// The breakers' board reads only plain times from its hash: garbage, huge or past values written by anything
+    /// else open nothing.
+    @Test func theBreakerBoardReadsOnlyPlainFutureTimes() async throws {
+        let server = try RedisServerProcess()
+        let client = RedisClient(configuration: RedisConfiguration(port: server.port), group: MultiThreadedEventLoopGroup.singleton)
+        let board = RedisBreakerBoard(client: client, keyPrefix: "t:")
+        try await board.opened("a/m", until: 2_000)
+        _ = try await client.send(["HSET", "t:breakers", "b/m", "not a number", "c/m", "99999999999999999999999", "d/m", "-5",
+                                   "e/m", "1500"])
+        #expect(try await board.open(now: 1_000) == ["a/m": 2_000, "e/m": 1_500])
+        #expect(try await board.open(now: 1_500) == ["a/m": 2_000])
+        #expect(try await board.open(now: 2_000) == [:])
+        await client.close()
+    }
+
     @Test func semanticEntriesAreVersionedAndCheckedWhenRead() {
         let now = ContinuousClock.now
         let wall: Int64 = 1_790_000_000_000

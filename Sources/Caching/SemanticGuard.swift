@@ -82,14 +82,30 @@ public enum SemanticGuard {
     /// puts there: the words swapped roles. The governed phrase is up to three content words after the relation word
     /// ("to square meters" against "to square feet"). "to savings" against "to my savings account" agree; "to
     /// savings" against "to checking" in a text without "savings" is a substitution, which the others judge.
+    /// A relation word used as often in both texts is compared use by use ("a fee for cards and a discount for
+    /// transfers" is not "a fee for transfers and a discount for cards"). Used more often in one, only the uses
+    /// without a counterpart are compared: "a library for performing augmentation for vision" and "a library that
+    /// provides augmentation for vision" agree on "for vision", and the first "for" has nothing to swap with.
     static func rolesSwapped(_ a: Features, _ b: Features) -> Bool {
-        for (relation, phrase) in a.roles {
-            guard let other = b.roles[relation], other != phrase else { continue }
-            let onlyA = Set(phrase).subtracting(other), onlyB = Set(other).subtracting(phrase)
-            if onlyA.contains(where: b.stems.contains) && onlyB.contains(where: a.stems.contains) { return true }
+        func swapped(_ mine: Set<String>, _ theirs: Set<String>) -> Bool {
+            guard mine != theirs else { return false }
+            return mine.subtracting(theirs).contains(where: b.stems.contains)
+                && theirs.subtracting(mine).contains(where: a.stems.contains)
+        }
+        for (relation, uses) in a.roles {
+            guard let others = b.roles[relation] else { continue }
+            if uses.count == others.count {
+                if zip(uses, others).contains(where: swapped) { return true }
+                continue
+            }
+            let unmatched = uses.filter { !others.contains($0) }, unmatchedOthers = others.filter { !uses.contains($0) }
+            for use in unmatched where unmatchedOthers.contains(where: { swapped(use, $0) }) { return true }
         }
         return false
     }
+
+    /// Uses of one relation word a text's roles keep: the comparison of unmatched uses is quadratic in them.
+    static let maxUses = 8
 
     /// A word without a plural `s`, so "liters" and "a liter" compare equal.
     static func stem(_ word: String) -> String {
@@ -116,28 +132,31 @@ public enum SemanticGuard {
         var negations = 0
         var numbers: [String] = []
         var entities: [String] = []
-        /// Each relation word (first use) and the content words it governs, stemmed.
-        var roles: [String: [String]] = [:]
+        /// Each relation word and the content words it governs, stemmed, one set per use (the first `maxUses`).
+        var roles: [String: [Set<String>]] = [:]
         /// Every word, lowercased.
         var words: Set<String> = []
         /// Every word, lowercased and stemmed.
         var stems: Set<String> = []
         /// The words that are not function words, lowercased and stemmed.
         var content: Set<String> = []
-        /// Every word, lowercased, in order.
+        /// Every word, lowercased, in order; a number as its normalised value after a `#`.
         var ordered: [String] = []
 
         /// Numbers and the words either text writes as a name, in order of appearance.
         func sequence(named: Set<String>) -> [String] {
-            ordered.compactMap { word in SemanticGuard.number(word) ?? (named.contains(word) ? word : nil) }
+            ordered.filter { $0.hasPrefix("#") || named.contains($0) }
         }
 
         init(_ text: String) {
             var sentenceStart = true
             var pendingRelation: String?
+            var previous = ""
             var phrase: [String] = []
             func finishPhrase() {
-                if let relation = pendingRelation, !phrase.isEmpty, roles[relation] == nil { roles[relation] = phrase }
+                if let relation = pendingRelation, !phrase.isEmpty, roles[relation, default: []].count < SemanticGuard.maxUses {
+                    roles[relation, default: []].append(Set(phrase))
+                }
                 pendingRelation = nil
                 phrase = []
             }
@@ -175,11 +194,16 @@ public enum SemanticGuard {
                 let notOnly = lower == "not" && token.nextWord == "only"
                 if SemanticGuard.isNegation(lower), !interjection, !notOnly { negations += 1 }
                 if let number = SemanticGuard.number(lower) {
-                    numbers.append(number)
+                    // "several thousand" and "thousands" are the same vague quantity, not the number 1000.
+                    let vague = SemanticGuard.scaleWords.contains(lower) && SemanticGuard.vagueQuantifiers.contains(previous)
+                    let value = vague ? number + "s" : number
+                    numbers.append(value)
+                    ordered[ordered.count - 1] = "#" + value
                 } else if SemanticGuard.isEntity(token.text, lower: lower, sentenceStart: sentenceStart) {
                     entities.append(lower)
                 }
                 sentenceStart = token.endsSentence
+                previous = lower
             }
             finishPhrase()
         }
@@ -201,6 +225,12 @@ public enum SemanticGuard {
         for (index, character) in characters.enumerated() {
             let next = index + 1 < characters.count ? characters[index + 1] : " "
             let previous = current.last
+            // "non-zero" is "nonzero", a word of its own: neither a negation nor the number zero.
+            if character == "-", current.lowercased() == "non", index + 4 < characters.count,
+               String(characters[(index + 1)...(index + 4)]).lowercased() == "zero"
+            {
+                continue
+            }
             if character.isLetter || character.isNumber || character == "'" || character == "’"
                 || ((character == "." || character == ",") && previous?.isNumber == true && next.isNumber)
             {
@@ -237,8 +267,12 @@ public enum SemanticGuard {
         "sixteen": "16", "seventeen": "17", "eighteen": "18", "nineteen": "19", "twenty": "20", "thirty": "30",
         "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80", "ninety": "90", "hundred": "100",
         "thousand": "1000", "million": "1000000", "billion": "1000000000", "first": "1st", "second": "2nd",
-        "third": "3rd", "fourth": "4th", "fifth": "5th", "half": "1/2", "twice": "x2", "double": "x2", "triple": "x3",
+        "third": "3rd", "fourth": "4th", "fifth": "5th", "half": "1/2", "twice": "x2", "double": "x2", "triple": "x3", "dozen": "12",
+        "dozens": "12s", "hundreds": "100s", "thousands": "1000s", "millions": "1000000s", "billions": "1000000000s",
     ]
+    static let scaleWords: Set<String> = ["dozen", "hundred", "thousand", "million", "billion"]
+    /// Words that make a scale word a vague quantity ("several thousand", "a few hundred").
+    static let vagueQuantifiers: Set<String> = ["several", "many", "few", "some", "multiple", "numerous"]
 
     /// The token as a normalised number (digits without thousands separators, or a number word's value). "one" is
     /// not one: it is as often a pronoun or an article ("one can", "in one go", "a single one") as a count, and a

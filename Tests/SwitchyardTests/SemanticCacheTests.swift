@@ -39,6 +39,10 @@ import Testing
         ("A Dataset object is backed by a PyArrow Table.", "A PyArrow Table serves as the foundation for a Dataset object."),
         ("Yes, Datasets can be used with TensorFlow, PyTorch, and JAX.", "TensorFlow, PyTorch, and JAX are all compatible with Datasets."),
         ("Book a flight from Paris to London", "I need a plane ticket to London from Paris"),
+        // A relation word used again only in one text; a vague quantity said two ways; "non-zero" written two ways.
+        ("A library for resizing images for the web", "A library that offers image resizing for the web"),
+        ("The archive holds several thousand records", "The archive holds thousands of records"),
+        ("Set the timeout to a non-zero value", "Set the timeout to a nonzero value"),
         ("Serialized datasets can be saved to cloud storage using the save method.",
          "The save method can be used to store serialized datasets in cloud storage."),
         ("Specifying a version that is different from your local version of the library might cause compatibility issues.",
@@ -65,6 +69,15 @@ import Testing
         #expect(SemanticGuard.check("No, it is free", against: "It is not free") == .negation)
         #expect(SemanticGuard.check("Datasets can be loaded from Azure", against: "Datasets can be loaded from Google") == .entities)
         #expect(SemanticGuard.check("Datasets beat Pandas", against: "Pandas beat Datasets") == .order)
+        // Uses of a relation word are compared one by one when both texts use it as often.
+        #expect(SemanticGuard.check("Is there a fee for cards and a discount for transfers?",
+                                    against: "Is there a fee for transfers and a discount for cards?") == .roles)
+        // Used more often in one text, an unmatched use still swaps with the other's.
+        #expect(SemanticGuard.check("Convert miles to kilometers to compare them",
+                                    against: "Convert kilometers to miles") == .roles)
+        // A vague quantity is not a number, and "non-zero" is not zero.
+        #expect(SemanticGuard.check("The archive holds thousands of records", against: "The archive holds 1000 records") == .numbers)
+        #expect(SemanticGuard.check("Set the timeout to zero", against: "Set the timeout to non-zero") == .numbers)
     }
 
     @Test func verificationRefusesEachFailureKind() {

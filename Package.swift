@@ -221,6 +221,7 @@ let package = Package(
         .target(
             // Deployments' resilience: retry and backoff, circuit breakers, replica balancing (pure, time passed in).
             name: "Admission",
+            dependencies: ["SwitchyardCore"],
             swiftSettings: strict
         ),
         .target(

@@ -99,6 +99,12 @@ struct ChatHandler: Sendable {
             }
             context.requestedFeature = feature
         }
+        if let priority = request.header("x-switchyard-priority") {
+            guard let value = Priority(name: priority) else {
+                throw GatewayError(.invalidRequest, "x-switchyard-priority must be p0, p1 or p2", param: "x-switchyard-priority")
+            }
+            context.requestedPriority = value
+        }
         context.cacheDirectives = try CacheDirectives(cacheControl: request.header("cache-control"),
                                                   ttlSeconds: request.header("x-switchyard-cache-ttl"),
                                                   promptVersion: request.header("x-switchyard-prompt-version"))

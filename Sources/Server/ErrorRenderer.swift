@@ -22,6 +22,7 @@ public enum ErrorRenderer {
         case .unsupportedMediaType: return 415
         case .rateLimited: return 429
         case .overloaded: return format == .anthropic ? 529 : 503
+        case .queueTimeout: return format == .anthropic ? 529 : 429
         case .upstreamTimeout: return 504
         case .upstreamError:
             if let status = error.upstreamStatus, (500..<600).contains(status) { return status }
@@ -39,13 +40,13 @@ public enum ErrorRenderer {
         case (.anthropic, .modelNotFound), (.anthropic, .notFound): "not_found_error"
         case (.anthropic, .payloadTooLarge): "request_too_large"
         case (.anthropic, .rateLimited): "rate_limit_error"
-        case (.anthropic, .overloaded): "overloaded_error"
+        case (.anthropic, .overloaded), (.anthropic, .queueTimeout): "overloaded_error"
         case (.anthropic, .upstreamTimeout), (.anthropic, .upstreamError), (.anthropic, .internalError): "api_error"
         case (.openAI, .invalidRequest), (.openAI, .modelNotFound), (.openAI, .notFound), (.openAI, .payloadTooLarge),
              (.openAI, .unsupportedMediaType): "invalid_request_error"
         case (.openAI, .unauthenticated): "authentication_error"
         case (.openAI, .permissionDenied): "permission_error"
-        case (.openAI, .rateLimited): "rate_limit_error"
+        case (.openAI, .rateLimited), (.openAI, .queueTimeout): "rate_limit_error"
         case (.openAI, .overloaded), (.openAI, .upstreamTimeout), (.openAI, .upstreamError), (.openAI, .internalError):
             "server_error"
         }

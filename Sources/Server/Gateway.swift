@@ -76,7 +76,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     } ?? SavingsLedger()
     let metrics = GatewayMetrics(models: Array(config.models.keys) + Array(config.routes.keys), providers: config.providers.keys,
                                  savings: savings, limits: config.limits.map(\.name),
-                                 deployments: (Array(config.models.values) + config.deployments.values.joined()).map(AttemptsStage.deploymentID))
+                                 deployments: (Array(config.models.values) + config.deployments.values.joined()).map(AttemptsStage.deploymentID),
+                                 budgeted: config.budgets.keys)
     savingsFailures.withLock { $0 = { [metrics] in metrics.stateFailed(seam: "savings_write") } }
     let httpClient = HTTPClientService(providers: Array(config.providers.values), anomalies: metrics)
     // Each replica of a group is its own endpoint.
@@ -262,7 +263,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
             return EdgeResponse(status: ready ? .ok : .serviceUnavailable, body: .buffer(ByteBuffer(string: text)))
         case (.GET, "/metrics"):
             return EdgeResponse(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                                body: .buffer(ByteBuffer(bytes: metrics.render(poolWaiters: httpClient.transports.client.waiters()))))
+                                body: .buffer(ByteBuffer(bytes: metrics.render(poolWaiters: httpClient.transports.client.waiters(),
+                                                                                queued: attempts?.queueDepths() ?? [:]))))
         default:
             return unrouted(request)
         }

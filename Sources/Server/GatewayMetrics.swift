@@ -1,3 +1,4 @@
+public import Admission
 public import Prometheus
 public import SwitchyardCore
 import Caching
@@ -8,7 +9,9 @@ import SwitchyardModels
 ///
 /// Handles are created up front (or once per new HTTP status) and found by array index (or, for model names and
 /// rare statuses, a small dictionary), so recording a request costs no registry lookup and almost no hashing.
-public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyRecorder, LimitRecorder, AttemptRecorder {
+public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyRecorder, LimitRecorder, AttemptRecorder,
+    AdmissionObserver
+{
     /// The registry `GET /metrics` renders. One per gateway, so tests never share state.
     public let registry: PrometheusCollectorRegistry
 
@@ -73,12 +76,17 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
     let fallbacks: [String: Counter]
     /// Per deployment: 0 closed, 1 open, 2 half-open.
     let breakers: [String: Gauge]
+    /// Per deployment and priority (`Priority.rawValue`): requests waiting for its budget; set when rendered.
+    let queueDepths: [String: [Gauge]]
+    /// Per priority: how long requests waited in a queue, and those that left it refused, by reason.
+    let queueWaits: [DurationHistogram]
+    let queueRefusals: [Priority: [AdmissionRefusal.Reason: Counter]]
     /// Savings per tenant and kind over time, for `GET /v1/usage/savings`.
     public let savings: any SavingsStore
 
     public init(models modelNames: some Sequence<String>, providers: some Sequence<String> = [String](),
                 savings: any SavingsStore = SavingsLedger(), limits limitNames: some Sequence<String> = [String](),
-                deployments: some Sequence<String> = [String]()) {
+                deployments: some Sequence<String> = [String](), budgeted: some Sequence<String> = [String]()) {
         self.savings = savings
         let registry = PrometheusCollectorRegistry()
         let names = Set(modelNames).union(["other"])
@@ -199,6 +207,21 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
         let circuit = MetricNameDescriptor(namespace: "switchyard", metricName: "circuit", unitName: "state",
                                            helpText: "Each deployment's circuit breaker: 0 closed, 1 open, 2 half-open.")
         breakers = Dictionary(uniqueKeysWithValues: Set(deployments).map { ($0, registry.makeGauge(descriptor: circuit, labels: [("deployment", $0)])) })
+        let depth = MetricNameDescriptor(namespace: "switchyard", metricName: "admission_queue", unitName: "depth",
+                                         helpText: "Requests waiting for their deployment's budget, by deployment and priority.")
+        queueDepths = Dictionary(uniqueKeysWithValues: Set(budgeted).map { deployment in
+            (deployment, Priority.allCases.map { registry.makeGauge(descriptor: depth, labels: [("deployment", deployment), ("priority", $0.name)]) })
+        })
+        let wait = MetricNameDescriptor(namespace: "switchyard", metricName: "admission_wait", unitName: "seconds",
+                                        helpText: "How long requests waited in a queue for their deployment's budget, by priority.")
+        queueWaits = Priority.allCases.map { registry.makeDurationHistogram(descriptor: wait, labels: [("priority", $0.name)], buckets: Self.latencyBuckets) }
+        let leftQueue = MetricNameDescriptor(namespace: "switchyard", metricName: "admission_refused", unitName: "total",
+                                           helpText: "Requests that left a queue without their budget, by priority and reason (full, shed, expired).")
+        queueRefusals = Dictionary(uniqueKeysWithValues: Priority.allCases.map { priority in
+            (priority, Dictionary(uniqueKeysWithValues: [AdmissionRefusal.Reason.full, .shed, .expired].map { reason in
+                (reason, registry.makeCounter(descriptor: leftQueue, labels: [("priority", priority.name), ("reason", "\(reason)")]))
+            }))
+        })
         (self.durations, self.overheads, self.errors, self.timeToFirstToken, self.models) = (durations, overheads, errors, ttft, models)
         self.registry = registry
     }
@@ -337,14 +360,23 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
         stateErrors["breakers"]?.increment()
     }
 
+    public func admissionWaited(_ priority: Priority, nanoseconds waited: Int64, refused: AdmissionRefusal.Reason?) {
+        queueWaits[priority.rawValue].record(.nanoseconds(waited))
+        if let refused { queueRefusals[priority]?[refused]?.increment() }
+    }
+
     public func breakerChanged(deployment: String, to state: String) {
         breakers[deployment]?.set(Int64(state == "open" ? 1 : state == "half_open" ? 2 : 0))
     }
 
     /// The Prometheus text exposition.
     /// - Parameter poolWaiters: Requests now waiting for an upstream connection, by provider.
-    public func render(poolWaiters waiting: [String: Int] = [:]) -> [UInt8] {
+    /// - Parameter queued: Requests now waiting for their budget, by deployment and priority.
+    public func render(poolWaiters waiting: [String: Int] = [:], queued: [String: [Priority: Int]] = [:]) -> [UInt8] {
         for (provider, gauge) in poolWaiters { gauge.set(Int64(waiting[provider] ?? 0)) }
+        for (deployment, gauges) in queueDepths {
+            for priority in Priority.allCases { gauges[priority.rawValue].set(Int64(queued[deployment]?[priority] ?? 0)) }
+        }
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
         return buffer

@@ -56,11 +56,15 @@ public final class AttemptsStage: GatewayStage {
     let wallClock: @Sendable () -> Int64
     /// Where the openings of breakers are shared with the other instances (nil: this instance's own only).
     let board: (any BreakerBoard)?
+    /// Per deployment with a budget: the queue its requests wait in when the budget is spent.
+    let gates: [String: AdmissionGate]
+    let admission: AdmissionSettings
 
     public init(models: [String: ModelRoute], deployments: [String: [ModelRoute]], fallbacks: [String: [String]],
                 settings: Settings, budgets: [String: DeploymentBudget] = [:], store: (any LimitStore)? = nil,
                 defaultOutputTokens: Int64 = 4096, recorder: (any AttemptRecorder)? = nil,
-                board: (any BreakerBoard)? = nil,
+                board: (any BreakerBoard)? = nil, admission: AdmissionSettings = AdmissionSettings(),
+                admissionObserver: (any AdmissionObserver)? = nil,
                 wallClock: @escaping @Sendable () -> Int64 = wallClockNanoseconds,
                 clock: @escaping @Sendable () -> Int64 = AttemptsStage.monotonicNanoseconds,
                 unit: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) },
@@ -84,6 +88,11 @@ public final class AttemptsStage: GatewayStage {
         self.breakers = Mutex(breakers)
         self.recorder = recorder
         self.budgets = budgets.filter { !$0.value.isEmpty }
+        self.admission = admission
+        let queue = AdmissionQueue.Settings(capacity: admission.capacity, p2Share: admission.p2Share)
+        self.gates = self.budgets.mapValues { _ in
+            AdmissionGate(settings: queue, observer: admissionObserver, clock: clock, sleep: sleep)
+        }
         self.store = store
         self.defaultOutputTokens = max(defaultOutputTokens, 1)
         self.wallClock = wallClock
@@ -133,7 +142,7 @@ public final class AttemptsStage: GatewayStage {
                 let reservation: Reservation?
                 let started = wallClock()
                 do {
-                    switch try await reserveBudget(id, request: request, deadline: overflow ? .max : deadline,
+                    switch try await reserveBudget(id, request: request, context: context,
                                                    moreCandidates: position < chain.count) {
                     case .reserved(let taken): reservation = taken
                     case .uncounted: reservation = nil
@@ -217,30 +226,53 @@ public final class AttemptsStage: GatewayStage {
         case spent
     }
 
-    func reserveBudget(_ id: String, request: ChatRequest, deadline: Int64, moreCandidates: Bool) async throws -> BudgetOutcome {
-        guard let budget = budgets[id], let store else { return .uncounted }
+    /// Each deployment's queue, for metrics (`switchyard_admission_queue_depth`).
+    public func queueDepths() -> [String: [Priority: Int]] {
+        gates.mapValues { gate in Dictionary(uniqueKeysWithValues: Priority.allCases.map { ($0, gate.depth($0)) }) }
+    }
+
+    /// With another candidate to go to, a spent budget (or others waiting for it first) sends the request there;
+    /// on the last candidate, the request waits in the deployment's queue in its priority's order, until the
+    /// priority's deadline from now (`admission.deadlines`).
+    func reserveBudget(_ id: String, request: ChatRequest, context: GatewayContext, moreCandidates: Bool) async throws -> BudgetOutcome {
+        guard let budget = budgets[id], let store, let gate = gates[id] else { return .uncounted }
         let demands = demands(budget, id: id, request: request)
-        while true {
+        let priority = context.priority
+        var refusedIndex = 0
+        func attempt() async throws -> AdmissionAttempt<BudgetOutcome> {
             let decision: LimitDecision
             do {
                 decision = try await store.reserve(demands, lease: 0, now: wallClock())
             } catch {
                 recorder?.budgetStoreFailed()
-                return .uncounted
+                return .granted(.uncounted)
             }
             switch decision {
-            case .admitted(let reservation):
-                return .reserved(reservation)
+            case .admitted(let reservation): return .granted(.reserved(reservation))
             case .refused(let index, let retryIn, _, _):
-                if moreCandidates { return .spent }
-                let name = demands[index].counter.split(separator: "|").last.map(String.init) ?? "budget"
-                let (start, overflow) = clock().addingReportingOverflow(retryIn ?? .max)
-                guard let retryIn, !overflow, start < deadline else {
-                    throw GatewayError(.rateLimited, "the \(name) budget of deployment '\(id)' is spent",
-                                       retryAfter: retryIn.map { .nanoseconds($0) } ?? .seconds(60))
-                }
-                try await sleep(retryIn)
+                refusedIndex = index
+                return .refused(retryIn: retryIn)
             }
+        }
+        if moreCandidates {
+            guard !gate.isContended(for: priority), case .granted(let outcome) = try await attempt() else { return .spent }
+            return outcome
+        }
+        let (deadline, overflow) = clock().addingReportingOverflow(admission.deadline(priority).nanoseconds)
+        let tenant = context.caller?.tenant ?? "anonymous"
+        do {
+            return try await gate.admit(priority: priority, tenant: tenant,
+                                        cost: Double(demands.lazy.map(\.units).max() ?? 1), weight: admission.weight(tenant),
+                                        deadline: overflow ? .max : deadline, attempt: attempt)
+        } catch let refusal as AdmissionRefusal {
+            let name = demands[min(refusedIndex, demands.count - 1)].counter.split(separator: "|").last.map(String.init) ?? "budget"
+            let waited = Double(refusal.waited / 1_000_000) / 1000
+            let message = switch refusal.reason {
+            case .full: "the \(name) budget of deployment '\(id)' is spent and its queue is full"
+            case .shed: "the \(name) budget of deployment '\(id)' is spent: waited \(waited) s, then gave its place in the full queue to a request of higher priority"
+            case .expired: "the \(name) budget of deployment '\(id)' is spent: no room within the \(priority.name) deadline (waited \(waited) s)"
+            }
+            throw GatewayError(.queueTimeout, message, retryAfter: refusal.retryIn.map { .nanoseconds(max($0, 1_000_000_000)) } ?? .seconds(1))
         }
     }
 
@@ -298,7 +330,8 @@ public final class AttemptsStage: GatewayStage {
         switch error.code {
         case .rateLimited, .overloaded, .upstreamTimeout, .upstreamError: .retryable
         case .modelNotFound, .unauthenticated, .permissionDenied, .notFound: .deployment
-        case .invalidRequest, .payloadTooLarge, .unsupportedMediaType, .internalError: .request
+        // A queue of this gateway's own, further down: the request's wait is over.
+        case .invalidRequest, .payloadTooLarge, .unsupportedMediaType, .internalError, .queueTimeout: .request
         }
     }
 

@@ -1,3 +1,4 @@
+import Admission
 public import Caching
 public import Routing
 public import Limits
@@ -13,7 +14,8 @@ public enum DefaultPipeline {
         guard AttemptsStage.isNeeded(config) else { return nil }
         return AttemptsStage(models: config.models, deployments: config.deployments, fallbacks: config.fallbacks,
                              settings: AttemptsStage.Settings(config.resilience), budgets: config.budgets, store: store,
-                             recorder: recorder, board: board)
+                             recorder: recorder, board: board, admission: config.admission,
+                             admissionObserver: recorder as? any AdmissionObserver)
     }
 
     /// Auth → Route (resolve) → ExactCache → SemanticCache → Routing → RateLimit → Attempts → PromptCache →

@@ -237,6 +237,7 @@ public enum ConfigLoader {
             }
         }
         if let resilience = try top.mapping("resilience") { config.resilience = try parseResilience(resilience) }
+        if let admission = try top.mapping("admission") { config.admission = try parseAdmission(admission) }
         if let routes = try top.mapping("routes") { try parseRoutes(routes, config: &config) }
         if let routing = try top.mapping("routing") {
             if let file = try routing.string("classifier_file") {
@@ -260,7 +261,8 @@ public enum ConfigLoader {
                                     tier: try reader.string("tier") ?? "default",
                                     feature: try reader.string("feature") ?? "default",
                                     keyID: String(hash.prefix(12)),
-                                    featureFromHeader: try reader.bool("feature_header") ?? false)
+                                    featureFromHeader: try reader.bool("feature_header") ?? false,
+                                    priority: try parsePriority(reader, "priority") ?? .p0)
                 try reader.finish()
                 if config.keys.contains(where: { $0.sha256 == hash }) {
                     throw ConfigError(path: reader.child("sha256"), "duplicate key")

@@ -126,9 +126,13 @@ public struct Caller: Sendable, Hashable {
     /// Whether a request may name its feature in `x-switchyard-feature` (YAML key `feature_header: true`; always for
     /// the embedded default's callers). Otherwise the header is ignored and the key's feature stands.
     public var featureFromHeader: Bool
+    /// The key's priority (YAML `priority: p0 | p1 | p2`, default p0): its requests' default and the highest
+    /// `x-switchyard-priority` may ask for (a header can only lower it).
+    public var priority: Priority
 
     public init(tenant: String, user: String, tier: String = "default", feature: String = "default", keyID: String,
-                featureFromHeader: Bool = false) {
+                featureFromHeader: Bool = false, priority: Priority = .p0) {
+        self.priority = priority
         self.tenant = tenant
         self.user = user
         self.tier = tier
@@ -190,6 +194,8 @@ public struct GatewayConfig: Sendable {
     public var budgets: [String: DeploymentBudget] = [:]
     /// Retries and circuit breakers (YAML `resilience:`).
     public var resilience = ResilienceSettings()
+    /// The priority queue in front of the deployments' budgets (YAML `admission:`).
+    public var admission = AdmissionSettings()
     /// Public names that are routes (disjoint from `models`).
     public var routes: [String: RouteConfig] = [:]
     /// The complexity classifier's file (YAML `routing.classifier_file`); `nil`: the one shipped with the gateway.

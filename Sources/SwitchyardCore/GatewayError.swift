@@ -12,6 +12,9 @@ public struct GatewayError: Error, Sendable, CustomStringConvertible, Hashable {
         case unsupportedMediaType = "unsupported_media_type"
         case rateLimited = "rate_limited"
         case overloaded
+        /// The request waited for its deployment's budget past its priority's deadline, or a full queue had no
+        /// place for it: OpenAI 429, Anthropic 529.
+        case queueTimeout = "queue_timeout"
         case upstreamTimeout = "upstream_timeout"
         case upstreamError = "upstream_error"
         case internalError = "internal_error"
@@ -39,7 +42,7 @@ public struct GatewayError: Error, Sendable, CustomStringConvertible, Hashable {
     }
 
     /// Whether another attempt might succeed.
-    public var isRetryable: Bool { [.upstreamTimeout, .upstreamError, .overloaded, .rateLimited].contains(code) }
+    public var isRetryable: Bool { [.upstreamTimeout, .upstreamError, .overloaded, .rateLimited, .queueTimeout].contains(code) }
 
     public var description: String { "GatewayError.\(code.rawValue): \(message)" }
 }

@@ -18,6 +18,7 @@ public struct GatewayContext: Sendable {
         var route: ModelRoute?
         var routeConfig: RouteConfig?
         var requestedFeature: String?
+        var requestedPriority: Priority?
         var questionEmbedding: QuestionEmbedding?
         var cacheDirectives = CacheDirectives()
         var original: ClientOriginal?
@@ -88,6 +89,16 @@ public struct GatewayContext: Sendable {
     public var requestedFeature: String? {
         get { storage.fields.requestedFeature }
         set { update { $0.requestedFeature = newValue } }
+    }
+    /// `x-switchyard-priority`, as the client sent it.
+    public var requestedPriority: Priority? {
+        get { storage.fields.requestedPriority }
+        set { update { $0.requestedPriority = newValue } }
+    }
+    /// The request's priority: the key's, lowered (never raised) by `x-switchyard-priority`.
+    public var priority: Priority {
+        let own = caller?.priority ?? .p0
+        return max(own, requestedPriority ?? own)
     }
     /// The embedding of the last user message, once a stage computed it (the semantic cache), for later stages
     /// (routing) to reuse instead of embedding the same text again.

@@ -147,7 +147,8 @@ import Testing
             settings: .init(retry: RetryPolicy(maximumAttempts: 1), budget: 90_000_000_000),
             budgets: [Self.primary.deploymentID: DeploymentBudget(requestsPerMinute: 2),
                       Self.second.deploymentID: DeploymentBudget(requestsPerMinute: 1)],
-            store: LimitLedger(), wallClock: { wall.withLock { $0 } }, clock: { script.now.withLock { $0 } }, unit: { 0.5 },
+            store: LimitLedger(), admission: Self.admission(p0Deadline: .seconds(90)),
+            wallClock: { wall.withLock { $0 } }, clock: { script.now.withLock { $0 } }, unit: { 0.5 },
             sleep: { delay in
                 script.sleeps.withLock { $0.append(delay) }
                 script.now.withLock { $0 += delay }
@@ -155,9 +156,64 @@ import Testing
             })
         for _ in 0..<4 { _ = try await Self.run(stage, script) }
         // Two on the first deployment, the third on the second; the fourth finds both spent and waits on the last
-        // candidate for its next unit (60 s at 1 a minute), within the 90 s budget.
+        // candidate for its next unit (60 s at 1 a minute), within its priority's 90 s deadline.
         #expect(script.routes.withLock { $0 } == ["openai-a/gpt-4o", "openai-a/gpt-4o", "openai-b/gpt-4o", "openai-b/gpt-4o"])
         #expect(script.sleeps.withLock { $0 } == [60_000_000_000])
+    }
+
+    static func admission(p0Deadline: Duration) -> AdmissionSettings {
+        var settings = AdmissionSettings()
+        settings.deadlines[Priority.p0.rawValue] = p0Deadline
+        return settings
+    }
+
+    /// Requests that find the budget spent wait in its queue and are granted in priority order as units come back
+    /// (the wall clock the budget is kept on is moved by the test; the waits are short real sleeps).
+    @Test func waitingRequestsGetTheBudgetInPriorityOrder() async throws {
+        let wall = Locked<Int64>(1_000_000_000_000)
+        let served = Locked<[String]>([])
+        let origin = ContinuousClock.now
+        let stage = AttemptsStage(
+            models: ["gpt-4o": Self.primary], deployments: [:], fallbacks: [:],
+            settings: .init(retry: RetryPolicy(maximumAttempts: 1)),
+            budgets: [Self.primary.deploymentID: DeploymentBudget(requestsPerMinute: 6)], store: LimitLedger(),
+            admission: Self.admission(p0Deadline: .seconds(60)),
+            wallClock: { wall.withLock { $0 } }, clock: { (ContinuousClock.now - origin).nanoseconds },
+            sleep: { delay in try await Task.sleep(for: .nanoseconds(min(delay, 1_000_000))) })
+        func send(_ priority: Priority, tenant: String = "t") async throws {
+            var context = GatewayContext(requestID: "r", logger: Logger(label: "t"), clientFormat: .openAI)
+            context.route = Self.primary
+            context.caller = Caller(tenant: tenant, user: tenant, keyID: tenant)
+            context.requestedPriority = priority
+            let request = ChatRequest(model: "gpt-4o", messages: [ChatMessage(role: .user, content: [.text("hi")])], maxTokens: 10,
+                                      sourceFormat: .openAI)
+            _ = try await stage.handle(request, context: context) { _, context in
+                served.withLock { $0.append(context.priority.name) }
+                return .completion(Completion(response: ChatResponse(
+                    id: "x", model: "m", choices: [ChatChoice(content: [.text("ok")], stopReason: .endTurn)], usage: Usage(inputTokens: 1, outputTokens: 1))))
+            }
+        }
+        // The burst of six the budget holds.
+        for _ in 0..<6 { try await send(.p0) }
+        func waiting() -> Int { stage.queueDepths().values.flatMap(\.values).reduce(0, +) }
+        func eventually(_ condition: () -> Bool) async throws {
+            for _ in 0..<5000 where !condition() { try await Task.sleep(for: .milliseconds(1)) }
+            #expect(condition())
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (index, priority) in [Priority.p2, .p1, .p0, .p2, .p0].enumerated() {
+                group.addTask { try await send(priority) }
+                try await eventually { waiting() == index + 1 }
+            }
+            #expect(stage.queueDepths()[Self.primary.deploymentID] == [.p0: 2, .p1: 1, .p2: 2])
+            // One unit every 10 s at 6 a minute: each goes to the head of the queue.
+            for count in 7...11 {
+                wall.withLock { $0 += 10_000_000_000 }
+                try await eventually { served.withLock { $0.count } == count }
+            }
+            try await group.waitForAll()
+        }
+        #expect(served.withLock { Array($0.dropFirst(6)) } == ["p0", "p0", "p1", "p2", "p2"])
     }
 
     @Test func anOpenBreakerSendsRequestsToTheNextCandidateUntilItsProbesSucceed() async throws {

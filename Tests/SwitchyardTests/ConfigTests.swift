@@ -1,5 +1,7 @@
 import Foundation
+import Logging
 import SwitchyardCore
+import SwitchyardModels
 import Testing
 
 @Suite struct ConfigTests {
@@ -109,6 +111,15 @@ import Testing
          "cache.semantic.agreement_cosine", "between"),
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\ncache: {semantic: {agreement_probability: -1}}",
          "cache.semantic.agreement_probability", "between"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nadmission: {p2_share: 2}", "admission.p2_share", "between"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nadmission: {deadlines: {p3_seconds: 1}}", "admission.deadlines.p3_seconds",
+         "unknown key"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nadmission: {deadlines: {p0_seconds: 0}}", "admission.deadlines.p0_seconds",
+         "between"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nadmission: {tenant_weights: {acme: 1000}}", "admission.tenant_weights.acme",
+         "between"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nkeys: [{sha256: \(String(repeating: "ab", count: 32)), tenant: t, priority: urgent}]",
+         "keys[0].priority", "p0, p1 or p2"),
     ])
     func badFilesNameTheKeyPath(_ testCase: (String, String, String)) {
         let error = error(testCase.0)
@@ -232,6 +243,40 @@ import Testing
             #expect(error?.path == path, "\(limits): \(String(describing: error))")
             #expect(error?.message.contains(message) == true, "\(limits): \(String(describing: error))")
         }
+    }
+
+    @Test func theAdmissionSectionAndKeyPrioritiesAreRead() throws {
+        let yaml = Self.valid.replacingOccurrences(of: "feature: chat", with: "feature: chat\n    priority: p1") + """
+
+            admission:
+              capacity: 500
+              p2_share: 0.1
+              deadlines: {p0_seconds: 2.5, p2_seconds: 600}
+              tenant_weights: {acme: 3}
+            """
+        let config = try ConfigLoader.parse(yaml: yaml, environment: env)
+        #expect(config.keys.first?.caller.priority == .p1)
+        #expect(config.admission.capacity == 500)
+        #expect(config.admission.p2Share == 0.1)
+        #expect(config.admission.deadline(.p0) == .milliseconds(2500))
+        #expect(config.admission.deadline(.p1) == .seconds(30), "the default where not given")
+        #expect(config.admission.deadline(.p2) == .seconds(600))
+        #expect(config.admission.weight("acme") == 3 && config.admission.weight("other") == 1)
+        // Without the section: the defaults, and keys at p0.
+        let plain = try ConfigLoader.parse(yaml: Self.valid, environment: env)
+        #expect(plain.admission == AdmissionSettings())
+        #expect(plain.keys.first?.caller.priority == .p0)
+    }
+
+    @Test func aHeaderCanLowerTheKeysPriorityButNeverRaiseIt() {
+        var context = GatewayContext(requestID: "r", logger: .init(label: "t"), clientFormat: .openAI)
+        #expect(context.priority == .p0)
+        context.caller = Caller(tenant: "t", user: "u", keyID: "k", priority: .p1)
+        #expect(context.priority == .p1)
+        context.requestedPriority = .p2
+        #expect(context.priority == .p2)
+        context.requestedPriority = .p0
+        #expect(context.priority == .p1)
     }
 
     @Test func theMockSectionIsRead() throws {

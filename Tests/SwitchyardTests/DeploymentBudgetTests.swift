@@ -20,6 +20,8 @@ import Testing
         if let budget, let model = config.models["gpt-4o-mini"] {
             config.budgets[AttemptsStage.deploymentID(model)] = budget
             config.resilience.budget = .milliseconds(200)
+            // Refused at once rather than queued for the next unit.
+            config.admission.deadlines = Array(repeating: .milliseconds(200), count: 3)
         }
         return config
     }
@@ -85,6 +87,29 @@ import Testing
         let result = try await Self.run(Self.config(budget: DeploymentBudget(requestsPerMinute: 10), mockRPM: 5), bodies)
         #expect(result.statuses == [200, 200, 200, 200, 200, 429, 429, 429])
         #expect(result.upstream429 == 0, "\(result.messages)")
+    }
+
+    /// A request that cannot have its budget before its priority's deadline is refused in its client's envelope:
+    /// OpenAI 429, Anthropic 529 overloaded, both with the budget's retry-after; a bad priority header is a 400.
+    @Test func aQueueRefusalIsOverloadedInTheClientsFormat() async throws {
+        var config = Self.config(budget: DeploymentBudget(requestsPerMinute: 2))
+        if let model = config.models["claude-haiku-4-5"] { config.budgets[AttemptsStage.deploymentID(model)] = DeploymentBudget(requestsPerMinute: 2) }
+        try await withTestGateway(config) { _, url in
+            for index in 0..<2 { #expect(try await send("\(url)/v1/chat/completions", body: Self.body("q \(index)")).status == 200) }
+            let openAI = try await send("\(url)/v1/chat/completions", body: Self.body("q 3"), headers: [("x-switchyard-priority", "p1")])
+            #expect(openAI.status == 429)
+            #expect(openAI.body.contains(#""code":"queue_timeout""#) && openAI.body.contains("p1 deadline"), "\(openAI.body)")
+            #expect(["30", "29"].contains(openAI.header("retry-after") ?? ""), "\(openAI.headers)")
+            let anthropicBody = #"{"model":"claude-haiku-4-5","max_tokens":20,"messages":[{"role":"user","content":"q"}]}"#
+            let version = ("anthropic-version", "2023-06-01")
+            for _ in 0..<2 { #expect(try await send("\(url)/v1/messages", body: anthropicBody, headers: [version]).status == 200) }
+            let anthropic = try await send("\(url)/v1/messages", body: anthropicBody, headers: [version])
+            #expect(anthropic.status == 529)
+            #expect(anthropic.body.contains(#""type":"overloaded_error""#) && anthropic.body.contains("budget"), "\(anthropic.body)")
+            #expect(anthropic.header("retry-after") != nil)
+            let bad = try await send("\(url)/v1/chat/completions", body: Self.body("q"), headers: [("x-switchyard-priority", "urgent")])
+            #expect(bad.status == 400 && bad.body.contains("x-switchyard-priority"), "\(bad.body)")
+        }
     }
 
     @Test func rateLimitHeaderCountsAreReadOnlyAsPlainNumbers() {

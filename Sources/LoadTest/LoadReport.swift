@@ -55,7 +55,9 @@ public struct LoadReport: Sendable {
             let degraded = group.degraded.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
             lines.append("\(plan.groupHeader ?? "group") \(name): \(group.total) answered: \(group.served) served (\(group.cacheHits) from a cache), "
                          + "\(group.degraded.values.reduce(0, +)) degraded\(degraded.isEmpty ? "" : " (\(degraded))"), \(group.refused) refused (429), "
-                         + "\(group.failed) failed")
+                         + "\(group.failed) failed"
+                         + (group.latency.totalCount == 0 ? "" : String(format: "; answered in p50 %.0f ms, p99 %.0f ms, the last at %d s",
+                                                                       ms(group.latency, 50), ms(group.latency, 99), group.lastAnswer)))
         }
         lines.append(String(format: "cost: $%.6f in total, $%.6f per request; at %d requests a day: $%.2f a day, $%.2f a month",
                             Double(s.costNanoUSD) / 1e9, costPerRequest, dailyVolume, costPerRequest * Double(dailyVolume),
@@ -83,7 +85,8 @@ public struct LoadReport: Sendable {
             "groups": .object(s.groups.mapValues { group in
                 ["served": .int(Int64(group.served)), "cache_hits": .int(Int64(group.cacheHits)),
                  "degraded": .object(group.degraded.mapValues { .int(Int64($0)) }), "refused": .int(Int64(group.refused)),
-                 "failed": .int(Int64(group.failed))]
+                 "failed": .int(Int64(group.failed)), "latency_ms": percentiles(group.latency),
+                 "last_answer_second": .int(Int64(group.lastAnswer))]
             }),
         ]
         self.text = lines.joined(separator: "\n")

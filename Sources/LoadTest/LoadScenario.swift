@@ -43,7 +43,7 @@ public struct LoadScenario: Sendable {
         }
         let known: Set<String> = ["name", "description", "url", "api", "model", "stream", "duration", "rate", "ramp_from", "steps",
                                   "users", "think_ms", "trace", "repeat_share", "paraphrase_share", "questions", "header_mix",
-                                  "daily_volume", "input_price", "output_price", "drain_grace_seconds", "mock", "mock_latency_scale", "recorded_prompts", "routing_data", "compare_models", "routes", "caches", "gateway_config", "group_header", "questions_only"]
+                                  "daily_volume", "input_price", "output_price", "drain_grace_seconds", "mock", "mock_latency_scale", "recorded_prompts", "routing_data", "compare_models", "routes", "caches", "gateway_config", "group_header", "questions_only", "timeout_seconds"]
         // Relative paths in a scenario are relative to the scenario file, wherever the tool is started from.
         let directory = file.contains("/") ? String(file[..<file.lastIndex(of: "/")!]) : "."
         func resolve(_ path: String) -> String { path.hasPrefix("/") ? path : directory + "/" + path }
@@ -154,6 +154,10 @@ public struct LoadScenario: Sendable {
         plan.groupHeader = string("group_header")
         if let input = try number("input_price"), let output = try number("output_price") { plan.prices = (input, output) }
         if let grace = try number("drain_grace_seconds") { plan.drainGrace = .milliseconds(Int64(grace * 1000)) }
+        if let timeout = try number("timeout_seconds") {
+            guard (1...86_400).contains(timeout) else { throw LoadError("\(file): timeout_seconds must be between 1 and 86400") }
+            plan.timeout = .milliseconds(Int64(timeout * 1000))
+        }
     }
 }
 

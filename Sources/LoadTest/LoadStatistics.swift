@@ -43,7 +43,7 @@ public final class LoadStatistics: Sendable {
     }
 
     /// What one group of requests got.
-    public struct Group: Sendable, Hashable {
+    public struct Group: Sendable, Equatable {
         /// Answered (200) without degradation, cache hits included.
         public var served = 0
         public var cacheHits = 0
@@ -53,6 +53,10 @@ public final class LoadStatistics: Sendable {
         public var refused = 0
         /// Any other failure.
         public var failed = 0
+        /// Of the answered requests (served or degraded), in microseconds.
+        public var latency = Histogram<UInt64>(highestTrackableValue: 3_600_000_000)
+        /// The elapsed second of the run its last answer came in (-1: none).
+        public var lastAnswer = -1
 
         public var total: Int { served + degraded.values.reduce(0, +) + refused + failed }
 
@@ -97,11 +101,15 @@ public final class LoadStatistics: Sendable {
                     s.groups[group, default: Group()].refused += 1
                 } else if error != nil {
                     s.groups[group, default: Group()].failed += 1
-                } else if let degraded {
-                    s.groups[group, default: Group()].degraded[degraded, default: 0] += 1
                 } else {
-                    s.groups[group, default: Group()].served += 1
-                    if cache?.hasPrefix("hit") == true { s.groups[group, default: Group()].cacheHits += 1 }
+                    if let degraded {
+                        s.groups[group, default: Group()].degraded[degraded, default: 0] += 1
+                    } else {
+                        s.groups[group, default: Group()].served += 1
+                        if cache?.hasPrefix("hit") == true { s.groups[group, default: Group()].cacheHits += 1 }
+                    }
+                    _ = s.groups[group, default: Group()].latency.record(UInt64(max(0, latency.microseconds)))
+                    s.groups[group, default: Group()].lastAnswer = max(s.groups[group, default: Group()].lastAnswer, second)
                 }
             }
             while s.completedPerSecond.count <= second {

@@ -149,9 +149,15 @@ extension LoadTestTests {
         statistics.record(second: 1, latency: .milliseconds(1), group: "paid", degraded: "downgrade")
         statistics.record(second: 1, latency: .milliseconds(1))
         let groups = statistics.snapshot.groups
-        #expect(groups["free"] == LoadStatistics.Group(served: 2, cacheHits: 1, degraded: ["cache-stale": 1], refused: 1, failed: 0))
-        #expect(groups["paid"] == LoadStatistics.Group(served: 0, cacheHits: 0, degraded: ["downgrade": 1], refused: 0, failed: 1))
+        func counts(_ group: LoadStatistics.Group?) -> LoadStatistics.Group? {
+            group.map { LoadStatistics.Group(served: $0.served, cacheHits: $0.cacheHits, degraded: $0.degraded, refused: $0.refused, failed: $0.failed) }
+        }
+        #expect(counts(groups["free"]) == LoadStatistics.Group(served: 2, cacheHits: 1, degraded: ["cache-stale": 1], refused: 1, failed: 0))
+        #expect(counts(groups["paid"]) == LoadStatistics.Group(served: 0, cacheHits: 0, degraded: ["downgrade": 1], refused: 0, failed: 1))
         #expect(groups.count == 2 && groups["free"]?.total == 4)
+        // The answered ones' latency and the second of the last answer: refusals and failures are not answers.
+        #expect(groups["free"]?.latency.totalCount == 3 && groups["free"]?.lastAnswer == 0)
+        #expect(groups["paid"]?.latency.totalCount == 1 && groups["paid"]?.lastAnswer == 1)
     }
 
     /// Every scenario in loadtests/ parses, and the cache scenario's repeats and paraphrases come in their shares.

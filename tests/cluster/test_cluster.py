@@ -319,7 +319,9 @@ class BudgetsAcrossInstances(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.cluster = Cluster(extra="cache: {exact: {enabled: false}, semantic: {enabled: false}}\n"
-                                    "resilience: {retries: {budget_seconds: 0.5}}\n",
+                                    "resilience: {retries: {budget_seconds: 0.5}}\n"
+                                    # Refused rather than queued for long: the burst and what comes back within 0.5 s.
+                                    "admission: {deadlines: {p0_seconds: 0.5}}\n",
                               model_options=", budget: {rpm: 60}", mock_args="--rpm 60")
 
     @classmethod

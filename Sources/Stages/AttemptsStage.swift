@@ -251,7 +251,8 @@ public final class AttemptsStage: GatewayStage {
             case .admitted(let reservation): return .granted(.reserved(reservation))
             case .refused(let index, let retryIn, _, _):
                 refusedIndex = index
-                return .refused(retryIn: retryIn)
+                // Nil: it asks for more than the whole budget, and never fits; refused at once, not at its deadline.
+                return .refused(retryIn: retryIn ?? .max)
             }
         }
         if moreCandidates {
@@ -272,7 +273,12 @@ public final class AttemptsStage: GatewayStage {
             case .shed: "the \(name) budget of deployment '\(id)' is spent: waited \(waited) s, then gave its place in the full queue to a request of higher priority"
             case .expired: "the \(name) budget of deployment '\(id)' is spent: no room within the \(priority.name) deadline (waited \(waited) s)"
             }
-            throw GatewayError(.queueTimeout, message, retryAfter: refusal.retryIn.map { .nanoseconds(max($0, 1_000_000_000)) } ?? .seconds(1))
+            let retryAfter: Duration = switch refusal.retryIn {
+            case .max?: .seconds(60)
+            case let retryIn?: .nanoseconds(max(retryIn, 1_000_000_000))
+            case nil: .seconds(1)
+            }
+            throw GatewayError(.queueTimeout, message, retryAfter: retryAfter)
         }
     }
 

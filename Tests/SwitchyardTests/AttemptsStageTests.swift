@@ -216,6 +216,22 @@ import Testing
         #expect(served.withLock { Array($0.dropFirst(6)) } == ["p0", "p0", "p1", "p2", "p2"])
     }
 
+    /// A request asking more tokens than the whole budget never fits: refused at once, not after its deadline.
+    @Test func aRequestLargerThanTheWholeBudgetIsRefusedAtOnce() async throws {
+        let script = Script([])
+        let stage = AttemptsStage(
+            models: ["gpt-4o": Self.primary], deployments: [:], fallbacks: [:],
+            settings: .init(retry: RetryPolicy(maximumAttempts: 1)),
+            budgets: [Self.primary.deploymentID: DeploymentBudget(tokensPerMinute: 5)], store: LimitLedger(),
+            clock: { script.now.withLock { $0 } },
+            sleep: { delay in script.sleeps.withLock { $0.append(delay) }; script.now.withLock { $0 += delay } })
+        let error = await #expect(throws: GatewayError.self) { try await Self.run(stage, script) }
+        #expect(error?.code == .queueTimeout)
+        #expect(error?.retryAfter == .seconds(60))
+        #expect(script.sleeps.withLock { $0 }.isEmpty)
+        #expect(script.routes.withLock { $0 }.isEmpty)
+    }
+
     @Test func anOpenBreakerSendsRequestsToTheNextCandidateUntilItsProbesSucceed() async throws {
         let breaker = CircuitBreaker.Settings(window: 10_000_000_000, buckets: 10, failureRatio: 0.5, minimumAttempts: 2,
                                               openFor: 5_000_000_000, probes: 1)

@@ -88,17 +88,7 @@ struct ChatHandler: Sendable {
         var context = GatewayContext(requestID: requestID, logger: logger, clientFormat: format,
                                      credential: Self.credential(request), receivedAt: request.receivedAt)
         context.original = ClientOriginal(request: chat, body: request.body)
-        if let feature = request.header("x-switchyard-feature") {
-            // A label in metrics and limits: a short token, never free text.
-            guard (1...64).contains(feature.utf8.count),
-                  feature.utf8.allSatisfy({ $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".")
-                      || (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0) })
-            else {
-                throw GatewayError(.invalidRequest, "x-switchyard-feature must be 1–64 letters, digits, '-', '_' or '.'",
-                                   param: "x-switchyard-feature")
-            }
-            context.requestedFeature = feature
-        }
+        if let feature = try Self.feature(request) { context.requestedFeature = feature }
         if let priority = request.header("x-switchyard-priority") {
             guard let value = Priority(name: priority) else {
                 throw GatewayError(.invalidRequest, "x-switchyard-priority must be p0, p1 or p2", param: "x-switchyard-priority")
@@ -109,6 +99,19 @@ struct ChatHandler: Sendable {
                                                   ttlSeconds: request.header("x-switchyard-cache-ttl"),
                                                   promptVersion: request.header("x-switchyard-prompt-version"))
         return (chat, context)
+    }
+
+    /// `x-switchyard-feature`, validated: a label in metrics and limits, so a short token, never free text.
+    static func feature(_ request: EdgeRequest) throws(GatewayError) -> String? {
+        guard let feature = request.header("x-switchyard-feature") else { return nil }
+        guard (1...64).contains(feature.utf8.count),
+              feature.utf8.allSatisfy({ $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".")
+                  || (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0) })
+        else {
+            throw GatewayError(.invalidRequest, "x-switchyard-feature must be 1–64 letters, digits, '-', '_' or '.'",
+                               param: "x-switchyard-feature")
+        }
+        return feature
     }
 
     /// The pipeline's answer in the client's format, with its metrics and access log.
@@ -126,8 +129,8 @@ struct ChatHandler: Sendable {
             }
             let elapsed = ContinuousClock.now - started
             metrics.overhead(api: format, streamed: false, elapsed - completion.upstreamDuration)
-            metrics.request(api: format, status: 200, streamed: false, duration: elapsed)
-            RequestLogger(base: logger, requestID: requestID).info("request", metadata: access(format, chat.model, 200, elapsed))
+            metrics.request(api: format, status: Int(result.status.code), streamed: false, duration: elapsed)
+            RequestLogger(base: logger, requestID: requestID).info("request", metadata: access(format, chat.model, Int(result.status.code), elapsed))
             return result
         case .stream(let stream):
             return renderStream(stream, chat: chat, format: format, requestID: requestID, started: started,
@@ -279,7 +282,13 @@ struct ChatHandler: Sendable {
             }
             body = ByteBuffer(bytes: json.serialized())
         }
-        return EdgeResponse(status: .ok, headers: headers,
+        var status = HTTPResponse.Status.ok
+        if let job = completion.acceptedJob {
+            // Accepted as a background job: the body is the job, to poll at its location.
+            status = .accepted
+            headers.append(HTTPField(name: .location, value: "\(JobsHandler.path)/\(job)"))
+        }
+        return EdgeResponse(status: status, headers: headers,
                             headerLines: completion.limits.flatMap { ErrorRenderer.rateLimitHeaderLines($0, format: format) }, body: .buffer(body))
     }
 

@@ -218,13 +218,33 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     let board: (any BreakerBoard)? = config.resilience.breaker == nil ? nil : redis.map { RedisBreakerBoard(client: $0, keyPrefix: config.state.keyPrefix) }
     let attempts = DefaultPipeline.attemptsStage(config, store: limitStore, recorder: metrics, board: board)
     if let attempts, board != nil { services.append(BreakerSync(attempts: attempts)) }
+    // Jobs: durable in Redis when scaled out, this process's otherwise.
+    let jobStore: any JobStore = redis.map { RedisJobStore(client: $0, keyPrefix: config.state.keyPrefix, settings: config.jobs) }
+        ?? InMemoryJobStore(settings: config.jobs)
+    let webhookSecret = environment["SWITCHYARD_WEBHOOK_SECRET"].flatMap { $0.isEmpty ? nil : Array($0.utf8) }
+    let runnerBox = Locked<JobRunner?>(nil)
+    let jobsHandler = JobsHandler(store: jobStore, auth: AuthStage(keys: config.keys), settings: config.jobs,
+                                  names: Set(config.models.keys).union(config.routes.keys), webhookSecret: webhookSecret,
+                                  maxBodyBytes: config.maxBodyBytes, logger: logger,
+                                  accepted: { [metrics] job in
+                                      metrics.jobAccepted(job.priority)
+                                      runnerBox.withLock { $0 }?.nudge()
+                                  }, clock: wallClockNanoseconds)
     let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics, exactCache: exactStore,
                                          semanticCache: semanticStore, embedder: batcher.map { BatcherEmbedder(batcher: $0) },
                                          classifier: classifier, background: background, learned: learned, limits: limitStore,
-                                         attempts: attempts)
+                                         attempts: attempts, queue: { request, context in await jobsHandler.queueStep(request, context: context) })
     let draining = Locked(false)
     let hasMock = mock != nil
     let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger)
+    let runner = JobRunner(store: jobStore, pipeline: pipeline, chat: handler, settings: config.jobs,
+                           webhooks: webhookSecret.map { secret in
+                               WebhookSender(transports: httpClient.transports, secret: secret, settings: config.jobs, logger: logger,
+                                             delivered: { [metrics] ok in metrics.webhook(delivered: ok) })
+                           },
+                           logger: logger, metrics: metrics, clock: wallClockNanoseconds)
+    runnerBox.withLock { $0 = runner }
+    services.append(runner)
     let cacheAdmin = CacheAdminHandler(exact: exactStore, semantic: semanticStore, auth: AuthStage(keys: config.keys),
                                        adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex),
                                        recorder: metrics, savings: metrics.savings, calibration: learned?.calibration,
@@ -249,6 +269,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         case (.GET, "/v1/usage/savings"): return await cacheAdmin.savingsReport(request)
         case (.GET, "/v1/limits"): return await limitsHandler.report(request)
         case (.GET, "/v1/deployments"): return await deploymentsHandler.report(request)
+        case (_, let path) where path == JobsHandler.path || path.hasPrefix("\(JobsHandler.path)/"):
+            return await jobsHandler.handle(request)
         case (.GET, "/healthz"): return EdgeResponse(status: .ok, body: .buffer(healthy))
         case (.GET, "/readyz"):
             var ready = !draining.withLock { $0 } && (!hasMock || mockURL.value != nil)

@@ -81,6 +81,10 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
     /// Per priority: how long requests waited in a queue, and those that left it refused, by reason.
     let queueWaits: [DurationHistogram]
     let queueRefusals: [Priority: [AdmissionRefusal.Reason: Counter]]
+    /// Jobs accepted, and jobs ended by status, per priority; webhook deliveries by result.
+    let jobsAccepted: [Counter]
+    let jobsEnded: [Priority: [JobStatus: Counter]]
+    let webhookDeliveries: [Bool: Counter]
     /// Savings per tenant and kind over time, for `GET /v1/usage/savings`.
     public let savings: any SavingsStore
 
@@ -222,6 +226,20 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
                 (reason, registry.makeCounter(descriptor: leftQueue, labels: [("priority", priority.name), ("reason", "\(reason)")]))
             }))
         })
+        let acceptedJobs = MetricNameDescriptor(namespace: "switchyard", metricName: "jobs_accepted", unitName: "total",
+                                                helpText: "Background jobs accepted (POST /v1/jobs and the limits' queue step), by priority.")
+        jobsAccepted = Priority.allCases.map { registry.makeCounter(descriptor: acceptedJobs, labels: [("priority", $0.name)]) }
+        let endedJobs = MetricNameDescriptor(namespace: "switchyard", metricName: "jobs_ended", unitName: "total",
+                                             helpText: "Background jobs run to their end on this instance, by priority and status.")
+        jobsEnded = Dictionary(uniqueKeysWithValues: Priority.allCases.map { priority in
+            (priority, Dictionary(uniqueKeysWithValues: [JobStatus.completed, .failed].map { status in
+                (status, registry.makeCounter(descriptor: endedJobs, labels: [("priority", priority.name), ("status", status.rawValue)]))
+            }))
+        })
+        let deliveries = MetricNameDescriptor(namespace: "switchyard", metricName: "webhook_deliveries", unitName: "total",
+                                              helpText: "Job webhooks, by result: delivered, or given up after every retry.")
+        webhookDeliveries = [true: registry.makeCounter(descriptor: deliveries, labels: [("result", "delivered")]),
+                             false: registry.makeCounter(descriptor: deliveries, labels: [("result", "failed")])]
         (self.durations, self.overheads, self.errors, self.timeToFirstToken, self.models) = (durations, overheads, errors, ttft, models)
         self.registry = registry
     }
@@ -326,6 +344,18 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
 
     public func calibrationLabelled(source: CalibrationLabelSource) {
         calibrationLabels[source]?.increment()
+    }
+
+    func jobAccepted(_ priority: Priority) {
+        jobsAccepted[priority.rawValue].increment()
+    }
+
+    func jobEnded(_ job: JobRecord) {
+        jobsEnded[job.priority]?[job.status]?.increment()
+    }
+
+    func webhook(delivered: Bool) {
+        webhookDeliveries[delivered]?.increment()
     }
 
     public func stateFailed(seam: String) {

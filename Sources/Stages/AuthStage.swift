@@ -23,6 +23,8 @@ public struct AuthStage: GatewayStage {
 
     @inline(never)
     func authenticated(_ context: GatewayContext) throws(GatewayError) -> GatewayContext {
+        // A job's worker runs the request as the caller who submitted it (no key is kept with a job).
+        if context.runsAsJob, context.caller != nil { return context }
         var context = context
         var caller = try authenticate(context.credential)
         if let feature = context.requestedFeature, caller.featureFromHeader { caller.feature = feature }

@@ -29,7 +29,8 @@ public enum DefaultPipeline {
                              semanticCache: any SemanticCacheStore, embedder: (any TextEmbedder)?,
                              classifier: ComplexityClassifier? = nil, background: (any BackgroundWorkQueue)? = nil,
                              learned: SemanticCacheStage.LearnedVerification? = nil,
-                             limits: (any LimitStore)? = nil, attempts: AttemptsStage? = nil) -> Pipeline
+                             limits: (any LimitStore)? = nil, attempts: AttemptsStage? = nil,
+                             queue: RateLimitStage.QueueStep? = nil) -> Pipeline
     {
         let call = ProviderCall(providers: providers)
         // Only with limits configured: without them a request pays nothing for the stage. Limits that count every
@@ -50,7 +51,8 @@ public enum DefaultPipeline {
         let stage = { (definitions: [LimitDefinition], policies: [DegradePolicy]) -> [any GatewayStage] in
             definitions.isEmpty ? [] : [RateLimitStage(planner: LimitPlanner(definitions: definitions), store: store,
                                                        failClosed: config.state.limits == .failClosed, policies: policies,
-                                                       models: config.models, routeChoice: routeChoice,
+                                                       models: config.models, queue: policies.isEmpty ? nil : queue,
+                                                       routeChoice: routeChoice,
                                                        recorder: recorder as? any LimitRecorder)]
         }
         let everyRequest = stage(config.limits.filter(\.countsAllRequests), [])

@@ -172,7 +172,8 @@ public final class RateLimitStage: GatewayStage {
                     return marked(answer, nil, .downgrade, servedBy: served)
                 }
             case .queue:
-                if let queue, let answer = try await queue(request, context) { return marked(answer, status, .queued) }
+                // A job's own run is retried by its worker, not queued again.
+                if !context.runsAsJob, let queue, let answer = try await queue(request, context) { return marked(answer, status, .queued) }
             }
         }
         return nil

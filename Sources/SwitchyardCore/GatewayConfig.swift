@@ -196,6 +196,8 @@ public struct GatewayConfig: Sendable {
     public var resilience = ResilienceSettings()
     /// The priority queue in front of the deployments' budgets (YAML `admission:`).
     public var admission = AdmissionSettings()
+    /// Background jobs (YAML `jobs:`).
+    public var jobs = JobSettings()
     /// Public names that are routes (disjoint from `models`).
     public var routes: [String: RouteConfig] = [:]
     /// The complexity classifier's file (YAML `routing.classifier_file`); `nil`: the one shipped with the gateway.

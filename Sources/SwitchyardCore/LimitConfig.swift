@@ -74,7 +74,7 @@ public struct DegradePolicy: Sendable, Hashable {
         /// Try the reservation again against each of these models or routes in turn (their own limits apply: a
         /// route's, those of the model its rules choose for the request) and answer with the first admitted.
         case downgrade([String])
-        /// Accept the request as a background job (the queue issue provides it; until then refused at load).
+        /// Accept the request as a background job (202 with the job, `x-switchyard-degraded: queued`).
         case queue
     }
 
@@ -261,8 +261,9 @@ extension ConfigLoader {
             }
             for (index, step) in steps.enumerated() {
                 let path = "\(reader.child("steps"))[\(index)]"
-                if step.scalar?.string == "queue" || (try? MappingReader(step, path: path))?.has("queue") == true {
-                    throw ConfigError(path: path, "'queue' needs the job queue, which this version does not have yet")
+                if step.scalar?.string == "queue" {
+                    policy.steps.append(.queue)
+                    continue
                 }
                 let item = try MappingReader(step, path: path)
                 guard item.keys.count == 1, let kind = item.keys.first else {
@@ -278,6 +279,8 @@ extension ConfigLoader {
                         throw ConfigError(path: item.child("cache"), "set stale_for_seconds, semantic_threshold or both")
                     }
                     policy.steps.append(.cache(staleFor: stale, semanticThreshold: threshold))
+                case "queue":
+                    throw ConfigError(path: item.child("queue"), "takes no settings: write the step as '- queue'")
                 case "downgrade":
                     let targets = try stringList(item, "downgrade") ?? []
                     for (position, target) in targets.enumerated() where !models.contains(target) && !routes.contains(target) {

@@ -23,6 +23,7 @@ public struct GatewayContext: Sendable {
         var cacheDirectives = CacheDirectives()
         var original: ClientOriginal?
         var fallbacks = CacheFallbacks()
+        var runsAsJob = false
     }
 
     /// Mutated only when uniquely referenced (`update`), so sharing it between tasks is safe.
@@ -125,6 +126,13 @@ public struct GatewayContext: Sendable {
         set { update { $0.fallbacks = newValue } }
     }
 
+    /// Whether a background job's worker runs the request (a refusal is then retried by the worker, never queued as
+    /// another job).
+    public var runsAsJob: Bool {
+        get { storage.fields.runsAsJob }
+        set { update { $0.runsAsJob = newValue } }
+    }
+
     public init(requestID: String, logger: Logger, clientFormat: APIFormat, credential: String? = nil,
                 receivedAt: ContinuousClock.Instant = .now) {
         storage = Storage(Fields(requestID: requestID, baseLogger: logger, clientFormat: clientFormat, credential: credential,
@@ -165,6 +173,8 @@ public struct Completion: Sendable {
     public var limits: LimitStatus?
     /// What the provider said is left of its own limits (read only for providers with budgets).
     public var providerRemaining: ProviderRemaining?
+    /// Set when the request was accepted as a background job instead of answered: `raw` is the job (202).
+    public var acceptedJob: String?
 
     /// A completion decoded in full.
     public init(response: ChatResponse, raw: (format: APIFormat, body: ByteBuffer)? = nil, cost: NanoUSD? = nil,

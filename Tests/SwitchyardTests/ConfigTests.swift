@@ -118,6 +118,12 @@ import Testing
          "between"),
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nadmission: {tenant_weights: {acme: 1000}}", "admission.tenant_weights.acme",
          "between"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\njobs: {workers: -1}", "jobs.workers", "between"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\njobs: {deadlines: {p9_seconds: 1}}", "jobs.deadlines.p9_seconds",
+         "unknown key"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\njobs: {visibility_timeout_seconds: 0}", "jobs.visibility_timeout_seconds",
+         "between"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\njobs: {retain: 5}", "jobs.retain", "unknown key"),
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nkeys: [{sha256: \(String(repeating: "ab", count: 32)), tenant: t, priority: urgent}]",
          "keys[0].priority", "p0, p1 or p2"),
     ])
@@ -265,7 +271,24 @@ import Testing
         // Without the section: the defaults, and keys at p0.
         let plain = try ConfigLoader.parse(yaml: Self.valid, environment: env)
         #expect(plain.admission == AdmissionSettings())
+        #expect(plain.jobs == JobSettings())
         #expect(plain.keys.first?.caller.priority == .p0)
+    }
+
+    @Test func theJobsSectionIsRead() throws {
+        let config = try ConfigLoader.parse(yaml: Self.valid + """
+
+            jobs:
+              workers: 3
+              retention_seconds: 3600
+              max_queued_per_tenant: 50
+              visibility_timeout_seconds: 5
+              deadlines: {p2_seconds: 7200}
+              webhook_attempts: 2
+            """, environment: env)
+        #expect(config.jobs.workers == 3 && config.jobs.retention == .seconds(3600) && config.jobs.maxQueuedPerTenant == 50)
+        #expect(config.jobs.visibilityTimeout == .seconds(5) && config.jobs.webhookAttempts == 2)
+        #expect(config.jobs.deadline(.p2) == .seconds(7200) && config.jobs.deadline(.p0) == .seconds(60))
     }
 
     @Test func aHeaderCanLowerTheKeysPriorityButNeverRaiseIt() {

@@ -222,8 +222,11 @@ import Testing
         // A downgrade may name a route.
         let routed = try load("routes: {budget: {rules: [{model: claude-haiku-4-5}]}}\ndegrade:\n  - steps: [{downgrade: [budget, gpt-4o-mini]}]")
         #expect(routed.degrade[0].steps == [.downgrade(["budget", "gpt-4o-mini"])])
+        // The queue step (the job queue) is a bare word.
+        let queued = try load("degrade:\n  - steps: [{downgrade: gpt-4o-mini}, queue]")
+        #expect(queued.degrade[0].steps == [.downgrade(["gpt-4o-mini"]), .queue])
         for (yaml, path) in [
-            ("degrade:\n  - steps: [queue]", "degrade[0].steps[0]"),
+            ("degrade:\n  - steps: [{queue: {priority: p0}}]", "degrade[0].steps[0].queue"),
             ("degrade:\n  - steps: []", "degrade[0].steps"),
             ("degrade:\n  - steps:\n      - downgrade: [gpt-4o, nope]", "degrade[0].steps[0].downgrade[1]"),
             ("degrade:\n  - steps:\n      - downgrade: nope", "degrade[0].steps[0].downgrade"),

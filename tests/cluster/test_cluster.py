@@ -476,5 +476,64 @@ class RedisRestart(unittest.TestCase):
             cluster.stop()
 
 
+def submit_job(base, content, max_tokens=200, priority="p2"):
+    body = json.dumps({"request": {"model": "gpt-4o-mini", "max_tokens": max_tokens,
+                                   "messages": [{"role": "user", "content": content}]},
+                       "priority": priority}).encode()
+    request = urllib.request.Request(base + "/v1/jobs", data=body, method="POST",
+                                     headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, json.loads(response.read())
+
+
+class JobsSurviveAKilledInstance(unittest.TestCase):
+    """A P2 backlog run by two instances, one of them killed with SIGKILL while it runs jobs: no accepted job is
+    lost — the other takes over the killed one's claims after the visibility timeout — and each ends once."""
+
+    def test_sigkill_mid_backlog_loses_no_job(self):
+        cluster = Cluster(instances=2, extra="cache: {exact: {enabled: false}, semantic: {enabled: false}}\n"
+                                             "jobs: {workers: 4, visibility_timeout_seconds: 2, poll_interval_seconds: 0.05}\n")
+        try:
+            doomed, survivor = cluster.instances
+            ids = []
+            for index in range(40):
+                status, job = submit_job(doomed if index % 2 == 0 else survivor, f"Backlog job {index}: summarise it.")
+                self.assertEqual(status, 202, job)
+                ids.append(job["id"])
+
+            def state(base, job_id):
+                code, body = get(base, f"/v1/jobs/{job_id}")
+                self.assertEqual(code, 200, body)
+                return json.loads(body)
+
+            # Killed while the backlog runs: some jobs ended, some running, most still waiting.
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                statuses = [state(survivor, job_id)["status"] for job_id in ids]
+                if statuses.count("completed") >= 4 and statuses.count("running") >= 4:
+                    break
+                time.sleep(0.05)
+            os.kill(cluster.pids[0], signal.SIGKILL)
+            before = {status: statuses.count(status) for status in set(statuses)}
+            killed_at = time.time()
+            deadline = killed_at + 120
+            while time.time() < deadline:
+                jobs = [state(survivor, job_id) for job_id in ids]
+                if all(job["status"] in ("completed", "failed", "cancelled") for job in jobs):
+                    break
+                time.sleep(0.2)
+            finished = time.time() - killed_at
+            outcomes = [job["status"] for job in jobs]
+            self.assertEqual(outcomes.count("completed"), len(ids), outcomes)
+            self.assertTrue(all(job["result"]["choices"][0]["message"]["content"] for job in jobs))
+            taken_over = [job for job in jobs if job["attempts"] > 1]
+            # The killed instance was running jobs: another instance ran them again, to one outcome each.
+            self.assertGreater(len(taken_over), 0, "no job was taken over: the kill tested nothing")
+            print(f"\n  jobs: at the kill {before}; all {len(ids)} completed {finished:.1f} s later, "
+                  f"{len(taken_over)} taken over from the killed instance", file=sys.stderr)
+        finally:
+            cluster.stop()
+
+
 if __name__ == "__main__":
     unittest.main()

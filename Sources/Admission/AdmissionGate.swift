@@ -81,7 +81,8 @@ public final class AdmissionGate: Sendable {
     /// `AdmissionRefusal` when the queue is full, the request is shed or its deadline passes, whatever `attempt`
     /// throws, and `CancellationError` when the task is cancelled (its place is given up).
     public func admit<Granted: Sendable>(priority: Priority, tenant: String, cost: Double, weight: Double = 1,
-                                         deadline: Int64, attempt: () async throws -> AdmissionAttempt<Granted>)
+                                         deadline: Int64, onWaiting: (@Sendable (@escaping @Sendable () -> Int?) -> Void)? = nil,
+                                         attempt: () async throws -> AdmissionAttempt<Granted>)
         async throws -> Granted
     {
         let arrived = clock()
@@ -120,6 +121,8 @@ public final class AdmissionGate: Sendable {
         case .waitingShed, .waiting: break
         }
         startReaper()
+        // Its position, read when asked (a waiting stream's comments): nil once it left the queue.
+        onWaiting?({ [weak self] in self?.state.withLock { $0.queue.position(id) } })
         do {
             while true {
                 try Task.checkCancellation()

@@ -29,6 +29,9 @@ struct ChatHandler: Sendable {
     let metrics: GatewayMetrics
     let maxBodyBytes: Int
     let logger: Logger
+    /// Whether a streaming request may wait in a deployment's queue (budgets are configured): it is then told so in
+    /// SSE comments while it waits.
+    var watchQueues = false
 
     /// A logger that adds `switchyard.request.id` to what it logs, and costs nothing for levels it does not log.
     struct RequestLogger: Sendable {
@@ -68,6 +71,9 @@ struct ChatHandler: Sendable {
             }
         } catch {
             return failure(error, format: format, model: nil, requestID: requestID, started: request.receivedAt)
+        }
+        if chat.stream, watchQueues {
+            return await watched(chat, context: context, format: format, requestID: requestID, started: request.receivedAt)
         }
         let response: GatewayResponse
         do {
@@ -302,52 +308,129 @@ struct ChatHandler: Sendable {
         Self.addCacheHeaders(stream.cache, to: &headers)
         ErrorRenderer.addDegradedHeader(stream.limits, to: &headers)
         let headerLines = stream.limits.flatMap { ErrorRenderer.rateLimitHeaderLines($0, format: format) }
+        return EdgeResponse(status: .ok, headers: headers, headerLines: headerLines, body: .stream { [self] writer in
+            try await relay(stream, chat: chat, format: format, requestID: requestID, started: started, logger: logger,
+                            waited: false, to: writer)
+        })
+    }
+
+    /// The stream's events to the client in its format, ended by the API's terminator or, after a cut, an error event.
+    func relay(_ stream: ChatStream, chat: ChatRequest, format: APIFormat, requestID: String, started: ContinuousClock.Instant,
+               logger: RequestLogger, waited: Bool, to writer: EdgeBodyWriter) async throws {
         let metrics = self.metrics
         let upstreamWait = stream.upstreamTimeToFirstEvent
-        let encoder = StreamEncoder(clientFormat: format, upstreamFormat: stream.isSynthesized ? nil : stream.format, model: chat.model,
+        var encoder = StreamEncoder(clientFormat: format, upstreamFormat: stream.isSynthesized ? nil : stream.format, model: chat.model,
                                     includeUsage: chat.streamIncludeUsage, requestID: requestID)
-        return EdgeResponse(status: .ok, headers: headers, headerLines: headerLines, body: .stream { writer in
-            var encoder = encoder
-            var iterator = stream.makeAsyncIterator()
-            var firstWritten = false
-            var failure: GatewayError?
-            defer {
-                // Runs the end-of-stream work if the client went away before the stream ended.
-                stream.lifecycle.end(.cancelled)
+        var iterator = stream.makeAsyncIterator()
+        var firstWritten = false
+        var failure: GatewayError?
+        defer {
+            // Runs the end-of-stream work if the client went away before the stream ended.
+            stream.lifecycle.end(.cancelled)
+        }
+        while true {
+            let event: StreamEvent?
+            do {
+                event = try await iterator.next()
+            } catch {
+                failure = error as? GatewayError ?? GatewayError(.upstreamError, "upstream stream failed")
+                break
             }
-            while true {
-                let event: StreamEvent?
-                do {
-                    event = try await iterator.next()
-                } catch {
-                    failure = error as? GatewayError ?? GatewayError(.upstreamError, "upstream stream failed")
-                    break
+            guard let event else { break }
+            var buffer = ByteBuffer()
+            encoder.encode(event, into: &buffer)
+            guard buffer.readableBytes > 0 else { continue }
+            try await writer.write(buffer)
+            if !firstWritten {
+                firstWritten = true
+                let ttft = ContinuousClock.now - started
+                metrics.timeToFirstToken(api: format, model: chat.model, ttft)
+                // A wait in the queue is the budget's, not the gateway's overhead.
+                if !waited { metrics.overhead(api: format, streamed: true, ttft - upstreamWait) }
+            }
+        }
+        var tail = ByteBuffer()
+        if let failure {
+            // Never a clean finish after a cut: the client sees an error event and no terminator.
+            ErrorRenderer.streamEvent(for: failure, format: format, requestID: requestID).write(into: &tail)
+            metrics.error(api: format, code: failure.code)
+        } else {
+            encoder.finish(into: &tail)
+        }
+        try await writer.write(tail)
+        let elapsed = ContinuousClock.now - started
+        metrics.request(api: format, status: 200, streamed: true, duration: elapsed)
+        logger.info("request", metadata: access(format, chat.model, 200, elapsed,
+                                                extra: ["switchyard.stream": failure == nil ? "completed" : "failed"]))
+    }
+
+    // MARK: Streams that wait in a queue
+
+    /// A streaming request run while watching whether it waits in a deployment's queue: answered as usual when the
+    /// pipeline returns first; otherwise the stream's head goes out at once and SSE comments say where the request
+    /// stands (`: queued position=N estimated_wait_ms=M`, when it moves and every 5 s), until its events follow, or
+    /// an error event when it is refused. Both official SDKs skip comment lines. The early head carries no
+    /// model, cache or rate-limit headers: they are not known yet.
+    func watched(_ chat: ChatRequest, context: GatewayContext, format: APIFormat, requestID: String,
+                 started: ContinuousClock.Instant) async -> EdgeResponse {
+        var context = context
+        let watch = QueueWatch()
+        context.queueWatch = watch
+        let pipeline = self.pipeline
+        let task = Task { [context] in
+            defer { watch.finished() }
+            return try await pipeline.run(chat, context: context)
+        }
+        let queued = await withTaskCancellationHandler { await watch.queuedOrFinished() } onCancel: { task.cancel() }
+        guard queued else {
+            switch await task.result {
+            case .success(let response): return answer(response, chat: chat, format: format, requestID: requestID, started: started)
+            case .failure(let error): return failure(error, format: format, model: chat.model, requestID: requestID, started: started)
+            }
+        }
+        let logger = RequestLogger(base: self.logger, requestID: requestID)
+        let headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .requestID: requestID]
+        return EdgeResponse(status: .ok, headers: headers, body: .stream { [self] writer in
+            var lastPosition: Int?
+            var lastSent = ContinuousClock.now - .seconds(60)
+            do {
+                while !watch.isDone {
+                    if let report = watch.report(), report.position != lastPosition || ContinuousClock.now - lastSent >= .seconds(5) {
+                        lastPosition = report.position
+                        lastSent = .now
+                        var comment = ": queued position=\(report.position)"
+                        if let wait = report.estimatedWait { comment += " estimated_wait_ms=\(wait.nanoseconds / 1_000_000)" }
+                        try await writer.write(ByteBuffer(string: comment + "\n\n"))
+                    }
+                    try await Task.sleep(for: .milliseconds(20))
                 }
-                guard let event else { break }
-                var buffer = ByteBuffer()
-                encoder.encode(event, into: &buffer)
-                guard buffer.readableBytes > 0 else { continue }
-                try await writer.write(buffer)
-                if !firstWritten {
-                    firstWritten = true
-                    let ttft = ContinuousClock.now - started
-                    metrics.timeToFirstToken(api: format, model: chat.model, ttft)
-                    metrics.overhead(api: format, streamed: true, ttft - upstreamWait)
+            } catch {
+                // The client went away while it waited: its place is given up, and a stream granted meanwhile ended.
+                task.cancel()
+                Task {
+                    if case .success(.stream(let stream)) = await task.result { stream.lifecycle.end(.cancelled) }
                 }
+                throw error
             }
-            var tail = ByteBuffer()
-            if let failure {
-                // Never a clean finish after a cut: the client sees an error event and no terminator.
-                ErrorRenderer.streamEvent(for: failure, format: format, requestID: requestID).write(into: &tail)
-                metrics.error(api: format, code: failure.code)
-            } else {
-                encoder.finish(into: &tail)
+            switch await task.result {
+            case .success(.stream(let stream)):
+                try await relay(stream, chat: chat, format: format, requestID: requestID, started: started, logger: logger,
+                                waited: true, to: writer)
+            case .success(.completion):
+                try await refuse(GatewayError(.internalError, "a streamed request was answered whole"))
+            case .failure(let error):
+                try await refuse(error as? GatewayError ?? GatewayError(.internalError, "internal error"))
             }
-            try await writer.write(tail)
-            let elapsed = ContinuousClock.now - started
-            metrics.request(api: format, status: 200, streamed: true, duration: elapsed)
-            logger.info("request", metadata: access(format, chat.model, 200, elapsed,
-                                                    extra: ["switchyard.stream": failure == nil ? "completed" : "failed"]))
+            func refuse(_ error: GatewayError) async throws {
+                var tail = ByteBuffer()
+                ErrorRenderer.streamEvent(for: error, format: format, requestID: requestID).write(into: &tail)
+                try await writer.write(tail)
+                let elapsed = ContinuousClock.now - started
+                metrics.error(api: format, code: error.code)
+                metrics.request(api: format, status: 200, streamed: true, duration: elapsed)
+                logger.info("request", metadata: access(format, chat.model, 200, elapsed,
+                                                        extra: ["switchyard.stream": "refused", "switchyard.error.code": "\(error.code.rawValue)"]))
+            }
         })
     }
 }

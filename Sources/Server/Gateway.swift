@@ -236,7 +236,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                                          attempts: attempts, queue: { request, context in await jobsHandler.queueStep(request, context: context) })
     let draining = Locked(false)
     let hasMock = mock != nil
-    let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger)
+    let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger,
+                              watchQueues: !config.budgets.isEmpty && attempts != nil)
     let runner = JobRunner(store: jobStore, pipeline: pipeline, chat: handler, settings: config.jobs,
                            webhooks: webhookSecret.map { secret in
                                WebhookSender(transports: httpClient.transports, secret: secret, settings: config.jobs, logger: logger,

@@ -262,9 +262,20 @@ public final class AttemptsStage: GatewayStage {
         let (deadline, overflow) = clock().addingReportingOverflow(admission.deadline(priority).nanoseconds)
         let tenant = context.caller?.tenant ?? "anonymous"
         do {
+            // A waiting stream is told its place, and a wait estimated at the budget's rate.
+            let onWaiting = context.queueWatch.map { watch in
+                let interval = Self.interval(budget, request: request)
+                return { @Sendable (position: @escaping @Sendable () -> Int?) in
+                    watch.waiting {
+                        position().map { ahead in
+                            QueueWatch.Report(position: ahead, estimatedWait: interval.map { .nanoseconds($0.multipliedReportingOverflow(by: Int64(ahead + 1)).partialValue) })
+                        }
+                    }
+                }
+            }
             return try await gate.admit(priority: priority, tenant: tenant,
                                         cost: Double(demands.lazy.map(\.units).max() ?? 1), weight: admission.weight(tenant),
-                                        deadline: overflow ? .max : deadline, attempt: attempt)
+                                        deadline: overflow ? .max : deadline, onWaiting: onWaiting, attempt: attempt)
         } catch let refusal as AdmissionRefusal {
             let name = demands[min(refusedIndex, demands.count - 1)].counter.split(separator: "|").last.map(String.init) ?? "budget"
             let waited = Double(refusal.waited / 1_000_000) / 1000
@@ -280,6 +291,18 @@ public final class AttemptsStage: GatewayStage {
             }
             throw GatewayError(.queueTimeout, message, retryAfter: retryAfter)
         }
+    }
+
+    /// How often the budget admits a request like this one at its rate (nanoseconds; its slowest dimension), nil for
+    /// a budget without a rate.
+    static func interval(_ budget: DeploymentBudget, request: ChatRequest) -> Int64? {
+        let input = Int64(request.estimatedInputTokens), output = Int64(request.maxTokens ?? 4096)
+        let perMinute: [(Int?, Int64)] = [(budget.requestsPerMinute, 1), (budget.tokensPerMinute, input + output),
+                                          (budget.inputTokensPerMinute, input), (budget.outputTokensPerMinute, output)]
+        return perMinute.compactMap { rate, units -> Int64? in
+            guard let rate, rate > 0 else { return nil }
+            return Int64(min(Double(units) * 60e9 / Double(rate), 3.6e12))
+        }.max()
     }
 
     /// The budget is charged what the provider counted beyond the reservation: a prompt larger than estimated,

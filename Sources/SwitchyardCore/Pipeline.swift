@@ -24,6 +24,7 @@ public struct GatewayContext: Sendable {
         var original: ClientOriginal?
         var fallbacks = CacheFallbacks()
         var runsAsJob = false
+        var queueWatch: QueueWatch?
     }
 
     /// Mutated only when uniquely referenced (`update`), so sharing it between tasks is safe.
@@ -131,6 +132,12 @@ public struct GatewayContext: Sendable {
     public var runsAsJob: Bool {
         get { storage.fields.runsAsJob }
         set { update { $0.runsAsJob = newValue } }
+    }
+
+    /// Set by the edge for a streaming request: told when the request waits in a deployment's queue.
+    public var queueWatch: QueueWatch? {
+        get { storage.fields.queueWatch }
+        set { update { $0.queueWatch = newValue } }
     }
 
     public init(requestID: String, logger: Logger, clientFormat: APIFormat, credential: String? = nil,

@@ -119,4 +119,35 @@ import Testing
             #expect(ProviderRemaining.count(Substring(hostile)) == nil, "\(hostile)")
         }
     }
+
+    @Test func aWaitingStreamIsToldItsPlaceAndThenStreamsOrEndsWithTheRefusal() async throws {
+        var config = Self.config(budget: DeploymentBudget(requestsPerMinute: 60))
+        // One request a second once the burst is spent: the first waiting stream is granted within about a second,
+        // the second within two, the third not before its deadline.
+        config.admission.deadlines = Array(repeating: .milliseconds(2200), count: 3)
+        try await withTestGateway(config) { _, url in
+            let burst = try await withThrowingTaskGroup(of: Int.self) { group in
+                for index in 0..<60 { group.addTask { try await send("\(url)/v1/chat/completions", body: Self.body("burst \(index)")).status } }
+                return try await group.reduce(into: [Int]()) { $0.append($1) }
+            }
+            #expect(burst.filter { $0 == 200 }.count >= 59, "\(burst)")
+            let body = #"{"model":"gpt-4o-mini","max_tokens":20,"stream":true,"messages":[{"role":"user","content":"wait for it"}]}"#
+            var streams: [Task<TestResponse, any Error>] = []
+            for _ in 0..<3 {
+                streams.append(Task { try await send("\(url)/v1/chat/completions", body: body) })
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            var results: [TestResponse] = []
+            for stream in streams { results.append(try await stream.value) }
+            let (first, last) = (results[0], results[2])
+            #expect(first.status == 200 && first.header("content-type") == "text/event-stream")
+            #expect(first.body.hasPrefix(": queued position=0 estimated_wait_ms="), "\(first.body)")
+            #expect(first.body.contains("\n\ndata: {") && first.body.hasSuffix("data: [DONE]\n\n"), "\(first.body)")
+            #expect(results[1].body.contains(": queued position=1") && results[1].body.contains(": queued position=0"), "\(results[1].body)")
+            #expect(results[1].body.hasSuffix("data: [DONE]\n\n"))
+            // Refused after it waited: the comments, then the error event in the client's format, and no terminator.
+            #expect(last.body.hasPrefix(": queued position=2"), "\(last.body)")
+            #expect(last.body.contains(#""code":"queue_timeout""#) && !last.body.contains("[DONE]"), "\(last.body)")
+        }
+    }
 }

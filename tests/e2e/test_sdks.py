@@ -218,8 +218,72 @@ class DrainTests(unittest.TestCase):
             gateway.stop()
 
 
-if __name__ == "__main__":
-    unittest.main(verbosity=2)
+class QueueTests(unittest.TestCase):
+    """A stream waiting in a deployment's queue gets SSE comments with its position before its events: both SDKs
+    skip them and read the stream as usual (tests/e2e/queue.yaml)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.gateway = Gateway("--config", os.path.join(HERE, "queue.yaml"))
+        cls.openai = openai.OpenAI(base_url=cls.gateway.url + "/v1", api_key=KEY, max_retries=0)
+        cls.anthropic = anthropic.Anthropic(base_url=cls.gateway.url, api_key=KEY, max_retries=0)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gateway.stop()
+
+    def spend(self, model):
+        def one(index):
+            self.openai.chat.completions.create(model=model, max_tokens=5, messages=[{"role": "user", "content": f"burst {index}"}])
+        threads = [threading.Thread(target=one, args=(index,)) for index in range(60)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def test_both_sdks_read_a_stream_that_waited(self):
+        self.spend("gpt-4o-mini")
+        self.spend("claude-haiku-4-5")
+        results = {}
+
+        def raw():
+            body = json.dumps({"model": "gpt-4o-mini", "max_tokens": 10, "stream": True,
+                               "messages": [{"role": "user", "content": "raw"}]}).encode()
+            request = urllib.request.Request(self.gateway.url + "/v1/chat/completions", data=body, method="POST",
+                                             headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                results["raw"] = response.read().decode()
+
+        def with_openai():
+            started = time.time()
+            stream = self.openai.chat.completions.create(model="gpt-4o-mini", max_tokens=10, stream=True,
+                                                         messages=[{"role": "user", "content": "openai"}])
+            text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+            results["openai"] = (text, time.time() - started)
+
+        def with_anthropic():
+            started = time.time()
+            with self.anthropic.messages.stream(model="claude-haiku-4-5", max_tokens=10,
+                                                messages=[{"role": "user", "content": "anthropic"}]) as stream:
+                results["anthropic"] = (stream.get_final_text(), time.time() - started)
+
+        threads = [threading.Thread(target=raw)]
+        threads[0].start()
+        time.sleep(0.1)
+        threads += [threading.Thread(target=with_openai), threading.Thread(target=with_anthropic)]
+        for thread in threads[1:]:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        self.assertTrue(results["raw"].startswith(": queued position=0"), results["raw"][:200])
+        self.assertTrue(results["raw"].endswith("data: [DONE]\n\n"))
+        text, waited = results["openai"]
+        self.assertTrue(text)
+        self.assertGreater(waited, 0.5, "the OpenAI stream did not wait: the test shows nothing")
+        text, waited = results["anthropic"]
+        self.assertTrue(text)
+        self.assertGreater(waited, 0.3, "the Anthropic stream did not wait: the test shows nothing")
+
 
 
 class LimitTests(unittest.TestCase):
@@ -287,3 +351,7 @@ class LimitTests(unittest.TestCase):
         self.assertIn("per-user", error.body["error"]["message"])
         self.assertTrue(15 <= int(error.response.headers["retry-after"]) <= 21)
         self.assertEqual(error.response.headers["anthropic-ratelimit-requests-remaining"], "0")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -188,7 +188,7 @@ let package = Package(
             // The Redis implementations of the state seams.
             name: "Stores",
             dependencies: [
-                "Limits",
+                "Limits", "Admission",
                 "Redis", "Caching", "SwitchyardCore",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),

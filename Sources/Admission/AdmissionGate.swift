@@ -25,12 +25,34 @@ public struct AdmissionRefusal: Error, Sendable, Hashable {
     public var waited: Int64
     /// When the budget said it would have room again, from the last try (nanoseconds from now), if it tried.
     public var retryIn: Int64?
+
+    public init(reason: Reason, priority: Priority, waited: Int64, retryIn: Int64?) {
+        self.reason = reason
+        self.priority = priority
+        self.waited = waited
+        self.retryIn = retryIn
+    }
 }
 
 /// Observes the queue (metrics).
 public protocol AdmissionObserver: Sendable {
     /// A request waited and got its budget, or left without it (`refused`), after `waited` nanoseconds.
     func admissionWaited(_ priority: Priority, nanoseconds waited: Int64, refused: AdmissionRefusal.Reason?)
+}
+
+/// A deployment's queue as the attempts stage uses it: this process's (`AdmissionGate`) or shared by every instance
+/// (`SharedAdmissionGate`, in Redis).
+public protocol AdmissionGating: Sendable {
+    /// Requests waiting, per priority.
+    func depth(_ priority: Priority) -> Int
+    /// Whether a request of this priority would wait behind another (so it must not try the budget first).
+    func isContended(for priority: Priority) -> Bool
+    /// Runs `attempt` until it is granted, in the queue's order; throws `AdmissionRefusal` when the request is
+    /// refused, and `CancellationError` when its task is cancelled. `onWaiting` is given a way to read the request's
+    /// position when it starts to wait.
+    func admit<Granted: Sendable>(priority: Priority, tenant: String, cost: Double, weight: Double, deadline: Int64,
+                                  onWaiting: (@Sendable (@escaping @Sendable () -> Int?) -> Void)?,
+                                  attempt: () async throws -> AdmissionAttempt<Granted>) async throws -> Granted
 }
 
 /// The I/O shell around one deployment group's `AdmissionQueue`: a request that finds the budget spent waits in the
@@ -40,7 +62,7 @@ public protocol AdmissionObserver: Sendable {
 /// deadline. One reaper task per gate, running only while requests wait, ends those whose deadline passed.
 ///
 /// The uncontended path never touches the queue: an empty queue lets a request try the budget at once.
-public final class AdmissionGate: Sendable {
+public final class AdmissionGate: AdmissionGating {
     struct State {
         var queue: AdmissionQueue
         var parked: [UInt64: CheckedContinuation<Void, Never>] = [:]

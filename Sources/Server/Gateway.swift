@@ -216,7 +216,14 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                                                                      onSettleFailure: { [metrics] in metrics.stateFailed(seam: "limits_settle") }) } ?? LimitLedger()
     // Breakers: each instance's own, their openings shared through Redis when scaled out.
     let board: (any BreakerBoard)? = config.resilience.breaker == nil ? nil : redis.map { RedisBreakerBoard(client: $0, keyPrefix: config.state.keyPrefix) }
-    let attempts = DefaultPipeline.attemptsStage(config, store: limitStore, recorder: metrics, board: board)
+    // The admission queues: shared by every instance through Redis (one order for the shared budgets), or this
+    // process's.
+    let sharedAdmission = config.budgets.isEmpty ? nil : redis.map {
+        SharedAdmission(client: $0, keyPrefix: config.state.keyPrefix, observer: metrics, clock: AttemptsStage.monotonicNanoseconds)
+    }
+    if let sharedAdmission { services.append(AdmissionChannel(admission: sharedAdmission)) }
+    let attempts = DefaultPipeline.attemptsStage(config, store: limitStore, recorder: metrics, board: board,
+                                                 sharedGate: sharedAdmission.map { shared in { id, settings in shared.gate(id, settings: settings) } })
     if let attempts, board != nil { services.append(BreakerSync(attempts: attempts)) }
     // Jobs: durable in Redis when scaled out, this process's otherwise.
     let jobStore: any JobStore = redis.map { RedisJobStore(client: $0, keyPrefix: config.state.keyPrefix, settings: config.jobs) }
@@ -348,6 +355,15 @@ struct BreakerSync: Service {
                 await attempts.syncBreakers()
             }
         }
+    }
+}
+
+/// Listens to the shared admission queues' moves until shutdown.
+struct AdmissionChannel: Service {
+    let admission: SharedAdmission
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await admission.run() }
     }
 }
 

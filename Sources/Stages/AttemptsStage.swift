@@ -57,7 +57,7 @@ public final class AttemptsStage: GatewayStage {
     /// Where the openings of breakers are shared with the other instances (nil: this instance's own only).
     let board: (any BreakerBoard)?
     /// Per deployment with a budget: the queue its requests wait in when the budget is spent.
-    let gates: [String: AdmissionGate]
+    let gates: [String: any AdmissionGating]
     let admission: AdmissionSettings
 
     public init(models: [String: ModelRoute], deployments: [String: [ModelRoute]], fallbacks: [String: [String]],
@@ -65,6 +65,7 @@ public final class AttemptsStage: GatewayStage {
                 defaultOutputTokens: Int64 = 4096, recorder: (any AttemptRecorder)? = nil,
                 board: (any BreakerBoard)? = nil, admission: AdmissionSettings = AdmissionSettings(),
                 admissionObserver: (any AdmissionObserver)? = nil,
+                sharedGate: ((String, AdmissionQueue.Settings) -> any AdmissionGating)? = nil,
                 wallClock: @escaping @Sendable () -> Int64 = wallClockNanoseconds,
                 clock: @escaping @Sendable () -> Int64 = AttemptsStage.monotonicNanoseconds,
                 unit: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) },
@@ -90,9 +91,9 @@ public final class AttemptsStage: GatewayStage {
         self.budgets = budgets.filter { !$0.value.isEmpty }
         self.admission = admission
         let queue = AdmissionQueue.Settings(capacity: admission.capacity, p2Share: admission.p2Share)
-        self.gates = self.budgets.mapValues { _ in
-            AdmissionGate(settings: queue, observer: admissionObserver, clock: clock, sleep: sleep)
-        }
+        self.gates = Dictionary(uniqueKeysWithValues: self.budgets.keys.map { id in
+            (id, sharedGate?(id, queue) ?? AdmissionGate(settings: queue, observer: admissionObserver, clock: clock, sleep: sleep))
+        })
         self.store = store
         self.defaultOutputTokens = max(defaultOutputTokens, 1)
         self.wallClock = wallClock

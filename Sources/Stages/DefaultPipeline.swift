@@ -1,4 +1,4 @@
-import Admission
+public import Admission
 public import Caching
 public import Routing
 public import Limits
@@ -10,12 +10,13 @@ public enum DefaultPipeline {
     /// The attempts stage for `config`, or nil when it has nothing to do (one attempt, one deployment, no budget or
     /// breaker).
     public static func attemptsStage(_ config: GatewayConfig, store: any LimitStore, recorder: (any AttemptRecorder)?,
-                                     board: (any BreakerBoard)? = nil) -> AttemptsStage? {
+                                     board: (any BreakerBoard)? = nil,
+                                     sharedGate: ((String, AdmissionQueue.Settings) -> any AdmissionGating)? = nil) -> AttemptsStage? {
         guard AttemptsStage.isNeeded(config) else { return nil }
         return AttemptsStage(models: config.models, deployments: config.deployments, fallbacks: config.fallbacks,
                              settings: AttemptsStage.Settings(config.resilience), budgets: config.budgets, store: store,
                              recorder: recorder, board: board, admission: config.admission,
-                             admissionObserver: recorder as? any AdmissionObserver)
+                             admissionObserver: recorder as? any AdmissionObserver, sharedGate: sharedGate)
     }
 
     /// Auth → Route (resolve) → ExactCache → SemanticCache → Routing → RateLimit → Attempts → PromptCache →

@@ -59,10 +59,16 @@ final class JobRunner: Service {
     private func dispatch() async {
         await withTaskGroup(of: Void.self) { group in
             var idle = false
+            // Idle, the store is asked less and less often (up to once a second): a job accepted here wakes the
+            // workers at once, one accepted elsewhere is seen within that.
+            var idleRounds = 0
             while !Task.isCancelled {
                 if running.load(ordering: .relaxed) >= settings.workers || idle {
+                    let longest = max(settings.pollInterval, .seconds(1))
+                    let wait = idle ? min(settings.pollInterval * (1 << min(idleRounds, 10)), longest) : settings.pollInterval
+                    idleRounds = idle ? idleRounds + 1 : 0
                     idle = false
-                    await pause()
+                    await pause(wait)
                     continue
                 }
                 let claim: JobClaim?
@@ -77,6 +83,7 @@ final class JobRunner: Service {
                     idle = true
                     continue
                 }
+                idleRounds = 0
                 running.add(1, ordering: .relaxed)
                 group.addTask {
                     await self.execute(claim)
@@ -88,13 +95,13 @@ final class JobRunner: Service {
         }
     }
 
-    /// Waits one poll interval, or less when a job was accepted or finished meanwhile.
-    private func pause() async {
+    /// Waits `duration`, or less when a job was accepted or finished meanwhile.
+    private func pause(_ duration: Duration) async {
         let slice = Duration.milliseconds(10)
         var waited = Duration.zero
-        while waited < settings.pollInterval, !Task.isCancelled {
+        while waited < duration, !Task.isCancelled {
             if nudged.exchange(false, ordering: .relaxed) { return }
-            try? await Task.sleep(for: min(slice, settings.pollInterval - waited))
+            try? await Task.sleep(for: min(slice, duration - waited))
             waited += slice
         }
     }

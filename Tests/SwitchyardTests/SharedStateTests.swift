@@ -90,6 +90,8 @@ import Testing
         let server = try RedisServerProcess()
         var shared = Self.config(redisPort: server.port)
         shared.cache.semanticEnabled = false
+        // The job workers' polls are not on the request path; without workers the count is the requests' alone.
+        shared.jobs.workers = 0
         let config = shared
         try await withTestGateway(config) { _, a in
             #expect(try await send("\(a)/v1/chat/completions", body: Self.body).header("x-switchyard-cache") == "miss")

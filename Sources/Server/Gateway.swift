@@ -218,7 +218,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     let board: (any BreakerBoard)? = config.resilience.breaker == nil ? nil : redis.map { RedisBreakerBoard(client: $0, keyPrefix: config.state.keyPrefix) }
     // The admission queues: shared by every instance through Redis (one order for the shared budgets), or this
     // process's.
-    let sharedAdmission = config.budgets.isEmpty ? nil : redis.map {
+    let sharedAdmission = config.budgets.isEmpty || !config.admission.shared ? nil : redis.map {
         SharedAdmission(client: $0, keyPrefix: config.state.keyPrefix, observer: metrics, clock: AttemptsStage.monotonicNanoseconds)
     }
     if let sharedAdmission { services.append(AdmissionChannel(admission: sharedAdmission)) }

@@ -10,6 +10,9 @@ public struct AdmissionSettings: Sendable, Hashable {
     public var deadlines: [Duration] = [.seconds(10), .seconds(30), .seconds(3600)]
     /// Per tenant, its weight in the fair share between tenants of one priority (default 1).
     public var tenantWeights: [String: Double] = [:]
+    /// With `state.backend: redis`, whether the instances share one queue per deployment (otherwise each keeps its
+    /// own, in front of the shared budgets).
+    public var shared = true
 
     public init() {}
 
@@ -18,11 +21,12 @@ public struct AdmissionSettings: Sendable, Hashable {
 }
 
 extension ConfigLoader {
-    /// `admission: {capacity, p2_share, deadlines: {p0_seconds, p1_seconds, p2_seconds}, tenant_weights: {tenant: weight}}`.
+    /// `admission: {capacity, p2_share, shared, deadlines: {p0_seconds, p1_seconds, p2_seconds}, tenant_weights: {tenant: weight}}`.
     static func parseAdmission(_ reader: MappingReader) throws(ConfigError) -> AdmissionSettings {
         var settings = AdmissionSettings()
         settings.capacity = try reader.int("capacity", in: 1...1_000_000) ?? settings.capacity
         settings.p2Share = try reader.double("p2_share", in: 0...1) ?? settings.p2Share
+        settings.shared = try reader.bool("shared") ?? settings.shared
         if let deadlines = try reader.mapping("deadlines") {
             for priority in Priority.allCases {
                 if let seconds = try deadlines.double("\(priority.name)_seconds", in: 0.001...86_400) {

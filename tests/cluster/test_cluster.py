@@ -31,12 +31,14 @@ ADMIN_KEY = "sk-cluster-admin"
 
 
 class Cluster:
-    def __init__(self, instances=3, extra=None, model_options="", mock_args=""):
+    def __init__(self, instances=3, extra=None, model_options="", mock_args="", mock_latency=None):
         """`extra`: configuration appended to every instance's (keys, limits), as scripts/cluster.sh's GATEWAY_EXTRA;
         `model_options` and `mock_args` as its GATEWAY_MODEL_OPTIONS and MOCK_ARGS."""
         self.dir = tempfile.mkdtemp(prefix="switchyard-cluster-")
         env = dict(os.environ, SWITCHYARD_BIN=BIN, GATEWAY_MODEL_OPTIONS=model_options, MOCK_ARGS=mock_args,
                    SWITCHYARD_ADMIN_KEY=ADMIN_KEY)
+        if mock_latency is not None:
+            env["MOCK_LATENCY_SCALE"] = str(mock_latency)
         if extra:
             path = os.path.join(self.dir, "extra.yaml")
             with open(path, "w") as file:
@@ -531,6 +533,52 @@ class JobsSurviveAKilledInstance(unittest.TestCase):
             self.assertGreater(len(taken_over), 0, "no job was taken over: the kill tested nothing")
             print(f"\n  jobs: at the kill {before}; all {len(ids)} completed {finished:.1f} s later, "
                   f"{len(taken_over)} taken over from the killed instance", file=sys.stderr)
+        finally:
+            cluster.stop()
+
+
+class PriorityAcrossInstances(unittest.TestCase):
+    """One deployment budget, three instances, one queue: batch requests waiting on one instance do not take the
+    budget's refills from real-time requests that came later to the others."""
+
+    def test_p0_on_other_instances_goes_before_p2_waiting_first(self):
+        cluster = Cluster(extra="cache: {exact: {enabled: false}, semantic: {enabled: false}}\n"
+                                "admission: {p2_share: 0}\n",
+                          model_options=", budget: {rpm: 60}", mock_latency=0)
+        try:
+            a, b, c = cluster.instances
+            with concurrent.futures.ThreadPoolExecutor(max_workers=30) as pool:
+                spent = list(pool.map(lambda index: chat(cluster.instances[index % 3], f"Burst {index}")[0], range(60)))
+            self.assertEqual(spent.count(200), 60)
+            done = []
+            lock = threading.Lock()
+
+            def one(base, priority, index):
+                try:
+                    status, _, _ = chat(base, f"{priority} request {index}", headers={"x-switchyard-priority": priority})
+                except urllib.error.HTTPError as error:
+                    status = error.code
+                with lock:
+                    done.append((priority, index, status, time.time()))
+
+            threads = [threading.Thread(target=one, args=(a, "p2", index)) for index in range(6)]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.5)
+            later = [threading.Thread(target=one, args=((b, c)[index % 2], "p0", index)) for index in range(6)]
+            for thread in later:
+                thread.start()
+            for thread in threads + later:
+                thread.join(timeout=60)
+            order = [priority for priority, _, _, _ in sorted(done, key=lambda entry: entry[3])]
+            self.assertTrue(all(status == 200 for _, _, status, _ in done), done)
+            # A P2 request may have had the budget's first refill before the P0 requests arrived; after the first P0
+            # answer, every P0 comes before any further P2 (with a queue per instance, A's P2 requests would take
+            # their instance's share of the refills meanwhile).
+            first = order.index("p0")
+            self.assertLessEqual(first, 1, order)
+            self.assertEqual(order[first:], ["p0"] * 6 + ["p2"] * (6 - first), order)
+            print(f"\n  priority across instances: answers in the order {' '.join(order)}", file=sys.stderr)
         finally:
             cluster.stop()
 

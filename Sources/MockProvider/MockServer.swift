@@ -103,6 +103,7 @@ public final class MockServer: Sendable {
     let limiter: MockRateLimiter?
     let replica: ReplicaGate?
     let promptCache = MockPromptCache()
+    let batchStore = MockBatchStore()
     let faultDraws: Mutex<SplitMix64>
     /// When the first request came: the schedule's origin.
     let firstRequest = Mutex<ContinuousClock.Instant?>(nil)
@@ -157,9 +158,14 @@ public final class MockServer: Sendable {
                 "rate_limited": .number(Double(snapshot.rateLimited)), "faults": .number(Double(snapshot.faults)),
             ]
             if let replica { fields.merge(replica.occupancy()) { first, _ in first } }
+            let batchCounts = self.batchCounts
+            fields["batches"] = .number(Double(batchCounts.batches))
+            fields["batch_requests"] = .number(Double(batchCounts.requests))
             return try json(.ok, .object(fields))
         case (.GET, "/healthz"): return EdgeResponse(status: .ok, body: .buffer(ByteBuffer(string: "ok")))
-        default: return try error(.notFound, anthropic: false, type: "not_found_error", message: "no route \(request.path)")
+        default:
+            if let response = try await routeBatches(request) { return response }
+            return try error(.notFound, anthropic: false, type: "not_found_error", message: "no route \(request.path)")
         }
     }
 

@@ -134,9 +134,16 @@ public struct HTTPProvider: ProviderClient {
             throw upstreamError(status: response.status, headers: response.headers, body: response.body, dialect: dialect,
                                 route: route)
         }
-        let collected = response.body
-        let duration = ContinuousClock.now - started
-        let remaining = config.readsRateLimitHeaders ? Self.remaining(response.headers) : nil
+        var completion = try completion(from: response.body, dialect: dialect, duration: ContinuousClock.now - started, context: context)
+        completion.providerRemaining = config.readsRateLimitHeaders ? Self.remaining(response.headers) : nil
+        return .completion(completion)
+    }
+
+    /// A 200 answer's body: relayed untouched when the client speaks the upstream's format (only its usage read),
+    /// else parsed.
+    func completion(from collected: ByteBuffer, dialect: UpstreamDialect, duration: Duration, context: GatewayContext)
+        throws(GatewayError) -> Completion
+    {
         do {
             var completion: Completion
             if dialect.format == context.clientFormat {
@@ -148,8 +155,7 @@ public struct HTTPProvider: ProviderClient {
                 let parsed = try dialect.parseResponse(try JSONValue.parse(collected.readableBytesView))
                 completion = Completion(response: parsed, raw: (dialect.format, collected), upstreamDuration: duration)
             }
-            completion.providerRemaining = remaining
-            return .completion(completion)
+            return completion
         } catch {
             context.logger.debug("upstream answered malformed JSON", metadata: ["switchyard.provider": "\(config.name)"])
             throw GatewayError(.upstreamError, "upstream '\(config.name)' answered with a malformed body", upstreamStatus: 502)

@@ -125,6 +125,12 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     // A provider one of whose deployments has a budget: its answers' rate-limit headers correct the budget.
     let budgeted = Set((Array(config.models.values) + config.deployments.values.joined())
         .filter { config.budgets[$0.deploymentID] != nil }.map(\.provider))
+    // Providers that may be sent P2 work through their batch API: those of a model or route with `batch: auto`.
+    let batchModels = Set(config.models.values.filter { $0.batch == .auto }.map(\.name)
+        + config.routes.values.filter { $0.batch == .auto }.flatMap { $0.rules.flatMap(\.target.models) })
+    let batching = Set(batchModels.flatMap { model in
+        ([config.models[model]].compactMap { $0 } + (config.deployments[model] ?? [])).map(\.provider)
+    })
     for (name, var provider) in config.providers {
         provider.readsRateLimitHeaders = provider.readsRateLimitHeaders || budgeted.contains(name)
         let mockBase: @Sendable () -> String = { mockURL.value ?? "http://127.0.0.1:0" }
@@ -139,8 +145,16 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
             providers[name] = ReplicaGroup(members: members, settings: ReplicaBalancer.Settings(policy: policy, choices: provider.balancingChoices))
             continue
         }
-        providers[name] = HTTPProvider(config: provider, transports: httpClient.transports, environment: environment, baseURL: baseURL,
-                                       anomalies: metrics)
+        let client = HTTPProvider(config: provider, transports: httpClient.transports, environment: environment, baseURL: baseURL,
+                                  anomalies: metrics)
+        if batching.contains(name), provider.kind.hasBatchAPI {
+            let collector = BatchCollector(upstream: client, settings: config.jobs.batch, clock: wallClockNanoseconds,
+                                           observe: { [metrics] event in metrics.batch(event) })
+            services.append(collector)
+            providers[name] = BatchingProvider(inner: client, collector: collector)
+        } else {
+            providers[name] = client
+        }
     }
     var batcher: EmbeddingBatcher?
     var unavailable = "the embeddings endpoint is disabled"

@@ -2,6 +2,7 @@ public import Admission
 public import Prometheus
 public import SwitchyardCore
 import Caching
+import Providers
 import SwitchyardModels
 
 /// The gateway's Prometheus metrics, declared once; every label comes from a bounded set
@@ -85,6 +86,10 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
     let jobsAccepted: [Counter]
     let jobsEnded: [Priority: [JobStatus: Counter]]
     let webhookDeliveries: [Bool: Counter]
+    /// Batches sent (or not) to the providers' batch APIs, their requests by outcome, and what they saved.
+    let batches: [String: Counter]
+    let batchRequests: [String: Counter]
+    let batchSaved: Counter
     /// Savings per tenant and kind over time, for `GET /v1/usage/savings`.
     public let savings: any SavingsStore
 
@@ -240,6 +245,17 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
                                               helpText: "Job webhooks, by result: delivered, or given up after every retry.")
         webhookDeliveries = [true: registry.makeCounter(descriptor: deliveries, labels: [("result", "delivered")]),
                              false: registry.makeCounter(descriptor: deliveries, labels: [("result", "failed")])]
+        let sentBatches = MetricNameDescriptor(namespace: "switchyard", metricName: "batches", unitName: "total",
+                                               helpText: "Batches for the providers' batch APIs, by result: submitted, or failed to submit.")
+        batches = Dictionary(uniqueKeysWithValues: ["submitted", "submit_failed"].map {
+            ($0, registry.makeCounter(descriptor: sentBatches, labels: [("result", $0)]))
+        })
+        let batchedRequests = MetricNameDescriptor(namespace: "switchyard", metricName: "batch_requests", unitName: "total",
+                                                   helpText: "P2 job requests sent through a batch API, by outcome (late and full ones were sent on their own).")
+        batchRequests = Dictionary(uniqueKeysWithValues: ["submitted", "answered", "failed", "late", "full"].map {
+            ($0, registry.makeCounter(descriptor: batchedRequests, labels: [("outcome", $0)]))
+        })
+        batchSaved = total("batch_saved_nano_usd", "Requests answered through a batch API: their price sent alone minus the batch price, in nano-USD.")
         (self.durations, self.overheads, self.errors, self.timeToFirstToken, self.models) = (durations, overheads, errors, ttft, models)
         self.registry = registry
     }
@@ -293,6 +309,10 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
         if record.cost.value > 0 { counters.cost.increment(by: record.cost.value) }
         if usage.wasClamped { upstreamAnomaly(.usage) }
         if record.usageEstimated { estimatedUsage.increment() }
+        if record.batchSaved.value > 0 {
+            savings.record(tenant: record.caller.tenant, kind: .batch, saved: record.batchSaved)
+            batchSaved.increment(by: record.batchSaved.value)
+        }
         if usage.cacheReadTokens > 0 || usage.cacheWriteTokens > 0 {
             savings.record(tenant: record.caller.tenant, kind: .promptCache, saved: record.promptCacheSaved)
             if record.promptCacheSaved.value > 0 {
@@ -352,6 +372,19 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
 
     func jobEnded(_ job: JobRecord) {
         jobsEnded[job.priority]?[job.status]?.increment()
+    }
+
+    func batch(_ event: BatchCollector.Event) {
+        switch event {
+        case .submitted(let requests):
+            batches["submitted"]?.increment()
+            if requests > 0 { batchRequests["submitted"]?.increment(by: Int64(requests)) }
+        case .submitFailed: batches["submit_failed"]?.increment()
+        case .answered: batchRequests["answered"]?.increment()
+        case .failed: batchRequests["failed"]?.increment()
+        case .late: batchRequests["late"]?.increment()
+        case .full: batchRequests["full"]?.increment()
+        }
     }
 
     func webhook(delivered: Bool) {

@@ -24,7 +24,7 @@ final class JobRunner: Service {
     let metrics: GatewayMetrics?
     let worker: String
     let clock: @Sendable () -> Int64
-    private let running = Atomic<Int>(0)
+    fileprivate let running = Atomic<Int>(0)
     /// Set when a job was accepted here: the next look for work does not wait for the poll interval.
     private let nudged = Atomic<Bool>(false)
 
@@ -85,10 +85,10 @@ final class JobRunner: Service {
                 }
                 idleRounds = 0
                 running.add(1, ordering: .relaxed)
+                let slot = Slot(runner: self)
                 group.addTask {
-                    await self.execute(claim)
-                    self.running.subtract(1, ordering: .relaxed)
-                    self.nudge()
+                    await self.execute(claim, slot: slot)
+                    slot.release()
                 }
             }
             group.cancelAll()
@@ -106,10 +106,27 @@ final class JobRunner: Service {
         }
     }
 
+    /// A worker's place, given back once: when its job ends, or earlier when the job's request joins a provider's
+    /// batch (the wait is the batch's, bounded by `batch.max_pending`, not a worker's).
+    final class Slot: Sendable {
+        let runner: JobRunner
+        private let released = Atomic<Bool>(false)
+
+        init(runner: JobRunner) {
+            self.runner = runner
+        }
+
+        func release() {
+            guard !released.exchange(true, ordering: .relaxed) else { return }
+            runner.running.subtract(1, ordering: .relaxed)
+            runner.nudge()
+        }
+    }
+
     /// One job, start to end.
-    func execute(_ claim: JobClaim) async {
+    func execute(_ claim: JobClaim, slot: Slot? = nil) async {
         let cancelled = Atomic<Bool>(false)
-        let work = Task { await self.outcome(claim.job) }
+        let work = Task { await self.outcome(claim.job, slot: slot) }
         let renewal = Task {
             let period = max(settings.visibilityTimeout / 3, .milliseconds(10))
             while !Task.isCancelled {
@@ -142,7 +159,7 @@ final class JobRunner: Service {
     }
 
     /// Runs the job's request (again after a passing refusal) until it answers, fails for good, or its deadline.
-    func outcome(_ job: JobRecord) async -> JobRecord.Outcome {
+    func outcome(_ job: JobRecord, slot: Slot? = nil) async -> JobRecord.Outcome {
         func failed(_ error: GatewayError) -> JobRecord.Outcome {
             .failed(status: ErrorRenderer.status(for: error, format: job.format),
                     error: ErrorRenderer.body(for: error, format: job.format, requestID: job.id))
@@ -160,6 +177,10 @@ final class JobRunner: Service {
         // A job's answer is whole; the client's body is forwarded as is only when it asked for that already.
         let original = request.stream ? nil : ClientOriginal(request: request, body: ByteBuffer(bytes: job.request.serialized()))
         request.stream = false
+        // P2 work may wait for a provider's batch API (where its model says `batch: auto`); one ticket for every
+        // run, so a batch given up is not tried again.
+        let ticket = job.priority == .p2
+            ? BatchTicket(deadline: job.deadline, settings: settings.batch, joined: { slot?.release() }) : nil
         var backoff = Duration.milliseconds(500)
         while true {
             let left = job.deadline &- clock()
@@ -168,6 +189,7 @@ final class JobRunner: Service {
             context.caller = job.caller
             context.requestedPriority = job.priority
             context.runsAsJob = true
+            context.batchTicket = ticket
             context.original = original
             do {
                 let response = try await withDeadline(.nanoseconds(left)) { [pipeline, request, context] in

@@ -142,9 +142,12 @@ public final class AttemptsStage: GatewayStage {
                 }
                 let reservation: Reservation?
                 let started = wallClock()
+                // A request that waits for a batch takes nothing from the deployment's per-minute budget (the
+                // providers count batches apart from it).
+                let batched = context.batchTicket?.applies(to: candidate, now: wallClock()) == true
                 do {
-                    switch try await reserveBudget(id, request: request, context: context,
-                                                   moreCandidates: position < chain.count) {
+                    switch try await (batched ? .uncounted : reserveBudget(id, request: request, context: context,
+                                                                           moreCandidates: position < chain.count)) {
                     case .reserved(let taken): reservation = taken
                     case .uncounted: reservation = nil
                     case .spent:
@@ -157,6 +160,8 @@ public final class AttemptsStage: GatewayStage {
                     break
                 }
                 var attempt = context
+                // Decided here, once: an attempt sent on its own has its budget reserved.
+                if !batched, attempt.batchTicket != nil { attempt.batchTicket = nil }
                 if position > 0 {
                     attempt.route = candidate
                     // The client's body names another model or is shaped for another provider: rendered again.
@@ -167,6 +172,12 @@ public final class AttemptsStage: GatewayStage {
                     report(id, success: true)
                     if let reservation, case .completion(let completion) = response { correct(reservation, request: request, completion: completion, started: started) }
                     return response
+                } catch let error as GatewayError where batched && context.batchTicket?.applies(to: candidate, now: wallClock()) == false
+                    && error.isRetryable && !Task.isCancelled {
+                    // The batch failed or came too late: the same deployment again, now as a call of its own, which
+                    // says nothing yet of the deployment's health.
+                    attempts.append("\(id): batch: \(error.message)")
+                    continue attempting
                 } catch let error as GatewayError {
                     let failure = Self.classify(error)
                     // An invalid request says nothing of the deployment's health.

@@ -26,11 +26,13 @@ public struct CostAccountingStage: GatewayStage {
         let caller = try context.requireCaller()
         switch response {
         case .completion(var completion):
-            let cost = route.price.cost(of: completion.usage)
+            let listed = route.price.cost(of: completion.usage)
+            let cost = completion.batched ? route.price.batchCost(of: completion.usage) : listed
             completion.cost = cost
             recorder.record(CostRecord(requestID: context.requestID, caller: caller, model: route.name,
                                        usage: completion.usage, cost: cost, streamed: false,
-                                       promptCacheSaved: route.price.promptCacheSavings(of: completion.usage)))
+                                       promptCacheSaved: route.price.promptCacheSavings(of: completion.usage),
+                                       batchSaved: NanoUSD(saturating: Int128(listed.value) - Int128(cost.value))))
             return .completion(completion)
         case .stream(let stream):
             let recorder = self.recorder

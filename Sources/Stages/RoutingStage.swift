@@ -92,9 +92,10 @@ public struct RoutingStage: GatewayStage {
         case .cascade(_, let strong, _):
             name = strong
         }
-        guard let model = models[name] else {
+        guard var model = models[name] else {
             throw GatewayError(.internalError, "route '\(route.name)' names unknown model '\(name)'")
         }
+        if let batch = route.batch { model.batch = batch }
         var request = request
         if let limit = rule.maxTokens ?? route.maxTokens {
             let limited = limit.apply(to: request.maxTokens)

@@ -99,8 +99,16 @@ extension ConfigLoader {
             guard rules.last?.match.matchesEverything == true else {
                 throw ConfigError(path: reader.child("rules"), "the last rule must have no 'when', so that every request is served")
             }
+            let batch = try parseBatchPolicy(reader)
+            if batch == .auto {
+                for model in Set(rules.flatMap(\.target.models)).sorted() {
+                    guard let route = config.models[model], config.providers[route.provider]?.kind.hasBatchAPI != false,
+                          !(config.deployments[model] ?? []).contains(where: { config.providers[$0.provider]?.kind.hasBatchAPI == false })
+                    else { throw ConfigError(path: reader.child("batch"), "model '\(model)' is served by a provider without a batch API") }
+                }
+            }
             try reader.finish()
-            config.routes[name] = RouteConfig(name: name, rules: rules, maxTokens: maxTokens)
+            config.routes[name] = RouteConfig(name: name, rules: rules, maxTokens: maxTokens, batch: batch)
         }
     }
 
@@ -179,5 +187,14 @@ extension ConfigLoader {
             throw ConfigError(path: limit.path, "sets neither default nor cap")
         }
         return result
+    }
+}
+
+extension ConfigLoader {
+    /// `batch: auto | never` of a model or a route; nil when absent.
+    static func parseBatchPolicy(_ reader: MappingReader) throws(ConfigError) -> BatchPolicy? {
+        guard let text = try reader.string("batch") else { return nil }
+        guard let policy = BatchPolicy(rawValue: text) else { throw ConfigError(path: reader.child("batch"), "must be auto or never") }
+        return policy
     }
 }

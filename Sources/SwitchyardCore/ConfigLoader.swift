@@ -206,6 +206,10 @@ public enum ConfigLoader {
                 guard ["auto", "off"].contains(mode) else { throw ConfigError(path: reader.child("prompt_cache"), "must be auto or off") }
                 autoPromptCache = mode == "auto"
             }
+            let batch = try parseBatchPolicy(reader) ?? .never
+            if batch == .auto, config.providers[provider]?.kind.hasBatchAPI == false {
+                throw ConfigError(path: reader.child("batch"), "provider '\(provider)' has no batch API")
+            }
             if let exact = try reader.bool("exact_cache"), !exact { config.cache.exactOff.insert(name) }
             if let threshold = try reader.double("semantic_threshold", in: 0.5...1) { config.cache.modelSemanticThreshold[name] = threshold }
             if let semantic = try reader.bool("semantic_cache"), !semantic { config.cache.semanticOff.insert(name) }
@@ -216,8 +220,11 @@ public enum ConfigLoader {
                     guard config.providers[other] != nil else {
                         throw ConfigError(path: item.child("provider"), "unknown provider '\(other)'")
                     }
+                    if batch == .auto, config.providers[other]?.kind.hasBatchAPI == false {
+                        throw ConfigError(path: item.child("provider"), "provider '\(other)' has no batch API, and the model has batch: auto")
+                    }
                     let deployment = ModelRoute(name: name, provider: other, upstreamModel: try item.string("upstream_model") ?? upstream,
-                                                price: price, autoPromptCache: autoPromptCache)
+                                                price: price, autoPromptCache: autoPromptCache, batch: batch)
                     if let budget = try parseBudget(item) { config.budgets[deployment.deploymentID] = budget }
                     config.deployments[name, default: []].append(deployment)
                     try item.finish()
@@ -227,7 +234,7 @@ public enum ConfigLoader {
             if let budget = try parseBudget(reader) { config.budgets[provider + "/" + upstream] = budget }
             try reader.finish()
             config.models[name] = ModelRoute(name: name, provider: provider, upstreamModel: upstream, price: price,
-                                             autoPromptCache: autoPromptCache)
+                                             autoPromptCache: autoPromptCache, batch: batch)
         }
         guard !config.models.isEmpty else { throw ConfigError(path: "models", "must name at least one model") }
         for (name, fallbacks) in config.fallbacks {

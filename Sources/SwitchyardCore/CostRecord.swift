@@ -13,9 +13,12 @@ public struct CostRecord: Sendable {
     /// Whether some of `usage` is estimated: a stream that ended (client gone, upstream cut) before the upstream
     /// reported its usage is priced from the request's size and the output relayed so far.
     public var usageEstimated: Bool
+    /// What sending the request through the provider's batch API saved against its price sent alone.
+    public var batchSaved: NanoUSD
 
     public init(requestID: String, caller: Caller, model: String, usage: Usage, cost: NanoUSD, streamed: Bool,
-                promptCacheSaved: NanoUSD = .zero, usageEstimated: Bool = false) {
+                promptCacheSaved: NanoUSD = .zero, usageEstimated: Bool = false, batchSaved: NanoUSD = .zero) {
+        self.batchSaved = batchSaved
         self.usageEstimated = usageEstimated
         self.requestID = requestID
         self.caller = caller

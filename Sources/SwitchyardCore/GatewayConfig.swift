@@ -11,6 +11,9 @@ public enum ProviderKind: String, Sendable, Hashable, CaseIterable {
     /// The built-in mock provider, started in-process on its own loopback port.
     case mock
 
+    /// Whether the provider offers a batch API (OpenAI's `/v1/batches`, Anthropic's message batches; the mock has both).
+    public var hasBatchAPI: Bool { self != .openAICompatible }
+
     /// The wire format the provider speaks for a given upstream model.
     public func format(forUpstreamModel model: String) -> APIFormat {
         switch self {
@@ -105,14 +108,28 @@ public struct ModelRoute: Sendable, Hashable {
     /// the tools when they are long enough to be cached (YAML `prompt_cache: auto`). Off by default: a cache write
     /// costs 1.25× the input price, worth it only when the prefix is reused within the cache's five minutes.
     public var autoPromptCache: Bool
+    /// Whether P2 jobs for this model go through the provider's batch API (YAML `batch: auto | never`, default never;
+    /// a route's `batch` overrides it for the requests it routes).
+    public var batch: BatchPolicy
 
-    public init(name: String, provider: String, upstreamModel: String, price: ModelPrice, autoPromptCache: Bool = false) {
+    public init(name: String, provider: String, upstreamModel: String, price: ModelPrice, autoPromptCache: Bool = false,
+                batch: BatchPolicy = .never) {
+        self.batch = batch
         self.name = name
         self.provider = provider
         self.upstreamModel = upstreamModel
         self.price = price
         self.autoPromptCache = autoPromptCache
     }
+}
+
+/// Whether a model's background work may wait for a provider's batch API (half the price, an answer within its
+/// completion window instead of seconds).
+public enum BatchPolicy: String, Sendable, Hashable {
+    /// P2 jobs are grouped and sent through the batch API when the provider has one.
+    case auto
+    /// Every request is sent on its own.
+    case never
 }
 
 /// Who is calling: the result of authentication.

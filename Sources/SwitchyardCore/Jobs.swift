@@ -215,6 +215,8 @@ public struct JobSettings: Sendable, Hashable {
     public var webhookTimeout: Duration = .seconds(10)
     /// How often the workers look for work when there was none.
     public var pollInterval: Duration = .milliseconds(200)
+    /// How P2 jobs of models with `batch: auto` are grouped for the providers' batch APIs.
+    public var batch = BatchSettings()
 
     public init() {}
 
@@ -224,7 +226,7 @@ public struct JobSettings: Sendable, Hashable {
 extension ConfigLoader {
     /// `jobs: {workers, retention_seconds, max_queued, max_queued_per_tenant, max_retained, visibility_timeout_seconds,
     /// deadlines: {p0_seconds, p1_seconds, p2_seconds}, webhook_attempts, webhook_backoff_seconds, webhook_timeout_seconds,
-    /// poll_interval_seconds}`.
+    /// poll_interval_seconds, batch: {...}}`.
     static func parseJobs(_ reader: MappingReader) throws(ConfigError) -> JobSettings {
         var settings = JobSettings()
         func duration(_ key: String, in range: ClosedRange<Double>) throws(ConfigError) -> Duration? {
@@ -248,6 +250,7 @@ extension ConfigLoader {
         settings.webhookBackoff = try duration("webhook_backoff_seconds", in: 0.001...3600) ?? settings.webhookBackoff
         settings.webhookTimeout = try duration("webhook_timeout_seconds", in: 0.01...300) ?? settings.webhookTimeout
         settings.pollInterval = try duration("poll_interval_seconds", in: 0.001...60) ?? settings.pollInterval
+        if let batch = try reader.mapping("batch") { settings.batch = try parseBatch(batch) }
         try reader.finish()
         return settings
     }

@@ -25,6 +25,7 @@ public struct GatewayContext: Sendable {
         var fallbacks = CacheFallbacks()
         var runsAsJob = false
         var queueWatch: QueueWatch?
+        var batchTicket: BatchTicket?
     }
 
     /// Mutated only when uniquely referenced (`update`), so sharing it between tasks is safe.
@@ -134,6 +135,12 @@ public struct GatewayContext: Sendable {
         set { update { $0.runsAsJob = newValue } }
     }
 
+    /// Set by a job's worker for a P2 job: the request may wait for its provider's batch API.
+    public var batchTicket: BatchTicket? {
+        get { storage.fields.batchTicket }
+        set { update { $0.batchTicket = newValue } }
+    }
+
     /// Set by the edge for a streaming request: told when the request waits in a deployment's queue.
     public var queueWatch: QueueWatch? {
         get { storage.fields.queueWatch }
@@ -182,6 +189,8 @@ public struct Completion: Sendable {
     public var providerRemaining: ProviderRemaining?
     /// Set when the request was accepted as a background job instead of answered: `raw` is the job (202).
     public var acceptedJob: String?
+    /// Whether the answer came through the provider's batch API (priced at batch rates).
+    public var batched = false
 
     /// A completion decoded in full.
     public init(response: ChatResponse, raw: (format: APIFormat, body: ByteBuffer)? = nil, cost: NanoUSD? = nil,

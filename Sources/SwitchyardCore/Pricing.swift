@@ -35,10 +35,21 @@ public struct ModelPrice: Sendable, Hashable {
     /// What `usage` costs at these prices, rounded up once to a whole nano-USD; never negative. Computed in 128 bits
     /// and saturated, so no token count or price can overflow it.
     public func cost(of usage: Usage) -> NanoUSD {
+        NanoUSD(saturating: max(0, (scaled(usage) + 999_999) / 1_000_000))
+    }
+
+    /// What `usage` costs through the provider's batch API: half the price (OpenAI's and Anthropic's batch rate, for
+    /// every token kind), rounded up once.
+    public func batchCost(of usage: Usage) -> NanoUSD {
+        NanoUSD(saturating: max(0, (scaled(usage) + 1_999_999) / 2_000_000))
+    }
+
+    /// The cost in millionths of a nano-USD.
+    func scaled(_ usage: Usage) -> Int128 {
         let scaled = Int128(max(0, usage.inputTokens)) * Int128(input.value)
             + Int128(max(0, usage.outputTokens)) * Int128(output.value)
             + Int128(max(0, usage.cacheReadTokens)) * Int128(cacheRead.value)
             + Int128(max(0, usage.cacheWriteTokens)) * Int128(cacheWrite.value)
-        return NanoUSD(saturating: max(0, (scaled + 999_999) / 1_000_000))
+        return scaled
     }
 }

@@ -10,8 +10,11 @@ public struct RouteConfig: Sendable, Hashable {
     public var rules: [RouteRule]
     /// Output length control for every rule that sets none of its own.
     public var maxTokens: OutputLimit?
+    /// Overrides the picked model's `batch` for the requests this route sends (YAML `batch: auto | never`).
+    public var batch: BatchPolicy?
 
-    public init(name: String, rules: [RouteRule], maxTokens: OutputLimit? = nil) {
+    public init(name: String, rules: [RouteRule], maxTokens: OutputLimit? = nil, batch: BatchPolicy? = nil) {
+        self.batch = batch
         self.name = name
         self.rules = rules
         self.maxTokens = maxTokens

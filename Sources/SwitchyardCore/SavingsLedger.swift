@@ -27,6 +27,8 @@ public final class SavingsLedger: SavingsStore {
         case semantic
         /// The provider's prompt cache: cached input tokens at the input price minus what they were billed.
         case promptCache = "prompt_cache"
+        /// Sent through the provider's batch API: the price sent alone minus the batch price.
+        case batch
     }
 
     public struct Total: Sendable, Hashable {

@@ -21,6 +21,11 @@ public struct BatchBook<Key: Hashable & Sendable>: Sendable {
     public struct Batch: Sendable, Hashable {
         public var key: Key
         public var ids: [String]
+
+        public init(key: Key, ids: [String]) {
+            self.key = key
+            self.ids = ids
+        }
     }
 
     public enum Joined: Sendable, Hashable {

@@ -40,6 +40,7 @@ final class MockBatchStore: Sendable {
         var counter = 0
         var created = 0
         var requests = 0
+        var cancelled = 0
     }
 
     static let maxFiles = 1000
@@ -87,8 +88,11 @@ extension MockServer {
         .nanoseconds(Int64((60 + 0.1 * Double(requests)) * settings.latencyScale * 1e9))
     }
 
-    /// Batches created and the requests in them, for tests (`GET /mock/stats`: `batches`, `batch_requests`).
-    public var batchCounts: (batches: Int, requests: Int) { batchStore.state.withLock { ($0.created, $0.requests) } }
+    /// Batches created, the requests in them, and cancellations asked for, for tests (`GET /mock/stats`: `batches`,
+    /// `batch_requests`, `batches_cancelled`).
+    public var batchCounts: (batches: Int, requests: Int, cancelled: Int) {
+        batchStore.state.withLock { ($0.created, $0.requests, $0.cancelled) }
+    }
 
     func routeBatches(_ request: EdgeRequest) async throws -> EdgeResponse? {
         let path = request.path
@@ -241,7 +245,10 @@ extension MockServer {
     func cancelBatch(_ id: String, anthropic: Bool) throws -> EdgeResponse {
         let batch = batchStore.state.withLock { state -> MockBatchStore.Batch? in
             guard var batch = state.batches[id], batch.anthropic == anthropic else { return nil }
-            if batch.cancelled == nil, ContinuousClock.now - batch.created < batch.duration { batch.cancelled = .now }
+            if batch.cancelled == nil, ContinuousClock.now - batch.created < batch.duration {
+                batch.cancelled = .now
+                state.cancelled += 1
+            }
             state.batches[id] = batch
             return batch
         }

@@ -161,6 +161,7 @@ public final class MockServer: Sendable {
             let batchCounts = self.batchCounts
             fields["batches"] = .number(Double(batchCounts.batches))
             fields["batch_requests"] = .number(Double(batchCounts.requests))
+            fields["batches_cancelled"] = .number(Double(batchCounts.cancelled))
             return try json(.ok, .object(fields))
         case (.GET, "/healthz"): return EdgeResponse(status: .ok, body: .buffer(ByteBuffer(string: "ok")))
         default:

@@ -124,6 +124,18 @@ import Testing
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\njobs: {visibility_timeout_seconds: 0}", "jobs.visibility_timeout_seconds",
          "between"),
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\njobs: {retain: 5}", "jobs.retain", "unknown key"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m, batch: sometimes}}", "models.gpt-4o.batch", "auto or never"),
+        ("providers: {v: {kind: openai-compatible, base_url: 'http://127.0.0.1:1'}}\nmodels: {llama: {provider: v, batch: auto, price: {input: 0, output: 0}}}",
+         "models.llama.batch", "no batch API"),
+        ("providers: {m: {kind: mock}, v: {kind: openai-compatible, base_url: 'http://127.0.0.1:1'}}\nmodels: {gpt-4o: {provider: m, batch: auto, deployments: [{provider: v}]}}",
+         "models.gpt-4o.deployments[0].provider", "no batch API"),
+        ("providers: {v: {kind: openai-compatible, base_url: 'http://127.0.0.1:1'}}\nmodels: {llama: {provider: v, price: {input: 0, output: 0}}}\nroutes: {bg: {batch: auto, rules: [{model: llama}]}}",
+         "routes.bg.batch", "without a batch API"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\njobs: {batch: {max_requests: 0}}", "jobs.batch.max_requests", "between"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\njobs: {batch: {min_time_left_seconds: 60, live_margin_seconds: 60}}",
+         "jobs.batch.min_time_left_seconds", "more than live_margin_seconds"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\njobs: {batch: {size: 5}}", "jobs.batch.size", "unknown key"),
+        ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nadmission: {shared: maybe}", "admission.shared", "true or false"),
         ("providers: {m: {kind: mock}}\nmodels: {gpt-4o: {provider: m}}\nkeys: [{sha256: \(String(repeating: "ab", count: 32)), tenant: t, priority: urgent}]",
          "keys[0].priority", "p0, p1 or p2"),
     ])
@@ -289,6 +301,27 @@ import Testing
         #expect(config.jobs.workers == 3 && config.jobs.retention == .seconds(3600) && config.jobs.maxQueuedPerTenant == 50)
         #expect(config.jobs.visibilityTimeout == .seconds(5) && config.jobs.webhookAttempts == 2)
         #expect(config.jobs.deadline(.p2) == .seconds(7200) && config.jobs.deadline(.p0) == .seconds(60))
+        #expect(config.jobs.batch == BatchSettings(), "the batch defaults where not given")
+    }
+
+    @Test func batchPoliciesAndTheirSettingsAreRead() throws {
+        let config = try ConfigLoader.parse(yaml: """
+            providers: {m: {kind: mock}}
+            models:
+              gpt-4o: {provider: m, batch: auto}
+              gpt-4o-mini: {provider: m}
+            routes:
+              background: {batch: auto, rules: [{model: gpt-4o-mini}]}
+            admission: {shared: false}
+            jobs:
+              batch: {window_seconds: 5, max_requests: 200, poll_seconds: 2, min_time_left_seconds: 1800, live_margin_seconds: 300, max_pending: 900}
+            """, environment: env)
+        #expect(config.models["gpt-4o"]?.batch == .auto && config.models["gpt-4o-mini"]?.batch == .never)
+        #expect(config.routes["background"]?.batch == .auto)
+        #expect(config.admission.shared == false)
+        let batch = config.jobs.batch
+        #expect(batch.window == .seconds(5) && batch.maxRequests == 200 && batch.pollInterval == .seconds(2))
+        #expect(batch.minimumTimeLeft == .seconds(1800) && batch.liveMargin == .seconds(300) && batch.maxPending == 900)
     }
 
     @Test func aHeaderCanLowerTheKeysPriorityButNeverRaiseIt() {

@@ -111,54 +111,69 @@ extension HTTPProvider: BatchUpstream {
 
     public func batchResults(_ id: String, upstreamModel: String) async throws(GatewayError) -> [String: BatchItemResult] {
         let format = config.kind.format(forUpstreamModel: upstreamModel)
-        let dialect = UpstreamDialect.forProvider(config.kind, upstreamModel: upstreamModel)
-        let route = ModelRoute(name: upstreamModel, provider: config.name, upstreamModel: upstreamModel,
-                               price: ModelPrice(input: .zero, output: .zero, cacheRead: .zero, cacheWrite: .zero))
         let id = try Self.checked(id, provider: config.name)
-        var results: [String: BatchItemResult] = [:]
         switch format {
         case .openAI:
             let batch = try Self.object(try await batchCall(.GET, "/v1/batches/\(id)", format: format, upstreamModel: upstreamModel),
                                         provider: config.name)
+            var results: [String: BatchItemResult] = [:]
             for key in ["output_file_id", "error_file_id"] {
                 guard let named = batch[key]?.stringValue else { continue }
                 let file = try Self.checked(named, provider: config.name)
                 let lines = try await batchCall(.GET, "/v1/files/\(file)/content", format: format, upstreamModel: upstreamModel)
-                for line in Self.lines(lines) {
-                    guard let id = line["custom_id"]?.stringValue else { continue }
-                    if let response = line["response"]?.objectValue, let status = response["status_code"]?.intValue,
-                       let body = response["body"], body.objectValue != nil {
-                        results[id] = status == 200
-                            ? .answered(ByteBuffer(bytes: body.serialized()))
-                            : .failed(upstreamError(status: HTTPResponseStatus(statusCode: Int(clamping: status)), headers: [:],
-                                                    body: ByteBuffer(bytes: body.serialized()), dialect: dialect, route: route))
-                    } else {
-                        let message = line["error"]?["message"]?.stringValue ?? "no answer"
-                        results[id] = .failed(GatewayError(.upstreamError, "upstream '\(config.name)' failed a batch request: "
-                                                           + String(message.prefix(500)), upstreamStatus: 502))
-                    }
-                }
+                results.merge(openAIResults(lines, upstreamModel: upstreamModel)) { first, _ in first }
             }
+            return results
         case .anthropic:
             let lines = try await batchCall(.GET, "/v1/messages/batches/\(id)/results", format: format, upstreamModel: upstreamModel)
-            for line in Self.lines(lines) {
-                guard let id = line["custom_id"]?.stringValue, let result = line["result"] else { continue }
-                switch result["type"]?.stringValue {
-                case "succeeded":
-                    guard let message = result["message"], message.objectValue != nil else { continue }
-                    results[id] = .answered(ByteBuffer(bytes: message.serialized()))
-                case "errored":
-                    let error = result["error"]?["error"] ?? result["error"]
-                    let type = error?["type"]?.stringValue
-                    let message = String((error?["message"]?.stringValue ?? "").prefix(500))
-                    results[id] = .failed(type == "invalid_request_error"
-                        ? GatewayError(.invalidRequest, "upstream '\(config.name)' rejected the request: \(message)", upstreamStatus: 400)
-                        : GatewayError(.upstreamError, "upstream '\(config.name)' failed a batch request: \(message)", upstreamStatus: 502))
-                default:
-                    // `canceled`, `expired`: not an answer, and not the request's fault.
-                    results[id] = .failed(GatewayError(.upstreamError, "upstream '\(config.name)' did not run the request in its batch",
-                                                       upstreamStatus: 502))
-                }
+            return anthropicResults(lines)
+        }
+    }
+
+    /// The requests' results in an OpenAI output or error file (JSONL). A line without a `custom_id` is skipped; a
+    /// status outside 100…599 is read as a 502.
+    func openAIResults(_ lines: ByteBuffer, upstreamModel: String) -> [String: BatchItemResult] {
+        let dialect = UpstreamDialect.forProvider(config.kind, upstreamModel: upstreamModel)
+        let route = errorRoute(upstreamModel)
+        var results: [String: BatchItemResult] = [:]
+        for line in Self.lines(lines) {
+            guard let id = line["custom_id"]?.stringValue, results[id] == nil else { continue }
+            if let response = line["response"]?.objectValue, let status = response["status_code"]?.intValue,
+               let body = response["body"], body.objectValue != nil {
+                let code = (100...599).contains(status) ? Int(status) : 502
+                results[id] = code == 200
+                    ? .answered(ByteBuffer(bytes: body.serialized()))
+                    : .failed(upstreamError(status: HTTPResponseStatus(statusCode: code), headers: [:],
+                                            body: ByteBuffer(bytes: body.serialized()), dialect: dialect, route: route))
+            } else {
+                let message = line["error"]?["message"]?.stringValue ?? "no answer"
+                results[id] = .failed(GatewayError(.upstreamError, "upstream '\(config.name)' failed a batch request: "
+                                                   + String(message.prefix(500)), upstreamStatus: 502))
+            }
+        }
+        return results
+    }
+
+    /// The requests' results of an Anthropic message batch (JSONL). A line without a `custom_id` is skipped.
+    func anthropicResults(_ lines: ByteBuffer) -> [String: BatchItemResult] {
+        var results: [String: BatchItemResult] = [:]
+        for line in Self.lines(lines) {
+            guard let id = line["custom_id"]?.stringValue, results[id] == nil, let result = line["result"] else { continue }
+            switch result["type"]?.stringValue {
+            case "succeeded":
+                guard let message = result["message"], message.objectValue != nil else { continue }
+                results[id] = .answered(ByteBuffer(bytes: message.serialized()))
+            case "errored":
+                let error = result["error"]?["error"] ?? result["error"]
+                let type = error?["type"]?.stringValue
+                let message = String((error?["message"]?.stringValue ?? "").prefix(500))
+                results[id] = .failed(type == "invalid_request_error"
+                    ? GatewayError(.invalidRequest, "upstream '\(config.name)' rejected the request: \(message)", upstreamStatus: 400)
+                    : GatewayError(.upstreamError, "upstream '\(config.name)' failed a batch request: \(message)", upstreamStatus: 502))
+            default:
+                // `canceled`, `expired`: not an answer, and not the request's fault.
+                results[id] = .failed(GatewayError(.upstreamError, "upstream '\(config.name)' did not run the request in its batch",
+                                                   upstreamStatus: 502))
             }
         }
         return results
@@ -202,12 +217,17 @@ extension HTTPProvider: BatchUpstream {
             throw mapTransportError(error)
         }
         guard response.status == .ok else {
-            let route = ModelRoute(name: upstreamModel, provider: config.name, upstreamModel: upstreamModel,
-                                   price: ModelPrice(input: .zero, output: .zero, cacheRead: .zero, cacheWrite: .zero))
             throw upstreamError(status: response.status, headers: response.headers, body: response.body,
-                                dialect: UpstreamDialect.forProvider(config.kind, upstreamModel: upstreamModel), route: route)
+                                dialect: UpstreamDialect.forProvider(config.kind, upstreamModel: upstreamModel),
+                                route: errorRoute(upstreamModel))
         }
         return response.body
+    }
+
+    /// What `upstreamError` names in its messages for a batch call (it reads only the names).
+    func errorRoute(_ upstreamModel: String) -> ModelRoute {
+        ModelRoute(name: upstreamModel, provider: config.name, upstreamModel: upstreamModel,
+                   price: ModelPrice(input: .zero, output: .zero, cacheRead: .zero, cacheWrite: .zero))
     }
 
     /// A provider's id, checked before it goes into a path: letters, digits, `_` and `-` only.

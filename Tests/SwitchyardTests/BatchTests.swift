@@ -253,3 +253,61 @@ import Testing
         }
     }
 }
+
+/// What a hostile provider can send back from its batch API: every odd value ends as an error for its request (or
+/// is skipped), never a trap, another request's answer, or a path the gateway did not choose.
+@Suite struct HostileBatchRepliesTests {
+    let provider = HTTPProvider(config: ProviderConfig(name: "p", kind: .openAI, baseURL: "http://127.0.0.1:1"),
+                                transports: HTTPClientService(providers: []).transports, environment: [:])
+
+    @Test func idsThatAreNotPlainAreRefusedBeforeTheyReachAPath() {
+        for id in ["", "../admin", "a/b", "a?b=c", "batch id", "ba\u{0}tch", String(repeating: "a", count: 201), "é"] {
+            #expect(throws: GatewayError.self) { try HTTPProvider.checked(id, provider: "p") }
+        }
+        #expect((try? HTTPProvider.checked("batch_abc-123", provider: "p")) == "batch_abc-123")
+    }
+
+    @Test func oddOpenAIResultLinesFailTheirRequestOrAreSkipped() {
+        let body = ByteBuffer(string: [
+            #"{"custom_id":"neg","response":{"status_code":-5,"body":{"error":{"message":"x"}}}}"#,
+            #"{"custom_id":"huge","response":{"status_code":1e300,"body":{}}}"#,
+            #"{"custom_id":"big","response":{"status_code":99999,"body":{}}}"#,
+            #"{"custom_id":"ok","response":{"status_code":200,"body":{"id":"1"}}}"#,
+            #"{"custom_id":"ok","response":{"status_code":200,"body":{"id":"second"}}}"#,
+            #"{"custom_id":"notobject","response":{"status_code":200,"body":"text"}}"#,
+            #"{"response":{"status_code":200,"body":{}}}"#,
+            "not json at all", "[1,2]", "",
+            #"{"custom_id":"limited","response":{"status_code":429,"body":{"error":{"message":"slow down"}}}}"#,
+        ].joined(separator: "\n"))
+        let results = provider.openAIResults(body, upstreamModel: "gpt-4o-mini")
+        #expect(Set(results.keys) == ["neg", "huge", "big", "ok", "notobject", "limited"])
+        for id in ["neg", "big", "notobject"] {
+            guard case .failed(let error) = results[id] else { Issue.record("\(id) should fail"); continue }
+            #expect(error.code == .upstreamError, "\(id): \(error)")
+        }
+        // 1e300 is no integer the reader takes: the line has no usable status and fails its request.
+        guard case .failed = results["huge"] else { Issue.record("huge should fail"); return }
+        guard case .answered(let answer) = results["ok"] else { Issue.record("ok should answer"); return }
+        #expect(String(buffer: answer).contains(#""1""#), "the first line for an id stands")
+        guard case .failed(let limited) = results["limited"] else { Issue.record("limited should fail"); return }
+        #expect(limited.code == .rateLimited && limited.isRetryable)
+    }
+
+    @Test func oddAnthropicResultLinesFailTheirRequestOrAreSkipped() {
+        let body = ByteBuffer(string: [
+            #"{"custom_id":"a","result":{"type":"succeeded","message":"not an object"}}"#,
+            #"{"custom_id":"b","result":{"type":"errored","error":{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}}}"#,
+            #"{"custom_id":"c","result":{"type":"expired"}}"#,
+            #"{"custom_id":"d","result":{"type":"errored"}}"#,
+            #"{"custom_id":"e"}"#, "{{{",
+        ].joined(separator: "\n"))
+        let results = provider.anthropicResults(body)
+        #expect(Set(results.keys) == ["b", "c", "d"])
+        guard case .failed(let invalid) = results["b"], case .failed(let expired) = results["c"], case .failed(let bare) = results["d"] else {
+            Issue.record("b, c and d should fail: \(results)")
+            return
+        }
+        #expect(invalid.code == .invalidRequest && !invalid.isRetryable)
+        #expect(expired.isRetryable && bare.isRetryable)
+    }
+}

@@ -66,9 +66,6 @@ public final class BatchCollector: Service, Sendable {
                                                            maxPending: settings.maxPending))))
     }
 
-    /// Requests collected or sent and not answered yet.
-    public var pending: Int { state.withLock { $0.book.pending } }
-
     /// Waits for the answer to `body` (a request for `upstreamModel` in the provider's format) through a batch.
     /// - Parameter joined: Called once the request has joined a batch.
     public func answer(_ body: ByteBuffer, upstreamModel: String, until: Int64, joined: @Sendable () -> Void) async -> Outcome {

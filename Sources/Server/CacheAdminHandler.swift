@@ -113,35 +113,12 @@ struct CacheAdminHandler: Sendable {
     /// sees every tenant (or `?tenant=NAME`).
     func savingsReport(_ request: EdgeRequest) async -> EdgeResponse {
         let requestID = ChatHandler.makeRequestID()
-        let credential = ChatHandler.credential(request)
-        let tenant: String?
-        if let adminKeyHash, let credential, KeyHash.sha256Hex(credential) == adminKeyHash {
-            tenant = Self.query(request.head.uri, "tenant")
-        } else {
-            do {
-                tenant = try auth.authenticate(credential).tenant
-            } catch {
-                return ErrorRenderer.response(for: error, format: .openAI, requestID: requestID)
-            }
-        }
-        func bound(_ name: String) throws(GatewayError) -> Int64? {
-            guard let text = Self.query(request.head.uri, name) else { return nil }
-            guard let value = Int64(text), Self.unixTimeRange.contains(value) else {
-                throw GatewayError(.invalidRequest, "\(name) must be Unix seconds between \(Self.unixTimeRange.lowerBound) and "
-                                   + "\(Self.unixTimeRange.upperBound)", param: name)
-            }
-            return value
-        }
-        let from: Int64, to: Int64
+        let tenant: String?, from: Int64, to: Int64
         do {
-            to = try bound("to") ?? savings.now
-            from = try bound("from") ?? max(0, to - 86400)
+            tenant = try ReportQuery.tenant(request, auth: auth, adminKeyHash: adminKeyHash)
+            (from, to) = try ReportQuery.period(request, now: savings.now)
         } catch {
             return ErrorRenderer.response(for: error, format: .openAI, requestID: requestID)
-        }
-        guard from <= to else {
-            return ErrorRenderer.response(for: GatewayError(.invalidRequest, "from must not be after to", param: "from"),
-                                          format: .openAI, requestID: requestID)
         }
         let totals: [String: [SavingsLedger.Kind: SavingsLedger.Total]]
         do {
@@ -164,9 +141,6 @@ struct CacheAdminHandler: Sendable {
         }
         return json200(["object": "savings", "from": .int(from), "to": .int(to), "tenants": .array(tenants)], requestID)
     }
-
-    /// `from` and `to` of the savings report: the Unix epoch to the last second of year 9999.
-    static let unixTimeRange: ClosedRange<Int64> = 0...253_402_300_799
 
     func json200(_ body: JSONValue, _ requestID: String) -> EdgeResponse {
         EdgeResponse(status: .ok, headers: [.contentType: "application/json", .requestID: requestID],

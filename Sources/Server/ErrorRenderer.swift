@@ -11,24 +11,7 @@ public import SwitchyardModels
 public enum ErrorRenderer {
     /// The HTTP status for an error, as the client's API would answer it.
     public static func status(for error: GatewayError, format: APIFormat) -> Int {
-        switch error.code {
-        case .invalidRequest:
-            if let status = error.upstreamStatus, (400..<500).contains(status) { return status }
-            return 400
-        case .unauthenticated: return 401
-        case .permissionDenied: return 403
-        case .modelNotFound, .notFound: return 404
-        case .payloadTooLarge: return 413
-        case .unsupportedMediaType: return 415
-        case .rateLimited: return 429
-        case .overloaded: return format == .anthropic ? 529 : 503
-        case .queueTimeout: return format == .anthropic ? 529 : 429
-        case .upstreamTimeout: return 504
-        case .upstreamError:
-            if let status = error.upstreamStatus, (500..<600).contains(status) { return status }
-            return 502
-        case .internalError: return 500
-        }
+        error.httpStatus(for: format)
     }
 
     /// The error `type` string each API uses for a code.

@@ -34,6 +34,8 @@ public struct Gateway: Sendable {
     public let exactCache: InMemoryExactCache
     /// The semantic response cache.
     public let semanticCache: InMemorySemanticCache
+    /// The ledger's writer (nil with `ledger.enabled: false`): tests flush it.
+    public let ledger: LedgerWriter?
     let services: [any Service]
     let logger: Logger
     let upstreamWaiters: @Sendable () -> [String: Int]
@@ -91,6 +93,9 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     let listening = ReadySignal<Int>()
     let mockURL = ReadySignal<String>()
     var services: [any Service] = [httpClient]
+    // First in the group, so last to hear of shutdown: every service that writes to the shared state (the server's
+    // requests, the ledger's last flush) has stopped before its connections close.
+    if let redis { services.append(RedisService(client: redis)) }
 
     var mock: MockServer?
     if config.providers.values.contains(where: { $0.kind == .mock }) {
@@ -251,10 +256,26 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                                       metrics.jobAccepted(job.priority)
                                       runnerBox.withLock { $0 }?.nudge()
                                   }, clock: wallClockNanoseconds)
+    // The ledger: aggregates in the state store, raw records to the sink, written off the request path.
+    var ledger: LedgerWriter?
+    let usageStore: any UsageStore = redis.map { RedisUsageStore(client: $0, keyPrefix: config.state.keyPrefix, retention: config.ledger.retention) }
+        ?? UsageBook(retention: config.ledger.retention, maximumKeys: config.ledger.maximumKeys)
+    if config.ledger.enabled {
+        var sink: (any LedgerSink)?
+        if case .jsonl(let directory, let rotateBytes) = config.ledger.sink {
+            sink = LedgerFileSink(directory: directory, rotateBytes: rotateBytes, retention: config.ledger.retention)
+        }
+        let writer = LedgerWriter(usage: usageStore, sink: sink, capacity: config.ledger.buffer, interval: config.ledger.flushInterval,
+                                  logger: logger, counted: { [metrics] written, dropped in metrics.ledger(written: written, dropped: dropped) },
+                                  failed: { [metrics] seam in metrics.stateFailed(seam: seam) })
+        services.append(writer)
+        ledger = writer
+    }
     let pipeline = DefaultPipeline.build(config: config, providers: providers, recorder: metrics, exactCache: exactStore,
                                          semanticCache: semanticStore, embedder: batcher.map { BatcherEmbedder(batcher: $0) },
                                          classifier: classifier, background: background, learned: learned, limits: limitStore,
-                                         attempts: attempts, queue: { request, context in await jobsHandler.queueStep(request, context: context) })
+                                         attempts: attempts, queue: { request, context in await jobsHandler.queueStep(request, context: context) },
+                                         ledger: ledger)
     let draining = Locked(false)
     let hasMock = mock != nil
     let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger,
@@ -275,6 +296,9 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                                       adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex))
     let deploymentsHandler = DeploymentsHandler(config: config, attempts: attempts, store: limitStore,
                                                 adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex))
+    let usageHandler = UsageHandler(store: usageStore, auth: AuthStage(keys: config.keys),
+                                    adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex),
+                                    clock: SavingsLedger.unixNow, failed: { [metrics] in metrics.stateFailed(seam: "usage") })
     let embeddingsHandler = EmbeddingsHandler(batcher: batcher, unavailableReason: unavailable, auth: AuthStage(keys: config.keys),
                                               maxBodyBytes: config.maxBodyBytes)
 
@@ -289,6 +313,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         case (.POST, "/v1/cache/feedback"): return await cacheAdmin.feedback(request)
         case (.DELETE, "/v1/cache"): return await cacheAdmin.clear(request)
         case (.GET, "/v1/usage/savings"): return await cacheAdmin.savingsReport(request)
+        case (.GET, "/v1/usage"): return await usageHandler.handle(request)
         case (.GET, "/v1/limits"): return await limitsHandler.report(request)
         case (.GET, "/v1/deployments"): return await deploymentsHandler.report(request)
         case (_, let path) where path == JobsHandler.path || path.hasPrefix("\(JobsHandler.path)/"):
@@ -330,11 +355,10 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
             return response
         })
     services.append(server)
-    if let redis { services.append(RedisService(client: redis)) }
     // Last in the group, so first to hear of shutdown: /readyz turns 503 while the server drains.
     services.append(DrainWatcher(draining: draining))
     return Gateway(config: config, metrics: metrics, mock: mock, listening: listening, mockURL: mockURL,
-                   exactCache: exactCache, semanticCache: semanticCache, services: services, logger: logger,
+                   exactCache: exactCache, semanticCache: semanticCache, ledger: ledger, services: services, logger: logger,
                    upstreamWaiters: { [client = httpClient.transports.client] in client.waiters() })
 }
 
@@ -381,7 +405,8 @@ struct AdmissionChannel: Service {
     }
 }
 
-/// Closes the shared-state connections at shutdown (after the server drained: it comes before it in the group).
+/// Closes the shared-state connections at shutdown (after the server drained and the ledger flushed: it comes
+/// before them in the group, and a group shuts down in reverse order).
 struct RedisService: Service {
     let client: RedisClient
 
@@ -405,7 +430,7 @@ struct DrainWatcher: Service {
 /// the path belongs to, never an empty body.
 func unrouted(_ request: EdgeRequest) -> EdgeResponse {
     let known: Set<Substring> = ["/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/models", "/healthz", "/readyz",
-                                 "/metrics", "/v1/cache", "/v1/cache/feedback", "/v1/usage/savings", "/v1/limits",
+                                 "/metrics", "/v1/cache", "/v1/cache/feedback", "/v1/usage", "/v1/usage/savings", "/v1/limits",
                                  "/v1/deployments"]
     let format: APIFormat = request.path.hasPrefix("/v1/messages") ? .anthropic : .openAI
     let wrongMethod = known.contains(request.path)

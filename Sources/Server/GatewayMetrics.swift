@@ -86,6 +86,9 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
     let jobsAccepted: [Counter]
     let jobsEnded: [Priority: [JobStatus: Counter]]
     let webhookDeliveries: [Bool: Counter]
+    /// Ledger records by what became of them: written (to the aggregates and the sinks' queue), or dropped (a full
+    /// buffer).
+    let ledgerRecords: [Bool: Counter]
     /// Batches sent (or not) to the providers' batch APIs, their requests by outcome, and what they saved.
     let batches: [String: Counter]
     let batchRequests: [String: Counter]
@@ -172,7 +175,7 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
         falseHits = total("semantic_cache_false_hits", "Semantic hits reported wrong through POST /v1/cache/feedback.")
         let stateErrorDescriptor = MetricNameDescriptor(namespace: "switchyard", metricName: "state_errors", unitName: "total",
                                                         helpText: "Shared-state store failures, by seam (bypassed when failing open).")
-        stateErrors = Dictionary(uniqueKeysWithValues: ["exact_cache", "exact_cache_write", "savings", "savings_write", "semantic_write", "calibration_write", "limits", "limits_settle", "budgets", "breakers"].map { seam in
+        stateErrors = Dictionary(uniqueKeysWithValues: ["exact_cache", "exact_cache_write", "savings", "savings_write", "semantic_write", "calibration_write", "limits", "limits_settle", "budgets", "breakers", "usage", "usage_write", "ledger_sink"].map { seam in
             (seam, registry.makeCounter(descriptor: stateErrorDescriptor, labels: [("seam", seam)]))
         })
         let refused = MetricNameDescriptor(namespace: "switchyard", metricName: "rate_limited", unitName: "total",
@@ -245,6 +248,10 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
                                               helpText: "Job webhooks, by result: delivered, or given up after every retry.")
         webhookDeliveries = [true: registry.makeCounter(descriptor: deliveries, labels: [("result", "delivered")]),
                              false: registry.makeCounter(descriptor: deliveries, labels: [("result", "failed")])]
+        let ledger = MetricNameDescriptor(namespace: "switchyard", metricName: "ledger_records", unitName: "total",
+                                          helpText: "Ledger records, by result: written, or dropped because the ledger's buffer was full.")
+        ledgerRecords = [true: registry.makeCounter(descriptor: ledger, labels: [("result", "written")]),
+                         false: registry.makeCounter(descriptor: ledger, labels: [("result", "dropped")])]
         let sentBatches = MetricNameDescriptor(namespace: "switchyard", metricName: "batches", unitName: "total",
                                                helpText: "Batches for the providers' batch APIs, by result: submitted, or failed to submit.")
         batches = Dictionary(uniqueKeysWithValues: ["submitted", "submit_failed"].map {
@@ -385,6 +392,11 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
         case .late: batchRequests["late"]?.increment()
         case .full: batchRequests["full"]?.increment()
         }
+    }
+
+    func ledger(written: Int, dropped: Int) {
+        if written > 0 { ledgerRecords[true]?.increment(by: Int64(written)) }
+        if dropped > 0 { ledgerRecords[false]?.increment(by: Int64(dropped)) }
     }
 
     func webhook(delivered: Bool) {

@@ -29,21 +29,27 @@ public struct CostAccountingStage: GatewayStage {
             let listed = route.price.cost(of: completion.usage)
             let cost = completion.batched ? route.price.batchCost(of: completion.usage) : listed
             completion.cost = cost
+            let promptCacheSaved = route.price.promptCacheSavings(of: completion.usage)
+            let batchSaved = NanoUSD(saturating: Int128(listed.value) - Int128(cost.value))
             recorder.record(CostRecord(requestID: context.requestID, caller: caller, model: route.name,
                                        usage: completion.usage, cost: cost, streamed: false,
-                                       promptCacheSaved: route.price.promptCacheSavings(of: completion.usage),
-                                       batchSaved: NanoUSD(saturating: Int128(listed.value) - Int128(cost.value))))
+                                       promptCacheSaved: promptCacheSaved, batchSaved: batchSaved))
+            context.trail?.priced(.init(model: route.name, deployment: route.deploymentID, usage: completion.usage, cost: cost,
+                                        promptCacheSaved: promptCacheSaved, batchSaved: batchSaved))
             return .completion(completion)
         case .stream(let stream):
             let recorder = self.recorder
             let requestID = context.requestID
+            let trail = context.trail
             stream.lifecycle.onTermination { [weak lifecycle = stream.lifecycle] outcome, reported in
                 let (usage, estimated) = Self.streamUsage(reported, outcome: outcome, request: request,
                                                           observedOutputTokens: lifecycle?.estimatedOutputTokens ?? 0)
+                let cost = route.price.cost(of: usage), promptCacheSaved = route.price.promptCacheSavings(of: usage)
                 recorder.record(CostRecord(requestID: requestID, caller: caller, model: route.name, usage: usage,
-                                           cost: route.price.cost(of: usage), streamed: true,
-                                           promptCacheSaved: route.price.promptCacheSavings(of: usage),
+                                           cost: cost, streamed: true, promptCacheSaved: promptCacheSaved,
                                            usageEstimated: estimated))
+                trail?.priced(.init(model: route.name, deployment: route.deploymentID, usage: usage, cost: cost,
+                                    promptCacheSaved: promptCacheSaved, estimated: estimated))
             }
             return .stream(stream)
         }

@@ -19,7 +19,7 @@ public enum DefaultPipeline {
                              admissionObserver: recorder as? any AdmissionObserver, sharedGate: sharedGate)
     }
 
-    /// Auth → Route (resolve) → ExactCache → SemanticCache → Routing → RateLimit → Attempts → PromptCache →
+    /// Auth → Ledger → Route (resolve) → ExactCache → SemanticCache → Routing → RateLimit → Attempts → PromptCache →
     /// CostAccounting → ProviderCall.
     ///
     /// The caches sit after name resolution so that unknown models are refused before any lookup; their key is the
@@ -31,7 +31,7 @@ public enum DefaultPipeline {
                              classifier: ComplexityClassifier? = nil, background: (any BackgroundWorkQueue)? = nil,
                              learned: SemanticCacheStage.LearnedVerification? = nil,
                              limits: (any LimitStore)? = nil, attempts: AttemptsStage? = nil,
-                             queue: RateLimitStage.QueueStep? = nil) -> Pipeline
+                             queue: RateLimitStage.QueueStep? = nil, ledger: (any LedgerRecorder)? = nil) -> Pipeline
     {
         let call = ProviderCall(providers: providers)
         // Only with limits configured: without them a request pays nothing for the stage. Limits that count every
@@ -65,6 +65,7 @@ public enum DefaultPipeline {
         return Pipeline(
             stages: [
                 AuthStage(keys: config.keys),
+            ] + (ledger.map { [LedgerStage(recorder: $0)] } ?? []) + [
                 RouteStage(models: config.models, routes: config.routes),
             ] + everyRequest + [
                 ExactCacheStage(store: exactCache, settings: config.cache, recorder: recorder,

@@ -87,6 +87,7 @@ public struct ExactCacheStage: GatewayStage {
         let answer = directives.skipLookup ? nil : stored.flatMap { $0.tenant == caller.tenant ? $0 : nil }
         if let answer, answer.expiresAt > now, let replay = CacheSupport.replay(answer, for: request, outcome: CacheOutcome(.hitExact)) {
             recorder.cache(.exact, .hit, model: request.model, saved: answer.cost, caller: caller)
+            context.trail?.served(from: .exact, saved: answer.cost)
             return .hit(replay)
         }
         recorder.cache(.exact, .miss, model: request.model, saved: .zero, caller: caller)

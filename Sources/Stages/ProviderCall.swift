@@ -14,6 +14,7 @@ public struct ProviderCall: Sendable {
         guard let provider = providers[route.provider] else {
             throw GatewayError(.internalError, "no client for provider '\(route.provider)'")
         }
+        context.trail?.attempted()
         return try await provider.send(request, route: route, context: context)
     }
 }

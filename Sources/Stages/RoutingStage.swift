@@ -25,6 +25,9 @@ public struct RoutingStage: GatewayStage {
     public func handle(_ request: ChatRequest, context: GatewayContext, next: @escaping Next) async throws -> GatewayResponse {
         guard let route = context.routeConfig else { return try await next(request, context) }
         let rule = try rule(route, request: request, context: context)
+        if let trail = context.trail {
+            trail.routed(route: route.name, rule: rule.name, reference: route.referenceModel(in: models).flatMap { models[$0]?.price })
+        }
         if case .cascade(let cheap, _, let threshold) = rule.target {
             return try await cascade(request, route: route, rule: rule, cheap: cheap, threshold: threshold, context: context, next: next)
         }

@@ -207,6 +207,7 @@ public struct SemanticCacheStage: GatewayStage {
             let outcome = CacheOutcome(.hitSemantic, similarity: Double(match.similarity), entryID: match.entry.id)
             guard let replay = CacheSupport.replay(match.entry.answer, for: request, outcome: outcome) else { continue }
             recorder.cache(.semantic, .hit, model: request.model, saved: match.entry.answer.cost, caller: plan.caller)
+            context.trail?.served(from: .semantic, saved: match.entry.answer.cost)
             if let probability = candidate.probability, let calibration = learned?.calibration {
                 calibration.observe(key: key, score: probability)
                 calibration.served(entryID: match.entry.id, key: key, score: probability)

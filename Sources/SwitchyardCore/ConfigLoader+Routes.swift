@@ -107,8 +107,18 @@ extension ConfigLoader {
                     else { throw ConfigError(path: reader.child("batch"), "model '\(model)' is served by a provider without a batch API") }
                 }
             }
+            var route = RouteConfig(name: name, rules: rules, maxTokens: maxTokens, batch: batch)
+            if let reference = try reader.string("reference") {
+                guard config.models[reference] != nil else {
+                    throw ConfigError(path: reader.child("reference"),
+                                      "unknown model '\(reference)' (known: \(config.models.keys.sorted().joined(separator: ", ")))")
+                }
+                route.reference = reference
+            } else {
+                route.reference = route.referenceModel(in: config.models)
+            }
             try reader.finish()
-            config.routes[name] = RouteConfig(name: name, rules: rules, maxTokens: maxTokens, batch: batch)
+            config.routes[name] = route
         }
     }
 

@@ -246,6 +246,7 @@ public enum ConfigLoader {
         if let resilience = try top.mapping("resilience") { config.resilience = try parseResilience(resilience) }
         if let admission = try top.mapping("admission") { config.admission = try parseAdmission(admission) }
         if let jobs = try top.mapping("jobs") { config.jobs = try parseJobs(jobs) }
+        if let ledger = try top.mapping("ledger") { config.ledger = try parseLedger(ledger) }
         if let routes = try top.mapping("routes") { try parseRoutes(routes, config: &config) }
         if let routing = try top.mapping("routing") {
             if let file = try routing.string("classifier_file") {

@@ -215,6 +215,8 @@ public struct GatewayConfig: Sendable {
     public var admission = AdmissionSettings()
     /// Background jobs (YAML `jobs:`).
     public var jobs = JobSettings()
+    /// The per-request ledger (YAML `ledger:`).
+    public var ledger = LedgerSettings()
     /// Public names that are routes (disjoint from `models`).
     public var routes: [String: RouteConfig] = [:]
     /// The complexity classifier's file (YAML `routing.classifier_file`); `nil`: the one shipped with the gateway.

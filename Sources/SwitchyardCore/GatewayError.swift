@@ -1,5 +1,7 @@
+public import SwitchyardModels
+
 /// The one error type of the gateway: a bounded code (usable as a metric label), a client-safe message,
-/// and what the edge needs to render it. `Server/ErrorRenderer.swift` alone maps it to HTTP.
+/// and what the edge needs to render it: its HTTP status here, its envelopes in `Server/ErrorRenderer.swift`.
 public struct GatewayError: Error, Sendable, CustomStringConvertible, Hashable {
     /// The kind of failure; `rawValue` doubles as metric label.
     public enum Code: String, Sendable, CaseIterable {
@@ -45,4 +47,28 @@ public struct GatewayError: Error, Sendable, CustomStringConvertible, Hashable {
     public var isRetryable: Bool { [.upstreamTimeout, .upstreamError, .overloaded, .rateLimited, .queueTimeout].contains(code) }
 
     public var description: String { "GatewayError.\(code.rawValue): \(message)" }
+}
+
+extension GatewayError {
+    /// The HTTP status for this error, as the client's API would answer it.
+    public func httpStatus(for format: APIFormat) -> Int {
+        switch code {
+        case .invalidRequest:
+            if let status = upstreamStatus, (400..<500).contains(status) { return status }
+            return 400
+        case .unauthenticated: return 401
+        case .permissionDenied: return 403
+        case .modelNotFound, .notFound: return 404
+        case .payloadTooLarge: return 413
+        case .unsupportedMediaType: return 415
+        case .rateLimited: return 429
+        case .overloaded: return format == .anthropic ? 529 : 503
+        case .queueTimeout: return format == .anthropic ? 529 : 429
+        case .upstreamTimeout: return 504
+        case .upstreamError:
+            if let status = upstreamStatus, (500..<600).contains(status) { return status }
+            return 502
+        case .internalError: return 500
+        }
+    }
 }

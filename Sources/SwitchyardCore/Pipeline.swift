@@ -26,6 +26,7 @@ public struct GatewayContext: Sendable {
         var runsAsJob = false
         var queueWatch: QueueWatch?
         var batchTicket: BatchTicket?
+        var trail: RequestTrail?
     }
 
     /// Mutated only when uniquely referenced (`update`), so sharing it between tasks is safe.
@@ -139,6 +140,12 @@ public struct GatewayContext: Sendable {
     public var batchTicket: BatchTicket? {
         get { storage.fields.batchTicket }
         set { update { $0.batchTicket = newValue } }
+    }
+
+    /// Set by the ledger stage: what the stages did with the request, for its ledger record.
+    public var trail: RequestTrail? {
+        get { storage.fields.trail }
+        set { update { $0.trail = newValue } }
     }
 
     /// Set by the edge for a streaming request: told when the request waits in a deployment's queue.

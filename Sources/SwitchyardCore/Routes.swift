@@ -12,12 +12,35 @@ public struct RouteConfig: Sendable, Hashable {
     public var maxTokens: OutputLimit?
     /// Overrides the picked model's `batch` for the requests this route sends (YAML `batch: auto | never`).
     public var batch: BatchPolicy?
+    /// The model routing savings are measured against: what every request would have gone to without the route
+    /// (YAML `reference`, default the priciest model the route can pick).
+    public var reference: String?
 
-    public init(name: String, rules: [RouteRule], maxTokens: OutputLimit? = nil, batch: BatchPolicy? = nil) {
+    public init(name: String, rules: [RouteRule], maxTokens: OutputLimit? = nil, batch: BatchPolicy? = nil,
+                reference: String? = nil) {
+        self.reference = reference
         self.batch = batch
         self.name = name
         self.rules = rules
         self.maxTokens = maxTokens
+    }
+}
+
+extension RouteConfig {
+    /// `reference` when set, else the priciest model the rules can pick (by the price of a million input and a million
+    /// output tokens; the first such model on a tie).
+    public func referenceModel(in models: [String: ModelRoute]) -> String? {
+        if let reference { return reference }
+        var best: (name: String, cost: NanoUSD)?
+        let standard = Usage(inputTokens: 1_000_000, outputTokens: 1_000_000)
+        for rule in rules {
+            for name in rule.target.models {
+                guard let model = models[name] else { continue }
+                let cost = model.price.cost(of: standard)
+                if cost > best?.cost ?? NanoUSD(-1) { best = (name, cost) }
+            }
+        }
+        return best?.name
     }
 }
 

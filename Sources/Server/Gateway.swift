@@ -256,6 +256,30 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                                       metrics.jobAccepted(job.priority)
                                       runnerBox.withLock { $0 }?.nudge()
                                   }, clock: wallClockNanoseconds)
+    // Budget alerts: claimed once across instances, logged, and posted (signed) to the configured webhook.
+    var alerter: BudgetAlerter?
+    if config.limits.contains(where: { !$0.alerts.isEmpty }) {
+        let latch: any AlertLatch = redis.map { RedisAlertLatch(client: $0, keyPrefix: config.state.keyPrefix) } ?? InMemoryAlertLatch()
+        let sender = webhookSecret.map { secret in
+            WebhookSender(transports: httpClient.transports, secret: secret, settings: config.jobs, logger: logger,
+                          delivered: { [metrics] ok in metrics.webhook(delivered: ok) })
+        }
+        if config.alertWebhook != nil && sender == nil {
+            logger.warning("budget alerts are only logged: SWITCHYARD_WEBHOOK_SECRET is not set, so they cannot be signed")
+        }
+        let url = config.alertWebhook
+        alerter = BudgetAlerter(latch: latch) { [metrics, logger] alert in
+            metrics.budgetAlert(alert.limit)
+            logger.notice("budget threshold reached", metadata: [
+                "switchyard.limit": "\(alert.limit)", "switchyard.threshold_percent": "\(alert.threshold)",
+                "switchyard.used": "\(alert.used)", "switchyard.amount": "\(alert.amount)",
+                "switchyard.scope": "\(alert.scope.map { "\($0.0)=\($0.1)" }.joined(separator: ","))",
+            ])
+            if let url, let sender {
+                await sender.deliver(alert.json, to: url, id: ("x-switchyard-alert-id", KeyHash.sha256Hex(alert.key, characters: 32)))
+            }
+        }
+    }
     // The ledger: aggregates in the state store, raw records to the sink, written off the request path.
     var ledger: LedgerWriter?
     let usageStore: any UsageStore = redis.map { RedisUsageStore(client: $0, keyPrefix: config.state.keyPrefix, retention: config.ledger.retention) }
@@ -275,7 +299,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                                          semanticCache: semanticStore, embedder: batcher.map { BatcherEmbedder(batcher: $0) },
                                          classifier: classifier, background: background, learned: learned, limits: limitStore,
                                          attempts: attempts, queue: { request, context in await jobsHandler.queueStep(request, context: context) },
-                                         ledger: ledger)
+                                         ledger: ledger, alerter: alerter)
     let draining = Locked(false)
     let hasMock = mock != nil
     let handler = ChatHandler(pipeline: pipeline, metrics: metrics, maxBodyBytes: config.maxBodyBytes, logger: logger,

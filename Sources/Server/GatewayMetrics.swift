@@ -89,6 +89,8 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
     /// Ledger records by what became of them: written (to the aggregates and the sinks' queue), or dropped (a full
     /// buffer).
     let ledgerRecords: [Bool: Counter]
+    /// Budget alerts sent (claimed by this instance), by limit.
+    let budgetAlerts: [String: Counter]
     /// Batches sent (or not) to the providers' batch APIs, their requests by outcome, and what they saved.
     let batches: [String: Counter]
     let batchRequests: [String: Counter]
@@ -252,6 +254,10 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
                                           helpText: "Ledger records, by result: written, or dropped because the ledger's buffer was full.")
         ledgerRecords = [true: registry.makeCounter(descriptor: ledger, labels: [("result", "written")]),
                          false: registry.makeCounter(descriptor: ledger, labels: [("result", "dropped")])]
+        let alerts = MetricNameDescriptor(namespace: "switchyard", metricName: "budget_alerts", unitName: "total",
+                                          helpText: "Budget threshold alerts this instance sent, by limit.")
+        budgetAlerts = Dictionary(Set(limitNames).map { name in (name, registry.makeCounter(descriptor: alerts, labels: [("limit", name)])) },
+                                  uniquingKeysWith: { first, _ in first })
         let sentBatches = MetricNameDescriptor(namespace: "switchyard", metricName: "batches", unitName: "total",
                                                helpText: "Batches for the providers' batch APIs, by result: submitted, or failed to submit.")
         batches = Dictionary(uniqueKeysWithValues: ["submitted", "submit_failed"].map {
@@ -397,6 +403,10 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
     func ledger(written: Int, dropped: Int) {
         if written > 0 { ledgerRecords[true]?.increment(by: Int64(written)) }
         if dropped > 0 { ledgerRecords[false]?.increment(by: Int64(dropped)) }
+    }
+
+    func budgetAlert(_ limit: String) {
+        budgetAlerts[limit]?.increment()
     }
 
     func webhook(delivered: Bool) {

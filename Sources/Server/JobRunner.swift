@@ -154,7 +154,7 @@ final class JobRunner: Service {
         }
         if let stored { metrics?.jobEnded(stored) }
         if let stored, let webhook = stored.webhook, let webhooks {
-            await webhooks.deliver(JobsHandler.view(stored, position: nil), to: webhook, jobID: stored.id)
+            await webhooks.deliver(JobsHandler.view(stored, position: nil), to: webhook, id: ("x-switchyard-job-id", stored.id))
         }
     }
 
@@ -247,7 +247,8 @@ struct WebhookSender: Sendable {
     let logger: Logger
     let delivered: @Sendable (Bool) -> Void
 
-    func deliver(_ payload: JSONValue, to url: String, jobID: String) async {
+    /// Posts `payload`, signed, retrying with backoff; `id` names what it is about (a header and its value).
+    func deliver(_ payload: JSONValue, to url: String, id: (header: String, value: String)) async {
         guard let endpoint = UpstreamEndpoint(baseURL: url) else { return }
         let body = payload.serialized()
         var delay = settings.webhookBackoff
@@ -256,7 +257,7 @@ struct WebhookSender: Sendable {
             var headers = HTTPHeaders()
             headers.add(name: "content-type", value: "application/json")
             headers.add(name: "user-agent", value: "switchyard-webhooks")
-            headers.add(name: "x-switchyard-job-id", value: jobID)
+            headers.add(name: id.header, value: id.value)
             headers.add(name: "x-switchyard-delivery-attempt", value: String(attempt))
             headers.add(name: "x-switchyard-signature", value: WebhookSignature.header(secret: secret, timestamp: timestamp, body: body))
             let request = UpstreamRequest(endpoint: endpoint, method: .POST, target: endpoint.basePath.isEmpty ? "/" : endpoint.basePath,
@@ -271,9 +272,9 @@ struct WebhookSender: Sendable {
                     return
                 }
                 retry = response.status.code == 429 || response.status.code >= 500
-                logger.notice("webhook refused", metadata: ["switchyard.job": "\(jobID)", "http.status": "\(response.status.code)"])
+                logger.notice("webhook refused", metadata: ["switchyard.webhook.id": "\(id.value)", "http.status": "\(response.status.code)"])
             } catch {
-                logger.notice("webhook failed", metadata: ["switchyard.job": "\(jobID)", "switchyard.reason": "\(error)"])
+                logger.notice("webhook failed", metadata: ["switchyard.webhook.id": "\(id.value)", "switchyard.reason": "\(error)"])
             }
             guard retry, attempt < settings.webhookAttempts else { break }
             let jittered = Duration.nanoseconds(Int64.random(in: 0...max(delay.nanoseconds, 1)))

@@ -31,7 +31,8 @@ public enum DefaultPipeline {
                              classifier: ComplexityClassifier? = nil, background: (any BackgroundWorkQueue)? = nil,
                              learned: SemanticCacheStage.LearnedVerification? = nil,
                              limits: (any LimitStore)? = nil, attempts: AttemptsStage? = nil,
-                             queue: RateLimitStage.QueueStep? = nil, ledger: (any LedgerRecorder)? = nil) -> Pipeline
+                             queue: RateLimitStage.QueueStep? = nil, ledger: (any LedgerRecorder)? = nil,
+                             alerter: BudgetAlerter? = nil) -> Pipeline
     {
         let call = ProviderCall(providers: providers)
         // Only with limits configured: without them a request pays nothing for the stage. Limits that count every
@@ -54,7 +55,8 @@ public enum DefaultPipeline {
                                                        failClosed: config.state.limits == .failClosed, policies: policies,
                                                        models: config.models, queue: policies.isEmpty ? nil : queue,
                                                        routeChoice: routeChoice,
-                                                       recorder: recorder as? any LimitRecorder)]
+                                                       recorder: recorder as? any LimitRecorder,
+                                                       alerter: definitions.contains { !$0.alerts.isEmpty } ? alerter : nil)]
         }
         let everyRequest = stage(config.limits.filter(\.countsAllRequests), [])
         let limitStage = stage(config.limits.filter { !$0.countsAllRequests }, config.degrade)

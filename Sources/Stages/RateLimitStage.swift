@@ -36,6 +36,8 @@ public final class RateLimitStage: GatewayStage {
     let queue: QueueStep?
     let routeChoice: RouteChoice?
     let recorder: (any LimitRecorder)?
+    /// Sends the alerts of budgets with thresholds (nil when no limit has any).
+    let alerter: BudgetAlerter?
     let clock: @Sendable () -> Int64
     /// The store when it is the in-memory ledger: reserved without an `await` (a short lock needs no suspension).
     private let ledger: LimitLedger?
@@ -44,8 +46,9 @@ public final class RateLimitStage: GatewayStage {
 
     public init(planner: LimitPlanner, store: any LimitStore, defaultOutputTokens: Int64 = 4096, failClosed: Bool = false,
                 policies: [DegradePolicy] = [], models: [String: ModelRoute] = [:], queue: QueueStep? = nil,
-                routeChoice: RouteChoice? = nil, recorder: (any LimitRecorder)? = nil,
+                routeChoice: RouteChoice? = nil, recorder: (any LimitRecorder)? = nil, alerter: BudgetAlerter? = nil,
                 clock: @escaping @Sendable () -> Int64 = wallClockNanoseconds) {
+        self.alerter = alerter
         self.planner = planner
         self.store = store
         self.defaultOutputTokens = max(defaultOutputTokens, 1)
@@ -82,8 +85,10 @@ public final class RateLimitStage: GatewayStage {
         }
         switch decision {
         case .refused(let index, let retryIn, let left, let resetIn):
-            let error = refusal(definition(plan, index), retryIn: retryIn, remaining: left, resetIn: resetIn)
-            if let policy = policies.first(where: { $0.applies(to: caller) }),
+            let refusing = definition(plan, index)
+            let error = refusal(refusing, retryIn: retryIn, remaining: left, resetIn: resetIn)
+            alerter?.refused(plan[index], definition: refusing, remaining: left, now: clock())
+            if !refusing.hardStop, let policy = policies.first(where: { $0.applies(to: caller) }),
                let answer = try await degrade(request, context: context, policy: policy, refused: error, next: next)
             {
                 return answer
@@ -91,6 +96,7 @@ public final class RateLimitStage: GatewayStage {
             recorder?.limitRefused(definition(plan, index).name)
             throw error
         case .admitted(let reservation):
+            alerter?.observe(reservation, definitions: planner.definitions, now: clock())
             return try await proceed(request, context: context, reservation: reservation, price: route.price, next: next)
         }
     }
@@ -167,6 +173,7 @@ public final class RateLimitStage: GatewayStage {
                         continue
                     }
                     guard case .admitted(let reservation) = decision else { continue }
+                    alerter?.observe(reservation, definitions: planner.definitions, now: clock())
                     let answer = try await proceed(downgradedRequest, context: downgraded, reservation: reservation, price: target.price,
                                                    next: next)
                     return marked(answer, nil, .downgrade, servedBy: served)

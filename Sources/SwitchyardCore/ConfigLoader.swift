@@ -247,6 +247,15 @@ public enum ConfigLoader {
         if let admission = try top.mapping("admission") { config.admission = try parseAdmission(admission) }
         if let jobs = try top.mapping("jobs") { config.jobs = try parseJobs(jobs) }
         if let ledger = try top.mapping("ledger") { config.ledger = try parseLedger(ledger) }
+        if let alerts = try top.mapping("alerts") {
+            if let url = try alerts.string("webhook_url") {
+                guard url.hasPrefix("http://") || url.hasPrefix("https://"), UpstreamEndpoint(baseURL: url) != nil else {
+                    throw ConfigError(path: alerts.child("webhook_url"), "must be an http:// or https:// URL")
+                }
+                config.alertWebhook = url
+            }
+            try alerts.finish()
+        }
         if let routes = try top.mapping("routes") { try parseRoutes(routes, config: &config) }
         if let routing = try top.mapping("routing") {
             if let file = try routing.string("classifier_file") {

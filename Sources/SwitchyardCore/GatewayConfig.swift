@@ -215,6 +215,9 @@ public struct GatewayConfig: Sendable {
     public var admission = AdmissionSettings()
     /// Background jobs (YAML `jobs:`).
     public var jobs = JobSettings()
+    /// Where budget alerts are posted, signed with `SWITCHYARD_WEBHOOK_SECRET` (YAML `alerts: {webhook_url}`); they
+    /// are logged either way.
+    public var alertWebhook: String?
     /// The per-request ledger (YAML `ledger:`).
     public var ledger = LedgerSettings()
     /// Public names that are routes (disjoint from `models`).

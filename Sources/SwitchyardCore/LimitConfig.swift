@@ -51,6 +51,12 @@ public struct LimitDefinition: Sendable, Hashable {
     public var when: [Dimension: Set<String>]
     /// Whether cache hits count too (by default only requests that reach a model do).
     public var countsAllRequests: Bool
+    /// For a day or month budget: percentages of the amount (ascending, 1…100) at which an alert is sent, once per
+    /// threshold, counter and period (YAML `alerts: [50, 80, 100]`).
+    public var alerts: [Int] = []
+    /// Whether a request this limit refuses gets its 429 at once, skipping the caller's degradation policy (YAML
+    /// `at_limit: stop`; the default `degrade` lets the policy answer).
+    public var hardStop = false
 
     public init(name: String, measure: Measure, amount: Int64, window: Window?, scope: [Dimension] = [.tenant],
                 when: [Dimension: Set<String>] = [:], countsAllRequests: Bool = false) {
@@ -213,6 +219,24 @@ extension ConfigLoader {
                         throw ConfigError(path: reader.child("counts"), "must be 'model_requests' (the default: cache hits are free) or 'all_requests'")
                     }
                     limit.countsAllRequests = counts == "all_requests"
+                }
+                if let alerts = try reader.sequence("alerts") {
+                    guard limit.window?.isCalendar == true else {
+                        throw ConfigError(path: reader.child("alerts"), "alerts are for budgets per day or month")
+                    }
+                    for (index, item) in alerts.enumerated() {
+                        guard let percent = item.scalar.flatMap({ Int($0.string) }), (1...100).contains(percent),
+                              percent > (limit.alerts.last ?? 0) else {
+                            throw ConfigError(path: "\(reader.child("alerts"))[\(index)]", "must be percentages from 1 to 100, ascending")
+                        }
+                        limit.alerts.append(percent)
+                    }
+                }
+                if let atLimit = try reader.string("at_limit") {
+                    guard atLimit == "stop" || atLimit == "degrade" else {
+                        throw ConfigError(path: reader.child("at_limit"), "must be stop (a 429 at once) or degrade (the caller's degradation policy)")
+                    }
+                    limit.hardStop = atLimit == "stop"
                 }
                 try reader.finish()
                 limits.append(limit)

@@ -1,4 +1,5 @@
 import Foundation
+import Limits
 import NIOCore
 import NIOPosix
 import Redis
@@ -66,5 +67,27 @@ import Testing
                 }
             }
         }
+    }
+
+    @Test func ofInstancesOnOneRedisOneSendsEachBudgetAlert() async throws {
+        let server = try RedisServerProcess()
+        let client = RedisClient(configuration: server.configuration(), group: .singletonMultiThreadedEventLoopGroup)
+        let alerts = Locked<[BudgetAlert]>([])
+        // Each instance its own alerter and ledger view; the latch is the shared part.
+        let instances = (0..<3).map { _ in
+            BudgetAlerter(latch: RedisAlertLatch(client: client, keyPrefix: "a:")) { alert in alerts.withLock { $0.append(alert) } }
+        }
+        let ledger = LimitLedger()
+        let now: Int64 = 20_000 * 86_400_000_000_000
+        BudgetAlertTests.spend(900, user: "ann", ledger: ledger, alerter: instances[0], now: now)
+        for instance in instances { BudgetAlertTests.spend(1, user: "ann", ledger: ledger, alerter: instance, now: now + 1) }
+        try await BudgetAlertTests.waitFor(1, in: alerts)
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(alerts.withLock { $0.map(\.threshold) } == [80])
+        let keys = try await client.send(["KEYS", "a:alert:*"])
+        #expect(keys.elements?.count == 1)
+        let ttl = try await client.send(["TTL", .string(keys.elements?.first?.string ?? "")])
+        #expect((ttl.integer ?? 0) > 86400, "kept past the period's end")
+        await client.close()
     }
 }

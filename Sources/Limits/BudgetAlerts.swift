@@ -54,7 +54,7 @@ public final class InMemoryAlertLatch: AlertLatch {
     let maximumKeys: Int
     let clock: @Sendable () -> Int64
 
-    public init(maximumKeys: Int = 100_000, now: @escaping @Sendable () -> Int64 = SavingsLedger.unixNow) {
+    public init(maximumKeys: Int = 100_000, now: @escaping @Sendable () -> Int64 = unixSeconds) {
         self.maximumKeys = max(maximumKeys, 1)
         clock = now
     }

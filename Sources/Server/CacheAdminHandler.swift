@@ -29,7 +29,6 @@ struct CacheAdminHandler: Sendable {
     /// SHA-256 of `SWITCHYARD_ADMIN_KEY`; without it `DELETE /v1/cache` is refused.
     let adminKeyHash: String?
     let recorder: any CacheRecorder
-    let savings: any SavingsStore
     /// Where a verdict becomes a label for the learned verifier's threshold (nil: no calibration).
     var calibration: SemanticCalibration? = nil
     /// The same, shared by every instance (feedback through any of them labels a hit served by another).
@@ -106,40 +105,6 @@ struct CacheAdminHandler: Sendable {
         }
         let removed = exactRemoved + semantic.removeAll(tenant: tenant)
         return json200(["deleted": .int(Int64(removed)), "tenant": tenant.map { .string($0) } ?? .null], requestID)
-    }
-
-    /// `GET /v1/usage/savings?from=UNIX&to=UNIX` (default: the last 24 hours): what the exact cache, the semantic
-    /// cache and the provider's prompt cache saved, per tenant and kind. A caller sees its own tenant; the admin key
-    /// sees every tenant (or `?tenant=NAME`).
-    func savingsReport(_ request: EdgeRequest) async -> EdgeResponse {
-        let requestID = ChatHandler.makeRequestID()
-        let tenant: String?, from: Int64, to: Int64
-        do {
-            tenant = try ReportQuery.tenant(request, auth: auth, adminKeyHash: adminKeyHash)
-            (from, to) = try ReportQuery.period(request, now: savings.now)
-        } catch {
-            return ErrorRenderer.response(for: error, format: .openAI, requestID: requestID)
-        }
-        let totals: [String: [SavingsLedger.Kind: SavingsLedger.Total]]
-        do {
-            totals = try await savings.totals(from: from, to: to, tenant: tenant)
-        } catch {
-            recorder.stateFailed(seam: "savings")
-            return ErrorRenderer.response(for: GatewayError(.overloaded, "the savings store is unavailable: \(error)"),
-                                          format: .openAI, requestID: requestID)
-        }
-        let tenants: [JSONValue] = totals.keys.sorted().map { name in
-            var entry: [String: JSONValue] = ["tenant": .string(name)]
-            var sum = NanoUSD.zero
-            for kind in SavingsLedger.Kind.allCases {
-                let total = totals[name]?[kind] ?? SavingsLedger.Total()
-                sum += total.saved
-                entry[kind.rawValue] = ["requests": .int(Int64(total.requests)), "saved_usd": .string(total.saved.usdString)]
-            }
-            entry["total_saved_usd"] = .string(sum.usdString)
-            return .object(entry)
-        }
-        return json200(["object": "savings", "from": .int(from), "to": .int(to), "tenants": .array(tenants)], requestID)
     }
 
     func json200(_ body: JSONValue, _ requestID: String) -> EdgeResponse {

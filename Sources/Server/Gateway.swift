@@ -71,16 +71,10 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
             poolSize: state.poolSize, tls: state.tls ? RedisTLS(caFile: state.tlsCAFile) : nil, cluster: state.cluster), group: MultiThreadedEventLoopGroup.singleton)
         logger.info("shared state in redis", metadata: ["switchyard.redis": "\(state.tls ? "rediss" : "redis")://\(state.host):\(state.port)/\(state.database)\(state.cluster ? " (cluster)" : "")"])
     }
-    // Its write failures are counted in the metrics it feeds, which exist only once it does.
-    let savingsFailures = Locked<(@Sendable () -> Void)?>(nil)
-    let savings: any SavingsStore = redis.map { client in
-        RedisSavingsStore(client: client, keyPrefix: config.state.keyPrefix, onFailure: { savingsFailures.withLock { $0 }?() })
-    } ?? SavingsLedger()
     let metrics = GatewayMetrics(models: Array(config.models.keys) + Array(config.routes.keys), providers: config.providers.keys,
-                                 savings: savings, limits: config.limits.map(\.name),
+                                 limits: config.limits.map(\.name),
                                  deployments: (Array(config.models.values) + config.deployments.values.joined()).map(AttemptsStage.deploymentID),
                                  budgeted: config.budgets.keys)
-    savingsFailures.withLock { $0 = { [metrics] in metrics.stateFailed(seam: "savings_write") } }
     let httpClient = HTTPClientService(providers: Array(config.providers.values), anomalies: metrics)
     // Each replica of a group is its own endpoint.
     try httpClient.prepareTLS(for: config.providers.values.flatMap { provider in
@@ -314,7 +308,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     services.append(runner)
     let cacheAdmin = CacheAdminHandler(exact: exactStore, semantic: semanticStore, auth: AuthStage(keys: config.keys),
                                        adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex),
-                                       recorder: metrics, savings: metrics.savings, calibration: learned?.calibration,
+                                       recorder: metrics, calibration: learned?.calibration,
                                        sharedCalibration: sharedCalibration)
     let limitsHandler = LimitsHandler(planner: LimitPlanner(definitions: config.limits), store: limitStore, auth: AuthStage(keys: config.keys),
                                       adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex))
@@ -322,7 +316,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                                                 adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex))
     let usageHandler = UsageHandler(store: usageStore, auth: AuthStage(keys: config.keys),
                                     adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex),
-                                    clock: SavingsLedger.unixNow, failed: { [metrics] in metrics.stateFailed(seam: "usage") })
+                                    clock: unixSeconds, failed: { [metrics] in metrics.stateFailed(seam: "usage") })
     let embeddingsHandler = EmbeddingsHandler(batcher: batcher, unavailableReason: unavailable, auth: AuthStage(keys: config.keys),
                                               maxBodyBytes: config.maxBodyBytes)
 
@@ -336,7 +330,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         case (.GET, "/v1/models"): return modelsResponse(config)
         case (.POST, "/v1/cache/feedback"): return await cacheAdmin.feedback(request)
         case (.DELETE, "/v1/cache"): return await cacheAdmin.clear(request)
-        case (.GET, "/v1/usage/savings"): return await cacheAdmin.savingsReport(request)
+        case (.GET, "/v1/usage/savings"): return await usageHandler.savings(request)
         case (.GET, "/v1/usage"): return await usageHandler.handle(request)
         case (.GET, "/v1/limits"): return await limitsHandler.report(request)
         case (.GET, "/v1/deployments"): return await deploymentsHandler.report(request)

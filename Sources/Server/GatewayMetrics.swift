@@ -95,13 +95,10 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
     let batches: [String: Counter]
     let batchRequests: [String: Counter]
     let batchSaved: Counter
-    /// Savings per tenant and kind over time, for `GET /v1/usage/savings`.
-    public let savings: any SavingsStore
 
     public init(models modelNames: some Sequence<String>, providers: some Sequence<String> = [String](),
-                savings: any SavingsStore = SavingsLedger(), limits limitNames: some Sequence<String> = [String](),
+                limits limitNames: some Sequence<String> = [String](),
                 deployments: some Sequence<String> = [String](), budgeted: some Sequence<String> = [String]()) {
-        self.savings = savings
         let registry = PrometheusCollectorRegistry()
         let names = Set(modelNames).union(["other"])
         let apis = APIFormat.allCases
@@ -177,7 +174,7 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
         falseHits = total("semantic_cache_false_hits", "Semantic hits reported wrong through POST /v1/cache/feedback.")
         let stateErrorDescriptor = MetricNameDescriptor(namespace: "switchyard", metricName: "state_errors", unitName: "total",
                                                         helpText: "Shared-state store failures, by seam (bypassed when failing open).")
-        stateErrors = Dictionary(uniqueKeysWithValues: ["exact_cache", "exact_cache_write", "savings", "savings_write", "semantic_write", "calibration_write", "limits", "limits_settle", "budgets", "breakers", "usage", "usage_write", "ledger_sink"].map { seam in
+        stateErrors = Dictionary(uniqueKeysWithValues: ["exact_cache", "exact_cache_write", "semantic_write", "calibration_write", "limits", "limits_settle", "budgets", "breakers", "usage", "usage_write", "ledger_sink"].map { seam in
             (seam, registry.makeCounter(descriptor: stateErrorDescriptor, labels: [("seam", seam)]))
         })
         let refused = MetricNameDescriptor(namespace: "switchyard", metricName: "rate_limited", unitName: "total",
@@ -322,17 +319,11 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
         if record.cost.value > 0 { counters.cost.increment(by: record.cost.value) }
         if usage.wasClamped { upstreamAnomaly(.usage) }
         if record.usageEstimated { estimatedUsage.increment() }
-        if record.batchSaved.value > 0 {
-            savings.record(tenant: record.caller.tenant, kind: .batch, saved: record.batchSaved)
-            batchSaved.increment(by: record.batchSaved.value)
-        }
-        if usage.cacheReadTokens > 0 || usage.cacheWriteTokens > 0 {
-            savings.record(tenant: record.caller.tenant, kind: .promptCache, saved: record.promptCacheSaved)
-            if record.promptCacheSaved.value > 0 {
-                promptCacheSaved.increment(by: record.promptCacheSaved.value)
-            } else if record.promptCacheSaved.value < 0 {
-                promptCacheWritePremium.increment(by: record.promptCacheSaved.value == .min ? .max : -record.promptCacheSaved.value)
-            }
+        if record.batchSaved.value > 0 { batchSaved.increment(by: record.batchSaved.value) }
+        if record.promptCacheSaved.value > 0 {
+            promptCacheSaved.increment(by: record.promptCacheSaved.value)
+        } else if record.promptCacheSaved.value < 0 {
+            promptCacheWritePremium.increment(by: record.promptCacheSaved.value == .min ? .max : -record.promptCacheSaved.value)
         }
     }
 
@@ -343,9 +334,6 @@ public final class GatewayMetrics: CostRecorder, CacheRecorder, UpstreamAnomalyR
     public func cache(_ kind: CacheKind, _ lookup: CacheLookup, model: String, saved: NanoUSD, caller: Caller?) {
         cacheLookups[Self.cacheIndex(kind, lookup)].increment()
         if saved.value > 0 { cacheSaved[kind]?.increment(by: saved.value) }
-        if lookup == .hit, let caller {
-            savings.record(tenant: caller.tenant, kind: kind == .exact ? .exact : .semantic, saved: saved)
-        }
     }
 
     /// Position of a cache series in `cacheLookups`.

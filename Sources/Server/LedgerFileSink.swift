@@ -35,7 +35,7 @@ public final class LedgerFileSink: LedgerSink {
     private let file = Mutex<OpenFile?>(nil)
 
     public init(directory: String, rotateBytes: Int = 64 << 20, retention: Duration = .seconds(31 * 86400),
-                instance: String = LedgerFileSink.randomInstance(), now: @escaping @Sendable () -> Int64 = SavingsLedger.unixNow) {
+                instance: String = LedgerFileSink.randomInstance(), now: @escaping @Sendable () -> Int64 = unixSeconds) {
         self.directory = directory
         self.rotateBytes = max(rotateBytes, 1)
         retentionSeconds = max(retention.components.seconds, 1)

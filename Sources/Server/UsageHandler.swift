@@ -225,3 +225,95 @@ public enum CSV {
         return "\"" + value.replacing("\"", with: "\"\"") + "\""
     }
 }
+
+extension UsageHandler {
+    /// `GET /v1/usage/savings?from=&to=&requests_per_day=N`, from the ledger: per tenant (the admin key: every tenant,
+    /// or `?tenant=`), what was spent, what the same requests would have cost without the gateway (every answer from
+    /// the route's reference model, no response cache, no provider prompt caching, no batch API), what each lever
+    /// saved, and the projection to a day and a month — at the rate seen over the span the period's records cover, or
+    /// at `requests_per_day`.
+    func savings(_ request: EdgeRequest) async -> EdgeResponse {
+        let requestID = ChatHandler.makeRequestID()
+        let tenant: String?, from: Int64, to: Int64
+        var perDay: Double?
+        do throws(GatewayError) {
+            tenant = try ReportQuery.tenant(request, auth: auth, adminKeyHash: adminKeyHash)
+            (from, to) = try ReportQuery.period(request, now: clock())
+            if let text = CacheAdminHandler.query(request.head.uri, "requests_per_day") {
+                guard let value = Double(text), value.isFinite, (1...1e12).contains(value) else {
+                    throw GatewayError(.invalidRequest, "requests_per_day must be a number from 1 to 1e12", param: "requests_per_day")
+                }
+                perDay = value
+            }
+        } catch {
+            return ErrorRenderer.response(for: error, format: .openAI, requestID: requestID)
+        }
+        let keys: [UsageKey: UsageTotals]
+        do {
+            keys = try await store.usage(from: from, to: to, tenant: tenant)
+        } catch {
+            failed()
+            return ErrorRenderer.response(for: GatewayError(.overloaded, "the usage store is unavailable: \(error)"),
+                                          format: .openAI, requestID: requestID)
+        }
+        var tenants: [String: UsageTotals] = [:]
+        var total = UsageTotals()
+        var span: (first: Int64, last: Int64)?
+        for (key, totals) in keys {
+            tenants[key.tenant, default: UsageTotals()].add(totals)
+            total.add(totals)
+            span = (min(span?.first ?? key.minute, key.minute), max(span?.last ?? key.minute, key.minute))
+        }
+        // The span the records cover (whole minutes), within the period asked.
+        let seconds = span.map { max(min(($0.last - $0.first + 1) * 60, to - from + 1), 60) } ?? max(to - from + 1, 60)
+        func report(_ totals: UsageTotals) -> [String: JSONValue] {
+            Self.savingsFigures(totals, seconds: seconds, requestsPerDay: perDay)
+        }
+        let rows: [JSONValue] = tenants.keys.sorted().map { name in
+            var entry = report(tenants[name] ?? UsageTotals())
+            entry["tenant"] = .string(name)
+            return .object(entry)
+        }
+        let body: JSONValue = ["object": "savings", "from": .int(from), "to": .int(to), "tenants": .array(rows), "total": .object(report(total))]
+        return EdgeResponse(status: .ok, headers: [.contentType: "application/json", .requestID: requestID],
+                            body: .buffer(ByteBuffer(bytes: body.serialized())))
+    }
+
+    /// One tenant's (or the total's) savings: per lever its requests and amount, spent, without the gateway, and the
+    /// projection.
+    static func savingsFigures(_ totals: UsageTotals, seconds: Int64, requestsPerDay: Double?) -> [String: JSONValue] {
+        let levers: [(SavingKind, UsageTotals.Metric)] = [
+            (.exact, .exactHits), (.semantic, .semanticHits), (.promptCache, .promptCacheRequests), (.routing, .routedRequests),
+            (.batch, .batchRequests),
+        ]
+        var entry: [String: JSONValue] = [:]
+        for (kind, requests) in levers {
+            var lever: [String: JSONValue] = ["requests": .int(totals[requests]), "saved_usd": .string(usd(totals[.saved(kind)]))]
+            // A cascade that escalated paid for its cheap answer too: routing's losses.
+            if kind == .routing { lever["escalations"] = .int(totals[.escalations]) }
+            entry[kind.rawValue] = .object(lever)
+        }
+        let spent = totals[.cost], saved = totals.saved
+        let without = Int64(clamping: Int128(spent) + Int128(saved))
+        entry["requests"] = .int(totals[.requests])
+        entry["spent_usd"] = .string(usd(spent))
+        entry["total_saved_usd"] = .string(usd(saved))
+        entry["without_gateway_usd"] = .string(usd(without))
+        // Per day: the rate seen, or the volume asked for at the per-request figures seen.
+        let requests = Double(totals[.requests])
+        let factor = requestsPerDay.map { requests > 0 ? $0 / requests : 0 } ?? 86400 / Double(seconds)
+        func projected(_ days: Double) -> JSONValue {
+            func scaled(_ value: Int64) -> String {
+                let amount = (Double(value) * factor * days).rounded()
+                return usd(amount.isFinite ? Int64(clamping: Int128(max(min(amount, 9.2e18), -9.2e18))) : 0)
+            }
+            return ["requests": .double((requests * factor * days).rounded()), "spent_usd": .string(scaled(spent)),
+                    "saved_usd": .string(scaled(saved)), "without_gateway_usd": .string(scaled(without))]
+        }
+        entry["projection"] = [
+            "basis": requestsPerDay == nil ? "observed_rate" : "requests_per_day", "observed_seconds": .int(seconds),
+            "per_day": projected(1), "per_month": projected(30),
+        ]
+        return entry
+    }
+}

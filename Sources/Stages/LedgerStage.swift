@@ -52,6 +52,7 @@ public struct LedgerStage: GatewayStage {
             record.streamed = false
             record.cache = completion.cache?.status.rawValue
             record.degraded = completion.limits?.degraded
+            record.escalated = completion.routing?.cascade?.accepted == false
             if let job = completion.acceptedJob {
                 record.queuedJob = job
                 record.status = 202
@@ -65,6 +66,7 @@ public struct LedgerStage: GatewayStage {
             record.streamed = true
             record.cache = stream.cache?.status.rawValue
             record.degraded = stream.limits?.degraded
+            record.escalated = stream.routing?.cascade?.accepted == false
             let recorder = self.recorder
             stream.lifecycle.onChunks { _ in trail.firstEvent(at: .now) }
             stream.lifecycle.onTermination { [record] outcome, _ in

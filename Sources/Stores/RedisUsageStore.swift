@@ -19,7 +19,7 @@ public final class RedisUsageStore: UsageStore {
     private let clock: @Sendable () -> Int64
 
     public init(client: RedisClient, keyPrefix: String, retention: Duration = .seconds(31 * 86400), maximumTenants: Int = 1000,
-                now: @escaping @Sendable () -> Int64 = SavingsLedger.unixNow) {
+                now: @escaping @Sendable () -> Int64 = unixSeconds) {
         self.client = client
         prefix = keyPrefix
         retentionHours = max(1, retention.components.seconds / 3600)

@@ -62,6 +62,8 @@ public struct LedgerRecord: Sendable, Hashable {
     public var attempts: Int
     /// Whether some of `usage` is estimated (a stream that ended before the upstream reported its usage).
     public var usageEstimated: Bool
+    /// Whether a cascade's cheap answer was not good enough and its strong model answered.
+    public var escalated = false
 
     public init(requestID: String, time: Int64, tenant: String, user: String, tier: String, feature: String, api: APIFormat,
                 requested: String, route: String? = nil, rule: String? = nil, model: String? = nil, deployment: String? = nil,
@@ -108,7 +110,7 @@ public struct LedgerRecord: Sendable, Hashable {
             "input_tokens": .int(Int64(usage.inputTokens)), "output_tokens": .int(Int64(usage.outputTokens)),
             "cache_read_tokens": .int(Int64(usage.cacheReadTokens)), "cache_write_tokens": .int(Int64(usage.cacheWriteTokens)),
             "cost_nano_usd": .int(cost.value), "latency_ms": .double(latencyMilliseconds), "attempts": .int(Int64(attempts)),
-            "job": .bool(job), "usage_estimated": .bool(usageEstimated),
+            "job": .bool(job), "usage_estimated": .bool(usageEstimated), "escalated": .bool(escalated),
         ]
         var savings: [String: JSONValue] = [:]
         for kind in SavingKind.allCases { savings[kind.rawValue] = .int(saved[kind]?.value ?? 0) }

@@ -1,5 +1,20 @@
 import SwitchyardModels
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Unix seconds now, on the wall clock (without Foundation): aggregates and reports are per wall-clock minute.
+public let unixSeconds: @Sendable () -> Int64 = {
+    var spec = timespec()
+    clock_gettime(CLOCK_REALTIME, &spec)
+    return Int64(spec.tv_sec)
+}
+
 /// The ledger's aggregates: per minute, tenant, user, feature and model, what was asked, used, spent and saved.
 /// Kept in the state store (this process's or Redis), so budgets and the dashboard read the same figures from
 /// any instance.
@@ -33,6 +48,10 @@ public struct UsageTotals: Sendable, Hashable {
         case savedBatch = "saved_batch_nano_usd"
         case exactHits = "exact_hits", semanticHits = "semantic_hits"
         case degraded, queued, attempts
+        /// Requests whose answer used the provider's prompt cache (read or written), sent through a batch, chosen
+        /// by a route's rule, and cascades that escalated to their strong model.
+        case promptCacheRequests = "prompt_cache_requests", batchRequests = "batch_requests"
+        case routedRequests = "routed_requests", escalations
         /// Sum of latencies and of times to first token (ms), for means.
         case latencyMilliseconds = "latency_ms_sum", timeToFirstTokenMilliseconds = "ttft_ms_sum"
 
@@ -86,6 +105,10 @@ public struct UsageTotals: Sendable, Hashable {
         if record.degraded != nil { add(.degraded, 1) }
         if record.queuedJob != nil { add(.queued, 1) }
         add(.attempts, Int64(record.attempts))
+        if record.usage.cacheReadTokens > 0 || record.usage.cacheWriteTokens > 0 { add(.promptCacheRequests, 1) }
+        if record.saved[.batch].map({ $0 != .zero }) == true { add(.batchRequests, 1) }
+        if record.route != nil { add(.routedRequests, 1) }
+        if record.escalated { add(.escalations, 1) }
         add(.latencyMilliseconds, Int64(record.latencyMilliseconds.rounded()))
         if let ttft = record.timeToFirstTokenMilliseconds { add(.timeToFirstTokenMilliseconds, Int64(ttft.rounded())) }
     }
@@ -130,7 +153,7 @@ public final class UsageBook: UsageStore {
     private let clock: @Sendable () -> Int64
 
     public init(retention: Duration = .seconds(31 * 86400), maximumKeys: Int = 200_000,
-                now: @escaping @Sendable () -> Int64 = SavingsLedger.unixNow) {
+                now: @escaping @Sendable () -> Int64 = unixSeconds) {
         self.maximumKeys = max(1, maximumKeys)
         retentionMinutes = max(1, retention.components.seconds / 60)
         clock = now

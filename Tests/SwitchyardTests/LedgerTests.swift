@@ -188,6 +188,36 @@ import Testing
     }
 }
 
+/// The `ledger:` section and a route's `reference`.
+@Suite struct LedgerConfigTests {
+    static let base = "providers: {a: {kind: mock}}\nmodels: {gpt-4o-mini: {provider: a}, claude-opus-4-1: {provider: a}, claude-haiku-4-5: {provider: a}}\n"
+
+    @Test func theLedgerSectionIsReadAndChecked() throws {
+        let config = try ConfigLoader.parse(yaml: Self.base + "ledger: {path: /tmp/ledger, rotate_mb: 8, buffer: 500, flush_ms: 250, retention_days: 7}",
+                                            environment: [:])
+        #expect(config.ledger.sink == .jsonl(directory: "/tmp/ledger", rotateBytes: 8 << 20))
+        #expect(config.ledger.buffer == 500 && config.ledger.flushInterval == .milliseconds(250) && config.ledger.retention == .seconds(7 * 86400))
+        #expect(try ConfigLoader.parse(yaml: Self.base, environment: [:]).ledger.sink == LedgerSettings.Sink.none)
+        for (yaml, path) in [("ledger: {sink: jsonl}", "ledger.path"), ("ledger: {sink: kafka}", "ledger.sink"),
+                             ("ledger: {buffer: 0}", "ledger.buffer"), ("ledger: {sink: none, path: /x}", "ledger.path"),
+                             ("ledger: {flush_ms: 1}", "ledger.flush_ms"), ("ledger: {color: red}", "ledger.color")] {
+            #expect(AttemptsThroughTheGatewayTests.refusedPath(Self.base + yaml) == path, "\(yaml)")
+        }
+    }
+
+    @Test func aRoutesReferenceIsNamedOrThePriciestItCanPick() throws {
+        let routes = """
+            routes:
+              cheap: {rules: [{model: gpt-4o-mini}], reference: claude-haiku-4-5}
+              ladder: {rules: [{when: {prompt_tokens: {max: 100}}, model: gpt-4o-mini}, {model: claude-opus-4-1}]}
+            """
+        let config = try ConfigLoader.parse(yaml: Self.base + routes, environment: [:])
+        #expect(config.routes["cheap"]?.reference == "claude-haiku-4-5")
+        #expect(config.routes["ladder"]?.reference == "claude-opus-4-1")
+        #expect(AttemptsThroughTheGatewayTests.refusedPath(Self.base + "routes:\n  r: {rules: [{model: gpt-4o-mini}], reference: nope}") == "routes.r.reference")
+    }
+}
+
 /// Through the gateway: every path a request can take leaves one record, and `GET /v1/usage` reports them.
 @Suite struct LedgerThroughTheGatewayTests {
     static func body(_ text: String, model: String = "gpt-4o-mini", stream: Bool = false) -> String {

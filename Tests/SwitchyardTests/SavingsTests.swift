@@ -1,4 +1,5 @@
 import Foundation
+import Server
 import Stages
 import SwitchyardCore
 import SwitchyardModels
@@ -16,40 +17,48 @@ import Testing
         #expect(sonnet.promptCacheSavings(of: Usage(inputTokens: 100, outputTokens: 100)) == .zero)
     }
 
-    @Test func theLedgerIsBoundedHoweverManyTenantsCall() {
-        let clock = Locked<Int64>(60_000)
-        let ledger = SavingsLedger(retention: .seconds(86400), maximumBuckets: 100, now: { clock.withLock { $0 } })
-        for tenant in 0..<60 { ledger.record(tenant: "old-\(tenant)", kind: .exact, saved: NanoUSD(1)) }
-        clock.withLock { $0 += 60 }
-        for tenant in 0..<500 { ledger.record(tenant: "new-\(tenant)", kind: .exact, saved: NanoUSD(1)) }
-        let totals = ledger.totals(from: 0, to: 70_000)
-        // The older minute made room first; then this minute's records past the bound were dropped.
-        #expect(totals.count <= 100)
-        #expect(totals.keys.allSatisfy { $0.hasPrefix("new-") })
-        #expect(totals["new-0"]?[.exact]?.requests == 1)
-    }
-
-    @Test func theLedgerReportsWindowsPerTenantAndKind() {
-        let clock = Locked<Int64>(1_000)
-        let ledger = SavingsLedger(retention: .seconds(7200), now: { clock.withLock { $0 } })
-        ledger.record(tenant: "a", kind: .exact, saved: NanoUSD(100))
-        ledger.record(tenant: "a", kind: .exact, saved: NanoUSD(50))
-        ledger.record(tenant: "b", kind: .semantic, saved: NanoUSD(7))
-        clock.withLock { $0 = 5_000 }
-        ledger.record(tenant: "a", kind: .promptCache, saved: NanoUSD(-3))
-        let early = ledger.totals(from: 0, to: 2_000)
-        #expect(early["a"]?[.exact] == SavingsLedger.Total(requests: 2, saved: NanoUSD(150)))
-        #expect(early["a"]?[.promptCache] == nil && early["b"]?[.semantic]?.saved == NanoUSD(7))
-        #expect(ledger.totals(from: 0, to: 9_000, tenant: "a")["a"]?[.promptCache]?.saved == NanoUSD(-3))
-        #expect(ledger.totals(from: 0, to: 9_000, tenant: "a")["b"] == nil)
-        // Past the retention, old minutes are dropped when new ones come in.
-        clock.withLock { $0 = 5_000 + 7_200 }
-        ledger.record(tenant: "c", kind: .exact, saved: NanoUSD(1))
-        #expect(ledger.totals(from: 0, to: 3_000).isEmpty)
+    @Test func theSavingsReportMeasuresRoutingAgainstTheReferenceAndProjects() async throws {
+        var config = TestConfigs.embedded()
+        config.cache.semanticEnabled = false
+        config.routes["support"] = RouteConfig(name: "support", rules: [RouteRule(name: "all", target: .model("gpt-4o-mini"))],
+                                               reference: "claude-opus-4-1")
+        try await withTestGateway(config) { [config] gateway, url in
+            let key = [("authorization", "Bearer router")]
+            var costs: [NanoUSD] = []
+            for question in ["how do I reset my password?", "where is my order?", "can I change my plan?", "how do I reset my password?"] {
+                let body = #"{"model":"support","max_tokens":30,"messages":[{"role":"user","content":"\#(question)"}]}"#
+                let response = try await send("\(url)/v1/chat/completions", body: body, headers: key)
+                #expect(response.status == 200)
+                costs.append(NanoUSD(usd: response.header("x-switchyard-cost-usd") ?? "") ?? NanoUSD(-1))
+            }
+            await gateway.ledger?.flush()
+            let body = try await send("\(url)/v1/usage/savings?requests_per_day=1000", method: "GET", headers: key, contentType: nil).body
+            let report = try JSONValue.parse(Array(body.utf8))
+            let mine = try #require(report["tenants"]?.arrayValue?.first, "\(body)")
+            func usd(_ value: JSONValue?) -> NanoUSD? { value?.stringValue.flatMap { NanoUSD(usd: $0) } }
+            // Three answered by the route's model, one by the exact cache.
+            #expect(mine["routing"]?["requests"]?.intValue == 3 && mine["exact"]?["requests"]?.intValue == 1, "\(mine)")
+            let spent = try #require(usd(mine["spent_usd"]))
+            #expect(spent == costs[0] + costs[1] + costs[2] && costs[3] == .zero)
+            let routing = try #require(usd(mine["routing"]?["saved_usd"]))
+            let opus = try #require(config.models["claude-opus-4-1"]?.price), mini = try #require(config.models["gpt-4o-mini"]?.price)
+            // Opus costs well over ten times mini per token: routing saved most of the all-opus bill.
+            #expect(routing > NanoUSD(spent.value * 10) && opus.cost(of: Usage(inputTokens: 10, outputTokens: 10)) > mini.cost(of: Usage(inputTokens: 10, outputTokens: 10)))
+            let saved = try #require(usd(mine["total_saved_usd"]))
+            #expect(saved == routing + costs[0] && usd(mine["without_gateway_usd"]) == spent + saved)
+            // At 1,000 requests a day: the per-request figures seen, times 1,000, and thirty days a month.
+            #expect(mine["projection"]?["basis"] == "requests_per_day" && mine["projection"]?["per_day"]?["requests"]?.intValue == 1000)
+            let perDay = try #require(usd(mine["projection"]?["per_day"]?["spent_usd"]))
+            #expect(abs(perDay.value - spent.value * 250) <= 1)
+            let perMonth = try #require(usd(mine["projection"]?["per_month"]?["saved_usd"]))
+            #expect(abs(perMonth.value - saved.value * 250 * 30) <= 30)
+            let bad = try await send("\(url)/v1/usage/savings?requests_per_day=0", method: "GET", headers: key, contentType: nil)
+            #expect(bad.status == 400 && bad.body.contains("requests_per_day"))
+        }
     }
 
     @Test func theSavingsEndpointReportsExactHitsAndPromptCaching() async throws {
-        try await withTestGateway(environment: ["SWITCHYARD_ADMIN_KEY": "admin"]) { _, url in
+        try await withTestGateway(environment: ["SWITCHYARD_ADMIN_KEY": "admin"]) { gateway, url in
             let key = [("authorization", "Bearer saver")]
             let body = #"{"model":"gpt-4o-mini","max_tokens":20,"messages":[{"role":"user","content":"What is a savings account?"}]}"#
             let miss = try await send("\(url)/v1/chat/completions", body: body, headers: key)
@@ -63,6 +72,7 @@ import Testing
                                               headers: key)
                 #expect(response.status == 200)
             }
+            await gateway.ledger?.flush()
             let report = try await send("\(url)/v1/usage/savings", method: "GET", headers: key, contentType: nil)
             #expect(report.status == 200)
             let json = try JSONValue.parse(Array(report.body.utf8))
@@ -81,6 +91,7 @@ import Testing
             // The admin key sees every tenant; another caller sees nothing of this one.
             _ = try await send("\(url)/v1/chat/completions", body: body, headers: [("authorization", "Bearer other")])
             _ = try await send("\(url)/v1/chat/completions", body: body, headers: [("authorization", "Bearer other")])
+            await gateway.ledger?.flush()
             let all = try JSONValue.parse(Array(try await send("\(url)/v1/usage/savings", method: "GET",
                                                                headers: [("authorization", "Bearer admin")], contentType: nil).body.utf8))
             #expect(all["tenants"]?.arrayValue?.count == 2)

@@ -24,7 +24,8 @@ import Musl
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks (commands, not tests).", subcommands: [UpstreamClientFloor.self, EmbeddingsBench.self, RouterBench.self, VerifierBench.self,
-                                                   ExactStoreBench.self, ReplicationBench.self, LimiterBench.self])
+                                                   ExactStoreBench.self, ReplicationBench.self, LimiterBench.self,
+                                                   LedgerBench.self])
 }
 
 /// Measures what an upstream HTTP client alone costs, posting a small chat request in a closed loop with no server

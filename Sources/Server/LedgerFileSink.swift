@@ -55,7 +55,7 @@ public final class LedgerFileSink: LedgerSink {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(records.count * 512)
         for record in records {
-            record.json.write(into: &bytes, sortedKeys: true)
+            record.write(into: &bytes)
             bytes.append(UInt8(ascii: "\n"))
         }
         try append(bytes)

@@ -114,7 +114,7 @@ public final class LedgerWriter: LedgerRecorder, Service {
 
     private func write(_ records: [LedgerRecord]) async {
         var batch: [UsageKey: UsageTotals] = [:]
-        for record in records { batch[UsageKey(record), default: UsageTotals()].add(UsageTotals(record)) }
+        for record in records { batch[UsageKey(record), default: UsageTotals()].add(record) }
         do {
             try await usage.add(batch)
         } catch {

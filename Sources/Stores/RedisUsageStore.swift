@@ -57,7 +57,7 @@ public final class RedisUsageStore: UsageStore {
             let hash = hourKey(tag, hour: key.minute / 60)
             let field = "\(key.minute)|\(Self.escape(key.user))|\(Self.escape(key.feature))|\(Self.escape(key.model))|"
             for (index, metric) in UsageTotals.Metric.allCases.enumerated() where totals.values[index] != 0 {
-                commands.append(["HINCRBY", .string(hash), .string(field + metric.rawValue), .integer(totals.values[index])])
+                commands.append(["HINCRBY", .string(hash), .string(field + metric.name), .integer(totals.values[index])])
             }
             hours.insert(hash)
             tenants[key.tenant] = (tag, max(tenants[key.tenant]?.minute ?? .min, key.minute))
@@ -95,7 +95,7 @@ public final class RedisUsageStore: UsageStore {
         let end = last / 60
         guard start <= end else { return [:] }
         let hours = Array(start...min(end, start + retentionHours))
-        let metrics = Dictionary(uniqueKeysWithValues: UsageTotals.Metric.allCases.map { ($0.rawValue, $0) })
+        let metrics = Dictionary(uniqueKeysWithValues: UsageTotals.Metric.allCases.map { ($0.name, $0) })
         var result: [UsageKey: UsageTotals] = [:]
         for (tag, name) in tenants {
             let replies = try await client.pipeline(hours.map { ["HGETALL", .string(hourKey(tag, hour: $0))] })

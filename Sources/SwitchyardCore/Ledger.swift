@@ -16,6 +16,39 @@ public enum SavingKind: String, Sendable, CaseIterable, Hashable {
     case batch
 }
 
+/// What a request saved, per lever (nano-USD; zero where a lever did nothing). Five fields rather than a dictionary:
+/// a record is made for every request.
+public struct Savings: Sendable, Hashable, ExpressibleByDictionaryLiteral {
+    public var exact = NanoUSD.zero, semantic = NanoUSD.zero, promptCache = NanoUSD.zero, routing = NanoUSD.zero, batch = NanoUSD.zero
+
+    public init() {}
+
+    public init(dictionaryLiteral elements: (SavingKind, NanoUSD)...) {
+        for (kind, amount) in elements { self[kind] += amount }
+    }
+
+    public subscript(_ kind: SavingKind) -> NanoUSD {
+        get {
+            switch kind {
+            case .exact: exact
+            case .semantic: semantic
+            case .promptCache: promptCache
+            case .routing: routing
+            case .batch: batch
+            }
+        }
+        set {
+            switch kind {
+            case .exact: exact = newValue
+            case .semantic: semantic = newValue
+            case .promptCache: promptCache = newValue
+            case .routing: routing = newValue
+            case .batch: batch = newValue
+            }
+        }
+    }
+}
+
 /// One request as the ledger keeps it: who asked, what served it, what it used and cost, what the gateway saved, how
 /// long it took and what happened on the way. Written once, when the answer or stream ends (or the request fails).
 public struct LedgerRecord: Sendable, Hashable {
@@ -47,7 +80,7 @@ public struct LedgerRecord: Sendable, Hashable {
     public var usage: Usage
     /// What every call cost.
     public var cost: NanoUSD
-    public var saved: [SavingKind: NanoUSD]
+    public var saved: Savings
     public var latencyMilliseconds: Double
     /// Time to the first streamed event (the whole answer for a completion).
     public var timeToFirstTokenMilliseconds: Double?
@@ -68,7 +101,7 @@ public struct LedgerRecord: Sendable, Hashable {
     public init(requestID: String, time: Int64, tenant: String, user: String, tier: String, feature: String, api: APIFormat,
                 requested: String, route: String? = nil, rule: String? = nil, model: String? = nil, deployment: String? = nil,
                 streamed: Bool = false, status: Int = 200, outcome: String = "completed", error: String? = nil,
-                usage: Usage = Usage(), cost: NanoUSD = .zero, saved: [SavingKind: NanoUSD] = [:],
+                usage: Usage = Usage(), cost: NanoUSD = .zero, saved: Savings = Savings(),
                 latencyMilliseconds: Double = 0, timeToFirstTokenMilliseconds: Double? = nil, cache: String? = nil,
                 degraded: Degradation? = nil, queuedJob: String? = nil, job: Bool = false, attempts: Int = 0,
                 usageEstimated: Bool = false) {
@@ -101,31 +134,74 @@ public struct LedgerRecord: Sendable, Hashable {
         self.usageEstimated = usageEstimated
     }
 
-    /// One JSON object (a line of the ledger's files); money in nano-USD, so sums are exact.
-    public var json: JSONValue {
-        var object: [String: JSONValue] = [
-            "id": .string(requestID), "time_ms": .int(time), "tenant": .string(tenant), "user": .string(user),
-            "tier": .string(tier), "feature": .string(feature), "api": .string(api.rawValue), "requested": .string(requested),
-            "streamed": .bool(streamed), "status": .int(Int64(status)), "outcome": .string(outcome),
-            "input_tokens": .int(Int64(usage.inputTokens)), "output_tokens": .int(Int64(usage.outputTokens)),
-            "cache_read_tokens": .int(Int64(usage.cacheReadTokens)), "cache_write_tokens": .int(Int64(usage.cacheWriteTokens)),
-            "cost_nano_usd": .int(cost.value), "latency_ms": .double(latencyMilliseconds), "attempts": .int(Int64(attempts)),
-            "job": .bool(job), "usage_estimated": .bool(usageEstimated), "escalated": .bool(escalated),
-        ]
-        var savings: [String: JSONValue] = [:]
-        for kind in SavingKind.allCases { savings[kind.rawValue] = .int(saved[kind]?.value ?? 0) }
-        object["saved_nano_usd"] = .object(savings)
-        func optional(_ key: String, _ value: String?) { if let value { object[key] = .string(value) } }
-        optional("route", route)
-        optional("rule", rule)
-        optional("model", model)
-        optional("deployment", deployment)
-        optional("error", error)
-        optional("cache", cache)
-        optional("degraded", degraded?.rawValue)
-        optional("queued_job", queuedJob)
-        if let timeToFirstTokenMilliseconds { object["ttft_ms"] = .double(timeToFirstTokenMilliseconds) }
-        return .object(object)
+    /// One JSON object (a line of the ledger's files), keys in a fixed order; money in nano-USD, so sums are exact.
+    /// Written directly rather than through a `JSONValue`, whose dictionary would cost more than the rest of the record.
+    public func write(into output: inout [UInt8]) {
+        var first = true
+        func key(_ name: StaticString) {
+            output.append(first ? UInt8(ascii: "{") : UInt8(ascii: ","))
+            first = false
+            output.append(UInt8(ascii: "\""))
+            name.withUTF8Buffer { output.append(contentsOf: $0) }
+            output.append(contentsOf: [UInt8(ascii: "\""), UInt8(ascii: ":")])
+        }
+        func string(_ name: StaticString, _ value: String?) {
+            guard let value else { return }
+            key(name)
+            JSONValue.writeString(value, into: &output)
+        }
+        func int(_ name: StaticString, _ value: Int64) {
+            key(name)
+            output.append(contentsOf: String(value).utf8)
+        }
+        func double(_ name: StaticString, _ value: Double?) {
+            guard let value else { return }
+            key(name)
+            output.append(contentsOf: (value.isFinite ? (value * 1000).rounded() / 1000 : 0).description.utf8)
+        }
+        func bool(_ name: StaticString, _ value: Bool) {
+            key(name)
+            output.append(contentsOf: (value ? "true" : "false").utf8)
+        }
+        string("id", requestID)
+        int("time_ms", time)
+        string("tenant", tenant)
+        string("user", user)
+        string("tier", tier)
+        string("feature", feature)
+        string("api", api.rawValue)
+        string("requested", requested)
+        string("route", route)
+        string("rule", rule)
+        string("model", model)
+        string("deployment", deployment)
+        bool("streamed", streamed)
+        int("status", Int64(status))
+        string("outcome", outcome)
+        string("error", error)
+        int("input_tokens", Int64(usage.inputTokens))
+        int("output_tokens", Int64(usage.outputTokens))
+        int("cache_read_tokens", Int64(usage.cacheReadTokens))
+        int("cache_write_tokens", Int64(usage.cacheWriteTokens))
+        int("cost_nano_usd", cost.value)
+        key("saved_nano_usd")
+        for (index, kind) in SavingKind.allCases.enumerated() {
+            output.append(index == 0 ? UInt8(ascii: "{") : UInt8(ascii: ","))
+            JSONValue.writeString(kind.rawValue, into: &output)
+            output.append(UInt8(ascii: ":"))
+            output.append(contentsOf: String(saved[kind].value).utf8)
+        }
+        output.append(UInt8(ascii: "}"))
+        double("latency_ms", latencyMilliseconds)
+        double("ttft_ms", timeToFirstTokenMilliseconds)
+        string("cache", cache)
+        string("degraded", degraded?.rawValue)
+        string("queued_job", queuedJob)
+        bool("job", job)
+        int("attempts", Int64(attempts))
+        bool("usage_estimated", usageEstimated)
+        bool("escalated", escalated)
+        output.append(UInt8(ascii: "}"))
     }
 }
 
@@ -213,10 +289,8 @@ public final class RequestTrail: Sendable {
     public static func fill(_ record: inout LedgerRecord, from state: State) {
         var usage = Usage()
         var cost = NanoUSD.zero
-        var saved: [SavingKind: NanoUSD] = [:]
-        func add(_ kind: SavingKind, _ amount: NanoUSD) {
-            if amount != .zero { saved[kind, default: .zero] += amount }
-        }
+        var saved = Savings()
+        func add(_ kind: SavingKind, _ amount: NanoUSD) { saved[kind] += amount }
         for entry in state.priced {
             usage.inputTokens += entry.usage.inputTokens
             usage.outputTokens += entry.usage.outputTokens

@@ -38,22 +38,47 @@ public struct UsageKey: Sendable, Hashable {
 
 /// The counted figures of a `UsageKey`. Each is an `Int64` (nano-USD for money), added saturating.
 public struct UsageTotals: Sendable, Hashable {
-    public enum Metric: String, Sendable, CaseIterable {
+    /// The figures, in the order of `values`; `name` is each one's name in reports and in Redis.
+    public enum Metric: Int, Sendable, CaseIterable {
         case requests, errors
-        case inputTokens = "input_tokens", outputTokens = "output_tokens"
-        case cacheReadTokens = "cache_read_tokens", cacheWriteTokens = "cache_write_tokens"
-        case cost = "cost_nano_usd"
-        case savedExact = "saved_exact_nano_usd", savedSemantic = "saved_semantic_nano_usd"
-        case savedPromptCache = "saved_prompt_cache_nano_usd", savedRouting = "saved_routing_nano_usd"
-        case savedBatch = "saved_batch_nano_usd"
-        case exactHits = "exact_hits", semanticHits = "semantic_hits"
+        case inputTokens, outputTokens, cacheReadTokens, cacheWriteTokens
+        case cost
+        case savedExact, savedSemantic, savedPromptCache, savedRouting, savedBatch
+        case exactHits, semanticHits
         case degraded, queued, attempts
+        /// Sum of latencies and of times to first token (ms), for means.
+        case latencyMilliseconds, timeToFirstTokenMilliseconds
         /// Requests whose answer used the provider's prompt cache (read or written), sent through a batch, chosen
         /// by a route's rule, and cascades that escalated to their strong model.
-        case promptCacheRequests = "prompt_cache_requests", batchRequests = "batch_requests"
-        case routedRequests = "routed_requests", escalations
-        /// Sum of latencies and of times to first token (ms), for means.
-        case latencyMilliseconds = "latency_ms_sum", timeToFirstTokenMilliseconds = "ttft_ms_sum"
+        case promptCacheRequests, batchRequests, routedRequests, escalations
+
+        public var name: String {
+            switch self {
+            case .requests: "requests"
+            case .errors: "errors"
+            case .inputTokens: "input_tokens"
+            case .outputTokens: "output_tokens"
+            case .cacheReadTokens: "cache_read_tokens"
+            case .cacheWriteTokens: "cache_write_tokens"
+            case .cost: "cost_nano_usd"
+            case .savedExact: "saved_exact_nano_usd"
+            case .savedSemantic: "saved_semantic_nano_usd"
+            case .savedPromptCache: "saved_prompt_cache_nano_usd"
+            case .savedRouting: "saved_routing_nano_usd"
+            case .savedBatch: "saved_batch_nano_usd"
+            case .exactHits: "exact_hits"
+            case .semanticHits: "semantic_hits"
+            case .degraded: "degraded"
+            case .queued: "queued"
+            case .attempts: "attempts"
+            case .latencyMilliseconds: "latency_ms_sum"
+            case .timeToFirstTokenMilliseconds: "ttft_ms_sum"
+            case .promptCacheRequests: "prompt_cache_requests"
+            case .batchRequests: "batch_requests"
+            case .routedRequests: "routed_requests"
+            case .escalations: "escalations"
+            }
+        }
 
         public static func saved(_ kind: SavingKind) -> Metric {
             switch kind {
@@ -72,12 +97,9 @@ public struct UsageTotals: Sendable, Hashable {
         values = Array(repeating: 0, count: Metric.allCases.count)
     }
 
-    static let indices: [Metric: Int] = Dictionary(uniqueKeysWithValues: Metric.allCases.enumerated().map { ($1, $0) })
-
     public subscript(_ metric: Metric) -> Int64 {
-        // Every case has its index (built from `allCases`).
-        get { values[Self.indices[metric] ?? 0] }
-        set { values[Self.indices[metric] ?? 0] = newValue }
+        get { values[metric.rawValue] }
+        set { values[metric.rawValue] = newValue }
     }
 
     public mutating func add(_ metric: Metric, _ amount: Int64) {
@@ -92,6 +114,11 @@ public struct UsageTotals: Sendable, Hashable {
     /// One record's contribution.
     public init(_ record: LedgerRecord) {
         self.init()
+        add(record)
+    }
+
+    /// Adds one record's figures.
+    public mutating func add(_ record: LedgerRecord) {
         add(.requests, 1)
         if record.outcome != "completed" || record.status >= 400 { add(.errors, 1) }
         add(.inputTokens, Int64(record.usage.inputTokens))
@@ -99,18 +126,18 @@ public struct UsageTotals: Sendable, Hashable {
         add(.cacheReadTokens, Int64(record.usage.cacheReadTokens))
         add(.cacheWriteTokens, Int64(record.usage.cacheWriteTokens))
         add(.cost, record.cost.value)
-        for (kind, amount) in record.saved { add(.saved(kind), amount.value) }
+        for kind in SavingKind.allCases where record.saved[kind] != .zero { add(.saved(kind), record.saved[kind].value) }
         if record.cache == CacheStatus.hitExact.rawValue { add(.exactHits, 1) }
         if record.cache == CacheStatus.hitSemantic.rawValue { add(.semanticHits, 1) }
         if record.degraded != nil { add(.degraded, 1) }
         if record.queuedJob != nil { add(.queued, 1) }
         add(.attempts, Int64(record.attempts))
-        if record.usage.cacheReadTokens > 0 || record.usage.cacheWriteTokens > 0 { add(.promptCacheRequests, 1) }
-        if record.saved[.batch].map({ $0 != .zero }) == true { add(.batchRequests, 1) }
-        if record.route != nil { add(.routedRequests, 1) }
-        if record.escalated { add(.escalations, 1) }
         add(.latencyMilliseconds, Int64(record.latencyMilliseconds.rounded()))
         if let ttft = record.timeToFirstTokenMilliseconds { add(.timeToFirstTokenMilliseconds, Int64(ttft.rounded())) }
+        if record.usage.cacheReadTokens > 0 || record.usage.cacheWriteTokens > 0 { add(.promptCacheRequests, 1) }
+        if record.saved[.batch] != .zero { add(.batchRequests, 1) }
+        if record.route != nil { add(.routedRequests, 1) }
+        if record.escalated { add(.escalations, 1) }
     }
 
     /// The savings of every kind, in nano-USD.

@@ -56,7 +56,8 @@ extension JSONValue {
         String(decoding: serialized(sortedKeys: sortedKeys), as: UTF8.self)
     }
 
-    static func writeString(_ string: String, into output: inout [UInt8]) {
+    /// `string` as a JSON string literal (quoted, escaped).
+    public static func writeString(_ string: String, into output: inout [UInt8]) {
         output.append(UInt8(ascii: "\""))
         for byte in string.utf8 {
             switch byte {

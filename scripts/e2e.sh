@@ -9,6 +9,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     if ! python3 -m venv "$VENV" 2>/dev/null; then
         # Debian's python3 needs python3-venv for virtual environments.
         rm -rf "$VENV"
+        ${SUDO:-$(command -v sudo >/dev/null && echo sudo)} apt-get update >/dev/null
         ${SUDO:-$(command -v sudo >/dev/null && echo sudo)} apt-get install -y python3-venv >/dev/null
         python3 -m venv "$VENV"
     fi

@@ -15,5 +15,7 @@ swift test --no-parallel
 # The parsers under libFuzzer, 30 s each from the committed seed corpus (scripts/fuzz.sh says how to fuzz longer).
 scripts/fuzz.sh
 scripts/e2e.sh
+# The dashboard in headless Chromium (installs chromium and chromium-driver when missing).
+scripts/dashboard-test.sh
 # Three instances behind nginx on one redis-server, killed and restarted under load (installs nginx when missing).
 scripts/cluster-test.sh

@@ -276,6 +276,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     }
     // The ledger: aggregates in the state store, raw records to the sink, written off the request path.
     var ledger: LedgerWriter?
+    let live = LiveStats()
     let usageStore: any UsageStore = redis.map { RedisUsageStore(client: $0, keyPrefix: config.state.keyPrefix, retention: config.ledger.retention) }
         ?? UsageBook(retention: config.ledger.retention, maximumKeys: config.ledger.maximumKeys)
     if config.ledger.enabled {
@@ -283,7 +284,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         if case .jsonl(let directory, let rotateBytes) = config.ledger.sink {
             sink = LedgerFileSink(directory: directory, rotateBytes: rotateBytes, retention: config.ledger.retention)
         }
-        let writer = LedgerWriter(usage: usageStore, sink: sink, capacity: config.ledger.buffer, interval: config.ledger.flushInterval,
+        let writer = LedgerWriter(usage: usageStore, sink: sink, live: live, capacity: config.ledger.buffer, interval: config.ledger.flushInterval,
                                   logger: logger, counted: { [metrics] written, dropped in metrics.ledger(written: written, dropped: dropped) },
                                   failed: { [metrics] seam in metrics.stateFailed(seam: seam) })
         services.append(writer)
@@ -317,6 +318,10 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     let usageHandler = UsageHandler(store: usageStore, auth: AuthStage(keys: config.keys),
                                     adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex),
                                     clock: unixSeconds, failed: { [metrics] in metrics.stateFailed(seam: "usage") })
+    let dashboard = DashboardHandler(adminKeyHash: environment["SWITCHYARD_ADMIN_KEY"].map(KeyHash.sha256Hex), sessions: DashboardSessions(),
+                                     usage: usageStore, live: config.ledger.enabled ? live : nil,
+                                     queues: { attempts?.queueDepths() ?? [:] },
+                                     breakers: { attempts?.breakerStates().mapValues(\.name) ?? [:] }, clock: unixSeconds)
     let embeddingsHandler = EmbeddingsHandler(batcher: batcher, unavailableReason: unavailable, auth: AuthStage(keys: config.keys),
                                               maxBodyBytes: config.maxBodyBytes)
 
@@ -334,6 +339,7 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         case (.GET, "/v1/usage"): return await usageHandler.handle(request)
         case (.GET, "/v1/limits"): return await limitsHandler.report(request)
         case (.GET, "/v1/deployments"): return await deploymentsHandler.report(request)
+        case (_, let path) where path == "/dashboard" || path.hasPrefix("/dashboard/"): return await dashboard.handle(request)
         case (_, let path) where path == JobsHandler.path || path.hasPrefix("\(JobsHandler.path)/"):
             return await jobsHandler.handle(request)
         case (.GET, "/healthz"): return EdgeResponse(status: .ok, body: .buffer(healthy))

@@ -25,17 +25,20 @@ public final class LedgerWriter: LedgerRecorder, Service {
     let interval: Duration
     let usage: any UsageStore
     let sink: (any LedgerSink)?
+    /// This instance's recent figures for the dashboard, fed at each flush.
+    let live: LiveStats?
     let logger: Logger
     /// Told how many records were written and dropped since last told.
     let counted: @Sendable (_ written: Int, _ dropped: Int) -> Void
     /// Told when a store fails: `usage_write` (the aggregates) or `ledger_sink`.
     let failed: @Sendable (String) -> Void
 
-    public init(usage: any UsageStore, sink: (any LedgerSink)?, capacity: Int = 20_000, interval: Duration = .milliseconds(500),
-                logger: Logger, counted: @escaping @Sendable (Int, Int) -> Void = { _, _ in },
+    public init(usage: any UsageStore, sink: (any LedgerSink)?, live: LiveStats? = nil, capacity: Int = 20_000,
+                interval: Duration = .milliseconds(500), logger: Logger, counted: @escaping @Sendable (Int, Int) -> Void = { _, _ in },
                 failed: @escaping @Sendable (String) -> Void = { _ in }) {
         self.usage = usage
         self.sink = sink
+        self.live = live
         self.capacity = max(capacity, 1)
         self.interval = max(interval, .milliseconds(1))
         self.logger = logger
@@ -113,6 +116,7 @@ public final class LedgerWriter: LedgerRecorder, Service {
     }
 
     private func write(_ records: [LedgerRecord]) async {
+        live?.add(records)
         var batch: [UsageKey: UsageTotals] = [:]
         for record in records { batch[UsageKey(record), default: UsageTotals()].add(record) }
         do {

@@ -66,15 +66,19 @@ public struct TestResponse: Sendable {
     }
 }
 
+/// A client that hands redirects back instead of following them (to read a 303's own headers).
+private let noRedirectClient = HTTPClient(eventLoopGroupProvider: .singleton,
+                                          configuration: HTTPClient.Configuration(redirectConfiguration: .disallow))
+
 /// Sends one request with the shared `HTTPClient` and reads the whole body.
 public func send(_ url: String, method: String = "POST", body: String? = nil, headers: [(String, String)] = [],
-                 contentType: String? = "application/json") async throws -> TestResponse {
+                 contentType: String? = "application/json", followRedirects: Bool = true) async throws -> TestResponse {
     var request = HTTPClientRequest(url: url)
     request.method = .init(rawValue: method)
     if let contentType { request.headers.add(name: "content-type", value: contentType) }
     for (name, value) in headers { request.headers.add(name: name, value: value) }
     if let body { request.body = .bytes(ByteBuffer(string: body)) }
-    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+    let response = try await (followRedirects ? HTTPClient.shared : noRedirectClient).execute(request, timeout: .seconds(30))
     let collected = try await response.body.collect(upTo: 64 << 20)
     return TestResponse(status: Int(response.status.code), headers: response.headers.map { ($0.name, $0.value) },
                         body: String(buffer: collected))

@@ -7,6 +7,8 @@ swift build --product switchyard
 "$(swift build --show-bin-path)/switchyard" models pull
 # redis-server (Debian's package) for the Redis client's tests, which start and stop their own servers.
 scripts/redis.sh install
+# PostgreSQL (Debian's package) for the ledger's PostgreSQL sink, whose tests start and stop their own server.
+scripts/postgres.sh install
 # One test at a time: on a 2-core machine, tests that run the encoder or build indexes for seconds hold Swift's
 # cooperative pool (one thread per core), and the timing tests beside them (deadlines, timeouts, load runs) then
 # measured the wait for a free thread instead of the gateway. Serial: about 35 s here; in parallel: 14 s, with a

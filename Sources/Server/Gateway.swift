@@ -281,8 +281,16 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
         ?? UsageBook(retention: config.ledger.retention, maximumKeys: config.ledger.maximumKeys)
     if config.ledger.enabled {
         var sink: (any LedgerSink)?
-        if case .jsonl(let directory, let rotateBytes) = config.ledger.sink {
+        switch config.ledger.sink {
+        case .none: break
+        case .jsonl(let directory, let rotateBytes):
             sink = LedgerFileSink(directory: directory, rotateBytes: rotateBytes, retention: config.ledger.retention)
+        case .postgres(let settings):
+            let postgres = PostgresLedgerSink(settings: settings, password: settings.passwordEnv.flatMap { environment[$0] },
+                                              retention: config.ledger.retention, logger: logger)
+            // Before the writer in the group: its connections close after the writer's last flush.
+            services.append(postgres)
+            sink = postgres
         }
         let writer = LedgerWriter(usage: usageStore, sink: sink, live: live, capacity: config.ledger.buffer, interval: config.ledger.flushInterval,
                                   logger: logger, counted: { [metrics] written, dropped in metrics.ledger(written: written, dropped: dropped) },

@@ -38,7 +38,7 @@ public struct LedgerStage: GatewayStage {
         let waited = (ContinuousClock.now - context.receivedAt).nanoseconds / 1_000_000
         let record = LedgerRecord(requestID: context.requestID, time: clock() - max(waited, 0), tenant: caller.tenant,
                                   user: caller.user, tier: caller.tier, feature: caller.feature, api: context.clientFormat,
-                                  requested: request.model, streamed: request.stream, job: context.runsAsJob)
+                                  requested: Self.bounded(request.model), streamed: request.stream, job: context.runsAsJob)
         return (traced, record)
     }
 
@@ -108,6 +108,11 @@ public struct LedgerStage: GatewayStage {
         record.latencyMilliseconds = Self.milliseconds(since: context.receivedAt)
         if let trail = context.trail { RequestTrail.fill(&record, from: trail.snapshot) }
         recorder.record(record)
+    }
+
+    /// A client's model name, kept to 256 bytes in the record (an unknown one is any string the client sent).
+    static func bounded(_ name: String) -> String {
+        name.utf8.count <= 256 ? name : String(decoding: name.utf8.prefix(256), as: UTF8.self)
     }
 
     static func milliseconds(since start: ContinuousClock.Instant) -> Double { milliseconds(ContinuousClock.now - start) }

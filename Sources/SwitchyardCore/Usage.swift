@@ -225,6 +225,31 @@ public struct LedgerSettings: Sendable, Hashable {
         /// JSON lines in `directory`, a new file past `rotateBytes` or at a new UTC day; files older than the
         /// retention are deleted.
         case jsonl(directory: String, rotateBytes: Int)
+        /// Rows of the table `switchyard_ledger` (created by the gateway), through postgres-nio.
+        case postgres(PostgresSink)
+    }
+
+    /// A PostgreSQL server for the ledger's rows; the password comes from the environment variable named here.
+    public struct PostgresSink: Sendable, Hashable {
+        public var host: String
+        public var port: Int
+        public var database: String
+        public var user: String
+        public var passwordEnv: String?
+        public var tls: Bool
+        /// How long a flush may take (connecting included) before its rows are given up.
+        public var timeout: Duration
+
+        public init(host: String = "127.0.0.1", port: Int = 5432, database: String = "switchyard", user: String = "switchyard",
+                    passwordEnv: String? = nil, tls: Bool = false, timeout: Duration = .seconds(10)) {
+            self.timeout = timeout
+            self.host = host
+            self.port = port
+            self.database = database
+            self.user = user
+            self.passwordEnv = passwordEnv
+            self.tls = tls
+        }
     }
 
     /// Whether requests are recorded at all (YAML `enabled`).
@@ -243,8 +268,8 @@ public struct LedgerSettings: Sendable, Hashable {
 }
 
 extension ConfigLoader {
-    /// `ledger: {enabled, buffer, flush_ms, retention_days, max_keys, sink: jsonl | none, path, rotate_mb}`; the sink is
-    /// `jsonl` when a `path` is given.
+    /// `ledger: {enabled, buffer, flush_ms, retention_days, max_keys, sink: jsonl | postgres | none, path, rotate_mb,
+    /// postgres: {host, port, database, user, password_env, tls, timeout_seconds}}`; the sink is `jsonl` when a `path` is given.
     static func parseLedger(_ reader: MappingReader) throws(ConfigError) -> LedgerSettings {
         var settings = LedgerSettings()
         settings.enabled = try reader.bool("enabled") ?? settings.enabled
@@ -254,16 +279,38 @@ extension ConfigLoader {
         settings.maximumKeys = try reader.int("max_keys", in: 1...100_000_000) ?? settings.maximumKeys
         let path = try reader.string("path")
         let rotate = try reader.int("rotate_mb", in: 1...1_000_000) ?? 64
-        switch try reader.string("sink") ?? (path == nil ? "none" : "jsonl") {
+        let postgres = try reader.mapping("postgres")
+        switch try reader.string("sink") ?? (path == nil ? (postgres == nil ? "none" : "postgres") : "jsonl") {
         case "none":
             guard path == nil else { throw ConfigError(path: reader.child("path"), "is for sink: jsonl") }
+        case "postgres":
+            guard let postgres else { throw ConfigError(path: reader.child("postgres"), "is required for sink: postgres") }
+            guard path == nil else { throw ConfigError(path: reader.child("path"), "is for sink: jsonl") }
+            var sink = LedgerSettings.PostgresSink()
+            sink.host = try postgres.string("host") ?? sink.host
+            sink.port = try postgres.int("port", in: 1...65535) ?? sink.port
+            sink.database = try postgres.string("database") ?? sink.database
+            sink.user = try postgres.string("user") ?? sink.user
+            if let name = try postgres.string("password_env") {
+                guard !name.isEmpty, name.utf8.allSatisfy({ $0 == UInt8(ascii: "_") || (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) }) else {
+                    throw ConfigError(path: postgres.child("password_env"), "must name an environment variable (A-Z, 0-9, _)")
+                }
+                sink.passwordEnv = name
+            }
+            sink.tls = try postgres.bool("tls") ?? sink.tls
+            if let seconds = try postgres.double("timeout_seconds", in: 0.1...600) { sink.timeout = .milliseconds(Int64(seconds * 1000)) }
+            if postgres.has("password") {
+                throw ConfigError(path: postgres.child("password"), "secrets come from the environment: name the variable in password_env")
+            }
+            try postgres.finish()
+            settings.sink = .postgres(sink)
         case "jsonl":
             guard let path, !path.isEmpty else {
                 throw ConfigError(path: reader.child("path"), "is required for sink: jsonl (the directory of the files)")
             }
             settings.sink = .jsonl(directory: path, rotateBytes: rotate << 20)
         default:
-            throw ConfigError(path: reader.child("sink"), "must be jsonl or none")
+            throw ConfigError(path: reader.child("sink"), "must be jsonl, postgres or none")
         }
         try reader.finish()
         return settings

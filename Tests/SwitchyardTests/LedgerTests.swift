@@ -1,3 +1,4 @@
+import Embeddings
 import Foundation
 import Logging
 import Server
@@ -312,6 +313,62 @@ import Testing
             // The cheap call was paid for and not used: routing lost its price against all-opus.
             let routing = try #require(escalated["saved_nano_usd"]?["routing"]?.intValue)
             #expect(routing < 0 && escalated["cost_nano_usd"]?.intValue == Int64(NanoUSD(usd: cascade.header("x-switchyard-cost-usd") ?? "")?.value ?? -1))
+        }
+    }
+
+    @Test func degradedQueuedAndSemanticAnswersAreRecordedAsSuch() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ledger-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var config = JobsAPITests.config()
+        config.ledger.sink = .jsonl(directory: directory, rotateBytes: 1 << 20)
+        config.cache.exactEnabled = false
+        config.limits = [LimitDefinition(name: "one-opus", measure: .requests, amount: 1, window: .minute, scope: [.user],
+                                         when: [.model: ["claude-opus-4-1"]]),
+                         // Per second: the queued job's worker runs it a second later.
+                         LimitDefinition(name: "one-sonnet", measure: .requests, amount: 1, window: .second, scope: [.user],
+                                         when: [.model: ["claude-sonnet-4-5"]])]
+        config.degrade = [DegradePolicy(when: [.feature: ["cheaper"]], steps: [.downgrade(["claude-opus-4-1", "gpt-4o-mini"])]),
+                          DegradePolicy(steps: [.queue])]
+        let embeddings = EmbeddingsSetting.model(directory: ModelStore().modelDirectory)
+        try await withTestGateway(config, embeddings: embeddings) { gateway, url in
+            let key = [("authorization", "Bearer degrade-key")]
+            func call(_ body: String, _ headers: [(String, String)] = []) async throws -> (TestResponse, String) {
+                let response = try await send("\(url)/v1/chat/completions", body: body, headers: key + headers)
+                return (response, response.header("x-request-id") ?? "")
+            }
+            let cheaper = [("x-switchyard-feature", "cheaper")]
+            _ = try await call(Self.body("first opus question", model: "claude-opus-4-1"), cheaper)
+            let (downgraded, downgradedID) = try await call(Self.body("second opus question", model: "claude-opus-4-1"), cheaper)
+            #expect(downgraded.header("x-switchyard-degraded") == "downgrade")
+            _ = try await call(Self.body("first sonnet question", model: "claude-sonnet-4-5"))
+            let (queued, queuedID) = try await call(Self.body("second sonnet question", model: "claude-sonnet-4-5"))
+            #expect(queued.status == 202, "\(queued.body)")
+            let job = try #require(try JSONValue.parse(queued.body)["id"]?.stringValue)
+            // The same question, reworded, from the semantic cache.
+            let (miss, _) = try await call(Self.body("How do I reset my password?"))
+            #expect(miss.status == 200)
+            var semanticID: String?
+            for _ in 0..<50 where semanticID == nil {
+                let (response, id) = try await call(Self.body("How can I reset my password?"))
+                if response.header("x-switchyard-cache") == "hit-semantic" { semanticID = id } else { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            _ = try await JobsAPITests.finished(url, job, key: "degrade-key")
+            let records = try await Self.records(gateway, directory: directory)
+            let down = try #require(records[downgradedID])
+            #expect(down["degraded"]?.stringValue == "downgrade" && down["model"]?.stringValue == "gpt-4o-mini", "\(down)")
+            let accepted = try #require(records[queuedID])
+            #expect(accepted["status"]?.intValue == 202 && accepted["degraded"]?.stringValue == "queued" && accepted["queued_job"]?.stringValue == job)
+            #expect(accepted["cost_nano_usd"]?.intValue == 0)
+            // The job's own run is a record of its own, marked as a job's, and paid for (a try its worker made while the
+            // limit still refused it is one too, a 429).
+            let runs = records.values.filter { $0["job"] == .bool(true) }
+            let run = try #require(runs.first { $0["status"]?.intValue == 200 }, "\(runs)")
+            #expect((run["cost_nano_usd"]?.intValue ?? 0) > 0 && run["model"]?.stringValue == "claude-sonnet-4-5")
+            #expect(runs.allSatisfy { $0["status"]?.intValue == 200 || $0["status"]?.intValue == 429 })
+            let semanticRequest = try #require(semanticID, "no semantic hit")
+            let semantic = try #require(records[semanticRequest])
+            #expect(semantic["cache"]?.stringValue == "hit-semantic" && semantic["cost_nano_usd"]?.intValue == 0)
+            #expect((semantic["saved_nano_usd"]?["semantic"]?.intValue ?? 0) > 0)
         }
     }
 

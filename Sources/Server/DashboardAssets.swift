@@ -52,7 +52,7 @@ enum DashboardAssets {
     series.forEach((s, index) => {
       const points = s.values.map((v, i) => `${x(i).toFixed(1)},${y(Math.max(v, 0)).toFixed(1)}`).join(" ");
       svg.appendChild(el("polyline", { points, fill: "none", stroke: s.color, "stroke-width": 2, class: "series", "data-series": s.name }));
-      svg.appendChild(el("text", { x: left + 8 + index * 120, y: 12, fill: s.color, class: "legend" }, s.name));
+      svg.appendChild(el("text", { x: left + 8 + index * 98, y: 12, fill: s.color, class: "legend" }, s.label || s.name));
     });
     box.appendChild(svg);
   }
@@ -123,6 +123,10 @@ enum DashboardAssets {
       { name: "hit rate", values: data.series.map((p) => (p.requests ? p.hits / p.requests : 0)), color: palette[5] },
       { name: "error rate", values: data.series.map((p) => (p.requests ? p.errors / p.requests : 0)), color: palette[3] },
     ], pct);
+    const split = document.getElementById("split").value;
+    lines("chart-split", times, data.series_by[split].map((line, index) => ({
+      name: line.name, label: line.name.length > 14 ? line.name.slice(0, 13) + "…" : line.name, values: line.cost, color: palette[index % palette.length],
+    })), usd);
     for (const dimension of ["tenant", "user", "feature", "model"]) {
       bars("by-" + dimension, data.by[dimension].map((r) => ({ label: r.name, value: r.cost })), usd);
     }
@@ -147,6 +151,7 @@ enum DashboardAssets {
     }
   }
   range.addEventListener("change", refresh);
+  document.getElementById("split").addEventListener("change", refresh);
   refresh();
   setInterval(refresh, 5000);
 })();
@@ -166,6 +171,7 @@ main { padding: 16px 24px; display: grid; gap: 16px; grid-template-columns: repe
 .card .name { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
 .card .number { font-size: 22px; font-weight: 600; margin-top: 4px; }
 section h2 { font-size: 14px; margin: 0 0 8px; }
+section h2 select { font: inherit; padding: 0 4px; border: 1px solid var(--line); border-radius: 4px; }
 svg { width: 100%; height: auto; display: block; }
 svg .axis { stroke: var(--line); }
 svg .tick, svg .value, svg .label, svg .legend, svg .empty { font-size: 11px; fill: var(--muted); }
@@ -216,6 +222,9 @@ extension DashboardHandler {
     <div class="card"><div class="name">Escalations</div><div class="number" id="escalations">–</div></div>
   </div>
   <section><h2>Spend and savings over time</h2><div id="chart-spend" data-title="spend and savings over time"></div></section>
+  <section><h2>Spend over time by <select id="split" aria-label="split by">
+    <option value="tenant">tenant</option><option value="user">user</option><option value="feature">feature</option>
+    <option value="model" selected>model</option></select></h2><div id="chart-split" data-title="spend over time by dimension"></div></section>
   <section><h2>Cache hit rate and error rate</h2><div id="chart-cache" data-title="cache hit rate and error rate over time"></div></section>
   <section><h2>Spend by tenant</h2><div id="by-tenant" data-title="spend by tenant"></div></section>
   <section><h2>Spend by user</h2><div id="by-user" data-title="spend by user"></div></section>

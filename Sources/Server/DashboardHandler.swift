@@ -223,7 +223,13 @@ struct DashboardHandler: Sendable {
         var points: [Int64: UsageTotals] = [:]
         var total = UsageTotals()
         var by: [String: [String: UsageTotals]] = ["tenant": [:], "user": [:], "feature": [:], "model": [:]]
+        // Per dimension and value, spend per point: the lines of "spend over time by …".
+        var pointsBy: [String: [String: [Int64: Int64]]] = [:]
         for (key, totals) in keys {
+            let start = key.minute * 60 / step * step
+            for (dimension, value) in [("tenant", key.tenant), ("user", key.user), ("feature", key.feature), ("model", key.model)] {
+                pointsBy[dimension, default: [:]][value, default: [:]][start, default: 0] += totals[.cost]
+            }
             points[key.minute * 60 / step * step, default: UsageTotals()].add(totals)
             total.add(totals)
             by["tenant", default: [:]][key.tenant, default: UsageTotals()].add(totals)
@@ -236,6 +242,15 @@ struct DashboardHandler: Sendable {
             let point = points[start] ?? UsageTotals()
             return ["t": .int(start), "cost": .int(point[.cost]), "saved": .int(point.saved), "requests": .int(point[.requests]),
                     "hits": .int(point[.exactHits] + point[.semanticHits]), "errors": .int(point[.errors])]
+        }
+        let starts = Array(stride(from: first, through: last, by: Int(step)))
+        /// The five costliest values of `dimension`, each with its spend per point.
+        func lines(_ dimension: String) -> JSONValue {
+            let rows = (by[dimension] ?? [:]).sorted { a, b in a.value[.cost] != b.value[.cost] ? a.value[.cost] > b.value[.cost] : a.key < b.key }
+            return .array(rows.prefix(5).map { row in
+                let spend = pointsBy[dimension]?[row.key] ?? [:]
+                return ["name": .string(row.key), "cost": .array(starts.map { .int(spend[$0] ?? 0) })]
+            })
         }
         func top(_ dimension: String) -> JSONValue {
             let rows = (by[dimension] ?? [:]).sorted { a, b in a.value[.cost] != b.value[.cost] ? a.value[.cost] > b.value[.cost] : a.key < b.key }
@@ -250,6 +265,7 @@ struct DashboardHandler: Sendable {
             "now": .int(now), "from": .int(from), "minutes": .int(minutes), "step_seconds": .int(step),
             "totals": UsageHandler.figures(total), "saved_nano_usd": .int(total.saved), "escalations": .int(total[.escalations]),
             "series": .array(series), "by": ["tenant": top("tenant"), "user": top("user"), "feature": top("feature"), "model": top("model")],
+            "series_by": ["tenant": lines("tenant"), "user": lines("user"), "feature": lines("feature"), "model": lines("model")],
             "savings": .object(savings), "live": live?.snapshot(now: now, window: min(minutes, 15)) ?? .null,
             "queues": .object(queueDepths), "deployments": .array(deployments),
         ]

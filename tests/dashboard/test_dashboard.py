@@ -249,6 +249,9 @@ keys:
         series = self.browser.find_elements(By.CSS_SELECTOR, "#chart-spend polyline.series")
         self.assertEqual([s.get_attribute("data-series") for s in series], ["spend", "saved"])
         self.assertEqual(len(series[0].get_attribute("points").split()), 60)
+        # Spend over time by model: a line per model that cost something, each adding up to the model's spend.
+        split = {line.get_attribute("data-series"): line for line in self.browser.find_elements(By.CSS_SELECTOR, "#chart-split polyline.series")}
+        self.assertTrue(set(expected["by_model"]).issubset(split), f"{list(split)}")
         self.browser.save_screenshot(os.path.join(SHOTS, "dashboard.png"))
 
         # Logging out ends the session: the data is refused again.

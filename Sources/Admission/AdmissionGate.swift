@@ -76,6 +76,9 @@ public final class AdmissionGate: AdmissionGating {
     private let state: Mutex<State>
     let clock: @Sendable () -> Int64
     let sleep: @Sendable (Int64) async throws -> Void
+    /// The reaper's own: a test's fake `sleep` advances its fake clock, and a reaper sleeping through it would move the
+    /// waiters' time forward by its ticks.
+    let reaperSleep: @Sendable (Int64) async throws -> Void
     let observer: (any AdmissionObserver)?
     /// The reaper's longest sleep: deadlines enqueued while it sleeps are ended at most this late.
     let reaperTick: Int64
@@ -83,10 +86,12 @@ public final class AdmissionGate: AdmissionGating {
     public init(settings: AdmissionQueue.Settings = .init(), observer: (any AdmissionObserver)? = nil,
                 reaperTick: Int64 = 100_000_000,
                 clock: @escaping @Sendable () -> Int64,
-                sleep: @escaping @Sendable (Int64) async throws -> Void = { try await Task.sleep(for: .nanoseconds($0)) }) {
+                sleep: @escaping @Sendable (Int64) async throws -> Void = { try await Task.sleep(for: .nanoseconds($0)) },
+                reaperSleep: @escaping @Sendable (Int64) async throws -> Void = { try await Task.sleep(for: .nanoseconds($0)) }) {
         state = Mutex(State(queue: AdmissionQueue(settings: settings)))
         self.clock = clock
         self.sleep = sleep
+        self.reaperSleep = reaperSleep
         self.observer = observer
         self.reaperTick = max(reaperTick, 1_000_000)
     }
@@ -270,7 +275,7 @@ public final class AdmissionGate: AdmissionGating {
             for continuation in woken { continuation.resume() }
             guard let next else { return }
             do {
-                try await sleep(min(max(next - now, 1_000_000), reaperTick))
+                try await reaperSleep(min(max(next - now, 1_000_000), reaperTick))
             } catch {
                 state.withLock { $0.reaping = false }
                 return

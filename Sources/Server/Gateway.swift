@@ -376,7 +376,8 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
                                                     idle: .nanoseconds(config.edge.idleTimeout.nanoseconds),
                                                     bodyMinimumBytesPerSecond: config.edge.bodyMinimumBytesPerSecond,
                                                     write: .nanoseconds(config.edge.writeTimeout.nanoseconds)),
-                             maxConnections: config.edge.maxConnections, bodyBudgetBytes: config.edge.bodyBudgetBytes),
+                             maxConnections: descriptorBoundConnections(config.edge.maxConnections, logger: logger),
+                             bodyBudgetBytes: config.edge.bodyBudgetBytes),
         logger: logger,
         beforeListening: { if hasMock { _ = await mockURL.wait() } },
         onListening: { port in listening.set(port) },
@@ -392,6 +393,25 @@ public func buildGateway(config: GatewayConfig, logger: Logger, environment: [St
     return Gateway(config: config, metrics: metrics, mock: mock, listening: listening, mockURL: mockURL,
                    exactCache: exactCache, semanticCache: semanticCache, ledger: ledger, services: services, logger: logger,
                    upstreamWaiters: { [client = httpClient.transports.client] in client.waiters() })
+}
+
+/// The connections the edge keeps open at most: the configured number, but never so many that clients holding them
+/// could take the process's last file descriptors. Past the bound a connection is answered 503 and closed, so
+/// descriptors stay free for upstreams, stores and the runtime itself — whose thread-pool monitor (libdispatch's,
+/// under Swift's default executor) reads `/proc` and traps when it cannot open a file.
+func descriptorBoundConnections(_ configured: Int, logger: Logger) -> Int {
+    var limit = rlimit()
+    // RLIM_INFINITY is all ones.
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < rlim_t(Int.max) else { return configured }
+    let descriptors = Int(clamping: limit.rlim_cur)
+    // Half for a small limit (the gateway itself holds about 20 at rest), an eighth for a large one.
+    let reserve = max(48, descriptors / 8)
+    let bound = max(1, min(configured, descriptors - reserve))
+    if bound < configured {
+        logger.notice("connections bounded by the file descriptor limit",
+                      metadata: ["switchyard.max_connections": "\(bound)", "switchyard.descriptor_limit": "\(descriptors)"])
+    }
+    return bound
 }
 
 /// Replays the shared semantic cache's stream into this instance's index until shutdown.

@@ -56,7 +56,8 @@ import Glibc
             process.terminate()
             process.waitUntilExit()
         }
-        // Far more connections than descriptors: the kernel queues them, the gateway cannot accept them all.
+        // Far more connections than descriptors: the gateway keeps a reserve (past its bound a connection is answered 503
+        // and closed), the kernel queues the rest; either way nothing spins and the process lives.
         var held: [RawConnection] = []
         for _ in 0..<160 { held.append(try RawConnection(port: port)) }
         try await Task.sleep(for: .milliseconds(300))

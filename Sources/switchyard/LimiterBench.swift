@@ -25,6 +25,8 @@ struct LimiterBench: AsyncParsableCommand {
     @Option(help: "Requests per measurement against Redis.") var redisRequests = 20_000
     @Option(help: "A running redis-server's port on 127.0.0.1 (default: start one).") var redisPort: Int?
     @Flag(help: "Skip the Redis measurements.") var memoryOnly = false
+    @Option(help: "Microseconds the answer takes (0: at once): reservations and settlements then interleave with other requests', as through HTTP.")
+    var upstreamMicroseconds = 0
 
     func run() async throws {
         let model = ModelRoute(name: "bench-model", provider: "none", upstreamModel: "bench-model",
@@ -49,7 +51,11 @@ struct LimiterBench: AsyncParsableCommand {
         ], maxTokens: 64, sourceFormat: .openAI)
         let answer = ChatResponse(id: "x", model: "bench-model", choices: [ChatChoice(content: [.text("A gateway.")], stopReason: .endTurn)],
                                   usage: Usage(inputTokens: 24, outputTokens: 10))
-        let next: Next = { _, _ in .completion(Completion(response: answer)) }
+        let delay = upstreamMicroseconds
+        let next: Next = { _, _ in
+            if delay > 0 { try await Task.sleep(for: .microseconds(delay)) }
+            return .completion(Completion(response: answer))
+        }
 
         /// One request through `stage`, and its headers rendered as the handler does.
         @Sendable func one(_ stage: RateLimitStage) async throws {

@@ -1,3 +1,4 @@
+import Limits
 public import Redis
 public import SwitchyardCore
 
@@ -5,7 +6,7 @@ public import SwitchyardCore
 /// instance.
 ///
 /// One hash per tenant and UTC hour, `<prefix>usage:{<tenant hash>}:<hour>`, with a field per minute, user, feature,
-/// model and metric, `<minute>|<user>|<feature>|<model>|<metric>` (the values escaped: `%` and `|` as `%25`, `%7C`),
+/// model and metric, `<minute>|<user>|<feature>|<model>|<metric>` (the values escaped: `%`, `|` and `=` as `%25`, `%7C`, `%3D`),
 /// incremented with `HINCRBY` and expiring past the retention. A batch is one pipeline; a report reads one hash per
 /// tenant and hour in range. Tenants are listed in `<prefix>usage:tenants` (a sorted set by last minute) and named
 /// in `<prefix>usage:names`, both trimmed past the retention.
@@ -29,22 +30,12 @@ public final class RedisUsageStore: UsageStore {
 
     func hourKey(_ tag: String, hour: Int64) -> String { "\(prefix)usage:{\(tag)}:\(hour)" }
 
-    static func escape(_ value: String) -> String {
-        guard value.utf8.contains(where: { $0 == UInt8(ascii: "%") || $0 == UInt8(ascii: "|") }) else { return value }
-        var out = ""
-        for character in value {
-            switch character {
-            case "%": out += "%25"
-            case "|": out += "%7C"
-            default: out.append(character)
-            }
-        }
-        return out
-    }
+    /// `%`, `|` and `=` escaped as the limits' counter names are (`CounterKey.escape`).
+    static func escape(_ value: String) -> String { CounterKey.escape(value) }
 
     static func unescape(_ value: Substring) -> String {
         guard value.contains("%") else { return String(value) }
-        return String(value).replacing("%7C", with: "|").replacing("%25", with: "%")
+        return String(value).replacing("%7C", with: "|").replacing("%3D", with: "=").replacing("%25", with: "%")
     }
 
     public func add(_ batch: [UsageKey: UsageTotals]) async throws {

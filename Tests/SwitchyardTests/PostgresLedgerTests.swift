@@ -51,13 +51,7 @@ final class PostgresServerProcess: @unchecked Sendable {
         try Self.run(initdb, initArguments)
         let (postgres, arguments) = command("postgres", ["-D", data, "-p", String(port), "-h", "127.0.0.1", "-k", folder.path,
                                                          "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: postgres)
-        process.arguments = arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        self.process = process
+        process = try Self.launch(postgres, arguments)
         // Ready when it accepts a login (bounded: 15 s).
         let deadline = Date().addingTimeInterval(15)
         let (ready, readyArguments) = command("pg_isready", ["-h", "127.0.0.1", "-p", String(port), "-q"])
@@ -68,13 +62,20 @@ final class PostgresServerProcess: @unchecked Sendable {
         throw Unavailable(description: "postgres on \(port) did not start")
     }
 
-    static func run(_ path: String, _ arguments: [String]) throws {
+    /// Starts `path` with its output discarded.
+    static func launch(_ path: String, _ arguments: [String]) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
+        return process
+    }
+
+    /// Runs `path` to its end; a failure throws.
+    static func run(_ path: String, _ arguments: [String]) throws {
+        let process = try launch(path, arguments)
         process.waitUntilExit()
         guard process.terminationStatus == 0 else { throw Unavailable(description: "\(path) \(arguments.first ?? "") exited \(process.terminationStatus)") }
     }

@@ -23,7 +23,7 @@ import Testing
             totals.add(.cost, cost)
             return totals
         }
-        let odd = UsageKey(minute: base / 60, tenant: "a|b", user: "50%|off", feature: "f", model: "m")
+        let odd = UsageKey(minute: base / 60, tenant: "a|b", user: "50%|off=on", feature: "f", model: "m")
         let next = UsageKey(minute: base / 60 + 1, tenant: "a|b", user: "plain", feature: "f", model: "-")
         let other = UsageKey(minute: base / 60, tenant: "c", user: "u", feature: "g", model: "m")
         try await store.add([odd: totals(2, cost: 30), next: totals(1, cost: 5), other: totals(1, cost: 1)])
@@ -33,7 +33,7 @@ import Testing
         #expect(all[next]?[.requests] == 1 && all[other]?[.cost] == 1 && all.count == 3)
         // One tenant, one minute (the next hour's hash not read into it).
         let first = try await store.usage(from: base, to: base + 59, tenant: "a|b")
-        #expect(first.keys.map(\.user) == ["50%|off"])
+        #expect(first.keys.map(\.user) == ["50%|off=on"])
         await client.close()
     }
 

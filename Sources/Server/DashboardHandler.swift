@@ -284,10 +284,12 @@ struct DashboardHandler: Sendable {
 
     /// A state-changing request from another site is refused: its `Origin` (sent by browsers on every POST) must name
     /// this host. Without one (not a browser), the CSRF token alone decides.
+    /// Behind a proxy that rewrites `Host`, the host the browser saw is in `X-Forwarded-Host` (a cross-site form
+    /// cannot set that header, so accepting it opens nothing).
     func sameOrigin(_ request: EdgeRequest) -> Bool {
         guard let origin = request.header("origin") else { return true }
-        guard let host = request.header("host") else { return false }
-        return origin == "http://\(host)" || origin == "https://\(host)"
+        let hosts = [request.header("host"), request.header("x-forwarded-host")].compactMap { $0 }
+        return hosts.contains { host in origin == "http://\(host)" || origin == "https://\(host)" }
     }
 
     static func cookie(_ request: EdgeRequest, _ name: String) -> String? {

@@ -40,6 +40,14 @@ import Testing
             let json = try JSONValue.parse(Array(data.body.utf8))
             #expect(json["series"]?.arrayValue?.count == 30 && json["totals"]?["requests"] != nil)
             #expect(try await send("\(url)/dashboard/data?minutes=0", method: "GET", headers: [("cookie", value)], contentType: nil).status == 400)
+            // A post from another site is refused; behind a proxy, the host the browser saw may come as X-Forwarded-Host.
+            let crossSite = try await send("\(url)/dashboard/login", body: "key=the-admin&csrf=\(token)",
+                                           headers: [("cookie", cookie), ("origin", "https://evil.example")], contentType: Self.form)
+            #expect(crossSite.status == 403)
+            let proxied = try await send("\(url)/dashboard/login", body: "key=the-admin&csrf=\(token)",
+                                         headers: [("cookie", cookie), ("origin", "https://gateway.example"),
+                                                   ("x-forwarded-host", "gateway.example")], contentType: Self.form, followRedirects: false)
+            #expect(proxied.status == 303)
             // Logging out needs the session's own token.
             let forged = try await send("\(url)/dashboard/logout", body: "csrf=\(token)", headers: [("cookie", value)], contentType: Self.form,
                                         followRedirects: false)

@@ -52,6 +52,12 @@ import Testing
             let forged = try await send("\(url)/dashboard/logout", body: "csrf=\(token)", headers: [("cookie", value)], contentType: Self.form,
                                         followRedirects: false)
             #expect(forged.status == 403)
+            // A form over 4 KiB is not read (its token is missing), and a cookie that is not a session opens nothing.
+            let huge = try await send("\(url)/dashboard/login", body: "key=the-admin&csrf=\(token)&pad=" + String(repeating: "x", count: 5000),
+                                      headers: [("cookie", cookie)], contentType: Self.form)
+            #expect(huge.status == 403)
+            #expect(try await send("\(url)/dashboard/data", method: "GET", headers: [("cookie", "sy_session=" + String(repeating: "a", count: 64))],
+                                   contentType: nil).status == 401)
             // Twenty wrong keys in a minute: then even the right one waits.
             for _ in 0..<20 {
                 _ = try await send("\(url)/dashboard/login", body: "key=guess&csrf=\(token)", headers: [("cookie", cookie)], contentType: Self.form)

@@ -415,7 +415,8 @@ import Testing
             #expect(lines.first == "tenant,user,feature,requests,errors,input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,cost_usd,saved_exact_usd,saved_semantic_usd,saved_prompt_cache_usd,saved_routing_usd,saved_batch_usd,exact_hits,semantic_hits,degraded,queued,attempts")
             #expect(lines.count == 3, "\(csv.body)")
 
-            for bad in ["group_by=tenant", "interval=week", "from=5&to=4", "limit=0", "format=xml", "from=-1"] {
+            for bad in ["group_by=tenant", "interval=week", "from=5&to=4", "limit=0", "limit=100001", "limit=99999999999999999999",
+                        "format=xml", "from=-1", "to=253402300800", "group_by=user,,evil"] {
                 let response = try await send("\(url)/v1/usage?\(bad)", method: "GET", headers: [("authorization", "Bearer alpha")], contentType: nil)
                 #expect(response.status == 400 && response.body.contains("invalid_request"), "\(bad): \(response.body)")
             }

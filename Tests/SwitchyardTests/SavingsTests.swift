@@ -54,6 +54,10 @@ import Testing
             #expect(abs(perMonth.value - saved.value * 250 * 30) <= 30)
             let bad = try await send("\(url)/v1/usage/savings?requests_per_day=0", method: "GET", headers: key, contentType: nil)
             #expect(bad.status == 400 && bad.body.contains("requests_per_day"))
+            for value in ["nan", "inf", "-5", "1e13", "x"] {
+                let refused = try await send("\(url)/v1/usage/savings?requests_per_day=\(value)", method: "GET", headers: key, contentType: nil)
+                #expect(refused.status == 400, "\(value): \(refused.body)")
+            }
         }
     }
 
